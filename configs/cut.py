@@ -1,0 +1,66 @@
+"""CUT / FastCUT baseline configs. ``get_config(arg)``, arg = ``"<method>[-<variant>]"``:
+
+- method ``cut`` (default) or ``fastcut``; variant ``default`` (omitted), ``benchmark`` or ``tiny``.
+- Published defaults (Park et al. 2020): ResNet-9 generator, 64 filters, 70x70 PatchGAN, LSGAN
+  with lambda_GAN 1, PatchNCE over layers 0,4,8,12,16 with 256 patches, tau 0.07, MLP head 256,
+  batch 1, 256 x 256 crops, Adam 2e-4 (0.5, 0.999).
+  CUT: lambda_NCE 1 + identity NCE, 200 constant + 200 decay epochs.
+  FastCUT: lambda_NCE 10, no identity NCE, flip equivariance, 150 + 50 epochs.
+  (Epochs are expressed in steps for ``train_size`` = 24,966 images, GTA5.)
+- ``benchmark``: CPU-feasible for the embedded procedural benchmark: 16 filters, 6 blocks, 64 x 64
+  crops, batch 4, 4000 steps for CUT, 3000 for FastCUT (keeping the published 'fewer epochs').
+- ``tiny``: test variant (32 x 32, 4 filters, 2 blocks, layers 0,4,8,12,13, 16 patches).
+"""
+import ml_collections
+
+from configs.cyclegan import data_config
+
+
+def get_config(arg=None):
+    arg = arg or "cut"
+    method, _, variant = arg.partition("-")
+    variant = variant or "default"
+    if method not in ("cut", "fastcut") or variant not in ("default", "benchmark", "tiny"):
+        raise ValueError(f"configs/cut.py: unknown variant {arg!r} (cut|fastcut[-benchmark|-tiny])")
+    fast = method == "fastcut"
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.seed = 0
+    c.data = data_config()
+    c.crop_size = (256, 256)
+    c.random_flip = True
+    c.batch_size = 1
+    c.model = ml_collections.ConfigDict(dict(ngf=64, n_blocks=9, n_down=2, ndf=64, n_layers_d=3))
+    c.loss = ml_collections.ConfigDict(dict(lambda_gan=1.0))
+    c.nce = ml_collections.ConfigDict(dict(
+        layers=(0, 4, 8, 12, 16), num_patches=256, tau=0.07, mlp_dim=256,
+        lambda_nce=10.0 if fast else 1.0, nce_idt=not fast, flip_equivariance=fast))
+    train_size = 24966
+    const, decay = (150, 50) if fast else (200, 200)
+    c.optim = ml_collections.ConfigDict(dict(lr=2e-4, b1=0.5, b2=0.999,
+                                             constant_steps=const * train_size, decay_steps=decay * train_size))
+    c.num_train_steps = (const + decay) * train_size
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 5000
+    c.eval_every_steps = 50000
+    c.eval_images = 64
+    if variant == "benchmark":
+        c.crop_size = (64, 64)
+        c.batch_size = 4
+        c.model.update(ngf=16, n_blocks=6, ndf=16)
+        steps = 3000 if fast else 4000
+        c.optim.update(constant_steps=steps * 3 // 4 if fast else steps // 2,
+                       decay_steps=steps // 4 if fast else steps // 2)
+        c.num_train_steps = steps
+        c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 50, 500, 1000
+    elif variant == "tiny":
+        c.data = data_config(32, 64)
+        c.crop_size = (32, 32)
+        c.batch_size = 8
+        c.model.update(ngf=4, n_blocks=2, ndf=4)
+        c.nce.update(layers=(0, 4, 8, 12, 13), num_patches=16, mlp_dim=8)
+        c.optim.update(constant_steps=2, decay_steps=4)
+        c.num_train_steps = 4
+        c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 1, 2, 100
+        c.eval_images = 4
+    return c
