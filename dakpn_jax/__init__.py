@@ -1,6 +1,38 @@
 """dakpn-jax: label-preserving synthetic-to-real translation (DA-KPN) in JAX/Flax NNX.
 
-Public API (stable names, see docs/ARCHITECTURE.md): added as the modules land.
+Public API (stable names, DESIGN §3; all jit-able, NHWC float32, batch first):
+
+    rgb_to_hsv(x), hsv_to_rgb(x)                                  colour conversion, hue in [0, 1)
+    local_gaussian_blur(x, sigma, *, kernel_size=25, impl="auto") per-pixel, per-channel Gaussian
+    translate(x, params, noise, *, kernel_size=25, impl="auto")   the DA-KPN translation function
+    confusion_matrix(pred, label, num_classes, ignore_index=255)  rows labels, columns predictions
+    mean_iou(confusion)                                           (mIoU over non-empty classes, per-class IoU)
+
+The names are resolved lazily (PEP 562) so that `import dakpn_jax.data...` stays light and does not
+pull in every module.
 """
+import importlib
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "rgb_to_hsv": "dakpn_jax.translation",
+    "hsv_to_rgb": "dakpn_jax.translation",
+    "local_gaussian_blur": "dakpn_jax.translation",
+    "translate": "dakpn_jax.translation",
+    "confusion_matrix": "dakpn_jax.evaluation.metrics",
+    "mean_iou": "dakpn_jax.evaluation.metrics",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dakpn_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
