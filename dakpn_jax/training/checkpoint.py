@@ -1,0 +1,144 @@
+"""Run state on disk: an orbax ``CheckpointManager`` holding the method state and the data position.
+
+Layout under ``workdir``::
+
+    workdir/config.json              the config of the latest (re)start
+    workdir/checkpoints/<step>/state      the method state pytree (orbax StandardSave, async)
+    workdir/checkpoints/<step>/iterators  JSON: {"process_<i>-of-<n>": {stream name: grain state}}
+
+Every process keeps its own grain iterators, so their states differ between processes; they are
+gathered to all processes at save time (a padded byte array through ``process_allgather``) and the
+primary process writes them as one JSON item, which each process reads its own entry back from.
+Saves are asynchronous: ``save`` returns once the arrays are copied off the devices, so the next
+(donating) training call may start while the files are written.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+def _process_key(index: int | None = None, count: int | None = None) -> str:
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    return f"process_{index}-of-{count}"
+
+
+def gather_iterator_states(states: Mapping[str, Any]) -> dict[str, Any]:
+    """``{process key: states}`` for every process, from this process's ``{stream: grain state}``.
+
+    Grain states are small JSON-serialisable dicts; they travel between processes as uint8 arrays
+    padded to the longest one.
+    """
+    payload = json.dumps(states, sort_keys=True).encode()
+    if jax.process_count() == 1:
+        return {_process_key(): json.loads(payload)}
+    from jax.experimental import multihost_utils
+
+    lengths = multihost_utils.process_allgather(np.asarray([len(payload)], np.int32))
+    size = int(np.max(lengths))
+    buf = np.zeros((size,), np.uint8)
+    buf[:len(payload)] = np.frombuffer(payload, np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(buf)).reshape(jax.process_count(), size)
+    return {_process_key(i): json.loads(bytes(every[i, :int(np.ravel(lengths)[i])]).decode())
+            for i in range(jax.process_count())}
+
+
+def abstract_like(state: PyTree) -> PyTree:
+    """ShapeDtypeStructs (with shardings where known) of a state or an ``eval_shape`` result."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                        state)
+
+
+def _key_name(k) -> str:
+    # Stored metadata turns namedtuples (optax states) into dicts: compare by plain names.
+    for attr in ("name", "key", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _paths_shapes(tree: PyTree) -> dict[str, tuple[tuple[int, ...], str]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {"/".join(_key_name(k) for k in p): (tuple(x.shape), str(np.dtype(x.dtype)) if hasattr(x, "dtype") else "?")
+            for p, x in flat}
+
+
+def check_compatible(saved: PyTree, expected: PyTree, where: str) -> None:
+    """ValueError naming the first leaf whose presence, shape or dtype differs between the stored
+    state metadata ``saved`` and the ``expected`` abstract state."""
+    a, b = _paths_shapes(saved), _paths_shapes(expected)
+    missing, extra = sorted(set(b) - set(a)), sorted(set(a) - set(b))
+    if missing or extra:
+        raise ValueError(f"{where} holds a checkpoint of a different model: state leaves missing there "
+                         f"{missing[:5]}, unexpected there {extra[:5]}. Use another --workdir or the "
+                         "config it was trained with; nothing was overwritten.")
+    for k in sorted(b):
+        (sa, da), (sb, db) = a[k], b[k]
+        if sa != sb or (da != "?" and da != db):
+            raise ValueError(f"{where} holds a checkpoint of a different model: state leaf '{k}' has shape {sa} "
+                             f"dtype {da} there but the config gives shape {sb} dtype {db}. Use another "
+                             "--workdir or the config it was trained with; nothing was overwritten.")
+
+
+class Checkpointer:
+    """Thin wrapper over ``ocp.CheckpointManager`` for (state, iterator states) pairs."""
+
+    def __init__(self, workdir: str, *, max_to_keep: int | None = 3, async_save: bool = True,
+                 read_only: bool = False):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                               enable_async_checkpointing=async_save, read_only=read_only)
+        # Explicit handlers, so a fresh manager can read item metadata before any save/restore call.
+        handlers = {"state": ocp.StandardCheckpointHandler(), "iterators": ocp.JsonCheckpointHandler()}
+        self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mngr.all_steps())
+
+    def check_compatible(self, step: int, abstract_state: PyTree) -> None:
+        """ValueError if checkpoint ``step`` does not hold a state shaped like ``abstract_state``."""
+        meta = self._mngr.item_metadata(step)
+        saved = meta["state"]
+        if saved is None:
+            raise ValueError(f"{self.directory}/{step}: checkpoint has no 'state' item")
+        check_compatible(saved, abstract_state, f"{self.directory}/{step}")
+
+    def save(self, step: int, state: PyTree, iterator_states: Mapping[str, Any]) -> None:
+        """Asynchronous save of ``state`` and every process's iterator states at ``step``."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  iterators=ocp.args.JsonSave(gather_iterator_states(iterator_states)))
+        self._mngr.save(int(step), args=args, force=True)
+
+    def restore(self, step: int, abstract_state: PyTree, *, with_iterators: bool = True):
+        """(state placed as ``abstract_state`` says, this process's ``{stream: grain state}`` or None)."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if with_iterators:
+            items["iterators"] = ocp.args.JsonRestore()
+        out = self._mngr.restore(int(step), args=ocp.args.Composite(**items))
+        if not with_iterators:
+            return out["state"], None
+        per_process = out["iterators"] or {}
+        key = _process_key()
+        if key not in per_process:
+            raise ValueError(f"{self.directory}/{step}: no data-iterator state for {key} (saved for "
+                             f"{sorted(per_process)}); resume with the process count it was saved with")
+        return out["state"], per_process[key]
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.wait_until_finished()
+        self._mngr.close()

@@ -1,0 +1,350 @@
+"""The one generic training loop: mesh, sharding, jit, orbax, logging, resume, NaN guard.
+
+It knows nothing of GANs. ``config.method`` names a method module (docs/ARCHITECTURE.md, "Method
+modules") that defines the state, the pure step and the data streams; this file drives it.
+
+Parallelism (data parallel, any number of hosts)::
+
+    mesh     1-D, axis "data", over jax.devices() (or an explicit device list)
+    state    replicated, NamedSharding(mesh, P())
+    batch    global arrays, NamedSharding(mesh, P("data")): every process loads batch_size /
+             process_count examples, jax.make_array_from_process_local_data stitches them
+    step     jax.jit(step, donate_argnums=0) with those in/out shardings; the method's step sees the
+             global batch and averages over it, XLA inserts the gradient all-reduce
+
+With ``steps_per_call = k > 1`` one call runs ``lax.scan`` over k stacked batches (k, B, ...), sharded
+P(None, "data"), which removes the per-step dispatch cost for tiny models such as the KPN head.
+
+Multi-host: call :func:`initialize_distributed` (``dakpn_jax.main`` does) before anything touches
+jax devices. On a Cloud TPU VM slice run the same command on every worker and
+``jax.distributed.initialize()`` discovers the cluster by itself (also on SLURM / Open MPI); on other
+GPU clusters pass the coordinator address, process count and this process's id.
+
+Checkpoints (``checkpoint.Checkpointer``): ``workdir/checkpoints/<step>`` with the state pytree and
+every process's grain iterator states, written asynchronously every ``checkpoint_every_steps`` and
+at the end; a restart with the same workdir resumes from the latest one, and the consumed batches,
+parameters and optimizer states continue exactly as in an uninterrupted run.
+
+Config fields read here (``config.get(name, default)`` for the optional ones)::
+
+    method, seed, batch_size (global), num_train_steps, log_every_steps, checkpoint_every_steps,
+    eval_every_steps, steps_per_call = 1, keep_checkpoints = 3,
+    summary_every_steps = eval_every_steps, async_checkpoints = True
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import types
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dakpn_jax.training import checkpoint as ckpt
+from dakpn_jax.training import get_method
+from dakpn_jax.training import metrics_writer as mw
+
+log = logging.getLogger("dakpn_jax.train")
+PyTree = Any
+
+_REQUIRED_INT = ("seed", "batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps",
+                 "eval_every_steps")
+_METHOD_FUNCTIONS = ("init_state", "make_train_step", "make_iterators", "next_batch")
+
+
+# ----------------------------------------------------------------------------- setup
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """``jax.distributed.initialize`` once per process (a no-op when already initialised).
+
+    No arguments: auto-detection (Cloud TPU VM slices, SLURM, Open MPI). GPU clusters without such a
+    launcher: ``coordinator_address="host0:1234"``, ``num_processes``, ``process_id``.
+    """
+    if jax.distributed.is_initialized():
+        return
+    kwargs = {k: v for k, v in (("coordinator_address", coordinator_address), ("num_processes", num_processes),
+                                ("process_id", process_id)) if v is not None}
+    jax.distributed.initialize(**kwargs)
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """1-D mesh with axis ``"data"`` over ``devices`` (default: all devices of all processes)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices: empty device list")
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def validate_config(config, mesh: Mesh) -> types.ModuleType:
+    """Checks the generic fields and returns the method module; ValueError naming the field."""
+    if not isinstance(config.get("method"), str):
+        raise ValueError(f"config.method must be a method name (str), got {config.get('method')!r}")
+    method = get_method(config.method)
+    missing_fns = [f for f in _METHOD_FUNCTIONS if not callable(getattr(method, f, None))]
+    if missing_fns:
+        raise ValueError(f"config.method={config.method!r}: module {method.__name__} lacks {missing_fns}")
+    for name in _REQUIRED_INT + ("steps_per_call", "keep_checkpoints", "summary_every_steps"):
+        if name in _REQUIRED_INT and name not in config:
+            raise ValueError(f"config.{name} is missing (required by the trainer)")
+        v = config.get(name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"config.{name} must be an int, got {v!r}")
+        if name in ("seed", "num_train_steps"):
+            if v < 0:
+                raise ValueError(f"config.{name} must be >= 0, got {v}")
+        elif v < 1:
+            raise ValueError(f"config.{name} must be >= 1, got {v}")
+    n_dev, n_proc = mesh.devices.size, jax.process_count()
+    if config.batch_size % n_dev or config.batch_size % n_proc:
+        raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the device count {n_dev} "
+                         f"and the process count {n_proc} (global batch, split over the 'data' axis)")
+    return method
+
+
+def check_workdir(workdir: str) -> str:
+    """Creates ``workdir`` and proves it writable before any training; returns its absolute path."""
+    if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
+        raise ValueError(f"workdir must be a non-empty path, got {workdir!r}")
+    workdir = os.path.abspath(os.fspath(workdir))
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"workdir={workdir!r} is not a writable directory ({e.__class__.__name__}: {e})") from e
+    return workdir
+
+
+def save_config(config, workdir: str) -> None:
+    """``workdir/config.json`` (primary process only)."""
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, "config.json")
+        with open(path + ".tmp", "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        os.replace(path + ".tmp", path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise ValueError(f"workdir={workdir!r} has no config.json (not a training run directory?)")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+# ----------------------------------------------------------------------------- state and step
+
+def _replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def _init_fn(method, config) -> Callable[[jax.Array], PyTree]:
+    return lambda rng: method.init_state(config, rng)
+
+
+def abstract_state(method, config, mesh: Mesh) -> PyTree:
+    """The state's ShapeDtypeStructs, replicated on ``mesh``, without computing anything."""
+    shapes = jax.eval_shape(_init_fn(method, config), jax.random.key(0))
+    for path, x in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            raise ValueError(f"{method.__name__}.init_state: state{jax.tree_util.keystr(path)} is a typed PRNG key; "
+                             "store jax.random.key_data(key) (uint32) so it can be checkpointed")
+    rep = _replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
+
+
+def init_state(method, config, mesh: Mesh) -> PyTree:
+    """Fresh state from ``jax.random.key(config.seed)``, computed replicated on ``mesh``."""
+    fn = jax.jit(_init_fn(method, config), out_shardings=_replicated(mesh))
+    return fn(jax.random.key(config.seed))
+
+
+def _all_finite(state: PyTree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def make_call(train_step: Callable, mesh: Mesh, steps: int) -> Callable:
+    """Jitted, donating ``call(state, batch) -> (state, metrics)`` running ``steps`` train steps.
+
+    ``steps == 1``: batch leaves (B, ...) on P("data"), metrics scalars.
+    ``steps > 1``: batch leaves (steps, B, ...) on P(None, "data"), ``lax.scan`` over the leading
+    axis, metrics (steps,).
+    """
+    rep = _replicated(mesh)
+    if steps == 1:
+        return jax.jit(train_step, in_shardings=(rep, NamedSharding(mesh, P("data"))),
+                       out_shardings=(rep, rep), donate_argnums=0)
+
+    def multi(state, batches):
+        return jax.lax.scan(train_step, state, batches)
+
+    return jax.jit(multi, in_shardings=(rep, NamedSharding(mesh, P(None, "data"))),
+                   out_shardings=(rep, rep), donate_argnums=0)
+
+
+def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh, stacked: bool) -> dict[str, jax.Array]:
+    """Per-process numpy batches -> global arrays sharded over the mesh's "data" axis (dim 0, or dim 1
+    for a (steps, b, ...) stack)."""
+    sharding = NamedSharding(mesh, P(None, "data") if stacked else P("data"))
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def _host_scalars(tree: PyTree) -> dict[str, np.ndarray]:
+    """Replicated metric arrays -> numpy (this process's copy; works on multi-host too)."""
+    return {k: np.asarray(v.addressable_data(0)) for k, v in tree.items()}
+
+
+def _local_view(state: PyTree) -> PyTree:
+    """This process's copy of a replicated state, as single-device arrays (for summaries/evaluate,
+    which run their own single-device computations)."""
+    return jax.tree.map(lambda x: x.addressable_data(0), state)
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return every > 0 and before // every != after // every
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+    """Trains ``config.method`` to ``config.num_train_steps`` under ``workdir`` (resuming if possible).
+
+    Args:
+      config: the experiment config (generic fields: module docstring; the rest is the method's).
+      workdir: run directory: checkpoints, config.json, TensorBoard events.
+      devices: devices of the "data" mesh (default: all). Lets a test compare 1 device with 8.
+    Returns:
+      The final metrics: the last logged training averages, the last evaluation (``eval/...``) and
+      ``step``.
+    Raises:
+      ValueError: bad config, unwritable workdir, workdir holding another model's checkpoint (checked
+        before anything is written).
+      FloatingPointError: a metric became NaN/Inf; the last checkpoint (all finite) is kept.
+    """
+    mesh = make_mesh(devices)
+    method = validate_config(config, mesh)
+    workdir = check_workdir(workdir)
+    steps_per_call = int(config.get("steps_per_call", 1))
+    total = int(config.num_train_steps)
+    every_log, every_ckpt = int(config.log_every_steps), int(config.checkpoint_every_steps)
+    every_eval = int(config.eval_every_steps)
+    every_summary = int(config.get("summary_every_steps", None) or every_eval)
+
+    checkpointer = ckpt.Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3)),
+                                     async_save=bool(config.get("async_checkpoints", True)))
+    abstract = abstract_state(method, config, mesh)
+    iterators = method.make_iterators(config, shard_index=jax.process_index(), shard_count=jax.process_count())
+    start = checkpointer.latest_step()
+    if start is not None:
+        checkpointer.check_compatible(start, abstract)  # before anything is written
+        state, iter_states = checkpointer.restore(start, abstract)
+        if set(iter_states) != set(iterators):
+            raise ValueError(f"{checkpointer.directory}/{start}: iterator states for {sorted(iter_states)} but "
+                             f"{method.__name__}.make_iterators gives {sorted(iterators)}")
+        for name, it in iterators.items():
+            it.set_state(iter_states[name])
+        log.info("Resumed from %s at step %d", checkpointer.directory, start)
+    else:
+        start = 0
+        state = init_state(method, config, mesh)
+    save_config(config, workdir)
+
+    train_step = method.make_train_step(config)
+    calls: dict[int, Callable] = {}
+    check_finite = jax.jit(_all_finite)
+    writer = mw.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    averager, progress = mw.MetricAverager(), mw.Progress(total, start)
+    has_eval, has_summaries = callable(getattr(method, "evaluate", None)), callable(getattr(method, "summaries", None))
+    final: dict[str, float] = {}
+    step, last_saved, last_eval = start, start, None
+
+    def save(at: int, st: PyTree) -> None:
+        if not bool(np.asarray(check_finite(st).addressable_data(0))):
+            raise FloatingPointError(f"step {at}: the state holds NaN/Inf; not saving it (the last good "
+                                     f"checkpoint stays at step {checkpointer.latest_step()})")
+        checkpointer.save(at, st, {k: it.get_state() for k, it in iterators.items()})
+
+    try:
+        while step < total:
+            k = min(steps_per_call, total - step)
+            local = [method.next_batch(iterators) for _ in range(k)]
+            batch = local[0] if k == 1 else {key: np.stack([b[key] for b in local]) for key in local[0]}
+            if k not in calls:
+                calls[k] = make_call(train_step, mesh, k)
+            state, metrics = calls[k](state, to_global(batch, mesh, stacked=k > 1))
+            before, step = step, step + k
+            host = _host_scalars(metrics)
+            bad = mw.first_non_finite(host)
+            if bad is not None:
+                name, pos = bad
+                checkpointer.wait()
+                raise FloatingPointError(
+                    f"metric '{name}' is {np.asarray(host[name]).reshape(-1)[pos]} at step {before + pos + 1} "
+                    f"(config.method={config.method!r}); stopping. The last good checkpoint is step "
+                    f"{checkpointer.latest_step()} in {checkpointer.directory}")
+            averager.update(host)
+            if _crossed(before, step, every_log) or step == total:
+                final = {**{k2: v for k2, v in final.items() if k2.startswith("eval/")},
+                         **averager.compute_and_reset()}
+                writer.scalars(step, {k2: v for k2, v in final.items() if not k2.startswith("eval/")}, "train/")
+                progress.report(step, final)
+                if np.isfinite(progress.steps_per_sec):
+                    writer.scalars(step, {"steps_per_sec": progress.steps_per_sec}, "perf/")
+            if has_summaries and _crossed(before, step, every_summary):
+                writer.images(step, method.summaries(config, _local_view(state), local[-1]))
+            if has_eval and (_crossed(before, step, every_eval) or step == total):
+                ev = {f"eval/{k2}": float(v) for k2, v in method.evaluate(config, _local_view(state)).items()}
+                writer.scalars(step, ev)
+                final.update(ev)
+                last_eval = step
+                log.info("step %d eval: %s", step, " ".join(f"{k2} {v:.4g}" for k2, v in ev.items()))
+            if _crossed(before, step, every_ckpt) or step == total:
+                save(step, state)
+                last_saved = step
+        if has_eval and last_eval is None and step == total and start == total:
+            final.update({f"eval/{k2}": float(v) for k2, v in method.evaluate(config, _local_view(state)).items()})
+        if last_saved != step:
+            save(step, state)
+    finally:
+        checkpointer.close()
+        writer.close()
+    final["step"] = step
+    return final
+
+
+def restore_state(workdir: str, config: ml_collections.ConfigDict | None = None, *,
+                  devices: Sequence[jax.Device] | None = None) -> tuple[ml_collections.ConfigDict, PyTree]:
+    """(config, state) of the latest checkpoint in ``workdir``, the state replicated over ``devices``.
+
+    ``config`` defaults to ``workdir/config.json``; a given config must describe the same model
+    shapes as the checkpoint (ValueError otherwise).
+    """
+    workdir = os.path.abspath(workdir)
+    if config is None:
+        config = load_config(workdir)
+    mesh = make_mesh(devices)
+    method = validate_config(config, mesh) if "batch_size" in config else get_method(config.method)
+    checkpointer = ckpt.Checkpointer(workdir, read_only=True, max_to_keep=None)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise ValueError(f"workdir={workdir!r} holds no checkpoint under {checkpointer.directory}")
+        abstract = abstract_state(method, config, mesh)
+        checkpointer.check_compatible(step, abstract)
+        state, _ = checkpointer.restore(step, abstract, with_iterators=False)
+    finally:
+        checkpointer.close()
+    return config, state
