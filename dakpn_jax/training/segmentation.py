@@ -1,0 +1,360 @@
+"""Semantic segmentation as a method module of the generic trainer (docs/ARCHITECTURE.md).
+
+A segmenter (`dakpn_jax.models.segmenter.make_segmenter`) is trained with pixel-wise cross-entropy on
+a mix of labelled sources (``config.data.train_sources``, see configs/segmentation.py): the
+synthetic labels, a translated export, N labelled real images, ...
+
+Loss over the global batch, logits z resized bilinearly to the label size, ignore label 255::
+
+    L = sum_{p : y_p != 255} -log softmax(z_p)[y_p]  /  max(1, #{p : y_p != 255})
+
+State (plain dict of arrays; the NNX graphdef is rebuilt from ``config.model``)::
+
+    {"params": pure dict of nnx.Param, "model_state": pure dict of the other variables (e.g.
+     BatchNorm statistics; empty for unet_small), "opt": optax state, "step": int32, "rng": uint32[2]}
+
+`evaluate` scores ``config.data.eval_split`` (real-val): the confusion matrix is accumulated over the
+whole split (batches sharded over all devices, summed in int64 on the host), then mIoU over the
+classes present (`dakpn_jax.evaluation.metrics`). `load_segmenter(workdir)` gives a trained model
+to other stages (DA-KPN's frozen features, the model score).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from dakpn_jax.data import labels as label_table
+from dakpn_jax.evaluation import metrics as seg_metrics
+from dakpn_jax.models.segmenter import make_segmenter
+
+log = logging.getLogger("dakpn_jax.segmentation")
+PyTree = Any
+IGNORE_INDEX = label_table.IGNORE_INDEX
+
+
+# ----------------------------------------------------------------------------- model
+
+def num_classes(config) -> int:
+    return int(config.model.get("num_classes", label_table.NUM_CLASSES))
+
+
+def build_model(config, rngs: nnx.Rngs) -> nnx.Module:
+    """The segmenter ``config.model`` describes (``name``, ``num_classes``, ``kwargs``)."""
+    kwargs = dict(config.model.get("kwargs", None) or {})
+    return make_segmenter(config.model.name, num_classes(config), rngs=rngs, **kwargs)
+
+
+def graphdef(config):
+    """Static graphdef of the segmenter (shape evaluation only, no weights computed)."""
+    gd, _, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param, ...)
+    return gd
+
+
+def apply_model(gd, variables: dict, images: jax.Array, *, train: bool = False, size=None):
+    """Logits (B, H', W', C) of ``images`` (B, H, W, 3) in [0, 1], resized bilinearly to ``size``
+    = (H', W') (default: the input's H, W). Returns (logits, updated non-parameter variables)."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"segmenter: images must be (B, H, W, 3), got shape {images.shape}")
+    model = nnx.merge(gd, variables["params"], variables["model_state"])
+    logits = model(images.astype(jnp.float32), train=train).astype(jnp.float32)
+    h, w = size if size is not None else images.shape[1:3]
+    if logits.shape[1:3] != (h, w):
+        logits = jax.image.resize(logits, (logits.shape[0], h, w, logits.shape[-1]), "bilinear")
+    _, _, rest = nnx.split(model, nnx.Param, ...)
+    return logits, nnx.to_pure_dict(rest)
+
+
+def cross_entropy(logits: jax.Array, label: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mean CE over non-ignored pixels, pixel accuracy over them); logits (B,H,W,C), label (B,H,W)."""
+    label = label.astype(jnp.int32)
+    valid = (label != IGNORE_INDEX) & (label >= 0) & (label < logits.shape[-1])
+    safe = jnp.where(valid, label, 0)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    n = jnp.maximum(valid.sum(), 1).astype(jnp.float32)
+    correct = (jnp.argmax(logits, -1) == safe) & valid
+    return jnp.where(valid, nll, 0.0).sum() / n, correct.sum() / n
+
+
+# ----------------------------------------------------------------------------- optimiser
+
+def make_schedule(config) -> optax.Schedule:
+    """Linear warmup 0 -> lr over ``warmup_steps``, then over T = num_train_steps - warmup_steps:
+
+        constant: lr
+        poly:     lr_end + (lr - lr_end) * (1 - t / T) ** poly_power
+        cosine:   lr_end + (lr - lr_end) * (1 + cos(pi t / T)) / 2,     lr_end = end_lr_ratio * lr
+    """
+    o = config.optim
+    lr, warmup = float(o.lr), int(o.get("warmup_steps", 0))
+    kind = o.get("schedule", "constant")
+    decay_steps = max(1, int(config.num_train_steps) - warmup)
+    end = float(o.get("end_lr_ratio", 0.0)) * lr
+    if kind == "constant":
+        main = optax.constant_schedule(lr)
+    elif kind == "poly":
+        main = optax.polynomial_schedule(lr, end, float(o.get("poly_power", 0.9)), decay_steps)
+    elif kind == "cosine":
+        main = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
+    else:
+        raise ValueError(f"config.optim.schedule={kind!r} is unknown; expected constant, poly or cosine")
+    if warmup <= 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """Adam or AdamW (decoupled weight decay on weights with ndim >= 2 only: not on biases and
+    normalisation scales), optional global-norm clipping first."""
+    o = config.optim
+    name = o.get("name", "adamw")
+    kw = dict(b1=float(o.get("b1", 0.9)), b2=float(o.get("b2", 0.999)), eps=float(o.get("eps", 1e-8)))
+    if name == "adam":
+        tx = optax.adam(make_schedule(config), **kw)
+    elif name == "adamw":
+        tx = optax.adamw(make_schedule(config), weight_decay=float(o.get("weight_decay", 0.0)),
+                         mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p), **kw)
+    else:
+        raise ValueError(f"config.optim.name={name!r} is unknown; expected 'adam' or 'adamw'")
+    clip = float(o.get("grad_clip", 0.0) or 0.0)
+    return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
+
+
+# ----------------------------------------------------------------------------- method contract
+
+def _key_data(rng: jax.Array) -> jax.Array:
+    return jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else jnp.asarray(rng, jnp.uint32)
+
+
+def init_state(config, rng) -> dict:
+    """Fresh state (module docstring) from a typed or raw key."""
+    raw = _key_data(rng)
+    k_init, k_next = jax.random.split(jax.random.wrap_key_data(raw))
+    model = build_model(config, nnx.Rngs(k_init))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    params = nnx.to_pure_dict(params)
+    return {"params": params, "model_state": nnx.to_pure_dict(rest), "opt": make_optimizer(config).init(params),
+            "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(k_next)}
+
+
+def make_train_step(config) -> Callable:
+    """Pure ``train_step(state, {"image": (B,h,w,3) float32, "label": (B,h,w) int}) -> (state, metrics)``."""
+    gd, tx, schedule = graphdef(config), make_optimizer(config), make_schedule(config)
+
+    def loss_fn(params, model_state, images, label):
+        logits, model_state = apply_model(gd, {"params": params, "model_state": model_state}, images,
+                                          train=True, size=label.shape[1:3])
+        loss, acc = cross_entropy(logits, label)
+        return loss, (model_state, acc)
+
+    def train_step(state, batch):
+        for key in ("image", "label"):
+            if key not in batch:
+                raise ValueError(f"segmentation batch: missing key '{key}' (have {sorted(batch)})")
+        images, label = batch["image"], batch["label"]
+        if label.shape != images.shape[:3]:
+            raise ValueError(f"segmentation batch: label {label.shape} must be images {images.shape}[:3]")
+        (loss, (model_state, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], state["model_state"], images, label)
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        new = {"params": optax.apply_updates(state["params"], updates), "model_state": model_state,
+               "opt": opt, "step": state["step"] + 1, "rng": state["rng"]}
+        metrics = {"loss": loss, "pixel_accuracy": acc, "grad_norm": optax.global_norm(grads),
+                   "lr": schedule(state["step"])}
+        return new, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+    return train_step
+
+
+class MixedSource:
+    """Random-access mix of labelled sources, items ``{"image", "label"}`` (other keys dropped).
+
+    With probabilities p_k (normalised weights), one epoch has L = max_k ceil(len_k / p_k) items, so
+    every item of every source occurs at least once; source k fills n_k of them (largest-remainder
+    rounding of L p_k, sum L), at positions fixed by a permutation seeded with `seed`. The j-th
+    position given to source k reads its item j mod len_k, so a small source (N real labels) repeats.
+    """
+
+    def __init__(self, sources, weights, seed: int = 0):
+        if len(sources) != len(weights) or not sources:
+            raise ValueError(f"MixedSource: need one weight per source, got {len(sources)} and {len(weights)}")
+        w = np.asarray(weights, np.float64)
+        if not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ValueError(f"MixedSource: weights must be positive, got {list(weights)}")
+        p = w / w.sum()
+        lengths = np.array([len(s) for s in sources])
+        total = int(max(np.ceil(n / q - 1e-9) for n, q in zip(lengths, p)))
+        raw = total * p
+        counts = np.floor(raw).astype(np.int64)
+        counts[np.argsort(-(raw - counts), kind="stable")[: total - counts.sum()]] += 1
+        owner = np.repeat(np.arange(len(sources)), counts)
+        owner = owner[np.random.default_rng(seed).permutation(total)]
+        rank = np.zeros(total, np.int64)
+        for k in range(len(sources)):
+            rank[owner == k] = np.arange(counts[k]) % lengths[k]
+        self.sources, self.owner, self.rank, self.probabilities = list(sources), owner, rank, p
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        index = int(index)
+        item = self.sources[self.owner[index]][int(self.rank[index])]
+        if "label" not in item:
+            raise ValueError(f"MixedSource: {self.sources[self.owner[index]]!r} item has no 'label' "
+                             "(segmentation needs labelled sources)")
+        return {"image": item["image"], "label": item["label"]}
+
+
+def make_train_source(config):
+    """The MixedSource of ``config.data.train_sources`` (see configs/segmentation.py)."""
+    from dakpn_jax.data import sources as data_sources  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.data.folder import FolderSource  # pylint: disable=import-outside-toplevel
+    specs = list(config.data.get("train_sources", None) or [{"kind": "split", "split": "synthetic-train"}])
+    built, weights = [], []
+    for i, spec in enumerate(specs):
+        spec = dict(spec)
+        kind = spec.get("kind", "split")
+        if kind == "split":
+            src = data_sources.make_source(config.data, spec["split"])
+        elif kind == "folder":
+            root = spec.get("root")
+            if not root:
+                raise ValueError(f"config.data.train_sources[{i}]: kind 'folder' needs a 'root' directory")
+            src = FolderSource(os.path.join(root, "images"), os.path.join(root, "labels"))
+        else:
+            raise ValueError(f"config.data.train_sources[{i}].kind={kind!r} is unknown; expected 'split' or 'folder'")
+        if len(src) == 0:
+            log.info("train source %d (%s) is empty; dropped from the mix", i, spec)
+            continue
+        built.append(src)
+        weights.append(spec.get("weight"))
+    if not built:
+        raise ValueError(f"config.data.train_sources={specs}: every source is empty")
+    given = [w is not None for w in weights]
+    if any(given) and not all(given):
+        raise ValueError(f"config.data.train_sources={specs}: give a 'weight' for every source or for none")
+    weights = weights if all(given) else [len(s) for s in built]  # no weights: plain concatenation
+    return MixedSource(built, weights, seed=int(config.seed))
+
+
+def make_iterators(config, *, shard_index: int = 0, shard_count: int = 1) -> dict:
+    """``{"train": ...}``: per-process batches of ``config.batch_size // shard_count`` (random crops
+    of ``config.crop_size`` and flips) from the mixed training source."""
+    from dakpn_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    if config.batch_size % shard_count:
+        raise ValueError(f"config.batch_size={config.batch_size} not divisible by the process count {shard_count}")
+    crop = config.get("crop_size", None)
+    return {"train": pipeline.make_pipeline(
+        make_train_source(config), batch_size=config.batch_size // shard_count, seed=int(config.seed),
+        shard_index=shard_index, shard_count=shard_count, shuffle=True,
+        crop_size=tuple(crop) if crop else None, random_flip=bool(config.get("random_flip", True)))}
+
+
+def next_batch(iterators: dict) -> dict:
+    b = next(iterators["train"])
+    return {"image": np.asarray(b["image"], np.float32), "label": np.asarray(b["label"], np.uint8)}
+
+
+def summaries(config, state, batch) -> dict:
+    """image | label | prediction of the batch's first image, (h, 3w, 3) in [0, 1]."""
+    images = jnp.asarray(batch["image"][:1], jnp.float32)
+    variables = {"params": state["params"], "model_state": state["model_state"]}
+    logits, _ = apply_model(graphdef(config), variables, images)
+    pred = np.asarray(jnp.argmax(logits[0], -1)).astype(np.uint8)
+    colour = lambda y: label_table.colorize(y).astype(np.float32) / 255.0
+    return {"segmentation": np.concatenate([np.asarray(images[0]), colour(np.asarray(batch["label"][0])),
+                                            colour(pred)], axis=1)}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def evaluate_segmenter(apply_fn: Callable, params: PyTree, source, num_classes: int, *, batch_size: int = 16,
+                       max_images: int | None = None, devices=None) -> dict:
+    """Confusion matrix and IoU of a segmenter over a labelled source, whole frames.
+
+    ``apply_fn(params, images (B,H,W,3) float32 [0,1]) -> logits (B,H,W,C)`` (`load_segmenter`'s).
+    The global batch (``batch_size`` rounded up to a multiple of the device count) is sharded over a
+    'data' mesh; each process loads its own slice; the last batch is padded with ignore labels.
+    Returns ``{"miou", "per_class_iou" (C,) float64 (NaN: class absent), "confusion" (C, C) int64}``.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    mesh = Mesh(np.asarray(devices), ("data",))
+    n = len(source) if max_images is None else min(len(source), int(max_images))
+    if n <= 0:
+        raise ValueError(f"evaluate_segmenter: source {source!r} has no images to score (max_images={max_images})")
+    n_proc, proc = jax.process_count(), jax.process_index()
+    gb = -(-int(batch_size) // len(devices)) * len(devices)
+    lb = gb // n_proc
+    shard = NamedSharding(mesh, P("data"))
+
+    @jax.jit
+    def confusion(p, images, label):
+        pred = jnp.argmax(apply_fn(p, images), axis=-1)
+        return seg_metrics.confusion_matrix(pred, label, num_classes)
+
+    total = np.zeros((num_classes, num_classes), np.int64)
+    first = source[0]
+    h, w = first["label"].shape
+    for start in range(0, n, gb):
+        images = np.zeros((lb, h, w, 3), np.float32)
+        label = np.full((lb, h, w), IGNORE_INDEX, np.uint8)
+        for j in range(lb):
+            i = start + proc * lb + j
+            if i < n:
+                item = source[i]
+                if item["label"].shape != (h, w):
+                    raise ValueError(f"evaluate_segmenter: item {i} label {item['label'].shape} differs from "
+                                     f"item 0 {(h, w)}; the eval source must have one frame size")
+                images[j], label[j] = item["image"].astype(np.float32) / 255.0, item["label"]
+        g_images = jax.make_array_from_process_local_data(shard, images)
+        g_label = jax.make_array_from_process_local_data(shard, label)
+        total += np.asarray(jax.device_get(confusion(params, g_images, g_label)), np.int64)
+    miou, per = seg_metrics.mean_iou(total)
+    return {"miou": float(miou), "per_class_iou": np.asarray(per, np.float64), "confusion": total}
+
+
+def make_apply_fn(config) -> Callable:
+    """Pure ``apply_fn(params, images (B,H,W,3)) -> logits (B,H,W,C)`` resized to the input size,
+    where ``params = {"params": ..., "model_state": ...}`` (see `load_segmenter`)."""
+    gd = graphdef(config)
+    return lambda params, images: apply_model(gd, params, jnp.asarray(images))[0]
+
+
+def evaluate(config, state) -> dict[str, float]:
+    """mIoU over ``config.data.eval_split`` (default real-val) and per-class IoU (present classes)."""
+    from dakpn_jax.data import sources as data_sources  # pylint: disable=import-outside-toplevel
+    split = config.data.get("eval_split", "real-val")
+    source = data_sources.make_source(config.data, split)
+    params = {"params": state["params"], "model_state": state["model_state"]}
+    res = evaluate_segmenter(make_apply_fn(config), params, source, num_classes(config),
+                             batch_size=int(config.get("eval_batch_size", 16)),
+                             max_images=config.get("eval_images", None))
+    out = {"miou": res["miou"]}
+    names = label_table.CLASS_NAMES
+    for c, iou in enumerate(res["per_class_iou"]):
+        if np.isfinite(iou):
+            out[f"iou/{names[c] if c < len(names) else c}"] = float(iou)
+    return out
+
+
+def load_segmenter(workdir: str) -> tuple[Callable, PyTree]:
+    """``(apply_fn, params)`` of the latest checkpoint of a segmentation run in ``workdir``.
+
+    ``apply_fn(params, images float32 (B, H, W, 3) in [0, 1]) -> logits (B, H, W, num_classes)``
+    (bilinearly resized to the input size) is pure and jittable.
+    """
+    from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+    config, state = trainer.restore_state(workdir)
+    if config.get("method") != "segmentation":
+        raise ValueError(f"load_segmenter: workdir={workdir!r} holds a {config.get('method')!r} run, "
+                         "not a 'segmentation' run")
+    return make_apply_fn(config), {"params": state["params"], "model_state": state["model_state"]}
