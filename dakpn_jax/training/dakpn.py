@@ -1,0 +1,553 @@
+"""DA-KPN (DESIGN.md §1 steps 1-6) as a method module of the generic trainer.
+
+Per step, with a global batch of synthetic frames x (B, H, W, 3), their labels y (B, H, W) and
+unpaired real frames r (B, H, W, 3), all float32 in [0, 1]:
+
+1. Features f (B, h, w, C) on the parameter grid (``config.model.param_size``): the one-hot label
+   area-resized to h x w (``config.features = "onehot"``, the benchmark default; ignore pixels
+   contribute zeros), or the class logits of a frozen segmenter (``"segmenter"``, see below).
+2. theta_low = KPN(f) (B, h, w, 12) (:class:`dakpn_jax.models.kpn.KPNHead`).
+3. Two views of T(x; theta, n) for the discriminator (the paper's two-scale scheme):
+   - ``tile``: a full-resolution th x tw tile (default H/8 x W/8) at a random position per image.
+     Only the tile plus a K/2 halo is translated (theta upsampled to H x W, then cropped, frame and
+     theta edge-padded by K/2 first), which equals cropping the full-frame translation exactly
+     because T is local; the real tile is a random crop of r.
+   - ``low``: the whole frame area-resized to ``config.model.low_size`` and translated there with
+     theta_low; sigma and noise_scale are rescaled to low-resolution pixels (sigma * s and
+     noise_scale * s, s = sqrt(lh lw / (H W)): blur in pixels shrinks with the image and averaging
+     1/s^2 pixels of white noise divides its std by 1/s). This approximates resize(T(x)) without
+     translating full frames, the paper's low-resolution branch; the real view is resize(r).
+4. Losses (``config.loss``), l = D logits, averaged over positions and pyramid levels, summed over
+   the views in ``d_inputs`` (both by default)::
+
+       form            D loss                              G adversarial loss
+       saturating      softplus(-l_real) + softplus(l_fake)  -softplus(l_fake)   (paper: minimax)
+       non_saturating  same                                softplus(-l_fake)
+       lsgan           (l_real - 1)^2 + l_fake^2           (l_fake - 1)^2
+       hinge           relu(1 - l_real) + relu(1 + l_fake)  -l_fake
+
+   plus ``r1 / 2 * E|grad_r D(r)|^2`` for D (optional), and for G ``identity * MSE(T(x_tile),
+   x_tile)`` (paper: 1). The paper's D formula has one real term; every view here gets its own real
+   counterpart (real tile, resized real frame), otherwise the low view alone would separate by
+   resolution.
+5. One step: a D update (fakes held constant), then a G update against the *updated* D: the
+   alternating form of the paper's gradient-reversal minimax. The translation is evaluated once
+   (``jax.vjp``) and its pullback reused for the G gradient. Only the KPN head and D change.
+
+Frozen segmenter: ``config.features = "segmenter"`` loads ``(apply_fn, params)`` with
+:func:`dakpn_jax.training.segmentation.load_segmenter` from ``config.segmenter_workdir`` (or takes
+them from ``make_train_step(config, segmenter=...)``). Its params are constants closed over by the
+step, outside the state, and its logits pass through ``stop_gradient``: they never change.
+
+Noise: ``config.model.noise = "fixed"`` (paper): one seeded N(0, 1) field at the training frame
+size (``translation.noise_field``); the tile uses the crop at the tile's position, the low view a
+field of its own size. ``"fresh"``: new per-sample noise every step from the state's key.
+Translation at inference (:func:`make_translator`) always uses the fixed field resized to the frame.
+
+Data parallelism: the step sees global arrays; the random tile positions come from the replicated
+key and BatchNorm statistics in D span the global batch, so N devices compute what 1 device does.
+
+State::
+
+    {"params": {"kpn", "D"}, "opt": {"kpn", "D"}, "step": int32, "rng": uint32[2]}
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dakpn_jax import translation
+from dakpn_jax.models.kpn import KPNHead, default_sigma_max
+from dakpn_jax.models.patchgan import PatchGANPyramid
+from dakpn_jax.training import gan_common as gc
+
+LOSS_FORMS = ("saturating", "non_saturating", "lsgan", "hinge")
+FEATURES = ("onehot", "segmenter")
+NOISE = ("fixed", "fresh")
+VIEWS = ("tile", "low")
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+# ----------------------------------------------------------------------------- config
+
+def _get(c, name, default):
+    return c.get(name, default) if hasattr(c, "get") else getattr(c, name, default)
+
+
+def _pair(value, name) -> tuple[int, int]:
+    v = tuple(int(a) for a in value)
+    if len(v) != 2 or min(v) < 1:
+        raise ValueError(f"config.{name}={value!r} must be two positive ints (h, w)")
+    return v
+
+
+def frame_size(config) -> tuple[int, int]:
+    return int(config.data.height), int(config.data.width)
+
+
+def param_size(config) -> tuple[int, int]:
+    return _pair(config.model.param_size, "model.param_size")
+
+
+def tile_size(config) -> tuple[int, int]:
+    H, W = frame_size(config)
+    ts = _get(config.model, "tile_size", None)
+    th, tw = _pair(ts, "model.tile_size") if ts else (H // 8, W // 8)
+    if th > H or tw > W:
+        raise ValueError(f"config.model.tile_size=({th}, {tw}) exceeds the frame ({H}, {W})")
+    return th, tw
+
+
+def low_size(config) -> tuple[int, int]:
+    return _pair(config.model.low_size, "model.low_size")
+
+
+def _check_config(config) -> None:
+    m, l = config.model, config.loss
+    checks = [("features", _get(config, "features", "onehot"), FEATURES),
+              ("loss.form", l.form, LOSS_FORMS), ("model.noise", m.noise, NOISE),
+              ("optim.schedule", _get(config.optim, "schedule", "constant"), SCHEDULES)]
+    for name, value, allowed in checks:
+        if value not in allowed:
+            raise ValueError(f"config.{name}={value!r} must be one of {allowed}")
+    views = tuple(l.d_inputs)
+    if not views or set(views) - set(VIEWS):
+        raise ValueError(f"config.loss.d_inputs={views!r} must be a non-empty subset of {VIEWS}")
+    if m.kernel_size < 1 or m.kernel_size % 2 == 0:
+        raise ValueError(f"config.model.kernel_size={m.kernel_size} must be a positive odd int")
+    if _get(config, "features", "onehot") == "segmenter" and not _get(config, "segmenter_workdir", None):
+        raise ValueError("config.features='segmenter' needs config.segmenter_workdir")
+
+
+# ----------------------------------------------------------------------------- networks
+
+def make_kpn(config, rngs: nnx.Rngs) -> KPNHead:
+    m = config.model
+    return KPNHead(m.num_classes, head=m.head, hidden=m.hidden, sigma0=m.sigma0, sigma_param=m.sigma_param,
+                   sigma_max=default_sigma_max(m.kernel_size), rngs=rngs)
+
+
+def make_discriminator(config, rngs: nnx.Rngs) -> PatchGANPyramid:
+    d = config.model.disc
+    return PatchGANPyramid(3, num_D=d.num_D, ndf=d.ndf, n_layers=d.n_layers, norm=d.norm, rngs=rngs)
+
+
+def graphdefs(config) -> dict:
+    return {"kpn": gc.graphdef_of(functools.partial(make_kpn, config)),
+            "D": gc.graphdef_of(functools.partial(make_discriminator, config))}
+
+
+# ----------------------------------------------------------------------------- optimisers
+
+def make_schedule(config, lr: float) -> optax.Schedule:
+    """``constant``, ``cosine`` (to 0 at num_train_steps) or ``linear`` (to 0), after a linear
+    warm-up of ``optim.warmup_steps`` from 0."""
+    o = config.optim
+    kind, warmup = _get(o, "schedule", "constant"), int(_get(o, "warmup_steps", 0))
+    total = max(int(config.num_train_steps), warmup + 1)
+    if kind == "constant":
+        main = optax.constant_schedule(lr)
+    elif kind == "cosine":
+        main = optax.cosine_decay_schedule(lr, total - warmup)
+    else:
+        main = optax.linear_schedule(lr, 0.0, total - warmup)
+    if warmup <= 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def make_optimizers(config) -> dict:
+    """Adam for the KPN head (``optim.lr``, paper 1e-4) and D (``optim.lr_D``, default the same)."""
+    o = config.optim
+    lr_d = _get(o, "lr_D", None) or o.lr
+    adam = lambda lr: optax.adam(make_schedule(config, lr), b1=o.b1, b2=o.b2, eps=_get(o, "eps", 1e-8))
+    return {"kpn": adam(o.lr), "D": adam(lr_d)}
+
+
+# ----------------------------------------------------------------------------- state
+
+def init_state(config, rng) -> dict:
+    """Fresh state (see module docstring) from a typed or raw key."""
+    _check_config(config)
+    k_kpn, k_d, rng = gc.split_key(gc.key_data(rng), 3)
+    params = {"kpn": gc.init_network(functools.partial(make_kpn, config), k_kpn)[1],
+              "D": gc.init_network(functools.partial(make_discriminator, config), k_d)[1]}
+    tx = make_optimizers(config)
+    return {"params": params, "opt": {k: tx[k].init(params[k]) for k in params},
+            "step": jnp.zeros((), jnp.int32), "rng": rng}
+
+
+# ----------------------------------------------------------------------------- features
+
+def area_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """(B, H, W, C) -> (B, h, w, C) by box averaging when h | H and w | W, else antialiased
+    bilinear (an approximation of the area filter)."""
+    B, H, W, C = x.shape
+    h, w = size
+    if (h, w) == (H, W):
+        return x
+    if H % h == 0 and W % w == 0:
+        return x.reshape(B, h, H // h, w, W // w, C).mean(axis=(2, 4))
+    return jax.image.resize(x, (B, h, w, C), method="linear", antialias=True)
+
+
+def onehot_features(labels: jax.Array, num_classes: int, size: tuple[int, int]) -> jax.Array:
+    """Labels (B, H, W) int (255 = ignore) -> class fractions (B, h, w, C) per parameter cell."""
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be (B, H, W), got {labels.shape}")
+    onehot = jax.nn.one_hot(labels.astype(jnp.int32), num_classes, dtype=jnp.float32)  # 255 -> zeros
+    return area_resize(onehot, size)
+
+
+def load_segmenter(config):
+    """``(apply_fn, params)`` of the frozen segmenter in ``config.segmenter_workdir``."""
+    from dakpn_jax.training import segmentation  # only needed for segmenter features
+    return segmentation.load_segmenter(config.segmenter_workdir)
+
+
+def make_feature_fn(config, segmenter=None) -> Callable:
+    """``features(images (B,H,W,3), labels (B,H,W), size) -> (B, h, w, C)`` for ``config.features``.
+
+    Segmenter features are ``stop_gradient(apply_fn(params, images))`` resized by area; the params
+    are constants of the returned closure, never part of the trained state."""
+    kind = _get(config, "features", "onehot")
+    C = config.model.num_classes
+    if kind == "onehot":
+        return lambda images, labels, size: onehot_features(labels, C, size)
+    apply_fn, seg_params = segmenter if segmenter is not None else load_segmenter(config)
+
+    def features(images, labels, size):
+        del labels
+        logits = jax.lax.stop_gradient(apply_fn(seg_params, images).astype(jnp.float32))
+        if logits.shape[-1] != C:
+            raise ValueError(f"segmenter logits have {logits.shape[-1]} classes, config.model.num_classes={C}")
+        return area_resize(logits, size)
+
+    return features
+
+
+def grid_for(config, height: int, width: int) -> tuple[int, int]:
+    """Parameter grid for a (height, width) frame: ``param_size`` scaled with the frame size."""
+    H, W = frame_size(config)
+    ph, pw = param_size(config)
+    return max(1, round(ph * height / H)), max(1, round(pw * width / W))
+
+
+def predict_params(kpn: KPNHead, features: jax.Array, images: jax.Array) -> jax.Array:
+    """theta_low (B, h, w, 12); the deep head also sees the frame area-resized to the grid."""
+    image_low = area_resize(images, features.shape[1:3]) if kpn.head == "deep" else None
+    return kpn(features, image_low)
+
+
+# ----------------------------------------------------------------------------- views
+
+def _crop(x: jax.Array, pos: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Per-image crops: x (B, H, W, C), pos (B, 2) top-left -> (B, size[0], size[1], C)."""
+    return jax.vmap(lambda im, p: jax.lax.dynamic_slice(im, (p[0], p[1], 0), size + (im.shape[-1],)))(x, pos)
+
+
+def random_positions(key, batch: int, frame: tuple[int, int], tile: tuple[int, int]) -> jax.Array:
+    """(B, 2) int32 uniform top-left corners of ``tile`` inside ``frame``."""
+    ki, kj = jax.random.split(key)
+    i = jax.random.randint(ki, (batch,), 0, frame[0] - tile[0] + 1)
+    j = jax.random.randint(kj, (batch,), 0, frame[1] - tile[1] + 1)
+    return jnp.stack([i, j], axis=-1)
+
+
+def translate_tile(x, theta_low, noise, pos, tile, kernel_size: int, impl: str = "auto"):
+    """The full-resolution translation T(x; theta, n) cropped at ``pos``, computed on the tile only.
+
+    x (B, H, W, 3), theta_low (B, h, w, 12), noise (1 or B, H, W, 3), pos (B, 2) -> (B, th, tw, 3).
+    Frame and upsampled theta are edge-padded by r = K // 2 (what ``translate`` does at the border)
+    and the tile is translated with its r halo, so every tile pixel sees its whole window."""
+    B, H, W, _ = x.shape
+    r = kernel_size // 2
+    theta = translation.upsample_params(theta_low, H, W)
+    pad = lambda a: jnp.pad(a, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
+    size = (tile[0] + 2 * r, tile[1] + 2 * r)
+    noise = jnp.broadcast_to(noise, (B,) + noise.shape[1:])
+    xs, ts, ns = (_crop(pad(a), pos, size) for a in (x, theta, noise))
+    out = translation.translate(xs, ts, ns, kernel_size=kernel_size, impl=impl)
+    return out[:, r:r + tile[0], r:r + tile[1]]
+
+
+def low_res_params(theta_low: jax.Array, frame: tuple[int, int], low: tuple[int, int]) -> jax.Array:
+    """theta in low-resolution pixel units: sigma and noise_scale times s = sqrt(lh lw / (H W))."""
+    s = float(np.sqrt(low[0] * low[1] / (frame[0] * frame[1])))
+    factor = jnp.asarray([1.0] * 6 + [s] * 6, jnp.float32)
+    return theta_low * factor
+
+
+# ----------------------------------------------------------------------------- losses
+
+def d_loss(form: str, real: jax.Array, fake: jax.Array) -> jax.Array:
+    """Discriminator loss on logits (see module docstring), mean over elements."""
+    if form in ("saturating", "non_saturating"):
+        return jnp.mean(jax.nn.softplus(-real)) + jnp.mean(jax.nn.softplus(fake))
+    if form == "lsgan":
+        return jnp.mean(jnp.square(real - 1.0)) + jnp.mean(jnp.square(fake))
+    if form == "hinge":
+        return jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake))
+    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
+
+
+def g_loss(form: str, fake: jax.Array) -> jax.Array:
+    """Generator adversarial loss on D's logits for fakes, mean over elements."""
+    if form == "saturating":
+        return -jnp.mean(jax.nn.softplus(fake))
+    if form == "non_saturating":
+        return jnp.mean(jax.nn.softplus(-fake))
+    if form == "lsgan":
+        return jnp.mean(jnp.square(fake - 1.0))
+    if form == "hinge":
+        return -jnp.mean(fake)
+    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
+
+
+def _levels_mean(fn, *logits: list) -> jax.Array:
+    """Mean over pyramid levels of ``fn(level logits, ...)``."""
+    return sum(fn(*(a.astype(jnp.float32) for a in ls)) for ls in zip(*logits)) / len(logits[0])
+
+
+def r1_penalty(d: nnx.Module, real: jax.Array) -> jax.Array:
+    """``E_batch |grad_x sum D(x)|^2`` at real images (the sum runs over positions and levels)."""
+    grads = jax.grad(lambda x: sum(jnp.sum(l) for l in d(x)))(real)
+    return jnp.mean(jnp.sum(jnp.square(grads), axis=(1, 2, 3)))
+
+
+# ----------------------------------------------------------------------------- step
+
+def check_batch(batch: dict) -> None:
+    for k in ("synthetic", "label", "real"):
+        if k not in batch:
+            raise ValueError(f"DA-KPN batch: missing key '{k}' (have {sorted(batch)})")
+    x, y, r = batch["synthetic"], batch["label"], batch["real"]
+    if x.ndim != 4 or x.shape[-1] != 3 or r.shape != x.shape:
+        raise ValueError(f"DA-KPN batch: 'synthetic' {x.shape} and 'real' {r.shape} must both be (B, H, W, 3)")
+    if y.shape != x.shape[:3]:
+        raise ValueError(f"DA-KPN batch: 'label' {y.shape} must be (B, H, W) = {x.shape[:3]}")
+
+
+def make_train_step(config, *, segmenter=None) -> Callable:
+    """Returns the pure ``train_step(state, batch) -> (state, metrics)``.
+
+    ``batch``: ``{"synthetic": (B, H, W, 3) float32, "label": (B, H, W) int, "real": (B, H, W, 3)}``.
+    ``segmenter``: optional ``(apply_fn, params)`` overriding ``load_segmenter`` (tests, notebooks).
+    """
+    _check_config(config)
+    gd = graphdefs(config)
+    tx = make_optimizers(config)
+    lr_schedule = make_schedule(config, config.optim.lr)
+    m, l = config.model, config.loss
+    feature_fn = make_feature_fn(config, segmenter)
+    form, views = l.form, tuple(l.d_inputs)
+    w_idt, w_r1 = float(l.identity), float(l.r1)
+    K, impl = int(m.kernel_size), m.impl
+    frame, tile, low, grid = frame_size(config), tile_size(config), low_size(config), param_size(config)
+    fixed = m.noise == "fixed"
+    if fixed:  # constants of the step, never part of the state
+        noise_full = translation.noise_field(m.noise_seed, *frame)
+        noise_low = translation.noise_field(m.noise_seed + 1, *low)
+
+    def generate(kpn_params, x, feats, pos, k_noise):
+        """(fake tile, fake low view, theta_low) as functions of the KPN params."""
+        kpn = gc.merge(gd["kpn"], kpn_params)
+        theta = predict_params(kpn, feats, x)
+        if fixed:
+            n_full, n_low = noise_full, noise_low
+        else:
+            k1, k2 = jax.random.split(k_noise)
+            n_full = translation.sample_noise(k1, x.shape[0], *frame)
+            n_low = translation.sample_noise(k2, x.shape[0], *low)
+        fake_tile = translate_tile(x, theta, n_full, pos, tile, K, impl)
+        fake_low = translation.translate(area_resize(x, low), low_res_params(theta, frame, low), n_low,
+                                         kernel_size=K, impl=impl)
+        return {"tile": fake_tile, "low": fake_low}, theta
+
+    def d_objective(d_params, reals, fakes):
+        d = gc.merge(gd["D"], d_params)
+        out = {}
+        for v in views:
+            lr_, lf = d(reals[v]), d(fakes[v])
+            out[f"loss_D_{v}"] = _levels_mean(lambda a, b: d_loss(form, a, b), lr_, lf)
+            out[f"D_real_{v}"] = _levels_mean(jnp.mean, lr_)
+            out[f"D_fake_{v}"] = _levels_mean(jnp.mean, lf)
+        loss = sum(out[f"loss_D_{v}"] for v in views)
+        if w_r1 > 0:
+            out["r1"] = sum(r1_penalty(d, reals[v]) for v in views)
+            loss = loss + 0.5 * w_r1 * out["r1"]
+        return loss, out
+
+    def g_objective(fakes, d_params, x_tile):
+        d = gc.merge(gd["D"], d_params)
+        adv = sum(_levels_mean(lambda a: g_loss(form, a), d(fakes[v])) for v in views)
+        idt = jnp.mean(jnp.square(fakes["tile"] - x_tile))
+        return adv + w_idt * idt, {"loss_G_adv": adv, "loss_identity": idt}
+
+    def train_step(state, batch):
+        check_batch(batch)
+        x = batch["synthetic"].astype(jnp.float32)
+        r = batch["real"].astype(jnp.float32)
+        y = batch["label"].astype(jnp.int32)
+        B = x.shape[0]
+        if x.shape[1:3] != frame:
+            raise ValueError(f"DA-KPN batch frames {x.shape[1:3]} != config.data (height, width) {frame}")
+        k_pos, k_real, k_noise, rng = gc.split_key(state["rng"], 4)
+        wrap = jax.random.wrap_key_data
+        pos = random_positions(wrap(k_pos), B, frame, tile)
+        reals = {"tile": _crop(r, random_positions(wrap(k_real), B, frame, tile), tile),
+                 "low": area_resize(r, low)}
+        feats = feature_fn(x, y, grid)
+        params = state["params"]
+
+        # The translation once, with its pullback for the G update.
+        (fakes, theta), pullback = jax.vjp(lambda p: generate(p, x, feats, pos, wrap(k_noise)), params["kpn"])
+        const_fakes = jax.lax.stop_gradient(fakes)
+
+        # 1. D update against the current translation.
+        (loss_d, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(params["D"], reals, const_fakes)
+        d_params, opt_d = gc.apply_updates(tx["D"], params["D"], d_grads, state["opt"]["D"])
+
+        # 2. G (KPN head) update against the updated D.
+        (loss_g, g_aux), fake_grads = jax.value_and_grad(g_objective, has_aux=True)(
+            const_fakes, d_params, _crop(x, pos, tile))
+        (kpn_grads,) = pullback((fake_grads, jnp.zeros_like(theta)))
+        kpn_params, opt_k = gc.apply_updates(tx["kpn"], params["kpn"], kpn_grads, state["opt"]["kpn"])
+
+        new_state = {"params": {"kpn": kpn_params, "D": d_params}, "opt": {"kpn": opt_k, "D": opt_d},
+                     "step": state["step"] + 1, "rng": rng}
+        _, _, sigma, noise_scale = translation.split_params(theta)
+        metrics = {"loss_D": loss_d, "loss_G": loss_g, **d_aux, **g_aux, "lr": lr_schedule(state["step"]),
+                   "sigma_mean": jnp.mean(sigma), "noise_scale_mean": jnp.mean(jnp.abs(noise_scale))}
+        return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+    return train_step
+
+
+# ----------------------------------------------------------------------------- data
+
+def make_iterators(config, *, shard_index: int = 0, shard_count: int = 1) -> dict:
+    """Unpaired full-frame streams ``{"synthetic": synthetic-train (image, label), "real": real-train}``
+    of per-process batches ``config.batch_size // shard_count`` (random horizontal flips)."""
+    from dakpn_jax.data import pipeline, sources  # data side only
+
+    if config.batch_size % shard_count:
+        raise ValueError(f"config.batch_size={config.batch_size} not divisible by process count {shard_count}")
+    out = {}
+    for name, split, offset in (("synthetic", "synthetic-train", 0), ("real", "real-train", 1)):
+        out[name] = pipeline.make_pipeline(
+            sources.make_source(config.data, split), batch_size=config.batch_size // shard_count,
+            seed=config.seed + offset, shard_index=shard_index, shard_count=shard_count, shuffle=True,
+            random_flip=_get(config, "random_flip", True))
+    return out
+
+
+def next_batch(iterators: dict) -> dict:
+    """``{"synthetic": (b, H, W, 3) float32, "label": (b, H, W) uint8, "real": (b, H, W, 3) float32}``."""
+    syn = next(iterators["synthetic"])
+    return {"synthetic": np.asarray(syn["image"], np.float32), "label": np.asarray(syn["label"], np.uint8),
+            "real": np.asarray(next(iterators["real"])["image"], np.float32)}
+
+
+# ----------------------------------------------------------------------------- inference
+
+def make_translator(config, state, *, segmenter=None) -> Callable:
+    """Jitted ``translate_fn(images (B, H, W, 3) in [0, 1], labels (B, H, W) int) -> (B, H, W, 3)``
+    at any frame size: features on the scaled parameter grid, the full frame in one pass (the
+    memory-lean kernel path on CPU), the fixed noise field resized to the frame."""
+    _check_config(config)
+    m = config.model
+    kpn_gd = graphdefs(config)["kpn"]
+    kpn_params = state["params"]["kpn"]
+    feature_fn = make_feature_fn(config, segmenter)
+    base = frame_size(config)
+
+    @jax.jit
+    def translate_fn(images, labels):
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"translate_fn: images must be (B, H, W, 3), got {images.shape}")
+        H, W = images.shape[1:3]
+        x = images.astype(jnp.float32)
+        feats = feature_fn(x, labels, grid_for(config, H, W))
+        theta = predict_params(gc.merge(kpn_gd, kpn_params), feats, x)
+        noise = translation.noise_field(m.noise_seed, H, W, base_size=base)
+        return translation.translate(x, theta, noise, kernel_size=m.kernel_size, impl=m.impl)
+
+    return translate_fn
+
+
+def _param_maps(theta: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """theta (h, w, 12) -> (H, 4W, 3) panels: hsv_scale / 2, hsv_bias + 0.5, sigma / 4 px, |noise| * 10."""
+    scale, bias, sigma, noise = translation.split_params(theta[None])
+    panels = [scale / 2, bias + 0.5, sigma / 4.0, jnp.abs(noise) * 10.0]
+    panels = [jax.image.resize(p, (1,) + size + (3,), method="nearest")[0] for p in panels]
+    return jnp.clip(jnp.concatenate(panels, axis=1), 0.0, 1.0)
+
+
+def summaries(config, state, batch) -> dict:
+    """``translation``: synthetic | translated | real (H, 3W, 3); ``params``: the parameter maps."""
+    fn = make_translator(config, state)
+    x, y = jnp.asarray(batch["synthetic"][:1], jnp.float32), jnp.asarray(batch["label"][:1])
+    fake = fn(x, y)
+    feats = make_feature_fn(config)(x, y, grid_for(config, *x.shape[1:3]))
+    theta = predict_params(gc.merge(graphdefs(config)["kpn"], state["params"]["kpn"]), feats, x)
+    real = jnp.asarray(batch["real"][:1], jnp.float32)
+    return {"translation": np.asarray(jnp.concatenate([x[0], fake[0], real[0]], axis=1)),
+            "params": np.asarray(_param_maps(theta[0], x.shape[1:3]))}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def class_color_stats(images: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class mean RGB (C, 3) float64 over all pixels of each class, and pixel counts (C,)."""
+    flat_y = labels.reshape(-1).astype(np.int64)
+    valid = flat_y < num_classes
+    flat_x = images.reshape(-1, 3)[valid].astype(np.float64)
+    flat_y = flat_y[valid]
+    counts = np.bincount(flat_y, minlength=num_classes).astype(np.float64)
+    sums = np.stack([np.bincount(flat_y, weights=flat_x[:, c], minlength=num_classes) for c in range(3)], -1)
+    return sums / np.maximum(counts, 1)[:, None], counts
+
+
+def evaluate(config, state, *, translate_fn=None, max_images: int | None = None, batch_size: int = 8) -> dict:
+    """Paired-view scores on the benchmark's ``paired-eval`` split (``config.eval_images`` images):
+
+    - ``psnr``: mean over images of PSNR(T(synthetic), real rendering of the same scene), dB;
+      ``psnr_untranslated``: the same for the untranslated synthetic image (the baseline);
+    - ``class_color_err`` (+ ``_untranslated``): mean over classes present of the L2 distance
+      between the class's mean RGB in the translated (untranslated) images and in the real ones.
+    """
+    from dakpn_jax.data import sources
+    from dakpn_jax.evaluation import image_quality
+
+    source = sources.make_source(config.data, "paired-eval")
+    n = min(len(source), int(max_images or _get(config, "eval_images", 32)))
+    if n == 0:
+        raise ValueError("evaluate: the paired-eval split is empty")
+    fn = translate_fn or make_translator(config, state)
+    C = config.model.num_classes
+    ps, ps0 = [], []
+    acc = {k: [np.zeros((C, 3)), np.zeros(C)] for k in ("fake", "syn", "real")}
+    for start in range(0, n, batch_size):
+        items = [source[i] for i in range(start, min(n, start + batch_size))]
+        syn = np.stack([it["synthetic"] for it in items]).astype(np.float32) / 255.0
+        real = np.stack([it["real"] for it in items]).astype(np.float32) / 255.0
+        label = np.stack([it["label"] for it in items])
+        fake = np.asarray(fn(jnp.asarray(syn), jnp.asarray(label.astype(np.int32))), np.float32)
+        ps.append(np.asarray(image_quality.psnr(fake, real)))
+        ps0.append(np.asarray(image_quality.psnr(syn, real)))
+        for k, im in (("fake", fake), ("syn", syn), ("real", real)):
+            mean, count = class_color_stats(im, label, C)
+            acc[k][0] += mean * count[:, None]
+            acc[k][1] += count
+    present = acc["real"][1] > 0
+    means = {k: s[present] / c[present, None] for k, (s, c) in acc.items()}
+    err = lambda k: float(np.mean(np.linalg.norm(means[k] - means["real"], axis=-1)))
+    return {"psnr": float(np.mean(np.concatenate(ps))), "psnr_untranslated": float(np.mean(np.concatenate(ps0))),
+            "class_color_err": err("fake"), "class_color_err_untranslated": err("syn")}
