@@ -215,36 +215,55 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass
 class Scene:
-  """One generated scene: labels plus the synthetic renderer's per-pixel HSV albedo.
+  """One generated scene: labels plus the synthetic renderer's HSV albedo, stored per region.
+
+  Every pixel belongs to one painted region (a skyline block, the road, a car's cabin, ...); a region
+  has one class and one HSV colour, except the sky whose colour also depends on the row.
 
   Attributes:
     label: uint8 (H, W) train ids (255 where a left-out background class would be).
-    classes: uint8 (H, W) generating class of every pixel (the label before ignore-masking), used to
-      pick per-class rendering parameters.
-    hsv: float32 (H, W, 3) synthetic HSV albedo in [0, 1].
+    classes: uint8 (H, W) generating class of every pixel (the label before ignore-masking).
+    region: uint8 (H, W) region index of every pixel; region 0 is the sky.
+    region_class: uint8 (R,) class of every region.
+    region_hsv: float32 (R, 3) synthetic HSV albedo of every region, in [0, 1].
+    sky_hsv: float32 (H, 3) synthetic HSV of the sky per row (paler and brighter near the horizon).
   """
   label: np.ndarray
   classes: np.ndarray
-  hsv: np.ndarray
+  region: np.ndarray
+  region_class: np.ndarray
+  region_hsv: np.ndarray
+  sky_hsv: np.ndarray
+
+  def albedo_hsv(self) -> np.ndarray:
+    """Per-pixel synthetic HSV albedo, float32 (H, W, 3)."""
+    hsv = self.region_hsv[self.region]
+    return np.where((self.classes == L.SKY)[..., None], self.sky_hsv[:, None, :], hsv)
 
 
 class _Canvas:
-  """Paints regions (class id + HSV jitter) far to near; later paints occlude earlier ones."""
+  """Paints regions far to near (later paints occlude earlier ones); a region = class + HSV jitter."""
+
+  MAX_REGIONS = 256  # region ids are uint8
 
   def __init__(self, h, w):
-    self.cls = np.empty((h, w), np.uint8)
-    # Per-pixel (hue add, saturation mul, value mul), applied to the class base colour.
-    self.jit = np.empty((h, w, 3), np.float32)
+    self.region = np.zeros((h, w), np.uint8)
+    self.classes: list[int] = []
+    # Per region (hue add, saturation mul, value mul), applied to the class base colour.
+    self.jitters: list[np.ndarray] = []
 
   def paint(self, rows, cols, mask, cls, jitter):
     """Paints `mask` (bool, the shape of the rows x cols window) or the whole window when None."""
-    view_c, view_j = self.cls[rows, cols], self.jit[rows, cols]
+    if len(self.classes) == self.MAX_REGIONS:
+      return  # a scene never gets near this; objects beyond it are simply not drawn
+    rid = len(self.classes)
+    self.classes.append(cls)
+    self.jitters.append(jitter)
+    view = self.region[rows, cols]
     if mask is None:
-      view_c[...] = cls
-      view_j[...] = jitter
+      view[...] = rid
     else:
-      view_c[mask] = cls
-      view_j[mask] = jitter
+      view[mask] = rid
 
 
 def _jitter(rng, hue=None):
@@ -286,7 +305,8 @@ def generate_scene(rng: np.random.Generator, height: int, width: int, domain: st
     else:
       tops = np.full((n,), top, np.float32)
       cls = L.BUILDING
-    rows = slice(max(0, int(tops.min())), int(np.ceil(horizon)) + 1)
+    # Facades and trees reach down to the ground; road, sidewalk and terrain overpaint them there.
+    rows = slice(max(0, int(tops.min())), H)
     mask = ys[rows] >= tops[None, :]
     cv.paint(rows, cols, mask, cls, _jitter(rng))
     x0 += bw
@@ -316,7 +336,8 @@ def generate_scene(rng: np.random.Generator, height: int, width: int, domain: st
               "person": L.PERSON in want}[kind]
     if wanted:
       for _ in range(rng.poisson(rate)):
-        objects.append((horizon + depth_bottom * rng.uniform(0.08, 1.0) ** 0.7, kind))
+        far, near = (0.08, 0.75) if kind == "person" else (0.08, 1.0)
+        objects.append((horizon + depth_bottom * rng.uniform(far, near) ** 0.7, kind))
   objects.sort(key=lambda o: o[0])
 
   def at(y):  # road edges and sidewalk width at row y
@@ -359,23 +380,23 @@ def generate_scene(rng: np.random.Generator, height: int, width: int, domain: st
         head = _jitter(rng, 0.06) * np.array([1.0, 0.6, 1.1], np.float32)  # skin tone
         _box(cv, H, W, bottom - ph, bottom - 0.8 * ph, cx - pw / 3, cx + pw / 3, L.PERSON, head)
 
-  cls = cv.cls
-  base = _BASE_HSV[cls]
-  hsv = np.empty_like(base)
-  hsv[..., 0] = (base[..., 0] + cv.jit[..., 0]) % 1.0
-  hsv[..., 1] = np.clip(base[..., 1] * cv.jit[..., 1], 0.0, 1.0)
-  hsv[..., 2] = np.clip(base[..., 2] * cv.jit[..., 2], 0.0, 1.0)
-  # Synthetic shading: the sky brightens and pales towards the horizon.
-  sky = cls == L.SKY
-  fade = np.clip(ys / max(horizon, 1.0), 0.0, 1.0) * np.ones((1, W), np.float32)
-  hsv[..., 1] = np.where(sky, hsv[..., 1] * (1.0 - 0.35 * fade), hsv[..., 1])
-  hsv[..., 2] = np.where(sky, np.minimum(1.0, hsv[..., 2] * (0.9 + 0.1 * fade)), hsv[..., 2])
+  region_class = np.array(cv.classes, np.uint8)
+  jit = np.stack(cv.jitters)
+  base = _BASE_HSV[region_class]
+  region_hsv = np.stack([(base[:, 0] + jit[:, 0]) % 1.0, np.clip(base[:, 1] * jit[:, 1], 0.0, 1.0),
+                         np.clip(base[:, 2] * jit[:, 2], 0.0, 1.0)], axis=-1).astype(np.float32)
+  # Synthetic shading: the sky (region 0) pales and brightens towards the horizon.
+  fade = np.clip(ys[:, 0] / max(horizon, 1.0), 0.0, 1.0)
+  sky_hsv = np.stack([np.full((H,), region_hsv[0, 0], np.float32), region_hsv[0, 1] * (1.0 - 0.35 * fade),
+                      np.minimum(1.0, region_hsv[0, 2] * (0.9 + 0.1 * fade))], axis=-1)
 
-  label = cls.copy()
+  classes_map = region_class[cv.region]
+  label = classes_map.copy()
   for c in _BACKGROUND:
     if c not in want:
-      label[cls == c] = L.IGNORE_INDEX
-  return Scene(label=label, classes=cls, hsv=hsv)
+      label[classes_map == c] = L.IGNORE_INDEX
+  return Scene(label=label, classes=classes_map, region=cv.region, region_class=region_class,
+               region_hsv=region_hsv, sky_hsv=sky_hsv.astype(np.float32))
 
 
 def _box(cv, H, W, top, bottom, x0, x1, cls, jitter):
@@ -388,21 +409,39 @@ def _box(cv, H, W, top, bottom, x0, x1, cls, jitter):
 # ---------------------------------------------------------------------------------------------------
 # Renderers.
 
+def _paint_rgb(scene: Scene, region_hsv, sky_hsv):
+  """Per-pixel RGB from per-region and per-sky-row HSV colours: convert the small tables, then gather."""
+  rgb = hsv_to_rgb(region_hsv)[scene.region]
+  sky_rgb = hsv_to_rgb(sky_hsv)
+  sky_rows = int(np.any(scene.classes == L.SKY, axis=1).nonzero()[0].max(initial=-1)) + 1
+  top = slice(0, sky_rows)
+  rgb[top] = np.where((scene.classes[top] == L.SKY)[..., None], sky_rgb[top, None, :], rgb[top])
+  return rgb
+
+
+def _real_affine(hsv, classes, exposure):
+  """Step 1 (+ exposure) on HSV colours (..., 3) of the given classes (...)."""
+  affine = _REAL_AFFINE[classes]
+  return np.stack([(hsv[..., 0] + affine[..., 0]) % 1.0, np.clip(hsv[..., 1] * affine[..., 1], 0.0, 1.0),
+                   np.clip(hsv[..., 2] * affine[..., 2] * exposure, 0.0, 1.0)], axis=-1)
+
+
 def render_synthetic(scene: Scene) -> np.ndarray:
   """The game-like rendering: the flat HSV albedo converted to RGB; uint8 (H, W, 3)."""
-  return _to_uint8(hsv_to_rgb(scene.hsv))
+  return _to_uint8(_paint_rgb(scene, scene.region_hsv, scene.sky_hsv))
 
 
 def render_real(scene: Scene, rng: np.random.Generator) -> np.ndarray:
   """The camera-like rendering of `scene` (steps 1-6 of the module docstring); uint8 (H, W, 3)."""
   H, W = scene.classes.shape
   cls = scene.classes
-  affine = _REAL_AFFINE[cls]
-  hsv = np.empty_like(scene.hsv)
-  hsv[..., 0] = (scene.hsv[..., 0] + affine[..., 0]) % 1.0
-  hsv[..., 1] = np.clip(scene.hsv[..., 1] * affine[..., 1], 0.0, 1.0)
-  hsv[..., 2] = np.clip(scene.hsv[..., 2] * affine[..., 2] * rng.uniform(*EXPOSURE_RANGE), 0.0, 1.0)
-  rgb = hsv_to_rgb(hsv) * rng.uniform(*WHITE_BALANCE_RANGE, size=3).astype(np.float32)
+  exposure = rng.uniform(*EXPOSURE_RANGE)
+  # The affine acts per pixel on the HSV albedo; the albedo is constant per region (per row for the
+  # sky), so it is applied to those small tables.
+  region_hsv = _real_affine(scene.region_hsv, scene.region_class, exposure)
+  sky_hsv = _real_affine(scene.sky_hsv, np.full((H,), L.SKY, np.uint8), exposure)
+  rgb = _paint_rgb(scene, region_hsv, sky_hsv)
+  rgb *= rng.uniform(*WHITE_BALANCE_RANGE, size=3).astype(np.float32)
 
   # Texture: coarse blotches (8 px cells, bilinear) + fine grain (2 px cells), zero mean, unit-ish std.
   texture = 0.8 * _upsample_bilinear(rng.standard_normal((H // 8 + 2, W // 8 + 2), np.float32), H, W)
@@ -415,13 +454,23 @@ def render_real(scene: Scene, rng: np.random.Generator) -> np.ndarray:
   sigma = (BLUR_SIGMA[0] + BLUR_SIGMA[1] * r2) * (H / 128.0)
   rgb = _varying_blur(rgb, sigma, (BLUR_SIGMA[0] + BLUR_SIGMA[1]) * (H / 128.0))
 
-  std = np.sqrt(NOISE_READ ** 2 + NOISE_SHOT * np.clip(rgb, 0.0, 1.0))
-  rgb += std * rng.standard_normal(rgb.shape, np.float32)
+  # Sensor noise, std = sqrt(read^2 + shot * x); in place to avoid frame-sized temporaries.
+  std = np.clip(rgb, 0.0, 1.0)
+  std *= NOISE_SHOT
+  std += NOISE_READ ** 2
+  np.sqrt(std, out=std)
+  noise = rng.standard_normal(rgb.shape, np.float32)
+  noise *= std
+  rgb += noise
   return _to_uint8(rgb)
 
 
 def _to_uint8(x):
-  return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+  """float [0, 1] -> uint8 with rounding; clobbers `x`."""
+  np.clip(x, 0.0, 1.0, out=x)
+  x *= 255.0
+  x += 0.5
+  return x.astype(np.uint8)
 
 
 _RADIUS_CACHE: dict = {}
@@ -453,31 +502,67 @@ def _upsample_bilinear(a, H, W):
 
 
 def _gaussian_blur(img, sigma):
-  """Separable Gaussian blur with edge padding; img (H, W, C), sigma in px (> 0)."""
+  """Separable Gaussian blur with edge padding; img (H, W, C) float32, sigma in px (> 0).
+
+  y[p] = sum_{|t| <= r} k[t] x[p + t] along each axis, k[t] ~ exp(-t^2 / (2 sigma^2)) summing to 1,
+  r = ceil(3 sigma). The kernel is symmetric, so taps +-t share one multiply; all arithmetic writes
+  into two scratch buffers, because fresh frame-sized temporaries cost more than the adds.
+  """
   r = max(1, int(np.ceil(3.0 * sigma)))
-  t = np.arange(-r, r + 1, dtype=np.float32)
+  t = np.arange(0, r + 1, dtype=np.float32)
   k = np.exp(-t ** 2 / (2.0 * sigma ** 2))
-  k /= k.sum()
-  H, W = img.shape[:2]
-  p = np.pad(img, ((r, r), (0, 0), (0, 0)), mode="edge")
-  out = k[0] * p[0:H]
-  for i in range(1, 2 * r + 1):
-    out += k[i] * p[i:i + H]
-  p = np.pad(out, ((0, 0), (r, r), (0, 0)), mode="edge")
-  out = k[0] * p[:, 0:W]
-  for i in range(1, 2 * r + 1):
-    out += k[i] * p[:, i:i + W]
-  return out
+  k /= 2.0 * k.sum() - k[0]
+  for axis in (0, 1):
+    n = img.shape[axis]
+    p = _edge_pad(img, r, axis)
+    take = (lambda a: p[a:a + n]) if axis == 0 else (lambda a: p[:, a:a + n])  # pylint: disable=cell-var-from-loop
+    out = np.multiply(take(r), k[0])
+    tmp = np.empty_like(out)
+    for i in range(1, r + 1):
+      np.add(take(r - i), take(r + i), out=tmp)
+      tmp *= k[i]
+      out += tmp
+    img = out
+  return img
+
+
+def _edge_pad(img, r, axis):
+  """`np.pad(img, r, mode="edge")` along axis 0 or 1, without np.pad's per-call overhead."""
+  if axis == 1:
+    return _edge_pad(img.swapaxes(0, 1), r, 0).swapaxes(0, 1)
+  n = img.shape[0]
+  p = np.empty((n + 2 * r,) + img.shape[1:], img.dtype)
+  p[r:r + n] = img
+  p[:r] = img[:1]
+  p[r + n:] = img[-1:]
+  return p
+
+
+_BLEND_CACHE: dict = {}
 
 
 def _varying_blur(img, sigma, sigma_max):
-  """Per-pixel blur: linear blend in sigma of blurs at 0, sigma_max/2 and sigma_max."""
-  half = _gaussian_blur(img, sigma_max / 2)
-  full = _gaussian_blur(img, sigma_max)
-  t = np.clip(sigma / sigma_max * 2.0, 0.0, 2.0)[..., None]
-  lo = np.minimum(t, 1.0)
-  hi = np.maximum(t - 1.0, 0.0)
-  return np.where(t <= 1.0, img * (1 - lo) + half * lo, half * (1 - hi) + full * hi)
+  """Per-pixel blur: linear blend in sigma of blurs at 0, sigma_max / 2 and sigma_max.
+
+  With t = 2 sigma / sigma_max in [0, 2] the weights are (max(0, 1-t), 1-|t-1|, max(0, t-1)).
+  `sigma` (H, W) depends on the frame size only, so the weights are cached per size.
+  """
+  key = (img.shape[:2], float(sigma_max))
+  if key not in _BLEND_CACHE:
+    t = np.clip(sigma / sigma_max * 2.0, 0.0, 2.0)[..., None].astype(np.float32)
+    w = (np.maximum(0.0, 1.0 - t), 1.0 - np.abs(t - 1.0), np.maximum(0.0, t - 1.0))
+    for a in w:
+      a.setflags(write=False)
+    _BLEND_CACHE[key] = w
+  w0, w1, w2 = _BLEND_CACHE[key]
+  out = img * w0
+  blurred = _gaussian_blur(img, sigma_max / 2)
+  blurred *= w1
+  out += blurred
+  blurred = _gaussian_blur(img, sigma_max)
+  blurred *= w2
+  out += blurred
+  return out
 
 
 # ---------------------------------------------------------------------------------------------------
