@@ -1,14 +1,64 @@
 """The one dispatch every method uses to get a data source: `make_source(data_config, split)`.
 
-Logical splits (docs/ARCHITECTURE.md): ``synthetic-train``, ``real-train``, ``real-train-labelled``,
-``real-val`` and, for the procedural benchmark only, ``paired-eval``.
+Logical splits (docs/ARCHITECTURE.md): ``synthetic-train`` (labelled), ``real-train`` (images only),
+``real-train-labelled`` (a deterministic labelled subset of real-train), ``real-val`` (labelled) and,
+for the procedural benchmark only, ``paired-eval``. Every source is a grain random-access source
+returning ``{"image": uint8 (H, W, 3), "label": uint8 (H, W)}`` (``{"image"}`` for real-train),
+labels already in the protocol's class ids with 255 = ignore.
 
-``data_config.get("name", "procedural") == "procedural"`` delegates to
-`dakpn_jax.data.procedural.make_source(split, data_config)`. Real datasets are added below (issue #7).
+``data_config.name``:
+
+- ``"procedural"`` (default): `dakpn_jax.data.procedural.make_source(split, data_config)`.
+- ``"real"``: the real datasets of issue #7, read from TFDS-prepared copies (``data_dir``, see
+  ``python -m dakpn_jax.data.prepare``) or straight from the extracted official folders
+  (``synthetic_dir`` / ``real_dir``). Fields (read with ``data_config.get``):
+
+  ======================  ======================================================================
+  synthetic               ``"gta5"``, ``"synthia"`` or ``"face_synthetics"``
+  real                    ``"cityscapes"`` or ``"celebamask_hq"``
+  data_dir                TFDS data dir holding the prepared datasets (``None``: direct folders)
+  synthetic_dir           extracted official folder of `synthetic` (overrides ``data_dir``)
+  real_dir                extracted official folder of `real` (overrides ``data_dir``)
+  synthetic_split         dataset split(s) for synthetic-train, ``+``-joined; default: all splits
+  real_train_split        default ``"train"``
+  real_val_split          default ``"validation"``
+  num_real_labelled       N of real-train-labelled: N images evenly spaced over the sorted
+                          real-train list (index floor(i * n / N), i < N), so all Cityscapes
+                          cities are represented (the first N sorted files would be one city)
+  label_protocol          ``cityscapes19`` / ``synthia16`` / ``synthia13`` (street scenes),
+                          ``faces18`` (background ignored, DESIGN §1.8) / ``faces19``; default:
+                          ``cityscapes19``, ``synthia16`` for SYNTHIA, ``faces18`` for faces
+  synthetic_size          optional (height, width) the synthetic images are resized to
+  real_size               optional (height, width) the real images are resized to
+  ======================  ======================================================================
+
+  Resizing uses PIL: bilinear with antialiasing for images, nearest for labels.
+  `preset(name, data_dir)` returns these fields for the paper's three benchmarks.
+
+The shared pieces of the dataset files live here too: `Example` (one listed image/label pair),
+`read_image` / `read_label_png` (decoding that names the file on any failure) and the two base
+sources, `DirectSource` (official layout) and `PreparedSource` (TFDS array_record).
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import io
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
 SPLITS = ("synthetic-train", "real-train", "real-train-labelled", "real-val", "paired-eval")
+
+DATASETS = {
+    "gta5": "dakpn_jax.data.gta5",
+    "synthia": "dakpn_jax.data.synthia",
+    "cityscapes": "dakpn_jax.data.cityscapes",
+    "face_synthetics": "dakpn_jax.data.face_synthetics",
+    "celebamask_hq": "dakpn_jax.data.celebamask_hq",
+}
 
 
 def _get(config, name, default=None):
@@ -16,6 +66,217 @@ def _get(config, name, default=None):
     if hasattr(config, "get"):
         return config.get(name, default)
     return getattr(config, name, default)
+
+
+def dataset_module(name: str):
+    """The dataset module (gta5, synthia, ...) for a dataset name."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset {name!r} is unknown; expected one of {sorted(DATASETS)}")
+    return importlib.import_module(DATASETS[name])
+
+
+# --------------------------------------------------------------------------- decoding
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One listed example of an official layout.
+
+    key: unique id inside the dataset (the file stem). image: path of the image file. label: a
+    path or a dataset-specific label reference (CelebAMask-HQ: the list of part masks), passed to
+    the dataset's ``load_label(label, image_hw)``.
+    """
+    key: str
+    image: str
+    label: Any
+
+
+def open_image(path, what):
+    """The loaded PIL image at `path`; ValueError naming the file if missing, unreadable or truncated."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: {what} file is missing")
+    try:
+        im = Image.open(path)
+        im.load()  # decode now: truncated or corrupt files fail here, not later in a worker
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: unreadable or truncated {what} file ({e})") from e
+    return im
+
+
+def read_image(path) -> np.ndarray:
+    """The RGB image at `path` as uint8 (H, W, 3); ValueError naming the file if unreadable."""
+    with open_image(path, "image") as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def encode_image(path) -> tuple[bytes, np.ndarray]:
+    """(bytes to store, decoded uint8 (H, W, 3)) for the image at `path`.
+
+    RGB PNG and JPEG files are stored byte for byte (no re-encoding loss); anything else (grey,
+    palette, RGBA, other formats) is converted to RGB and stored as PNG, so decoding the stored
+    bytes always gives exactly `read_image(path)`.
+    """
+    array = read_image(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    with Image.open(io.BytesIO(data)) as im:
+        keep = im.mode == "RGB" and im.format in ("PNG", "JPEG")
+    if not keep:
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        data = buf.getvalue()
+    return data, array
+
+
+def read_label_png(path) -> np.ndarray:
+    """Raw ids of an 8-bit single-channel (grey or palette-index) label PNG, uint8 (H, W)."""
+    with open_image(path, "label") as im:
+        if im.mode not in ("L", "P"):
+            raise ValueError(f"{path}: label file has mode {im.mode!r}; expected 8-bit single-channel "
+                             "ids ('L' or palette 'P')")
+        return np.asarray(im)
+
+
+def check_size(label: np.ndarray, image_hw, path) -> np.ndarray:
+    """Raises ValueError naming `path` unless label.shape == image_hw."""
+    if tuple(label.shape[:2]) != tuple(image_hw):
+        raise ValueError(f"{path}: label size {tuple(label.shape[:2])} (H, W) does not match its "
+                         f"image size {tuple(image_hw)}")
+    return label
+
+
+# --------------------------------------------------------------------------- base sources
+
+def _split_names(module, split: str, field: str) -> list[str]:
+    parts = [s for s in split.split("+")]
+    for s in parts:
+        if s not in module.SPLITS:
+            raise ValueError(f"data_config.{field}={split!r}: {module.NAME} has splits {module.SPLITS}")
+    return parts
+
+
+class DirectSource:
+    """Random-access source over an extracted official layout (no preparation step).
+
+    Decodes and validates on every access, exactly as preparation does, so a bad file fails with
+    its name the first time it is read.
+    """
+
+    def __init__(self, module, root, split: str):
+        self._module = module
+        self._examples = []
+        for s in _split_names(module, split, "split"):
+            self._examples += module.list_examples(root, s)
+
+    def __len__(self):
+        return len(self._examples)
+
+    def __getitem__(self, index):
+        ex = self._examples[index]
+        image = read_image(ex.image)
+        return {"image": image, "label": self._module.load_label(ex.label, image.shape[:2])}
+
+
+class PreparedSource:
+    """Random-access source over a TFDS-prepared dataset (array_record, read without TensorFlow)."""
+
+    def __init__(self, module, data_dir, split: str):
+        _split_names(module, split, "split")
+        builder = module.Builder(data_dir=os.fspath(data_dir))
+        if not builder.is_prepared():
+            raise ValueError(
+                f"data_dir={os.fspath(data_dir)!r}: {module.NAME} is not prepared there; run "
+                f"python -m dakpn_jax.data.prepare --dataset={module.NAME} --manual_dir=<extracted "
+                f"folder> --data_dir={os.fspath(data_dir)}")
+        self._ds = builder.as_data_source(split=split)
+
+    def __len__(self):
+        return len(self._ds)
+
+    def __getitem__(self, index):
+        ex = self._ds[index]
+        return {"image": np.asarray(ex["image"]), "label": np.asarray(ex["label"])[..., 0]}
+
+
+class View:
+    """A sub-selection of a base source: index subset, label protocol, optional resize.
+
+    Args:
+      base: source returning {"image", "label"} in the dataset's stored label space.
+      indices: optional int sequence selecting examples of `base`.
+      lut: uint8 (256,) stored label -> protocol class table, or None to drop the labels.
+      size: optional (height, width) to resize to.
+    """
+
+    def __init__(self, base, *, indices=None, lut=None, size=None):
+        self._base = base
+        self._indices = None if indices is None else np.asarray(indices, np.int64)
+        self._lut = lut
+        self._size = None if size is None else (int(size[0]), int(size[1]))
+
+    def __len__(self):
+        return len(self._base) if self._indices is None else len(self._indices)
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a source of length {len(self)}")
+        ex = self._base[int(index if self._indices is None else self._indices[index])]
+        image = ex["image"]
+        if self._size is not None and image.shape[:2] != self._size:
+            image = np.asarray(Image.fromarray(image).resize(self._size[::-1], Image.BILINEAR))
+        out = {"image": image}
+        if self._lut is not None:
+            label = self._lut[ex["label"]]
+            if self._size is not None and label.shape != self._size:
+                label = np.asarray(Image.fromarray(label).resize(self._size[::-1], Image.NEAREST))
+            out["label"] = label
+        return out
+
+
+# --------------------------------------------------------------------------- dispatch
+
+def _protocols(label_space: str) -> dict:
+    if label_space == "cityscapes":
+        from dakpn_jax.data import cityscapes_labels  # pylint: disable=import-outside-toplevel
+        return cityscapes_labels.PROTOCOLS
+    from dakpn_jax.data import celebamask_hq  # pylint: disable=import-outside-toplevel
+    return celebamask_hq.PROTOCOLS
+
+
+def _resolve(data_config):
+    """(synthetic module, real module, protocol name, kept class ids) of a ``name="real"`` config."""
+    syn = dataset_module(_get(data_config, "synthetic", "gta5"))
+    real = dataset_module(_get(data_config, "real", "cityscapes"))
+    if syn.ROLE != "synthetic" or real.ROLE != "real":
+        raise ValueError(f"data_config.synthetic={syn.NAME!r} / real={real.NAME!r}: expected a synthetic "
+                         "dataset (gta5, synthia, face_synthetics) and a real one (cityscapes, celebamask_hq)")
+    if syn.LABEL_SPACE != real.LABEL_SPACE:
+        raise ValueError(f"data_config.synthetic={syn.NAME!r} ({syn.LABEL_SPACE} labels) and "
+                         f"real={real.NAME!r} ({real.LABEL_SPACE} labels) have different label spaces")
+    protocols = _protocols(syn.LABEL_SPACE)
+    protocol = _get(data_config, "label_protocol", None) or syn.DEFAULT_PROTOCOL
+    if protocol not in protocols:
+        raise ValueError(f"data_config.label_protocol={protocol!r}: expected one of {sorted(protocols)} "
+                         f"for {syn.LABEL_SPACE} labels")
+    return syn, real, protocol, protocols[protocol]
+
+
+def num_classes(data_config) -> int:
+    """Number of segmentation classes the sources of `data_config` label (19 for procedural)."""
+    if _get(data_config, "name", "procedural") == "procedural":
+        from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
+        return procedural.NUM_CLASSES
+    return len(_resolve(data_config)[3])
+
+
+def _base(module, data_config, split, field_dir):
+    direct = _get(data_config, field_dir, None)
+    if direct:
+        return DirectSource(module, direct, split)
+    data_dir = _get(data_config, "data_dir", None)
+    if not data_dir:
+        raise ValueError(f"data_config: set data_dir (prepared TFDS datasets) or {field_dir} (the "
+                         f"extracted official {module.NAME} folder)")
+    return PreparedSource(module, data_dir, split)
 
 
 def make_source(data_config, split: str):
@@ -26,4 +287,51 @@ def make_source(data_config, split: str):
     if name == "procedural":
         from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
         return procedural.make_source(split, data_config)
-    raise ValueError(f"data_config.name={name!r} is unknown; expected 'procedural'")
+    if name != "real":
+        raise ValueError(f"data_config.name={name!r} is unknown; expected 'procedural' or 'real'")
+    from dakpn_jax.data import cityscapes_labels  # pylint: disable=import-outside-toplevel
+    syn, real, _, kept = _resolve(data_config)
+    lut = cityscapes_labels.protocol_lut(kept)
+    if split == "paired-eval":
+        raise ValueError("split='paired-eval' exists only for the procedural benchmark (real datasets "
+                         "have no paired view)")
+    if split == "synthetic-train":
+        base = _base(syn, data_config, _get(data_config, "synthetic_split", None) or "+".join(syn.SPLITS),
+                     "synthetic_dir")
+        return View(base, lut=lut, size=_get(data_config, "synthetic_size", None))
+    size = _get(data_config, "real_size", None)
+    if split == "real-val":
+        return View(_base(real, data_config, _get(data_config, "real_val_split", "validation"), "real_dir"),
+                    lut=lut, size=size)
+    base = _base(real, data_config, _get(data_config, "real_train_split", "train"), "real_dir")
+    if split == "real-train":
+        return View(base, lut=None, size=size)
+    n, count = len(base), _get(data_config, "num_real_labelled", None)
+    if count is None or not 1 <= int(count) <= n:
+        raise ValueError(f"data_config.num_real_labelled={count!r}: must be in [1, {n}] (the size of "
+                         f"{real.NAME} {_get(data_config, 'real_train_split', 'train')})")
+    return View(base, indices=np.arange(int(count)) * n // int(count), lut=lut, size=size)
+
+
+def preset(name: str, data_dir=None):
+    """Data-config fields of the paper's benchmarks: ``gta5_cityscapes``, ``synthia_cityscapes``,
+    ``faces``. Resolutions: GTA5 frames stay at 1914 x 1052, SYNTHIA at 1280 x 760, Cityscapes is
+    halved to 1024 x 512 (the usual training size), faces are 512 x 512.
+    """
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    fields = {
+        "gta5_cityscapes": dict(synthetic="gta5", real="cityscapes", label_protocol="cityscapes19",
+                                real_size=(512, 1024)),
+        "synthia_cityscapes": dict(synthetic="synthia", real="cityscapes", label_protocol="synthia16",
+                                   real_size=(512, 1024)),
+        "faces": dict(synthetic="face_synthetics", real="celebamask_hq", label_protocol="faces18",
+                      synthetic_size=(512, 512), real_size=(512, 512)),
+    }
+    if name not in fields:
+        raise ValueError(f"preset name={name!r}: expected one of {sorted(fields)}")
+    c = ml_collections.ConfigDict(dict(
+        name="real", data_dir=data_dir, synthetic_dir=None, real_dir=None, synthetic_split=None,
+        real_train_split="train", real_val_split="validation", num_real_labelled=100,
+        synthetic_size=None, real_size=None))
+    c.update(fields[name])
+    return c
