@@ -6,6 +6,7 @@ Face Synthetics _seg.png, CelebAMask-HQ JPEGs plus per-part masks at half resolu
 """
 import io
 import json
+import pickle
 import os
 import struct
 import sys
@@ -248,11 +249,21 @@ def test_make_source_real_splits_protocols_and_resize(tmp_path):
     assert len(unlabelled) == 4 and set(unlabelled[3]) == {"image"}
     cfg.num_real_labelled = 2  # floor(i * 4 / 2) = 0, 2: spread over the list
     np.testing.assert_array_equal(sources.make_source(cfg, "real-train-labelled")[1]["image"], real["train"][2][1])
-    cfg.real_size = (3, 5)
+    cfg.real_size, cfg.real_val_size = (4, 8), (3, 5)
+    assert sources.make_source(cfg, "real-train")[0]["image"].shape == (4, 8, 3)
     ex = sources.make_source(cfg, "real-val")[0]
     _, image, label = real["validation"][0]
     np.testing.assert_array_equal(ex["image"], np.asarray(Image.fromarray(image).resize((5, 3), Image.BILINEAR)))
     np.testing.assert_array_equal(ex["label"], np.asarray(Image.fromarray(to16(label)).resize((5, 3), Image.NEAREST)))
+    # Sources cross process boundaries in grain workers: they must pickle.
+    for split in ("real-val", "synthetic-train"):
+        src = sources.make_source(cfg, split)
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(src))[1]["label"], src[1]["label"])
+    from dakpn_jax.data import pipeline
+    batch = next(iter(pipeline.make_pipeline(sources.make_source(cfg, "real-val"), batch_size=2, seed=0,
+                                             crop_size=(2, 4))))
+    assert batch["image"].shape == (2, 2, 4, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (2, 2, 4) and batch["label"].dtype == np.uint8
     with pytest.raises(ValueError, match="paired-eval"):
         sources.make_source(cfg, "paired-eval")
     cfg.num_real_labelled = 5
@@ -304,6 +315,13 @@ def _corrupt(name, manual, case):
         data = open(image, "rb").read()
         open(image, "wb").write(data[: len(data) // 2])
         return os.path.basename(image)
+    if case == "truncated_label":
+        if name == "celebamask_hq":
+            label = f"{manual}/CelebAMask-HQ-mask-anno/0/" + sorted(
+                f for f in os.listdir(f"{manual}/CelebAMask-HQ-mask-anno/0") if f.startswith("00003_"))[0]
+        data = open(label, "rb").read()
+        open(label, "wb").write(data[: len(data) // 2])
+        return os.path.basename(label)
     if case == "size_mismatch":
         Image.fromarray(np.zeros((H + 1 if name != "celebamask_hq" else 9, W, 3), np.uint8)).save(
             image, format="JPEG" if image.endswith(".jpg") else "PNG")
@@ -319,7 +337,7 @@ def _corrupt(name, manual, case):
     raise AssertionError(case)
 
 
-CASES = ("missing_label", "missing_image", "truncated", "size_mismatch", "unknown_id")
+CASES = ("missing_label", "missing_image", "truncated", "truncated_label", "size_mismatch", "unknown_id")
 
 
 @pytest.mark.parametrize("name", sorted(TREES))
@@ -365,3 +383,18 @@ def test_prepare_cli(tmp_path, capsys):
     assert "'train': 3" in capsys.readouterr().out
     with pytest.raises(ValueError, match="not prepared"):
         sources.PreparedSource(gta5, str(tmp_path / "tfds"), "train")
+
+
+def test_procedural_passthrough():
+    from dakpn_jax.data import procedural
+    cfg = dict(name="procedural", seed=3, height=32, width=64, num_synthetic_train=2, num_real_train=2,
+               num_real_labelled=1, num_real_val=2, num_paired_eval=1)
+    import ml_collections
+    cfg = ml_collections.ConfigDict(cfg)
+    assert sources.num_classes(cfg) == procedural.NUM_CLASSES == 19
+    ours, theirs = sources.make_source(cfg, "real-val")[1], procedural.make_source("real-val", cfg)[1]
+    assert set(ours) == set(theirs) == {"image", "label"}
+    for k in ours:
+        np.testing.assert_array_equal(ours[k], theirs[k])
+    with pytest.raises(ValueError, match="split='nope'"):
+        sources.make_source(cfg, "nope")

@@ -29,7 +29,9 @@ labels already in the protocol's class ids with 255 = ignore.
                           ``faces18`` (background ignored, DESIGN §1.8) / ``faces19``; default:
                           ``cityscapes19``, ``synthia16`` for SYNTHIA, ``faces18`` for faces
   synthetic_size          optional (height, width) the synthetic images are resized to
-  real_size               optional (height, width) the real images are resized to
+  real_size               optional (height, width) the real train images are resized to
+  real_val_size           the same for real-val; default: real_size (``None`` in the presets:
+                          scored at the labels' full resolution, as the benchmarks report)
   ======================  ======================================================================
 
   Resizing uses PIL: bilinear with antialiasing for images, nearest for labels.
@@ -161,8 +163,9 @@ class DirectSource:
     its name the first time it is read.
     """
 
-    def __init__(self, module, root, split: str):
-        self._module = module
+    def __init__(self, module, root, split: str, *, with_labels: bool = True):
+        self._load_label = module.load_label  # a function pickles (grain workers), a module does not
+        self._with_labels = with_labels
         self._examples = []
         for s in _split_names(module, split, "split"):
             self._examples += module.list_examples(root, s)
@@ -173,7 +176,9 @@ class DirectSource:
     def __getitem__(self, index):
         ex = self._examples[index]
         image = read_image(ex.image)
-        return {"image": image, "label": self._module.load_label(ex.label, image.shape[:2])}
+        if not self._with_labels:
+            return {"image": image}
+        return {"image": image, "label": self._load_label(ex.label, image.shape[:2])}
 
 
 class PreparedSource:
@@ -268,10 +273,10 @@ def num_classes(data_config) -> int:
     return len(_resolve(data_config)[3])
 
 
-def _base(module, data_config, split, field_dir):
+def _base(module, data_config, split, field_dir, with_labels=True):
     direct = _get(data_config, field_dir, None)
     if direct:
-        return DirectSource(module, direct, split)
+        return DirectSource(module, direct, split, with_labels=with_labels)
     data_dir = _get(data_config, "data_dir", None)
     if not data_dir:
         raise ValueError(f"data_config: set data_dir (prepared TFDS datasets) or {field_dir} (the "
@@ -302,10 +307,11 @@ def make_source(data_config, split: str):
     size = _get(data_config, "real_size", None)
     if split == "real-val":
         return View(_base(real, data_config, _get(data_config, "real_val_split", "validation"), "real_dir"),
-                    lut=lut, size=size)
-    base = _base(real, data_config, _get(data_config, "real_train_split", "train"), "real_dir")
+                    lut=lut, size=_get(data_config, "real_val_size", size))
     if split == "real-train":
-        return View(base, lut=None, size=size)
+        return View(_base(real, data_config, _get(data_config, "real_train_split", "train"), "real_dir",
+                          with_labels=False), lut=None, size=size)
+    base = _base(real, data_config, _get(data_config, "real_train_split", "train"), "real_dir")
     n, count = len(base), _get(data_config, "num_real_labelled", None)
     if count is None or not 1 <= int(count) <= n:
         raise ValueError(f"data_config.num_real_labelled={count!r}: must be in [1, {n}] (the size of "
@@ -316,7 +322,8 @@ def make_source(data_config, split: str):
 def preset(name: str, data_dir=None):
     """Data-config fields of the paper's benchmarks: ``gta5_cityscapes``, ``synthia_cityscapes``,
     ``faces``. Resolutions: GTA5 frames stay at 1914 x 1052, SYNTHIA at 1280 x 760, Cityscapes is
-    halved to 1024 x 512 (the usual training size), faces are 512 x 512.
+    halved to 1024 x 512 for training (the usual size) and kept full-size for scoring, faces are
+    512 x 512.
     """
     import ml_collections  # pylint: disable=import-outside-toplevel
     fields = {
@@ -325,13 +332,13 @@ def preset(name: str, data_dir=None):
         "synthia_cityscapes": dict(synthetic="synthia", real="cityscapes", label_protocol="synthia16",
                                    real_size=(512, 1024)),
         "faces": dict(synthetic="face_synthetics", real="celebamask_hq", label_protocol="faces18",
-                      synthetic_size=(512, 512), real_size=(512, 512)),
+                      synthetic_size=(512, 512), real_size=(512, 512), real_val_size=(512, 512)),
     }
     if name not in fields:
         raise ValueError(f"preset name={name!r}: expected one of {sorted(fields)}")
     c = ml_collections.ConfigDict(dict(
         name="real", data_dir=data_dir, synthetic_dir=None, real_dir=None, synthetic_split=None,
         real_train_split="train", real_val_split="validation", num_real_labelled=100,
-        synthetic_size=None, real_size=None))
+        synthetic_size=None, real_size=None, real_val_size=None))
     c.update(fields[name])
     return c
