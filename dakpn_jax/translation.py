@@ -59,6 +59,10 @@ IMPLS = ("auto", "einsum", "shifted")
 AUTO_EINSUM_MAX_BYTES = 256 * 2**20
 """"auto" uses the einsum path on GPU/TPU when the patch tensor B*H*W*C*K*K*4 bytes is at most this."""
 
+BAND_ROWS = 16
+"""Output rows per band of the shifted path (measured on a 2-core CPU: 8-32 within 10%, see
+experiments/bench_kernels.py); the band's working set is about 2K images of band_rows x W pixels."""
+
 
 # ----------------------------------------------------------------------------------------------------
 # Validation helpers (trace time: shapes and dtypes are static).
@@ -166,8 +170,9 @@ def kpn_kernels_from_logits(logits: jax.Array, kernel_size: int) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Kernel-application paths. Weights are either "separable" per pixel and channel (row taps a and
-# column taps b, each (B, H, W, C, K): w(i, j) = a_i b_j) or "full" (B, H, W, C or 1, K, K).
+# Kernel-application paths. Both kernel families (per-pixel Gaussian given by sigma, free-form K x K
+# kernels) run on the same two paths: the einsum path contracts the patch tensor with the weights; the
+# shifted path maps a per-band core over row bands of the edge-padded image.
 
 
 def _pad_edge(x: jax.Array, r: int) -> jax.Array:
@@ -182,54 +187,96 @@ def _patches(xp: jax.Array, kernel_size: int) -> jax.Array:
     b, hp, wp, c = xp.shape
     k = kernel_size
     p = lax.conv_general_dilated_patches(
-            xp, filter_shape=(k, k), window_strides=(1, 1), padding="VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
+        xp, filter_shape=(k, k), window_strides=(1, 1), padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
     # The feature axis is ordered (C, K, K): c * K * K + i * K + j.
     return p.reshape(b, hp - k + 1, wp - k + 1, c, k, k)
 
 
-def _einsum_separable(xp, a, b, kernel_size):
-    p = _patches(xp, kernel_size)
-    return jnp.einsum("bhwcij,bhwci,bhwcj->bhwc", p, a, b, precision=lax.Precision.HIGHEST)
+def _einsum_gaussian(xp, sigma, kernel_size):
+    taps = gaussian_taps(sigma, kernel_size)  # (B, H, W, C, K); w(i, j) = taps_i taps_j
+    return jnp.einsum("bhwcij,bhwci,bhwcj->bhwc", _patches(xp, kernel_size), taps, taps,
+                      precision=lax.Precision.HIGHEST)
 
 
-def _einsum_full(xp, kernels, kernel_size):
-    p = _patches(xp, kernel_size)
-    return jnp.einsum("bhwcij,bhwcij->bhwc", p, kernels, precision=lax.Precision.HIGHEST)
+def _einsum_kernels(xp, kernels):
+    return jnp.einsum("bhwcij,bhwcij->bhwc", _patches(xp, kernels.shape[-1]), kernels,
+                      precision=lax.Precision.HIGHEST)
 
 
-def _shifted_separable(xp, a, b, kernel_size):
-    """sum_i a_i * (sum_j b_j * x[p + (i, j)]), a fori_loop over rows i, the j sum unrolled."""
-    k = kernel_size
-    bsz, hp, wp, c = xp.shape
-    h, w = hp - k + 1, wp - k + 1
-    a = jnp.moveaxis(a, -1, 0)  # (K, B, H, W, C): the slab of one tap is contiguous.
-    b = jnp.moveaxis(b, -1, 0)
+def _shifted_gaussian_core(xp, sigma):
+    """Gaussian blur of one band: xp (B, h+2r, w+2r, C) edge-padded, sigma (B, h, w, C) -> (B, h, w, C).
+
+    With the r + 1 distinct normalised taps ``g_k = exp(-k^2 / d) / Z``, ``Z = sum_{|k|<=r} exp(-k^2/d)``::
+
+        out = sum_{i=0..r} g_i * sum_{j=0..r} g_j * (P_i[., x - j] + P_i[., x + j]) (each once for 0)
+        P_i = x[y - i] + x[y + i]   (P_0 = x[y])
+
+    Pairing the symmetric offsets takes (r+1)^2 multiplies and about K^2 adds per pixel and channel,
+    about 0.6x the 2 K^2 flops of the plain sum. The r + 1 row-pair slabs and taps live only for one
+    band, so the memory stays a few images whatever the frame size.
+    """
+    _, hp, wp, _ = xp.shape
+    h, w = sigma.shape[1:3]
+    r = (hp - h) // 2
+    d = 2 * jnp.square(sigma) + BLUR_EPS
+    g = [jnp.exp(-float(k * k) / d) for k in range(r + 1)]
+    z = g[0] + 2 * sum(g[1:], jnp.zeros_like(g[0]))
+    out = jnp.zeros(sigma.shape, xp.dtype)
+    for i in range(r + 1):
+        p = xp[:, r + i:r + i + h]
+        if i:
+            p = p + xp[:, r - i:r - i + h]
+        s = g[0] * p[:, :, r:r + w]
+        for j in range(1, r + 1):
+            s = s + g[j] * (p[:, :, r - j:r - j + w] + p[:, :, r + j:r + j + w])
+        out = out + g[i] * s
+    return out / jnp.square(z)
+
+
+def _shifted_kernels_core(xp, kernels):
+    """Free-form kernels on one band: xp (B, h+2r, w+2r, C), kernels (B, h, w, C or 1, K, K).
+
+    A fori_loop over the K window rows, the K column offsets unrolled: out += k[i, j] * x[p + (i, j)].
+    """
+    k = kernels.shape[-1]
+    h, w = kernels.shape[1:3]
+    kernels = jnp.moveaxis(kernels, (-2, -1), (0, 1))  # (K, K, B, h, w, C'): one tap = one slab.
 
     def row(i, acc):
-        rows = lax.dynamic_slice_in_dim(xp, i, h, axis=1)  # (B, H, W + 2r, C)
-        s = b[0] * rows[:, :, 0:w]
-        for j in range(1, k):
-            s = s + b[j] * rows[:, :, j:j + w]
-        return acc + lax.dynamic_index_in_dim(a, i, 0, keepdims=False) * s
-
-    return lax.fori_loop(0, k, row, jnp.zeros((bsz, h, w, c), xp.dtype))
-
-
-def _shifted_full(xp, kernels, kernel_size):
-    k = kernel_size
-    bsz, hp, wp, c = xp.shape
-    h, w = hp - k + 1, wp - k + 1
-    kernels = jnp.moveaxis(kernels, (-2, -1), (0, 1))  # (K, K, B, H, W, C or 1)
-
-    def row(i, acc):
-        rows = lax.dynamic_slice_in_dim(xp, i, h, axis=1)
+        rows = lax.dynamic_slice_in_dim(xp, i, h, axis=1)  # (B, h, w + 2r, C)
         ki = lax.dynamic_index_in_dim(kernels, i, 0, keepdims=False)
         for j in range(k):
             acc = acc + ki[j] * rows[:, :, j:j + w]
         return acc
 
-    return lax.fori_loop(0, k, row, jnp.zeros((bsz, h, w, c), xp.dtype))
+    return lax.fori_loop(0, k, row, jnp.zeros(xp.shape[:1] + (h, w) + xp.shape[3:], xp.dtype))
+
+
+def _map_row_bands(core, xp, weights, band_rows):
+    """Runs ``core(xp_band, weights_band)`` over bands of ``band_rows`` output rows and stitches them.
+
+    xp (B, H+2r, W+2r, C) edge-padded, weights (B, H, W, ...) per output pixel. Each band reads its
+    2r halo rows from the padded image, so the result equals the whole-frame computation exactly; the
+    bands only bound the working set (and keep it in cache). The last band is padded and cropped.
+    """
+    bsz, h = weights.shape[:2]
+    halo = xp.shape[1] - h
+    if h <= band_rows:
+        return core(xp, weights)
+    nb = -(-h // band_rows)
+    extra = nb * band_rows - h
+    xp = jnp.pad(xp, ((0, 0), (0, extra), (0, 0), (0, 0)), mode="edge")
+    weights = jnp.pad(weights, ((0, 0), (0, extra)) + ((0, 0),) * (weights.ndim - 2), mode="edge")
+
+    def band(k):
+        y0 = k * band_rows
+        return core(lax.dynamic_slice_in_dim(xp, y0, band_rows + halo, axis=1),
+                    lax.dynamic_slice_in_dim(weights, y0, band_rows, axis=1))
+
+    out = lax.map(band, jnp.arange(nb))  # (nb, B, band_rows, W, C)
+    out = jnp.moveaxis(out, 0, 1).reshape((bsz, nb * band_rows) + out.shape[3:])
+    return out[:, :h]
 
 
 def _resolve_impl(impl: str, shape: Sequence[int], kernel_size: int) -> str:
@@ -246,12 +293,11 @@ def _resolve_impl(impl: str, shape: Sequence[int], kernel_size: int) -> str:
 
 @functools.partial(jax.jit, static_argnames=("kernel_size", "impl"))
 def _blur(x, sigma, kernel_size, impl):
-    sigma = jnp.broadcast_to(sigma, x.shape)
-    taps = gaussian_taps(sigma.astype(x.dtype), kernel_size)
+    sigma = jnp.broadcast_to(sigma.astype(x.dtype), x.shape)
     xp = _pad_edge(x, kernel_size // 2)
     if impl == "einsum":
-        return _einsum_separable(xp, taps, taps, kernel_size)
-    return _shifted_separable(xp, taps, taps, kernel_size)
+        return _einsum_gaussian(xp, sigma, kernel_size)
+    return _map_row_bands(_shifted_gaussian_core, xp, sigma, BAND_ROWS)
 
 
 def local_gaussian_blur(x: jax.Array, sigma: jax.Array, *, kernel_size: int = DEFAULT_KERNEL_SIZE,
@@ -280,12 +326,12 @@ def local_gaussian_blur(x: jax.Array, sigma: jax.Array, *, kernel_size: int = DE
     return _blur(x, sigma, kernel_size, impl)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel_size", "impl"))
-def _apply_full(x, kernels, kernel_size, impl):
-    xp = _pad_edge(x, kernel_size // 2)
+@functools.partial(jax.jit, static_argnames=("impl",))
+def _apply_kernels(x, kernels, impl):
+    xp = _pad_edge(x, kernels.shape[-1] // 2)
     if impl == "einsum":
-        return _einsum_full(xp, kernels, kernel_size)
-    return _shifted_full(xp, kernels, kernel_size)
+        return _einsum_kernels(xp, kernels)
+    return _map_row_bands(_shifted_kernels_core, xp, kernels, BAND_ROWS)
 
 
 def apply_local_kernels(x: jax.Array, kernels: jax.Array, *, impl: str = "auto") -> jax.Array:
@@ -313,7 +359,7 @@ def apply_local_kernels(x: jax.Array, kernels: jax.Array, *, impl: str = "auto")
     if kernel_size % 2 == 0:
         raise ValueError(f"kernels: expected an odd kernel size K, got shape {kernels.shape}")
     impl = _resolve_impl(_check_impl(impl), x.shape, kernel_size)
-    return _apply_full(x, kernels.astype(x.dtype), kernel_size, impl)
+    return _apply_kernels(x, kernels.astype(x.dtype), impl)
 
 
 # ----------------------------------------------------------------------------------------------------
