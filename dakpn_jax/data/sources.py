@@ -168,7 +168,7 @@ class DirectSource:
         self._with_labels = with_labels
         self._examples = []
         for s in _split_names(module, split, "split"):
-            self._examples += module.list_examples(root, s)
+            self._examples += module.list_examples(os.path.expanduser(os.fspath(root)), s)
 
     def __len__(self):
         return len(self._examples)
@@ -186,12 +186,13 @@ class PreparedSource:
 
     def __init__(self, module, data_dir, split: str):
         _split_names(module, split, "split")
-        builder = module.Builder(data_dir=os.fspath(data_dir))
+        data_dir = os.path.expanduser(os.fspath(data_dir))
+        builder = module.Builder(data_dir=data_dir)
         if not builder.is_prepared():
             raise ValueError(
-                f"data_dir={os.fspath(data_dir)!r}: {module.NAME} is not prepared there; run "
-                f"python -m dakpn_jax.data.prepare --dataset={module.NAME} --manual_dir=<extracted "
-                f"folder> --data_dir={os.fspath(data_dir)}")
+                f"data_dir={data_dir!r}: {module.NAME} is not prepared there; run python -m "
+                f"dakpn_jax.data.prepare --dataset={module.NAME} --manual_dir=<extracted folder> "
+                f"--data_dir={data_dir}")
         self._ds = builder.as_data_source(split=split)
 
     def __len__(self):
