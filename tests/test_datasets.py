@@ -218,13 +218,13 @@ def test_prepare_and_read_back_exactly(tmp_path, name):
     module, make = TREES[name]
     manual, data_dir = str(tmp_path / "manual"), str(tmp_path / "tfds")
     expected = make(manual, np.random.default_rng(0))
-    builder = prepare.prepare(name, manual, data_dir)
-    assert builder.info.splits[module.SPLITS[0]].num_examples == len(expected[module.SPLITS[0]])
+    path = prepare.prepare(name, manual, data_dir, progress=False)
+    assert path == os.path.join(data_dir, f"dakpn_{name}", "1.0.0")
     for split in module.SPLITS:
         _check(sources.PreparedSource(module, data_dir, split), expected[split])
         _check(sources.DirectSource(module, manual, split), expected[split])
-    keys = [ex["key"].decode() for ex in builder.as_data_source(split=module.SPLITS[0])]
-    assert keys == [k for k, _, _ in expected[module.SPLITS[0]]]
+        keys = [ex["key"].decode() for ex in prepare.open_prepared(data_dir, name, split)]
+        assert keys == [k for k, _, _ in expected[split]]  # listing order kept
     assert "tensorflow" not in sys.modules  # TFDS without TensorFlow
 
 
@@ -233,7 +233,7 @@ def test_make_source_real_splits_protocols_and_resize(tmp_path):
     syn = make_synthia(str(tmp_path / "synthia"), rng)
     real = make_cityscapes(str(tmp_path / "cityscapes"), rng)
     data_dir = str(tmp_path / "tfds")
-    prepare.prepare("cityscapes", str(tmp_path / "cityscapes"), data_dir)
+    prepare.prepare("cityscapes", str(tmp_path / "cityscapes"), data_dir, progress=False)
     cfg = sources.preset("synthia_cityscapes", data_dir)
     cfg.synthetic_dir = str(tmp_path / "synthia")  # direct folder for one side, prepared for the other
     cfg.real_size = None
@@ -355,23 +355,26 @@ def test_bad_input_raises_naming_the_file(tmp_path, name):
             for i in range(len(source)):
                 source[i]
     with pytest.raises(ValueError, match="folder"):
-        prepare.prepare(name, str(tmp_path / "does_not_exist"), str(tmp_path / "tfds"))
+        prepare.prepare(name, str(tmp_path / "does_not_exist"), str(tmp_path / "tfds"), progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="is missing"):
         module.list_examples(str(empty / "sub") if name == "face_synthetics" else str(empty), "train")
 
 
-def test_prepare_raises_or_skips_and_reports(tmp_path):
+def test_prepare_raises_or_skips_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "EXAMPLES_PER_SHARD", 1)  # several shards, one left empty by the skip
     manual = str(tmp_path / "gta5")
     expected = make_gta5(manual, np.random.default_rng(4))
     _corrupt("gta5", manual, "truncated")  # frame 00003 (train)
     with pytest.raises(ValueError, match="00003.png"):
-        prepare.prepare("gta5", manual, str(tmp_path / "a"))
-    builder = prepare.prepare("gta5", manual, str(tmp_path / "b"), on_error="skip")
-    assert builder.info.splits["train"].num_examples == 1
+        prepare.prepare("gta5", manual, str(tmp_path / "a"), progress=False)
+    assert not prepare.is_prepared(str(tmp_path / "a"), "gta5")  # a failed run leaves nothing usable
+    path = prepare.prepare("gta5", manual, str(tmp_path / "b"), on_error="skip", progress=False)
     _check(sources.PreparedSource(gta5, str(tmp_path / "b"), "train"), expected["train"][:1])
-    skipped = json.load(open(os.path.join(builder.data_dir, "skipped.json")))
+    _check(sources.PreparedSource(gta5, str(tmp_path / "b"), "validation+test"),
+           expected["validation"] + expected["test"])
+    skipped = json.load(open(os.path.join(path, "skipped.json")))
     assert [(s["split"], s["key"]) for s in skipped] == [("train", "00003")]
     assert "truncated" in skipped[0]["reason"]
 

@@ -24,11 +24,10 @@ and renumbers the 18 parts 0..17; ``faces19`` keeps all 19 ids.
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 
-from dakpn_jax.data import prepare, sources
+from dakpn_jax.data import sources
 
 NAME = "celebamask_hq"
 ROLE = "real"
@@ -112,8 +111,3 @@ def _read_mask(path) -> np.ndarray:
             return np.asarray(im.convert("L"))
         return np.asarray(im.convert("RGB"))[..., 0]
 
-
-class Builder(prepare.OfficialLayoutBuilder):
-    """TFDS builder for CelebAMask-HQ (manual_dir: the extracted CelebAMask-HQ folder + partition)."""
-    name = "dakpn_celebamask_hq"
-    DATASET = sys.modules[__name__]

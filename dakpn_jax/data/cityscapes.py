@@ -15,11 +15,10 @@ naming the file (``prepare --on_error=skip`` counts and lists such frames instea
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 
-from dakpn_jax.data import cityscapes_labels, prepare, sources
+from dakpn_jax.data import cityscapes_labels, sources
 
 NAME = "cityscapes"
 ROLE = "real"
@@ -64,8 +63,3 @@ def load_label(path, image_hw) -> np.ndarray:
     return sources.check_size(cityscapes_labels.map_ids(ids, cityscapes_labels.LABEL_ID_TO_TRAIN_ID, path),
                               image_hw, path)
 
-
-class Builder(prepare.OfficialLayoutBuilder):
-    """TFDS builder for Cityscapes (manual_dir: the folder holding leftImg8bit/ and gtFine/)."""
-    name = "dakpn_cityscapes"
-    DATASET = sys.modules[__name__]

@@ -21,11 +21,10 @@ augmentation must swap the l_/r_ classes.
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 
-from dakpn_jax.data import celebamask_hq, cityscapes_labels, prepare, sources
+from dakpn_jax.data import celebamask_hq, cityscapes_labels, sources
 
 NAME = "face_synthetics"
 ROLE = "synthetic"
@@ -68,8 +67,3 @@ def load_label(path, image_hw) -> np.ndarray:
     ids = sources.read_label_png(path)
     return sources.check_size(cityscapes_labels.map_ids(ids, FACE_SYNTHETICS_TO_CELEBAMASK, path), image_hw, path)
 
-
-class Builder(prepare.OfficialLayoutBuilder):
-    """TFDS builder for Face Synthetics (manual_dir: the folder holding the NNNNNN*.png files)."""
-    name = "dakpn_face_synthetics"
-    DATASET = sys.modules[__name__]

@@ -16,11 +16,10 @@ instead). The domain-adaptation protocol trains on all frames: ``synthetic_split
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 
-from dakpn_jax.data import cityscapes_labels, prepare, sources
+from dakpn_jax.data import cityscapes_labels, sources
 
 NAME = "gta5"
 ROLE = "synthetic"
@@ -61,8 +60,3 @@ def load_label(path, image_hw) -> np.ndarray:
     return sources.check_size(cityscapes_labels.map_ids(ids, cityscapes_labels.LABEL_ID_TO_TRAIN_ID, path),
                               image_hw, path)
 
-
-class Builder(prepare.OfficialLayoutBuilder):
-    """TFDS builder for GTA5 (manual_dir: the folder holding images/, labels/, split.mat)."""
-    name = "dakpn_gta5"
-    DATASET = sys.modules[__name__]

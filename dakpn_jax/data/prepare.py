@@ -4,113 +4,149 @@
 
 Datasets: gta5, synthia, cityscapes, face_synthetics, celebamask_hq (docs/DATASETS.md has the
 download steps and the folder each one expects). Preparation decodes every image and label once,
-maps the labels to the shared train ids and fails on the first malformed pair with the file's
-name; ``--on_error=skip`` instead skips such pairs, counts them and writes the list to
-``<data_dir>/<builder>/<version>/skipped.json`` (and prints the count).
+maps the labels to the shared class ids and stops at the first malformed pair with the file's
+name; ``--on_error=skip`` instead skips such pairs, counts them and lists them in
+``<dataset dir>/skipped.json``. The result is a TFDS dataset directory,
+``<data_dir>/dakpn_<dataset>/1.0.0/``, read with `tfds.builder_from_directory(...).as_data_source`.
 
-Why TFDS without TensorFlow works: `tfds.features.Image` only needs TensorFlow to *encode numpy
-arrays*; given encoded bytes it stores them as they are, and reading (`as_data_source`) decodes
-with PIL. Images are therefore stored as their original PNG/JPEG bytes (pixel-exact) and the
-mapped labels are PNG-encoded here with PIL.
+Why the records are written here rather than by a `tfds.core.GeneratorBasedBuilder`: TFDS's
+generator path buffers a split in memory up to 1 GB and then spills it to temporary buckets
+through `tf.io.gfile`, which needs TensorFlow (Cityscapes val alone is over 1 GB; GTA5 is ~60 GB),
+and with ordered output (`disable_shuffling`) it would sort one giant bucket in memory. So the
+examples are streamed, in listing order, straight into array_record shards (constant memory, no
+TensorFlow), serialized by the TFDS `FeaturesDict` and described by
+`tfds.folder_dataset.write_metadata` (the documented route for externally written records).
+Images are stored as their original PNG/JPEG bytes (`tfds.features.Image` keeps given bytes as
+they are and decodes with PIL when read), so they come back pixel-exact.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from dakpn_jax.data import sources
 
 ON_ERROR = ("raise", "skip")
+VERSION = "1.0.0"
+EXAMPLES_PER_SHARD = 1000  # ~2 GB shards for Cityscapes-size frames; many shards read in parallel
 
 
-class OfficialLayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Base TFDS builder over an official layout; subclasses set `DATASET` (the dataset module).
+def features():
+    """The stored features: ``key`` (file stem), ``image`` (original encoded bytes, decoded to
+    uint8 (H, W, 3)), ``label`` (PNG, uint8 (H, W, 1), class ids, 255 = ignore)."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    return tfds.features.FeaturesDict({
+        "key": tfds.features.Text(),
+        "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+        "label": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8, encoding_format="png"),
+    })
 
-    Features: ``key`` (file stem), ``image`` (original encoded bytes, decoded to uint8 (H, W, 3)),
-    ``label`` (PNG, uint8 (H, W, 1), train ids, 255 = ignore).
-    """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
-    DATASET = None  # the dataset module: NAME, SPLITS, list_examples, load_label
-    # tfds locates a builder's code (for its download-checksums file) through `importlib_resources`,
-    # a Python < 3.9 backport that is not installed on newer Pythons. Manual-download builders
-    # have no checksums, so there is nothing to locate.
-    code_path = None
+def dataset_dir(data_dir, dataset: str) -> str:
+    """Where `dataset` is (or will be) prepared under `data_dir`."""
+    return os.path.join(os.path.expanduser(os.fspath(data_dir)), f"dakpn_{dataset}", VERSION)
 
-    def __init__(self, *, on_error: str = "raise", **kwargs):
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
-        kwargs.setdefault("file_format", "array_record")
-        self.on_error = on_error
-        self.skipped = []  # (split, key, reason) of pairs skipped under on_error="skip"
-        super().__init__(**kwargs)
 
-    @property
-    def MANUAL_DOWNLOAD_INSTRUCTIONS(self):  # pylint: disable=invalid-name
-        return f"Extract the official {self.DATASET.NAME} archives as docs/DATASETS.md describes."
+def is_prepared(data_dir, dataset: str) -> bool:
+    return os.path.isfile(os.path.join(dataset_dir(data_dir, dataset), "dataset_info.json"))
 
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=(self.DATASET.__doc__ or "").strip(),
-            # Keep the listing order (sorted names / official split order) instead of tfds's
-            # key-hash shuffle, so prepared and direct sources index the same examples the same
-            # way (the real-train-labelled subset depends on it).
-            disable_shuffling=True,
-            features=tfds.features.FeaturesDict({
-                "key": tfds.features.Text(),
-                "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
-                "label": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8,
-                                             encoding_format="png"),
-            }),
-        )
 
-    def _split_generators(self, dl_manager):
-        root = dl_manager.manual_dir
-        return {split: self._generate_examples(split, self.DATASET.list_examples(root, split))
-                for split in self.DATASET.SPLITS}
+def _encode(module, ex) -> dict:
+    """The stored example of one listed pair; ValueError naming the file if it is malformed."""
+    data, image = sources.encode_image(ex.image)
+    label = module.load_label(ex.label, image.shape[:2])
+    buf = io.BytesIO()
+    Image.fromarray(label).save(buf, format="PNG")
+    return {"key": ex.key, "image": data, "label": buf.getvalue()}
 
-    def _generate_examples(self, split, examples):
-        for ex in examples:
+
+def _write_split(module, examples, out_dir, split, feats, *, on_error, skipped, progress):
+    """Streams `examples` into array_record shards; returns the tfds SplitInfo."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    num_shards = max(1, -(-len(examples) // EXAMPLES_PER_SHARD))
+    lengths, num_bytes = [], 0
+    bar = tqdm(total=len(examples), desc=f"{module.NAME} {split}", unit=" examples", disable=not progress)
+    for shard in range(num_shards):
+        path = os.path.join(out_dir, f"dakpn_{module.NAME}-{split}.array_record-{shard:05d}-of-{num_shards:05d}")
+        writer = array_record_module.ArrayRecordWriter(path, "group_size:1")  # as TFDS: random access
+        count = 0
+        for ex in examples[shard * EXAMPLES_PER_SHARD:(shard + 1) * EXAMPLES_PER_SHARD]:
+            bar.update()
             try:
-                data, image = sources.encode_image(ex.image)
-                label = self.DATASET.load_label(ex.label, image.shape[:2])
+                record = feats.serialize_example(_encode(module, ex))
             except ValueError as e:
-                if self.on_error == "raise":
+                if on_error == "raise":
                     raise
-                self.skipped.append((split, ex.key, str(e)))
+                skipped.append((split, ex.key, str(e)))
                 continue
-            buf = io.BytesIO()
-            Image.fromarray(label).save(buf, format="PNG")
-            yield ex.key, {"key": ex.key, "image": data, "label": buf.getvalue()}
+            writer.write(record)
+            count, num_bytes = count + 1, num_bytes + len(record)
+        writer.close()
+        lengths.append(count)
+    bar.close()
+    if not sum(lengths):
+        raise ValueError(f"{module.NAME} split {split!r}: no usable examples "
+                         f"({len(examples)} listed, {len(skipped)} skipped so far)")
+    return tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=num_bytes)
 
 
-def prepare(dataset: str, manual_dir, data_dir, *, on_error: str = "raise"):
-    """Builds the TFDS copy of `dataset` from `manual_dir` into `data_dir`; returns the builder.
+def prepare(dataset: str, manual_dir, data_dir, *, on_error: str = "raise", progress: bool = True) -> str:
+    """Prepares `dataset` from the extracted official folder `manual_dir` under `data_dir`.
 
-    Raises ValueError naming the folder when `manual_dir` does not exist.
+    Returns the dataset directory. An already prepared dataset is left as it is. Writes go to a
+    temporary folder that is renamed only on success, so an interrupted run leaves nothing that
+    looks prepared.
     """
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
     module = sources.dataset_module(dataset)
     manual_dir = os.path.expanduser(os.fspath(manual_dir))
     if not os.path.isdir(manual_dir):
         raise ValueError(f"manual_dir={manual_dir!r}: folder does not exist")
-    builder = module.Builder(data_dir=os.path.expanduser(os.fspath(data_dir)), on_error=on_error)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    if builder.skipped:
-        path = os.path.join(builder.data_dir, "skipped.json")
-        with open(path, "w") as f:
-            json.dump([dict(split=s, key=k, reason=r) for s, k, r in builder.skipped], f, indent=1)
-        print(f"{dataset}: skipped {len(builder.skipped)} malformed pairs (listed in {path})",
-              file=sys.stderr)
-    return builder
+    final = dataset_dir(data_dir, dataset)
+    if is_prepared(data_dir, dataset):
+        print(f"{dataset}: already prepared in {final}", file=sys.stderr)
+        return final
+    tmp = final + ".incomplete"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    feats, skipped, split_infos = features(), [], []
+    for split in module.SPLITS:
+        examples = module.list_examples(manual_dir, split)
+        split_infos.append(_write_split(module, examples, tmp, split, feats, on_error=on_error,
+                                        skipped=skipped, progress=progress))
+    tfds.folder_dataset.write_metadata(
+        data_dir=tmp, features=feats, split_infos=split_infos, version=VERSION,
+        check_data=False,  # its check reads through tf.data; `open_prepared` below checks instead
+        description=(module.__doc__ or "").strip(), disable_shuffling=True)
+    if skipped:
+        with open(os.path.join(tmp, "skipped.json"), "w") as f:
+            json.dump([dict(split=s, key=k, reason=r) for s, k, r in skipped], f, indent=1)
+        print(f"{dataset}: skipped {len(skipped)} malformed pairs (listed in "
+              f"{os.path.join(final, 'skipped.json')})", file=sys.stderr)
+    os.rename(tmp, final)
+    open_prepared(data_dir, dataset, module.SPLITS[0])  # fails loudly if TFDS cannot read it back
+    return final
+
+
+def open_prepared(data_dir, dataset: str, split: str):
+    """The TFDS random-access data source of a prepared split (``+``-joined splits allowed)."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    if not is_prepared(data_dir, dataset):
+        raise ValueError(
+            f"data_dir={os.path.expanduser(os.fspath(data_dir))!r}: {dataset} is not prepared there; run "
+            f"python -m dakpn_jax.data.prepare --dataset={dataset} --manual_dir=<extracted folder> "
+            f"--data_dir={os.fspath(data_dir)}")
+    return tfds.builder_from_directory(dataset_dir(data_dir, dataset)).as_data_source(split=split)
 
 
 def main(argv=None):
@@ -122,9 +158,10 @@ def main(argv=None):
     parser.add_argument("--on_error", default="raise", choices=ON_ERROR,
                         help="malformed pairs: fail (default) or skip, count and list them")
     args = parser.parse_args(argv)
-    builder = prepare(args.dataset, args.manual_dir, args.data_dir, on_error=args.on_error)
-    sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
-    print(f"{args.dataset}: prepared {sizes} in {builder.data_dir}")
+    path = prepare(args.dataset, args.manual_dir, args.data_dir, on_error=args.on_error)
+    module = sources.dataset_module(args.dataset)
+    sizes = {s: len(open_prepared(args.data_dir, args.dataset, s)) for s in module.SPLITS}
+    print(f"{args.dataset}: prepared {sizes} in {path}")
 
 
 if __name__ == "__main__":

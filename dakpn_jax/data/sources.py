@@ -39,7 +39,7 @@ labels already in the protocol's class ids with 255 = ignore.
 
 The shared pieces of the dataset files live here too: `Example` (one listed image/label pair),
 `read_image` / `read_label_png` (decoding that names the file on any failure) and the two base
-sources, `DirectSource` (official layout) and `PreparedSource` (TFDS array_record).
+sources, `DirectSource` (official layout) and `PreparedSource` (TFDS array_record, `prepare.py`).
 """
 from __future__ import annotations
 
@@ -182,18 +182,12 @@ class DirectSource:
 
 
 class PreparedSource:
-    """Random-access source over a TFDS-prepared dataset (array_record, read without TensorFlow)."""
+    """Random-access source over a prepared dataset (TFDS array_record, read without TensorFlow)."""
 
     def __init__(self, module, data_dir, split: str):
+        from dakpn_jax.data import prepare  # pylint: disable=import-outside-toplevel
         _split_names(module, split, "split")
-        data_dir = os.path.expanduser(os.fspath(data_dir))
-        builder = module.Builder(data_dir=data_dir)
-        if not builder.is_prepared():
-            raise ValueError(
-                f"data_dir={data_dir!r}: {module.NAME} is not prepared there; run python -m "
-                f"dakpn_jax.data.prepare --dataset={module.NAME} --manual_dir=<extracted folder> "
-                f"--data_dir={data_dir}")
-        self._ds = builder.as_data_source(split=split)
+        self._ds = prepare.open_prepared(data_dir, module.NAME, split)
 
     def __len__(self):
         return len(self._ds)

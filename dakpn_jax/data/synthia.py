@@ -19,12 +19,11 @@ exact 16-bit samples, with every PNG filter type handled by Pillow.
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 from PIL import Image
 
-from dakpn_jax.data import prepare, sources
+from dakpn_jax.data import sources
 
 NAME = "synthia"
 ROLE = "synthetic"
@@ -94,8 +93,3 @@ def load_label(path, image_hw) -> np.ndarray:
     ids = read_class_ids(path)
     return sources.check_size(cityscapes_labels.map_ids(ids, SYNTHIA_TO_TRAIN_ID, path), image_hw, path)
 
-
-class Builder(prepare.OfficialLayoutBuilder):
-    """TFDS builder for SYNTHIA-RAND-CITYSCAPES (manual_dir: the folder holding RGB/ and GT/)."""
-    name = "dakpn_synthia"
-    DATASET = sys.modules[__name__]
