@@ -67,6 +67,8 @@ def get_config(arg=None):
     c.eval_images = None
     if arg == "tiny":
         c.data = data_config(32, 64)
+        c.data.update(num_synthetic_train=32, num_real_train=8, num_real_labelled=4, num_real_val=8,
+                      num_paired_eval=4)
         c.data.train_sources = [{"kind": "split", "split": "synthetic-train"}]
         c.data.eval_split = "real-val"
         c.crop_size = None

@@ -167,7 +167,7 @@ def make_train_step(config) -> Callable:
         updates, opt = tx.update(grads, state["opt"], state["params"])
         new = {"params": optax.apply_updates(state["params"], updates), "model_state": model_state,
                "opt": opt, "step": state["step"] + 1, "rng": state["rng"]}
-        metrics = {"loss": loss, "pixel_accuracy": acc, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "pixel_accuracy": acc, "grad_norm": optax.tree.norm(grads),
                    "lr": schedule(state["step"])}
         return new, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
@@ -295,6 +295,7 @@ def evaluate_segmenter(apply_fn: Callable, params: PyTree, source, num_classes: 
     gb = -(-int(batch_size) // len(devices)) * len(devices)
     lb = gb // n_proc
     shard = NamedSharding(mesh, P("data"))
+    params = jax.device_put(params, NamedSharding(mesh, P()))  # replicated beside the sharded batch
 
     @jax.jit
     def confusion(p, images, label):
