@@ -12,7 +12,7 @@ from PIL import Image
 
 from dakpn_jax.data.labels import colorize  # re-exported: viz.colorize is the picture-side name
 
-__all__ = ["colorize", "make_grid", "save_grid", "to_uint8"]
+__all__ = ["colorize", "make_grid", "save_grid", "save_procedural_preview", "to_uint8"]
 
 
 def to_uint8(image, name: str = "image") -> np.ndarray:
@@ -74,3 +74,26 @@ def save_grid(path: str, rows: Sequence[Sequence[np.ndarray]], *, pad: int = 2) 
     os.makedirs(parent, exist_ok=True)
   Image.fromarray(grid).save(path, format="PNG")
   return grid
+
+
+def save_procedural_preview(path: str, config=None, *, num_rows: int = 4) -> np.ndarray:
+  """A look at the embedded benchmark: rows of synthetic | real | colourised label (paired-eval).
+
+  Args:
+    path: PNG to write.
+    config: a `procedural.ProceduralConfig` or ConfigDict with its fields (None: defaults).
+    num_rows: scenes to show, at most the paired-eval length.
+
+  Returns:
+    The grid, uint8 (H_total, W_total, 3).
+  """
+  from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
+  source = procedural.make_source("paired-eval", config)
+  if isinstance(num_rows, bool) or not isinstance(num_rows, int) or not 0 < num_rows <= len(source):
+    raise ValueError(f"num_rows must be an int in [1, {len(source)}] (the paired-eval length), "
+                     f"got {num_rows!r}")
+  rows = []
+  for i in range(num_rows):
+    ex = source[i]
+    rows.append([ex["synthetic"], ex["real"], colorize(ex["label"])])
+  return save_grid(path, rows)

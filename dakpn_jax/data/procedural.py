@@ -24,12 +24,12 @@ The real renderer (camera-like) starts from the same per-pixel HSV albedo and ap
 
      | class      | synthetic (h, s, v)  | dh     | ss   | vs   | real looks like            |
      | ---------- | -------------------- | ------ | ---- | ---- | -------------------------- |
-     | road       | (0.72, 0.20, 0.50)   | -0.10  | 0.40 | 0.66 | dark blue-grey asphalt     |
+     | road       | (0.72, 0.20, 0.50)   | -0.10  | 0.40 | 0.66 | synthetic pole (dark grey) |
      | sidewalk   | (0.92, 0.30, 0.78)   | -0.17  | 0.60 | 0.67 | synthetic road             |
      | building   | (0.07, 0.35, 0.62)   | +0.03  | 0.43 | 0.73 | synthetic pole (grey)      |
      | pole       | (0.60, 0.05, 0.40)   |  0.00  | 1.00 | 0.75 | darker grey                |
-     | sign       | (0.14, 0.90, 0.95)   | -0.02  | 0.78 | 0.80 | duller yellow              |
-     | vegetation | (0.32, 0.80, 0.60)   | -0.10  | 0.69 | 0.70 | synthetic terrain          |
+     | sign       | (0.14, 0.90, 0.95)   | -0.02  | 0.78 | 0.80 | synthetic terrain          |
+     | vegetation | (0.32, 0.80, 0.60)   | -0.12  | 0.75 | 1.00 | synthetic terrain          |
      | terrain    | (0.20, 0.65, 0.75)   | -0.09  | 0.69 | 0.77 | synthetic building (brown) |
      | sky        | (0.57, 0.65, 0.95)   | +0.01  | 0.34 | 0.90 | pale grey, near sidewalk   |
      | person     | instance hue, 0.60, 0.55 |  0.00  | 0.70 | 0.75 | duller clothes         |
@@ -43,7 +43,8 @@ The real renderer (camera-like) starts from the same per-pixel HSV albedo and ap
   4. vignetting rgb *= 1 - 0.25 r^2 (a per-pixel value scale: inside the family for a per-pixel
      translator, outside for a per-class one), r = distance from the centre, 1 at the corners;
   5. spatially varying blur (inside the family): Gaussian sigma(p) = (0.4 + 1.6 r^2) * H / 128 px,
-     approximated by blending three separable blurs (0, sigma_max/2, sigma_max) linearly in sigma;
+     approximated by blending three separable blurs (0, sigma_max/2, sigma_max) with weights that
+     give the blended point-spread function the variance sigma(p)^2;
   6. sensor noise (inside the family up to its signal dependence): Gaussian per pixel and channel with
      std sqrt(0.015^2 + 0.003 x), then clipping to [0, 1] and rounding to uint8.
 
@@ -174,7 +175,7 @@ for _c, _base, _affine, _tex in (
     (L.BUILDING, (0.07, 0.35, 0.62), (0.03, 0.43, 0.73), 0.14),
     (L.POLE, (0.60, 0.05, 0.40), (0.00, 1.00, 0.75), 0.04),
     (L.TRAFFIC_SIGN, (0.14, 0.90, 0.95), (-0.02, 0.78, 0.80), 0.02),
-    (L.VEGETATION, (0.32, 0.80, 0.60), (-0.10, 0.69, 0.70), 0.30),
+    (L.VEGETATION, (0.32, 0.80, 0.60), (-0.12, 0.75, 1.00), 0.30),
     (L.TERRAIN, (0.20, 0.65, 0.75), (-0.09, 0.69, 0.77), 0.22),
     (L.SKY, (0.57, 0.65, 0.95), (0.01, 0.34, 0.90), 0.02),
     (L.PERSON, (0.00, 0.60, 0.55), (0.00, 0.70, 0.75), 0.06),  # hue set per instance
@@ -542,15 +543,19 @@ _BLEND_CACHE: dict = {}
 
 
 def _varying_blur(img, sigma, sigma_max):
-  """Per-pixel blur: linear blend in sigma of blurs at 0, sigma_max / 2 and sigma_max.
+  """Per-pixel blur: a blend of blurs at 0, s/2 and s (s = sigma_max) with the variance of sigma(p).
 
-  With t = 2 sigma / sigma_max in [0, 2] the weights are (max(0, 1-t), 1-|t-1|, max(0, t-1)).
-  `sigma` (H, W) depends on the frame size only, so the weights are cached per size.
+  With t = 2 sigma / s in [0, 2] the weights on (identity, blur s/2, blur s) are
+  (1 - t^2, t^2, 0) for t <= 1 and (0, 1 - (t^2 - 1) / 3, (t^2 - 1) / 3) for t > 1, so the blended
+  point-spread function has second moment sigma(p)^2 per axis. `sigma` (H, W) depends on the frame
+  size only, so the weights are cached per size.
   """
   key = (img.shape[:2], float(sigma_max))
   if key not in _BLEND_CACHE:
-    t = np.clip(sigma / sigma_max * 2.0, 0.0, 2.0)[..., None].astype(np.float32)
-    w = (np.maximum(0.0, 1.0 - t), 1.0 - np.abs(t - 1.0), np.maximum(0.0, t - 1.0))
+    t2 = np.clip(sigma / sigma_max * 2.0, 0.0, 2.0)[..., None].astype(np.float32) ** 2
+    w2 = np.maximum(0.0, (t2 - 1.0) / 3.0)
+    w0 = np.maximum(0.0, 1.0 - t2)
+    w = (w0, 1.0 - w0 - w2, w2)
     for a in w:
       a.setflags(write=False)
     _BLEND_CACHE[key] = w
