@@ -138,15 +138,22 @@ def prepare(dataset: str, manual_dir, data_dir, *, on_error: str = "raise", prog
     return final
 
 
-def open_prepared(data_dir, dataset: str, split: str):
-    """The TFDS random-access data source of a prepared split (``+``-joined splits allowed)."""
+def open_prepared(data_dir, dataset: str, split: str, *, encoded: bool = False):
+    """The TFDS random-access data source of a prepared split (``+``-joined splits allowed).
+
+    With `encoded`, ``image`` and ``label`` come back as the stored PNG/JPEG bytes (TFDS would
+    decode with OpenCV when it is installed and PIL otherwise; `sources.PreparedSource` always
+    decodes with PIL, like the direct reader, so both paths give identical pixels).
+    """
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     if not is_prepared(data_dir, dataset):
         raise ValueError(
             f"data_dir={os.path.expanduser(os.fspath(data_dir))!r}: {dataset} is not prepared there; run "
             f"python -m dakpn_jax.data.prepare --dataset={dataset} --manual_dir=<extracted folder> "
             f"--data_dir={os.fspath(data_dir)}")
-    return tfds.builder_from_directory(dataset_dir(data_dir, dataset)).as_data_source(split=split)
+    decoders = {"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()} if encoded else None
+    return tfds.builder_from_directory(dataset_dir(data_dir, dataset)).as_data_source(
+        split=split, decoders=decoders)
 
 
 def main(argv=None):

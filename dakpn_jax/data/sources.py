@@ -187,14 +187,15 @@ class PreparedSource:
     def __init__(self, module, data_dir, split: str):
         from dakpn_jax.data import prepare  # pylint: disable=import-outside-toplevel
         _split_names(module, split, "split")
-        self._ds = prepare.open_prepared(data_dir, module.NAME, split)
+        self._ds = prepare.open_prepared(data_dir, module.NAME, split, encoded=True)
 
     def __len__(self):
         return len(self._ds)
 
     def __getitem__(self, index):
         ex = self._ds[index]
-        return {"image": np.asarray(ex["image"]), "label": np.asarray(ex["label"])[..., 0]}
+        with Image.open(io.BytesIO(ex["image"])) as image, Image.open(io.BytesIO(ex["label"])) as label:
+            return {"image": np.asarray(image.convert("RGB")), "label": np.asarray(label)}
 
 
 class View:
