@@ -91,14 +91,12 @@ class AugmentFn:
         raise ValueError(f"crop_size={self.crop_size} exceeds the example size {(H, W)}")
       top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
       rows, cols = slice(top, top + h), slice(left, left + w)
-    if self.random_flip and rng.uniform() < 0.5:
-      for k in keys:
-        example[k] = example[k][rows, cols][:, ::-1]
-    else:
-      for k in keys:
-        example[k] = example[k][rows, cols]
-    # Contiguous copies: views would keep the whole frame alive and slow the batch stacking.
-    return {k: np.ascontiguousarray(v) for k, v in example.items()}
+    flip = self.random_flip and rng.uniform() < 0.5
+    for k in keys:
+      window = example[k][rows, cols]
+      # Contiguous copies: views would keep the whole frame alive and slow the batch stacking.
+      example[k] = np.ascontiguousarray(window[:, ::-1] if flip else window)
+    return example
 
 
 def to_float_images(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -106,7 +104,7 @@ def to_float_images(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   out = {}
   for key, value in batch.items():
     if value.dtype == np.uint8 and value.ndim == 4 and value.shape[-1] == 3:
-      value = value.astype(np.float32) * np.float32(1.0 / 255.0)
+      value = value.astype(np.float32) / np.float32(255.0)
     out[key] = value
   return out
 
