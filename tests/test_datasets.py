@@ -382,8 +382,15 @@ def test_prepare_raises_or_skips_and_reports(tmp_path, monkeypatch):
 def test_prepare_cli(tmp_path, capsys):
     manual = str(tmp_path / "fs")
     make_face_synthetics(manual, np.random.default_rng(5))
-    prepare.main(["--dataset=face_synthetics", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'tfds'}"])
+    prepare.main(["--dataset=face_synthetics", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'tfds'}",
+                  "--num_workers=2"])  # worker processes: same records, same order
     assert "'train': 3" in capsys.readouterr().out
+    prepare.prepare("face_synthetics", manual, str(tmp_path / "serial"), progress=False)
+    assert len(sources.PreparedSource(face_synthetics, str(tmp_path / "tfds"), "train")) == 3
+    for a, b in zip(sources.PreparedSource(face_synthetics, str(tmp_path / "tfds"), "train"),
+                    sources.PreparedSource(face_synthetics, str(tmp_path / "serial"), "train")):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
     with pytest.raises(ValueError, match="not prepared"):
         sources.PreparedSource(gta5, str(tmp_path / "tfds"), "train")
 

@@ -66,12 +66,33 @@ def _encode(module, ex) -> dict:
     return {"key": ex.key, "image": data, "label": buf.getvalue()}
 
 
-def _write_split(module, examples, out_dir, split, feats, *, on_error, skipped, progress):
-    """Streams `examples` into array_record shards; returns the tfds SplitInfo."""
+_FEATURES = None
+
+
+def _record(job):
+    """(serialized example, None) or (None, error message) for job = (dataset name, Example).
+
+    Top-level so that worker processes can run it; ValueErrors (malformed input) are returned, so
+    the parent applies the on_error policy in listing order.
+    """
+    global _FEATURES  # one FeaturesDict per process
+    if _FEATURES is None:
+        _FEATURES = features()
+    name, ex = job
+    try:
+        return _FEATURES.serialize_example(_encode(sources.dataset_module(name), ex)), None
+    except ValueError as e:
+        return None, str(e)
+
+
+def _write_split(module, examples, out_dir, split, *, on_error, skipped, progress, pool):
+    """Streams `examples` into array_record shards in listing order; returns the tfds SplitInfo."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     num_shards = max(1, -(-len(examples) // EXAMPLES_PER_SHARD))
+    jobs = [(module.NAME, ex) for ex in examples]
+    results = pool.imap(_record, jobs, chunksize=4) if pool else map(_record, jobs)  # both ordered
     lengths, num_bytes = [], 0
     bar = tqdm(total=len(examples), desc=f"{module.NAME} {split}", unit=" examples", disable=not progress)
     for shard in range(num_shards):
@@ -79,13 +100,13 @@ def _write_split(module, examples, out_dir, split, feats, *, on_error, skipped, 
         writer = array_record_module.ArrayRecordWriter(path, "group_size:1")  # as TFDS: random access
         count = 0
         for ex in examples[shard * EXAMPLES_PER_SHARD:(shard + 1) * EXAMPLES_PER_SHARD]:
+            record, error = next(results)
             bar.update()
-            try:
-                record = feats.serialize_example(_encode(module, ex))
-            except ValueError as e:
+            if error is not None:
                 if on_error == "raise":
-                    raise
-                skipped.append((split, ex.key, str(e)))
+                    writer.close()
+                    raise ValueError(error)
+                skipped.append((split, ex.key, error))
                 continue
             writer.write(record)
             count, num_bytes = count + 1, num_bytes + len(record)
@@ -98,12 +119,14 @@ def _write_split(module, examples, out_dir, split, feats, *, on_error, skipped, 
     return tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=num_bytes)
 
 
-def prepare(dataset: str, manual_dir, data_dir, *, on_error: str = "raise", progress: bool = True) -> str:
+def prepare(dataset: str, manual_dir, data_dir, *, on_error: str = "raise", num_workers: int = 0,
+            progress: bool = True) -> str:
     """Prepares `dataset` from the extracted official folder `manual_dir` under `data_dir`.
 
     Returns the dataset directory. An already prepared dataset is left as it is. Writes go to a
     temporary folder that is renamed only on success, so an interrupted run leaves nothing that
-    looks prepared.
+    looks prepared. `num_workers` > 0 decodes and encodes in that many (spawned) processes; the
+    output is the same, in the same order.
     """
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     if on_error not in ON_ERROR:
@@ -119,11 +142,21 @@ def prepare(dataset: str, manual_dir, data_dir, *, on_error: str = "raise", prog
     tmp = final + ".incomplete"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    feats, skipped, split_infos = features(), [], []
-    for split in module.SPLITS:
-        examples = module.list_examples(manual_dir, split)
-        split_infos.append(_write_split(module, examples, tmp, split, feats, on_error=on_error,
-                                        skipped=skipped, progress=progress))
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers={num_workers!r}: expected an int >= 0")
+    import multiprocessing  # pylint: disable=import-outside-toplevel
+    # spawn, not fork: the caller may hold threads (JAX, grain) that fork would copy mid-state.
+    pool = multiprocessing.get_context("spawn").Pool(num_workers) if num_workers else None
+    skipped, split_infos = [], []
+    try:
+        for split in module.SPLITS:
+            examples = module.list_examples(manual_dir, split)
+            split_infos.append(_write_split(module, examples, tmp, split, on_error=on_error,
+                                            skipped=skipped, progress=progress, pool=pool))
+    finally:
+        if pool:
+            pool.terminate()
+    feats = features()
     tfds.folder_dataset.write_metadata(
         data_dir=tmp, features=feats, split_infos=split_infos, version=VERSION,
         check_data=False,  # its check reads through tf.data; `open_prepared` below checks instead
@@ -164,8 +197,11 @@ def main(argv=None):
     parser.add_argument("--data_dir", default="~/tensorflow_datasets", help="TFDS data dir to write")
     parser.add_argument("--on_error", default="raise", choices=ON_ERROR,
                         help="malformed pairs: fail (default) or skip, count and list them")
+    parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="decoding processes (0: in this process)")
     args = parser.parse_args(argv)
-    path = prepare(args.dataset, args.manual_dir, args.data_dir, on_error=args.on_error)
+    path = prepare(args.dataset, args.manual_dir, args.data_dir, on_error=args.on_error,
+                   num_workers=args.num_workers)
     module = sources.dataset_module(args.dataset)
     sizes = {s: len(open_prepared(args.data_dir, args.dataset, s)) for s in module.SPLITS}
     print(f"{args.dataset}: prepared {sizes} in {path}")

@@ -193,6 +193,8 @@ class PreparedSource:
         return len(self._ds)
 
     def __getitem__(self, index):
+        if not 0 <= index < len(self._ds):  # IndexError, as the sequence protocol expects
+            raise IndexError(f"index {index} out of range for a source of length {len(self._ds)}")
         ex = self._ds[index]
         with Image.open(io.BytesIO(ex["image"])) as image, Image.open(io.BytesIO(ex["label"])) as label:
             return {"image": np.asarray(image.convert("RGB")), "label": np.asarray(label)}
