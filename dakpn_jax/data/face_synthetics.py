@@ -14,9 +14,9 @@ Class mapping to the CelebAMask-HQ label space (`celebamask_hq.CLASSES`), by par
 BEARD -> hair (CelebAMask-HQ annotates facial hair as hair); CLOTHING -> cloth; GLASSES -> eye_g;
 HEADWEAR -> hat; BACKGROUND -> background (ignored by the default ``faces18`` protocol);
 FACEWEAR (masks, face coverings; no CelebAMask-HQ class) and IGNORE -> 255. CelebAMask-HQ's
-earring and necklace classes never occur in the synthetic labels. Note: both datasets' README
-name sides as left/right without stating whose left; the mapping keeps names, and a flip-based
-augmentation must swap the l_/r_ classes.
+earring and necklace classes never occur in the synthetic labels. Caveat: the mapping pairs
+sides by name; that both datasets mean the same side (the subject's or the viewer's left) is
+assumed, not verified here. A horizontal-flip augmentation must swap the l_/r_ classes.
 """
 from __future__ import annotations
 
