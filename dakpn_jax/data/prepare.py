@@ -167,7 +167,7 @@ def prepare(dataset: str, manual_dir, data_dir, *, on_error: str = "raise", num_
         print(f"{dataset}: skipped {len(skipped)} malformed pairs (listed in "
               f"{os.path.join(final, 'skipped.json')})", file=sys.stderr)
     os.rename(tmp, final)
-    open_prepared(data_dir, dataset, module.SPLITS[0])  # fails loudly if TFDS cannot read it back
+    open_prepared(data_dir, dataset, module.SPLITS[0])[0]  # fails loudly if TFDS cannot read it back
     return final
 
 
