@@ -241,6 +241,8 @@ def test_make_source_real_splits_protocols_and_resize(tmp_path):
     kept = cityscapes_labels.PROTOCOLS["synthia16"]
     to16 = lambda lab: _ref_map(lab, lambda t: kept.index(t) if t in kept else 255)
     assert sources.num_classes(cfg) == 16
+    names = sources.class_names(cfg)
+    assert len(names) == 16 and names[3] == "wall" and names[9] == "sky" and "terrain" not in names
     _check(sources.make_source(cfg, "synthetic-train"), [(k, im, to16(l)) for k, im, l in syn["train"]])
     _check(sources.make_source(cfg, "real-val"), [(k, im, to16(l)) for k, im, l in real["validation"]])
     labelled = sources.make_source(cfg, "real-train-labelled")  # indices floor(i * 4 / 3) = 0, 1, 2
@@ -284,6 +286,7 @@ def test_faces_protocol_ignores_background(tmp_path):
     cfg.update(synthetic_dir=str(tmp_path / "fs"), real_dir=str(tmp_path / "cm"), synthetic_size=None,
                real_size=None)
     assert sources.num_classes(cfg) == 18
+    assert sources.class_names(cfg)[0] == "skin" and sources.class_names(cfg)[-1] == "cloth"
     ex = sources.make_source(cfg, "synthetic-train")[0]
     ref = syn["train"][0][2]
     np.testing.assert_array_equal(ex["label"], np.where(ref == 0, 255, np.where(ref == 255, 255, ref - 1)))

@@ -35,7 +35,8 @@ labels already in the protocol's class ids with 255 = ignore.
   ======================  ======================================================================
 
   Resizing uses PIL: bilinear with antialiasing for images, nearest for labels.
-  `preset(name, data_dir)` returns these fields for the paper's three benchmarks.
+  `preset(name, data_dir)` returns these fields for the paper's three benchmarks;
+  `num_classes(data_config)` and `class_names(data_config)` give the protocol's classes.
 
 The shared pieces of the dataset files live here too: `Example` (one listed image/label pair),
 `read_image` / `read_label_png` (decoding that names the file on any failure) and the two base
@@ -269,6 +270,19 @@ def num_classes(data_config) -> int:
         from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
         return procedural.NUM_CLASSES
     return len(_resolve(data_config)[3])
+
+
+def class_names(data_config) -> tuple[str, ...]:
+    """Names of the classes 0..num_classes-1 the sources of `data_config` label."""
+    if _get(data_config, "name", "procedural") == "procedural":
+        from dakpn_jax.data import cityscapes_labels  # pylint: disable=import-outside-toplevel
+        return cityscapes_labels.TRAIN_NAMES
+    syn, _, _, kept = _resolve(data_config)
+    if syn.LABEL_SPACE == "cityscapes":
+        from dakpn_jax.data import cityscapes_labels  # pylint: disable=import-outside-toplevel
+        return tuple(cityscapes_labels.TRAIN_NAMES[t] for t in kept)
+    from dakpn_jax.data import celebamask_hq  # pylint: disable=import-outside-toplevel
+    return tuple(celebamask_hq.CLASSES[t] for t in kept)
 
 
 def _base(module, data_config, split, field_dir, with_labels=True):
