@@ -349,15 +349,14 @@ def apply_local_kernels(x: jax.Array, kernels: jax.Array, *, impl: str = "auto")
     x = _as_float_array(x, "x")
     kernels = _as_float_array(kernels, "kernels")
     _check_nhwc(x, "x")
+    shape = kernels.shape
     if kernels.ndim == 5:
         kernels = kernels[:, :, :, None]
     if (kernels.ndim != 6 or kernels.shape[:3] != x.shape[:3] or kernels.shape[3] not in (1, x.shape[3])
-            or kernels.shape[4] != kernels.shape[5]):
-        raise ValueError(f"kernels: expected (B, H, W, K, K) or (B, H, W, C, K, K) with (B, H, W, C) = "
-                         f"{x.shape}, got shape {kernels.shape}")
+            or kernels.shape[4] != kernels.shape[5] or kernels.shape[5] % 2 == 0):
+        raise ValueError(f"kernels: expected (B, H, W, K, K) or (B, H, W, C, K, K) with K odd and "
+                         f"(B, H, W, C) = {x.shape}, got shape {shape}")
     kernel_size = kernels.shape[-1]
-    if kernel_size % 2 == 0:
-        raise ValueError(f"kernels: expected an odd kernel size K, got shape {kernels.shape}")
     impl = _resolve_impl(_check_impl(impl), x.shape, kernel_size)
     return _apply_kernels(x, kernels.astype(x.dtype), impl)
 
