@@ -140,6 +140,9 @@ def make_face_synthetics(root, rng):
     return out
 
 
+CELEBA_PARTITION = {11: 0, 5: 1, 7: 2, 2: 0}  # CelebA file number -> 0 train, 1 val, 2 test
+
+
 def make_celebamask_hq(root, rng, n=4):
     """Images 2x the 4 x 5 masks; partition: 0, 3 train, 1 val, 2 test (through the mapping)."""
     parts = celebamask_hq.PARTS
@@ -150,7 +153,7 @@ def make_celebamask_hq(root, rng, n=4):
             f.write(f"{i}           {orig - 1}          {orig:06d}.jpg\n")
     with open(f"{root}/list_eval_partition.txt", "w") as f:
         for orig in range(1, 13):
-            f.write(f"{orig:06d}.jpg {dict([(11, 0), (5, 1), (7, 2), (2, 0)]).get(orig, 0)}\n")
+            f.write(f"{orig:06d}.jpg {CELEBA_PARTITION.get(orig, 0)}\n")
     out = {"train": [], "validation": [], "test": []}
     for i, split in enumerate(("train", "validation", "test", "train")[:n]):
         Image.fromarray(_rgb(rng, 8, 10)).save(f"{root}/CelebA-HQ-img/{i}.jpg", quality=90)
@@ -160,7 +163,8 @@ def make_celebamask_hq(root, rng, n=4):
             if rng.random() < 0.3:
                 continue  # absent part: no file
             mask = (rng.random((4, 5)) < 0.4).astype(np.uint8) * 255
-            _save(f"{root}/CelebAMask-HQ-mask-anno/{i // 2000}/{i:05d}_{part}.png", mask, "L")
+            path = f"{root}/CelebAMask-HQ-mask-anno/{i // 2000}/{i:05d}_{part}.png"
+            _save(path, mask if k % 2 else np.stack([mask] * 3, -1))  # grey and 3-channel masks occur
             ref[mask != 0] = k + 1  # later parts overwrite earlier ones
         out[split].append((str(i), image, ref.repeat(2, 0).repeat(2, 1)))
     return out
