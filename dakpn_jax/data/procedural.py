@@ -242,11 +242,6 @@ class Scene:
   region_hsv: np.ndarray
   sky_hsv: np.ndarray
 
-  def albedo_hsv(self) -> np.ndarray:
-    """Per-pixel synthetic HSV albedo, float32 (H, W, 3)."""
-    hsv = self.region_hsv[self.region]
-    return np.where((self.classes == L.SKY)[..., None], self.sky_hsv[:, None, :], hsv)
-
 
 class _Canvas:
   """Paints regions far to near (later paints occlude earlier ones); a region = class + HSV jitter."""
@@ -336,7 +331,7 @@ def generate_scene(rng: np.random.Generator, height: int, width: int, domain: st
     cv.paint(*ground, (xs >= left - walk) & (xs < right + walk), L.SIDEWALK, _jitter(rng))
   cv.paint(*ground, (xs >= left) & (xs <= right), L.ROAD, _jitter(rng))
 
-  # Objects, far to near: (bottom row, kind, side) sorted by bottom row.
+  # Objects as (bottom row, kind), painted far to near so nearer ones occlude.
   objects = []
   for kind, rate in (("pole", prior["poles"]), ("car", prior["cars"]), ("person", prior["persons"])):
     wanted = {"pole": L.POLE in want or L.TRAFFIC_SIGN in want, "car": L.CAR in want,
