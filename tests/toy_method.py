@@ -1,6 +1,6 @@
 """A tiny method module for the trainer tests (the contract of docs/ARCHITECTURE.md, nothing more).
 
-Regression of a fixed colour map ``y = A x + c`` per pixel by a 2-layer 1x1-conv NNX net with Adam on
+Regression of a fixed colour map ``y = A x + c`` per pixel by a 2-layer per-pixel MLP (NNX) with Adam on
 deterministic random images. What makes it useful for testing the loop:
 
 - ``state["consumed"]``: a uint32 hash of every example index the step has seen, in order, so
@@ -57,8 +57,8 @@ def get_sweep(arg: str | None = None):
 
 class Net(nnx.Module):
     def __init__(self, features: int, *, rngs: nnx.Rngs):
-        self.a = nnx.Conv(3, features, (1, 1), rngs=rngs)
-        self.b = nnx.Conv(features, 3, (1, 1), rngs=rngs)
+        self.a = nnx.Linear(3, features, rngs=rngs)
+        self.b = nnx.Linear(features, 3, rngs=rngs)
 
     def __call__(self, x):
         return self.b(jnp.tanh(self.a(x)))

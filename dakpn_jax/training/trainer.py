@@ -149,13 +149,9 @@ def _replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def _init_fn(method, config) -> Callable[[jax.Array], PyTree]:
-    return lambda rng: method.init_state(config, rng)
-
-
 def abstract_state(method, config, mesh: Mesh) -> PyTree:
     """The state's ShapeDtypeStructs, replicated on ``mesh``, without computing anything."""
-    shapes = jax.eval_shape(_init_fn(method, config), jax.random.key(0))
+    shapes = jax.eval_shape(lambda rng: method.init_state(config, rng), jax.random.key(0))
     for path, x in jax.tree_util.tree_flatten_with_path(shapes)[0]:
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             raise ValueError(f"{method.__name__}.init_state: state{jax.tree_util.keystr(path)} is a typed PRNG key; "
@@ -164,12 +160,30 @@ def abstract_state(method, config, mesh: Mesh) -> PyTree:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
 
 
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Host values (identical on every process) -> arrays replicated over ``mesh`` (multi-host safe)."""
+    rep = _replicated(mesh)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, rep, lambda index: x[index])
+
+    return jax.tree.map(put, tree)
+
+
 def init_state(method, config, mesh: Mesh) -> PyTree:
-    """Fresh state from ``jax.random.key(config.seed)``, computed replicated on ``mesh``."""
-    fn = jax.jit(_init_fn(method, config), out_shardings=_replicated(mesh))
-    return fn(jax.random.key(config.seed))
+    """Fresh state from ``jax.random.key(config.seed)``, replicated on ``mesh``.
+
+    Computed eagerly on this process's first device, then copied to every mesh device: every
+    process computes the same values, and eager ops reuse their compilations across runs (a jitted
+    init would recompile for every config).
+    """
+    with jax.default_device(jax.local_devices()[0]):
+        state = jax.device_get(method.init_state(config, jax.random.key(config.seed)))
+    return replicate(state, mesh)
 
 
+@jax.jit
 def _all_finite(state: PyTree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
@@ -264,7 +278,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     train_step = method.make_train_step(config)
     calls: dict[int, Callable] = {}
-    check_finite = jax.jit(_all_finite)
     writer = mw.SummaryWriter(os.path.join(workdir, "tensorboard"))
     averager, progress = mw.MetricAverager(), mw.Progress(total, start)
     has_eval, has_summaries = callable(getattr(method, "evaluate", None)), callable(getattr(method, "summaries", None))
@@ -272,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     step, last_saved, last_eval = start, start, None
 
     def save(at: int, st: PyTree) -> None:
-        if not bool(np.asarray(check_finite(st).addressable_data(0))):
+        if not bool(np.asarray(_all_finite(st).addressable_data(0))):
             raise FloatingPointError(f"step {at}: the state holds NaN/Inf; not saving it (the last good "
                                      f"checkpoint stays at step {checkpointer.latest_step()})")
         checkpointer.save(at, st, {k: it.get_state() for k, it in iterators.items()})
