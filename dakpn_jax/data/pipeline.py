@@ -1,4 +1,4 @@
-"""The one grain input pipeline every dataset feeds: source -> shuffle -> shard -> augment -> batch.
+"""The one grain input pipeline every dataset feeds: source -> shuffle -> augment -> shard -> batch.
 
     it = make_pipeline(source, batch_size=8, seed=0, crop_size=(64, 128), random_flip=True)
     batch = next(it)             # {"image": float32 (8, 64, 128, 3) in [0, 1], "label": uint8 (8, 64, 128)}
