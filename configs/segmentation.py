@@ -26,6 +26,7 @@ Fields read by `dakpn_jax.training.segmentation` (SegFormer configs build on the
 import dataclasses
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def data_config(height=128, width=256):
@@ -64,14 +65,14 @@ def get_config(arg=None):
     c.eval_every_steps = 500
     c.keep_checkpoints = 3
     c.eval_batch_size = 16
-    c.eval_images = None
+    c.eval_images = config_dict.placeholder(int)  # None: the whole eval split; --config.eval_images=N works
     if arg == "tiny":
         c.data = data_config(32, 64)
         c.data.update(num_synthetic_train=32, num_real_train=8, num_real_labelled=4, num_real_val=8,
                       num_paired_eval=4)
         c.data.train_sources = [{"kind": "split", "split": "synthetic-train"}]
         c.data.eval_split = "real-val"
-        c.crop_size = None
+        c.crop_size = config_dict.placeholder(tuple)  # full frames
         c.batch_size = 8
         c.model.kwargs = ml_collections.ConfigDict(dict(features=(4, 8)))
         c.optim.update(lr=1e-2, warmup_steps=0, schedule="constant")
