@@ -15,7 +15,8 @@ followed by the same zero-initialised 1x1 output layer, so it starts at the same
 
 Blur parametrisation (``sigma_param``). The blur weights are ``w(i, j) = exp(-(i^2 + j^2) / (2
 sigma^2))``; near sigma = 0 every off-centre weight is ``exp(-1 / (2 sigma^2))``, which is flat in
-sigma (all derivatives vanish), so a sigma that drifts below ~0.4 px stops learning (DESIGN.md §5).
+sigma (all derivatives vanish), so a sigma that drifts below ~0.3 px stops learning (DESIGN.md §5; at 0.25 px the centre
+pixel's derivative in sigma is ~50 times smaller than in t below).
 
 - ``"sigma"`` (paper): the head outputs sigma directly.
 - ``"neighbour_weight"``: the head outputs t, the weight of a 4-neighbour relative to the centre,

@@ -1,0 +1,288 @@
+"""DA-KPN method: KPN head, PatchGAN, the two-view step, losses, frozen segmenter, paired evaluation.
+
+References are independent float64 NumPy versions of the formulas (module docstrings).
+"""
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import default
+from dakpn_jax import translation
+from dakpn_jax.data import procedural
+from dakpn_jax.models import kpn as kpn_lib
+from dakpn_jax.models import patchgan
+from dakpn_jax.training import dakpn
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def tiny_config(**loss):
+    c = default.get_config("tiny")
+    c.loss.update(loss)
+    return c
+
+
+def tiny_batch(config, n=None, offset=0):
+    n = n or config.batch_size
+    syn = procedural.make_source("synthetic-train", config.data)
+    real = procedural.make_source("real-train", config.data)
+    items = [syn[offset + i] for i in range(n)]
+    return {"synthetic": np.stack([it["image"] for it in items]).astype(np.float32) / 255.0,
+            "label": np.stack([it["label"] for it in items]),
+            "real": np.stack([real[offset + i]["image"] for i in range(n)]).astype(np.float32) / 255.0}
+
+
+def np_gaussian_blur(x, sigma, K):
+    """float64 reference: per-pixel normalised K x K Gaussian, edge padding; x (H, W, C), sigma scalar."""
+    r = K // 2
+    i = np.arange(-r, r + 1)
+    w = np.exp(-(i[:, None] ** 2 + i[None, :] ** 2) / (2 * sigma ** 2 + translation.BLUR_EPS))
+    w /= w.sum()
+    xp = np.pad(x.astype(np.float64), ((r, r), (r, r), (0, 0)), mode="edge")
+    H, W = x.shape[:2]
+    return sum(w[a, b] * xp[a:a + H, b:b + W] for a in range(K) for b in range(K))
+
+
+def leaves_equal(a, b):
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    c = tiny_config()
+    state = dakpn.init_state(c, jax.random.key(0))
+    step = jax.jit(dakpn.make_train_step(c))
+    return c, state, step, tiny_batch(c)
+
+
+# ----------------------------------------------------------------------------- models
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("head", ["linear", "deep"])
+@pytest.mark.parametrize("sigma_param", ["sigma", "neighbour_weight"])
+def test_kpn_head_starts_identity_like_for_any_features(head, sigma_param):
+    m = kpn_lib.KPNHead(5, head=head, sigma_param=sigma_param, sigma0=1.0, rngs=nnx.Rngs(0))
+    f = jax.random.uniform(jax.random.key(1), (2, 3, 4, 5))
+    img = jax.random.uniform(jax.random.key(2), (2, 3, 4, 3))
+    theta = np.asarray(m(f, img))
+    want = np.broadcast_to(np.array([1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0], np.float64), theta.shape)
+    np.testing.assert_allclose(theta, want, atol=1e-6)
+
+
+def test_neighbour_weight_parametrisation_inverse_and_gradient():
+    sigma = np.array([0.3, 0.5, 1.0, 2.0, 5.0])
+    t = np.exp(-1.0 / (2 * sigma ** 2))
+    got = np.asarray(kpn_lib.sigma_from_neighbour_weight(jnp.asarray(t, jnp.float32), 12.0))
+    np.testing.assert_allclose(got, sigma, rtol=1e-5)
+    # Clipped value, straight-through gradient: below t(SIGMA_MIN) sigma stays at 0.2 px, grad != 0.
+    s, g = jax.value_and_grad(lambda v: kpn_lib.sigma_from_neighbour_weight(v, 12.0))(jnp.float32(0.0))
+    np.testing.assert_allclose(float(s), kpn_lib.SIGMA_MIN, rtol=1e-5)
+    assert float(g) > 0
+    # Why: at sigma = 0.25 px the blurred centre pixel is flat in sigma but linear in t.
+    x = jnp.zeros((1, 5, 5, 3)).at[0, 2, 3].set(1.0)  # a bright right neighbour of the centre
+
+    def centre(v, param):
+        sig = kpn_lib.sigma_from_neighbour_weight(v, 12.0) if param == "t" else v
+        return translation.local_gaussian_blur(x, jnp.full((1, 5, 5, 3), sig), kernel_size=5)[0, 2, 2, 0]
+
+    g_sigma = jax.grad(centre)(jnp.float32(0.25), "sigma")
+    g_t = jax.grad(centre)(jnp.float32(np.exp(-1 / (2 * 0.25 ** 2))), "t")
+    # float64 reference: the centre is t / (sum_i t^(i^2))^2 over |i| <= 2 (c = 0, one neighbour 1).
+    f = lambda t: t / (1 + 2 * t + 2 * t ** 4) ** 2
+    t0, h = np.exp(-1 / (2 * 0.25 ** 2)), 1e-7
+    np.testing.assert_allclose(float(g_t), (f(t0 + h) - f(t0 - h)) / (2 * h), rtol=1e-3)
+    assert abs(float(g_sigma)) < 0.05 * abs(float(g_t))
+
+
+def test_kpn_head_rejects_bad_input():
+    with pytest.raises(ValueError, match="head="):
+        kpn_lib.KPNHead(3, head="wide", rngs=nnx.Rngs(0))
+    m = kpn_lib.KPNHead(3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"features must be \(B, h, w, 3\)"):
+        m(jnp.zeros((1, 2, 2, 4)))
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+def test_patchgan_norm_matches_numpy(norm):
+    x = np.random.default_rng(0).normal(size=(3, 4, 5, 6)).astype(np.float32)
+    layer = patchgan.Norm(6, norm)
+    if norm == "none":
+        want = x
+    else:
+        axes = (0, 1, 2) if norm == "batch" else (1, 2)
+        x64 = x.astype(np.float64)
+        want = (x64 - x64.mean(axes, keepdims=True)) / np.sqrt(x64.var(axes, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(np.asarray(layer(jnp.asarray(x))), want, atol=1e-5)
+
+
+def test_patchgan_shapes_pyramid_and_downsample():
+    d = patchgan.PatchGANPyramid(num_D=2, ndf=4, n_layers=3, rngs=nnx.Rngs(0))
+    out = d(jnp.zeros((2, 16, 32, 3)))
+    assert [o.shape for o in out] == [(2, 2, 4, 1), (2, 1, 2, 1)]
+    x = np.random.default_rng(1).uniform(size=(1, 5, 6, 1))
+    # 3x3 average, stride 2, padding 1, padded cells not counted.
+    want = np.array([[x[0, max(0, 2 * i - 1):2 * i + 2, max(0, 2 * j - 1):2 * j + 2, 0].mean()
+                      for j in range(3)] for i in range(3)])
+    np.testing.assert_allclose(np.asarray(patchgan.downsample(jnp.asarray(x)))[0, ..., 0], want, atol=1e-6)
+    with pytest.raises(ValueError, match="too small"):
+        d(jnp.zeros((1, 4, 32, 3)))
+
+
+# ----------------------------------------------------------------------------- translation pieces
+
+def test_init_translation_is_a_one_pixel_blur_and_identity_without_blur(tiny):
+    c, state, _, batch = tiny
+    x, y = batch["synthetic"][:2], batch["label"][:2]
+    got = np.asarray(dakpn.make_translator(c, state)(jnp.asarray(x), jnp.asarray(y)))
+    want = np.stack([np_gaussian_blur(im, 1.0, c.model.kernel_size) for im in x])
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    # The same identity-like parameters with sigma -> 0 (and zero noise) give x back.
+    theta = jnp.broadcast_to(jnp.asarray(kpn_lib.identity_params(0.0)), (2, 8, 16, 12))
+    out = translation.translate(jnp.asarray(x), theta, jnp.ones((1,) + x.shape[1:]), kernel_size=5)
+    np.testing.assert_allclose(np.asarray(out), x, atol=1e-5)
+
+
+def test_tile_translation_equals_crop_of_full_frame():
+    k = jax.random.split(jax.random.key(3), 4)
+    x = jax.random.uniform(k[0], (3, 20, 24, 3))
+    theta = jnp.concatenate([1 + 0.2 * jax.random.normal(k[1], (3, 5, 6, 3)),
+                             0.1 * jax.random.normal(k[1], (3, 5, 6, 3)),
+                             jax.random.uniform(k[2], (3, 5, 6, 3), minval=0.3, maxval=2.0),
+                             0.05 * jax.random.normal(k[3], (3, 5, 6, 3))], axis=-1)
+    noise = translation.noise_field(0, 20, 24)
+    full = translation.translate(x, theta, noise, kernel_size=7)
+    pos = jnp.array([[0, 0], [13, 14], [6, 3]])  # corners touch both borders
+    tile = dakpn.translate_tile(x, theta, noise, pos, (7, 10), 7)
+    want = np.stack([np.asarray(full)[b, i:i + 7, j:j + 10] for b, (i, j) in enumerate(np.asarray(pos))])
+    np.testing.assert_allclose(np.asarray(tile), want, atol=1e-6)
+
+
+def test_onehot_features_are_class_fractions():
+    y = np.random.default_rng(0).integers(0, 4, size=(2, 8, 12))
+    y[0, :2, :3] = 255
+    got = np.asarray(dakpn.onehot_features(jnp.asarray(y), 5, (2, 3)))
+    for b in range(2):
+        for i in range(2):
+            for j in range(3):
+                cell = y[b, 4 * i:4 * i + 4, 4 * j:4 * j + 4]
+                want = [(cell == k).mean() for k in range(5)]
+                np.testing.assert_allclose(got[b, i, j], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", dakpn.LOSS_FORMS)
+def test_loss_forms_match_numpy(form):
+    rng = np.random.default_rng(0)
+    r, f = rng.normal(size=(2, 3, 4, 1)) * 3, rng.normal(size=(2, 3, 4, 1)) * 3
+    sp = lambda v: np.log1p(np.exp(v))
+    want_d = {"saturating": sp(-r).mean() + sp(f).mean(), "non_saturating": sp(-r).mean() + sp(f).mean(),
+              "lsgan": ((r - 1) ** 2).mean() + (f ** 2).mean(),
+              "hinge": np.maximum(0, 1 - r).mean() + np.maximum(0, 1 + f).mean()}[form]
+    want_g = {"saturating": -sp(f).mean(), "non_saturating": sp(-f).mean(), "lsgan": ((f - 1) ** 2).mean(),
+              "hinge": -f.mean()}[form]
+    rj, fj = jnp.asarray(r, jnp.float32), jnp.asarray(f, jnp.float32)
+    np.testing.assert_allclose(float(dakpn.d_loss(form, rj, fj)), want_d, rtol=1e-5)
+    np.testing.assert_allclose(float(dakpn.g_loss(form, fj)), want_g, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the step
+
+@pytest.mark.smoke
+def test_one_step_trains_only_kpn_and_d_and_is_pure(tiny):
+    c, state, step, batch = tiny
+    new, metrics = step(state, batch)
+    for k, v in metrics.items():
+        assert np.isfinite(float(v)), k
+    assert set(new) == {"params", "opt", "step", "rng"} and set(new["params"]) == {"kpn", "D"}
+    assert int(new["step"]) == 1
+    for net in ("kpn", "D"):
+        changed = [not np.array_equal(a, b) for a, b in
+                   zip(jax.tree.leaves(state["params"][net]), jax.tree.leaves(new["params"][net]))]
+        assert any(changed), net
+    # The KPN's output layer gets a gradient from the first step (zero weights, live bias).
+    assert not np.array_equal(state["params"]["kpn"]["out"]["bias"], new["params"]["kpn"]["out"]["bias"])
+    again, metrics2 = step(state, batch)  # pure: same inputs, same outputs, bit for bit
+    assert leaves_equal(new, again) and leaves_equal(metrics, metrics2)
+
+
+def test_step_options_hinge_r1_pyramid_fresh_noise_deep_head_warmup():
+    c = tiny_config(form="hinge", r1=1.0, d_inputs=("tile",))
+    c.model.update(head="deep", hidden=4, noise="fresh", sigma_param="sigma")
+    c.model.disc.update(num_D=2, n_layers=1, norm="instance")
+    c.optim.update(schedule="cosine", warmup_steps=2)
+    state = dakpn.init_state(c, jax.random.key(1))
+    new, metrics = jax.jit(dakpn.make_train_step(c))(state, tiny_batch(c, 4))
+    assert {"r1", "loss_D_tile"} <= set(metrics) and "loss_D_low" not in metrics
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert float(metrics["lr"]) == 0.0  # warm-up starts at 0: nothing moves in the first step
+    assert leaves_equal(state["params"], new["params"])
+    assert not leaves_equal(state["rng"], new["rng"])
+
+
+def test_frozen_segmenter_features():
+    c = tiny_config()
+    c.features, c.segmenter_workdir = "segmenter", "/nonexistent"  # never read: the stand-in is given
+    C = c.model.num_classes
+    seg_params = {"w": jax.random.normal(jax.random.key(5), (3, C))}
+    apply_fn = lambda p, x: jnp.einsum("bhwc,ck->bhwk", x, p["w"])
+    kept = copy.deepcopy(jax.device_get(seg_params))
+    state = dakpn.init_state(c, jax.random.key(0))
+    batch = tiny_batch(c, 4)
+    step = jax.jit(dakpn.make_train_step(c, segmenter=(apply_fn, seg_params)))
+    new, metrics = step(state, batch)
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    # The segmenter is outside the trained state and unchanged; the state has the same structure.
+    assert jax.tree.structure(new) == jax.tree.structure(state)
+    assert leaves_equal(seg_params, kept)
+    # Features are its logits averaged over each 4 x 4 parameter cell, behind stop_gradient.
+    feats = dakpn.make_feature_fn(c, (apply_fn, seg_params))
+    x = jnp.asarray(batch["synthetic"])
+    logits = np.einsum("bhwc,ck->bhwk", batch["synthetic"].astype(np.float64), np.asarray(seg_params["w"]))
+    want = logits.reshape(4, 8, 4, 16, 4, C).mean(axis=(2, 4))
+    np.testing.assert_allclose(np.asarray(feats(x, None, (8, 16))), want, atol=1e-5)
+    g = jax.grad(lambda p: jnp.sum(dakpn.make_feature_fn(c, (apply_fn, p))(x, None, (8, 16))))(seg_params)
+    assert float(jnp.abs(g["w"]).max()) == 0.0
+
+
+def test_bad_config_and_batch_raise():
+    c = tiny_config(form="wgan")
+    with pytest.raises(ValueError, match="loss.form='wgan'"):
+        dakpn.init_state(c, jax.random.key(0))
+    c = tiny_config()
+    c.features = "segmenter"
+    with pytest.raises(ValueError, match="segmenter_workdir"):
+        dakpn.make_train_step(c)
+    step = dakpn.make_train_step(tiny_config())
+    batch = tiny_batch(tiny_config(), 2)
+    with pytest.raises(ValueError, match="'label'"):
+        step(dakpn.init_state(tiny_config(), jax.random.key(0)), {**batch, "label": batch["label"][:, :4]})
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def test_class_color_stats_match_loops():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(2, 4, 5, 3))
+    y = rng.integers(0, 3, size=(2, 4, 5)).astype(np.uint8)
+    y[0, 0] = 255
+    mean, count = dakpn.class_color_stats(x, y, 4)
+    for k in range(4):
+        sel = y == k
+        assert count[k] == sel.sum()
+        if sel.any():
+            np.testing.assert_allclose(mean[k], x[sel].mean(0), atol=1e-12)
+
+
+def test_evaluate_identity_translator_equals_baseline(tiny):
+    c, state, _, _ = tiny
+    out = dakpn.evaluate(c, state, translate_fn=lambda x, y: x, max_images=3)
+    assert out["psnr"] == pytest.approx(out["psnr_untranslated"], abs=1e-6)
+    assert out["class_color_err"] == pytest.approx(out["class_color_err_untranslated"], abs=1e-9)
+    src = procedural.make_source("paired-eval", c.data)
+    syn = np.stack([src[i]["synthetic"] for i in range(3)]).astype(np.float64) / 255
+    real = np.stack([src[i]["real"] for i in range(3)]).astype(np.float64) / 255
+    want = np.mean(10 * np.log10(1 / ((syn - real) ** 2).mean(axis=(1, 2, 3))))
+    assert out["psnr_untranslated"] == pytest.approx(want, abs=1e-3)
