@@ -4,7 +4,7 @@ state, the discriminator update, the unpaired data streams, translation for expo
 paired-view evaluation.
 
 State convention (docs/ARCHITECTURE.md): a method state is a plain nested dict of jax arrays;
-network parameters are stored as pure dicts (``nnx.State.to_pure_dict``) and merged back into NNX
+network parameters are stored as pure dicts (``nnx.to_pure_dict``) and merged back into NNX
 modules inside the jitted step with the static graphdef rebuilt from the config. Keys are stored
 as raw ``uint32[2]`` key data (checkpointable by orbax) and wrapped where used.
 """
@@ -54,7 +54,7 @@ def make_discriminator(config, rngs: nnx.Rngs) -> NLayerDiscriminator:
 def init_network(build: Callable[[nnx.Rngs], nnx.Module], rng: jax.Array):
     """Build a module with a raw key; returns (graphdef, params as a pure dict)."""
     graphdef, state = nnx.split(build(nnx.Rngs(params=jax.random.wrap_key_data(rng))))
-    return graphdef, state.to_pure_dict()
+    return graphdef, nnx.to_pure_dict(state)
 
 
 def graphdef_of(build: Callable[[nnx.Rngs], nnx.Module]):
@@ -65,7 +65,7 @@ def graphdef_of(build: Callable[[nnx.Rngs], nnx.Module]):
 
 def merge(graphdef, params: PyTree) -> nnx.Module:
     """NNX module from its graphdef and a pure-dict parameter tree (jit-safe)."""
-    return nnx.merge(graphdef, nnx.State(params))
+    return nnx.merge(graphdef, params)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -113,9 +113,10 @@ def linear_decay_schedule(lr: float, constant_steps: int, decay_steps: int) -> o
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """Adam(lr, b1, b2) on the linear-decay schedule (published: 2e-4, (0.5, 0.999))."""
+    """Adam(lr, b1, b2, eps) on the linear-decay schedule (published: 2e-4, (0.5, 0.999), 1e-8)."""
     o = config.optim
-    return optax.adam(linear_decay_schedule(o.lr, o.constant_steps, o.decay_steps), b1=o.b1, b2=o.b2)
+    return optax.adam(linear_decay_schedule(o.lr, o.constant_steps, o.decay_steps), b1=o.b1, b2=o.b2,
+                      eps=o.get("eps", 1e-8))
 
 
 def apply_updates(tx, params, grads, opt_state):

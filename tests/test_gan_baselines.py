@@ -1,0 +1,246 @@
+"""GAN baselines (CycleGAN, CUT, FastCUT): published architecture sizes, losses against float64
+references, the in-state image pool, and per method a step test, an exact-resume test and a
+data-parallel equivalence test (1 device vs 8 simulated devices)."""
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ lives at the repo root
+
+from configs import cut as cut_configs  # noqa: E402
+from configs import cyclegan as cyclegan_configs  # noqa: E402
+from dakpn_jax.models.gan_discriminator import NLayerDiscriminator  # noqa: E402
+from dakpn_jax.models.resnet_generator import ResnetGenerator  # noqa: E402
+from dakpn_jax.training import cut, cyclegan  # noqa: E402
+from dakpn_jax.training import gan_common as gc  # noqa: E402
+
+METHODS = {"cyclegan": (cyclegan, lambda: cyclegan_configs.get_config("tiny")),
+           "cut": (cut, lambda: cut_configs.get_config("cut-tiny")),
+           "fastcut": (cut, lambda: cut_configs.get_config("fastcut-tiny"))}
+
+
+def _batch(seed, n=8, h=32, w=32):
+    r = np.random.default_rng(seed)
+    # Two visibly different domains: smooth-ish synthetic, noisy real.
+    syn = r.random((n, h, w, 3), dtype=np.float32) * 0.5 + 0.25
+    real = np.clip(syn[::-1] * 0.8 + 0.1 * r.standard_normal((n, h, w, 3)).astype(np.float32), 0, 1)
+    return {"synthetic": syn, "real": real}
+
+
+_CACHE = {}
+
+
+def _setup(name):
+    """(module, config, state0, jitted step) per method, built once per test session (compiles are the cost)."""
+    if name not in _CACHE:
+        mod, cfg = METHODS[name]
+        config = cfg()
+        _CACHE[name] = (mod, config, mod.init_state(config, jax.random.key(1)), jax.jit(mod.make_train_step(config)))
+    return _CACHE[name]
+
+
+def _max_diff(a, b):
+    return max(float(jnp.max(jnp.abs(jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _assert_close_per_network(a, b, step):
+    """|a - b| <= 1e-6 + 1e-3 * (largest |value| of the same network's tree) for every leaf.
+
+    The scale is per network (params["G"], opt["G"], pool["A"], ...), not per leaf: gradients of
+    conv biases in front of instance norm are 0 up to round-off, so their Adam moments are pure
+    round-off noise whose relative difference means nothing. 1e-3: the tiny FastCUT (NCE weight 10,
+    tau 0.07) turns summation-order round-off into weight differences up to 2e-4 of the weight
+    scale after one step; a sharding bug (per-shard batch statistics, a pool scanned per shard, a
+    missing all-reduce) moves things by percents."""
+    groups = {}
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        groups.setdefault(jax.tree_util.keystr(path[:2]), []).append(
+            (jax.tree_util.keystr(path), np.asarray(x, np.float64), np.asarray(y, np.float64)))
+    for group, leaves in groups.items():
+        scale = max((float(np.max(np.abs(x))) for _, x, _ in leaves if x.size), default=0.0)
+        for name, x, y in leaves:
+            err = float(np.max(np.abs(x - y))) if x.size else 0.0
+            assert err <= 1e-6 + 1e-3 * scale, (step, name, err, scale)
+
+
+# ----------------------------------------------------------------------------- architecture
+
+@pytest.mark.smoke
+def test_published_parameter_counts_and_shapes():
+    # Published CycleGAN printouts: ResNet-9 generator 11.378 M, 70x70 PatchGAN 2.765 M parameters.
+    count = lambda m: sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(m)))
+    g = nnx.eval_shape(lambda: ResnetGenerator(rngs=nnx.Rngs(0)))
+    d = nnx.eval_shape(lambda: NLayerDiscriminator(rngs=nnx.Rngs(0)))
+    assert count(g) == 11_378_179
+    assert count(d) == 2_764_737
+    x = jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32)
+    out = jax.eval_shape(lambda x: NLayerDiscriminator(rngs=nnx.Rngs(0))(x), x)
+    assert out.shape == (1, 30, 30, 1)  # one score per 70x70 patch
+    feats = jax.eval_shape(lambda x: ResnetGenerator(rngs=nnx.Rngs(0)).encode(x, (0, 4, 8, 12, 16)), x)
+    assert [f.shape for f in feats] == [(1, 256, 256, 3), (1, 128, 128, 128), (1, 64, 64, 256),
+                                        (1, 64, 64, 256), (1, 64, 64, 256)]
+    small = ResnetGenerator(ngf=2, n_blocks=1, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="nce layer 10"):
+        small.encode(jnp.zeros((1, 32, 32, 3)), (10,))
+    with pytest.raises(ValueError, match="divisible"):
+        small(jnp.zeros((1, 30, 30, 3)))
+
+
+def test_generator_taps_match_forward_pass():
+    g = ResnetGenerator(ngf=4, n_blocks=3, rngs=nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+    f0, f4, f8, f12, f14 = jax.jit(lambda x: g.encode(x, (0, 4, 8, 12, 14)))(x)
+    np.testing.assert_array_equal(f0, x)
+    # Rebuild the taps by hand from the public pieces.
+    from dakpn_jax.models.resnet_generator import instance_norm, reflect_pad
+    @jax.jit
+    def by_hand(x):
+        h = jax.nn.relu(instance_norm(g.stem(reflect_pad(x, 3))))
+        d0 = g.down[0](h)
+        d1 = g.down[1](jax.nn.relu(instance_norm(d0)))
+        r0 = g.blocks[0](jax.nn.relu(instance_norm(d1)))
+        return d0, d1, r0, g.blocks[2](g.blocks[1](r0))
+
+    for got, want in zip((f4, f8, f12, f14), by_hand(x)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    y = jax.jit(lambda x: g(x))(x)
+    assert y.shape == x.shape and float(jnp.max(jnp.abs(y))) <= 1.0
+
+
+# ----------------------------------------------------------------------------- losses, schedule, pool
+
+def test_lsgan_schedule_and_patch_nce_against_float64():
+    r = np.random.default_rng(0)
+    pred = r.standard_normal((2, 5, 5, 1)).astype(np.float32)
+    np.testing.assert_allclose(gc.lsgan_loss(pred, True), np.mean((pred.astype(np.float64) - 1) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(gc.lsgan_loss(pred, False), np.mean(pred.astype(np.float64) ** 2), rtol=1e-6)
+
+    s = gc.linear_decay_schedule(2e-4, 10, 20)
+    for step, want in [(0, 2e-4), (10, 2e-4), (15, 1.5e-4), (20, 1e-4), (30, 0.0), (99, 0.0)]:
+        np.testing.assert_allclose(float(s(step)), want, atol=1e-12)
+
+    # PatchNCE: cross-entropy over [positive, same-image negatives with the positive's slot masked].
+    q = r.standard_normal((2, 6, 4)); q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    k = r.standard_normal((2, 6, 4)); k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    tau, want = 0.07, []
+    for b in range(2):
+        for i in range(6):
+            logits = [q[b, i] @ k[b, i]] + [q[b, i] @ k[b, j] if j != i else -10.0 for j in range(6)]
+            logits = np.array(logits) / tau
+            want.append(-(logits[0] - np.log(np.sum(np.exp(logits - logits.max()))) - logits.max()))
+    got = cut.patch_nce_loss(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32), tau)
+    np.testing.assert_allclose(float(got), np.mean(want), rtol=1e-4)
+    # Gradient flows only through q (k is the stop-gradient key).
+    gk = jax.grad(lambda k_: cut.patch_nce_loss(jnp.asarray(q, jnp.float32), k_, tau))(jnp.asarray(k, jnp.float32))
+    assert float(jnp.max(jnp.abs(gk))) == 0.0
+
+
+@pytest.mark.smoke
+def test_image_pool_semantics():
+    n, shape = 4, (2, 2, 1)
+    pool = gc.pool_init(n, shape)
+    ids = lambda imgs: [int(v) for v in np.asarray(imgs)[:, 0, 0, 0]]
+    query = jax.jit(gc.pool_query)
+    key = jax.random.key_data(jax.random.key(0))
+    # Filling: the first n images are stored and returned unchanged.
+    first = jnp.arange(1.0, 4.0)[:, None, None, None] * jnp.ones((3,) + shape)
+    pool, out = query(pool, first, key)
+    assert ids(out) == [1, 2, 3] and int(pool["count"]) == 3
+    pool, out = query(pool, 4.0 * jnp.ones((1,) + shape), key)
+    assert ids(out) == [4] and sorted(ids(pool["images"])) == [1, 2, 3, 4] and int(pool["count"]) == 4
+    # Once full: each output is the new image or a stored one, and nothing is lost or duplicated:
+    # multiset(pool_before + inputs) == multiset(pool_after + outputs).
+    swaps, total, nxt = 0, 0, 5
+    for t in range(40):
+        before = ids(pool["images"][: int(pool["count"])])
+        batch = jnp.arange(nxt, nxt + 5.0)[:, None, None, None] * jnp.ones((5,) + shape)
+        nxt += 5
+        pool, out = query(pool, batch, jax.random.key_data(jax.random.key(t + 1)))
+        after, outs = ids(pool["images"]), ids(out)
+        assert sorted(before + ids(batch)) == sorted(after + outs)
+        assert int(pool["count"]) == n
+        swaps += sum(o != i for o, i in zip(outs, ids(batch)))
+        total += 5
+    assert 0.35 < swaps / total < 0.65  # published: return a stored image with probability 1/2
+    with pytest.raises(ValueError, match="pool images"):
+        gc.pool_query(pool, jnp.zeros((1, 3, 3, 1)), key)
+    empty = gc.pool_init(0, shape)
+    assert gc.pool_query(empty, first, key)[1] is first
+
+
+# ----------------------------------------------------------------------------- per method
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_step_losses_finite_and_every_network_changes(name):
+    mod, config, state, step = _setup(name)
+    new, metrics = step(state, _batch(0))
+    for k, v in metrics.items():
+        assert v.shape == () and np.isfinite(float(v)), (k, v)
+    assert set(new["params"]) == ({"G_A", "G_B", "D_A", "D_B"} if name == "cyclegan" else {"G", "D", "F"})
+    for net in new["params"]:
+        assert _max_diff(new["params"][net], state["params"][net]) > 0, net
+    assert int(new["step"]) == 1 and not np.array_equal(new["rng"], state["rng"])
+    if name == "cyclegan":
+        assert int(new["pool"]["A"]["count"]) == config.loss.pool_size  # 8 fakes into a 4-image pool
+        assert metrics["loss_identity"] > 0 and metrics["loss_cycle"] > 0
+    else:
+        assert metrics["loss_nce"] > 0
+        assert (float(metrics["loss_nce_idt"]) > 0) == (name == "cut")
+    fn = mod.make_translate_fn(config, new)
+    y = fn(jnp.asarray(_batch(1)["synthetic"]))
+    assert y.shape == (8, 32, 32, 3) and float(jnp.min(y)) >= 0 and float(jnp.max(y)) <= 1
+    with pytest.raises(ValueError, match="real"):
+        step(state, {"synthetic": _batch(0)["synthetic"]})
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_resume_is_exact(name, tmp_path):
+    import orbax.checkpoint as ocp
+
+    mod, config, state, step = _setup(name)
+    batches = [_batch(i) for i in range(2)]
+    s = state
+    for b in batches:
+        s, m_straight = step(s, b)
+    # Interrupted run: one step, checkpoint, restore into a fresh template, one more step.
+    r, _ = step(state, batches[0])
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(tmp_path / "ckpt", r)
+        ckpt.wait_until_finished()
+        template = mod.init_state(config, jax.random.key(99))
+        r = ckpt.restore(tmp_path / "ckpt", jax.tree.map(ocp.utils.to_shape_dtype_struct, template))
+    for b in batches[1:]:
+        r, m_resumed = step(r, b)
+    assert _max_diff(s, r) == 0.0  # pool, rng, Adam moments and weights all identical
+    assert all(float(m_straight[k]) == float(m_resumed[k]) for k in m_straight)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_data_parallel_matches_single_device(name):
+    """The trainer's layout: state replicated, global batch sharded over a 1-D "data" mesh of 8
+    devices; each step must match the single-device step (the cached one) up to float round-off.
+
+    Every step starts from the single-device state: chaining sharded steps would also compare
+    GAN dynamics, and this tiny network amplifies round-off (measured: a 1e-8 perturbation of its
+    weights moves the next step's Adam moments by ~1e-3), which says nothing about the sharding."""
+    mod, config, state, step1 = _setup(name)
+    assert len(jax.devices()) >= 8
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    step8 = jax.jit(mod.make_train_step(config), in_shardings=(rep, dat), out_shardings=(rep, rep))
+    s1 = state
+    for i in range(2):  # step 2 starts from a full image pool and non-zero Adam moments
+        s8, m8 = step8(jax.device_put(s1, rep), jax.device_put(_batch(10 + i), dat))
+        s1, m1 = step1(s1, _batch(10 + i))
+        assert s8["step"].sharding.is_fully_replicated
+        for k in m1:
+            np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        _assert_close_per_network(s1, s8, i)
