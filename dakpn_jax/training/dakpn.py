@@ -1,7 +1,7 @@
 """DA-KPN (DESIGN.md §1 steps 1-6) as a method module of the generic trainer.
 
 Per step, with a global batch of synthetic frames x (B, H, W, 3), their labels y (B, H, W) and
-unpaired real frames r (B, H, W, 3), all float32 in [0, 1]:
+unpaired real frames r (B, H', W', 3) (any size), all float32 in [0, 1]:
 
 1. Features f (B, h, w, C) on the parameter grid (``config.model.param_size``): the one-hot label
    area-resized to h x w (``config.features = "onehot"``, the benchmark default; ignore pixels
@@ -88,15 +88,23 @@ def _pair(value, name) -> tuple[int, int]:
 
 
 def frame_size(config) -> tuple[int, int]:
-    return int(config.data.height), int(config.data.width)
+    """The training frame size (H, W) that ``param_size`` refers to: ``config.model.frame_size``,
+    else ``(config.data.height, config.data.width)`` (the procedural benchmark)."""
+    fs = _get(config.model, "frame_size", None)
+    if fs:
+        return _pair(fs, "model.frame_size")
+    if _get(config.data, "height", None) and _get(config.data, "width", None):
+        return int(config.data.height), int(config.data.width)
+    raise ValueError("config.model.frame_size is needed when config.data has no height/width")
 
 
 def param_size(config) -> tuple[int, int]:
     return _pair(config.model.param_size, "model.param_size")
 
 
-def tile_size(config) -> tuple[int, int]:
-    H, W = frame_size(config)
+def tile_size(config, frame: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``config.model.tile_size``, default (H // 8, W // 8) of the (training) frame."""
+    H, W = frame or frame_size(config)
     ts = _get(config.model, "tile_size", None)
     th, tw = _pair(ts, "model.tile_size") if ts else (H // 8, W // 8)
     if th > H or tw > W:
@@ -328,8 +336,9 @@ def check_batch(batch: dict) -> None:
         if k not in batch:
             raise ValueError(f"DA-KPN batch: missing key '{k}' (have {sorted(batch)})")
     x, y, r = batch["synthetic"], batch["label"], batch["real"]
-    if x.ndim != 4 or x.shape[-1] != 3 or r.shape != x.shape:
-        raise ValueError(f"DA-KPN batch: 'synthetic' {x.shape} and 'real' {r.shape} must both be (B, H, W, 3)")
+    if x.ndim != 4 or x.shape[-1] != 3 or r.ndim != 4 or r.shape[-1] != 3 or r.shape[0] != x.shape[0]:
+        raise ValueError(f"DA-KPN batch: 'synthetic' {x.shape} and 'real' {r.shape} must be (B, H, W, 3) and "
+                         "(B, H', W', 3) (the real frames may have another size)")
     if y.shape != x.shape[:3]:
         raise ValueError(f"DA-KPN batch: 'label' {y.shape} must be (B, H, W) = {x.shape[:3]}")
 
@@ -349,18 +358,17 @@ def make_train_step(config, *, segmenter=None) -> Callable:
     form, views = l.form, tuple(l.d_inputs)
     w_idt, w_r1 = float(l.identity), float(l.r1)
     K, impl = int(m.kernel_size), m.impl
-    frame, tile, low, grid = frame_size(config), tile_size(config), low_size(config), param_size(config)
+    low, grid = low_size(config), param_size(config)
     fixed = m.noise == "fixed"
-    if fixed:  # constants of the step, never part of the state
-        noise_full = translation.noise_field(m.noise_seed, *frame)
-        noise_low = translation.noise_field(m.noise_seed + 1, *low)
 
-    def generate(kpn_params, x, feats, pos, k_noise):
+    def generate(kpn_params, x, feats, pos, k_noise, tile):
         """(fake tile, fake low view, theta_low) as functions of the KPN params."""
         kpn = gc.merge(gd["kpn"], kpn_params)
         theta = predict_params(kpn, feats, x)
-        if fixed:
-            n_full, n_low = noise_full, noise_low
+        frame = x.shape[1:3]
+        if fixed:  # constants of the step (computed at trace time), never part of the state
+            n_full = translation.noise_field(m.noise_seed, *frame)
+            n_low = translation.noise_field(m.noise_seed + 1, *low)
         else:
             k1, k2 = jax.random.split(k_noise)
             n_full = translation.sample_noise(k1, x.shape[0], *frame)
@@ -395,19 +403,20 @@ def make_train_step(config, *, segmenter=None) -> Callable:
         x = batch["synthetic"].astype(jnp.float32)
         r = batch["real"].astype(jnp.float32)
         y = batch["label"].astype(jnp.int32)
-        B = x.shape[0]
-        if x.shape[1:3] != frame:
-            raise ValueError(f"DA-KPN batch frames {x.shape[1:3]} != config.data (height, width) {frame}")
+        B, frame = x.shape[0], x.shape[1:3]
+        tile = tile_size(config, frame)
+        if min(r.shape[1] - tile[0], r.shape[2] - tile[1]) < 0:
+            raise ValueError(f"DA-KPN batch: real frames {r.shape[1:3]} are smaller than the tile {tile}")
         k_pos, k_real, k_noise, rng = gc.split_key(state["rng"], 4)
         wrap = jax.random.wrap_key_data
         pos = random_positions(wrap(k_pos), B, frame, tile)
-        reals = {"tile": _crop(r, random_positions(wrap(k_real), B, frame, tile), tile),
+        reals = {"tile": _crop(r, random_positions(wrap(k_real), B, r.shape[1:3], tile), tile),
                  "low": area_resize(r, low)}
         feats = feature_fn(x, y, grid)
         params = state["params"]
 
         # The translation once, with its pullback for the G update.
-        (fakes, theta), pullback = jax.vjp(lambda p: generate(p, x, feats, pos, wrap(k_noise)), params["kpn"])
+        (fakes, theta), pullback = jax.vjp(lambda p: generate(p, x, feats, pos, wrap(k_noise), tile), params["kpn"])
         const_fakes = jax.lax.stop_gradient(fakes)
 
         # 1. D update against the current translation.
@@ -522,12 +531,17 @@ def evaluate(config, state, *, translate_fn=None, max_images: int | None = None,
       ``psnr_untranslated``: the same for the untranslated synthetic image (the baseline);
     - ``class_color_err`` (+ ``_untranslated``): mean over classes present of the L2 distance
       between the class's mean RGB in the translated (untranslated) images and in the real ones.
+
+    Returns ``{}`` for real datasets (no paired view) or ``eval_images = 0``.
     """
     from dakpn_jax.data import sources
     from dakpn_jax.evaluation import image_quality
 
+    limit = int(max_images or _get(config, "eval_images", 32))
+    if _get(config.data, "name", "procedural") != "procedural" or limit <= 0:
+        return {}  # the paired view exists only on the procedural benchmark
     source = sources.make_source(config.data, "paired-eval")
-    n = min(len(source), int(max_images or _get(config, "eval_images", 32)))
+    n = min(len(source), limit)
     if n == 0:
         raise ValueError("evaluate: the paired-eval split is empty")
     fn = translate_fn or make_translator(config, state)
