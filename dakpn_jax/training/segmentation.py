@@ -20,6 +20,8 @@ to other stages (DA-KPN's frozen features, the model score).
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 from typing import Any, Callable
@@ -42,14 +44,14 @@ IGNORE_INDEX = label_table.IGNORE_INDEX
 
 # ----------------------------------------------------------------------------- model
 
-def num_classes(config) -> int:
+def _num_classes(config) -> int:
     return int(config.model.get("num_classes", label_table.NUM_CLASSES))
 
 
 def build_model(config, rngs: nnx.Rngs) -> nnx.Module:
     """The segmenter ``config.model`` describes (``name``, ``num_classes``, ``kwargs``)."""
     kwargs = dict(config.model.get("kwargs", None) or {})
-    return make_segmenter(config.model.name, num_classes(config), rngs=rngs, **kwargs)
+    return make_segmenter(config.model.name, _num_classes(config), rngs=rngs, **kwargs)
 
 
 def graphdef(config):
@@ -277,11 +279,18 @@ def summaries(config, state, batch) -> dict:
 
 # ----------------------------------------------------------------------------- evaluation
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _confusion(apply_fn, num_classes, params, images, label):
+    pred = jnp.argmax(apply_fn(params, images), axis=-1)
+    return seg_metrics.confusion_matrix(pred, label, num_classes)
+
+
 def evaluate_segmenter(apply_fn: Callable, params: PyTree, source, num_classes: int, *, batch_size: int = 16,
                        max_images: int | None = None, devices=None) -> dict:
     """Confusion matrix and IoU of a segmenter over a labelled source, whole frames.
 
-    ``apply_fn(params, images (B,H,W,3) float32 [0,1]) -> logits (B,H,W,C)`` (`load_segmenter`'s).
+    ``apply_fn(params, images (B,H,W,3) float32 [0,1]) -> logits (B,H,W,C)`` (`load_segmenter`'s;
+    a static jit argument, so reusing one apply_fn reuses the compiled evaluation).
     The global batch (``batch_size`` rounded up to a multiple of the device count) is sharded over a
     'data' mesh; each process loads its own slice; the last batch is padded with ignore labels.
     Returns ``{"miou", "per_class_iou" (C,) float64 (NaN: class absent), "confusion" (C, C) int64}``.
@@ -296,15 +305,8 @@ def evaluate_segmenter(apply_fn: Callable, params: PyTree, source, num_classes: 
     lb = gb // n_proc
     shard = NamedSharding(mesh, P("data"))
     params = jax.device_put(params, NamedSharding(mesh, P()))  # replicated beside the sharded batch
-
-    @jax.jit
-    def confusion(p, images, label):
-        pred = jnp.argmax(apply_fn(p, images), axis=-1)
-        return seg_metrics.confusion_matrix(pred, label, num_classes)
-
     total = np.zeros((num_classes, num_classes), np.int64)
-    first = source[0]
-    h, w = first["label"].shape
+    h, w = source[0]["label"].shape
     for start in range(0, n, gb):
         images = np.zeros((lb, h, w, 3), np.float32)
         label = np.full((lb, h, w), IGNORE_INDEX, np.uint8)
@@ -318,16 +320,25 @@ def evaluate_segmenter(apply_fn: Callable, params: PyTree, source, num_classes: 
                 images[j], label[j] = item["image"].astype(np.float32) / 255.0, item["label"]
         g_images = jax.make_array_from_process_local_data(shard, images)
         g_label = jax.make_array_from_process_local_data(shard, label)
-        total += np.asarray(jax.device_get(confusion(params, g_images, g_label)), np.int64)
+        conf = _confusion(apply_fn, int(num_classes), params, g_images, g_label)
+        total += np.asarray(jax.device_get(conf), np.int64)
     miou, per = seg_metrics.mean_iou(total)
     return {"miou": float(miou), "per_class_iou": np.asarray(per, np.float64), "confusion": total}
 
 
+_APPLY_FNS: dict[str, Callable] = {}
+
+
 def make_apply_fn(config) -> Callable:
     """Pure ``apply_fn(params, images (B,H,W,3)) -> logits (B,H,W,C)`` resized to the input size,
-    where ``params = {"params": ..., "model_state": ...}`` (see `load_segmenter`)."""
-    gd = graphdef(config)
-    return lambda params, images: apply_model(gd, params, jnp.asarray(images))[0]
+    where ``params = {"params": ..., "model_state": ...}`` (see `load_segmenter`). One function
+    object per model config, so jitted callers compile once."""
+    model = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
+    key = json.dumps(model, sort_keys=True, default=str)
+    if key not in _APPLY_FNS:
+        gd = graphdef(config)
+        _APPLY_FNS[key] = lambda params, images: apply_model(gd, params, jnp.asarray(images))[0]
+    return _APPLY_FNS[key]
 
 
 def evaluate(config, state) -> dict[str, float]:
@@ -336,7 +347,7 @@ def evaluate(config, state) -> dict[str, float]:
     split = config.data.get("eval_split", "real-val")
     source = data_sources.make_source(config.data, split)
     params = {"params": state["params"], "model_state": state["model_state"]}
-    res = evaluate_segmenter(make_apply_fn(config), params, source, num_classes(config),
+    res = evaluate_segmenter(make_apply_fn(config), params, source, _num_classes(config),
                              batch_size=int(config.get("eval_batch_size", 16)),
                              max_images=config.get("eval_images", None))
     out = {"miou": res["miou"]}
