@@ -9,21 +9,13 @@
   uses 6 blocks), 64 x 64 crops, batch 4, 4000 steps (half constant, half decay).
 - ``"tiny"``: seconds-long test variant (32 x 32 images, 4 filters, 2 blocks, pool of 4).
 """
-import dataclasses
-
 import ml_collections
 
 
-def data_config(height=128, width=256):
-    """The procedural benchmark's fields (``ProceduralConfig`` defaults when that module exists)."""
-    fields = {}
-    try:
-        from dakpn_jax.data.procedural import ProceduralConfig
-        fields = dataclasses.asdict(ProceduralConfig())
-    except (ImportError, TypeError, AttributeError):  # data module not importable: minimal fields
-        fields = {"seed": 0}
-    fields.update(height=height, width=width)
-    return ml_collections.ConfigDict(fields)
+def data_config(height=128, width=256, **overrides):
+    """The procedural benchmark's fields (``configs/default.py``: ``ProceduralConfig`` defaults)."""
+    from configs import default  # pylint: disable=import-outside-toplevel
+    return default.data_config(height, width, **overrides)
 
 
 def get_config(arg=None):

@@ -194,9 +194,17 @@ def test_step_losses_finite_and_every_network_changes(name):
     else:
         assert metrics["loss_nce"] > 0
         assert (float(metrics["loss_nce_idt"]) > 0) == (name == "cut")
-    fn = mod.make_translate_fn(config, new)
-    y = fn(jnp.asarray(_batch(1)["synthetic"]))
-    assert y.shape == (8, 32, 32, 3) and float(jnp.min(y)) >= 0 and float(jnp.max(y)) <= 1
+    # The shared translator contract: whole frames of any size (here 18 x 30, not a multiple of the
+    # generator's stride 4), labels ignored, output in [0, 1]; equal to the generator on a frame
+    # that needs no padding.
+    fn = mod.make_translator(config, new)
+    x = jnp.asarray(_batch(1)["synthetic"][:2])
+    y = fn(x[:, :18, :30], jnp.zeros((2, 18, 30), jnp.int32))
+    assert y.shape == (2, 18, 30, 3) and float(jnp.min(y)) >= 0 and float(jnp.max(y)) <= 1
+    gd, g = (cyclegan.graphdefs(config)["G"], new["params"]["G_A"]) if name == "cyclegan" else (
+        cut.graphdefs(config)["G"], new["params"]["G"])
+    direct = (gc.merge(gd, g)(2 * x - 1) + 1) / 2
+    np.testing.assert_allclose(fn(x, None), direct, atol=1e-5)
     with pytest.raises(ValueError, match="real"):
         step(state, {"synthetic": _batch(0)["synthetic"]})
 

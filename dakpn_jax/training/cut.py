@@ -171,17 +171,24 @@ def make_train_step(config):
 
 
 def make_translate_fn(config, state):
-    """Jitted ``fn(images (B, H, W, 3) in [0, 1]) -> G(images)`` in [0, 1] (synthetic -> real)."""
+    """Jitted ``fn(images (B, H, W, 3) in [0, 1]) -> G(images)`` in [0, 1] (synthetic -> real), any frame size."""
     gd = gc.graphdef_of(functools.partial(gc.make_generator, config))
     params = state["params"]["G"]
-    return jax.jit(lambda x: gc.translate_with(gd, params, x))
+    return jax.jit(lambda x: gc.translate_with(gd, params, x, config.model.n_down))
+
+
+def make_translator(config, state):
+    """Shared contract: jitted ``translate_fn(images (B,H,W,3) [0,1], labels) -> (B,H,W,3)`` with G
+    at any frame size; the labels are ignored."""
+    gd = gc.graphdef_of(functools.partial(gc.make_generator, config))
+    return gc.make_translator(gd, state["params"]["G"], config.model.n_down)
 
 
 def summaries(config, state, batch) -> dict:
     """synthetic | G(synthetic) | real for the first image, (h, 3w, 3) in [0, 1]."""
     gd = gc.graphdef_of(functools.partial(gc.make_generator, config))
     a, b = jnp.asarray(batch["synthetic"][:1]), jnp.asarray(batch["real"][:1])
-    fb = gc.translate_with(gd, state["params"]["G"], a)
+    fb = gc.translate_with(gd, state["params"]["G"], a, config.model.n_down)
     return {"translation": jax.device_get(jnp.concatenate([a[0], fb[0], b[0]], axis=1))}
 
 

@@ -106,21 +106,28 @@ def make_train_step(config):
 
 
 def make_translate_fn(config, state, direction: str = "AtoB"):
-    """Jitted ``fn(images (B, H, W, 3) in [0, 1]) -> translated, same shape``: synthetic -> real
-    with G_A (``"AtoB"``, what export and the protocol use) or real -> synthetic with G_B."""
+    """Jitted ``fn(images (B, H, W, 3) in [0, 1]) -> translated, same shape``, any frame size:
+    synthetic -> real with G_A (``"AtoB"``, what export and the protocol use) or real -> synthetic
+    with G_B."""
     if direction not in ("AtoB", "BtoA"):
         raise ValueError(f"make_translate_fn: direction must be 'AtoB' or 'BtoA', got {direction!r}")
     gd = graphdefs(config)["G"]
     params = state["params"]["G_A" if direction == "AtoB" else "G_B"]
-    return jax.jit(lambda x: gc.translate_with(gd, params, x))
+    return jax.jit(lambda x: gc.translate_with(gd, params, x, config.model.n_down))
+
+
+def make_translator(config, state):
+    """Shared contract: jitted ``translate_fn(images (B,H,W,3) [0,1], labels) -> (B,H,W,3)`` with
+    G_A (synthetic -> real) at any frame size; the labels are ignored."""
+    return gc.make_translator(graphdefs(config)["G"], state["params"]["G_A"], config.model.n_down)
 
 
 def summaries(config, state, batch) -> dict:
     """synthetic | G_A(synthetic) | real | G_B(real) for the first image, (h, 4w, 3) in [0, 1]."""
     gd = graphdefs(config)["G"]
     a, b = jnp.asarray(batch["synthetic"][:1]), jnp.asarray(batch["real"][:1])
-    fb = gc.translate_with(gd, state["params"]["G_A"], a)
-    fa = gc.translate_with(gd, state["params"]["G_B"], b)
+    fb = gc.translate_with(gd, state["params"]["G_A"], a, config.model.n_down)
+    fa = gc.translate_with(gd, state["params"]["G_B"], b, config.model.n_down)
     return {"translation": jax.device_get(jnp.concatenate([a[0], fb[0], b[0], fa[0]], axis=1))}
 
 

@@ -196,14 +196,14 @@ def train_image_shape(config) -> tuple[int, int, int]:
 def make_iterators(config, *, shard_index: int = 0, shard_count: int = 1) -> dict:
     """Unpaired streams: ``{"synthetic": synthetic-train, "real": real-train}`` grain iterators,
     each yielding per-process batches of ``config.batch_size // shard_count`` random crops/flips."""
-    from dakpn_jax.data import pipeline, procedural  # data side only; the step never needs it
+    from dakpn_jax.data import pipeline, sources  # data side only; the step never needs it
 
     if config.batch_size % shard_count:
         raise ValueError(f"config.batch_size={config.batch_size} not divisible by process count {shard_count}")
     out = {}
     for name, split, offset in (("synthetic", "synthetic-train", 0), ("real", "real-train", 1)):
         out[name] = pipeline.make_pipeline(
-            procedural.make_source(split, config.data), batch_size=config.batch_size // shard_count,
+            sources.make_source(config.data, split), batch_size=config.batch_size // shard_count,
             seed=config.seed + offset, shard_index=shard_index, shard_count=shard_count, shuffle=True,
             crop_size=tuple(config.crop_size) if config.get("crop_size") else None,
             random_flip=config.get("random_flip", True))
@@ -218,19 +218,34 @@ def next_batch(iterators: dict) -> dict:
 
 # ----------------------------------------------------------------------------- inference
 
-def translate_with(graphdef, params, images: jax.Array) -> jax.Array:
-    """Generator as a [0,1] -> [0,1] translator: ``(G(2x - 1) + 1) / 2``; images (B, H, W, 3)."""
+def translate_with(graphdef, params, images: jax.Array, n_down: int) -> jax.Array:
+    """Generator as a [0,1] -> [0,1] translator: ``(G(2x - 1) + 1) / 2``; images (B, H, W, 3).
+
+    Any frame size: the frame is edge-padded at the bottom/right to the generator's stride
+    ``2^n_down`` (and its minimum size) and the output cropped back, so whole frames translate
+    in one pass."""
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"translate: images must be (B, H, W, 3), got {images.shape}")
-    return to_unit(merge(graphdef, params)(to_signed(images.astype(jnp.float32))))
+    h, w = images.shape[1:3]
+    f = 2 ** n_down
+    size = lambda n: max(-(-n // f) * f, 4 * f)  # a multiple of f, > 3 f (the reflection pads)
+    x = to_signed(images.astype(jnp.float32))
+    x = jnp.pad(x, ((0, 0), (0, size(h) - h), (0, size(w) - w), (0, 0)), mode="edge")
+    return to_unit(merge(graphdef, params)(x))[:, :h, :w]
+
+
+def make_translator(graphdef, params, n_down: int):
+    """The shared contract's ``translate_fn(images (B,H,W,3) [0,1], labels) -> (B,H,W,3)``, jitted;
+    GAN translators ignore the labels."""
+    return jax.jit(lambda images, labels=None: translate_with(graphdef, params, images, n_down))
 
 
 def evaluate_paired(config, translate_fn: Callable[[np.ndarray], np.ndarray], *, max_images: int | None = None,
                     batch_size: int = 8) -> dict[str, float]:
     """Paired-view PSNR / SSIM / SWD of ``translate_fn`` on the benchmark's paired-eval split."""
-    from dakpn_jax.data import procedural
+    from dakpn_jax.data import sources
     from dakpn_jax.evaluation import image_quality
 
-    source = procedural.make_source("paired-eval", config.data)
+    source = sources.make_source(config.data, "paired-eval")
     return image_quality.evaluate_paired_source(translate_fn, source, batch_size=batch_size,
                                                 max_images=max_images)
