@@ -23,6 +23,7 @@ import os
 import re
 from typing import Callable, Iterable, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -286,7 +287,7 @@ def load_hf_weights(model: SegFormer, checkpoint: str | os.PathLike | Mapping[st
             f"\n  unexpected ({len(unexpected)}):{_listing(unexpected)}"
             f"\n  shape mismatch ({len(mismatched)}):{_listing(mismatched)}")
     for name, var, value in plan:
-        var[...] = jnp.asarray(value, dtype=var.dtype)
+        var.set_value(jnp.asarray(value, dtype=var.dtype))
     return {"loaded": [p[0] for p in plan], "initialised": initialised, "ignored": sorted(ignored)}
 
 
@@ -297,11 +298,26 @@ def load_hf_segformer(path: str | os.PathLike, *, num_classes: int | None = None
 
     ``num_classes`` different from the checkpoint's label count re-initialises the classifier
     (``decode_head.classifier``); ``overrides`` replace SegFormerSpec fields that hold no weights
-    (e.g. ``drop_path_rate``).
+    (e.g. ``drop_path_rate``). ``rngs`` (default ``nnx.Rngs(0)``) initialises what the checkpoint
+    does not hold and seeds the dropout streams.
     """
     spec, num_labels = spec_from_hf_config(path)
     num_classes = num_labels if num_classes is None else int(num_classes)
-    model = SegFormer(spec, num_classes, rngs=rngs or nnx.Rngs(0), **overrides)
+    rngs = rngs or nnx.Rngs(0)
     skip = ("decode_head.classifier",) if num_classes != num_labels else ()
-    load_hf_weights(model, path, encoder_only=encoder_only, skip=skip)
+    tensors = read_checkpoint(path)
+    build = lambda r: SegFormer(spec, num_classes, rngs=r, **overrides)
+    if encoder_only or skip or not any(canonical_name(k).startswith("decode_head.") for k in tensors):
+        model = build(rngs)  # some tensors stay as initialised
+    else:
+        # Every weight comes from the checkpoint: build the structure abstractly (random
+        # initialisation of a large model is slow to compile and would be overwritten anyway) and
+        # give only the dropout streams real keys.
+        model = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
+        streams = nnx.state(model, nnx.RngState)
+        keys = iter(jax.random.split(rngs.params(), len(jax.tree.leaves(streams))))
+        nnx.update(model, jax.tree.map(
+            lambda s: next(keys) if jax.dtypes.issubdtype(s.dtype, jax.dtypes.prng_key)
+            else jnp.zeros(s.shape, s.dtype), streams))
+    load_hf_weights(model, tensors, encoder_only=encoder_only, skip=skip)
     return model
