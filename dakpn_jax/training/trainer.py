@@ -30,6 +30,10 @@ Config fields read here (``config.get(name, default)`` for the optional ones)::
     method, seed, batch_size (global), num_train_steps, log_every_steps, checkpoint_every_steps,
     eval_every_steps, steps_per_call = 1, keep_checkpoints = 3,
     summary_every_steps = eval_every_steps, async_checkpoints = True
+
+Events (logging, summaries, evaluation, checkpoints) fire after a call that crossed a multiple of
+their interval, and logging, evaluation and the checkpoint also after the last step.
+``eval_every_steps = 0`` (``summary_every_steps = 0``) switches evaluation (image summaries) off.
 """
 from __future__ import annotations
 
@@ -98,7 +102,7 @@ def validate_config(config, mesh: Mesh) -> types.ModuleType:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise ValueError(f"config.{name} must be an int, got {v!r}")
-        if name in ("seed", "num_train_steps"):
+        if name in ("seed", "num_train_steps", "eval_every_steps", "summary_every_steps"):
             if v < 0:
                 raise ValueError(f"config.{name} must be >= 0, got {v}")
         elif v < 1:
@@ -255,7 +259,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     total = int(config.num_train_steps)
     every_log, every_ckpt = int(config.log_every_steps), int(config.checkpoint_every_steps)
     every_eval = int(config.eval_every_steps)
-    every_summary = int(config.get("summary_every_steps", None) or every_eval)
+    every_summary = int(config.get("summary_every_steps", None) if config.get("summary_every_steps", None)
+                        is not None else every_eval)
 
     checkpointer = ckpt.Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3)),
                                      async_save=bool(config.get("async_checkpoints", True)))
@@ -318,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     writer.scalars(step, {"steps_per_sec": progress.steps_per_sec}, "perf/")
             if has_summaries and _crossed(before, step, every_summary):
                 writer.images(step, method.summaries(config, _local_view(state), local[-1]))
-            if has_eval and (_crossed(before, step, every_eval) or step == total):
+            if has_eval and every_eval and (_crossed(before, step, every_eval) or step == total):
                 ev = {f"eval/{k2}": float(v) for k2, v in method.evaluate(config, _local_view(state)).items()}
                 writer.scalars(step, ev)
                 final.update(ev)
@@ -327,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             if _crossed(before, step, every_ckpt) or step == total:
                 save(step, state)
                 last_saved = step
-        if has_eval and last_eval is None and step == total and start == total:
+        if has_eval and every_eval and last_eval is None and start == total:  # resumed a finished run
             final.update({f"eval/{k2}": float(v) for k2, v in method.evaluate(config, _local_view(state)).items()})
         if last_saved != step:
             save(step, state)
