@@ -115,8 +115,11 @@ def test_step_is_device_count_invariant_and_loss_is_the_reference():
     batch = {"image": np.stack([x["image"] for x in items]).astype(np.float32) / 255.0,
              "label": np.stack([x["label"] for x in items])}
     batch["label"][:, :4] = 255
-    state = jax.jit(lambda k: seg.init_state(c, k))(jax.random.key(0))
-    logits = seg.make_apply_fn(c)({"params": state["params"], "model_state": state["model_state"]}, batch["image"])
+    # Eager init: its per-op kernels are compiled once per process and shared with the next test
+    # (a jitted init is one large XLA program that compiles slowly on CPU).
+    state = seg.init_state(c, jax.random.key(0))
+    logits = jax.jit(seg.make_apply_fn(c))({"params": state["params"], "model_state": state["model_state"]},
+                                           batch["image"])
     step = seg.make_train_step(c)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
@@ -159,7 +162,7 @@ def test_train_evaluate_and_load_segmenter_on_a_source_mix(tmp_path):
     np.testing.assert_allclose(final["eval/miou"], res["miou"], rtol=1e-5)
     # Training lowered the loss on real-val (a domain it saw 4 labels of) against the initial model.
     train_src = seg.make_train_source(c)
-    first_state = jax.jit(lambda k: seg.init_state(c, k))(jax.random.key(c.seed))
+    first_state = seg.init_state(c, jax.random.key(c.seed))
     fresh = apply_jit({"params": first_state["params"], "model_state": first_state["model_state"]}, images)
     loss_fresh = np_cross_entropy(fresh, labels)
     loss_trained = np_cross_entropy(logits, labels)

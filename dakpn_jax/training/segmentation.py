@@ -268,21 +268,24 @@ def next_batch(iterators: dict) -> dict:
 
 def summaries(config, state, batch) -> dict:
     """image | label | prediction of the batch's first image, (h, 3w, 3) in [0, 1]."""
-    images = jnp.asarray(batch["image"][:1], jnp.float32)
+    images = np.asarray(batch["image"][:1], np.float32)
     variables = {"params": state["params"], "model_state": state["model_state"]}
-    logits, _ = apply_model(graphdef(config), variables, images)
-    pred = np.asarray(jnp.argmax(logits[0], -1)).astype(np.uint8)
+    pred = np.asarray(_predict(make_apply_fn(config), variables, images))[0].astype(np.uint8)
     colour = lambda y: label_table.colorize(y).astype(np.float32) / 255.0
-    return {"segmentation": np.concatenate([np.asarray(images[0]), colour(np.asarray(batch["label"][0])),
-                                            colour(pred)], axis=1)}
+    return {"segmentation": np.concatenate([images[0], colour(np.asarray(batch["label"][0])), colour(pred)],
+                                           axis=1)}
 
 
 # ----------------------------------------------------------------------------- evaluation
 
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(apply_fn, params, images):
+    return jnp.argmax(apply_fn(params, images), axis=-1)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _confusion(apply_fn, num_classes, params, images, label):
-    pred = jnp.argmax(apply_fn(params, images), axis=-1)
-    return seg_metrics.confusion_matrix(pred, label, num_classes)
+    return seg_metrics.confusion_matrix(_predict(apply_fn, params, images), label, num_classes)
 
 
 def evaluate_segmenter(apply_fn: Callable, params: PyTree, source, num_classes: int, *, batch_size: int = 16,
