@@ -12,12 +12,14 @@ Multi-host:
   --worker=all --command="..."``) with ``--multihost``; ``jax.distributed.initialize()`` finds the
   other workers by itself (also under SLURM / Open MPI).
   GPU cluster without such a launcher: on each host pass ``--coordinator_address=host0:1234
-  --num_processes=N --process_id=i``.
+  --num_processes=N --process_id=i`` (``JAX_COORDINATOR_ADDRESS`` in the environment also switches
+  distributed initialisation on).
   Single machine, one or several GPUs: no flag; every local device joins the "data" mesh.
 """
 from __future__ import annotations
 
 import json
+import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -38,7 +40,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")
     # Distributed setup must come before anything touches the jax backend.
-    if FLAGS.multihost or FLAGS.coordinator_address:
+    if FLAGS.multihost or FLAGS.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         from dakpn_jax.training import trainer
 
         trainer.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

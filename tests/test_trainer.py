@@ -206,6 +206,10 @@ def test_metric_averager_and_non_finite_detection():
     assert not avg
     assert mw.first_non_finite({"a": np.asarray([1.0, 2.0]), "b": np.asarray([0.0, np.inf])}) == ("b", 1)
     assert mw.first_non_finite({"a": np.float32(1.0)}) is None
+    progress = mw.Progress(total_steps=10, start_step=0)
+    progress.mark(1)
+    line = progress.report(1, {"loss": 0.5, "acc": 0.25})
+    assert line == "step 1/10 | ? steps/s | ETA ? | acc 0.25 loss 0.5"  # no speed before a timed interval
 
 
 # ----------------------------------------------------------------------------- sweep and CLI

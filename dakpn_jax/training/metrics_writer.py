@@ -89,14 +89,18 @@ class SummaryWriter:
 class Progress:
     """The progress line: ``step 120/1000 | 35.2 steps/s | ETA 0:00:25 | loss_D 0.69 loss_G 0.71``.
 
-    Speed is measured between two report calls (so it excludes the first call's compilation as soon
-    as a second report exists) and the ETA extrapolates it to ``total_steps``.
+    Speed is measured since the previous report or :meth:`mark` (the trainer marks the end of the
+    first call, so compilation is not counted) and the ETA extrapolates it to ``total_steps``.
     """
 
     def __init__(self, total_steps: int, start_step: int):
         self.total = int(total_steps)
         self._t, self._step = time.perf_counter(), int(start_step)
         self.steps_per_sec = float("nan")
+
+    def mark(self, step: int) -> None:
+        """Restart the speed measurement at ``step`` (e.g. after compilation)."""
+        self._t, self._step = time.perf_counter(), int(step)
 
     def report(self, step: int, metrics: Mapping[str, float], max_keys: int = 6) -> str:
         now = time.perf_counter()
@@ -107,7 +111,8 @@ class Progress:
         eta = left / self.steps_per_sec if self.steps_per_sec > 0 else float("nan")
         eta_s = "?" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
         keys = " ".join(f"{k} {v:.4g}" for k, v in list(sorted(metrics.items()))[:max_keys])
-        line = f"step {step}/{self.total} | {self.steps_per_sec:.3g} steps/s | ETA {eta_s} | {keys}"
+        speed = "?" if not math.isfinite(self.steps_per_sec) else f"{self.steps_per_sec:.3g}"
+        line = f"step {step}/{self.total} | {speed} steps/s | ETA {eta_s} | {keys}"
         log.info(line)
         return line
 

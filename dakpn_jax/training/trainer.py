@@ -314,6 +314,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     f"(config.method={config.method!r}); stopping. The last good checkpoint is step "
                     f"{checkpointer.latest_step()} in {checkpointer.directory}")
             averager.update(host)
+            if before == start:
+                progress.mark(step)  # the first call includes compilation: time the rest
             if _crossed(before, step, every_log) or step == total:
                 final = {**{k2: v for k2, v in final.items() if k2.startswith("eval/")},
                          **averager.compute_and_reset()}
