@@ -174,26 +174,28 @@ def sliced_wasserstein(x: jax.Array, y: jax.Array, rng: jax.Array, *, num_levels
 
 # ------------------------------------------------------------------ paired-view driver
 
-def evaluate_paired_source(translate_fn: Callable[[np.ndarray], np.ndarray], source, *, batch_size: int = 8,
-                           max_images: int | None = None, seed: int = 0) -> dict[str, float]:
+def evaluate_paired_source(translate_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], source, *,
+                           batch_size: int = 8, max_images: int | None = None, seed: int = 0) -> dict[str, float]:
     """Scores a translator on a paired source (items ``{"synthetic", "real", "label"}``, uint8).
 
-    ``translate_fn`` maps float32 [0, 1] (B, H, W, 3) to the same; pass ``lambda x: x`` for the
-    untranslated baseline. Returns mean ``psnr`` and ``ssim`` of translate(synthetic) against the
-    real rendering of the same scene, and ``swd`` (+ per level) between the translated set and the
-    real renderings (same scenes; SWD is layout-blind so pairing does not help it)."""
+    ``translate_fn(images float32 [0, 1] (B, H, W, 3), labels int32 (B, H, W)) -> (B, H, W, 3)``
+    (the shared translator contract; GAN translators ignore the labels); pass ``lambda x, y: x``
+    for the untranslated baseline. Returns mean ``psnr`` and ``ssim`` of translate(synthetic)
+    against the real rendering of the same scene, and ``swd`` (+ per level) between the translated
+    set and the real renderings (same scenes; SWD is layout-blind so pairing does not help it)."""
     n = len(source) if max_images is None else min(len(source), max_images)
     if n == 0:
         raise ValueError("evaluate_paired_source: the paired source is empty")
     ps, ss, fakes, reals = [], [], [], []
     for start in range(0, n, batch_size):
         items = [source[i] for i in range(start, min(n, start + batch_size))]
-        for k in ("synthetic", "real"):
+        for k in ("synthetic", "real", "label"):
             if k not in items[0]:
                 raise ValueError(f"evaluate_paired_source: source items need key '{k}' (have {sorted(items[0])})")
         syn = np.stack([it["synthetic"] for it in items]).astype(np.float32) / 255.0
         real = np.stack([it["real"] for it in items]).astype(np.float32) / 255.0
-        fake = np.clip(np.asarray(translate_fn(syn), np.float32), 0.0, 1.0)
+        label = np.stack([it["label"] for it in items]).astype(np.int32)
+        fake = np.clip(np.asarray(translate_fn(syn, label), np.float32), 0.0, 1.0)
         if fake.shape != real.shape:
             raise ValueError(f"evaluate_paired_source: translate_fn returned {fake.shape}, expected {real.shape}")
         ps.append(np.asarray(psnr(fake, real)))

@@ -133,4 +133,4 @@ def summaries(config, state, batch) -> dict:
 
 def evaluate(config, state) -> dict:
     """Paired-view PSNR / SSIM / SWD of G_A on the benchmark (``config.eval_images`` images)."""
-    return gc.evaluate_paired(config, make_translate_fn(config, state), max_images=config.get("eval_images", 64))
+    return gc.evaluate_paired(config, make_translator(config, state), max_images=config.get("eval_images", 64))

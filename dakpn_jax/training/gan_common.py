@@ -240,9 +240,9 @@ def make_translator(graphdef, params, n_down: int):
     return jax.jit(lambda images, labels=None: translate_with(graphdef, params, images, n_down))
 
 
-def evaluate_paired(config, translate_fn: Callable[[np.ndarray], np.ndarray], *, max_images: int | None = None,
-                    batch_size: int = 8) -> dict[str, float]:
-    """Paired-view PSNR / SSIM / SWD of ``translate_fn`` on the benchmark's paired-eval split."""
+def evaluate_paired(config, translate_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
+                    max_images: int | None = None, batch_size: int = 8) -> dict[str, float]:
+    """Paired-view PSNR / SSIM / SWD of ``translate_fn(images, labels)`` on the benchmark's paired-eval split."""
     from dakpn_jax.data import sources
     from dakpn_jax.evaluation import image_quality
 
