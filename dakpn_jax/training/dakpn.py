@@ -373,10 +373,11 @@ def make_train_step(config, *, segmenter=None) -> Callable:
             k1, k2 = jax.random.split(k_noise)
             n_full = translation.sample_noise(k1, x.shape[0], *frame)
             n_low = translation.sample_noise(k2, x.shape[0], *low)
-        fake_tile = translate_tile(x, theta, n_full, pos, tile, K, impl)
-        fake_low = translation.translate(area_resize(x, low), low_res_params(theta, frame, low), n_low,
-                                         kernel_size=K, impl=impl)
-        return {"tile": fake_tile, "low": fake_low}, theta
+        fakes = {"tile": translate_tile(x, theta, n_full, pos, tile, K, impl)}  # also the identity term's
+        if "low" in views:
+            fakes["low"] = translation.translate(area_resize(x, low), low_res_params(theta, frame, low), n_low,
+                                                 kernel_size=K, impl=impl)
+        return fakes, theta
 
     def d_objective(d_params, reals, fakes):
         d = gc.merge(gd["D"], d_params)
@@ -410,8 +411,9 @@ def make_train_step(config, *, segmenter=None) -> Callable:
         k_pos, k_real, k_noise, rng = gc.split_key(state["rng"], 4)
         wrap = jax.random.wrap_key_data
         pos = random_positions(wrap(k_pos), B, frame, tile)
-        reals = {"tile": _crop(r, random_positions(wrap(k_real), B, r.shape[1:3], tile), tile),
-                 "low": area_resize(r, low)}
+        reals = {"tile": _crop(r, random_positions(wrap(k_real), B, r.shape[1:3], tile), tile)}
+        if "low" in views:
+            reals["low"] = area_resize(r, low)
         feats = feature_fn(x, y, grid)
         params = state["params"]
 
