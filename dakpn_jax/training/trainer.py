@@ -255,6 +255,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     mesh = make_mesh(devices)
     method = validate_config(config, mesh)
     workdir = check_workdir(workdir)
+    checkpointer = ckpt.Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3)),
+                                     async_save=bool(config.get("async_checkpoints", True)))
+    try:
+        return _train(method, config, workdir, mesh, checkpointer)
+    finally:
+        checkpointer.close()
+
+
+def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpointer) -> dict[str, float]:
     steps_per_call = int(config.get("steps_per_call", 1))
     total = int(config.num_train_steps)
     every_log, every_ckpt = int(config.log_every_steps), int(config.checkpoint_every_steps)
@@ -262,8 +271,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     every_summary = int(config.get("summary_every_steps", None) if config.get("summary_every_steps", None)
                         is not None else every_eval)
 
-    checkpointer = ckpt.Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3)),
-                                     async_save=bool(config.get("async_checkpoints", True)))
     abstract = abstract_state(method, config, mesh)
     iterators = method.make_iterators(config, shard_index=jax.process_index(), shard_count=jax.process_count())
     start = checkpointer.latest_step()
@@ -338,8 +345,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             final.update({f"eval/{k2}": float(v) for k2, v in method.evaluate(config, _local_view(state)).items()})
         if last_saved != step:
             save(step, state)
+        checkpointer.wait()
     finally:
-        checkpointer.close()
         writer.close()
     final["step"] = step
     return final
@@ -356,7 +363,9 @@ def restore_state(workdir: str, config: ml_collections.ConfigDict | None = None,
     if config is None:
         config = load_config(workdir)
     mesh = make_mesh(devices)
-    method = validate_config(config, mesh) if "batch_size" in config else get_method(config.method)
+    if not isinstance(config.get("method"), str):
+        raise ValueError(f"config.method must be a method name (str), got {config.get('method')!r}")
+    method = get_method(config.method)  # no batch/device checks: restoring needs none
     checkpointer = ckpt.Checkpointer(workdir, read_only=True, max_to_keep=None)
     try:
         step = checkpointer.latest_step()
