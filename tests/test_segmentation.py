@@ -168,3 +168,17 @@ def test_train_evaluate_and_load_segmenter_on_a_source_mix(tmp_path):
     loss_trained = np_cross_entropy(logits, labels)
     assert loss_trained < 0.8 * loss_fresh, (loss_fresh, loss_trained)
     assert len(train_src) == max(math.ceil(32 / 0.6), math.ceil(4 / 0.2), math.ceil(4 / 0.2))
+
+
+def test_segformer_state_is_checkpointable_and_its_step_traces():
+    # SegFormer keeps dropout / drop-path RNG streams and BatchNorm statistics inside the module: the
+    # state must hold only the statistics (typed keys cannot be checkpointed) and the step must trace.
+    c = seg_configs.get_config("tiny")
+    c.model.name, c.model.kwargs = "segformer_b0", {}
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    state = trainer.abstract_state(seg, c, mesh)  # raises on typed PRNG keys in the state
+    assert set(state["model_state"]) == {"decode_head"}
+    batch = {"image": jax.ShapeDtypeStruct((2, 32, 64, 3), jnp.float32),
+             "label": jax.ShapeDtypeStruct((2, 32, 64), jnp.uint8)}
+    new, metrics = jax.eval_shape(seg.make_train_step(c), state, batch)
+    assert jax.tree.structure(new) == jax.tree.structure(state) and metrics["loss"].shape == ()

@@ -13,6 +13,11 @@ State (plain dict of arrays; the NNX graphdef is rebuilt from ``config.model``):
     {"params": pure dict of nnx.Param, "model_state": pure dict of the other variables (e.g.
      BatchNorm statistics; empty for unet_small), "opt": optax state, "step": int32, "rng": uint32[2]}
 
+RNG streams inside the model (SegFormer's dropout / drop path) are not state: every step rebuilds
+them from a key split off ``state["rng"]``, so the step stays pure and resumes exactly. BatchNorm
+statistics under data parallelism are those of the global batch (XLA reduces over the sharded
+batch axis: synchronised BatchNorm).
+
 `evaluate` scores ``config.data.eval_split`` (real-val): the confusion matrix is accumulated over the
 whole split (batches sharded over all devices, summed in int64 on the host), then mIoU over the
 classes present (`dakpn_jax.evaluation.metrics`). `load_segmenter(workdir)` gives a trained model
@@ -55,22 +60,35 @@ def build_model(config, rngs: nnx.Rngs) -> nnx.Module:
 
 
 def graphdef(config):
-    """Static graphdef of the segmenter (shape evaluation only, no weights computed)."""
-    gd, _, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param, ...)
-    return gd
+    """(static graphdef, abstract RNG-stream state) of the segmenter; shape evaluation only."""
+    gd, _, rngs, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param, nnx.RngState, ...)
+    return gd, nnx.to_pure_dict(rngs)
 
 
-def apply_model(gd, variables: dict, images: jax.Array, *, train: bool = False, size=None):
+def _rng_streams(template, key: jax.Array):
+    """Fresh RNG-stream variables (dropout, drop path) for one call: stream i gets key fold_in(key, i),
+    count 0. The state never stores them (typed keys are not checkpointable); the per-step key comes
+    from ``state["rng"]``."""
+    leaves, treedef = jax.tree.flatten(template)
+    fresh = [jax.random.fold_in(key, i) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else jnp.zeros(x.shape, x.dtype)
+             for i, x in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, fresh)
+
+
+def apply_model(gd, variables: dict, images: jax.Array, *, train: bool = False, size=None, rng=None):
     """Logits (B, H', W', C) of ``images`` (B, H, W, 3) in [0, 1], resized bilinearly to ``size``
-    = (H', W') (default: the input's H, W). Returns (logits, updated non-parameter variables)."""
+    = (H', W') (default: the input's H, W). ``gd`` is `graphdef`'s pair; ``rng`` (typed key) drives
+    dropout-like layers when ``train``. Returns (logits, updated non-parameter variables)."""
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"segmenter: images must be (B, H, W, 3), got shape {images.shape}")
-    model = nnx.merge(gd, variables["params"], variables["model_state"])
+    graph, rng_template = gd
+    rngs = _rng_streams(rng_template, jax.random.key(0) if rng is None else rng)
+    model = nnx.merge(graph, variables["params"], rngs, variables["model_state"])
     logits = model(images.astype(jnp.float32), train=train).astype(jnp.float32)
     h, w = size if size is not None else images.shape[1:3]
     if logits.shape[1:3] != (h, w):
         logits = jax.image.resize(logits, (logits.shape[0], h, w, logits.shape[-1]), "bilinear")
-    _, _, rest = nnx.split(model, nnx.Param, ...)
+    _, _, _, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
     return logits, nnx.to_pure_dict(rest)
 
 
@@ -141,7 +159,7 @@ def init_state(config, rng) -> dict:
     raw = _key_data(rng)
     k_init, k_next = jax.random.split(jax.random.wrap_key_data(raw))
     model = build_model(config, nnx.Rngs(k_init))
-    _, params, rest = nnx.split(model, nnx.Param, ...)
+    _, params, _, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
     params = nnx.to_pure_dict(params)
     return {"params": params, "model_state": nnx.to_pure_dict(rest), "opt": make_optimizer(config).init(params),
             "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(k_next)}
@@ -151,9 +169,9 @@ def make_train_step(config) -> Callable:
     """Pure ``train_step(state, {"image": (B,h,w,3) float32, "label": (B,h,w) int}) -> (state, metrics)``."""
     gd, tx, schedule = graphdef(config), make_optimizer(config), make_schedule(config)
 
-    def loss_fn(params, model_state, images, label):
+    def loss_fn(params, model_state, images, label, rng):
         logits, model_state = apply_model(gd, {"params": params, "model_state": model_state}, images,
-                                          train=True, size=label.shape[1:3])
+                                          train=True, size=label.shape[1:3], rng=rng)
         loss, acc = cross_entropy(logits, label)
         return loss, (model_state, acc)
 
@@ -164,11 +182,12 @@ def make_train_step(config) -> Callable:
         images, label = batch["image"], batch["label"]
         if label.shape != images.shape[:3]:
             raise ValueError(f"segmentation batch: label {label.shape} must be images {images.shape}[:3]")
+        k_model, k_next = jax.random.split(jax.random.wrap_key_data(state["rng"]))
         (loss, (model_state, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], state["model_state"], images, label)
+            state["params"], state["model_state"], images, label, k_model)
         updates, opt = tx.update(grads, state["opt"], state["params"])
         new = {"params": optax.apply_updates(state["params"], updates), "model_state": model_state,
-               "opt": opt, "step": state["step"] + 1, "rng": state["rng"]}
+               "opt": opt, "step": state["step"] + 1, "rng": jax.random.key_data(k_next)}
         metrics = {"loss": loss, "pixel_accuracy": acc, "grad_norm": optax.tree.norm(grads),
                    "lr": schedule(state["step"])}
         return new, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
