@@ -291,6 +291,20 @@ def load_hf_weights(model: SegFormer, checkpoint: str | os.PathLike | Mapping[st
     return {"loaded": [p[0] for p in plan], "initialised": initialised, "ignored": sorted(ignored)}
 
 
+def load_pretrained(model: SegFormer, checkpoint: str | os.PathLike | Mapping[str, np.ndarray]
+                    ) -> dict[str, list[str]]:
+    """Start-of-training import: the encoder always, the decoder when the checkpoint has one, and
+    its classifier only when its class count equals the model's (otherwise left as initialised, the
+    usual fine-tuning from ADE20K/Cityscapes models to another label set). Returns the report of
+    :func:`load_hf_weights`."""
+    tensors = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
+    classifier = {canonical_name(k): v for k, v in tensors.items()}.get("decode_head.classifier.weight")
+    skip = ()
+    if classifier is not None and classifier.shape[0] != model.num_classes:
+        skip = ("decode_head.classifier",)
+    return load_hf_weights(model, tensors, skip=skip)
+
+
 def load_hf_segformer(path: str | os.PathLike, *, num_classes: int | None = None,
                       rngs: nnx.Rngs | None = None, encoder_only: bool = False,
                       **overrides) -> SegFormer:
