@@ -317,3 +317,32 @@ def test_config_and_file_errors(tmp_path):
     (tmp_path / "w.npz").write_bytes(b"")
     with pytest.raises(ValueError, match="unknown file type"):
         conv.read_checkpoint(tmp_path / "w.npz")
+
+
+def _load_config(name):
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_test_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_recipe_config():
+    from dakpn_jax.training import segmentation
+
+    cfg = _load_config("segformer")
+    c = cfg.get_config()
+    assert c.method == "segmentation" and c.model.name == "segformer_b5" and c.batch_size == 8
+    assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.poly_power) == ("adamw", 6e-5, 0.01, 1.0)
+    assert c.num_train_steps == 50 * c.data.num_synthetic_train // 8
+    schedule = segmentation.make_schedule(c)  # linear decay 6e-5 -> 0
+    for step in (0, c.num_train_steps // 4, c.num_train_steps // 2):
+        assert float(schedule(step)) == pytest.approx(6e-5 * (1 - step / c.num_train_steps), rel=1e-5)
+    assert cfg.get_config("b0").model.name == "segformer_b0"
+    with pytest.raises(ValueError, match="unknown variant 'b7'"):
+        cfg.get_config("b7")
+    # The segmentation method builds the tiny variant's SegFormer (abstractly) from these fields.
+    tiny = cfg.get_config("tiny")
+    model = nnx.eval_shape(lambda: segmentation.build_model(tiny, nnx.Rngs(0)))
+    assert isinstance(model, sf.SegFormer) and model.spec.drop_path_rate == 0.0 and model.num_classes == 19
