@@ -152,6 +152,9 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"export: batch_size must be a positive int, got {batch_size!r}")
     config, state = trainer.restore_state(workdir, config)
+    # This process's single-device copy of the replicated state: export runs per process on a mesh of
+    # its own devices, so nothing may refer to other hosts' devices.
+    state = jax.tree.map(lambda x: x.addressable_data(0), state)
     if input_dir is not None:
         label_dir = os.path.join(input_dir, "labels")
         source = FolderSource(os.path.join(input_dir, "images"), label_dir if os.path.isdir(label_dir) else None)

@@ -326,7 +326,10 @@ def evaluate_segmenter(apply_fn: Callable, params: PyTree, source, num_classes: 
     gb = -(-int(batch_size) // len(devices)) * len(devices)
     lb = gb // n_proc
     shard = NamedSharding(mesh, P("data"))
-    params = jax.device_put(params, NamedSharding(mesh, P()))  # replicated beside the sharded batch
+    # Replicated beside the sharded batch, via this process's host copy (multi-host safe: the input
+    # may be a single-device view or a global replicated array).
+    host = jax.tree.map(lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x), params)
+    params = jax.device_put(host, NamedSharding(mesh, P()))
     total = np.zeros((num_classes, num_classes), np.int64)
     h, w = source[0]["label"].shape
     for start in range(0, n, gb):
