@@ -121,7 +121,7 @@ def test_patchgan_norm_matches_numpy(norm):
 
 def test_patchgan_shapes_pyramid_and_downsample():
     d = patchgan.PatchGANPyramid(num_D=2, ndf=4, n_layers=3, rngs=nnx.Rngs(0))
-    out = d(jnp.zeros((2, 16, 32, 3)))
+    out = jax.jit(lambda x: d(x))(jnp.zeros((2, 16, 32, 3)))
     assert [o.shape for o in out] == [(2, 2, 4, 1), (2, 1, 2, 1)]
     x = np.random.default_rng(1).uniform(size=(1, 5, 6, 1))
     # 3x3 average, stride 2, padding 1, padded cells not counted.
@@ -208,43 +208,49 @@ def test_one_step_trains_only_kpn_and_d_and_is_pure(tiny):
     assert leaves_equal(new, again) and leaves_equal(metrics, metrics2)
 
 
-def test_step_options_hinge_r1_pyramid_fresh_noise_deep_head_warmup():
+def stand_in_segmenter(C, sign=1.0):
+    """A frozen 'segmenter': logits = images @ w, (B, H, W, 3) -> (B, H, W, C)."""
+    params = {"w": sign * jax.random.normal(jax.random.key(5), (3, C))}
+    return (lambda p, x: jnp.einsum("bhwc,ck->bhwk", x, p["w"])), params
+
+
+def test_step_options_and_frozen_segmenter():
+    """One compiled step with the non-default options: frozen-segmenter features, hinge + R1,
+    tile view only, deep head, direct sigma, fresh noise, a 2-level instance-norm pyramid, warm-up."""
     c = tiny_config(form="hinge", r1=1.0, d_inputs=("tile",))
+    c.features, c.segmenter_workdir = "segmenter", "/nonexistent"  # never read: the stand-in is given
     c.model.update(head="deep", hidden=4, noise="fresh", sigma_param="sigma")
     c.model.disc.update(num_D=2, n_layers=1, norm="instance")
-    c.optim.update(schedule="cosine", warmup_steps=2)
-    state = dakpn.init_state(c, jax.random.key(1))
-    new, metrics = jax.jit(dakpn.make_train_step(c))(state, tiny_batch(c, 4))
-    assert {"r1", "loss_D_tile"} <= set(metrics) and "loss_D_low" not in metrics
-    assert all(np.isfinite(float(v)) for v in metrics.values())
-    assert float(metrics["lr"]) == 0.0  # warm-up starts at 0: nothing moves in the first step
-    assert leaves_equal(state["params"], new["params"])
-    assert not leaves_equal(state["rng"], new["rng"])
-
-
-def test_frozen_segmenter_features():
-    c = tiny_config()
-    c.features, c.segmenter_workdir = "segmenter", "/nonexistent"  # never read: the stand-in is given
-    C = c.model.num_classes
-    seg_params = {"w": jax.random.normal(jax.random.key(5), (3, C))}
-    apply_fn = lambda p, x: jnp.einsum("bhwc,ck->bhwk", x, p["w"])
+    c.optim.update(schedule="cosine", warmup_steps=1)
+    apply_fn, seg_params = stand_in_segmenter(c.model.num_classes)
     kept = copy.deepcopy(jax.device_get(seg_params))
-    state = dakpn.init_state(c, jax.random.key(0))
-    batch = tiny_batch(c, 4)
+    state = dakpn.init_state(c, jax.random.key(1))
     step = jax.jit(dakpn.make_train_step(c, segmenter=(apply_fn, seg_params)))
-    new, metrics = step(state, batch)
-    assert all(np.isfinite(float(v)) for v in metrics.values())
-    # The segmenter is outside the trained state and unchanged; the state has the same structure.
-    assert jax.tree.structure(new) == jax.tree.structure(state)
+    batch = tiny_batch(c, 4)
+    s1, m1 = step(state, batch)
+    s2, m2 = step(s1, batch)
+    assert {"r1", "loss_D_tile"} <= set(m1) and "loss_D_low" not in m1
+    assert all(np.isfinite(float(v)) for v in list(m1.values()) + list(m2.values()))
+    assert float(m1["lr"]) == 0.0 and float(m2["lr"]) > 0  # warm-up from 0: nothing moves in step 1
+    assert leaves_equal(state["params"], s1["params"])
+    for net in ("kpn", "D"):
+        assert not leaves_equal(s1["params"][net], s2["params"][net]), net
+    # The segmenter is outside the trained state and unchanged; the state keeps its structure.
+    assert jax.tree.structure(s2) == jax.tree.structure(state)
     assert leaves_equal(seg_params, kept)
-    # Features are its logits averaged over each 4 x 4 parameter cell, behind stop_gradient.
-    feats = dakpn.make_feature_fn(c, (apply_fn, seg_params))
-    x = jnp.asarray(batch["synthetic"])
-    logits = np.einsum("bhwc,ck->bhwk", batch["synthetic"].astype(np.float64), np.asarray(seg_params["w"]))
-    want = logits.reshape(4, 8, 4, 16, 4, C).mean(axis=(2, 4))
-    np.testing.assert_allclose(np.asarray(feats(x, None, (8, 16))), want, atol=1e-5)
+
+
+def test_segmenter_features_are_frozen_cell_averaged_logits():
+    c = tiny_config()
+    c.features, c.segmenter_workdir = "segmenter", "/nonexistent"
+    C = c.model.num_classes
+    apply_fn, seg_params = stand_in_segmenter(C)
+    x = jnp.asarray(tiny_batch(c, 2)["synthetic"])
+    feats = dakpn.make_feature_fn(c, (apply_fn, seg_params))(x, None, (8, 16))
+    logits = np.einsum("bhwc,ck->bhwk", np.asarray(x, np.float64), np.asarray(seg_params["w"]))
+    np.testing.assert_allclose(np.asarray(feats), logits.reshape(2, 8, 4, 16, 4, C).mean(axis=(2, 4)), atol=1e-5)
     g = jax.grad(lambda p: jnp.sum(dakpn.make_feature_fn(c, (apply_fn, p))(x, None, (8, 16))))(seg_params)
-    assert float(jnp.abs(g["w"]).max()) == 0.0
+    assert float(jnp.abs(g["w"]).max()) == 0.0  # stop_gradient: nothing flows into the segmenter
 
 
 def test_bad_config_and_batch_raise():
