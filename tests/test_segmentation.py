@@ -88,6 +88,18 @@ def test_mixed_source_weights_and_concatenation():
     assert sorted(int(cat[i]["image"][0, 0, 0]) for i in range(len(cat))) == list(range(10)) + [100, 101]
     with pytest.raises(ValueError, match="weights"):
         seg.MixedSource([a, b], [1.0, 0.0])
+    c = seg_configs.get_config("tiny")
+    c.data.train_sources = [{"kind": "split", "split": "real-train"}]
+    with pytest.raises(ValueError, match=r"train_sources\[0\].*no 'label'"):
+        seg.make_train_source(c)
+    c.data.train_sources = [{"kind": "split", "split": "synthetic-train", "weight": 1.0},
+                            {"kind": "split", "split": "real-train-labelled"}]
+    with pytest.raises(ValueError, match="weight"):
+        seg.make_train_source(c)
+    c.data.num_real_labelled = 0  # N = 0 real labels: the empty source is dropped
+    c.data.train_sources = [{"kind": "split", "split": "synthetic-train"},
+                            {"kind": "split", "split": "real-train-labelled"}]
+    assert len(seg.make_train_source(c)) == c.data.num_synthetic_train
 
 
 def test_folder_source_matches_by_stem_and_names_bad_files(tmp_path):

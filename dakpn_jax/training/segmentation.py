@@ -245,6 +245,8 @@ def make_train_source(config):
         spec = dict(spec)
         kind = spec.get("kind", "split")
         if kind == "split":
+            if "split" not in spec:
+                raise ValueError(f"config.data.train_sources[{i}]={spec}: kind 'split' needs a 'split' name")
             src = data_sources.make_source(config.data, spec["split"])
         elif kind == "folder":
             root = spec.get("root")
@@ -256,6 +258,9 @@ def make_train_source(config):
         if len(src) == 0:
             log.info("train source %d (%s) is empty; dropped from the mix", i, spec)
             continue
+        if "label" not in src[0]:  # fail here, not inside a grain reader thread
+            raise ValueError(f"config.data.train_sources[{i}]={spec}: items have no 'label' "
+                             f"(keys {sorted(src[0])}); segmentation needs labelled sources")
         built.append(src)
         weights.append(spec.get("weight"))
     if not built:
