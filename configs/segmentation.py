@@ -8,7 +8,8 @@
 Fields read by `dakpn_jax.training.segmentation` (SegFormer configs build on the same ones):
 
 - ``data``: the procedural benchmark fields (``ProceduralConfig``) plus
-  ``train_sources``: a list of ``{"kind": "split", "split": SPLIT}`` (a labelled split of
+  ``train_sources``: a tuple (a tuple, so the command line can override it:
+  ``--config.data.train_sources="({'kind': 'split', 'split': 'real-train-labelled'},)"``) of ``{"kind": "split", "split": SPLIT}`` (a labelled split of
   ``dakpn_jax.data.sources.make_source``, e.g. ``synthetic-train``, ``real-train-labelled``) or
   ``{"kind": "folder", "root": DIR}`` (``DIR/images/*.png`` + ``DIR/labels/*.png``, e.g. a translated
   export), each with an optional ``"weight"``. Without any weight the sources are concatenated
@@ -48,7 +49,7 @@ def get_config(arg=None):
     c.method = "segmentation"
     c.seed = 0
     c.data = data_config()
-    c.data.train_sources = [{"kind": "split", "split": "synthetic-train"}]
+    c.data.train_sources = ({"kind": "split", "split": "synthetic-train"},)
     c.data.eval_split = "real-val"
     c.crop_size = (64, 128)
     c.random_flip = True
@@ -70,7 +71,7 @@ def get_config(arg=None):
         c.data = data_config(32, 64)
         c.data.update(num_synthetic_train=32, num_real_train=8, num_real_labelled=4, num_real_val=8,
                       num_paired_eval=4)
-        c.data.train_sources = [{"kind": "split", "split": "synthetic-train"}]
+        c.data.train_sources = ({"kind": "split", "split": "synthetic-train"},)
         c.data.eval_split = "real-val"
         c.crop_size = config_dict.placeholder(tuple)  # full frames
         c.batch_size = 8
