@@ -117,12 +117,12 @@ def stage(directory: str, fn: Callable[[str], dict], *, what: str) -> dict:
         return done["result"]
     os.makedirs(directory, exist_ok=True)
     log.info("run %s (%s)", what, directory)
-    result = fn(directory)
+    text = json.dumps({"stage": what, "result": fn(directory)}, indent=1, default=_json_default)
     tmp = marker + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"stage": what, "result": result}, f, indent=1, sort_keys=True, default=_json_default)
+        f.write(text)
     os.replace(tmp, marker)  # complete only once the marker exists
-    return result
+    return json.loads(text)["result"]  # what a reusing run reads back, so both report alike
 
 
 def _json_default(x):
