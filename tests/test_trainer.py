@@ -124,11 +124,31 @@ def test_eight_devices_match_one_device_and_scan(tmp_path):
         assert int(got["['consumed']"]) == int(one["['consumed']"])  # same batches, same order
 
 
-def test_resume_is_bit_exact(tmp_path):
-    base = dict(checkpoint_every_steps=1, keep_checkpoints=2, eval_every_steps=100)
-    trainer.train_and_evaluate(toy_config(num_train_steps=3, **base), str(tmp_path / "resumed"))
-    out = trainer.train_and_evaluate(toy_config(num_train_steps=6, **base), str(tmp_path / "resumed"))
-    straight = trainer.train_and_evaluate(toy_config(num_train_steps=6, **base), str(tmp_path / "straight"))
+def preempted_run(monkeypatch, module, config, workdir, after_steps):
+    """Runs ``config`` but kills it (KeyboardInterrupt) when it asks for batch ``after_steps + 1``,
+    like a preemption: the same config, the run resumes from its last checkpoint."""
+    real, seen = module.next_batch, []
+
+    def next_batch(iterators):
+        if len(seen) == after_steps:
+            raise KeyboardInterrupt("preempted")
+        seen.append(1)
+        return real(iterators)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(module, "next_batch", next_batch)
+        with pytest.raises(KeyboardInterrupt, match="preempted"):
+            trainer.train_and_evaluate(config, workdir)
+
+
+def test_resume_is_bit_exact(tmp_path, monkeypatch):
+    # Killed after step 3 with the last checkpoint at step 2: the resumed run redoes step 3 from the
+    # checkpointed data position, so it must consume exactly the batches an uninterrupted run does.
+    c = toy_config(num_train_steps=6, checkpoint_every_steps=2, keep_checkpoints=2, eval_every_steps=100)
+    preempted_run(monkeypatch, toy_method, c, str(tmp_path / "resumed"), after_steps=3)
+    assert ckpt.Checkpointer(str(tmp_path / "resumed"), read_only=True).all_steps() == [2]
+    out = trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
+    straight = trainer.train_and_evaluate(c, str(tmp_path / "straight"))
     assert out == straight  # last logged metrics (incl. the batch checksum) identical
     a = leaves(trainer.restore_state(str(tmp_path / "resumed"))[1])
     b = leaves(trainer.restore_state(str(tmp_path / "straight"))[1])
@@ -141,7 +161,7 @@ def test_resume_is_bit_exact(tmp_path):
         for i in row:
             h = np.uint32((int(h) * int(toy_method._HASH_MUL) + int(i) + 1) % (1 << 32))
     assert int(a["['consumed']"]) == int(h)
-    assert ckpt.Checkpointer(str(tmp_path / "straight"), read_only=True).all_steps() == [5, 6]  # keep last 2
+    assert ckpt.Checkpointer(str(tmp_path / "straight"), read_only=True).all_steps() == [4, 6]  # keep last 2
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -213,6 +233,7 @@ def test_metric_averager_and_non_finite_detection():
 
 # ----------------------------------------------------------------------------- sweep and CLI
 
+@pytest.mark.smoke
 def test_sweep_expansion_product_and_points():
     pts = sweep.expand_sweep({"lr": [1, 2], "model.depth": [3, 4, 5]})
     assert pts == [{"lr": a, "model.depth": b} for a in (1, 2) for b in (3, 4, 5)]
@@ -274,23 +295,21 @@ def dakpn_tiny(**overrides):
     return c
 
 
-def test_dakpn_tiny_one_vs_eight_devices_and_exact_resume(tmp_path):
-    """DA-KPN tiny, 2 steps: 1 device == 8 devices (1e-5); 1 step + restart + 1 step == 2 straight
+def test_dakpn_tiny_one_vs_eight_devices_and_exact_resume(tmp_path, monkeypatch):
+    """DA-KPN tiny, 3 steps: 1 device == 8 devices (1e-5); killed after 2 steps + restart == 3 straight
     steps bit for bit (KPN and D parameters, both Adam states, rng); both networks trained."""
     # norm "none": a conv bias in front of a BatchNorm gets an exactly-zero gradient, which Adam turns
     # into +-lr steps of rounding noise, different for every device count; without it every
     # parameter is a well-conditioned function of the data.
-    c = dakpn_tiny(num_train_steps=2, checkpoint_every_steps=1, summary_every_steps=2)
+    c = dakpn_tiny(num_train_steps=3, checkpoint_every_steps=2, summary_every_steps=3)
     c.model.disc.norm = "none"
     out = trainer.train_and_evaluate(c, str(tmp_path / "eight"))
-    assert out["step"] == 2 and all(np.isfinite(v) for v in out.values())
+    assert out["step"] == 3 and all(np.isfinite(v) for v in out.values())
     trainer.train_and_evaluate(c, str(tmp_path / "one"), devices=jax.devices()[:1])
-    first = dakpn_tiny(num_train_steps=1, checkpoint_every_steps=1)
-    first.model.disc.norm = "none"
-    trainer.train_and_evaluate(first, str(tmp_path / "resumed"))
-    trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
-
     from dakpn_jax.training import dakpn
+
+    preempted_run(monkeypatch, dakpn, c, str(tmp_path / "resumed"), after_steps=2)
+    trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
 
     init = leaves(trainer.init_state(dakpn, c, trainer.make_mesh()))
     eight = leaves(trainer.restore_state(str(tmp_path / "eight"))[1])
@@ -304,5 +323,5 @@ def test_dakpn_tiny_one_vs_eight_devices_and_exact_resume(tmp_path):
     for net in ("kpn", "D"):
         changed = [k for k in eight if k.startswith(f"['params']['{net}']") and not np.array_equal(eight[k], init[k])]
         assert changed, f"{net} parameters did not change"
-    assert "['step']" in eight and int(eight["['step']"]) == 2
+    assert "['step']" in eight and int(eight["['step']"]) == 3
     assert "image" in read_event_tags(mw.event_files(str(tmp_path / "eight"))[0]).values()
