@@ -11,22 +11,34 @@ synthetic image ``x`` (B, H, W, 3) with per-pixel parameters ``theta`` (B, h, w,
     w_pc(i, j) = exp(-(i^2 + j^2) / (2 sigma[p,c]^2 + eps)) / Z_pc    # normalised to sum 1
     out    = clip(x2 + noise_scale * n, 0, 1)
 
-Every output pixel depends only on the input inside its K x K window and on theta at that pixel: no
-pixel moves, so segmentation labels stay exact.
+Locality: out[p] depends only on x and theta inside the K x K window around p (a neighbour's colour
+affine changes that neighbour's colour), and on sigma and noise_scale at p alone. No pixel moves, so
+segmentation labels stay exact.
 
-Kernel application (``impl=``), all paths compute the same function (to float32 rounding):
+Kernel application (``impl=``); all paths compute the same function (to float32 rounding, tested to
+1e-5 against a float64 NumPy reference):
 
 - ``"einsum"``: ``lax.conv_general_dilated_patches`` builds the (B, H, W, C * K * K) patch tensor and
-    an einsum contracts it with the weights. Simple and fast on accelerators for small frames, but the
-    patch tensor is K^2 = 625 times the image (15 GB for one 1052 x 1914 frame at K = 25).
-- ``"shifted"``: the memory-lean path. A ``lax.fori_loop`` over the K window rows accumulates
-    horizontally shifted slices of the edge-padded image, so it never holds more than a few images
-    (plus, for the Gaussian, the K/2 + 1 distinct 1-D taps per pixel). It uses that the normalised
-    Gaussian factorises per pixel, ``w(i, j) = g_i g_j / (sum g)^2`` with ``g_i = exp(-i^2 / d)``,
-    so row offset i contributes ``g_i * sum_j g_j x[p + (i, j)]``.
-- ``"auto"``: ``"einsum"`` on accelerators when the patch tensor is at most ``AUTO_EINSUM_MAX_BYTES``;
-    ``"shifted"`` otherwise (always on CPU, where it is also the faster path; see
-    experiments/bench_kernels.py).
+  an einsum contracts it with the weights (for the Gaussian with the two 1-D tap vectors, so the
+  K x K weights are never formed). Simple, but the patch tensor is K^2 = 625 times the image (15 GB
+  for one 1052 x 1914 frame at K = 25), and XLA:CPU extracts patches very slowly (~0.02 GFLOP/s).
+- ``"shifted"``: the memory-lean path. The padded image is processed in bands of ``BAND_ROWS`` output
+  rows (``lax.map``; each band reads its 2r halo rows, so bands are exact, not approximations). Inside
+  a band, the normalised Gaussian factorises per pixel, ``w(i, j) = g_i g_j / Z^2`` with
+  ``g_k = exp(-k^2 / d)``, and is symmetric, so the band is
+  ``sum_{i=0..r} g_i sum_{j=0..r} g_j (P_i[x - j] + P_i[x + j]) / Z^2`` with row pairs
+  ``P_i = x[y - i] + x[y + i]``: (r+1)(3r+4) flops per pixel and channel instead of 2 K^2 (0.42x at
+  K = 25), and a working set of about r + 1 band-sized slabs. Peak memory is a few frames whatever K
+  (0.5 GB process peak for a full GTA5 frame, Python and JAX included). Free-form kernels use a
+  ``fori_loop`` over window rows with the column offsets unrolled, per band.
+- ``"auto"``: ``"einsum"`` on GPU/TPU when the patch tensor is at most ``AUTO_EINSUM_MAX_BYTES``
+  (a memory rule: it was not timed on accelerators here), ``"shifted"`` otherwise and always on CPU,
+  where it is 100x+ faster (experiments/bench_kernels.py).
+
+Gradients: both paths are differentiable in x, sigma (and kernels). The shifted Gaussian path has a
+custom VJP (hand-written transpose + closed-form sigma derivative; autodiff of the unrolled band
+compiled for about a minute and ran 2x slower), so it supports reverse mode only (grad, vjp, jacrev);
+use ``impl="einsum"`` for forward mode (jvp, jacfwd).
 
 A second kernel family, free-form per-pixel K x K kernels (the classic KPN: softmax-normalised
 weights, :func:`kpn_kernels_from_logits`), runs on the same two paths via :func:`apply_local_kernels`.
@@ -37,10 +49,12 @@ affine (the paper's code does neither), and the HSV conversion is exact at secto
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 NUM_PARAMS = 12
@@ -86,10 +100,13 @@ def _check_nhwc(x: jax.Array, name: str, channels: int | None = None) -> None:
 
 
 def _check_kernel_size(kernel_size) -> int:
-    if (isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1
-            or kernel_size % 2 == 0):
+    try:
+        k = operator.index(kernel_size)  # ints and NumPy integers, not floats or bools
+    except TypeError:
+        k = None
+    if k is None or isinstance(kernel_size, (bool, np.bool_)) or k < 1 or k % 2 == 0:
         raise ValueError(f"kernel_size: expected an odd int >= 1, got {kernel_size!r}")
-    return kernel_size
+    return k
 
 
 def _check_impl(impl: str) -> str:
@@ -204,34 +221,83 @@ def _einsum_kernels(xp, kernels):
                       precision=lax.Precision.HIGHEST)
 
 
-def _shifted_gaussian_core(xp, sigma):
-    """Gaussian blur of one band: xp (B, h+2r, w+2r, C) edge-padded, sigma (B, h, w, C) -> (B, h, w, C).
-
-    With the r + 1 distinct normalised taps ``g_k = exp(-k^2 / d) / Z``, ``Z = sum_{|k|<=r} exp(-k^2/d)``::
-
-        out = sum_{i=0..r} g_i * sum_{j=0..r} g_j * (P_i[., x - j] + P_i[., x + j]) (each once for 0)
-        P_i = x[y - i] + x[y + i]   (P_0 = x[y])
-
-    Pairing the symmetric offsets takes (r+1)^2 multiplies and about K^2 adds per pixel and channel,
-    about 0.6x the 2 K^2 flops of the plain sum. The r + 1 row-pair slabs and taps live only for one
-    band, so the memory stays a few images whatever the frame size.
-    """
-    _, hp, wp, _ = xp.shape
-    h, w = sigma.shape[1:3]
-    r = (hp - h) // 2
+def _gaussian_taps_unnormalised(sigma, r):
+    """[exp(-k^2 / d) for k = 0..r] with d = 2 sigma^2 + eps, and Z = sum_{|k| <= r} exp(-k^2 / d)."""
     d = 2 * jnp.square(sigma) + BLUR_EPS
     g = [jnp.exp(-float(k * k) / d) for k in range(r + 1)]
-    z = g[0] + 2 * sum(g[1:], jnp.zeros_like(g[0]))
-    out = jnp.zeros(sigma.shape, xp.dtype)
+    return g, g[0] + 2 * sum(g[1:], jnp.zeros_like(g[0]))
+
+
+def _shifted_gaussian_core(xp, sigma, moment=False):
+    """Gaussian blur of one band: xp (B, h+2r, w+2r, C) edge-padded, sigma (B, h, w, C) -> (B, h, w, C).
+
+    With the r + 1 distinct taps ``g_k = exp(-k^2 / d)`` and ``Z = sum_{|k|<=r} g_k``::
+
+        out = sum_{i=0..r} g_i * sum_{j=0..r} g_j * (P_i[., x - j] + P_i[., x + j]) / Z^2  (j = 0 once)
+        P_i = x[y - i] + x[y + i]   (P_0 = x[y])
+
+    Pairing the symmetric offsets takes (r+1)(3r+4) flops per pixel and channel, 0.42x the 2 K^2 of
+    the plain sum at K = 25. With ``moment=True`` it also returns the second moment of the window,
+    ``M = sum_{i,j} w(i, j) (i^2 + j^2) x[p + (i, j)]`` (concatenated on the channel axis), which
+    the sigma gradient needs (:func:`_blur_shifted_bwd`).
+    """
+    _, hp, _, _ = xp.shape
+    h, w = sigma.shape[1:3]
+    r = (hp - h) // 2
+    g, z = _gaussian_taps_unnormalised(sigma, r)
+    out = mom = jnp.zeros(sigma.shape, xp.dtype)
     for i in range(r + 1):
         p = xp[:, r + i:r + i + h]
         if i:
             p = p + xp[:, r - i:r - i + h]
         s = g[0] * p[:, :, r:r + w]
+        s2 = jnp.zeros_like(s)
         for j in range(1, r + 1):
-            s = s + g[j] * (p[:, :, r - j:r - j + w] + p[:, :, r + j:r + j + w])
+            t = g[j] * (p[:, :, r - j:r - j + w] + p[:, :, r + j:r + j + w])
+            s = s + t
+            if moment:
+                s2 = s2 + float(j * j) * t
         out = out + g[i] * s
-    return out / jnp.square(z)
+        if moment:
+            mom = mom + g[i] * (float(i * i) * s + s2)
+    z2 = jnp.square(z)
+    if moment:
+        return jnp.concatenate([out / z2, mom / z2], axis=-1)
+    return out / z2
+
+
+def _shifted_gaussian_adjoint_core(gp, c):
+    """Transpose of the blur for one band of the padded input: x_bar_p = A(sigma)^T y_bar.
+
+    gp: (B, h+2r, w+2r, 2C), the output cotangent y_bar and sigma concatenated on the channel axis,
+    both padded by 2r (y_bar with zeros, so padding contributes nothing). With ``F_ab = y_bar g_a g_b
+    / Z^2`` (a, b = |i|, |j|) at the output pixel p, the padded-input gradient is the gather
+    ``x_bar_p[q] = sum_{i,j} F_{|i||j|}[q + (r - i, r - j)]`` in the 2r-padded frame,
+    computed as a horizontal pass per |i| (on every row of the band) and a vertical sum.
+    Returns (B, h, w, C).
+    """
+    _, hp, wp, c2 = gp.shape
+    r = c
+    h, w = hp - 2 * r, wp - 2 * r
+    ybar, sigma = gp[..., :c2 // 2], gp[..., c2 // 2:]
+    g, z = _gaussian_taps_unnormalised(sigma, r)
+    ybar = ybar / jnp.square(z)
+    # The taps are read at shifted positions below: materialise them once per band, otherwise XLA
+    # fuses the exp into every shifted read (25x the exps).
+    g = lax.optimization_barrier(g)
+    out = jnp.zeros(gp.shape[:1] + (h, w, c2 // 2), gp.dtype)
+    cols = lambda f, o: f[:, :, o:o + w]
+    for a in range(r + 1):
+        u = ybar * g[a]
+        # Horizontal pass on every row of the band: R_a[., x] = sum_j (u g_|j|)[., x + r - j].
+        s = cols(u, r) * cols(g[0], r)
+        for b in range(1, r + 1):
+            s = s + cols(u, r - b) * cols(g[b], r - b) + cols(u, r + b) * cols(g[b], r + b)
+        # Vertical: out[y] += R_a[y + r - a] + R_a[y + r + a].
+        out = out + s[:, r - a:r - a + h]
+        if a:
+            out = out + s[:, r + a:r + a + h]
+    return out
 
 
 def _shifted_kernels_core(xp, kernels):
@@ -253,30 +319,77 @@ def _shifted_kernels_core(xp, kernels):
     return lax.fori_loop(0, k, row, jnp.zeros(xp.shape[:1] + (h, w) + xp.shape[3:], xp.dtype))
 
 
-def _map_row_bands(core, xp, weights, band_rows):
-    """Runs ``core(xp_band, weights_band)`` over bands of ``band_rows`` output rows and stitches them.
+def _map_row_bands(core, halo_in, row_in, *, halo, band_rows):
+    """Runs ``core(halo_band, row_band)`` over bands of ``band_rows`` output rows and stitches them.
 
-    xp (B, H+2r, W+2r, C) edge-padded, weights (B, H, W, ...) per output pixel. Each band reads its
-    2r halo rows from the padded image, so the result equals the whole-frame computation exactly; the
-    bands only bound the working set (and keep it in cache). The last band is padded and cropped.
+    halo_in (B, H + halo, ...) is read with ``halo`` extra rows per band (e.g. the edge-padded image,
+    halo = 2r), row_in (B, H, ...) per output row (e.g. sigma) or None. Each band reads its halo rows,
+    so the result equals the whole-frame computation exactly; the bands only bound the working set
+    (and keep it in cache). The last band is padded and cropped.
     """
-    bsz, h = weights.shape[:2]
-    halo = xp.shape[1] - h
+    bsz, h = halo_in.shape[0], halo_in.shape[1] - halo
     if h <= band_rows:
-        return core(xp, weights)
+        return core(halo_in, row_in)
     nb = -(-h // band_rows)
     extra = nb * band_rows - h
-    xp = jnp.pad(xp, ((0, 0), (0, extra), (0, 0), (0, 0)), mode="edge")
-    weights = jnp.pad(weights, ((0, 0), (0, extra)) + ((0, 0),) * (weights.ndim - 2), mode="edge")
+    pad_rows = lambda a: jnp.pad(a, ((0, 0), (0, extra)) + ((0, 0),) * (a.ndim - 2), mode="edge")
+    halo_in = pad_rows(halo_in)
+    row_in = None if row_in is None else pad_rows(row_in)
 
     def band(k):
         y0 = k * band_rows
-        return core(lax.dynamic_slice_in_dim(xp, y0, band_rows + halo, axis=1),
-                    lax.dynamic_slice_in_dim(weights, y0, band_rows, axis=1))
+        rows = None if row_in is None else lax.dynamic_slice_in_dim(row_in, y0, band_rows, axis=1)
+        return core(lax.dynamic_slice_in_dim(halo_in, y0, band_rows + halo, axis=1), rows)
 
-    out = lax.map(band, jnp.arange(nb))  # (nb, B, band_rows, W, C)
+    out = lax.map(band, jnp.arange(nb))  # (nb, B, band_rows, ...)
     out = jnp.moveaxis(out, 0, 1).reshape((bsz, nb * band_rows) + out.shape[3:])
     return out[:, :h]
+
+
+@jax.custom_vjp
+def _blur_shifted(xp, sigma):
+    """Banded shifted blur of the edge-padded xp (B, H+2r, W+2r, C) with sigma (B, H, W, C).
+
+    A custom VJP: differentiating the 13 x 25-term unrolled band through lax.map gives XLA a graph
+    that compiles for a minute and runs 10x slower than the forward; the hand-written transpose
+    (:func:`_shifted_gaussian_adjoint_core`) and the closed-form sigma derivative cost about two and
+    one forward passes.
+    """
+    r = (xp.shape[1] - sigma.shape[1]) // 2
+    return _map_row_bands(_shifted_gaussian_core, xp, sigma, halo=2 * r, band_rows=BAND_ROWS)
+
+
+def _blur_shifted_fwd(xp, sigma):
+    r = (xp.shape[1] - sigma.shape[1]) // 2
+    core = functools.partial(_shifted_gaussian_core, moment=True)
+    out_mom = _map_row_bands(core, xp, sigma, halo=2 * r, band_rows=BAND_ROWS)
+    c = sigma.shape[-1]
+    return out_mom[..., :c], (sigma, out_mom, r)
+
+
+def _blur_shifted_bwd(res, ybar):
+    """sigma_bar and the padded-input gradient.
+
+    With w(i, j) = exp(-(i^2 + j^2) / d) / W, d = 2 sigma^2 + eps, dd/dsigma = 4 sigma::
+
+        d out / d sigma = 4 sigma / d^2 * (M - m * out),   M = sum w (i^2 + j^2) x,
+                                                           m = sum w (i^2 + j^2) = 2 sum_k k^2 g_k / Z
+    """
+    sigma, out_mom, r = res
+    c = sigma.shape[-1]
+    out, mom = out_mom[..., :c], out_mom[..., c:]
+    g, z = _gaussian_taps_unnormalised(sigma, r)
+    m = 4 * sum((float(k * k) * g[k] for k in range(1, r + 1)), jnp.zeros_like(z)) / z
+    d = 2 * jnp.square(sigma) + BLUR_EPS
+    sigma_bar = ybar * (4 * sigma / jnp.square(d)) * (mom - m * out)
+    pad = ((0, 0), (2 * r, 2 * r), (2 * r, 2 * r), (0, 0))
+    gp = jnp.concatenate([jnp.pad(ybar, pad), jnp.pad(sigma, pad, mode="edge")], axis=-1)
+    core = lambda band, _: _shifted_gaussian_adjoint_core(band, r)
+    xp_bar = _map_row_bands(core, gp, None, halo=2 * r, band_rows=BAND_ROWS)
+    return xp_bar, sigma_bar
+
+
+_blur_shifted.defvjp(_blur_shifted_fwd, _blur_shifted_bwd)
 
 
 def _resolve_impl(impl: str, shape: Sequence[int], kernel_size: int) -> str:
@@ -297,7 +410,7 @@ def _blur(x, sigma, kernel_size, impl):
     xp = _pad_edge(x, kernel_size // 2)
     if impl == "einsum":
         return _einsum_gaussian(xp, sigma, kernel_size)
-    return _map_row_bands(_shifted_gaussian_core, xp, sigma, BAND_ROWS)
+    return _blur_shifted(xp, sigma)
 
 
 def local_gaussian_blur(x: jax.Array, sigma: jax.Array, *, kernel_size: int = DEFAULT_KERNEL_SIZE,
@@ -331,7 +444,8 @@ def _apply_kernels(x, kernels, impl):
     xp = _pad_edge(x, kernels.shape[-1] // 2)
     if impl == "einsum":
         return _einsum_kernels(xp, kernels)
-    return _map_row_bands(_shifted_kernels_core, xp, kernels, BAND_ROWS)
+    r = kernels.shape[-1] // 2
+    return _map_row_bands(_shifted_kernels_core, xp, kernels, halo=2 * r, band_rows=BAND_ROWS)
 
 
 def apply_local_kernels(x: jax.Array, kernels: jax.Array, *, impl: str = "auto") -> jax.Array:
