@@ -3,8 +3,9 @@
 - ``None`` / ``"default"``: ``unet_small`` (3 levels, 16/32/64 filters) on the embedded procedural
   benchmark (128 x 256 frames), trained on synthetic-train, evaluated on real-val; AdamW 1e-3,
   weight decay 1e-4, 50 warmup steps then polynomial decay (power 0.9), batch 8, 64 x 128 random
-  crops + flips, 800 steps (CPU: a few minutes). After only 200 steps (64 real-val images) this
-  already separates the regimes: synthetic-only mIoU 0.13, real-train-labelled (N = 100) 0.50.
+  crops + flips, 800 steps (CPU: a few minutes). A 200-step run of it (20 warmup steps, scored on
+  64 real-val images) already separates the regimes: synthetic-train only mIoU 0.13,
+  real-train-labelled (N = 100) only 0.50.
 - ``"tiny"``: seconds-long test variant (32 x 64 frames, a 2-level U-Net with 4 base filters).
 
 Fields read by `dakpn_jax.training.segmentation` (SegFormer configs build on the same ones):
