@@ -17,6 +17,7 @@ tensor exceeds --max_patch_gb are reported as skipped rather than run.
 
     python3 experiments/bench_kernels.py
     python3 experiments/bench_kernels.py --sizes 1x263x478 --impls shifted --repeats 3
+    python3 experiments/bench_kernels.py --grad --sizes 8x128x256 --impls shifted   # training cost
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
-def _child(impl: str, size: str, kernel_size: int, repeats: int) -> dict:
+def _child(impl: str, size: str, kernel_size: int, repeats: int, grad: bool) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -58,8 +59,15 @@ def _child(impl: str, size: str, kernel_size: int, repeats: int) -> dict:
     jax.block_until_ready((x, sigma))
     rss_before = _peak_rss_gb()
 
+    blur = lambda x, s: local_gaussian_blur(x, s, kernel_size=kernel_size, impl=impl)
+    if grad:  # one forward + backward: gradients w.r.t. x and sigma of <blur(x, sigma), ct>
+        ct = jnp.asarray(rng.normal(size=(b, h, w, 3)).astype(np.float32))
+        fn = jax.jit(jax.grad(lambda x, s: jnp.vdot(blur(x, s), ct), argnums=(0, 1)))
+    else:
+        fn = jax.jit(blur)
+
     def call():
-        return local_gaussian_blur(x, sigma, kernel_size=kernel_size, impl=impl).block_until_ready()
+        return jax.block_until_ready(fn(x, sigma))
 
     t0 = time.perf_counter()
     call()
@@ -90,18 +98,21 @@ def _child(impl: str, size: str, kernel_size: int, repeats: int) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated BxHxW")
     parser.add_argument("--impls", default="einsum,shifted", help="comma-separated paths")
     parser.add_argument("--kernel_size", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max_patch_gb", type=float, default=4.0,
                         help="skip einsum where the patch tensor exceeds this many GB")
+    parser.add_argument("--grad", action="store_true",
+                        help="time forward + backward (grad w.r.t. x and sigma) instead of the forward")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:  # one measurement, JSON on the last stdout line
-        print(json.dumps(_child(args.impls, args.sizes, args.kernel_size, args.repeats)))
+        print(json.dumps(_child(args.impls, args.sizes, args.kernel_size, args.repeats, args.grad)))
         return
 
     k = args.kernel_size
@@ -112,7 +123,8 @@ def main(argv=None):
         _parse_size(s)
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     r = k // 2
-    print(f"local_gaussian_blur, K={k}, float32, {os.cpu_count()} CPU threads visible; "
+    what = "grad of local_gaussian_blur (forward + backward)" if args.grad else "local_gaussian_blur"
+    print(f"{what}, K={k}, float32, {os.cpu_count()} CPU threads visible; "
           f"median of {args.repeats} calls after a compiling one")
     header = (f"{'path':8} {'B x H x W':>12} {'ms/call':>9} {'compile s':>9} {'eff GFLOP/s':>11} "
               f"{'RSS before':>10} {'peak RSS':>9} {'matmul GFLOP/s':>14} {'ratio':>6}")
@@ -131,6 +143,7 @@ def main(argv=None):
                 continue
             cmd = [sys.executable, os.path.abspath(__file__), "--child", "--impls", impl, "--sizes", size,
                    "--kernel_size", str(k), "--repeats", str(args.repeats)]
+            cmd += ["--grad"] if args.grad else []
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(f"{impl:8} {size:>12}   failed (exit {proc.returncode}): "
@@ -140,6 +153,8 @@ def main(argv=None):
             print(f"{impl:8} {size:>12} {m['ms']:9.1f} {m['compile_s']:9.1f} {m['gflops']:11.2f} "
                   f"{m['rss_before_gb']:8.2f}GB {m['peak_rss_gb']:7.2f}GB {m['matmul_gflops']:14.1f} "
                   f"{m['ratio']:6.1%}")
+    if args.grad:
+        print("with --grad, eff GFLOP/s still counts one forward's 2*K^2*3 flops per pixel per call.")
     print(f"eff GFLOP/s counts 2*K^2*3 = {2 * k * k * 3} flops per pixel for every path; the shifted path "
           f"executes about {(r + 1) * (3 * r + 4) * 3} ({(r + 1) * (3 * r + 4) / (2 * k * k):.2f}x).")
     print("'auto' resolves to 'shifted' on CPU (see dakpn_jax.translation: einsum only on accelerators "

@@ -349,9 +349,12 @@ def test_bad_input_raises_value_error_naming_the_shape():
         (lambda: T.translate(x, p[..., :9], x), r"params.*\(1, 2, 2, 9\)"),
         (lambda: T.translate(x, p, x[:, :4]), r"noise.*\(1, 4, 9, 3\)"),
         (lambda: T.translate(x, np.zeros((2, 2, 2, 12), np.float32), x), r"params.*\(2, 2, 2, 12\)"),
-        (lambda: T.apply_local_kernels(x, np.zeros((1, 8, 9, 4, 4), np.float32)), r"kernels.*\(1, 8, 9, 4, 4\)"),
-        (lambda: T.apply_local_kernels(x, np.zeros((1, 8, 9, 3, 5), np.float32)), r"kernels.*\(1, 8, 9, 3, 5\)"),
-        (lambda: T.kpn_kernels_from_logits(np.zeros((1, 8, 9, 24), np.float32), 5), r"logits.*\(1, 8, 9, 24\)"),
+        (lambda: T.apply_local_kernels(x, np.zeros((1, 8, 9, 4, 4), np.float32)),
+         r"kernels.*\(1, 8, 9, 4, 4\)"),
+        (lambda: T.apply_local_kernels(x, np.zeros((1, 8, 9, 3, 5), np.float32)),
+         r"kernels.*\(1, 8, 9, 3, 5\)"),
+        (lambda: T.kpn_kernels_from_logits(np.zeros((1, 8, 9, 24), np.float32), 5),
+         r"logits.*\(1, 8, 9, 24\)"),
         (lambda: T.rgb_to_hsv(np.zeros((4, 4), np.float32)), r"x.*\(4, 4\)"),
     ]
     for fn, pattern in cases:
