@@ -74,8 +74,9 @@ AUTO_EINSUM_MAX_BYTES = 256 * 2**20
 """"auto" uses the einsum path on GPU/TPU when the patch tensor B*H*W*C*K*K*4 bytes is at most this."""
 
 BAND_ROWS = 16
-"""Output rows per band of the shifted path (measured on a 2-core CPU: 8-32 within 10%, see
-experiments/bench_kernels.py); the band's working set is about 2K images of band_rows x W pixels."""
+"""Output rows per band of the shifted path. The band's working set is about r + 1 slabs of
+(band_rows + 2r) x (W + 2r) x C floats (a few MB for a 1914-px-wide frame). On the shared 2-core
+CPU, bands of 4 to 32 rows timed within the (large) load noise of each other; 16 was never worse."""
 
 
 # ----------------------------------------------------------------------------------------------------
