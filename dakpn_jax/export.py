@@ -206,7 +206,7 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
             yield current
 
     bar = None
-    if progress:
+    if progress and jax.process_index() == 0:
         from tqdm import tqdm  # pylint: disable=import-outside-toplevel
         bar = tqdm(total=len(source), initial=len(source) - len(todo), unit="img", desc=f"export -> {output}")
     try:

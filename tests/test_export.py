@@ -48,7 +48,13 @@ def exported(translator, tmp_path_factory):
 
 
 def read(path):
-    return np.asarray(Image.open(path))
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def read_manifest(out):
+    with open(os.path.join(out, "manifest.json")) as f:
+        return json.load(f)
 
 
 def snapshot(directory):
@@ -81,7 +87,7 @@ def test_export_writes_translated_frames_and_identical_labels(translator, export
         # The translator runs on 8 devices in a padded batch: allow one grey level of round-off.
         assert np.abs(image.astype(int) - ref.astype(int)).max() <= 1
         assert np.abs(image.astype(int) - item["image"].astype(int)).mean() > 1  # it did translate
-    on_disk = json.load(open(os.path.join(out, "manifest.json")))
+    on_disk = read_manifest(out)
     assert on_disk["config_hash"] == export.config_hash(config) and on_disk["complete"]
 
 
@@ -118,7 +124,7 @@ def test_killed_export_resumes_and_matches_uninterrupted(translator, exported, t
         export.export_translated(translator, out, split="synthetic-train", batch_size=4, progress=False,
                                  on_file_written=hook)
     assert len(os.listdir(os.path.join(out, "images"))) == 2
-    assert not json.load(open(os.path.join(out, "manifest.json")))["complete"]
+    assert not read_manifest(out)["complete"]
     leftovers = [f for f in os.listdir(os.path.join(out, "images")) if not f.endswith(".png")]
     assert leftovers == []  # no temporary files left behind
     written = []
