@@ -30,7 +30,8 @@ Every LayerNorm uses eps 1e-5 (PyTorch's default, which the published models wer
 The decoder BatchNorm uses eps 1e-5 and PyTorch momentum 0.1 (= flax momentum 0.9). In training
 (``train=True``) under ``jax.jit`` with the batch sharded over a data mesh, its statistics span the
 whole *global* batch (jit computes the mean over the logical array), i.e. SyncBN, as in the
-published 8-GPU recipe.
+published 8-GPU recipe. One small difference to PyTorch: the running variance is updated with the
+biased batch variance (flax), not the unbiased one (factor n / (n - 1), n = B * H_0 * W_0 pixels).
 
 Initialisation follows the published MiT: Linear weights truncated-normal(0.02) and zero bias,
 convs normal(0, sqrt(2 / fan_out)) (fan_out = k * k * out / groups), LayerNorm/BatchNorm 1 and 0.
