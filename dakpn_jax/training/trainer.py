@@ -28,7 +28,7 @@ parameters and optimizer states continue exactly as in an uninterrupted run.
 Config fields read here (``config.get(name, default)`` for the optional ones)::
 
     method, seed, batch_size (global), num_train_steps, log_every_steps, checkpoint_every_steps,
-    eval_every_steps, steps_per_call = 1, keep_checkpoints = 3,
+    eval_every_steps, steps_per_call = 1, keep_checkpoints = 3 (None keeps all),
     summary_every_steps = eval_every_steps, async_checkpoints = True
 
 Events (logging, summaries, evaluation, checkpoints) fire after a call that crossed a multiple of
@@ -255,7 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     mesh = make_mesh(devices)
     method = validate_config(config, mesh)
     workdir = check_workdir(workdir)
-    checkpointer = ckpt.Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3)),
+    keep = config.get("keep_checkpoints", 3)
+    checkpointer = ckpt.Checkpointer(workdir, max_to_keep=None if keep is None else int(keep),
                                      async_save=bool(config.get("async_checkpoints", True)))
     try:
         return _train(method, config, workdir, mesh, checkpointer)
