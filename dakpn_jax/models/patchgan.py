@@ -4,6 +4,7 @@ PatchGAN (``ndf`` = 64, ``n_layers`` = 3 in the paper), 4x4 convs with stride 2 
 
     conv s2 (3 -> ndf), LeakyReLU 0.2                                  (no norm on the first layer)
     for n in 1..n_layers-1: conv s2 (ndf*m(n-1) -> ndf*m(n)), norm, LeakyReLU 0.2   m(n) = min(2^n, 8)
+                                                                       (no conv bias before a norm)
     conv 3x3 s1 'same' (-> 1)                                          raw logits, no sigmoid
 
 An (B, H, W, 3) input gives (B, H / 2^n_layers, W / 2^n_layers, 1) logits (H, W divisible by
@@ -69,9 +70,12 @@ class PatchGAN(nnx.Module):
             raise ValueError(f"PatchGAN: norm={norm!r} must be one of {NORMS}")
         m = lambda n: min(2 ** n, 8)
         chans = [in_channels] + [ndf * m(n) for n in range(n_layers)]
+        # No conv bias in front of a norm: the norm removes it, so its gradient is 0 up to round-off,
+        # which Adam would blow up into lr-sized random steps (and break 1-vs-N-device equality).
         self.convs = nnx.List([
             nnx.Conv(chans[i], chans[i + 1], (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                     kernel_init=_INIT, rngs=rngs) for i in range(n_layers)])
+                     use_bias=(i == 0 or norm == "none"), kernel_init=_INIT, rngs=rngs)
+            for i in range(n_layers)])
         self.norms = nnx.List([Norm(chans[i + 1], norm) for i in range(1, n_layers)])
         self.out = nnx.Conv(chans[-1], 1, (3, 3), padding="SAME", kernel_init=_INIT, rngs=rngs)
         self.n_layers = n_layers
