@@ -227,8 +227,8 @@ def test_metric_averager_and_non_finite_detection():
     assert mw.first_non_finite({"a": np.float32(1.0)}) is None
     progress = mw.Progress(total_steps=10, start_step=0)
     progress.mark(1)
-    line = progress.report(1, {"loss": 0.5, "acc": 0.25})
-    assert line == "step 1/10 | ? steps/s | ETA ? | acc 0.25 loss 0.5"  # no speed before a timed interval
+    line = progress.report(1, {"loss": 0.5, "acc": 0.25, "loss_D": 2.0})
+    assert line == "step 1/10 | ? steps/s | ETA ? | loss 0.5 loss_D 2 acc 0.25"  # losses first; no speed yet
 
 
 # ----------------------------------------------------------------------------- sweep and CLI

@@ -102,7 +102,8 @@ class Progress:
         """Restart the speed measurement at ``step`` (e.g. after compilation)."""
         self._t, self._step = time.perf_counter(), int(step)
 
-    def report(self, step: int, metrics: Mapping[str, float], max_keys: int = 6) -> str:
+    def report(self, step: int, metrics: Mapping[str, float], max_keys: int = 8) -> str:
+        """Logs and returns the line; shows up to ``max_keys`` metrics, ``loss*`` ones first."""
         now = time.perf_counter()
         if step > self._step and now > self._t:
             self.steps_per_sec = (step - self._step) / (now - self._t)
@@ -110,7 +111,8 @@ class Progress:
         left = max(self.total - step, 0)
         eta = left / self.steps_per_sec if self.steps_per_sec > 0 else float("nan")
         eta_s = "?" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-        keys = " ".join(f"{k} {v:.4g}" for k, v in list(sorted(metrics.items()))[:max_keys])
+        shown = sorted(metrics, key=lambda k: (not k.startswith("loss"), k))[:max_keys]
+        keys = " ".join(f"{k} {metrics[k]:.4g}" for k in shown)
         speed = "?" if not math.isfinite(self.steps_per_sec) else f"{self.steps_per_sec:.3g}"
         line = f"step {step}/{self.total} | {speed} steps/s | ETA {eta_s} | {keys}"
         log.info(line)

@@ -325,10 +325,10 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
             if before == start:
                 progress.mark(step)  # the first call includes compilation: time the rest
             if _crossed(before, step, every_log) or step == total:
-                final = {**{k2: v for k2, v in final.items() if k2.startswith("eval/")},
-                         **averager.compute_and_reset()}
-                writer.scalars(step, {k2: v for k2, v in final.items() if not k2.startswith("eval/")}, "train/")
-                progress.report(step, final)
+                train_metrics = averager.compute_and_reset()
+                final = {**{k2: v for k2, v in final.items() if k2.startswith("eval/")}, **train_metrics}
+                writer.scalars(step, train_metrics, "train/")
+                progress.report(step, train_metrics)
                 if np.isfinite(progress.steps_per_sec):
                     writer.scalars(step, {"steps_per_sec": progress.steps_per_sec}, "perf/")
             if has_summaries and _crossed(before, step, every_summary):
