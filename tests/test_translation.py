@@ -205,7 +205,6 @@ def test_upsample_params_matches_numpy():
     assert T.upsample_params(p, 3, 5) is not None and np.array_equal(T.upsample_params(p, 3, 5), p)
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize("impl", PATHS)
 def test_identity_params_return_input(impl):
     rng = np.random.default_rng(8)
@@ -256,9 +255,9 @@ def test_blur_gradients_match_finite_differences():
 def test_shifted_custom_vjp_equals_autodiff_of_einsum(k):
     """The shifted path's hand-written transpose and sigma derivative against plain autodiff."""
     rng = np.random.default_rng(13)
-    x = rng.random((2, 21, 9, 3), dtype=np.float32)  # 21 rows: two bands, each with halo rows
+    x = rng.random((2 if k < 25 else 1, 21, 9, 3), dtype=np.float32)  # 21 rows: two bands with halos
     sigma = rng.uniform(0, 6, x.shape).astype(np.float32)
-    sigma[1, :2] = 0.0
+    sigma[-1, :2] = 0.0
     ct = rng.normal(size=x.shape).astype(np.float32)
     grads = {}
     for impl in PATHS:
