@@ -347,8 +347,8 @@ def _map_row_bands(core, halo_in, row_in, *, halo, band_rows):
     return out[:, :h]
 
 
-@jax.custom_vjp
-def _blur_shifted(xp, sigma):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _blur_shifted(xp, sigma, r):
     """Banded shifted blur of the edge-padded xp (B, H+2r, W+2r, C) with sigma (B, H, W, C).
 
     A custom VJP: differentiating the 13 x 25-term unrolled band through lax.map gives XLA a graph
@@ -356,19 +356,17 @@ def _blur_shifted(xp, sigma):
     (:func:`_shifted_gaussian_adjoint_core`) and the closed-form sigma derivative cost about two and
     one forward passes.
     """
-    r = (xp.shape[1] - sigma.shape[1]) // 2
     return _map_row_bands(_shifted_gaussian_core, xp, sigma, halo=2 * r, band_rows=BAND_ROWS)
 
 
-def _blur_shifted_fwd(xp, sigma):
-    r = (xp.shape[1] - sigma.shape[1]) // 2
+def _blur_shifted_fwd(xp, sigma, r):
     core = functools.partial(_shifted_gaussian_core, moment=True)
     out_mom = _map_row_bands(core, xp, sigma, halo=2 * r, band_rows=BAND_ROWS)
     c = sigma.shape[-1]
-    return out_mom[..., :c], (sigma, out_mom, r)
+    return out_mom[..., :c], (sigma, out_mom)
 
 
-def _blur_shifted_bwd(res, ybar):
+def _blur_shifted_bwd(r, res, ybar):
     """sigma_bar and the padded-input gradient.
 
     With w(i, j) = exp(-(i^2 + j^2) / d) / W, d = 2 sigma^2 + eps, dd/dsigma = 4 sigma::
@@ -376,7 +374,7 @@ def _blur_shifted_bwd(res, ybar):
         d out / d sigma = 4 sigma / d^2 * (M - m * out),   M = sum w (i^2 + j^2) x,
                                                            m = sum w (i^2 + j^2) = 2 sum_k k^2 g_k / Z
     """
-    sigma, out_mom, r = res
+    sigma, out_mom = res
     c = sigma.shape[-1]
     out, mom = out_mom[..., :c], out_mom[..., c:]
     g, z = _gaussian_taps_unnormalised(sigma, r)
@@ -411,7 +409,7 @@ def _blur(x, sigma, kernel_size, impl):
     xp = _pad_edge(x, kernel_size // 2)
     if impl == "einsum":
         return _einsum_gaussian(xp, sigma, kernel_size)
-    return _blur_shifted(xp, sigma)
+    return _blur_shifted(xp, sigma, kernel_size // 2)
 
 
 def local_gaussian_blur(x: jax.Array, sigma: jax.Array, *, kernel_size: int = DEFAULT_KERNEL_SIZE,
