@@ -12,9 +12,11 @@ Order of operations, on grain's lazy random-access `MapDataset` (nothing is read
   3. augment: random crop and horizontal flip with one `numpy.random.Generator` per element, seeded
      from (seed, position in the global stream), so the same geometry hits every spatial key of the
      example (image, label, paired views) and reruns reproduce it;
-  4. shard: process k takes global elements k, k + n, k + 2n, ... (n = shard_count). Shuffling and
-     augmenting *before* sharding makes a step's global batch independent of the process count;
-  5. batch (`batch_size` per process), uint8 images -> float32 in [0, 1];
+  4. batch (`batch_size` per process) on the global stream, then shard: process k takes batches
+     k, k + n, k + 2n, ... (n = shard_count), so step t's global batch (the processes' batches
+     stacked in process order) is, row for row, the one-process batch of n * batch_size. Shuffling
+     and augmenting *before* sharding makes it independent of the process count;
+  5. uint8 images -> float32 in [0, 1];
   6. to_iter_dataset with a read thread pool and prefetch buffer, optionally `worker_count` processes.
 
 An example is a dict of arrays. *Spatial* keys are those whose first two dims are the example's
@@ -173,11 +175,15 @@ def make_pipeline(
   ds = ds.repeat(num_epochs)
   if crop is not None or random_flip:
     ds = ds.map_with_index(AugmentFn(int(seed), crop, bool(random_flip)))
+  # Batch, then shard whole batches: global batch t is the concatenation of the processes' batches
+  # t in process order, i.e. process k holds rows [k*b, (k+1)*b) of the one-process batch of n*b,
+  # exactly the layout `jax.make_array_from_process_local_data` stitches. So a run gives the same
+  # global batches, row for row, on any process count.
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   if num_epochs is not None:
     # Equal shard lengths, so no process runs out of batches before the others.
     ds = ds[: len(ds) // shard_count * shard_count]
   ds = ds[shard_index::shard_count]
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   ds = ds.map(to_float_images)
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                  prefetch_buffer_size=prefetch_buffer_size))
