@@ -3,8 +3,8 @@
 - ``None`` / ``"default"``: trains on this CPU in a few minutes (600 steps) and improves the
   paired-eval PSNR and the per-class colours over the untranslated images
   (``python experiments/dakpn_balance.py --check`` prints the curve and checks it; measured on 32
-  paired-eval images: PSNR 14.96 -> 17.51 / 19.37 / 19.12 / 19.03 dB at steps 150 / 300 / 450 / 600,
-  per-class mean-colour error 0.277 -> 0.103; 6 min on a shared 2-core CPU).
+  paired-eval images: PSNR 14.96 -> 16.96 / 19.19 / 18.98 / 18.89 dB at steps 150 / 300 / 450 / 600,
+  per-class mean-colour error 0.277 -> 0.105; 4-5 min on a shared 2-core CPU).
   Paper choices kept: one-hot label features, linear 1x1 KPN head with identity-like init,
   PatchGAN (3 layers, BatchNorm) on an H/8 x W/8 full-resolution tile + the whole low-resolution
   frame, saturating loss, identity MSE weight 1, Adam, batch 8.

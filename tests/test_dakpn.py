@@ -123,6 +123,8 @@ def test_patchgan_shapes_pyramid_and_downsample():
     d = patchgan.PatchGANPyramid(num_D=2, ndf=4, n_layers=3, rngs=nnx.Rngs(0))
     out = jax.jit(lambda x: d(x))(jnp.zeros((2, 16, 32, 3)))
     assert [o.shape for o in out] == [(2, 2, 4, 1), (2, 1, 2, 1)]
+    convs = nnx.to_pure_dict(nnx.state(d))["discs"][0]["convs"]
+    assert "bias" in convs[0] and "bias" not in convs[1] and "bias" not in convs[2]  # none before a norm
     x = np.random.default_rng(1).uniform(size=(1, 5, 6, 1))
     # 3x3 average, stride 2, padding 1, padded cells not counted.
     want = np.array([[x[0, max(0, 2 * i - 1):2 * i + 2, max(0, 2 * j - 1):2 * j + 2, 0].mean()
