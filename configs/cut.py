@@ -24,7 +24,8 @@ def get_config(arg=None):
         raise ValueError(f"configs/cut.py: unknown variant {arg!r} (cut|fastcut[-benchmark|-tiny])")
     fast = method == "fastcut"
     c = ml_collections.ConfigDict()
-    c.method = method
+    c.method = "cut"  # one method module; FastCUT is CUT with the settings below
+    c.variant = method
     c.seed = 0
     c.data = data_config()
     c.crop_size = (256, 256)
