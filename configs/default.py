@@ -49,6 +49,7 @@ def get_config(arg=None):
         num_classes=19, head="linear", hidden=32, sigma0=1.0, sigma_param="neighbour_weight",
         kernel_size=9, impl="auto", param_size=(16, 32), tile_size=(16, 32), low_size=(32, 64),
         noise="fixed", noise_seed=0,
+        ablate=(),                 # switched-off components, subset of dakpn.ABLATIONS (affine, blur, noise)
         disc=ml_collections.ConfigDict(dict(ndf=32, n_layers=3, norm="batch", num_D=1))))
     c.loss = ml_collections.ConfigDict(dict(form="saturating", identity=1.0, r1=0.0, d_inputs=("tile", "low")))
     c.optim = ml_collections.ConfigDict(dict(lr=3e-4, lr_D=1e-4, b1=0.5, b2=0.999, eps=1e-8,

@@ -210,6 +210,28 @@ def test_one_step_trains_only_kpn_and_d_and_is_pure(tiny):
     assert leaves_equal(new, again) and leaves_equal(metrics, metrics2)
 
 
+def test_ablations_pin_components_to_identity_and_freeze_their_outputs():
+    """model.ablate: the switched-off channels equal the identity parameters whatever the head says,
+    and one step leaves the head's output columns for them untouched (no gradient reaches them)."""
+    theta = np.random.default_rng(0).normal(size=(2, 3, 4, 12)).astype(np.float32)
+    ref = theta.copy()
+    ref[..., 0:3], ref[..., 3:6], ref[..., 9:12] = 1.0, 0.0, 0.0  # affine -> identity, noise -> 0
+    np.testing.assert_array_equal(np.asarray(dakpn.ablate_params(jnp.asarray(theta), ("affine", "noise"))), ref)
+    np.testing.assert_array_equal(np.asarray(dakpn.ablate_params(jnp.asarray(theta), ())), theta)
+    c = tiny_config()
+    c.model.ablate = ("affine", "noise")
+    state = dakpn.init_state(c, jax.random.key(0))
+    new, metrics = jax.jit(dakpn.make_train_step(c))(state, tiny_batch(c, 4))
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    before, after = state["params"]["kpn"]["out"], new["params"]["kpn"]["out"]
+    for cols, moved in ((slice(0, 6), False), (slice(6, 9), True), (slice(9, 12), False)):
+        same = np.array_equal(np.asarray(before["bias"])[cols], np.asarray(after["bias"])[cols])
+        assert same != moved, cols
+    with pytest.raises(ValueError, match="model.ablate"):
+        c.model.ablate = ("colour",)
+        dakpn.make_train_step(c)
+
+
 def stand_in_segmenter(C, sign=1.0):
     """A frozen 'segmenter': logits = images @ w, (B, H, W, 3) -> (B, H, W, C)."""
     params = {"w": sign * jax.random.normal(jax.random.key(5), (3, C))}

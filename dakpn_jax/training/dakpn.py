@@ -72,6 +72,8 @@ FEATURES = ("onehot", "segmenter")
 NOISE = ("fixed", "fresh")
 VIEWS = ("tile", "low")
 SCHEDULES = ("constant", "cosine", "linear")
+ABLATIONS = ("affine", "blur", "noise")
+"""Translation components ``config.model.ablate`` can switch off (DESIGN.md §1 step 8 ablations)."""
 
 
 # ----------------------------------------------------------------------------- config
@@ -129,6 +131,7 @@ def _check_config(config) -> None:
         raise ValueError(f"config.loss.d_inputs={views!r} must be a non-empty subset of {VIEWS}")
     if m.kernel_size < 1 or m.kernel_size % 2 == 0:
         raise ValueError(f"config.model.kernel_size={m.kernel_size} must be a positive odd int")
+    ablation_of(config)
     if _get(config, "features", "onehot") == "segmenter" and not _get(config, "segmenter_workdir", None):
         raise ValueError("config.features='segmenter' needs config.segmenter_workdir")
 
@@ -247,10 +250,34 @@ def grid_for(config, height: int, width: int) -> tuple[int, int]:
     return max(1, round(ph * height / H)), max(1, round(pw * width / W))
 
 
-def predict_params(kpn: KPNHead, features: jax.Array, images: jax.Array) -> jax.Array:
-    """theta_low (B, h, w, 12); the deep head also sees the frame area-resized to the grid."""
+def ablation_of(config) -> tuple[str, ...]:
+    """``config.model.ablate`` validated against ``ABLATIONS`` (empty: the full method)."""
+    ablate = tuple(_get(config.model, "ablate", ()) or ())
+    if set(ablate) - set(ABLATIONS):
+        raise ValueError(f"config.model.ablate={ablate!r}: each entry must be one of {ABLATIONS}")
+    return ablate
+
+
+def ablate_params(theta: jax.Array, ablate: tuple[str, ...]) -> jax.Array:
+    """Pins the switched-off components of theta (..., 12) to the identity: "affine" -> hsv scale 1
+    and bias 0, "blur" -> sigma 0 (a delta kernel), "noise" -> noise scale 0. The head's outputs for
+    those channels then get no gradient, so the ablated run trains only what is left."""
+    if not ablate:
+        return theta
+    keep = np.ones(12, np.float32)
+    identity = np.asarray(translation.IDENTITY_PARAMS, np.float32)
+    for name, channels in (("affine", slice(0, 6)), ("blur", slice(6, 9)), ("noise", slice(9, 12))):
+        if name in ablate:
+            keep[channels] = 0.0
+    return theta * keep + identity * (1.0 - keep)
+
+
+def predict_params(kpn: KPNHead, features: jax.Array, images: jax.Array,
+                   ablate: tuple[str, ...] = ()) -> jax.Array:
+    """theta_low (B, h, w, 12); the deep head also sees the frame area-resized to the grid;
+    ``ablate`` pins components to the identity (``ablate_params``)."""
     image_low = area_resize(images, features.shape[1:3]) if kpn.head == "deep" else None
-    return kpn(features, image_low)
+    return ablate_params(kpn(features, image_low), ablate)
 
 
 # ----------------------------------------------------------------------------- views
@@ -360,11 +387,12 @@ def make_train_step(config, *, segmenter=None) -> Callable:
     K, impl = int(m.kernel_size), m.impl
     low, grid = low_size(config), param_size(config)
     fixed = m.noise == "fixed"
+    ablate = ablation_of(config)
 
     def generate(kpn_params, x, feats, pos, k_noise, tile):
         """(fake tile, fake low view, theta_low) as functions of the KPN params."""
         kpn = gc.merge(gd["kpn"], kpn_params)
-        theta = predict_params(kpn, feats, x)
+        theta = predict_params(kpn, feats, x, ablate)
         frame = x.shape[1:3]
         if fixed:  # constants of the step (computed at trace time), never part of the state
             n_full = translation.noise_field(m.noise_seed, *frame)
@@ -486,7 +514,7 @@ def make_translator(config, state, *, segmenter=None) -> Callable:
         H, W = images.shape[1:3]
         x = images.astype(jnp.float32)
         feats = feature_fn(x, labels, grid_for(config, H, W))
-        theta = predict_params(gc.merge(kpn_gd, kpn_params), feats, x)
+        theta = predict_params(gc.merge(kpn_gd, kpn_params), feats, x, ablation_of(config))
         noise = translation.noise_field(m.noise_seed, H, W, base_size=base)
         return translation.translate(x, theta, noise, kernel_size=m.kernel_size, impl=m.impl)
 
@@ -507,7 +535,8 @@ def summaries(config, state, batch) -> dict:
     x, y = jnp.asarray(batch["synthetic"][:1], jnp.float32), jnp.asarray(batch["label"][:1])
     fake = fn(x, y)
     feats = make_feature_fn(config)(x, y, grid_for(config, *x.shape[1:3]))
-    theta = predict_params(gc.merge(graphdefs(config)["kpn"], state["params"]["kpn"]), feats, x)
+    theta = predict_params(gc.merge(graphdefs(config)["kpn"], state["params"]["kpn"]), feats, x,
+                           ablation_of(config))
     real = jnp.asarray(batch["real"][:1], jnp.float32)
     return {"translation": np.asarray(jnp.concatenate([x[0], fake[0], real[0]], axis=1)),
             "params": np.asarray(_param_maps(theta[0], x.shape[1:3]))}
