@@ -8,6 +8,8 @@ Variants:
   finishes on a 2-core CPU in minutes: DA-KPN (``configs/default.py:fast`` steps), export,
   segmenters {source-only, DA-KPN, oracle} x N in {0, 20}, the no-affine / no-blur / no-noise
   ablations (when ``training/dakpn.py`` supports them), model score, paired scores, table, plot, grids.
+- ``seeds3``: the default variant's settings over 3 seeds, N = 0 only, no ablations or baselines:
+  the seed spread of the headline comparison (source-only vs DA-KPN vs oracle).
 - ``full``: 3 seeds, longer runs, segmenter-feature ablation and the GAN baselines (CycleGAN, CUT,
   FastCUT benchmark variants); for the issue notes (CPU: hours).
 - ``tiny``: seconds, for tests (32 x 64 frames, a handful of steps and images).
@@ -48,8 +50,8 @@ ABLATIONS = {
 
 def get_config(arg=None):
     arg = arg or "default"
-    if arg not in ("default", "full", "tiny"):
-        raise ValueError(f"configs/protocol.py: unknown variant {arg!r} (default, full, tiny)")
+    if arg not in ("default", "seeds3", "full", "tiny"):
+        raise ValueError(f"configs/protocol.py: unknown variant {arg!r} (default, seeds3, full, tiny)")
     c = ml_collections.ConfigDict()
     c.seeds = (0,)
     # 500 synthetic images keep the export short; the oracle trains on all 500 real-train labels.
@@ -64,10 +66,12 @@ def get_config(arg=None):
     c.feature_segmenter = _cd(variant="default", overrides=_cd(num_train_steps=300, eval_every_steps=300,
                                                                checkpoint_every_steps=300))
     c.n_real = (0, 20)
+    c.side_n_real = (0,)  # N values for the ablation and baseline segmenters (time on a 2-core CPU)
     c.real_fraction = 0.25
     c.eval = _cd(model_score_images=100, paired_images=32, grid_rows=4, batch_size=8)
     if arg == "full":
         c.seeds = (0, 1, 2)
+        c.side_n_real = c.n_real
         c.data = data_config(128, 256, num_real_labelled=20)  # ProceduralConfig split sizes (2000 / 2000 / 200 / 100)
         c.dakpn = _cd(variant="default", overrides=_cd())
         c.ablations.dakpn_segmenter_features = _cd(features="segmenter")
@@ -78,6 +82,12 @@ def get_config(arg=None):
         c.segmentation = _cd(variant="default", overrides=_cd())
         c.feature_segmenter = _cd(variant="default", overrides=_cd())
         c.eval.update(model_score_images=200, paired_images=100)
+    elif arg == "seeds3":
+        # The headline claim over 3 seeds (issue notes): source-only vs DA-KPN at N = 0, plus the
+        # oracle, with the default variant's settings; no ablations or baselines (see "full").
+        c.seeds = (0, 1, 2)
+        c.n_real = (0,)
+        c.ablations = _cd()
     elif arg == "tiny":
         c.data = data_config(32, 64, num_synthetic_train=8, num_real_train=8, num_real_labelled=2,
                              num_real_val=4, num_paired_eval=4)

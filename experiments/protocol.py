@@ -252,7 +252,9 @@ def run_seed(pconfig, seed: int, root: str) -> dict:
     bases = {"source_only": {"kind": "split", "split": "synthetic-train"}}
     bases.update({name: {"kind": "folder", "root": e["root"]} for name, e in exports.items()})
     for name, base in bases.items():
-        for n in pconfig.n_real:
+        # The N sweep is for the headline comparison; ablations and baselines may use a shorter one.
+        ns = pconfig.n_real if name in ("source_only", "dakpn") else pconfig.get("side_n_real", pconfig.n_real)
+        for n in ns:
             src, fields = segmenter_sources(pconfig, base, int(n))
             cfg = segmenter_config(pconfig, seg, seed, src, **fields)
             key = f"{name}_n{int(n)}"
