@@ -473,18 +473,10 @@ def make_train_step(config, *, segmenter=None) -> Callable:
 
 def make_iterators(config, *, shard_index: int = 0, shard_count: int = 1) -> dict:
     """Unpaired full-frame streams ``{"synthetic": synthetic-train (image, label), "real": real-train}``
-    of per-process batches ``config.batch_size // shard_count`` (random horizontal flips)."""
-    from dakpn_jax.data import pipeline, sources  # data side only
-
-    if config.batch_size % shard_count:
-        raise ValueError(f"config.batch_size={config.batch_size} not divisible by process count {shard_count}")
-    out = {}
-    for name, split, offset in (("synthetic", "synthetic-train", 0), ("real", "real-train", 1)):
-        out[name] = pipeline.make_pipeline(
-            sources.make_source(config.data, split), batch_size=config.batch_size // shard_count,
-            seed=config.seed + offset, shard_index=shard_index, shard_count=shard_count, shuffle=True,
-            random_flip=_get(config, "random_flip", True))
-    return out
+    of per-process batches ``config.batch_size // shard_count`` (random horizontal flips): the GAN
+    baselines' streams (``gan_common.make_iterators``), uncropped since DA-KPN configs set no
+    ``crop_size``."""
+    return gc.make_iterators(config, shard_index=shard_index, shard_count=shard_count)
 
 
 def next_batch(iterators: dict) -> dict:
