@@ -8,8 +8,9 @@ Variants:
   finishes on a 2-core CPU in minutes: DA-KPN (``configs/default.py:fast`` steps), export,
   segmenters {source-only, DA-KPN, oracle} x N in {0, 20}, the no-affine / no-blur / no-noise
   ablations (when ``training/dakpn.py`` supports them), model score, paired scores, table, plot, grids.
-- ``seeds3``: the default variant's settings over 3 seeds, N = 0 only, no ablations or baselines:
-  the seed spread of the headline comparison (source-only vs DA-KPN vs oracle).
+- ``seeds3``: the default variant's settings over 3 seeds (segmenters 300 steps), N = 0 only, no
+  ablations or baselines: the seed spread of the headline comparison (source-only vs DA-KPN vs
+  oracle); docs/RESULTS.md has its table (294 s on one H100).
 - ``full``: 3 seeds, longer runs, segmenter-feature ablation and the GAN baselines (CycleGAN, CUT,
   FastCUT benchmark variants); for the issue notes (CPU: hours).
 - ``tiny``: seconds, for tests (32 x 64 frames, a handful of steps and images).
@@ -61,8 +62,9 @@ def get_config(arg=None):
                                                 checkpoint_every_steps=300))
     c.ablations = _cd(**{k: ml_collections.ConfigDict(v) for k, v in ABLATIONS.items()})
     c.baselines = _cd()
-    c.segmentation = _cd(variant="default", overrides=_cd(num_train_steps=300, eval_every_steps=300,
-                                                          checkpoint_every_steps=300, log_every_steps=50))
+    # 200 segmenter steps keep the main job under 15 min on a 2-core CPU (8 segmenters at ~4.6 steps/s).
+    c.segmentation = _cd(variant="default", overrides=_cd(num_train_steps=200, eval_every_steps=200,
+                                                          checkpoint_every_steps=200, log_every_steps=50))
     c.feature_segmenter = _cd(variant="default", overrides=_cd(num_train_steps=300, eval_every_steps=300,
                                                                checkpoint_every_steps=300))
     c.n_real = (0, 20)
@@ -88,6 +90,8 @@ def get_config(arg=None):
         c.seeds = (0, 1, 2)
         c.n_real = (0,)
         c.ablations = _cd()
+        c.segmentation = _cd(variant="default", overrides=_cd(num_train_steps=300, eval_every_steps=300,
+                                                              checkpoint_every_steps=300, log_every_steps=50))
     elif arg == "tiny":
         c.data = data_config(32, 64, num_synthetic_train=8, num_real_train=8, num_real_labelled=2,
                              num_real_val=4, num_paired_eval=4)
