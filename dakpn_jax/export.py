@@ -49,15 +49,11 @@ def config_hash(config) -> str:
 
 def make_translate_fn(config, state) -> Callable:
     """``fn(images (B,H,W,3) float32 [0,1], labels (B,H,W) int) -> (B,H,W,3)`` of the run's method:
-    its ``make_translator(config, state)``, else its label-free ``make_translate_fn(config, state)``
-    (the GAN baselines) wrapped to ignore the labels."""
+    its ``make_translator(config, state)`` (DA-KPN and the GAN baselines all define one)."""
     from dakpn_jax.training import get_method  # pylint: disable=import-outside-toplevel
     method = get_method(config.method)
     if callable(getattr(method, "make_translator", None)):
         return method.make_translator(config, state)
-    if callable(getattr(method, "make_translate_fn", None)):
-        fn = method.make_translate_fn(config, state)
-        return lambda images, labels: fn(images)
     raise ValueError(f"config.method={config.method!r}: module {method.__name__} has no make_translator "
                      "(not a translation method?)")
 

@@ -170,13 +170,6 @@ def make_train_step(config):
     return train_step
 
 
-def make_translate_fn(config, state):
-    """Jitted ``fn(images (B, H, W, 3) in [0, 1]) -> G(images)`` in [0, 1] (synthetic -> real), any frame size."""
-    gd = gc.graphdef_of(functools.partial(gc.make_generator, config))
-    params = state["params"]["G"]
-    return jax.jit(lambda x: gc.translate_with(gd, params, x, config.model.n_down))
-
-
 def make_translator(config, state):
     """Shared contract: jitted ``translate_fn(images (B,H,W,3) [0,1], labels) -> (B,H,W,3)`` with G
     at any frame size; the labels are ignored."""
