@@ -13,6 +13,10 @@ Variants:
   oracle); docs/RESULTS.md has its table (294 s on one H100).
 - ``full``: 3 seeds, longer runs, segmenter-feature ablation and the GAN baselines (CycleGAN, CUT,
   FastCUT benchmark variants); for the issue notes (CPU: hours).
+- ``baselines``: the GAN baselines (CycleGAN, CUT, FastCUT) next to source-only, DA-KPN and the
+  oracle, 3 seeds, N = 0, on a CPU budget: the default variant's DA-KPN and segmenters, baselines on
+  their ``benchmark`` configs shortened to 1000 steps (750 for FastCUT, keeping its published 3:1
+  constant:decay split and "fewer epochs"); docs/RESULTS.md has its table.
 - ``tiny``: seconds, for tests (32 x 64 frames, a handful of steps and images).
 
 Fields:
@@ -51,8 +55,8 @@ ABLATIONS = {
 
 def get_config(arg=None):
     arg = arg or "default"
-    if arg not in ("default", "seeds3", "full", "tiny"):
-        raise ValueError(f"configs/protocol.py: unknown variant {arg!r} (default, seeds3, full, tiny)")
+    if arg not in ("default", "seeds3", "baselines", "full", "tiny"):
+        raise ValueError(f"configs/protocol.py: unknown variant {arg!r} (default, seeds3, baselines, full, tiny)")
     c = ml_collections.ConfigDict()
     c.seeds = (0,)
     # 500 synthetic images keep the export short; the oracle trains on all 500 real-train labels.
@@ -92,6 +96,18 @@ def get_config(arg=None):
         c.ablations = _cd()
         c.segmentation = _cd(variant="default", overrides=_cd(num_train_steps=300, eval_every_steps=300,
                                                               checkpoint_every_steps=300, log_every_steps=50))
+    elif arg == "baselines":
+        c.seeds = (0, 1, 2)
+        c.n_real = (0,)
+        c.ablations = _cd()
+
+        def short(steps, constant):
+            return _cd(num_train_steps=steps, checkpoint_every_steps=250, eval_every_steps=steps,
+                       optim=_cd(constant_steps=constant, decay_steps=steps - constant))
+        c.baselines = _cd(
+            cyclegan=_cd(config="configs/cyclegan.py", arg="benchmark", overrides=short(1000, 500)),
+            cut=_cd(config="configs/cut.py", arg="cut-benchmark", overrides=short(1000, 500)),
+            fastcut=_cd(config="configs/cut.py", arg="fastcut-benchmark", overrides=short(750, 562)))
     elif arg == "tiny":
         c.data = data_config(32, 64, num_synthetic_train=8, num_real_train=8, num_real_labelled=2,
                              num_real_val=4, num_paired_eval=4)

@@ -113,3 +113,22 @@ def test_summary_mean_std_and_bad_config():
         protocol.segmenter_sources(pconfig, {"kind": "split", "split": "synthetic-train"}, 2)
     with pytest.raises(ValueError, match="nope.py"):
         protocol.load_config_file("configs/nope.py")
+
+
+@pytest.mark.parametrize("variant", ["default", "seeds3", "baselines", "full", "tiny"])
+def test_every_variant_builds_consistent_stage_configs(variant):
+    """Every stage config a variant names loads, and an overridden GAN schedule still adds up
+    (constant + decay = num_train_steps), so a shortened baseline ends its decay at its last step."""
+    from configs import protocol as protocol_configs
+    pconfig = protocol_configs.get_config(variant)
+    assert len(pconfig.seeds) >= 1
+    dk = protocol.dakpn_config(pconfig, 0)
+    assert dk.data.height == pconfig.data.height and dk.seed == 0
+    for name, spec in pconfig.baselines.items():
+        c = protocol.baseline_config(pconfig, spec, 1)
+        assert c.seed == 1 and c.data.width == pconfig.data.width, name
+        assert c.optim.constant_steps + c.optim.decay_steps == c.num_train_steps, name
+    if variant == "baselines":
+        assert set(pconfig.baselines) == {"cyclegan", "cut", "fastcut"} and len(pconfig.seeds) == 3
+    with pytest.raises(ValueError, match="unknown variant"):
+        protocol_configs.get_config("nope")

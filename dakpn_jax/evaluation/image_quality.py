@@ -174,19 +174,38 @@ def sliced_wasserstein(x: jax.Array, y: jax.Array, rng: jax.Array, *, num_levels
 
 # ------------------------------------------------------------------ paired-view driver
 
+def class_color_stats(images: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class mean RGB (C, 3) float64 over all pixels of each class, and pixel counts (C,).
+
+    Label values >= ``num_classes`` (ignore pixels) are left out."""
+    flat_y = labels.reshape(-1).astype(np.int64)
+    valid = flat_y < num_classes
+    flat_x = images.reshape(-1, 3)[valid].astype(np.float64)
+    flat_y = flat_y[valid]
+    counts = np.bincount(flat_y, minlength=num_classes).astype(np.float64)
+    sums = np.stack([np.bincount(flat_y, weights=flat_x[:, c], minlength=num_classes) for c in range(3)], -1)
+    return sums / np.maximum(counts, 1)[:, None], counts
+
+
 def evaluate_paired_source(translate_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], source, *,
-                           batch_size: int = 8, max_images: int | None = None, seed: int = 0) -> dict[str, float]:
+                           batch_size: int = 8, max_images: int | None = None, seed: int = 0,
+                           num_classes: int | None = None) -> dict[str, float]:
     """Scores a translator on a paired source (items ``{"synthetic", "real", "label"}``, uint8).
 
     ``translate_fn(images float32 [0, 1] (B, H, W, 3), labels int32 (B, H, W)) -> (B, H, W, 3)``
     (the shared translator contract; GAN translators ignore the labels); pass ``lambda x, y: x``
     for the untranslated baseline. Returns mean ``psnr`` and ``ssim`` of translate(synthetic)
     against the real rendering of the same scene, and ``swd`` (+ per level) between the translated
-    set and the real renderings (same scenes; SWD is layout-blind so pairing does not help it)."""
+    set and the real renderings (same scenes; SWD is layout-blind so pairing does not help it).
+
+    With ``num_classes``, also ``class_color_err``: the mean over classes present in the real
+    renderings of ||mean RGB of the class in the translated set - in the real set||_2 (pixels
+    pooled over all images), which says whether each class got its real colour."""
     n = len(source) if max_images is None else min(len(source), max_images)
     if n == 0:
         raise ValueError("evaluate_paired_source: the paired source is empty")
     ps, ss, fakes, reals = [], [], [], []
+    colour = {k: [np.zeros((num_classes or 0, 3)), np.zeros(num_classes or 0)] for k in ("fake", "real")}
     for start in range(0, n, batch_size):
         items = [source[i] for i in range(start, min(n, start + batch_size))]
         for k in ("synthetic", "real", "label"):
@@ -202,7 +221,16 @@ def evaluate_paired_source(translate_fn: Callable[[np.ndarray, np.ndarray], np.n
         ss.append(np.asarray(ssim(fake, real)))
         fakes.append(fake)
         reals.append(real)
+        if num_classes:
+            for k, im in (("fake", fake), ("real", real)):
+                mean, count = class_color_stats(im, label, num_classes)
+                colour[k][0] += mean * count[:, None]
+                colour[k][1] += count
     out = {"psnr": float(np.mean(np.concatenate(ps))), "ssim": float(np.mean(np.concatenate(ss)))}
+    if num_classes:
+        present = colour["real"][1] > 0
+        mean = {k: s[present] / c[present, None] for k, (s, c) in colour.items()}
+        out["class_color_err"] = float(np.mean(np.linalg.norm(mean["fake"] - mean["real"], axis=-1)))
     swd = sliced_wasserstein(np.concatenate(fakes), np.concatenate(reals), jax.random.key(seed))
     out.update({k: float(v) for k, v in swd.items()})
     return out

@@ -536,55 +536,22 @@ def summaries(config, state, batch) -> dict:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def class_color_stats(images: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class mean RGB (C, 3) float64 over all pixels of each class, and pixel counts (C,)."""
-    flat_y = labels.reshape(-1).astype(np.int64)
-    valid = flat_y < num_classes
-    flat_x = images.reshape(-1, 3)[valid].astype(np.float64)
-    flat_y = flat_y[valid]
-    counts = np.bincount(flat_y, minlength=num_classes).astype(np.float64)
-    sums = np.stack([np.bincount(flat_y, weights=flat_x[:, c], minlength=num_classes) for c in range(3)], -1)
-    return sums / np.maximum(counts, 1)[:, None], counts
-
-
 def evaluate(config, state, *, translate_fn=None, max_images: int | None = None, batch_size: int = 8) -> dict:
-    """Paired-view scores on the benchmark's ``paired-eval`` split (``config.eval_images`` images):
+    """Paired-view scores on the benchmark's ``paired-eval`` split (``config.eval_images`` images),
+    for the translation and, as ``<key>_untranslated``, for the untranslated synthetic images:
 
-    - ``psnr``: mean over images of PSNR(T(synthetic), real rendering of the same scene), dB;
-      ``psnr_untranslated``: the same for the untranslated synthetic image (the baseline);
-    - ``class_color_err`` (+ ``_untranslated``): mean over classes present of the L2 distance
-      between the class's mean RGB in the translated (untranslated) images and in the real ones.
+    - ``psnr``, ``ssim`` and ``swd`` (+ per level) against the real rendering of the same scenes;
+    - ``class_color_err``: mean over classes present of the L2 distance between the class's mean
+      RGB in the translated (untranslated) images and in the real ones.
 
-    Returns ``{}`` for real datasets (no paired view) or ``eval_images = 0``.
+    (`dakpn_jax.evaluation.image_quality.evaluate_paired_source` defines them.) Returns ``{}`` for
+    real datasets (no paired view) or ``eval_images = 0``.
     """
-    from dakpn_jax.data import sources
-    from dakpn_jax.evaluation import image_quality
-
     limit = int(max_images or _get(config, "eval_images", 32))
     if _get(config.data, "name", "procedural") != "procedural" or limit <= 0:
         return {}  # the paired view exists only on the procedural benchmark
-    source = sources.make_source(config.data, "paired-eval")
-    n = min(len(source), limit)
-    if n == 0:
-        raise ValueError("evaluate: the paired-eval split is empty")
     fn = translate_fn or make_translator(config, state)
-    C = config.model.num_classes
-    ps, ps0 = [], []
-    acc = {k: [np.zeros((C, 3)), np.zeros(C)] for k in ("fake", "syn", "real")}
-    for start in range(0, n, batch_size):
-        items = [source[i] for i in range(start, min(n, start + batch_size))]
-        syn = np.stack([it["synthetic"] for it in items]).astype(np.float32) / 255.0
-        real = np.stack([it["real"] for it in items]).astype(np.float32) / 255.0
-        label = np.stack([it["label"] for it in items])
-        fake = np.asarray(fn(jnp.asarray(syn), jnp.asarray(label.astype(np.int32))), np.float32)
-        ps.append(np.asarray(image_quality.psnr(fake, real)))
-        ps0.append(np.asarray(image_quality.psnr(syn, real)))
-        for k, im in (("fake", fake), ("syn", syn), ("real", real)):
-            mean, count = class_color_stats(im, label, C)
-            acc[k][0] += mean * count[:, None]
-            acc[k][1] += count
-    present = acc["real"][1] > 0
-    means = {k: s[present] / c[present, None] for k, (s, c) in acc.items()}
-    err = lambda k: float(np.mean(np.linalg.norm(means[k] - means["real"], axis=-1)))
-    return {"psnr": float(np.mean(np.concatenate(ps))), "psnr_untranslated": float(np.mean(np.concatenate(ps0))),
-            "class_color_err": err("fake"), "class_color_err_untranslated": err("syn")}
+    kw = dict(max_images=limit, batch_size=batch_size, num_classes=config.model.num_classes)
+    out = gc.evaluate_paired(config, lambda x, y: fn(jnp.asarray(x), jnp.asarray(y)), **kw)
+    untranslated = gc.evaluate_paired(config, lambda x, y: x, **kw)
+    return {**out, **{f"{k}_untranslated": v for k, v in untranslated.items()}}

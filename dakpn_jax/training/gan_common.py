@@ -241,11 +241,13 @@ def make_translator(graphdef, params, n_down: int):
 
 
 def evaluate_paired(config, translate_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
-                    max_images: int | None = None, batch_size: int = 8) -> dict[str, float]:
-    """Paired-view PSNR / SSIM / SWD of ``translate_fn(images, labels)`` on the benchmark's paired-eval split."""
+                    max_images: int | None = None, batch_size: int = 8,
+                    num_classes: int | None = None) -> dict[str, float]:
+    """Paired-view PSNR / SSIM / SWD (+ ``class_color_err`` with ``num_classes``) of
+    ``translate_fn(images, labels)`` on the benchmark's paired-eval split."""
     from dakpn_jax.data import sources
     from dakpn_jax.evaluation import image_quality
 
     source = sources.make_source(config.data, "paired-eval")
     return image_quality.evaluate_paired_source(translate_fn, source, batch_size=batch_size,
-                                                max_images=max_images)
+                                                max_images=max_images, num_classes=num_classes)
