@@ -5,7 +5,8 @@ r"""Command-line entry point, flax-examples style.
     dakpn --config=... --workdir=...                      # the installed console script
 
 ``--config.x=y`` overrides any existing field (a typo is an error: the config is locked). Running again
-with the same ``--workdir`` resumes from its latest checkpoint.
+with the same ``--workdir`` resumes from its latest checkpoint. On SIGTERM (a preemption notice) the run
+checkpoints the step in progress and exits with status 143; rerunning resumes from there.
 
 Multi-host:
   Cloud TPU VM slice: run the same command on every worker (``gcloud compute tpus tpu-vm ssh NAME
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -51,7 +53,13 @@ def main(argv):
     logging.info("JAX process %d / %d, local devices %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
     logging.info("Config:\n%s", FLAGS.config)
-    metrics = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    from dakpn_jax.training import preemption
+
+    try:
+        metrics = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except preemption.Preempted as e:
+        logging.warning("%s", e)
+        sys.exit(143)  # 128 + SIGTERM: what a scheduler expects of a job it stopped
     if jax.process_index() == 0:
         print(json.dumps({"workdir": FLAGS.workdir, **metrics}, sort_keys=True))
 

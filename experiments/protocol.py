@@ -414,7 +414,12 @@ def main(argv):
     # persistent compilation cache under the workdir compiles each once (and reruns reuse it).
     jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(flags.FLAGS.workdir), "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    out = run_protocol(flags.FLAGS.config, flags.FLAGS.workdir)
+    from dakpn_jax.training import preemption  # pylint: disable=import-outside-toplevel
+    try:
+        out = run_protocol(flags.FLAGS.config, flags.FLAGS.workdir)
+    except preemption.Preempted as e:  # the stage in progress was checkpointed; finished ones are kept
+        log.warning("%s", e)
+        sys.exit(143)
     print(out["markdown"])
 
 

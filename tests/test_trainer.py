@@ -5,6 +5,7 @@ test_trainer_dakpn_* below once its data pipeline exists.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -24,6 +25,7 @@ from tests import toy_method  # noqa: E402
 from dakpn_jax import sweep  # noqa: E402
 from dakpn_jax.training import checkpoint as ckpt  # noqa: E402
 from dakpn_jax.training import metrics_writer as mw  # noqa: E402
+from dakpn_jax.training import preemption  # noqa: E402
 from dakpn_jax.training import trainer  # noqa: E402
 
 
@@ -162,6 +164,34 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
             h = np.uint32((int(h) * int(toy_method._HASH_MUL) + int(i) + 1) % (1 << 32))
     assert int(a["['consumed']"]) == int(h)
     assert ckpt.Checkpointer(str(tmp_path / "straight"), read_only=True).all_steps() == [4, 6]  # keep last 2
+
+
+def test_sigterm_checkpoints_the_step_in_progress_and_resume_is_exact(tmp_path, monkeypatch):
+    # SIGTERM arrives while batch 4 is loaded: step 4 still runs, is checkpointed (no periodic
+    # checkpoint is due: every 5), and the run raises Preempted; the rerun finishes like a straight run.
+    c = toy_config(num_train_steps=6, checkpoint_every_steps=5, eval_every_steps=100)
+    before = signal.getsignal(signal.SIGTERM)
+    real, seen = toy_method.next_batch, []
+
+    def next_batch(iterators):
+        seen.append(1)
+        if len(seen) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(iterators)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(toy_method, "next_batch", next_batch)
+        with pytest.raises(preemption.Preempted, match="saved step 4") as info:
+            trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
+    assert info.value.step == 4 and len(seen) == 4
+    assert signal.getsignal(signal.SIGTERM) is before  # the trainer's handler is gone again
+    assert ckpt.Checkpointer(str(tmp_path / "resumed"), read_only=True).all_steps() == [4]
+    out = trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
+    assert out == trainer.train_and_evaluate(c, str(tmp_path / "straight"))
+    a = leaves(trainer.restore_state(str(tmp_path / "resumed"))[1])
+    b = leaves(trainer.restore_state(str(tmp_path / "straight"))[1])
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -34,6 +34,10 @@ Config fields read here (``config.get(name, default)`` for the optional ones)::
 Events (logging, summaries, evaluation, checkpoints) fire after a call that crossed a multiple of
 their interval, and logging, evaluation and the checkpoint also after the last step.
 ``eval_every_steps = 0`` (``summary_every_steps = 0``) switches evaluation (image summaries) off.
+
+Preemption (``preemption.py``): on SIGTERM the loop finishes the current call, checkpoints that
+step and raises ``Preempted``; ``dakpn_jax.main`` exits with status 143, the shell's code for a
+SIGTERM-ended job, so a scheduler restarts it and the restart resumes.
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ from jax.sharding import PartitionSpec as P
 from dakpn_jax.training import checkpoint as ckpt
 from dakpn_jax.training import get_method
 from dakpn_jax.training import metrics_writer as mw
+from dakpn_jax.training import preemption
 
 log = logging.getLogger("dakpn_jax.train")
 PyTree = Any
@@ -251,6 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       ValueError: bad config, unwritable workdir, workdir holding another model's checkpoint (checked
         before anything is written).
       FloatingPointError: a metric became NaN/Inf; the last checkpoint (all finite) is kept.
+      preemption.Preempted: SIGTERM (or, multi-host, JAX's preemption notice) arrived; the state at
+        the step where it was seen is checkpointed, and rerunning resumes from it.
     """
     mesh = make_mesh(devices)
     method = validate_config(config, mesh)
@@ -258,13 +265,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     keep = config.get("keep_checkpoints", 3)
     checkpointer = ckpt.Checkpointer(workdir, max_to_keep=None if keep is None else int(keep),
                                      async_save=bool(config.get("async_checkpoints", True)))
+    watch = preemption.PreemptionWatch()
     try:
-        return _train(method, config, workdir, mesh, checkpointer)
+        return _train(method, config, workdir, mesh, checkpointer, watch)
     finally:
+        watch.close()
         checkpointer.close()
 
 
-def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpointer) -> dict[str, float]:
+def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpointer,
+           watch: preemption.PreemptionWatch) -> dict[str, float]:
     steps_per_call = int(config.get("steps_per_call", 1))
     total = int(config.num_train_steps)
     every_log, every_ckpt = int(config.log_every_steps), int(config.checkpoint_every_steps)
@@ -342,6 +352,12 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
             if _crossed(before, step, every_ckpt) or step == total:
                 save(step, state)
                 last_saved = step
+            if watch.reached() and step < total:
+                if last_saved != step:
+                    save(step, state)
+                checkpointer.wait()
+                log.warning("preempted: saved step %d in %s", step, checkpointer.directory)
+                raise preemption.Preempted(step, checkpointer.directory)
         if has_eval and every_eval and last_eval is None and start == total:  # resumed a finished run
             final.update({f"eval/{k2}": float(v) for k2, v in method.evaluate(config, _local_view(state)).items()})
         if last_saved != step:
