@@ -108,6 +108,14 @@ def _check_target(output: str, manifest: dict) -> None:
                              f"has {key}={manifest[key]!r}; use another --output (nothing was overwritten)")
 
 
+def _barrier(name: str) -> None:
+    """All processes of a multi-host export wait here (no-op for one process). The processes share
+    the output folder and decide from the files in it, so each must see a settled folder."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+        multihost_utils.sync_global_devices(name)
+
+
 def _write_manifest(output: str, manifest: dict) -> None:
     if jax.process_index() == 0:
         text = json.dumps(manifest, indent=2, sort_keys=True)
@@ -167,6 +175,7 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
                 "checkpoint_step": int(np.asarray(jax.device_get(state["step"]))),
                 "config_hash": config_hash(config), "source": source_id}
     _check_target(output, manifest)  # before anything is written
+    _barrier("export: target checked")  # no process may see another's first files as a foreign target
     img_dir, lbl_dir = os.path.join(output, "images"), os.path.join(output, "labels")
     os.makedirs(img_dir, exist_ok=True)
     os.makedirs(lbl_dir, exist_ok=True)
@@ -181,6 +190,7 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
                 and (not has_label or os.path.exists(os.path.join(lbl_dir, stems[i] + ".png"))))
 
     todo = [i for i in range(len(source)) if not finished(i)]
+    _barrier("export: planned")  # every process splits the same todo list, read before any writes
     devices = list(jax.local_devices() if devices is None else devices)
     mesh = Mesh(np.asarray(devices), ("data",))
     shard = NamedSharding(mesh, P("data"))
@@ -211,7 +221,9 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
             images = np.stack([it[key] for it in items]).astype(np.float32) / 255.0
             labels = (np.stack([it["label"] for it in items]) if has_label
                       else np.zeros(images.shape[:3], np.uint8)).astype(np.int32)
-            out = to_uint8(jax.device_get(run(images, labels)))
+            # Explicit placement on this process's mesh: under jax.distributed, jit refuses numpy
+            # inputs with a non-replicated sharding.
+            out = to_uint8(jax.device_get(run(jax.device_put(images, shard), jax.device_put(labels, shard))))
             if out.shape != images.shape:
                 raise ValueError(f"export: translator returned {out.shape} for images {images.shape}")
             for j, (i, item) in enumerate(batch):
@@ -231,6 +243,7 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
     finally:
         if bar is not None:
             bar.close()
+    _barrier("export: written")  # count the other processes' files too
     done = sum(finished(i) for i in range(len(source)))
     manifest = {**manifest, "count": done, "complete": done == len(source)}
     _write_manifest(output, manifest)

@@ -37,6 +37,10 @@ _, state = trainer.restore_state({workdir!r})
 flat = jax.tree_util.tree_flatten_with_path(state)[0]
 np.savez({out!r}, **{{jax.tree_util.keystr(p): np.asarray(x.addressable_data(0)) for p, x in flat}})
 print("METRICS", json.dumps(metrics))
+if {export!r}:  # both processes export into one folder, each its share of the images
+    from dakpn_jax import export
+    manifest = export.export_translated({workdir!r}, {export!r}, batch_size=4, progress=False)
+    print("MANIFEST", json.dumps(manifest))
 """
 
 
@@ -46,13 +50,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(config, tmp_path):
+def run_two_processes(config, tmp_path, export_dir=None):
     address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     procs = []
     for pid in range(2):
         code = WORKER.format(repo=REPO, address=address, pid=pid, config=config.to_json(),
-                             workdir=str(tmp_path / "two"), out=str(tmp_path / f"out{pid}.npz"))
+                             workdir=str(tmp_path / "two"), out=str(tmp_path / f"out{pid}.npz"),
+                             export=None if export_dir is None else str(export_dir))
         procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     outs = []
@@ -104,10 +109,26 @@ def test_dakpn_two_processes_match_one_process_eight_devices(tmp_path):
     # turns into +-lr steps of round-off sign (see tests/test_trainer.py).
     config.model.disc.norm = "none"
     config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 2, 2, 0
-    (p0, p1), _ = run_two_processes(config, tmp_path)
+    (p0, p1), outs = run_two_processes(config, tmp_path, export_dir=tmp_path / "export_two")
     trainer.train_and_evaluate(config, str(tmp_path / "one"))
     ref = leaves(trainer.restore_state(str(tmp_path / "one"))[1])
     assert p0.keys() == ref.keys()
     for k in ref:
         np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
         np.testing.assert_allclose(p0[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # The two-process export is the one-process export of the same checkpoint, file for file.
+    from dakpn_jax import export
+    manifests = [json.loads(out.split("MANIFEST", 1)[1].splitlines()[0]) for _, out, _ in outs]
+    one = export.export_translated(str(tmp_path / "two"), str(tmp_path / "export_one"), batch_size=4,
+                                   progress=False)
+    n = config.data.num_synthetic_train
+    assert one["complete"] and one["count"] == n
+    assert manifests[0]["complete"] and manifests[0]["count"] == n  # process 0 counted process 1's files
+    written = json.loads((tmp_path / "export_two" / export.MANIFEST).read_text())
+    assert written["complete"] and written["count"] == n
+    for sub in ("images", "labels"):
+        names = sorted(os.listdir(tmp_path / "export_one" / sub))
+        assert len(names) == n and names == sorted(os.listdir(tmp_path / "export_two" / sub))
+        for name in names:
+            a = (tmp_path / "export_one" / sub / name).read_bytes()
+            assert a == (tmp_path / "export_two" / sub / name).read_bytes(), f"{sub}/{name}"
