@@ -23,7 +23,8 @@ Fields read by `dakpn_jax.training.segmentation` (SegFormer configs build on the
 - ``optim``: ``name`` (``adam`` | ``adamw``), ``lr``, ``weight_decay`` (adamw only), ``b1``, ``b2``,
   ``schedule`` (``constant`` | ``poly`` | ``cosine``), ``warmup_steps`` (linear from 0),
   ``poly_power``, ``end_lr_ratio`` (final lr / lr for poly and cosine), ``grad_clip`` (global norm,
-  0 = off).
+  0 = off), ``lr_mult`` (optional ``{top-level parameter group: learning-rate multiplier}``, e.g.
+  ``{"decode_head": 10.0}`` for SegFormer).
 - ``crop_size`` (None = full frames), ``random_flip``, ``eval_batch_size`` (global, rounded up to
   a multiple of the device count), ``eval_images`` (None = the whole eval split).
 """

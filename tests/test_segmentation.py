@@ -75,6 +75,26 @@ def test_cross_entropy_and_schedules_match_numpy():
             np.testing.assert_allclose(float(s(step)), ref(step - 10), rtol=1e-5, atol=1e-7)
 
 
+def test_lr_mult_scales_one_parameter_group():
+    """Same gradients for two groups: with lr_mult {"head": 10} the head's AdamW update (decay
+    included) is exactly 10 times what it is without, the other group's unchanged."""
+    c = seg_configs.get_config("tiny")
+    c.optim.update(name="adamw", weight_decay=0.1, schedule="constant", warmup_steps=0)
+    params = {"body": {"w": jnp.full((2, 3), 0.5)}, "head": {"w": jnp.full((2, 3), 0.5)}}
+    grads = {"body": {"w": jnp.arange(6.0).reshape(2, 3)}, "head": {"w": jnp.arange(6.0).reshape(2, 3)}}
+    plain = seg.make_optimizer(c)
+    base, _ = plain.update(grads, plain.init(params), params)
+    c.optim.lr_mult = {"head": 10.0}
+    tx = seg.make_optimizer(c)
+    upd, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(upd["head"]["w"], 10 * base["head"]["w"], rtol=1e-6)
+    np.testing.assert_allclose(upd["body"]["w"], base["body"]["w"], rtol=1e-6)
+    assert float(jnp.abs(base["head"]["w"]).min()) > 0
+    c.optim.lr_mult = {"decoder": 10.0}
+    with pytest.raises(ValueError, match=r"lr_mult names \['decoder'\]"):
+        seg.make_optimizer(c).init(params)
+
+
 def test_mixed_source_weights_and_concatenation():
     a = [{"image": np.full((2, 2, 3), i, np.uint8), "label": np.zeros((2, 2), np.uint8), "extra": 0}
          for i in range(10)]

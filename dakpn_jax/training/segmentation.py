@@ -131,9 +131,31 @@ def make_schedule(config) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
+def scale_by_top_level(multipliers: dict[str, float]) -> optax.GradientTransformation:
+    """Multiplies the updates of each top-level parameter subtree ``params[name]`` by
+    ``multipliers[name]`` (1 elsewhere). After an Adam(W) transform the update is
+    ``-lr (m_hat / (sqrt(v_hat) + eps) + wd p)``, so a multiplier m is a learning rate of m lr for
+    that subtree, decay included: mmsegmentation's ``lr_mult`` (SegFormer: 10 on ``decode_head``).
+    ``init`` raises ValueError for a name that is not a top-level key of the parameters."""
+    multipliers = {str(k): float(v) for k, v in dict(multipliers).items()}
+
+    def init(params):
+        missing = sorted(set(multipliers) - set(params))
+        if missing:
+            raise ValueError(f"config.optim.lr_mult names {missing}, which are not top-level parameter "
+                             f"groups of the model ({sorted(params)})")
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):  # pylint: disable=unused-argument
+        return {k: jax.tree.map(lambda u, m=multipliers.get(k, 1.0): u * m, v) for k, v in updates.items()}, state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
     """Adam or AdamW (decoupled weight decay on weights with ndim >= 2 only: not on biases and
-    normalisation scales), optional global-norm clipping first."""
+    normalisation scales), optional global-norm clipping first and per-group learning-rate
+    multipliers last (``optim.lr_mult``: :func:`scale_by_top_level`)."""
     o = config.optim
     name = o.get("name", "adamw")
     kw = dict(b1=float(o.get("b1", 0.9)), b2=float(o.get("b2", 0.999)), eps=float(o.get("eps", 1e-8)))
@@ -145,7 +167,10 @@ def make_optimizer(config) -> optax.GradientTransformation:
     else:
         raise ValueError(f"config.optim.name={name!r} is unknown; expected 'adam' or 'adamw'")
     clip = float(o.get("grad_clip", 0.0) or 0.0)
-    return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
+    if clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    lr_mult = o.get("lr_mult", None)
+    return optax.chain(tx, scale_by_top_level(lr_mult)) if lr_mult else tx
 
 
 # ----------------------------------------------------------------------------- method contract
