@@ -1,7 +1,7 @@
 """Translate a dataset to disk with a trained translator (DA-KPN, or a GAN baseline).
 
     python -m dakpn_jax.export --workdir=TRANSLATOR_WORKDIR --split=synthetic-train --output=DIR \
-        [--input=FOLDER_ROOT] [--batch_size=8]
+        [--input=FOLDER_ROOT] [--batch_size=8] [--multihost]
 
 writes, for every item of the source (the translator config's dataset ``--split``, or the folder
 dataset ``--input`` = ROOT with ROOT/images and ROOT/labels)::
@@ -14,7 +14,9 @@ dataset ``--input`` = ROOT with ROOT/images and ROOT/labels)::
 
 Stems are the folder source's file stems, else the zero-padded item index. Translation runs on
 global batches sharded over a 1-D 'data' mesh of this process's devices (the last batch padded by
-repeating its final item); with several processes, process p takes every P-th batch. Every file is
+repeating its final item); with several processes (``--multihost`` or ``--coordinator_address``,
+as for training; all of them write into one shared DIR) process p takes every P-th unfinished
+item, and the processes wait for each other before planning and before the final count. Every file is
 written to a temporary name and then `os.replace`d, so a file either exists complete or not at all;
 an item is finished when its image (and label) exist, and a re-run skips finished items, so a killed
 export resumes where it stopped. The manifest is written before the first file: a target directory
@@ -256,6 +258,9 @@ def main(argv) -> None:
     del argv
     from absl import flags  # pylint: disable=import-outside-toplevel
     f = flags.FLAGS
+    if f.multihost or f.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+        trainer.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
     m = export_translated(f.workdir, f.output, split=f.split, input_dir=f.input, batch_size=f.batch_size)
     print(f"export: {m['count']} images in {f.output} (complete={m['complete']}, "
           f"checkpoint step {m['checkpoint_step']}, config {m['config_hash']})")
@@ -268,4 +273,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("split", "synthetic-train", "Split of the translator config's dataset to translate.")
     flags.DEFINE_string("input", None, "Folder dataset ROOT (ROOT/images, ROOT/labels) to translate instead.")
     flags.DEFINE_integer("batch_size", 8, "Global batch (rounded up to a multiple of the device count).")
+    flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() with auto-detection (TPU VM slices).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host GPU clusters).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+    flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
     app.run(main)
