@@ -107,14 +107,19 @@ def segmenter_sources(pconfig, base: dict, n: int) -> tuple[list, dict]:
 
 # ----------------------------------------------------------------------------- stages
 
-def stage(directory: str, fn: Callable[[str], dict], *, what: str) -> dict:
-    """Runs ``fn(directory) -> result`` unless ``directory/stage.json`` says it is complete."""
+def stage(directory: str, fn: Callable[[str], dict], *, what: str,
+          still_valid: Callable[[dict], bool] | None = None) -> dict:
+    """Runs ``fn(directory) -> result`` unless ``directory/stage.json`` says it is complete (and
+    ``still_valid(result)``, when given: a stage that summarises other stages reruns when the
+    config has grown, e.g. the scores once a translator was added)."""
     marker = os.path.join(directory, STAGE_FILE)
     if os.path.exists(marker):
         with open(marker) as f:
             done = json.load(f)
-        log.info("reuse %s (%s)", what, directory)
-        return done["result"]
+        if still_valid is None or still_valid(done["result"]):
+            log.info("reuse %s (%s)", what, directory)
+            return done["result"]
+        log.info("rerun %s: its stored result does not cover this config (%s)", what, directory)
     os.makedirs(directory, exist_ok=True)
     log.info("run %s (%s)", what, directory)
     text = json.dumps({"stage": what, "result": fn(directory)}, indent=1, default=_json_default)
@@ -195,7 +200,7 @@ def scores(pconfig, seg_oracle_dir: str, exports: dict, translator_dirs: dict) -
             fns[name] = exporter.make_translate_fn(config, state)
         for name, fn in fns.items():
             out["paired"][name] = image_quality.evaluate_paired_source(
-                fn, paired, batch_size=int(e.batch_size), max_images=int(e.paired_images))
+                fn, paired, batch_size=int(e.batch_size), max_images=int(e.paired_images), num_classes=NUM_CLASSES)
         grid(pconfig, fns, os.path.join(directory, "grid.png"))
         return out
     return run
@@ -264,7 +269,9 @@ def run_seed(pconfig, seed: int, root: str) -> dict:
                            num_real_labelled=oracle_n)
     odir = os.path.join(root, "seg_oracle")
     res["segmenters"]["oracle"] = stage(odir, train(cfg), what="segmenter oracle")
-    res["scores"] = stage(os.path.join(root, "scores"), scores(pconfig, odir, exports, tdirs), what="scores")
+    wanted = {"untranslated", *exports}
+    res["scores"] = stage(os.path.join(root, "scores"), scores(pconfig, odir, exports, tdirs), what="scores",
+                          still_valid=lambda r: wanted <= set(r["model_score"]) and wanted <= set(r["paired"]))
     return res
 
 
@@ -284,7 +291,7 @@ def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
 
 
 def summarise(pconfig, per_seed: list[dict]) -> dict:
-    """Rows ``{method, n, miou: (mean, std), model_score, psnr, ssim, swd}`` over seeds."""
+    """Rows ``{method, n, miou: (mean, std), model_score, psnr, ssim, swd, class_color_err}`` over seeds."""
     rows = []
     names = list(per_seed[0]["segmenters"])
     for key in names:
@@ -296,7 +303,7 @@ def summarise(pconfig, per_seed: list[dict]) -> dict:
                "miou": _mean_std([get(r, "segmenters", key, "final", "eval/miou") for r in per_seed])}
         if method != "oracle":
             row["model_score"] = _mean_std([get(r, "scores", "model_score", score_key, "miou") for r in per_seed])
-            for m in ("psnr", "ssim", "swd"):
+            for m in ("psnr", "ssim", "swd", "class_color_err"):
                 row[m] = _mean_std([get(r, "scores", "paired", score_key, m) for r in per_seed])
         rows.append(row)
     return {"rows": rows}
@@ -313,17 +320,19 @@ def _dig(tree, path):
 def markdown(pconfig, summary: dict, per_seed: list[dict]) -> str:
     seeds = list(pconfig.seeds)
     lines = [f"# Protocol results ({len(seeds)} seed(s): {seeds}; mean ± std)", "",
-             "| method | N real labels | real-val mIoU (%) | model score mIoU (%) | PSNR (dB) | SSIM | SWD |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| method | N real labels | real-val mIoU (%) | model score mIoU (%) | PSNR (dB) | SSIM | SWD "
+             "| class colour err |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary["rows"]:
         g = lambda k, s=1.0, d=1: _fmt(*r[k], scale=s, digits=d) if k in r else "-"
         n = "all" if r["method"] == "oracle" else str(r["n"])
         lines.append(f"| {r['method']} | {n} | {g('miou', 100)} | {g('model_score', 100)} | {g('psnr', 1, 2)} "
-                     f"| {g('ssim', 1, 3)} | {g('swd', 1, 3)} |")
+                     f"| {g('ssim', 1, 3)} | {g('swd', 1, 3)} | {g('class_color_err', 1, 3)} |")
     lines += ["", "Model score: the oracle segmenter (all real-train labels) labels each (translated) synthetic "
               "set; mIoU against the synthetic labels. PSNR / SSIM against the real rendering of the same "
               "scene (paired-eval); SWD: Laplacian-pyramid sliced Wasserstein distance to the real images "
-              "(lower is closer).", ""]
+              "(lower is closer); class colour err: mean over classes of the distance between a class's "
+              "mean RGB in the translated and in the real images (paired-eval).", ""]
     flips = _dig(per_seed[0], ("scores", "model_score")) or {}
     if flips:
         lines.append(f"Largest label flips (seed {per_seed[0]['seed']}; label -> oracle prediction, fraction of the label's pixels):")

@@ -132,3 +132,25 @@ def test_every_variant_builds_consistent_stage_configs(variant):
         assert set(pconfig.baselines) == {"cyclegan", "cut", "fastcut"} and len(pconfig.seeds) == 3
     with pytest.raises(ValueError, match="unknown variant"):
         protocol_configs.get_config("nope")
+
+
+def test_stage_reuses_a_complete_result_and_reruns_one_that_no_longer_covers_the_config(tmp_path):
+    calls = []
+
+    def make(result):
+        def fn(directory):
+            calls.append(directory)
+            return result
+        return fn
+
+    d = str(tmp_path / "scores")
+    assert protocol.stage(d, make({"model_score": {"a": 1}}), what="scores") == {"model_score": {"a": 1}}
+    covers = lambda wanted: (lambda r: wanted <= set(r["model_score"]))
+    # Same translators: reused without running.
+    assert protocol.stage(d, make(None), what="scores", still_valid=covers({"a"})) == {"model_score": {"a": 1}}
+    assert len(calls) == 1
+    # A translator was added to the config: the stale result is recomputed and replaced.
+    new = {"model_score": {"a": 1, "b": 2}}
+    assert protocol.stage(d, make(new), what="scores", still_valid=covers({"a", "b"})) == new
+    assert len(calls) == 2
+    assert json.loads((tmp_path / "scores" / protocol.STAGE_FILE).read_text())["result"] == new
