@@ -333,13 +333,31 @@ def markdown(pconfig, summary: dict, per_seed: list[dict]) -> str:
               "scene (paired-eval); SWD: Laplacian-pyramid sliced Wasserstein distance to the real images "
               "(lower is closer); class colour err: mean over classes of the distance between a class's "
               "mean RGB in the translated and in the real images (paired-eval).", ""]
-    flips = _dig(per_seed[0], ("scores", "model_score")) or {}
-    if flips:
-        lines.append(f"Largest label flips (seed {per_seed[0]['seed']}; label -> oracle prediction, fraction of the label's pixels):")
+    if len(per_seed) > 1:  # the spread behind every mean ± std above
+        lines += ["Per seed: real-val mIoU (%) / model score mIoU (%):", "",
+                  "| segmenter | " + " | ".join(f"seed {r['seed']}" for r in per_seed) + " |",
+                  "| --- |" + " --- |" * len(per_seed)]
+        for key in per_seed[0]["segmenters"]:
+            method = "oracle" if key == "oracle" else key.rsplit("_n", 1)[0]
+            score_key = "untranslated" if method == "source_only" else method
+            cells = []
+            for r in per_seed:
+                miou = _dig(r, ("segmenters", key, "final", "eval/miou"))
+                ms = _dig(r, ("scores", "model_score", score_key, "miou"))
+                cells.append(("-" if miou is None else f"{100 * miou:.1f}") + ("" if ms is None else f" / {100 * ms:.1f}"))
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
         lines.append("")
-        for name, s in flips.items():
-            top = ", ".join(f"{a}->{b} {f:.2f}" for a, b, f in s["top_flips"][:3])
-            lines.append(f"- {name}: {top}")
+    names = list(_dig(per_seed[0], ("scores", "model_score")) or {})
+    if names:
+        lines.append("Largest label flips (label -> oracle prediction, fraction of the label's pixels), per seed:")
+        lines.append("")
+        for name in names:
+            per = []
+            for r in per_seed:
+                s = _dig(r, ("scores", "model_score", name))
+                if s:
+                    per.append(f"seed {r['seed']}: " + ", ".join(f"{a}->{b} {f:.2f}" for a, b, f in s["top_flips"][:3]))
+            lines.append(f"- {name}: " + "; ".join(per))
         lines.append("")
     skipped = per_seed[0].get("skipped", {})
     for name, why in skipped.items():
