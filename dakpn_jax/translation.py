@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -266,7 +265,7 @@ def _shifted_gaussian_core(xp, sigma, moment=False):
     return out / z2
 
 
-def _shifted_gaussian_adjoint_core(gp, c):
+def _shifted_gaussian_adjoint_core(gp, r):
     """Transpose of the blur for one band of the padded input: x_bar_p = A(sigma)^T y_bar.
 
     gp: (B, h+2r, w+2r, 2C), the output cotangent y_bar and sigma concatenated on the channel axis,
@@ -277,7 +276,6 @@ def _shifted_gaussian_adjoint_core(gp, c):
     Returns (B, h, w, C).
     """
     _, hp, wp, c2 = gp.shape
-    r = c
     h, w = hp - 2 * r, wp - 2 * r
     ybar, sigma = gp[..., :c2 // 2], gp[..., c2 // 2:]
     g, z = _gaussian_taps_unnormalised(sigma, r)
@@ -390,11 +388,9 @@ def _blur_shifted_bwd(r, res, ybar):
 _blur_shifted.defvjp(_blur_shifted_fwd, _blur_shifted_bwd)
 
 
-def _resolve_impl(impl: str, shape: Sequence[int], kernel_size: int) -> str:
+def _resolve_impl(impl: str) -> str:
     """The "auto" rule (module docstring): the shifted path, measured fastest on CPU and on an H100 at
-    every benchmarked size. ``shape`` and ``kernel_size`` are kept so the rule can grow a size/backend
-    dependence if a backend ever favours einsum."""
-    del shape, kernel_size
+    every benchmarked size."""
     return "shifted" if impl == "auto" else impl
 
 
@@ -429,7 +425,7 @@ def local_gaussian_blur(x: jax.Array, sigma: jax.Array, *, kernel_size: int = DE
         raise ValueError(f"sigma: expected shape {x.shape} (or {x.shape[:3] + (1,)}) to match x, "
                          f"got {sigma.shape}")
     kernel_size = _check_kernel_size(kernel_size)
-    impl = _resolve_impl(_check_impl(impl), x.shape, kernel_size)
+    impl = _resolve_impl(_check_impl(impl))
     return _blur(x, sigma, kernel_size, impl)
 
 
@@ -464,8 +460,7 @@ def apply_local_kernels(x: jax.Array, kernels: jax.Array, *, impl: str = "auto")
             or kernels.shape[4] != kernels.shape[5] or kernels.shape[5] % 2 == 0):
         raise ValueError(f"kernels: expected (B, H, W, K, K) or (B, H, W, C, K, K) with K odd and "
                          f"(B, H, W, C) = {x.shape}, got shape {shape}")
-    kernel_size = kernels.shape[-1]
-    impl = _resolve_impl(_check_impl(impl), x.shape, kernel_size)
+    impl = _resolve_impl(_check_impl(impl))
     return _apply_kernels(x, kernels.astype(x.dtype), impl)
 
 
@@ -550,7 +545,7 @@ def translate(x: jax.Array, params: jax.Array, noise: jax.Array, *, kernel_size:
     if noise.ndim != 4 or noise.shape[1:] != x.shape[1:] or noise.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"noise: expected shape {x.shape} (or batch 1) to match x, got {noise.shape}")
     kernel_size = _check_kernel_size(kernel_size)
-    impl = _resolve_impl(_check_impl(impl), x.shape, kernel_size)
+    impl = _resolve_impl(_check_impl(impl))
     return _translate(x, params, noise, kernel_size, impl)
 
 
