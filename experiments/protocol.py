@@ -27,7 +27,6 @@ import copy
 import importlib.util
 import json
 import logging
-import math
 import os
 import sys
 from typing import Any, Callable
@@ -290,14 +289,20 @@ def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
+def _method_and_score_key(key: str) -> tuple[str, str]:
+    """A segmenter stage key (``<method>_n<N>`` or ``oracle``) -> (method, its entry in the scores:
+    source-only segmenters train on the untranslated images)."""
+    method = "oracle" if key == "oracle" else key.rsplit("_n", 1)[0]
+    return method, "untranslated" if method == "source_only" else method
+
+
 def summarise(pconfig, per_seed: list[dict]) -> dict:
     """Rows ``{method, n, miou: (mean, std), model_score, psnr, ssim, swd, class_color_err}`` over seeds."""
     rows = []
     names = list(per_seed[0]["segmenters"])
     for key in names:
-        method, n = ("oracle", int(pconfig.data.num_real_train)) if key == "oracle" else key.rsplit("_n", 1)
-        n = int(n)
-        score_key = "untranslated" if method == "source_only" else method
+        method, score_key = _method_and_score_key(key)
+        n = int(pconfig.data.num_real_train) if key == "oracle" else int(key.rsplit("_n", 1)[1])
         get = lambda r, *path: _dig(r, path)
         row = {"method": method, "n": n,
                "miou": _mean_std([get(r, "segmenters", key, "final", "eval/miou") for r in per_seed])}
@@ -338,8 +343,7 @@ def markdown(pconfig, summary: dict, per_seed: list[dict]) -> str:
                   "| segmenter | " + " | ".join(f"seed {r['seed']}" for r in per_seed) + " |",
                   "| --- |" + " --- |" * len(per_seed)]
         for key in per_seed[0]["segmenters"]:
-            method = "oracle" if key == "oracle" else key.rsplit("_n", 1)[0]
-            score_key = "untranslated" if method == "source_only" else method
+            _, score_key = _method_and_score_key(key)
             cells = []
             for r in per_seed:
                 miou = _dig(r, ("segmenters", key, "final", "eval/miou"))
