@@ -54,7 +54,7 @@ State::
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -553,5 +553,12 @@ def evaluate(config, state, *, translate_fn=None, max_images: int | None = None,
     fn = translate_fn or make_translator(config, state)
     kw = dict(max_images=limit, batch_size=batch_size, num_classes=config.model.num_classes)
     out = gc.evaluate_paired(config, lambda x, y: fn(jnp.asarray(x), jnp.asarray(y)), **kw)
-    untranslated = gc.evaluate_paired(config, lambda x, y: x, **kw)
-    return {**out, **{f"{k}_untranslated": v for k, v in untranslated.items()}}
+    # The untranslated scores depend only on the data and these settings: computed once per run,
+    # not at every evaluation.
+    key = (config.data.to_json(sort_keys=True), tuple(sorted(kw.items())))
+    if key not in _UNTRANSLATED_SCORES:
+        _UNTRANSLATED_SCORES[key] = gc.evaluate_paired(config, lambda x, y: x, **kw)
+    return {**out, **{f"{k}_untranslated": v for k, v in _UNTRANSLATED_SCORES[key].items()}}
+
+
+_UNTRANSLATED_SCORES: dict[tuple, dict[str, float]] = {}
