@@ -75,8 +75,11 @@ def _save_png(array: np.ndarray, path: str) -> None:
 
 
 def to_uint8(images) -> np.ndarray:
-    """[0, 1] floats -> uint8 by rounding: round(255 * clip(x, 0, 1))."""
-    return np.round(np.clip(np.asarray(images, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    """[0, 1] floats -> uint8 by rounding: round(255 * clip(x, 0, 1)), exactly.
+
+    In float64: 255 x is exact for a float32 x, whereas the float32 product rounds values just above
+    a half grey level (e.g. 0.50000003) onto the half, which then rounds to even (one level low)."""
+    return np.round(np.clip(np.asarray(images, np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _image_key(item: dict) -> str:
