@@ -57,7 +57,7 @@ def reference(c, params, batch):
 def run():
     c = cyclegan_configs.get_config("tiny")
     assert c.loss.pool_size == B and c.loss.lambda_cycle == 10.0 and c.loss.lambda_identity == 0.5
-    state = cyclegan.init_state(c, jax.random.key(3))
+    state = jax.jit(lambda k: cyclegan.init_state(c, k))(jax.random.key(3))  # one compile, not one per initialiser
     batch = _batch()
     new_state, metrics = jax.jit(cyclegan.make_train_step(c))(state, batch)
     ref, views = reference(c, state["params"], batch)

@@ -46,7 +46,7 @@ def _batch(c):
 
 def _fixed_state(c, seed=0):
     """init_state with a non-trivial KPN output layer: per-class colour, blur and noise."""
-    state = dakpn.init_state(c, jax.random.key(seed))
+    state = jax.jit(lambda k: dakpn.init_state(c, k))(jax.random.key(seed))  # one compile, not one per initialiser
     out = state["params"]["kpn"]["out"]
     rng = np.random.default_rng(seed)
     kernel = rng.normal(size=out["kernel"].shape) * 0.08

@@ -27,6 +27,10 @@ TINY = sf.SegFormerSpec(hidden_sizes=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_h
                         sr_ratios=(4, 2, 2, 1), mlp_ratios=(4, 4, 2, 4), decoder_hidden_size=16)
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, transformers' IMAGENET_DEFAULT_MEAN
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 def _images(shape, seed=0):
     return np.random.default_rng(seed).uniform(0.0, 1.0, shape).astype(np.float32)
 
@@ -84,7 +88,9 @@ def hf(tmp_path_factory):
 
 def _hf_forward(torch, model, x):
     """HF outputs for images x (B, H, W, 3) in [0, 1] (normalised as its image processor does)."""
-    mean, std = np.array(sf.IMAGENET_MEAN, np.float32), np.array(sf.IMAGENET_STD, np.float32)
+    # ImageNet constants as SegFormer's image processor has them (written here, not taken from the code
+    # under test, so a wrong constant in dakpn_jax.models.segformer fails the comparison).
+    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
     pix = torch.from_numpy(((x - mean) / std).transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
         return model(pixel_values=pix, output_hidden_states=True)

@@ -196,16 +196,27 @@ def init_state(config, rng) -> dict:
 
 # ----------------------------------------------------------------------------- features
 
+def _area_weights(n: int, m: int) -> np.ndarray:
+    """(m, n) area-resampling matrix: row i averages the input pixels [p, p + 1) weighted by their
+    overlap with the output cell [i n / m, (i + 1) n / m), so every row sums to 1."""
+    edges = np.arange(m + 1) * (n / m)
+    p = np.arange(n)
+    overlap = np.minimum(edges[1:, None], p[None, :] + 1) - np.maximum(edges[:-1, None], p[None, :])
+    return (np.maximum(overlap, 0.0) * (m / n)).astype(np.float32)
+
+
 def area_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """(B, H, W, C) -> (B, h, w, C) by box averaging when h | H and w | W, else antialiased
-    bilinear (an approximation of the area filter)."""
+    """(B, H, W, C) -> (B, h, w, C) by area averaging: each output cell is the mean of the input
+    over its footprint, pixels cut by a cell border counted by their overlap (box averaging when
+    h | H and w | W; downsampling, e.g. the paper's 1052 x 1914 -> 96 x 160)."""
     B, H, W, C = x.shape
     h, w = size
     if (h, w) == (H, W):
         return x
     if H % h == 0 and W % w == 0:
         return x.reshape(B, h, H // h, w, W // w, C).mean(axis=(2, 4))
-    return jax.image.resize(x, (B, h, w, C), method="linear", antialias=True)
+    return jnp.einsum("ip,jq,bpqc->bijc", _area_weights(H, h), _area_weights(W, w), x,
+                      precision=jax.lax.Precision.HIGHEST)
 
 
 def onehot_features(labels: jax.Array, num_classes: int, size: tuple[int, int]) -> jax.Array:
