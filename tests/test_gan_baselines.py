@@ -96,9 +96,19 @@ def test_published_parameter_counts_and_shapes():
     x = jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32)
     out = jax.eval_shape(lambda x: NLayerDiscriminator(rngs=nnx.Rngs(0))(x), x)
     assert out.shape == (1, 30, 30, 1)  # one score per 70x70 patch
+    # Layer 0 is the reflection-padded input (CUT taps its layer list after ReflectionPad2d(3)).
     feats = jax.eval_shape(lambda x: ResnetGenerator(rngs=nnx.Rngs(0)).encode(x, (0, 4, 8, 12, 16)), x)
-    assert [f.shape for f in feats] == [(1, 256, 256, 3), (1, 128, 128, 128), (1, 64, 64, 256),
+    assert [f.shape for f in feats] == [(1, 262, 262, 3), (1, 128, 128, 128), (1, 64, 64, 256),
                                         (1, 64, 64, 256), (1, 64, 64, 256)]
+    # CUT's anti-aliased network: conv s1 before the blur pool, so layer 4 is at full resolution.
+    aa = lambda: ResnetGenerator(antialias=True, antialias_up=True, init="xavier", rngs=nnx.Rngs(0))
+    assert count(nnx.eval_shape(aa)) == 11_378_179
+    feats = jax.eval_shape(lambda x: aa().encode(x, (0, 4, 8, 12, 16)), x)
+    assert [f.shape for f in feats] == [(1, 262, 262, 3), (1, 256, 256, 128), (1, 128, 128, 256),
+                                        (1, 64, 64, 256), (1, 64, 64, 256)]
+    d_aa = lambda: NLayerDiscriminator(antialias=True, init="xavier", rngs=nnx.Rngs(0))
+    assert count(nnx.eval_shape(d_aa)) == 2_764_737
+    assert jax.eval_shape(lambda x: d_aa()(x), x).shape == (1, 30, 30, 1)
     small = ResnetGenerator(ngf=2, n_blocks=1, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="nce layer 10"):
         small.encode(jnp.zeros((1, 32, 32, 3)), (10,))
@@ -110,9 +120,9 @@ def test_generator_taps_match_forward_pass():
     g = ResnetGenerator(ngf=4, n_blocks=3, rngs=nnx.Rngs(0))
     x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
     f0, f4, f8, f12, f14 = jax.jit(lambda x: g.encode(x, (0, 4, 8, 12, 14)))(x)
-    np.testing.assert_array_equal(f0, x)
-    # Rebuild the taps by hand from the public pieces.
     from dakpn_jax.models.resnet_generator import instance_norm, reflect_pad
+    np.testing.assert_array_equal(f0, np.pad(np.asarray(x), ((0, 0), (3, 3), (3, 3), (0, 0)), mode="reflect"))
+    # Rebuild the taps by hand from the public pieces.
     @jax.jit
     def by_hand(x):
         h = jax.nn.relu(instance_norm(g.stem(reflect_pad(x, 3))))
@@ -192,9 +202,9 @@ def test_image_pool_semantics():
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_step_losses_finite_and_every_network_changes(name):
-    mod, config, step, (state, new, _), (metrics, _) = _setup(name)
+    mod, config, step, (state, new, _), (metrics, metrics2) = _setup(name)
     assert get_method(config.method) is mod  # the trainer finds the module from the config
-    for k, v in metrics.items():
+    for k, v in list(metrics.items()) + list(metrics2.items()):  # step 2 too: NaN gradients show there
         assert v.shape == () and np.isfinite(float(v)), (k, v)
     assert set(new["params"]) == ({"G_A", "G_B", "D_A", "D_B"} if name == "cyclegan" else {"G", "D", "F"})
     for net in new["params"]:

@@ -3,14 +3,32 @@
 Architecture (``ngf`` = base filters F, ``n_down`` = 2, ``n_blocks`` = 9 by default)::
 
     reflect-pad 3, conv 7x7 (3 -> F), IN, ReLU
-    n_down x [conv 3x3 stride 2 zero-pad 1 (F*2^i -> F*2^(i+1)), IN, ReLU]
+    n_down x down stage (F*2^i -> F*2^(i+1))
     n_blocks x residual block: x + IN(conv3x3(reflect-pad 1, ReLU(IN(conv3x3(reflect-pad 1, x)))))
-    n_down x [transposed conv 3x3 stride 2 ('SAME': exactly 2x), IN, ReLU]
+    n_down x up stage (F*2^(n_down-i) -> F*2^(n_down-i-1))
     reflect-pad 3, conv 7x7 (F -> 3), tanh
+
+Down and up stages, two forms (DESIGN.md §7):
+
+- CycleGAN (``antialias=False``, ``antialias_up=False``; CUT's ``--no_antialias
+  --no_antialias_up``): down = conv 3x3 stride 2 zero-pad 1, IN, ReLU; up = :class:`ConvTranspose2d`
+  (PyTorch's ``ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1)``: output 2H, input pixel
+  i reaches output rows 2i-1, 2i, 2i+1), IN, ReLU.
+- CUT's default, anti-aliased (``antialias=True``, ``antialias_up=True``): down = conv 3x3 stride 1
+  zero-pad 1, IN, ReLU, :func:`blur_downsample` (reflect-pad 1, fixed 3x3 binomial [1,2,1]^T[1,2,1]/16,
+  stride 2, per channel); up = :func:`blur_upsample` (x2, fixed 4x4 binomial [1,3,3,1]^T[1,3,3,1]/16 on
+  the zero-dilated, replicate-padded input, i.e. ``y[2i] = (x[i-1] + 3 x[i]) / 4``,
+  ``y[2i+1] = (3 x[i] + x[i+1]) / 4`` per axis with edge replication: bilinear x2 with half-pixel
+  centres), conv 3x3 stride 1 zero-pad 1, IN, ReLU. Both forms have the same parameters
+  (11,378,179 at the published size); the blur filters are constants, not parameters.
 
 IN is instance normalisation without affine parameters and without running statistics (the
 published ``InstanceNorm2d(affine=False)`` choice): every image is normalised by its own per-channel
 mean and variance over (H, W), so data parallelism needs no cross-device statistics at all.
+
+Initialisation (``init``): ``"normal"`` = N(0, gain^2) weights (CycleGAN's default, gain 0.02) or
+``"xavier"`` = Xavier/Glorot normal, std = gain * sqrt(2 / (fan_in + fan_out)) (CUT's default, gain
+0.02); zero biases in both.
 
 Value range: the network works in [-1, 1] (tanh output), like the published models whose loss
 weights (cycle 10, identity 0.5, L1) were tuned in that range. The library convention is [0, 1];
@@ -18,17 +36,22 @@ weights (cycle 10, identity 0.5, L1) were tuned in that range. The library conve
 
 Encoder taps for PatchNCE (CUT). CUT names feature layers by their index in the generator's
 sequential layer list; with its default (anti-aliased) downsampling that list is
-``[pad, conv, IN, ReLU, (conv, IN, ReLU, blurpool) x 2, resblock x n_blocks, ...]``, so layers
-0, 4, 8, 12, 16 are: the input image, the first downsampling stage, the second downsampling stage,
-residual block 1 and residual block 5. We keep that *numbering* (it is what users pass), and map it
-onto this network as::
+``[pad, conv, IN, ReLU, (conv, IN, ReLU, blurpool) x 2, resblock x n_blocks, ...]``, and a tap is
+the output of that list entry, so layers 0, 4, 8, 12, 16 are: the reflection-padded input, the
+first and second downsampling conv (before their norm) and residual blocks 1 and 5::
 
-    0                      -> the input image (B, H, W, 3) (CUT taps it after the reflection pad)
-    4 * (i + 1), i < n_down -> output of downsampling conv i (before its norm) (B, H/2^(i+1), W/2^(i+1), F*2^(i+1))
+    0                      -> reflect_pad(x, 3)                             (B, H+6, W+6, C_in)
+    4 * (i + 1), i < n_down -> output of down stage i's conv (before its norm)
+                              antialias: (B, H/2^i, W/2^i, F*2^(i+1)); else (B, H/2^(i+1), W/2^(i+1), F*2^(i+1))
     4 * (n_down + 1) + k    -> output of residual block k (0-based)     (B, H/2^n_down, W/2^n_down, F*2^n_down)
 
-Deviation: downsampling is a plain stride-2 conv (the CycleGAN form, CUT's ``--no_antialias``),
-not CUT's stride-1 conv + blur pool, so layer 4 is at half resolution rather than full.
+With ``antialias=True`` this is exactly CUT's numbering. With ``antialias=False`` CUT's own list has
+3 entries per down stage (no blur pool), so its indices would name other layers; we keep the
+anti-aliased numbering for both forms (documented deviation for the non-default form).
+
+Parameter layout: convs are ``nnx.Conv`` (kernel (kh, kw, in, out)); :class:`ConvTranspose2d` keeps
+its kernel in PyTorch's orientation, ``kernel[h, w, i, o] = torch_weight[i, o, h, w]``
+(``dakpn_jax.models.torch_import`` maps official checkpoints onto these modules).
 """
 from __future__ import annotations
 
@@ -38,8 +61,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# N(0, 0.02) weights and zero biases: the published initialisation of both baselines.
-_INIT = nnx.initializers.normal(0.02)
+INITS = ("normal", "xavier")
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def make_init(kind: str = "normal", gain: float = 0.02):
+    """Kernel initialiser of the published baselines (biases are always zero).
+
+    ``"normal"``: N(0, gain^2) (CycleGAN ``init_type=normal``). ``"xavier"``: N(0, s^2) with
+    s = gain * sqrt(2 / (fan_in + fan_out)), fan = channels x kernel area (CUT ``init_type=xavier``,
+    PyTorch's untruncated ``xavier_normal_``)."""
+    if kind == "normal":
+        return nnx.initializers.normal(gain)
+    if kind == "xavier":
+        return nnx.initializers.variance_scaling(gain ** 2, "fan_avg", "normal")
+    raise ValueError(f"init={kind!r} must be one of {INITS}")
 
 
 def to_signed(x: jax.Array) -> jax.Array:
@@ -68,17 +104,86 @@ def reflect_pad(x: jax.Array, p: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
 
 
-def _conv(cin, cout, k, *, rngs, stride=1, padding="VALID"):
+# Fixed binomial filters of the anti-aliased stages (Zhang 2019 "blur pool", as CUT uses them).
+_DOWN_1D = (1.0, 2.0, 1.0)  # / 4 per axis
+
+
+def blur_downsample(x: jax.Array) -> jax.Array:
+    """Anti-aliased stride-2 subsampling (blur pool): reflect-pad 1, then per channel the fixed 3x3
+    filter ``[1,2,1]^T [1,2,1] / 16`` at stride 2::
+
+        y[i, j] = sum_{a,b in 0..2} f[a] f[b] xp[2i + a, 2j + b],  f = (1, 2, 1) / 4,  xp = reflect_pad(x, 1)
+
+    (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C)."""
+    c = x.shape[-1]
+    f = jnp.asarray(_DOWN_1D, x.dtype) / 4.0
+    k = jnp.broadcast_to(jnp.outer(f, f)[:, :, None, None], (3, 3, 1, c))
+    return jax.lax.conv_general_dilated(reflect_pad(x, 1), k, (2, 2), "VALID", dimension_numbers=_DN,
+                                        feature_group_count=c)
+
+
+def _upsample_axis(x: jax.Array, axis: int) -> jax.Array:
+    n = x.shape[axis]
+    first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+    last = jax.lax.slice_in_dim(x, n - 1, n, axis=axis)
+    prev = jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis=axis)
+    nxt = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), last], axis=axis)
+    even, odd = 0.25 * prev + 0.75 * x, 0.75 * x + 0.25 * nxt
+    y = jnp.stack([even, odd], axis=axis + 1)
+    return y.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1:])
+
+
+def blur_upsample(x: jax.Array) -> jax.Array:
+    """Anti-aliased x2 upsampling: the zero-dilated, replicate-padded input filtered per channel by
+    the fixed 4x4 ``[1,3,3,1]^T [1,3,3,1] / 16`` (gain 4 = stride^2). Per axis, with edge
+    replication (x[-1] = x[0], x[n] = x[n-1])::
+
+        y[2i] = (x[i-1] + 3 x[i]) / 4,   y[2i+1] = (3 x[i] + x[i+1]) / 4
+
+    i.e. bilinear x2 with half-pixel centres. (B, H, W, C) -> (B, 2H, 2W, C). Separable, so the
+    two axes are done one after the other (the 2-D replicate padding factorises the same way)."""
+    return _upsample_axis(_upsample_axis(x, 1), 2)
+
+
+class ConvTranspose2d(nnx.Module):
+    """PyTorch's ``ConvTranspose2d(cin, cout, kernel_size=3, stride=2, padding=1, output_padding=1)``.
+
+    With the PyTorch-oriented kernel ``w[h, w, i, o]`` (= ``torch_weight[i, o, h, w]``)::
+
+        y[b, u, v, o] = bias[o] + sum_{i, s, t, c} x[b, s, t, c] w[u + 1 - 2s, v + 1 - 2t, c, o]
+
+    over the taps with 0 <= u + 1 - 2s < 3: input pixel s reaches output rows 2s - 1, 2s, 2s + 1
+    and the output is (B, 2H, 2W, cout). Computed as a stride-1 correlation of the 2x zero-dilated
+    input, padded (k-1-p, k-1-p+output_padding) = (1, 2) per axis, with the spatially flipped
+    kernel. (Flax's ``ConvTranspose(padding="SAME")`` pads (2, 1) instead: the same footprint one
+    pixel later, which is the bug of issue #12.)
+    """
+
+    padding = ((1, 2), (1, 2))  # (low, high) on the dilated input; PyTorch p=1, output_padding=1
+
+    def __init__(self, cin: int, cout: int, *, kernel_init, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (3, 3, cin, cout), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel[...][::-1, ::-1].astype(x.dtype)
+        y = jax.lax.conv_general_dilated(x, k, (1, 1), self.padding, lhs_dilation=(2, 2),
+                                         dimension_numbers=_DN)
+        return y + self.bias[...].astype(x.dtype)
+
+
+def _conv(cin, cout, k, *, init, rngs, stride=1, padding="VALID"):
     return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding=padding,
-                    kernel_init=_INIT, bias_init=nnx.initializers.zeros, rngs=rngs)
+                    kernel_init=init, bias_init=nnx.initializers.zeros, rngs=rngs)
 
 
 class ResnetBlock(nnx.Module):
     """``x + IN(conv(pad(ReLU(IN(conv(pad(x)))))))``, 3x3 convs with reflection padding, no dropout."""
 
-    def __init__(self, channels: int, *, rngs: nnx.Rngs):
-        self.conv1 = _conv(channels, channels, 3, rngs=rngs)
-        self.conv2 = _conv(channels, channels, 3, rngs=rngs)
+    def __init__(self, channels: int, *, rngs: nnx.Rngs, init=None):
+        init = init or make_init()
+        self.conv1 = _conv(channels, channels, 3, init=init, rngs=rngs)
+        self.conv2 = _conv(channels, channels, 3, init=init, rngs=rngs)
 
     def __call__(self, x):
         h = jax.nn.relu(instance_norm(self.conv1(reflect_pad(x, 1))))
@@ -95,23 +200,31 @@ class ResnetGenerator(nnx.Module):
       ngf: base filters (64 published).
       n_blocks: residual blocks (9 published for 256 px crops, 6 for 128 px).
       n_down: downsampling stages (2 published).
+      antialias, antialias_up: CUT's anti-aliased down / up stages (module docstring); False, False
+        is CycleGAN's network.
+      init, init_gain: kernel initialisation (:func:`make_init`).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, *, ngf: int = 64,
-                 n_blocks: int = 9, n_down: int = 2, rngs: nnx.Rngs):
+                 n_blocks: int = 9, n_down: int = 2, antialias: bool = False, antialias_up: bool = False,
+                 init: str = "normal", init_gain: float = 0.02, rngs: nnx.Rngs):
         if ngf < 1 or n_blocks < 0 or n_down < 0:
             raise ValueError(f"ResnetGenerator: ngf={ngf}, n_blocks={n_blocks}, n_down={n_down} invalid")
+        kinit = make_init(init, init_gain)
         self.n_down, self.n_blocks = n_down, n_blocks
-        self.stem = _conv(in_channels, ngf, 7, rngs=rngs)
-        self.down = nnx.List([_conv(ngf * 2 ** i, ngf * 2 ** (i + 1), 3, stride=2, padding=((1, 1), (1, 1)), rngs=rngs)
-                              for i in range(n_down)])
+        self.antialias, self.antialias_up = bool(antialias), bool(antialias_up)
+        self.stem = _conv(in_channels, ngf, 7, init=kinit, rngs=rngs)
+        s_down = 1 if self.antialias else 2
+        self.down = nnx.List([_conv(ngf * 2 ** i, ngf * 2 ** (i + 1), 3, stride=s_down, padding=((1, 1), (1, 1)),
+                                    init=kinit, rngs=rngs) for i in range(n_down)])
         c = ngf * 2 ** n_down
-        self.blocks = nnx.List([ResnetBlock(c, rngs=rngs) for _ in range(n_blocks)])
-        self.up = nnx.List([nnx.ConvTranspose(ngf * 2 ** (n_down - i), ngf * 2 ** (n_down - i - 1), (3, 3),
-                                              strides=(2, 2), padding="SAME", kernel_init=_INIT,
-                                              bias_init=nnx.initializers.zeros, rngs=rngs)
-                            for i in range(n_down)])
-        self.head = _conv(ngf, out_channels, 7, rngs=rngs)
+        self.blocks = nnx.List([ResnetBlock(c, init=kinit, rngs=rngs) for _ in range(n_blocks)])
+        chans = [(ngf * 2 ** (n_down - i), ngf * 2 ** (n_down - i - 1)) for i in range(n_down)]
+        if self.antialias_up:
+            self.up = nnx.List([_conv(ci, co, 3, padding=((1, 1), (1, 1)), init=kinit, rngs=rngs) for ci, co in chans])
+        else:
+            self.up = nnx.List([ConvTranspose2d(ci, co, kernel_init=kinit, rngs=rngs) for ci, co in chans])
+        self.head = _conv(ngf, out_channels, 7, init=kinit, rngs=rngs)
 
     @property
     def num_layers(self) -> int:
@@ -134,16 +247,27 @@ class ResnetGenerator(nnx.Module):
                                  f"{[4 * (i + 1) for i in range(self.n_down)]}, "
                                  f"{4 * (self.n_down + 1)}..{self.num_layers - 1}")
 
+    def _down(self, i, h):
+        """Down stage i: returns (conv output before its norm, stage output)."""
+        pre = self.down[i](h)
+        out = jax.nn.relu(instance_norm(pre))
+        return pre, (blur_downsample(out) if self.antialias else out)
+
+    def _up(self, i, h):
+        if self.antialias_up:
+            h = blur_upsample(h)
+        return jax.nn.relu(instance_norm(self.up[i](h)))
+
     def __call__(self, x: jax.Array) -> jax.Array:
         """Translate (B, H, W, C_in) in [-1, 1] -> (B, H, W, C_out) in [-1, 1]."""
         self._check(x)
         h = jax.nn.relu(instance_norm(self.stem(reflect_pad(x, 3))))
-        for conv in self.down:
-            h = jax.nn.relu(instance_norm(conv(h)))
+        for i in range(self.n_down):
+            h = self._down(i, h)[1]
         for block in self.blocks:
             h = block(h)
-        for conv in self.up:
-            h = jax.nn.relu(instance_norm(conv(h)))
+        for i in range(self.n_down):
+            h = self._up(i, h)
         return jnp.tanh(self.head(reflect_pad(h, 3)))
 
     def encode(self, x: jax.Array, layers: Sequence[int]) -> list[jax.Array]:
@@ -152,15 +276,14 @@ class ResnetGenerator(nnx.Module):
         self._check(x)
         layers = list(layers)
         self._tap_index(layers)
-        feats = {0: x}
+        padded = reflect_pad(x, 3)
+        feats = {0: padded}
         last = max(layers) if layers else 0
-        h = jax.nn.relu(instance_norm(self.stem(reflect_pad(x, 3))))
-        for i, conv in enumerate(self.down):
+        h = jax.nn.relu(instance_norm(self.stem(padded)))
+        for i in range(self.n_down):
             if 4 * (i + 1) > last:
                 break
-            pre = conv(h)
-            feats[4 * (i + 1)] = pre
-            h = jax.nn.relu(instance_norm(pre))
+            feats[4 * (i + 1)], h = self._down(i, h)
         base = 4 * (self.n_down + 1)
         for k, block in enumerate(self.blocks):
             if base + k > last:

@@ -3,12 +3,15 @@
 Shares the generator, discriminator, LSGAN loss, optimiser, data streams and export path with
 CycleGAN (``gan_common``); only the PatchNCE part is new. One generator G: synthetic (A) -> real (B),
 one 70x70 PatchGAN D, and the patch projection head F (per tapped layer an MLP C_l -> 256 -> 256,
-ReLU between, output L2-normalised).
+ReLU between, output normalised as ``v / (||v|| + 1e-7)``). With the published defaults
+(configs/cut.py) G and D use CUT's anti-aliased down/up-sampling and G, D, F Xavier-normal init
+with gain 0.02 (``models/resnet_generator``, ``models/gan_discriminator``).
 
-PatchNCE (per tapped layer l of G's encoder, CUT layer numbering, default 0, 4, 8, 12, 16; see
-``models/resnet_generator``): pick P = min(256, h_l * w_l) positions (one random set per layer,
-shared by all images of the batch and by query and key), ``q = F_l(E_l(G(a)))[p]``,
-``k = stop_grad(F_l(E_l(a))[p])`` (both (B, P, 256), unit norm), and per image and position::
+PatchNCE (per tapped layer l of G's encoder, CUT layer numbering, default 0, 4, 8, 12, 16; layer 0
+is the reflection-padded input, see ``models/resnet_generator``): pick P = min(256, h_l * w_l)
+positions (one random set per layer, shared by all images of the batch and by query and key),
+``q = F_l(E_l(G(a)))[p]``, ``k = stop_grad(F_l(E_l(a))[p])`` (both (B, P, 256), unit norm), and
+per image and position::
 
     logits = [q_i . k_i, q_i . k_j (j != i, same image)] / tau      (tau = 0.07; the j = i slot of
                                                                    the negatives is masked to -10 / tau)
@@ -16,17 +19,22 @@ shared by all images of the batch and by query and key), ``q = F_l(E_l(G(a)))[p]
 
 Objectives (lambda_GAN = 1)::
 
-    CUT     : L_G = LSGAN(D(G(a)), 1) + 1  * (NCE(a, G(a)) + NCE(b, G(b))) / 2   (identity NCE)
-    FastCUT : L_G = LSGAN(D(G(a)), 1) + 10 * NCE(a, G(a)), and with probability 1/2 per step the
+    L_D     = 0.5 * (LSGAN(D(b), 1) + LSGAN(D(G(a)), 0))                       (no image pool)
+    CUT     : L_G = LSGAN(D'(G(a)), 1) + 1  * (NCE(a, G(a)) + NCE(b, G(b))) / 2   (identity NCE)
+    FastCUT : L_G = LSGAN(D'(G(a)), 1) + 10 * NCE(a, G(a)), and with probability 1/2 per step the
               inputs are flipped left-right before G and the query features flipped back, so
               NCE ties G(flip(a)) to a: flip equivariance.
-    L_D     = 0.5 * (LSGAN(D(b), 1) + LSGAN(D(G(a)), 0))                       (no image pool)
 
-G and F step on L_G, D on L_D, all from the step's starting parameters, Adam 2e-4 (0.5, 0.999),
-linear decay. ``config.nce`` holds layers, num_patches, tau, lambda_nce, nce_idt,
-flip_equivariance, mlp_dim. State::
+Order (the published iteration): one forward G(a) (and G(b)); D takes its Adam step on L_D with
+those fakes; then G and F take theirs on L_G evaluated against the *updated* discriminator D'.
+Adam 2e-4 (0.5, 0.999), linear decay. Randomness per step: ``state["rng"]`` is split into
+(flip, patches of NCE(a, G(a)), patches of NCE(b, G(b)), next rng). ``config.nce`` holds layers,
+num_patches, tau, lambda_nce, nce_idt, flip_equivariance, mlp_dim. State::
 
     {"params": {"G", "D", "F"}, "opt": {"G", "D", "F"}, "step": int32, "rng": uint32[2]}
+
+Metrics: loss_G (= lambda_GAN loss_G_gan + lambda_NCE * NCE term), loss_G_gan, loss_nce,
+loss_nce_idt (unweighted), loss_D, loss_D_real, loss_D_fake (D's at its pre-update parameters), lr.
 """
 from __future__ import annotations
 
@@ -37,20 +45,31 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dakpn_jax.models.resnet_generator import to_signed
+from dakpn_jax.models.resnet_generator import make_init, to_signed
 from dakpn_jax.training import gan_common as gc
 
 make_iterators = gc.make_iterators
 next_batch = gc.next_batch
 
 _MASK = -10.0  # the value published CUT puts on the positive's slot among the negatives
+NORM_EPS = 1e-7  # published feature normalisation v / (||v|| + eps)
+
+
+def _safe_norm(h: jax.Array) -> jax.Array:
+    """``||h||`` over the last axis, (..., 1), with gradient 0 instead of NaN at h = 0 (with ReLU
+    and zero biases an all-zero h happens; sqrt'(0) = inf would poison every parameter)."""
+    ss = jnp.sum(h * h, axis=-1, keepdims=True)
+    pos = ss > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1.0)), 0.0)
 
 
 class PatchSampleMLP(nnx.Module):
-    """F: one 2-layer MLP per tapped layer, ``normalize(W2 relu(W1 v + b1) + b2)``; in_channels[l] -> dim."""
+    """F: one 2-layer MLP per tapped layer, ``h / (||h|| + 1e-7)`` with ``h = W2 relu(W1 v + b1) + b2``;
+    in_channels[l] -> dim. ``init``/``init_gain``: ``resnet_generator.make_init`` (CUT: xavier, 0.02)."""
 
-    def __init__(self, in_channels, dim: int = 256, *, rngs: nnx.Rngs):
-        init = nnx.initializers.normal(0.02)
+    def __init__(self, in_channels, dim: int = 256, *, init: str = "normal", init_gain: float = 0.02,
+                 rngs: nnx.Rngs):
+        init = make_init(init, init_gain)
         lin = lambda i, o: nnx.Linear(i, o, kernel_init=init, bias_init=nnx.initializers.zeros, rngs=rngs)
         self.mlps = nnx.List([nnx.List([lin(c, dim), lin(dim, dim)]) for c in in_channels])
 
@@ -58,7 +77,7 @@ class PatchSampleMLP(nnx.Module):
         out = []
         for (l1, l2), f in zip(self.mlps, feats):
             h = l2(jax.nn.relu(l1(f)))
-            out.append(h * jax.lax.rsqrt(jnp.sum(h * h, axis=-1, keepdims=True) + 1e-14))
+            out.append(h / (_safe_norm(h) + NORM_EPS))
         return out
 
 
@@ -101,7 +120,7 @@ def _builders(config):
     chans = _feature_channels(config)
     return {"G": functools.partial(gc.make_generator, config),
             "D": functools.partial(gc.make_discriminator, config),
-            "F": lambda rngs: PatchSampleMLP(chans, config.nce.mlp_dim, rngs=rngs)}
+            "F": lambda rngs: PatchSampleMLP(chans, config.nce.mlp_dim, rngs=rngs, **gc._init_args(config.model))}
 
 
 def graphdefs(config) -> dict:
@@ -137,18 +156,20 @@ def make_train_step(config):
         k = F(sample_patches(feat_k, n.num_patches, k_ids))
         return sum(patch_nce_loss(qi, ki, tau) for qi, ki in zip(q, k)) / len(layers)
 
+    def generator_input(a, b, flipped):
+        inp = jnp.concatenate([a, b]) if n.nce_idt else a
+        return jnp.where(flipped, inp[:, :, ::-1], inp)
+
     def generator_loss(gf, dp, a, b, flipped, k_a, k_b):
         G, F, D = gc.merge(gd["G"], gf["G"]), gc.merge(gd["F"], gf["F"]), gc.merge(gd["D"], dp)
-        inp = jnp.concatenate([a, b]) if n.nce_idt else a
-        inp = jnp.where(flipped, inp[:, :, ::-1], inp)
-        out = G(inp)
+        out = G(generator_input(a, b, flipped))
         fake_b = out[: a.shape[0]]
         gan = gc.lsgan_loss(D(fake_b), True)
         loss_nce = nce(G, F, a, fake_b, flipped, k_a) if lam_nce > 0 else jnp.zeros(())
         loss_idt = nce(G, F, b, out[a.shape[0]:], flipped, k_b) if (lam_nce > 0 and n.nce_idt) else jnp.zeros(())
         both = (loss_nce + loss_idt) / 2 if n.nce_idt else loss_nce
         loss = lam_gan * gan + lam_nce * both
-        return loss, (fake_b, {"loss_G_gan": gan, "loss_nce": loss_nce, "loss_nce_idt": loss_idt})
+        return loss, {"loss_G_gan": gan, "loss_nce": loss_nce, "loss_nce_idt": loss_idt}
 
     def train_step(state, batch):
         gc.check_batch(batch)
@@ -156,14 +177,19 @@ def make_train_step(config):
         p = state["params"]
         k_flip, k_a, k_b, rng = gc.split_key(state["rng"], 4)
         flipped = (jax.random.uniform(jax.random.wrap_key_data(k_flip)) < 0.5) if n.flip_equivariance else jnp.bool_(False)
-        gf = {"G": p["G"], "F": p["F"]}
-        (loss_g, (fake_b, m)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-            gf, p["D"], a, b, flipped, k_a, k_b)
-        loss_d, d_grads = gc.discriminator_grads(gd["D"], p["D"], b, fake_b)
+        # 1. D steps on the fakes of the current G (published order: D first).
+        fake_b = gc.merge(gd["G"], p["G"])(generator_input(a, b, flipped))[: a.shape[0]]
+        (loss_d, (d_real, d_fake)), d_grads = gc.discriminator_grads(gd["D"], p["D"], b, fake_b, has_aux=True)
         new_p, new_opt = {}, {}
-        for name, g in (("G", grads["G"]), ("F", grads["F"]), ("D", d_grads)):
-            new_p[name], new_opt[name] = gc.apply_updates(tx, p[name], g, state["opt"][name])
-        metrics = {"loss_G": loss_g, **m, "loss_D": loss_d, "lr": schedule(state["step"])}
+        new_p["D"], new_opt["D"] = gc.apply_updates(tx, p["D"], d_grads, state["opt"]["D"])
+        # 2. G and F step against the updated D (the loss recomputes the same fakes, with gradients).
+        gf = {"G": p["G"], "F": p["F"]}
+        (loss_g, m), grads = jax.value_and_grad(generator_loss, has_aux=True)(
+            gf, new_p["D"], a, b, flipped, k_a, k_b)
+        for name in ("G", "F"):
+            new_p[name], new_opt[name] = gc.apply_updates(tx, p[name], grads[name], state["opt"][name])
+        metrics = {"loss_G": loss_g, **m, "loss_D": loss_d, "loss_D_real": d_real, "loss_D_fake": d_fake,
+                   "lr": schedule(state["step"])}
         new_state = {"params": new_p, "opt": new_opt, "step": state["step"] + 1, "rng": rng}
         return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 

@@ -41,14 +41,24 @@ def split_key(raw: jax.Array, n: int) -> list[jax.Array]:
 
 # ----------------------------------------------------------------------------- networks
 
+def _init_args(m) -> dict:
+    return dict(init=m.get("init", "normal"), init_gain=float(m.get("init_gain", 0.02)))
+
+
 def make_generator(config, rngs: nnx.Rngs) -> ResnetGenerator:
+    """ResNet generator from ``config.model`` (ngf, n_blocks, n_down; optional antialias,
+    antialias_up, init, init_gain: CycleGAN's network when absent)."""
     m = config.model
-    return ResnetGenerator(3, 3, ngf=m.ngf, n_blocks=m.n_blocks, n_down=m.n_down, rngs=rngs)
+    return ResnetGenerator(3, 3, ngf=m.ngf, n_blocks=m.n_blocks, n_down=m.n_down,
+                           antialias=m.get("antialias", False), antialias_up=m.get("antialias_up", False),
+                           rngs=rngs, **_init_args(m))
 
 
 def make_discriminator(config, rngs: nnx.Rngs) -> NLayerDiscriminator:
+    """70x70 PatchGAN from ``config.model`` (ndf, n_layers_d; optional antialias_d, init, init_gain)."""
     m = config.model
-    return NLayerDiscriminator(3, ndf=m.ndf, n_layers=m.n_layers_d, rngs=rngs)
+    return NLayerDiscriminator(3, ndf=m.ndf, n_layers=m.n_layers_d, antialias=m.get("antialias_d", False),
+                               rngs=rngs, **_init_args(m))
 
 
 def init_network(build: Callable[[nnx.Rngs], nnx.Module], rng: jax.Array):
@@ -81,14 +91,25 @@ def l1(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.mean(jnp.abs(a - b))
 
 
+def discriminator_terms(d: nnx.Module, real: jax.Array, fake: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(LSGAN(D(real), 1), LSGAN(D(fake), 0))``, fake treated as a constant."""
+    return lsgan_loss(d(real), True), lsgan_loss(d(jax.lax.stop_gradient(fake)), False)
+
+
 def discriminator_loss(d: nnx.Module, real: jax.Array, fake: jax.Array) -> jax.Array:
     """Published D objective: ``0.5 * (LSGAN(D(real), 1) + LSGAN(D(fake), 0))`` (fake is a constant)."""
-    return 0.5 * (lsgan_loss(d(real), True) + lsgan_loss(d(jax.lax.stop_gradient(fake)), False))
+    l_real, l_fake = discriminator_terms(d, real, fake)
+    return 0.5 * (l_real + l_fake)
 
 
-def discriminator_grads(graphdef, params: PyTree, real: jax.Array, fake: jax.Array):
-    """(loss, grads) of :func:`discriminator_loss` w.r.t. the discriminator's params."""
-    return jax.value_and_grad(lambda p: discriminator_loss(merge(graphdef, p), real, fake))(params)
+def discriminator_grads(graphdef, params: PyTree, real: jax.Array, fake: jax.Array, *, has_aux: bool = False):
+    """(loss, grads) of :func:`discriminator_loss` w.r.t. the discriminator's params; with
+    ``has_aux`` ((loss, (loss_real, loss_fake)), grads)."""
+    def f(p):
+        l_real, l_fake = discriminator_terms(merge(graphdef, p), real, fake)
+        return 0.5 * (l_real + l_fake), (l_real, l_fake)
+    (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
+    return ((loss, aux), grads) if has_aux else (loss, grads)
 
 
 # ----------------------------------------------------------------------------- optimiser
