@@ -31,7 +31,12 @@ Kernel application (``impl=``); all paths compute the same function (to float32 
   K = 25), and a working set of about r + 1 band-sized slabs. Peak memory is a few frames whatever K
   (0.5 GB process peak for a full GTA5 frame, Python and JAX included). Free-form kernels use a
   ``fori_loop`` over window rows with the column offsets unrolled, per band.
-- ``"auto"``: ``"shifted"`` on every backend. Measured with experiments/bench_kernels.py (K = 25):
+- ``"pallas"`` (:func:`translate` only): the fused kernel of :mod:`dakpn_jax.kernels.pallas_translate`,
+  one Pallas program per output tile doing upsampling, colour affine, blur, noise and clip with the
+  frame, parameters and noise read once (GPU via the Triton lowering; Pallas interpret mode on other
+  backends, slow, for tests). Its gradient is the shifted path's VJP (custom VJP).
+- ``"auto"``: ``"shifted"`` on every backend (for :func:`translate`, "pallas" on the backends listed in
+  :data:`PALLAS_AUTO_BACKENDS`: none until it is measured faster on one; never the CPU). Measured with experiments/bench_kernels.py (K = 25):
   on this 2-core CPU it is 100x+ faster than einsum; on one H100 (jax 0.11.2) it took 1.8 / 0.7 /
   2.1 ms at 8x96x160 / 1x263x478 / 1x1052x1914 against einsum's 15.3 / 14.7 / 3785 ms. Choose
   ``"einsum"`` explicitly when you need forward-mode autodiff (jvp, jacfwd).
@@ -68,7 +73,12 @@ BLUR_EPS = 1e-8
 
 DEFAULT_KERNEL_SIZE = 25
 
-IMPLS = ("auto", "einsum", "shifted")
+IMPLS = ("auto", "einsum", "shifted", "pallas")
+
+PALLAS_AUTO_BACKENDS: tuple[str, ...] = ()
+"""Backends on which ``impl="auto"`` picks the fused Pallas kernel for :func:`translate`. Empty until the
+kernel measures faster than "shifted" on a device (experiments/bench_kernels.py --impls pallas,shifted;
+no GPU was lent when it was written). Never "cpu": there the kernel only runs in interpret mode."""
 
 
 BAND_ROWS = 16
@@ -388,10 +398,16 @@ def _blur_shifted_bwd(r, res, ybar):
 _blur_shifted.defvjp(_blur_shifted_fwd, _blur_shifted_bwd)
 
 
-def _resolve_impl(impl: str) -> str:
+def _resolve_impl(impl: str, *, fused: bool = False) -> str:
     """The "auto" rule (module docstring): the shifted path, measured fastest on CPU and on an H100 at
-    every benchmarked size."""
-    return "shifted" if impl == "auto" else impl
+    every benchmarked size; for the full translation (``fused``) the Pallas kernel on the backends of
+    :data:`PALLAS_AUTO_BACKENDS`. "pallas" exists only for :func:`translate`."""
+    if impl == "auto":
+        return "pallas" if fused and jax.default_backend() in PALLAS_AUTO_BACKENDS else "shifted"
+    if impl == "pallas" and not fused:
+        raise ValueError("impl: 'pallas' is the fused kernel of translate() only; use 'shifted' or "
+                         "'einsum' for local_gaussian_blur / apply_local_kernels")
+    return impl
 
 
 @functools.partial(jax.jit, static_argnames=("kernel_size", "impl"))
@@ -545,12 +561,24 @@ def translate(x: jax.Array, params: jax.Array, noise: jax.Array, *, kernel_size:
     if noise.ndim != 4 or noise.shape[1:] != x.shape[1:] or noise.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"noise: expected shape {x.shape} (or batch 1) to match x, got {noise.shape}")
     kernel_size = _check_kernel_size(kernel_size)
-    impl = _resolve_impl(_check_impl(impl))
+    impl = _resolve_impl(_check_impl(impl), fused=True)
     return _translate(x, params, noise, kernel_size, impl)
+
+
+@functools.lru_cache(maxsize=None)
+def _xla_translate(kernel_size: int, impl: str):
+    """The XLA translation as a hashable function of (x, params, noise): the pallas path's VJP."""
+    return lambda x, params, noise: _translate(x, params, noise, kernel_size, impl)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel_size", "impl"))
 def _translate(x, params, noise, kernel_size, impl):
+    if impl == "pallas":
+        from dakpn_jax.kernels import pallas_translate  # pylint: disable=import-outside-toplevel
+        out = pallas_translate.fused_translate(x.astype(jnp.float32), params.astype(jnp.float32),
+                                               noise.astype(jnp.float32), kernel_size,
+                                               _xla_translate(kernel_size, "shifted"))
+        return out.astype(x.dtype)
     theta = upsample_params(params.astype(x.dtype), x.shape[1], x.shape[2])
     hsv_scale, hsv_bias, sigma, noise_scale = split_params(theta)
     x1 = color_affine(x, hsv_scale, hsv_bias)
