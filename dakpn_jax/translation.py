@@ -18,10 +18,12 @@ segmentation labels stay exact.
 Kernel application (``impl=``); all paths compute the same function (to float32 rounding, tested to
 1e-5 against a float64 NumPy reference):
 
-- ``"einsum"``: ``lax.conv_general_dilated_patches`` builds the (B, H, W, C * K * K) patch tensor and
-  an einsum contracts it with the weights (for the Gaussian with the two 1-D tap vectors, so the
-  K x K weights are never formed). Simple, but the patch tensor is K^2 = 625 times the image (15 GB
-  for one 1052 x 1914 frame at K = 25), and XLA:CPU extracts patches very slowly (~0.02 GFLOP/s).
+- ``"einsum"``: the (B, rows, W, C, K, K) patch tensor (stacked shifted slices) of
+  a band of output rows and an einsum contracts it with the weights (for the Gaussian with the two
+  1-D tap vectors, so the K x K weights are never formed). The patch tensor is K^2 = 625 times the
+  band, so the bands are sized to keep it under :data:`EINSUM_BAND_BYTES` (64 MB; a whole 1052 x 1914
+  frame at K = 25 would need 15 GB) and run one after another (``lax.map``, rematerialised in the
+  backward pass). Simple and forward-mode differentiable.
 - ``"shifted"``: the memory-lean path. The padded image is processed in bands of ``BAND_ROWS`` output
   rows (``lax.map``; each band reads its 2r halo rows, so bands are exact, not approximations). Inside
   a band, the normalised Gaussian factorises per pixel, ``w(i, j) = g_i g_j / Z^2`` with
@@ -31,7 +33,12 @@ Kernel application (``impl=``); all paths compute the same function (to float32 
   K = 25), and a working set of about r + 1 band-sized slabs. Peak memory is a few frames whatever K
   (0.5 GB process peak for a full GTA5 frame, Python and JAX included). Free-form kernels use a
   ``fori_loop`` over window rows with the column offsets unrolled, per band.
-- ``"auto"``: ``"shifted"`` on every backend. Measured with experiments/bench_kernels.py (K = 25):
+- ``"pallas"`` (:func:`translate` only): the fused kernel of :mod:`dakpn_jax.kernels.pallas_translate`,
+  one Pallas program per output tile doing upsampling, colour affine, blur, noise and clip with the
+  frame, parameters and noise read once (GPU via the Triton lowering; Pallas interpret mode on other
+  backends, slow, for tests). Its gradient is the shifted path's VJP (custom VJP).
+- ``"auto"``: ``"shifted"`` on every backend (for :func:`translate`, "pallas" on the backends listed in
+  :data:`PALLAS_AUTO_BACKENDS`: none until it is measured faster on one; never the CPU). Measured with experiments/bench_kernels.py (K = 25):
   on this 2-core CPU it is 100x+ faster than einsum; on one H100 (jax 0.11.2) it took 1.8 / 0.7 /
   2.1 ms at 8x96x160 / 1x263x478 / 1x1052x1914 against einsum's 15.3 / 14.7 / 3785 ms. Choose
   ``"einsum"`` explicitly when you need forward-mode autodiff (jvp, jacfwd).
@@ -68,7 +75,12 @@ BLUR_EPS = 1e-8
 
 DEFAULT_KERNEL_SIZE = 25
 
-IMPLS = ("auto", "einsum", "shifted")
+IMPLS = ("auto", "einsum", "shifted", "pallas")
+
+PALLAS_AUTO_BACKENDS: tuple[str, ...] = ()
+"""Backends on which ``impl="auto"`` picks the fused Pallas kernel for :func:`translate`. Empty until the
+kernel measures faster than "shifted" on a device (experiments/bench_kernels.py --impls pallas,shifted;
+no GPU was lent when it was written). Never "cpu": there the kernel only runs in interpret mode."""
 
 
 BAND_ROWS = 16
@@ -199,14 +211,15 @@ def _patches(xp: jax.Array, kernel_size: int) -> jax.Array:
     """Edge-padded (B, H+2r, W+2r, C) -> patches (B, H, W, C, K, K).
 
     ``patch[b, y, x, c, i, j] = xp[b, y + i, x + j, c]``, i.e. offset (i - r, j - r) in the unpadded image.
+    Built by stacking K column shifts, then K row shifts of those (copies). ``lax.conv_general_dilated_patches``
+    computes the same tensor as a convolution with a one-hot (K, K, C, C K^2) filter, i.e.
+    2 C^2 K^4 flops per pixel (7 MFLOP at K = 25): 18 s for a 263 x 478 frame on the 2-core CPU.
     """
     b, hp, wp, c = xp.shape
     k = kernel_size
-    p = lax.conv_general_dilated_patches(
-        xp, filter_shape=(k, k), window_strides=(1, 1), padding="VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST)
-    # The feature axis is ordered (C, K, K): c * K * K + i * K + j.
-    return p.reshape(b, hp - k + 1, wp - k + 1, c, k, k)
+    h, w = hp - k + 1, wp - k + 1
+    cols = jnp.stack([xp[:, :, j:j + w] for j in range(k)], axis=-1)  # (B, H+2r, W, C, K): 2K slices,
+    return jnp.stack([cols[:, i:i + h] for i in range(k)], axis=-2)   # not K^2 (compile time)
 
 
 def _einsum_gaussian(xp, sigma, kernel_size):
@@ -388,10 +401,34 @@ def _blur_shifted_bwd(r, res, ybar):
 _blur_shifted.defvjp(_blur_shifted_fwd, _blur_shifted_bwd)
 
 
-def _resolve_impl(impl: str) -> str:
+def _resolve_impl(impl: str, *, fused: bool = False) -> str:
     """The "auto" rule (module docstring): the shifted path, measured fastest on CPU and on an H100 at
-    every benchmarked size."""
-    return "shifted" if impl == "auto" else impl
+    every benchmarked size; for the full translation (``fused``) the Pallas kernel on the backends of
+    :data:`PALLAS_AUTO_BACKENDS`. "pallas" exists only for :func:`translate`."""
+    if impl == "auto":
+        return "pallas" if fused and jax.default_backend() in PALLAS_AUTO_BACKENDS else "shifted"
+    if impl == "pallas" and not fused:
+        raise ValueError("impl: 'pallas' is the fused kernel of translate() only; use 'shifted' or "
+                         "'einsum' for local_gaussian_blur / apply_local_kernels")
+    return impl
+
+
+EINSUM_BAND_BYTES = 64 * 2**20
+"""Size bound of one band's patch tensor on the einsum path (B * rows * W * C * K^2 * 4 bytes)."""
+
+
+def _einsum_banded(core, xp, row_in, kernel_size):
+    """The einsum path in row bands: each band's patch tensor stays under :data:`EINSUM_BAND_BYTES`.
+
+    ``core(xp_band, row_band)`` runs under ``jax.checkpoint``, so reverse mode recomputes a band's
+    patches instead of saving every band's patch tensor as a residual (which would rebuild the whole
+    K^2-times-the-image tensor). Forward mode works too (lax.map is a scan).
+    """
+    b, hp, wp, c = xp.shape
+    k = kernel_size
+    per_row = b * (wp - k + 1) * c * k * k * xp.dtype.itemsize
+    rows = max(1, EINSUM_BAND_BYTES // per_row)
+    return _map_row_bands(jax.checkpoint(core), xp, row_in, halo=k - 1, band_rows=rows)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel_size", "impl"))
@@ -399,7 +436,8 @@ def _blur(x, sigma, kernel_size, impl):
     sigma = jnp.broadcast_to(sigma.astype(x.dtype), x.shape)
     xp = _pad_edge(x, kernel_size // 2)
     if impl == "einsum":
-        return _einsum_gaussian(xp, sigma, kernel_size)
+        core = lambda xb, sb: _einsum_gaussian(xb, sb, kernel_size)
+        return _einsum_banded(core, xp, sigma, kernel_size)
     return _blur_shifted(xp, sigma, kernel_size // 2)
 
 
@@ -433,7 +471,7 @@ def local_gaussian_blur(x: jax.Array, sigma: jax.Array, *, kernel_size: int = DE
 def _apply_kernels(x, kernels, impl):
     xp = _pad_edge(x, kernels.shape[-1] // 2)
     if impl == "einsum":
-        return _einsum_kernels(xp, kernels)
+        return _einsum_banded(_einsum_kernels, xp, kernels, kernels.shape[-1])
     r = kernels.shape[-1] // 2
     return _map_row_bands(_shifted_kernels_core, xp, kernels, halo=2 * r, band_rows=BAND_ROWS)
 
@@ -545,12 +583,24 @@ def translate(x: jax.Array, params: jax.Array, noise: jax.Array, *, kernel_size:
     if noise.ndim != 4 or noise.shape[1:] != x.shape[1:] or noise.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"noise: expected shape {x.shape} (or batch 1) to match x, got {noise.shape}")
     kernel_size = _check_kernel_size(kernel_size)
-    impl = _resolve_impl(_check_impl(impl))
+    impl = _resolve_impl(_check_impl(impl), fused=True)
     return _translate(x, params, noise, kernel_size, impl)
+
+
+@functools.lru_cache(maxsize=None)
+def _xla_translate(kernel_size: int, impl: str):
+    """The XLA translation as a hashable function of (x, params, noise): the pallas path's VJP."""
+    return lambda x, params, noise: _translate(x, params, noise, kernel_size, impl)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel_size", "impl"))
 def _translate(x, params, noise, kernel_size, impl):
+    if impl == "pallas":
+        from dakpn_jax.kernels import pallas_translate  # pylint: disable=import-outside-toplevel
+        out = pallas_translate.fused_translate(x.astype(jnp.float32), params.astype(jnp.float32),
+                                               noise.astype(jnp.float32), kernel_size,
+                                               _xla_translate(kernel_size, "shifted"))
+        return out.astype(x.dtype)
     theta = upsample_params(params.astype(x.dtype), x.shape[1], x.shape[2])
     hsv_scale, hsv_bias, sigma, noise_scale = split_params(theta)
     x1 = color_affine(x, hsv_scale, hsv_bias)
