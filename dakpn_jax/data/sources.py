@@ -32,6 +32,10 @@ labels already in the protocol's class ids with 255 = ignore.
   real_size               optional (height, width) the real train images are resized to
   real_val_size           the same for real-val; default: real_size (``None`` in the presets:
                           scored at the labels' full resolution, as the benchmarks report)
+  on_error                direct reads only: ``"raise"`` (default) or ``"skip"``; the folders
+                          are scanned before training (`scan_examples`) and a malformed pair
+                          either stops with its file name or is skipped and counted, exactly
+                          as ``prepare --on_error`` does
   ======================  ======================================================================
 
   Resizing uses PIL: bilinear with antialiasing for images, nearest for labels.
@@ -348,9 +352,16 @@ def preset(name: str, data_dir=None):
     }
     if name not in fields:
         raise ValueError(f"preset name={name!r}: expected one of {sorted(fields)}")
+    from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
+    # Unset fields are typed placeholders, so `--config.data.data_dir=DIR` (etc.) works on the
+    # command line (a plain None field cannot be overridden by flags).
     c = ml_collections.ConfigDict(dict(
-        name="real", data_dir=data_dir, synthetic_dir=None, real_dir=None, synthetic_split=None,
+        name="real", data_dir=config_dict.placeholder(str), synthetic_dir=config_dict.placeholder(str),
+        real_dir=config_dict.placeholder(str), synthetic_split=config_dict.placeholder(str),
         real_train_split="train", real_val_split="validation", num_real_labelled=100,
-        synthetic_size=None, real_size=None, real_val_size=None))
+        synthetic_size=config_dict.placeholder(tuple), real_size=config_dict.placeholder(tuple),
+        real_val_size=config_dict.placeholder(tuple), on_error="raise"))
     c.update(fields[name])
+    if data_dir is not None:
+        c.data_dir = os.fspath(data_dir)
     return c
