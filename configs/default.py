@@ -17,6 +17,10 @@
 - ``"fast"``: the same schedule compressed into 300 steps (a quick look).
 - ``"tiny"``: seconds-long test variant: 32 x 64 frames, 8 x 16 grid, 8 x 16 tiles, K = 5, a
   2-layer D with 4 filters, batch 8, 4 steps.
+
+``get_sweep(arg)``: the KPN learning rate (3 values) x the identity weight (2 values), 6 runs of the
+same variant (``python3 -m dakpn_jax.sweep --config=configs/default.py --workdir=runs/sweep --dry_run``
+prints one training command per point).
 """
 import dataclasses
 
@@ -73,3 +77,9 @@ def get_config(arg=None):
         c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 1, 2, 4
         c.eval_images = 4
     return c
+
+
+def get_sweep(arg=None):
+    """KPN learning rate x identity-loss weight around the defaults (dakpn_jax/sweep.py: product of axes)."""
+    del arg  # the same axes for every variant
+    return {"optim.lr": [1e-4, 3e-4, 1e-3], "loss.identity": [0.5, 1.0]}

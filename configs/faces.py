@@ -16,6 +16,7 @@ Launch (train the face segmenter first)::
 ``get_config(arg)``: ``None`` / ``"default"`` only.
 """
 import ml_collections
+from ml_collections import config_dict
 
 TRAIN_IMAGES = 100000
 FRAME = (512, 512)
@@ -36,7 +37,7 @@ def get_config(arg=None):
     c.segmenter_workdir = ""  # required: --config.segmenter_workdir=...
     c.model = ml_collections.ConfigDict(dict(
         num_classes=18, head="linear", hidden=32, sigma0=1.0, sigma_param="sigma",
-        kernel_size=25, impl="auto", frame_size=FRAME, param_size=(64, 64), tile_size=None,
+        kernel_size=25, impl="auto", frame_size=FRAME, param_size=(64, 64), tile_size=config_dict.placeholder(tuple),
         low_size=(64, 64), noise="fixed", noise_seed=0,
         disc=ml_collections.ConfigDict(dict(ndf=64, n_layers=3, norm="batch", num_D=1))))
     c.loss = ml_collections.ConfigDict(dict(form="saturating", identity=1.0, r1=0.0, d_inputs=("tile", "low")))

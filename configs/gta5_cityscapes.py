@@ -17,6 +17,7 @@ Launch (train the segmenter first, e.g. a SegFormer run of configs/segmentation*
 ``get_config(arg)``: ``None`` / ``"default"`` only. Data fields: ``dakpn_jax.data.sources.preset``.
 """
 import ml_collections
+from ml_collections import config_dict
 
 TRAIN_IMAGES = 24966
 FRAME = (1052, 1914)
@@ -38,7 +39,7 @@ def get_config(arg=None):
     c.segmenter_workdir = ""  # required: --config.segmenter_workdir=...
     c.model = ml_collections.ConfigDict(dict(
         num_classes=19, head="linear", hidden=32, sigma0=1.0, sigma_param="sigma",
-        kernel_size=25, impl="auto", frame_size=FRAME, param_size=(96, 160), tile_size=None,
+        kernel_size=25, impl="auto", frame_size=FRAME, param_size=(96, 160), tile_size=config_dict.placeholder(tuple),
         low_size=(96, 160), noise="fixed", noise_seed=0,
         disc=ml_collections.ConfigDict(dict(ndf=64, n_layers=3, norm="batch", num_D=1))))
     c.loss = ml_collections.ConfigDict(dict(form="saturating", identity=1.0, r1=0.0, d_inputs=("tile", "low")))

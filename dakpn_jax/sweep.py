@@ -10,12 +10,14 @@ either
 Fields may be dotted (``"optim.lr"``). Every point becomes one run in ``ROOT/<name>/`` where
 ``<name>`` spells the overrides (``lr=0.001,features=8``)::
 
-    python -m dakpn_jax.sweep --config=configs/default.py --workdir=/tmp/sweep --dry_run   # print commands
-    python -m dakpn_jax.sweep --config=configs/default.py --workdir=/tmp/sweep             # run them in turn
+    python3 -m dakpn_jax.sweep --config=configs/default.py --workdir=runs/sweep --dry_run   # print commands
+    python3 -m dakpn_jax.sweep --config=configs/default.py --workdir=runs/sweep             # run them in turn
 
 Runs go one after another in this process (each resumes if its directory already holds a
 checkpoint); ``ROOT/sweep.json`` collects their final metrics. ``--dry_run`` prints one
-``python -m dakpn_jax.main`` command per point instead, for a cluster scheduler.
+``python -m dakpn_jax.main`` command per point instead, for a cluster scheduler. A config without
+``get_sweep``, a missing flag or a bad path ends in one ``dakpn_jax.sweep: error: ...`` line
+(exit status 2).
 """
 from __future__ import annotations
 
@@ -82,6 +84,9 @@ def load_config_module(config_path: str):
     path, _, arg = config_path.partition(":")
     if not os.path.isfile(path):
         raise ValueError(f"--config={config_path!r}: no such file {path!r}")
+    from dakpn_jax import console  # pylint: disable=import-outside-toplevel
+
+    console.prepare_config_imports([f"--config={config_path}"])  # sibling imports, from any cwd
     spec = importlib.util.spec_from_file_location("_sweep_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -92,7 +97,9 @@ def points_for(config_path: str) -> tuple[ml_collections.ConfigDict, list[dict[s
     """(base config, override points) of a config file that defines ``get_sweep``."""
     module, arg = load_config_module(config_path)
     if not callable(getattr(module, "get_sweep", None)):
-        raise ValueError(f"--config={config_path!r} defines no get_sweep(arg)")
+        raise ValueError(f"--config={config_path}: {os.path.basename(config_path.partition(':')[0])} defines no "
+                         "get_sweep(arg), so there is nothing to sweep (configs/default.py has one; "
+                         "dakpn_jax/sweep.py documents the format)")
     return module.get_config(arg), expand_sweep(module.get_sweep(arg))
 
 
@@ -100,7 +107,7 @@ def commands(config_path: str, root: str, points: Sequence[Mapping[str, Any]]) -
     """One ``python -m dakpn_jax.main`` command per point."""
     out = []
     for p in points:
-        args = ["python", "-m", "dakpn_jax.main", f"--config={config_path}",
+        args = ["python3", "-m", "dakpn_jax.main", f"--config={config_path}",
                 f"--workdir={os.path.join(root, run_name(p))}"]
         args += [f"--config.{k}={_format(v)}" for k, v in p.items()]
         out.append(" ".join(shlex.quote(a) for a in args))
@@ -126,12 +133,17 @@ def run_sweep(config_path: str, root: str, *, dry_run: bool = False) -> dict[str
 
 
 def main(argv):
-    from absl import app, flags
+    from absl import flags
 
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")
+    from dakpn_jax import console
+
     f = flags.FLAGS
-    out = run_sweep(f.config, f.workdir, dry_run=f.dry_run)
+    try:
+        out = run_sweep(f.config, f.workdir, dry_run=f.dry_run)
+    except ValueError as e:
+        console.fail("dakpn_jax.sweep", e)
     if f.dry_run:
         print("\n".join(out.values()))
     else:
@@ -144,8 +156,10 @@ def run():
     flags.DEFINE_string("config", None, "Config file with get_sweep: `path.py` or `path.py:arg`.")
     flags.DEFINE_string("workdir", None, "Sweep root; run i goes to ROOT/<name>.")
     flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+    from dakpn_jax import console
+
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=console.flags_parser("dakpn_jax.sweep", config_flag=None))
 
 
 if __name__ == "__main__":

@@ -414,3 +414,81 @@ def test_procedural_passthrough():
         np.testing.assert_array_equal(ours[k], theirs[k])
     with pytest.raises(ValueError, match="split='nope'"):
         sources.make_source(cfg, "nope")
+
+
+# --------------------------------------------------------------------------- direct reads: the scan
+
+def _gta5_config(synthetic_dir, on_error="raise"):
+    """configs/segmentation.py:tiny on GTA5 read straight from its folder (no prepare)."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "segmentation.py")
+    spec = importlib.util.spec_from_file_location("_seg_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("tiny")
+    c.data = sources.preset("gta5_cityscapes")
+    c.data.update(synthetic_dir=synthetic_dir, real_size=None, on_error=on_error)
+    c.data.train_sources = ({"kind": "split", "split": "synthetic-train"},)
+    c.data.eval_split = "real-val"
+    c.crop_size, c.batch_size, c.num_train_steps = (4, 8), 8, 2
+    c.eval_every_steps, c.checkpoint_every_steps, c.log_every_steps = 0, 2, 1
+    return c
+
+
+def test_direct_read_scan_finds_a_mismatched_gta5_frame_before_the_first_step(tmp_path, monkeypatch):
+    """A GTA5 frame whose label size differs from its image (the real set has such frames), read
+    straight from the official layout: on_error=raise stops before any step, naming the file;
+    on_error=skip drops exactly that frame, like prepare --on_error=skip, with identical pixels."""
+    from dakpn_jax.training import trainer
+    manual = str(tmp_path / "gta5")
+    expected = make_gta5(manual, np.random.default_rng(6))
+    needle = _corrupt("gta5", manual, "size_mismatch")  # image 00003 is now (H + 1, W); its label (H, W)
+    assert needle == "00003.png"
+    reads = []
+    monkeypatch.setattr(sources, "read_image", lambda p, _orig=sources.read_image: reads.append(p) or _orig(p))
+    cfg = _gta5_config(manual)
+    with pytest.raises(ValueError, match=r"labels/00003\.png: label size \(6, 10\).*\(7, 10\).*before training"):
+        sources.make_source(cfg.data, "synthetic-train")
+    assert reads == []  # found from the headers, before anything was decoded
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match="00003.png"):
+        trainer.train_and_evaluate(cfg, str(workdir))
+    assert not (workdir / "checkpoints").exists() or not os.listdir(workdir / "checkpoints")  # no step ran
+
+    # Skip: the same frames as prepare --on_error=skip keeps, pixel for pixel, in the same order.
+    src = sources.make_source(_gta5_config(manual, "skip").data, "synthetic-train")
+    direct = src._base
+    assert direct.keys == ["00001", "00002", "00004"]  # train [1, 3] + validation [2] + test [4], 3 dropped
+    assert [(s, k) for s, k, _ in direct.skipped] == [("train", "00003")]
+    prepared = tmp_path / "tfds"
+    prepare.prepare("gta5", manual, str(prepared), on_error="skip", progress=False)
+    skipped = json.load(open(os.path.join(prepare.dataset_dir(str(prepared), "gta5"), "skipped.json")))
+    assert [(s["split"], s["key"]) for s in skipped] == [("train", "00003")]
+    from_prepared = sources.PreparedSource(gta5, str(prepared), "train+validation+test")
+    assert len(src) == len(from_prepared) == 3
+    want = [e for e in expected["train"] + expected["validation"] + expected["test"] if e[0] != "00003"]
+    lut = cityscapes_labels.protocol_lut(cityscapes_labels.PROTOCOLS["cityscapes19"])
+    for i, (key, image, label) in enumerate(want):
+        np.testing.assert_array_equal(src[i]["image"], image)
+        np.testing.assert_array_equal(src[i]["label"], lut[label])
+        np.testing.assert_array_equal(from_prepared[i]["image"], image)
+        np.testing.assert_array_equal(from_prepared[i]["label"], label)
+    # Every process builds the same list (the scan is deterministic): a fresh scan agrees.
+    sources._SCAN_CACHE.clear()
+    again = sources.make_source(_gta5_config(manual, "skip").data, "synthetic-train")
+    assert again._base.keys == direct.keys
+
+
+def test_direct_read_scan_catches_truncation_and_orphans(tmp_path):
+    """Header scan: a PNG cut short (its IEND chunk gone) and an image without its label are found
+    at construction, with the on_error policy."""
+    for case, needle in (("truncated", "00003.png"), ("missing_label", "00003.png"), ("missing_image", "00003.png")):
+        manual = str(tmp_path / case)
+        make_gta5(manual, np.random.default_rng(7))
+        _corrupt("gta5", manual, case)
+        with pytest.raises(ValueError, match=needle):
+            sources.DirectSource(gta5, manual, "train")
+        src = sources.DirectSource(gta5, manual, "train", on_error="skip")
+        assert src.keys == ["00001"] and len(src.skipped) == 1
+    with pytest.raises(ValueError, match="on_error"):
+        sources.DirectSource(gta5, manual, "train", on_error="ignore")

@@ -104,6 +104,27 @@ def load_label(ref, image_hw) -> np.ndarray:
     return np.repeat(np.repeat(label, fy, axis=0), fx, axis=1)
 
 
+def check_label(ref, image_hw) -> None:
+    """Header-only checks of one image's part masks (the direct-read scan, `sources.check_example`):
+    at least one mask, all readable and intact, all one size, an integer fraction of the image."""
+    pattern, parts = ref
+    mask_hw = None
+    for _, path in parts:
+        if not os.path.exists(path):
+            continue
+        hw, _ = sources.file_header(path, "mask")
+        if mask_hw is None:
+            mask_hw = hw
+        elif hw != mask_hw:
+            raise ValueError(f"{path}: mask size {hw} differs from the other masks {mask_hw}")
+    if mask_hw is None:
+        raise ValueError(f"{pattern}: no part masks found for this image (image without label)")
+    fy, fx = image_hw[0] // mask_hw[0], image_hw[1] // mask_hw[1]
+    if fy < 1 or fy != fx or (fy * mask_hw[0], fx * mask_hw[1]) != tuple(image_hw):
+        raise ValueError(f"{pattern}: mask size {mask_hw} is not an integer fraction of its image size "
+                         f"{tuple(image_hw)}")
+
+
 def _read_mask(path) -> np.ndarray:
     """Channel 0 of a part mask as uint8 (H, W) (grey, bilevel, palette or colour files)."""
     with sources.open_image(path, "mask") as im:

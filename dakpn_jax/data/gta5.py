@@ -10,7 +10,10 @@ from the dataset page, download.visinf.tu-darmstadt.de/data/from_games)::
 Labels are mapped with `cityscapes_labels.LABEL_ID_TO_TRAIN_ID` (the official Cityscapes table);
 an id outside the table, a missing or unreadable file, or a label whose size differs from its
 frame raises ValueError naming the file (``prepare --on_error=skip`` counts and lists such frames
-instead). The domain-adaptation protocol trains on all frames: ``synthetic_split`` defaults to
+instead). The real set has frames whose label size differs from the image: read directly (no
+``prepare``), the folder is scanned from the file headers before training starts
+(`sources.DirectSource`), so such a frame stops the run before its first step, or, with
+``--config.data.on_error=skip``, is dropped and counted. The domain-adaptation protocol trains on all frames: ``synthetic_split`` defaults to
 ``train+validation+test``.
 """
 from __future__ import annotations

@@ -32,6 +32,10 @@ labels already in the protocol's class ids with 255 = ignore.
   real_size               optional (height, width) the real train images are resized to
   real_val_size           the same for real-val; default: real_size (``None`` in the presets:
                           scored at the labels' full resolution, as the benchmarks report)
+  on_error                direct reads only: ``"raise"`` (default) or ``"skip"``; the folders
+                          are scanned before training (`scan_examples`) and a malformed pair
+                          either stops with its file name or is skipped and counted, exactly
+                          as ``prepare --on_error`` does
   ======================  ======================================================================
 
   Resizing uses PIL: bilinear with antialiasing for images, nearest for labels.
@@ -160,16 +164,34 @@ def _split_names(module, split: str, field: str) -> list[str]:
 class DirectSource:
     """Random-access source over an extracted official layout (no preparation step).
 
-    Decodes and validates on every access, exactly as preparation does, so a bad file fails with
-    its name the first time it is read.
+    The listed pairs are scanned once when the source is built, before any training step
+    (`scan_examples`: existence, so orphans are found, a readable header and an intact end of
+    every file, label mode and image/label size from the headers alone), and ``on_error`` decides
+    what a malformed pair does: ``"raise"`` (ValueError naming the file) or ``"skip"`` (dropped,
+    counted on stderr), the policy of ``prepare --on_error``. Every access still decodes and
+    validates fully, so a defect the headers cannot show (a label id outside the table) fails with
+    the file's name when it is read.
     """
 
-    def __init__(self, module, root, split: str, *, with_labels: bool = True):
+    def __init__(self, module, root, split: str, *, with_labels: bool = True, on_error: str = "raise",
+                 scan: bool = True):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"data_config.on_error={on_error!r}: expected 'raise' or 'skip'")
         self._load_label = module.load_label  # a function pickles (grain workers), a module does not
         self._with_labels = with_labels
+        root = os.path.expanduser(os.fspath(root))
         self._examples = []
+        self.skipped: list[tuple[str, str, str]] = []  # (split, key, reason), as prepare's skipped.json
         for s in _split_names(module, split, "split"):
-            self._examples += module.list_examples(os.path.expanduser(os.fspath(root)), s)
+            listed = module.list_examples(root, s)
+            if scan:
+                listed, skipped = _scanned(module, root, s, listed, with_labels=with_labels, on_error=on_error)
+                self.skipped += [(s, k, r) for k, r in skipped]
+            self._examples += listed
+
+    @property
+    def keys(self) -> list[str]:
+        return [ex.key for ex in self._examples]
 
     def __len__(self):
         return len(self._examples)
@@ -180,6 +202,114 @@ class DirectSource:
         if not self._with_labels:
             return {"image": image}
         return {"image": image, "label": self._load_label(ex.label, image.shape[:2])}
+
+
+# --------------------------------------------------------------------------- the direct-read scan
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_SCAN_CACHE: dict = {}  # (dataset, root, split, with_labels, on_error, n) -> (kept, skipped): one scan per process
+
+
+def file_header(path, what) -> tuple[tuple[int, int], str]:
+    """((H, W), PIL mode) of the image at `path` from its header, without decoding the pixels.
+
+    Also checks the end of PNG and JPEG files (the IEND chunk, the EOI marker), which catches the
+    usual damage, a file cut short by a full disk or a killed copy, for the price of one small
+    read. ValueError naming the file if it is missing, unreadable or truncated.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: {what} file is missing")
+    try:
+        with Image.open(path) as im:
+            size, mode, fmt = (im.size[1], im.size[0]), im.mode, im.format
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 12))
+            tail = f.read()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: unreadable {what} file ({e})") from e
+    if (fmt == "PNG" and not tail.endswith(_PNG_END)) or (fmt == "JPEG" and b"\xff\xd9" not in tail[-4:]):
+        raise ValueError(f"{path}: truncated {what} file (its {fmt} end marker is missing)")
+    return size, mode
+
+
+def check_label_header(path, image_hw, modes=("L", "P")) -> None:
+    """Header checks of a label file: readable, intact end, mode in `modes` (None: any), size == image_hw."""
+    hw, mode = file_header(path, "label")
+    if modes is not None and mode not in modes:
+        raise ValueError(f"{path}: label file has mode {mode!r}; expected 8-bit single-channel ids "
+                         f"({' or '.join(repr(m) for m in modes)})")
+    if tuple(hw) != tuple(image_hw):
+        raise ValueError(f"{path}: label size {tuple(hw)} (H, W) does not match its image size {tuple(image_hw)}")
+
+
+def check_example(module, ex: Example, with_labels: bool = True) -> None:
+    """ValueError naming the file if the pair `ex` of dataset `module` is malformed (headers only).
+
+    A dataset module may define ``check_label(label_ref, image_hw)`` (CelebAMask-HQ: part masks);
+    otherwise the label is one file checked with `check_label_header` and ``module.LABEL_MODES``.
+    """
+    image_hw, _ = file_header(ex.image, "image")
+    if not with_labels:
+        return
+    custom = getattr(module, "check_label", None)
+    if custom is not None:
+        custom(ex.label, image_hw)
+    else:
+        check_label_header(ex.label, image_hw, getattr(module, "LABEL_MODES", ("L", "P")))
+
+
+def scan_examples(module, examples, *, with_labels: bool = True, on_error: str = "raise",
+                  num_threads: int | None = None):
+    """(kept examples, [(key, reason)] skipped) of a listing, checked with `check_example`.
+
+    Header reads are I/O bound, so they run in threads; the result keeps the listing order, so
+    every process (and every rerun) keeps the same pairs at the same indices. ``on_error="raise"``
+    raises the first malformed pair's error (in listing order) instead.
+    """
+    from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
+
+    def one(ex):
+        try:
+            check_example(module, ex, with_labels)
+            return None
+        except ValueError as e:
+            return str(e)
+
+    threads = num_threads or min(32, 4 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(threads) as pool:
+        errors = list(pool.map(one, examples, chunksize=64))
+    kept, skipped = [], []
+    for ex, err in zip(examples, errors):
+        if err is None:
+            kept.append(ex)
+        elif on_error == "raise":
+            raise ValueError(err)
+        else:
+            skipped.append((ex.key, err))
+    return kept, skipped
+
+
+def _scanned(module, root, split, examples, *, with_labels, on_error):
+    key = (module.NAME, os.path.abspath(root), split, with_labels, on_error, len(examples))
+    if key in _SCAN_CACHE:
+        return _SCAN_CACHE[key]
+    try:
+        kept, skipped = scan_examples(module, examples, with_labels=with_labels, on_error=on_error)
+    except ValueError as e:
+        raise ValueError(f"{e} [found by the scan of {module.NAME} {split} in {root} before training; "
+                         "--config.data.on_error=skip skips and counts such pairs, as prepare "
+                         "--on_error=skip does]") from e
+    if skipped:
+        import sys  # pylint: disable=import-outside-toplevel
+        print(f"{module.NAME} {split} ({root}): skipped {len(skipped)} of {len(examples)} malformed pairs "
+              f"(on_error=skip), e.g. {skipped[0][1]}", file=sys.stderr)
+        import logging  # pylint: disable=import-outside-toplevel
+        logging.getLogger("dakpn_jax.data").info("skipped %s %s pairs: %s", module.NAME, split, skipped)
+    if not kept:
+        raise ValueError(f"{module.NAME} split {split!r} in {root}: no usable pairs ({len(examples)} listed, "
+                         f"all malformed, e.g. {skipped[0][1] if skipped else 'none listed'})")
+    _SCAN_CACHE[key] = kept, skipped
+    return kept, skipped
 
 
 class PreparedSource:
@@ -288,7 +418,8 @@ def class_names(data_config) -> tuple[str, ...]:
 def _base(module, data_config, split, field_dir, with_labels=True):
     direct = _get(data_config, field_dir, None)
     if direct:
-        return DirectSource(module, direct, split, with_labels=with_labels)
+        return DirectSource(module, direct, split, with_labels=with_labels,
+                            on_error=_get(data_config, "on_error", None) or "raise")
     data_dir = _get(data_config, "data_dir", None)
     if not data_dir:
         raise ValueError(f"data_config: set data_dir (prepared TFDS datasets) or {field_dir} (the "
@@ -348,9 +479,16 @@ def preset(name: str, data_dir=None):
     }
     if name not in fields:
         raise ValueError(f"preset name={name!r}: expected one of {sorted(fields)}")
+    from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
+    # Unset fields are typed placeholders, so `--config.data.data_dir=DIR` (etc.) works on the
+    # command line (a plain None field cannot be overridden by flags).
     c = ml_collections.ConfigDict(dict(
-        name="real", data_dir=data_dir, synthetic_dir=None, real_dir=None, synthetic_split=None,
+        name="real", data_dir=config_dict.placeholder(str), synthetic_dir=config_dict.placeholder(str),
+        real_dir=config_dict.placeholder(str), synthetic_split=config_dict.placeholder(str),
         real_train_split="train", real_val_split="validation", num_real_labelled=100,
-        synthetic_size=None, real_size=None, real_val_size=None))
+        synthetic_size=config_dict.placeholder(tuple), real_size=config_dict.placeholder(tuple),
+        real_val_size=config_dict.placeholder(tuple), on_error="raise"))
     c.update(fields[name])
+    if data_dir is not None:
+        c.data_dir = os.fspath(data_dir)
     return c

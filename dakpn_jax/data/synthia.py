@@ -30,6 +30,7 @@ ROLE = "synthetic"
 LABEL_SPACE = "cityscapes"
 DEFAULT_PROTOCOL = "synthia16"
 SPLITS = ("train",)
+LABEL_MODES = None  # 16-bit colour PNGs: PIL reports several modes; sizes are still checked by the scan
 
 # SYNTHIA class id -> (name, Cityscapes train id).
 CLASSES = {

@@ -11,12 +11,31 @@ gathered to all processes at save time (a padded byte array through ``process_al
 primary process writes them as one JSON item, which each process reads its own entry back from.
 Saves are asynchronous: ``save`` returns once the arrays are copied off the devices, so the next
 (donating) training call may start while the files are written.
+
+Atomicity: orbax writes every step into a temporary ``<step>.orbax-checkpoint-tmp-*`` folder and
+renames it to ``<step>`` only after all items are written (plus a ``commit_success.txt`` marker on
+file systems without atomic rename, e.g. GCS), so a killed save never leaves a folder that
+``all_steps`` lists; leftover temporary folders are ignored.
+
+Damaged checkpoints (`Checkpointer.restore_newest_intact`): a listed step whose files cannot be
+read back (array data truncated on disk after a full disk or a killed copy: TensorStore
+``OUT_OF_RANGE`` / ``DATA_LOSS``; unparsable metadata: ``JSONDecodeError``) is moved, never
+deleted, to ``workdir/checkpoints_damaged/<step>-<reason>/`` (with ``<step>-<reason>.txt`` holding
+the full error), and the next older step is tried. A checkpoint of a *different model*
+(`IncompatibleCheckpoint`) is not damage: it stops the run and nothing is moved. With several
+processes every process tries the same steps in the same order (newest first) and after each try
+they exchange a success flag (``process_allgather``): a step is used only if every process
+restored it, otherwise process 0 moves it aside and all processes wait for that (a barrier)
+before trying the next, so all of them resume from the same step. Caveat: orbax's restore ends in
+a cross-process barrier, so a failure that only some processes see (a host-local read error)
+makes the others wait at that barrier until its timeout, after which they agree on the failure.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+import re
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -71,19 +90,23 @@ def _paths_shapes(tree: PyTree) -> dict[str, tuple[tuple[int, ...], str]]:
             for p, x in flat}
 
 
+class IncompatibleCheckpoint(ValueError):
+    """The workdir holds a checkpoint of another model (not damage: nothing is moved)."""
+
+
 def check_compatible(saved: PyTree, expected: PyTree, where: str) -> None:
     """ValueError naming the first leaf whose presence, shape or dtype differs between the stored
     state metadata ``saved`` and the ``expected`` abstract state."""
     a, b = _paths_shapes(saved), _paths_shapes(expected)
     missing, extra = sorted(set(b) - set(a)), sorted(set(a) - set(b))
     if missing or extra:
-        raise ValueError(f"{where} holds a checkpoint of a different model: state leaves missing there "
+        raise IncompatibleCheckpoint(f"{where} holds a checkpoint of a different model: state leaves missing there "
                          f"{missing[:5]}, unexpected there {extra[:5]}. Use another --workdir or the "
                          "config it was trained with; nothing was overwritten.")
     for k in sorted(b):
         (sa, da), (sb, db) = a[k], b[k]
         if sa != sb or (da != "?" and da != db):
-            raise ValueError(f"{where} holds a checkpoint of a different model: state leaf '{k}' has shape {sa} "
+            raise IncompatibleCheckpoint(f"{where} holds a checkpoint of a different model: state leaf '{k}' has shape {sa} "
                              f"dtype {da} there but the config gives shape {sb} dtype {db}. Use another "
                              "--workdir or the config it was trained with; nothing was overwritten.")
 
@@ -94,6 +117,7 @@ class Checkpointer:
     def __init__(self, workdir: str, *, max_to_keep: int | None = 3, async_save: bool = True,
                  read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self._read_only = read_only
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                                enable_async_checkpointing=async_save, read_only=read_only)
         # Explicit handlers, so a fresh manager can read item metadata before any save/restore call.
@@ -111,7 +135,7 @@ class Checkpointer:
         meta = self._mngr.item_metadata(step)
         saved = meta["state"]
         if saved is None:
-            raise ValueError(f"{self.directory}/{step}: checkpoint has no 'state' item")
+            raise ValueError(f"{self.directory}/{step}: checkpoint has no 'state' item (unreadable metadata)")
         check_compatible(saved, abstract_state, f"{self.directory}/{step}")
 
     def save(self, step: int, state: PyTree, iterator_states: Mapping[str, Any]) -> None:
@@ -131,9 +155,58 @@ class Checkpointer:
         per_process = out["iterators"] or {}
         key = _process_key()
         if key not in per_process:
-            raise ValueError(f"{self.directory}/{step}: no data-iterator state for {key} (saved for "
+            raise IncompatibleCheckpoint(f"{self.directory}/{step}: no data-iterator state for {key} (saved for "
                              f"{sorted(per_process)}); resume with the process count it was saved with")
         return out["state"], per_process[key]
+
+    def restore_newest_intact(self, abstract_state: PyTree, *, with_iterators: bool = True,
+                              on_damaged: Callable[[int, str, str], None] | None = None):
+        """(step, state, iterator states) of the newest checkpoint that restores, or None if none is left.
+
+        Damaged steps are moved aside (module docstring; a read-only checkpointer only skips them)
+        and ``on_damaged(step, reason, moved_to)`` is called for each (process 0 only). `IncompatibleCheckpoint` propagates: a different model is
+        the user's mistake, not damage.
+        """
+        for step in sorted(self.all_steps(), reverse=True):
+            error = None
+            try:
+                self.check_compatible(step, abstract_state)
+                state, iters = self.restore(step, abstract_state, with_iterators=with_iterators)
+            except IncompatibleCheckpoint:
+                raise
+            except Exception as e:  # pylint: disable=broad-except  # TensorStore/JSON/orbax: any failure to read
+                error, state, iters = e, None, None
+            if _everyone_succeeded(error is None):
+                return step, state, iters
+            reason = _reason(error) if error is not None else "failed_on_another_process"
+            moved = "(left in place: read-only)" if self._read_only else self._move_aside(step, reason, error)
+            if on_damaged is not None and jax.process_index() == 0:
+                on_damaged(step, f"{reason}: {str(error)[:500] if error is not None else reason}", moved)
+        return None
+
+    def _move_aside(self, step: int, reason: str, error: BaseException | None) -> str:
+        """Renames ``checkpoints/<step>`` to ``checkpoints_damaged/<step>-<reason>`` (process 0), then
+        all processes wait for it and re-list the steps."""
+        from etils import epath  # orbax's path library: local paths and gs:// alike
+
+        root = epath.Path(self.directory).parent / "checkpoints_damaged"
+        target = root / f"{step}-{reason}"
+        if jax.process_index() == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            n = 1
+            while target.exists():  # the same step damaged twice: keep both
+                n += 1
+                target = root / f"{step}-{reason}-{n}"
+            (root / f"{target.name}.txt").write_text(
+                f"checkpoint step {step} could not be restored and was moved here from "
+                f"{self.directory}/{step}\n\n{type(error).__name__ if error else ''}: {error}\n")
+            epath.Path(self.directory, str(step)).rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"dakpn_checkpoint_moved_aside_{step}")
+        self._mngr.reload()
+        return str(target)
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
@@ -142,3 +215,20 @@ class Checkpointer:
     def close(self) -> None:
         self._mngr.wait_until_finished()
         self._mngr.close()
+
+
+def _everyone_succeeded(ok: bool) -> bool:
+    """True iff ``ok`` on every process (an allgather of flags; every process must call it)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray([int(ok)], np.int32))))
+
+
+def _reason(error: BaseException) -> str:
+    """Short file-name-safe reason: TensorStore's status code (``OUT_OF_RANGE``, ``DATA_LOSS``, ...)
+    when the message starts with one, else the exception type."""
+    m = re.match(r"\s*([A-Z][A-Z_]{3,})\s*:", str(error))
+    return m.group(1) if m else re.sub(r"[^A-Za-z0-9_]+", "_", type(error).__name__)
+

@@ -35,6 +35,12 @@ Events (logging, summaries, evaluation, checkpoints) fire after a call that cros
 their interval, and logging, evaluation and the checkpoint also after the last step.
 ``eval_every_steps = 0`` (``summary_every_steps = 0``) switches evaluation (image summaries) off.
 
+Console (``dakpn_jax.console``): library INFO records (absl, orbax, grain, ours) go to
+``workdir/log.txt``; the console shows a start line, one live progress bar and an end line
+(``verbose=True`` or ``config.log_to_console = True`` brings the INFO records back to the console).
+A damaged newest checkpoint is moved to ``workdir/checkpoints_damaged/`` and the run resumes from
+the newest intact one, saying so in one line (``checkpoint.Checkpointer.restore_newest_intact``).
+
 Preemption (``preemption.py``): on SIGTERM the loop finishes the current call, checkpoints that
 step and raises ``Preempted``; ``dakpn_jax.main`` exits with status 143, the shell's code for a
 SIGTERM-ended job, so a scheduler restarts it and the restart resumes.
@@ -44,6 +50,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import types
 from typing import Any, Callable, Mapping, Sequence
 
@@ -54,6 +61,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dakpn_jax import console
 from dakpn_jax.training import checkpoint as ckpt
 from dakpn_jax.training import get_method
 from dakpn_jax.training import metrics_writer as mw
@@ -145,11 +153,17 @@ def save_config(config, workdir: str) -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run saved in ``workdir/config.json``; ValueError naming the file if absent or unreadable."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise ValueError(f"workdir={workdir!r} has no config.json (not a training run directory?)")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable run config ({e.__class__.__name__}: {e}). The file is written "
+                         "atomically, so it was changed or damaged by something else; restore it, or pass "
+                         "the config explicitly (restore_state(workdir, config)).") from e
 
 
 # ----------------------------------------------------------------------------- state and step
@@ -242,13 +256,18 @@ def _crossed(before: int, after: int, every: int) -> bool:
 # ----------------------------------------------------------------------------- the loop
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+                       devices: Sequence[jax.Device] | None = None, verbose: bool | None = None,
+                       progress: bool = True, desc: str | None = None) -> dict[str, float]:
     """Trains ``config.method`` to ``config.num_train_steps`` under ``workdir`` (resuming if possible).
 
     Args:
       config: the experiment config (generic fields: module docstring; the rest is the method's).
       workdir: run directory: checkpoints, config.json, TensorBoard events.
       devices: devices of the "data" mesh (default: all). Lets a test compare 1 device with 8.
+      verbose: library INFO records on the console too (default: ``config.log_to_console``, else
+        False: they go to ``workdir/log.txt`` only).
+      progress: show the live progress bar (start and end lines are always printed).
+      desc: label of the console lines and the bar (default: ``config.method``).
     Returns:
       The final metrics: the last logged training averages, the last evaluation (``eval/...``) and
       ``step``.
@@ -262,19 +281,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     mesh = make_mesh(devices)
     method = validate_config(config, mesh)
     workdir = check_workdir(workdir)
-    keep = config.get("keep_checkpoints", 3)
-    checkpointer = ckpt.Checkpointer(workdir, max_to_keep=None if keep is None else int(keep),
-                                     async_save=bool(config.get("async_checkpoints", True)))
-    watch = preemption.PreemptionWatch()
-    try:
-        return _train(method, config, workdir, mesh, checkpointer, watch)
-    finally:
-        watch.close()
-        checkpointer.close()
+    if verbose is None:
+        verbose = bool(config.get("log_to_console", False))
+    with console.route_library_logs(workdir, verbose=verbose) as logs:
+        keep = config.get("keep_checkpoints", 3)
+        checkpointer = ckpt.Checkpointer(workdir, max_to_keep=None if keep is None else int(keep),
+                                         async_save=bool(config.get("async_checkpoints", True)))
+        watch = preemption.PreemptionWatch()
+        try:
+            return _train(method, config, workdir, mesh, checkpointer, watch,
+                          ui=dict(progress=progress, desc=desc or str(config.method), log=logs.path))
+        finally:
+            watch.close()
+            checkpointer.close()
 
 
 def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpointer,
-           watch: preemption.PreemptionWatch) -> dict[str, float]:
+           watch: preemption.PreemptionWatch, ui: Mapping[str, Any]) -> dict[str, float]:
     steps_per_call = int(config.get("steps_per_call", 1))
     total = int(config.num_train_steps)
     every_log, every_ckpt = int(config.log_every_steps), int(config.checkpoint_every_steps)
@@ -284,10 +307,12 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
 
     abstract = abstract_state(method, config, mesh)
     iterators = method.make_iterators(config, shard_index=jax.process_index(), shard_count=jax.process_count())
-    start = checkpointer.latest_step()
-    if start is not None:
-        checkpointer.check_compatible(start, abstract)  # before anything is written
-        state, iter_states = checkpointer.restore(start, abstract)
+    desc, t_start = ui["desc"], time.perf_counter()
+    damaged: list[tuple[int, str, str]] = []
+    # Compatibility is checked before anything is written; damaged steps are moved aside.
+    found = checkpointer.restore_newest_intact(abstract, on_damaged=lambda *d: damaged.append(d))
+    if found is not None:
+        start, state, iter_states = found
         if set(iter_states) != set(iterators):
             raise ValueError(f"{checkpointer.directory}/{start}: iterator states for {sorted(iter_states)} but "
                              f"{method.__name__}.make_iterators gives {sorted(iterators)}")
@@ -297,7 +322,18 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
     else:
         start = 0
         state = init_state(method, config, mesh)
+    if damaged:
+        for d_step, reason, moved in damaged:
+            log.info("checkpoint step %d cannot be restored (%s); moved to %s", d_step, reason, moved)
+        steps = ", ".join(str(d[0]) for d in damaged)
+        console.say(f"{desc}: checkpoint step {steps} in {checkpointer.directory} is damaged "
+                    f"({damaged[0][1].split(':')[0]}); moved to {os.path.dirname(damaged[0][2])}; "
+                    + (f"resuming from step {start}, the newest intact one" if found is not None
+                       else "no intact checkpoint is left, starting from step 0"))
     save_config(config, workdir)
+    total_s = f"step {start} -> {total}" if start else f"{total} steps"
+    console.say(f"{desc}: {'resuming' if start else 'training'} {config.method}, {total_s}, in {workdir} "
+                f"(log: {ui['log']})")
 
     train_step = method.make_train_step(config)
     calls: dict[int, Callable] = {}
@@ -306,6 +342,7 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
     has_eval, has_summaries = callable(getattr(method, "evaluate", None)), callable(getattr(method, "summaries", None))
     final: dict[str, float] = {}
     step, last_saved, last_eval = start, start, None
+    bar = console.progress_bar(total, start, desc, enabled=ui["progress"] and start < total)
 
     def save(at: int, st: PyTree) -> None:
         if not bool(np.asarray(_all_finite(st).addressable_data(0))):
@@ -322,6 +359,7 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
                 calls[k] = make_call(train_step, mesh, k)
             state, metrics = calls[k](state, to_global(batch, mesh, stacked=k > 1))
             before, step = step, step + k
+            bar.update(k)
             host = _host_scalars(metrics)
             bad = mw.first_non_finite(host)
             if bad is not None:
@@ -338,7 +376,8 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
                 train_metrics = averager.compute_and_reset()
                 final = {**{k2: v for k2, v in final.items() if k2.startswith("eval/")}, **train_metrics}
                 writer.scalars(step, train_metrics, "train/")
-                progress.report(step, train_metrics)
+                line = progress.report(step, train_metrics, max_keys=4)
+                bar.set_postfix_str(line.split(" | ", 3)[-1], refresh=False)
                 if np.isfinite(progress.steps_per_sec):
                     writer.scalars(step, {"steps_per_sec": progress.steps_per_sec}, "perf/")
             if has_summaries and _crossed(before, step, every_summary):
@@ -364,8 +403,15 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
             save(step, state)
         checkpointer.wait()
     finally:
+        bar.close()
         writer.close()
     final["step"] = step
+    shown = {k2: v for k2, v in final.items() if k2.startswith("eval/")} or \
+        {k2: v for k2, v in final.items() if k2.startswith("loss")}
+    console.say(f"{desc}: done at step {step} in {console.format_duration(time.perf_counter() - t_start)}"
+                + (f" ({progress.steps_per_sec:.3g} steps/s)" if np.isfinite(progress.steps_per_sec) else "")
+                + "".join(f", {k2} {v:.4g}" for k2, v in list(shown.items())[:4])
+                + f"; checkpoints in {checkpointer.directory}")
     return final
 
 
@@ -385,12 +431,18 @@ def restore_state(workdir: str, config: ml_collections.ConfigDict | None = None,
     method = get_method(config.method)  # no batch/device checks: restoring needs none
     checkpointer = ckpt.Checkpointer(workdir, read_only=True, max_to_keep=None)
     try:
-        step = checkpointer.latest_step()
-        if step is None:
+        if checkpointer.latest_step() is None:
             raise ValueError(f"workdir={workdir!r} holds no checkpoint under {checkpointer.directory}")
         abstract = abstract_state(method, config, mesh)
-        checkpointer.check_compatible(step, abstract)
-        state, _ = checkpointer.restore(step, abstract, with_iterators=False)
+        # Read-only: a damaged newest step is skipped (and named), not moved; training moves it.
+        found = checkpointer.restore_newest_intact(
+            abstract, with_iterators=False,
+            on_damaged=lambda s, reason, _: log.warning("%s/%d cannot be restored (%s); using an older step",
+                                                        checkpointer.directory, s, reason))
+        if found is None:
+            raise ValueError(f"workdir={workdir!r}: no checkpoint under {checkpointer.directory} can be "
+                             "restored (all damaged)")
+        state = found[1]
     finally:
         checkpointer.close()
     return config, state
