@@ -367,7 +367,7 @@ def test_nlayer_patchgan_equals_pytorch_build():
 
 def gr_config():
     c = tiny_config()
-    c.loss.update(update="gradient_reversal", real_low=False)
+    c.loss.update(update_rule="gradient_reversal", real_low=False)
     c.model.update(low_params="unscaled")
     c.optim.update(lr=1e-4, lr_D=1e-4, b1=0.9, schedule="constant")
     return c

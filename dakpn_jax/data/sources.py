@@ -338,6 +338,7 @@ def preset(name: str, data_dir=None):
     512 x 512.
     """
     import ml_collections  # pylint: disable=import-outside-toplevel
+    from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
     fields = {
         "gta5_cityscapes": dict(synthetic="gta5", real="cityscapes", label_protocol="cityscapes19",
                                 real_size=(512, 1024)),
@@ -348,9 +349,11 @@ def preset(name: str, data_dir=None):
     }
     if name not in fields:
         raise ValueError(f"preset name={name!r}: expected one of {sorted(fields)}")
+    # None-defaulting fields are placeholders, so --config.data.data_dir=... etc. work on the command line.
+    text, size = (lambda: config_dict.placeholder(str)), (lambda: config_dict.placeholder(tuple))
     c = ml_collections.ConfigDict(dict(
-        name="real", data_dir=data_dir, synthetic_dir=None, real_dir=None, synthetic_split=None,
-        real_train_split="train", real_val_split="validation", num_real_labelled=100,
-        synthetic_size=None, real_size=None, real_val_size=None))
+        name="real", data_dir=data_dir if data_dir is not None else text(), synthetic_dir=text(),
+        real_dir=text(), synthetic_split=text(), real_train_split="train", real_val_split="validation",
+        num_real_labelled=100, synthetic_size=size(), real_size=size(), real_val_size=size()))
     c.update(fields[name])
     return c

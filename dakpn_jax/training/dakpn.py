@@ -58,7 +58,7 @@ docs/PAPER.md lists every difference). Each is a switch whose default keeps the 
   ``model.low_params``         ``"rescaled"`` (sigma, noise *s)  ``"unscaled"``: theta_low as is
   ``loss.real_low``            True: D sees resize(r)           False: no real low view (one real
                                                                 term, two fake terms)
-  ``loss.update``              ``"alternating"``                ``"gradient_reversal"``
+  ``loss.update_rule``         ``"alternating"``                ``"gradient_reversal"``
   ``segmenter_weights``        unset (workdir segmenter)        a torchvision-layout FCN-ResNet50
                                                                 .pth / .safetensors, run on the
                                                                 frame resized to
@@ -66,7 +66,7 @@ docs/PAPER.md lists every difference). Each is a switch whose default keeps the 
                                                                 un-normalised
   ===========================  ===============================  ===================================
 
-``loss.update = "gradient_reversal"`` (needs ``loss.form = "saturating"``, i.e. BCE with logits,
+``loss.update_rule = "gradient_reversal"`` (needs ``loss.form = "saturating"``, i.e. BCE with logits,
 and ``r1 = 0``): one forward pass and one backward pass of
 
     L(theta_D, theta_G) = sum_v [BCE(D(real_v), 1)] + sum_v BCE(D(GRL(fake_v)), 0) + w_idt MSE
@@ -162,7 +162,7 @@ def _check_config(config) -> None:
     checks = [("features", _get(config, "features", "onehot"), FEATURES),
               ("loss.form", l.form, LOSS_FORMS), ("model.noise", m.noise, NOISE),
               ("optim.schedule", _get(config.optim, "schedule", "constant"), SCHEDULES),
-              ("loss.update", _get(l, "update", "alternating"), UPDATES),
+              ("loss.update_rule", _get(l, "update_rule", "alternating"), UPDATES),
               ("model.tile_grid", _get(m, "tile_grid", "random"), TILE_GRIDS),
               ("model.low_params", _get(m, "low_params", "rescaled"), LOW_PARAMS)]
     for name, value, allowed in checks:
@@ -178,9 +178,9 @@ def _check_config(config) -> None:
             and not _get(config, "segmenter_weights", None)):
         raise ValueError("config.features='segmenter' needs config.segmenter_workdir (a segmentation run) or "
                          "config.segmenter_weights (a torchvision-layout FCN-ResNet50 .pth / .safetensors)")
-    if _get(l, "update", "alternating") == "gradient_reversal":
+    if _get(l, "update_rule", "alternating") == "gradient_reversal":
         if l.form != "saturating" or float(l.r1) > 0:
-            raise ValueError(f"config.loss.update='gradient_reversal' is the saturating minimax objective: it "
+            raise ValueError(f"config.loss.update_rule='gradient_reversal' is the saturating minimax objective: it "
                              f"needs loss.form='saturating' (got {l.form!r}) and loss.r1=0 (got {l.r1})")
     if not _get(l, "real_low", True) and "tile" not in views:
         raise ValueError("config.loss.real_low=False needs 'tile' in loss.d_inputs (D needs a real view)")
@@ -569,10 +569,10 @@ def make_train_step(config, *, segmenter=None) -> Callable:
 
     ``batch``: ``{"synthetic": (B, H, W, 3) float32, "label": (B, H, W) int, "real": (B, H, W, 3)}``.
     ``segmenter``: optional ``(apply_fn, params)`` overriding ``load_segmenter`` (tests, notebooks).
-    ``loss.update`` selects the alternating step (default) or the authors' gradient reversal.
+    ``loss.update_rule`` selects the alternating step (default) or the authors' gradient reversal.
     """
     _check_config(config)
-    if _get(config.loss, "update", "alternating") == "gradient_reversal":
+    if _get(config.loss, "update_rule", "alternating") == "gradient_reversal":
         return _make_gradient_reversal_step(config, segmenter)
     gd = graphdefs(config)
     tx = make_optimizers(config)
