@@ -1,55 +1,48 @@
-"""DA-KPN GTA5 -> Cityscapes with the paper's settings (Mata, Ryoo, Turbell, ECCV 2024 W).
+"""DA-KPN GTA5 -> Cityscapes (Mata, Ryoo, Turbell, ECCV 2024 W). ``get_config(arg)``:
 
-GTA5 frames at their full 1052 x 1914 (resized to exactly that size when a frame differs, so
-batches stack), Cityscapes train frames halved to 512 x 1024; parameter grid 96 x 160; blur window
-K = 25; features: the class logits of a frozen segmenter; linear 1x1 KPN head with the
-identity-like init (sigma 1 px, parametrised directly as in the paper); PatchGAN (64 filters, 3
-layers, BatchNorm, statistics over the global batch) on an H/8 x W/8 full-resolution tile and on
-the whole frame resized to the parameter grid; saturating (minimax) loss, identity MSE weight 1;
-Adam 1e-4 for both players with PyTorch's default betas; batch 8; 100 epochs of the 24,966 GTA5
-frames.
+- ``"paper"``: as the authors' code trains it (configs/dakpn_real.py; DESIGN.md §6).
+- ``None`` / ``"default"`` / ``"clean"``: the project's choices with the domain-scale gap fixed.
 
-Launch (train the segmenter first, e.g. a SegFormer run of configs/segmentation*.py on GTA5)::
+Pixel scale of each domain, both presets: **GTA5 at its native 1052 x 1914** (frames of another
+size are resized to exactly that, so batches stack) and **Cityscapes at its native 1024 x 2048**
+(train and val). Both are ~2 k-pixel-wide dash-cam views, so a tile (H/8 x W/8 = 131 x 239 px of
+GTA5) covers the same angular extent in both domains up to 7 %. (Before issue 15 Cityscapes was
+halved to 512 x 1024 while GTA5 stayed native: a 2x scale gap that lets D separate the domains by
+blur and noise level alone and biases the learned sigma and noise scale; translating native GTA5
+at export then needs the native-scale parameters, so both domains stay native rather than both halved.)
 
-    python -m dakpn_jax.main --config=configs/gta5_cityscapes.py --workdir=DIR \\
+Shared: parameter grid 96 x 160, low view 96 x 160, blur window K = 25, linear 1x1 KPN head with the
+identity-like init (sigma 1 px, used raw), 64-filter BatchNorm D, saturating / BCE loss, identity
+MSE weight 1, Adam 1e-4 (betas 0.9, 0.999) for both, batch 8. ``paper``: GTA5 ``split.mat``
+trainIds only (12,403 frames), no flips, 103,000 iterations (the checkpoint the authors used);
+``clean``: all 24,966 frames with flips, 100 epochs.
+
+Launch (features: a torchvision-layout FCN-ResNet50 file, or a segmentation run)::
+
+    python -m dakpn_jax.main --config=configs/gta5_cityscapes.py:paper --workdir=DIR \\
+        --config.data.data_dir=TFDS_DIR --config.segmenter_weights=fcn_resnet50_cityscapes.pth
+    python -m dakpn_jax.main --config=configs/gta5_cityscapes.py:clean --workdir=DIR \\
         --config.data.data_dir=TFDS_DIR --config.segmenter_workdir=SEG_WORKDIR
-
-``get_config(arg)``: ``None`` / ``"default"`` only. Data fields: ``dakpn_jax.data.sources.preset``.
 """
-import ml_collections
-from ml_collections import config_dict
+import importlib.util
+import os
 
 TRAIN_IMAGES = 24966
 FRAME = (1052, 1914)
 
 
-def get_config(arg=None):
-    if arg not in (None, "default"):
-        raise ValueError(f"configs/gta5_cityscapes.py: unknown variant {arg!r} (default)")
-    from dakpn_jax.data import sources
+def _presets():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dakpn_real.py")
+    spec = importlib.util.spec_from_file_location("_dakpn_configs_dakpn_real", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    c = ml_collections.ConfigDict()
-    c.method = "dakpn"
-    c.seed = 0
-    c.data = sources.preset("gta5_cityscapes")
-    c.data.synthetic_size = FRAME
-    c.random_flip = True
-    c.batch_size = 8
-    c.features = "segmenter"
-    c.segmenter_workdir = ""  # required: --config.segmenter_workdir=...
-    c.model = ml_collections.ConfigDict(dict(
-        num_classes=19, head="linear", hidden=32, sigma0=1.0, sigma_param="sigma",
-        kernel_size=25, impl="auto", frame_size=FRAME, param_size=(96, 160), tile_size=config_dict.placeholder(tuple),
-        low_size=(96, 160), noise="fixed", noise_seed=0,
-        disc=ml_collections.ConfigDict(dict(ndf=64, n_layers=3, norm="batch", num_D=1))))
-    c.loss = ml_collections.ConfigDict(dict(form="saturating", identity=1.0, r1=0.0, d_inputs=("tile", "low")))
-    c.optim = ml_collections.ConfigDict(dict(lr=1e-4, lr_D=1e-4, b1=0.9, b2=0.999, eps=1e-8,
-                                             schedule="constant", warmup_steps=0))
-    c.num_train_steps = 100 * TRAIN_IMAGES // c.batch_size
-    c.steps_per_call = 1
-    c.log_every_steps = 100
-    c.checkpoint_every_steps = 5000
-    c.eval_every_steps = 20000
-    c.keep_checkpoints = 3
-    c.eval_images = 0  # no paired view for real datasets: evaluate() is skipped
-    return c
+
+def get_config(arg=None):
+    variant = "clean" if arg in (None, "default") else arg
+    return _presets().build(
+        "gta5_cityscapes", variant, num_classes=19, frame=FRAME, param_size=(96, 160), low_size=(96, 160),
+        tile_size=None, train_images=TRAIN_IMAGES, paper_steps=103_000,
+        data_fields=dict(synthetic_size=FRAME, real_size=None, real_val_size=None),
+        paper_data_fields=dict(synthetic_size=FRAME, real_size=None, real_val_size=None, synthetic_split="train"))

@@ -304,3 +304,148 @@ def test_evaluate_identity_translator_equals_baseline(tiny):
     real = np.stack([src[i]["real"] for i in range(3)]).astype(np.float64) / 255
     want = np.mean(10 * np.log10(1 / ((syn - real) ** 2).mean(axis=(1, 2, 3))))
     assert out["psnr_untranslated"] == pytest.approx(want, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- the authors' choices (issue 15)
+
+def _torch_nlayer(ndf=64):
+    """pix2pix NLayer PatchGAN written from its layer list (DESIGN.md §6), PyTorch."""
+    import torch.nn as tnn
+    return tnn.Sequential(
+        tnn.Conv2d(3, ndf, 4, 2, 1), tnn.LeakyReLU(0.2),
+        tnn.Conv2d(ndf, 2 * ndf, 4, 2, 1, bias=False), tnn.BatchNorm2d(2 * ndf), tnn.LeakyReLU(0.2),
+        tnn.Conv2d(2 * ndf, 4 * ndf, 4, 2, 1, bias=False), tnn.BatchNorm2d(4 * ndf), tnn.LeakyReLU(0.2),
+        tnn.Conv2d(4 * ndf, 8 * ndf, 4, 1, 1, bias=False), tnn.BatchNorm2d(8 * ndf), tnn.LeakyReLU(0.2),
+        tnn.Conv2d(8 * ndf, 1, 4, 1, 1))
+
+
+def test_nlayer_patchgan_receptive_field_is_70():
+    """Support of d(one interior output unit)/d(input): exactly 70 x 70 (norm off: BatchNorm's batch
+    statistics would couple every position; the conv geometry is the same)."""
+    d = patchgan.NLayerPatchGAN(3, ndf=4, norm="none", init="torch", rngs=nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(1), (1, 96, 96, 3))
+    out = d(x)
+    assert out.shape == (1, 10, 10, 1)  # H/8 - 2
+    g = jax.jit(jax.grad(lambda v: d(v)[0, 5, 5, 0]))(x)
+    rows, cols = np.nonzero(np.abs(np.asarray(g[0])).sum(-1))
+    assert rows.max() - rows.min() + 1 == 70 and cols.max() - cols.min() + 1 == 70
+    # Top-left of the window: 8 i minus the zero padding seen through the strides (1 + 2 + 4 + 8 + 8).
+    assert rows.min() == cols.min() == 5 * 8 - 23
+
+
+def test_nlayer_patchgan_equals_pytorch_build():
+    torch = pytest.importorskip("torch")
+    d = patchgan.NLayerPatchGAN(3, ndf=64, norm="batch", init="torch", rngs=nnx.Rngs(3))
+    ref = _torch_nlayer(64).train()  # BatchNorm in train mode: per-call batch statistics
+    convs = [m for m in ref if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in ref if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(convs) == len(d.convs) == 5 and len(bns) == len(d.norms) == 3
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for tc, jc in zip(convs, d.convs):
+            tc.weight.copy_(torch.from_numpy(np.asarray(jc.kernel[...]).transpose(3, 2, 0, 1).copy()))
+            assert (tc.bias is None) == (jc.bias is None)
+            if tc.bias is not None:
+                tc.bias.copy_(torch.from_numpy(np.array(jc.bias[...])))
+        for tb, jb in zip(bns, d.norms):  # non-trivial affine parameters, copied both ways
+            scale, bias = rng.uniform(0.5, 1.5, tb.num_features), rng.normal(0, 0.1, tb.num_features)
+            jb.scale[...] = jnp.asarray(scale, jnp.float32)
+            jb.bias[...] = jnp.asarray(bias, jnp.float32)
+            tb.weight.copy_(torch.from_numpy(scale.astype(np.float32)))
+            tb.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
+    x = rng.uniform(0, 1, (2, 64, 96, 3)).astype(np.float32)
+    want = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+    got = np.asarray(d(jnp.asarray(x)))
+    assert got.shape == want.shape == (2, 6, 10, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # PyTorch's default init bounds: |w| <= 1 / sqrt(fan_in), fan_in = c_in * 16.
+    for jc in d.convs:
+        bound = 1.0 / np.sqrt(jc.kernel.shape[2] * 16)
+        w = np.asarray(jc.kernel[...])
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+
+
+def gr_config():
+    c = tiny_config()
+    c.loss.update(update_rule="gradient_reversal", real_low=False)
+    c.model.update(low_params="unscaled")
+    c.optim.update(lr=1e-4, lr_D=1e-4, b1=0.9, schedule="constant")
+    return c
+
+
+def test_gradient_reversal_grads_equal_the_minimax_objective():
+    """One backward pass of the GRL objective gives grad_D V and -grad_G V + w grad_G MSE of the
+    saturating minimax value V (BCE with logits: 1 real term, 2 fake terms), written here with
+    optax's BCE on one shared forward pass."""
+    import optax
+    c = gr_config()
+    state = dakpn.init_state(c, jax.random.key(0))
+    # Non-zero KPN weights so the KPN gradient flows through the features.
+    state["params"]["kpn"] = jax.tree.map(lambda p: p + 0.01 * jax.random.normal(jax.random.key(5), p.shape),
+                                          state["params"]["kpn"])
+    batch = {k: jnp.asarray(v) for k, v in tiny_batch(c, n=4).items()}
+    grads, aux = jax.jit(jax.grad(dakpn.make_gradient_reversal_loss(c), has_aux=True))(
+        state["params"], batch, state["rng"])
+
+    x, r = batch["synthetic"], batch["real"]
+    dv = dakpn.draw_views(c, state["rng"], x, r)
+    assert set(dv["reals"]) == {"tile"}  # no real low view
+    feats = dakpn.onehot_features(batch["label"], c.model.num_classes, dakpn.param_size(c))
+    generate = dakpn.make_generate(c)
+    gd_d = dakpn.graphdefs(c)["D"]
+    th, tw = dv["tile"]
+    x_tile = jnp.stack([x[b, i:i + th, j:j + tw] for b, (i, j) in enumerate(np.asarray(dv["pos"]))])
+
+    def value(p_d, p_g):
+        fakes, _ = generate(p_g, x, feats, dv["pos"], dv["k_noise"], dv["tile"])
+        d = nnx.merge(gd_d, p_d)
+        bce = lambda logits, t: jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, t)))
+        v = bce(d(dv["reals"]["tile"])[0], 1.0) + bce(d(fakes["tile"])[0], 0.0) + bce(d(fakes["low"])[0], 0.0)
+        return v, jnp.mean(jnp.square(fakes["tile"] - x_tile))
+
+    p_d, p_g = state["params"]["D"], state["params"]["kpn"]
+
+    @jax.jit
+    def reference(p_d, p_g):
+        ref_d = jax.grad(lambda p: value(p, p_g)[0])(p_d)
+        ref_g = jax.grad(lambda p: -value(p_d, p)[0] + c.loss.identity * value(p_d, p)[1])(p_g)
+        return ref_d, ref_g, value(p_d, p_g)
+
+    ref_d, ref_g, (v, idt) = reference(p_d, p_g)
+    np.testing.assert_allclose(aux["loss_D"], v, rtol=1e-5)
+    np.testing.assert_allclose(aux["loss_identity"], idt, rtol=1e-5)
+    for got, want in ((grads["D"], ref_d), (grads["kpn"], ref_g)):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-7)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ref_g)) > 0  # the check is not vacuous
+
+    # The step: both players take one Adam step from exactly these gradients, simultaneously.
+    new, metrics = jax.jit(dakpn.make_train_step(c))(state, batch)
+    assert "D_real_low" not in metrics and "D_real_tile" in metrics
+    tx = optax.adam(1e-4)
+    for k in ("kpn", "D"):
+        upd, _ = tx.update(grads[k], tx.init(state["params"][k]), state["params"][k])
+        want = optax.apply_updates(state["params"][k], upd)
+        for a, b in zip(jax.tree.leaves(new["params"][k]), jax.tree.leaves(want)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_aligned_tile_grid_positions():
+    pos = np.asarray(dakpn.aligned_positions(jax.random.key(0), 512, (131, 239)))
+    assert set(np.unique(pos[:, 0])) == {131 * i for i in range(8)}
+    assert set(np.unique(pos[:, 1])) == {239 * j for j in range(8)}
+    c = tiny_config()
+    c.model.update(tile_grid="aligned", tile_size=None)  # H/8 x W/8 = 4 x 8 tiles of 32 x 64 frames
+    x = jnp.zeros((3, 32, 64, 3))
+    dv = dakpn.draw_views(c, jax.random.key_data(jax.random.key(1)), x, x)
+    assert dv["tile"] == (4, 8) and np.all(np.asarray(dv["pos"]) % np.array([4, 8]) == 0)
+    c.model.tile_size = (8, 16)
+    with pytest.raises(ValueError, match="aligned"):
+        dakpn.draw_views(c, jax.random.key_data(jax.random.key(1)), x, x)
+
+
+def test_gradient_reversal_rejects_other_loss_forms():
+    c = gr_config()
+    c.loss.form = "lsgan"
+    with pytest.raises(ValueError, match="gradient_reversal"):
+        dakpn.make_train_step(c)

@@ -22,6 +22,15 @@ Order of operations, on grain's lazy random-access `MapDataset` (nothing is read
 An example is a dict of arrays. *Spatial* keys are those whose first two dims are the example's
 (H, W) (the first spatial key decides); crop and flip act on them, other keys pass through. A uint8
 array (H, W, 3) is an image and becomes float32; labels (H, W) stay uint8.
+
+Flips and left/right classes. A horizontal flip turns a left eye into a right eye, so for label
+spaces with sided classes (the face parts ``l_eye``/``r_eye``, ``l_brow``/``r_brow``,
+``l_ear``/``r_ear``) a flipped label must also swap those ids: ``flip_label_map(class_names)`` is the
+(256,) uint8 lookup table doing that (the identity for street scenes: no Cityscapes class has a
+side), and ``make_pipeline(..., flip_label_map=lut)`` applies it to every 2-D label key of a flipped
+example. Without the argument the source's own ``flip_label_map`` attribute is used
+(`dakpn_jax.data.sources.make_source` sets it for the face label space), so every method that
+flips gets the swap.
 """
 from __future__ import annotations
 
@@ -32,6 +41,22 @@ import grain
 import numpy as np
 
 _SEED_LIMIT = 2 ** 32  # grain's shuffle seeds are 32-bit
+
+
+def flip_label_map(class_names) -> np.ndarray:
+  """(256,) uint8 label lookup for a horizontal flip: id k -> k, except that ``l_X`` and ``r_X``
+  swap whenever both names exist (``l_lip``, the lower lip, has no ``r_lip`` and stays). Ids beyond
+  the class list (255 = ignore) map to themselves."""
+  names = [str(n) for n in class_names]
+  if len(names) > 255:
+    raise ValueError(f"flip_label_map: {len(names)} classes do not fit uint8 labels with 255 = ignore")
+  lut = np.arange(256, dtype=np.uint8)
+  index = {n: i for i, n in enumerate(names)}
+  for i, n in enumerate(names):
+    if n.startswith("l_") and ("r_" + n[2:]) in index:
+      j = index["r_" + n[2:]]
+      lut[i], lut[j] = j, i
+  return lut
 
 
 def _positive_int(name, value):
@@ -75,10 +100,12 @@ class AugmentFn:
   for every spatial key and for every rerun.
   """
 
-  def __init__(self, seed: int, crop_size: tuple[int, int] | None, random_flip: bool):
+  def __init__(self, seed: int, crop_size: tuple[int, int] | None, random_flip: bool,
+               flip_label_map: np.ndarray | None = None):
     self.seed = seed
     self.crop_size = crop_size
     self.random_flip = random_flip
+    self.flip_label_map = flip_label_map
 
   def __call__(self, index: int, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
     example = {k: np.asarray(v) for k, v in example.items()}
@@ -97,6 +124,8 @@ class AugmentFn:
     for k in keys:
       window = example[k][rows, cols]
       # Contiguous copies: views would keep the whole frame alive and slow the batch stacking.
+      if flip and self.flip_label_map is not None and window.ndim == 2 and np.issubdtype(window.dtype, np.integer):
+        window = self.flip_label_map[window]  # sided classes swap (a fresh array: no copy needed)
       example[k] = np.ascontiguousarray(window[:, ::-1] if flip else window)
     return example
 
@@ -124,6 +153,7 @@ def make_pipeline(
     random_flip: bool = False,
     drop_remainder: bool = True,
     worker_count: int = 0,
+    flip_label_map: np.ndarray | None = None,
     num_threads: int = 4,
     prefetch_buffer_size: int = 4,
 ) -> grain.DatasetIterator:
@@ -140,6 +170,8 @@ def make_pipeline(
     random_flip: flip examples horizontally with probability 1/2.
     drop_remainder: drop a last incomplete batch (finite `num_epochs` only).
     worker_count: 0 reads in threads of this process; > 0 uses that many worker processes.
+    flip_label_map: (256,) uint8 lookup applied to the 2-D label keys of flipped examples (see the
+      module docstring); None: the source's ``flip_label_map`` attribute, if any.
     num_threads, prefetch_buffer_size: read threads and batches read ahead.
 
   Returns:
@@ -174,7 +206,12 @@ def make_pipeline(
   # Reseeding per epoch: the shuffle draws a new permutation each epoch.
   ds = ds.repeat(num_epochs)
   if crop is not None or random_flip:
-    ds = ds.map_with_index(AugmentFn(int(seed), crop, bool(random_flip)))
+    lut = flip_label_map if flip_label_map is not None else getattr(source, "flip_label_map", None)
+    if lut is not None:
+      lut = np.asarray(lut)
+      if lut.shape != (256,) or lut.dtype != np.uint8:
+        raise ValueError(f"flip_label_map must be a (256,) uint8 lookup table, got {lut.shape} {lut.dtype}")
+    ds = ds.map_with_index(AugmentFn(int(seed), crop, bool(random_flip), lut))
   # Batch, then shard whole batches: global batch t is the concatenation of the processes' batches
   # t in process order, i.e. process k holds rows [k*b, (k+1)*b) of the one-process batch of n*b,
   # exactly the layout `jax.make_array_from_process_local_data` stitches. So a run gives the same

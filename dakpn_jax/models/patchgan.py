@@ -27,6 +27,20 @@ Normalisation (``norm``), with a learnable per-channel scale and bias:
 :class:`PatchGANPyramid` (pix2pixHD): ``num_D`` independent PatchGANs, the k-th one judging the input
 average-pooled k times (3x3 window, stride 2, padding 1, padded cells excluded from the average).
 ``num_D = 1`` is the paper's single discriminator.
+
+:class:`NLayerPatchGAN` (``arch="nlayer"``, the authors' code, DESIGN.md §6): pix2pix's NLayer
+PatchGAN with a 70 x 70 receptive field, 4x4 kernels, zero padding 1::
+
+    conv s2 (3 -> ndf) + bias, LeakyReLU 0.2                                  (no norm)
+    conv s2 (ndf -> 2 ndf), BN, LeakyReLU 0.2; conv s2 (2 ndf -> 4 ndf), BN, LeakyReLU 0.2
+    conv s1 (4 ndf -> 8 ndf), BN, LeakyReLU 0.2
+    conv s1 (8 ndf -> 1) + bias                                                raw logits
+
+(n_layers = 3, ndf = 64; no conv bias in front of a BatchNorm, as pix2pix). A (B, H, W, 3) input
+gives (B, H/8 - 2, W/8 - 2, 1) logits (H, W divisible by 8; floor otherwise). ``init="torch"``:
+PyTorch's default Conv2d init, weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with
+fan_in = c_in * 4 * 4 (kaiming-uniform with a = sqrt(5)); BatchNorm scale 1, bias 0.
+``init="normal"``: N(0, 0.02) weights (pix2pix's ``init_weights``), zero biases.
 """
 from __future__ import annotations
 
@@ -35,7 +49,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 NORMS = ("batch", "instance", "none")
+ARCHS = ("patchgan", "nlayer")
+INITS = ("normal", "torch")
 _INIT = nnx.initializers.normal(0.02)
+# PyTorch's Conv2d default: kaiming_uniform(a=sqrt(5)) = U(-b, b), b = sqrt(6 / ((1 + 5) fan_in)).
+_TORCH_KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _torch_bias_init(fan_in: int):
+    """PyTorch's Conv2d default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / float(fan_in) ** 0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 _EPS = 1e-5
 
 
@@ -101,15 +125,66 @@ def downsample(x: jax.Array) -> jax.Array:
     return pool(x) / pool(jnp.ones_like(x[..., :1]))
 
 
+class NLayerPatchGAN(nnx.Module):
+    """The authors' 70 x 70 NLayer PatchGAN (module docstring): (B, H, W, C) -> (B, H/8-2, W/8-2, 1)."""
+
+    def __init__(self, in_channels: int = 3, *, ndf: int = 64, n_layers: int = 3, norm: str = "batch",
+                 init: str = "torch", rngs: nnx.Rngs):
+        if n_layers < 1 or ndf < 1:
+            raise ValueError(f"NLayerPatchGAN: ndf={ndf} and n_layers={n_layers} must be >= 1")
+        if norm not in NORMS:
+            raise ValueError(f"NLayerPatchGAN: norm={norm!r} must be one of {NORMS}")
+        if init not in INITS:
+            raise ValueError(f"NLayerPatchGAN: init={init!r} must be one of {INITS}")
+        m = lambda n: min(2 ** n, 8)
+        chans = [in_channels] + [ndf * m(n) for n in range(n_layers + 1)] + [1]
+        strides = [2] * n_layers + [1, 1]
+
+        def conv(i):
+            cin, cout = chans[i], chans[i + 1]
+            normed = 0 < i < len(strides) - 1 and norm != "none"
+            if init == "torch":
+                kw = dict(kernel_init=_TORCH_KERNEL_INIT, bias_init=_torch_bias_init(cin * 16))
+            else:
+                kw = dict(kernel_init=_INIT, bias_init=nnx.initializers.zeros)
+            return nnx.Conv(cin, cout, (4, 4), strides=(strides[i],) * 2, padding=((1, 1), (1, 1)),
+                            use_bias=not normed, rngs=rngs, **kw)
+
+        self.convs = nnx.List([conv(i) for i in range(len(strides))])
+        self.norms = nnx.List([Norm(chans[i + 1], norm) for i in range(1, len(strides) - 1)])
+        self.n_layers = n_layers
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"NLayerPatchGAN: input must be (B, H, W, C), got {x.shape}")
+        min_size = 2 ** (self.n_layers + 2)
+        if min(x.shape[1], x.shape[2]) < min_size:
+            raise ValueError(f"NLayerPatchGAN: input {x.shape} too small for n_layers={self.n_layers}; "
+                             f"H and W must be >= {min_size}")
+        h = jax.nn.leaky_relu(self.convs[0](x), 0.2)
+        for conv, norm in zip(self.convs[1:-1], self.norms):
+            h = jax.nn.leaky_relu(norm(conv(h)), 0.2)
+        return self.convs[-1](h)
+
+
 class PatchGANPyramid(nnx.Module):
-    """``num_D`` PatchGANs on ``x, down(x), down(down(x)), ...``: returns a list of logit maps."""
+    """``num_D`` PatchGANs on ``x, down(x), down(down(x)), ...``: returns a list of logit maps.
+
+    ``arch="patchgan"`` (default): :class:`PatchGAN`; ``"nlayer"``: :class:`NLayerPatchGAN` (the
+    authors' 70 x 70 D, ``init`` selects its initialisation)."""
 
     def __init__(self, in_channels: int = 3, *, num_D: int = 1, ndf: int = 64, n_layers: int = 3,
-                 norm: str = "batch", rngs: nnx.Rngs):
+                 norm: str = "batch", arch: str = "patchgan", init: str = "normal", rngs: nnx.Rngs):
         if num_D < 1:
             raise ValueError(f"PatchGANPyramid: num_D={num_D} must be >= 1")
-        self.discs = nnx.List([PatchGAN(in_channels, ndf=ndf, n_layers=n_layers, norm=norm, rngs=rngs)
-                               for _ in range(num_D)])
+        if arch not in ARCHS:
+            raise ValueError(f"PatchGANPyramid: arch={arch!r} must be one of {ARCHS}")
+        if arch == "patchgan":
+            build = lambda: PatchGAN(in_channels, ndf=ndf, n_layers=n_layers, norm=norm, rngs=rngs)
+        else:
+            build = lambda: NLayerPatchGAN(in_channels, ndf=ndf, n_layers=n_layers, norm=norm, init=init,
+                                           rngs=rngs)
+        self.discs = nnx.List([build() for _ in range(num_D)])
 
     def __call__(self, x: jax.Array) -> list[jax.Array]:
         out = []

@@ -44,6 +44,40 @@ size (``translation.noise_field``); the tile uses the crop at the tile's positio
 field of its own size. ``"fresh"``: new per-sample noise every step from the state's key.
 Translation at inference (:func:`make_translator`) always uses the fixed field resized to the frame.
 
+The authors' choices (DESIGN.md §6, the ``paper`` presets of configs/gta5_cityscapes.py etc.;
+docs/PAPER.md lists every difference). Each is a switch whose default keeps the path above:
+
+  ===========================  ===============================  ===================================
+  field                        default (path above)             authors' code
+  ===========================  ===============================  ===================================
+  ``model.disc.arch``          ``"patchgan"`` (46 px, 3x3 head)  ``"nlayer"`` (70 x 70, 4x4 s1 head)
+  ``model.disc.init``          ``"normal"`` N(0, 0.02)           ``"torch"`` (PyTorch default init)
+  ``model.tile_grid``          ``"random"`` tile position       ``"aligned"``: a cell of the 8 x 8
+                                                                grid of th x tw tiles (top-left
+                                                                (i th, j tw), i, j ~ U{0..7})
+  ``model.low_params``         ``"rescaled"`` (sigma, noise *s)  ``"unscaled"``: theta_low as is
+  ``loss.real_low``            True: D sees resize(r)           False: no real low view (one real
+                                                                term, two fake terms)
+  ``loss.update_rule``         ``"alternating"``                ``"gradient_reversal"``
+  ``segmenter_weights``        unset (workdir segmenter)        a torchvision-layout FCN-ResNet50
+                                                                .pth / .safetensors, run on the
+                                                                frame resized to
+                                                                ``segmenter_input_size`` (96 x 160),
+                                                                un-normalised
+  ===========================  ===============================  ===================================
+
+``loss.update_rule = "gradient_reversal"`` (needs ``loss.form = "saturating"``, i.e. BCE with logits,
+and ``r1 = 0``): one forward pass and one backward pass of
+
+    L(theta_D, theta_G) = sum_v [BCE(D(real_v), 1)] + sum_v BCE(D(GRL(fake_v)), 0) + w_idt MSE
+
+where GRL is the identity forward and negates the cotangent backward (scale 1). Hence
+grad_D L = grad_D V and grad_G L = -grad_G V + w_idt grad_G MSE for the saturating minimax value
+V = sum BCE terms: D descends V, the KPN ascends it, and both Adam steps happen at once from the
+same forward pass (the real terms do not depend on theta_G). Its metrics: ``loss_D`` (V),
+``loss_G`` (-V_fake + w_idt MSE), ``loss_G_adv``, ``loss_identity``, per view ``loss_D_<v>``,
+``D_real_<v>`` (where a real view exists), ``D_fake_<v>``.
+
 Data parallelism: the step sees global arrays; the random tile positions come from the replicated
 key and BatchNorm statistics in D span the global batch, so N devices compute what 1 device does.
 
@@ -72,6 +106,11 @@ FEATURES = ("onehot", "segmenter")
 NOISE = ("fixed", "fresh")
 VIEWS = ("tile", "low")
 SCHEDULES = ("constant", "cosine", "linear")
+UPDATES = ("alternating", "gradient_reversal")
+TILE_GRIDS = ("random", "aligned")
+LOW_PARAMS = ("rescaled", "unscaled")
+GRID_CELLS = 8
+"""The aligned tile grid is GRID_CELLS x GRID_CELLS tiles of (H // 8, W // 8) (the authors' code)."""
 ABLATIONS = ("affine", "blur", "noise")
 """Translation components ``config.model.ablate`` can switch off (DESIGN.md §1 step 8 ablations)."""
 
@@ -122,7 +161,10 @@ def _check_config(config) -> None:
     m, l = config.model, config.loss
     checks = [("features", _get(config, "features", "onehot"), FEATURES),
               ("loss.form", l.form, LOSS_FORMS), ("model.noise", m.noise, NOISE),
-              ("optim.schedule", _get(config.optim, "schedule", "constant"), SCHEDULES)]
+              ("optim.schedule", _get(config.optim, "schedule", "constant"), SCHEDULES),
+              ("loss.update_rule", _get(l, "update_rule", "alternating"), UPDATES),
+              ("model.tile_grid", _get(m, "tile_grid", "random"), TILE_GRIDS),
+              ("model.low_params", _get(m, "low_params", "rescaled"), LOW_PARAMS)]
     for name, value, allowed in checks:
         if value not in allowed:
             raise ValueError(f"config.{name}={value!r} must be one of {allowed}")
@@ -132,8 +174,16 @@ def _check_config(config) -> None:
     if m.kernel_size < 1 or m.kernel_size % 2 == 0:
         raise ValueError(f"config.model.kernel_size={m.kernel_size} must be a positive odd int")
     ablation_of(config)
-    if _get(config, "features", "onehot") == "segmenter" and not _get(config, "segmenter_workdir", None):
-        raise ValueError("config.features='segmenter' needs config.segmenter_workdir")
+    if (_get(config, "features", "onehot") == "segmenter" and not _get(config, "segmenter_workdir", None)
+            and not _get(config, "segmenter_weights", None)):
+        raise ValueError("config.features='segmenter' needs config.segmenter_workdir (a segmentation run) or "
+                         "config.segmenter_weights (a torchvision-layout FCN-ResNet50 .pth / .safetensors)")
+    if _get(l, "update_rule", "alternating") == "gradient_reversal":
+        if l.form != "saturating" or float(l.r1) > 0:
+            raise ValueError(f"config.loss.update_rule='gradient_reversal' is the saturating minimax objective: it "
+                             f"needs loss.form='saturating' (got {l.form!r}) and loss.r1=0 (got {l.r1})")
+    if not _get(l, "real_low", True) and "tile" not in views:
+        raise ValueError("config.loss.real_low=False needs 'tile' in loss.d_inputs (D needs a real view)")
 
 
 # ----------------------------------------------------------------------------- networks
@@ -146,7 +196,8 @@ def make_kpn(config, rngs: nnx.Rngs) -> KPNHead:
 
 def make_discriminator(config, rngs: nnx.Rngs) -> PatchGANPyramid:
     d = config.model.disc
-    return PatchGANPyramid(3, num_D=d.num_D, ndf=d.ndf, n_layers=d.n_layers, norm=d.norm, rngs=rngs)
+    return PatchGANPyramid(3, num_D=d.num_D, ndf=d.ndf, n_layers=d.n_layers, norm=d.norm,
+                           arch=_get(d, "arch", "patchgan"), init=_get(d, "init", "normal"), rngs=rngs)
 
 
 def graphdefs(config) -> dict:
@@ -228,7 +279,14 @@ def onehot_features(labels: jax.Array, num_classes: int, size: tuple[int, int]) 
 
 
 def load_segmenter(config):
-    """``(apply_fn, params)`` of the frozen segmenter in ``config.segmenter_workdir``."""
+    """``(apply_fn, params)`` of the frozen segmenter: ``config.segmenter_weights`` (a
+    torchvision-layout FCN-ResNet50 file, :func:`dakpn_jax.models.fcn_resnet50.load_frozen`) when
+    set, else the segmentation run in ``config.segmenter_workdir``."""
+    weights = _get(config, "segmenter_weights", None)
+    if weights:
+        from dakpn_jax.models import fcn_resnet50  # pylint: disable=import-outside-toplevel
+        return fcn_resnet50.load_frozen(weights, config.model.num_classes,
+                                        normalize=bool(_get(config, "segmenter_normalize", True)))
     from dakpn_jax.training import segmentation  # only needed for segmenter features
     return segmentation.load_segmenter(config.segmenter_workdir)
 
@@ -243,9 +301,13 @@ def make_feature_fn(config, segmenter=None) -> Callable:
     if kind == "onehot":
         return lambda images, labels, size: onehot_features(labels, C, size)
     apply_fn, seg_params = segmenter if segmenter is not None else load_segmenter(config)
+    in_size = _get(config, "segmenter_input_size", None)
 
     def features(images, labels, size):
         del labels
+        if in_size:  # the authors' export script: the frame resized to 96 x 160 first
+            images = jax.image.resize(images, (images.shape[0], *_pair(in_size, "segmenter_input_size"), 3),
+                                      method="linear", antialias=True)
         logits = jax.lax.stop_gradient(apply_fn(seg_params, images).astype(jnp.float32))
         if logits.shape[-1] != C:
             raise ValueError(f"segmenter logits have {logits.shape[-1]} classes, config.model.num_classes={C}")
@@ -323,6 +385,26 @@ def translate_tile(x, theta_low, noise, pos, tile, kernel_size: int, impl: str =
     return out[:, r:r + tile[0], r:r + tile[1]]
 
 
+def aligned_positions(key, batch: int, tile: tuple[int, int]) -> jax.Array:
+    """(B, 2) int32 top-left corners of a uniformly chosen cell of the aligned GRID_CELLS x
+    GRID_CELLS grid of ``tile``-sized tiles: (i th, j tw), i, j ~ U{0..GRID_CELLS-1}."""
+    cells = jax.random.randint(key, (batch, 2), 0, GRID_CELLS)
+    return cells * jnp.asarray(tile, jnp.int32)
+
+
+def grad_reverse(x: jax.Array) -> jax.Array:
+    """Gradient-reversal layer (scale 1): the identity forward, the negated cotangent backward."""
+    return _grad_reverse(x)
+
+
+@jax.custom_vjp
+def _grad_reverse(x):
+    return x
+
+
+_grad_reverse.defvjp(lambda x: (x, None), lambda _, g: (jax.tree.map(jnp.negative, g),))
+
+
 def low_res_params(theta_low: jax.Array, frame: tuple[int, int], low: tuple[int, int]) -> jax.Array:
     """theta in low-resolution pixel units: sigma and noise_scale times s = sqrt(lh lw / (H W))."""
     s = float(np.sqrt(low[0] * low[1] / (frame[0] * frame[1])))
@@ -340,6 +422,17 @@ def d_loss(form: str, real: jax.Array, fake: jax.Array) -> jax.Array:
         return jnp.mean(jnp.square(real - 1.0)) + jnp.mean(jnp.square(fake))
     if form == "hinge":
         return jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake))
+    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
+
+
+def d_loss_fake(form: str, fake: jax.Array) -> jax.Array:
+    """The fake half of :func:`d_loss` (a view with no real counterpart)."""
+    if form in ("saturating", "non_saturating"):
+        return jnp.mean(jax.nn.softplus(fake))
+    if form == "lsgan":
+        return jnp.mean(jnp.square(fake))
+    if form == "hinge":
+        return jnp.mean(jax.nn.relu(1.0 + fake))
     raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
 
 
@@ -381,28 +474,25 @@ def check_batch(batch: dict) -> None:
         raise ValueError(f"DA-KPN batch: 'label' {y.shape} must be (B, H, W) = {x.shape[:3]}")
 
 
-def make_train_step(config, *, segmenter=None) -> Callable:
-    """Returns the pure ``train_step(state, batch) -> (state, metrics)``.
+def make_generate(config) -> Callable:
+    """``generate(kpn_params, x, feats, pos, k_noise, tile) -> (fakes, theta_low)``: the views of
+    T(x; theta, n) D judges, as functions of the KPN params (module docstring, step 3).
 
-    ``batch``: ``{"synthetic": (B, H, W, 3) float32, "label": (B, H, W) int, "real": (B, H, W, 3)}``.
-    ``segmenter``: optional ``(apply_fn, params)`` overriding ``load_segmenter`` (tests, notebooks).
-    """
-    _check_config(config)
-    gd = graphdefs(config)
-    tx = make_optimizers(config)
-    lr_schedule = make_schedule(config, config.optim.lr)
+    ``fakes["tile"]`` (B, th, tw, 3) at ``pos``; ``fakes["low"]`` (B, lh, lw, 3) when "low" is in
+    ``loss.d_inputs``: the frame area-resized to ``low_size`` and translated with theta_low, its
+    sigma and noise scale rescaled (``model.low_params = "rescaled"``) or as they are
+    (``"unscaled"``, the authors')."""
     m, l = config.model, config.loss
-    feature_fn = make_feature_fn(config, segmenter)
-    form, views = l.form, tuple(l.d_inputs)
-    w_idt, w_r1 = float(l.identity), float(l.r1)
+    kpn_gd = graphdefs(config)["kpn"]
+    views = tuple(l.d_inputs)
     K, impl = int(m.kernel_size), m.impl
-    low, grid = low_size(config), param_size(config)
+    low = low_size(config)
     fixed = m.noise == "fixed"
     ablate = ablation_of(config)
+    unscaled = _get(m, "low_params", "rescaled") == "unscaled"
 
     def generate(kpn_params, x, feats, pos, k_noise, tile):
-        """(fake tile, fake low view, theta_low) as functions of the KPN params."""
-        kpn = gc.merge(gd["kpn"], kpn_params)
+        kpn = gc.merge(kpn_gd, kpn_params)
         theta = predict_params(kpn, feats, x, ablate)
         frame = x.shape[1:3]
         if fixed:  # constants of the step (computed at trace time), never part of the state
@@ -414,21 +504,112 @@ def make_train_step(config, *, segmenter=None) -> Callable:
             n_low = translation.sample_noise(k2, x.shape[0], *low)
         fakes = {"tile": translate_tile(x, theta, n_full, pos, tile, K, impl)}  # also the identity term's
         if "low" in views:
-            fakes["low"] = translation.translate(area_resize(x, low), low_res_params(theta, frame, low), n_low,
-                                                 kernel_size=K, impl=impl)
+            theta_l = theta if unscaled else low_res_params(theta, frame, low)
+            fakes["low"] = translation.translate(area_resize(x, low), theta_l, n_low, kernel_size=K, impl=impl)
         return fakes, theta
+
+    return generate
+
+
+def draw_views(config, rng, x: jax.Array, r: jax.Array) -> dict:
+    """The step's random draws from the state key ``rng`` (raw): ``{"pos": (B, 2) synthetic tile
+    corners, "reals": {"tile": (B, th, tw, 3), "low": resize(r) when the real low view is on},
+    "k_noise": typed key, "tile": (th, tw), "rng": the next raw state key}``."""
+    views = tuple(config.loss.d_inputs)
+    B, frame = x.shape[0], x.shape[1:3]
+    tile = tile_size(config, frame)
+    if min(r.shape[1] - tile[0], r.shape[2] - tile[1]) < 0:
+        raise ValueError(f"DA-KPN batch: real frames {r.shape[1:3]} are smaller than the tile {tile}")
+    k_pos, k_real, k_noise, rng = gc.split_key(rng, 4)
+    wrap = jax.random.wrap_key_data
+    if _get(config.model, "tile_grid", "random") == "aligned":
+        if tile[0] * GRID_CELLS > frame[0] or tile[1] * GRID_CELLS > frame[1]:
+            raise ValueError(f"config.model.tile_grid='aligned': {GRID_CELLS} x {GRID_CELLS} tiles of {tile} "
+                             f"do not fit the frame {frame}")
+        pos = aligned_positions(wrap(k_pos), B, tile)
+    else:
+        pos = random_positions(wrap(k_pos), B, frame, tile)
+    # The real tile: a uniform crop of the same size (the real frame has its own size).
+    reals = {"tile": _crop(r, random_positions(wrap(k_real), B, r.shape[1:3], tile), tile)}
+    if "low" in views and _get(config.loss, "real_low", True):
+        reals["low"] = area_resize(r, low_size(config))
+    return {"pos": pos, "reals": reals, "k_noise": wrap(k_noise), "tile": tile, "rng": rng}
+
+
+def make_gradient_reversal_loss(config, *, segmenter=None) -> Callable:
+    """``loss_fn(params {"kpn", "D"}, batch, rng) -> (L, aux)``: the gradient-reversal objective of
+    the module docstring on one forward pass; ``jax.grad`` of it gives both players' gradients in
+    one backward pass. ``aux``: the metrics plus ``"theta"`` and ``"rng"`` (the next state key)."""
+    gd = graphdefs(config)
+    l = config.loss
+    views, w_idt = tuple(l.d_inputs), float(l.identity)
+    feature_fn = make_feature_fn(config, segmenter)
+    generate = make_generate(config)
+    grid = param_size(config)
+
+    def loss_fn(params, batch, rng):
+        x = batch["synthetic"].astype(jnp.float32)
+        r = batch["real"].astype(jnp.float32)
+        y = batch["label"].astype(jnp.int32)
+        dv = draw_views(config, rng, x, r)
+        feats = feature_fn(x, y, grid)
+        fakes, theta = generate(params["kpn"], x, feats, dv["pos"], dv["k_noise"], dv["tile"])
+        d = gc.merge(gd["D"], params["D"])
+        out, v_real, v_fake = {}, 0.0, 0.0
+        for v in views:
+            lf = d(grad_reverse(fakes[v]))
+            fake_term = _levels_mean(lambda b: d_loss_fake("saturating", b), lf)
+            term = fake_term
+            if v in dv["reals"]:
+                lr_ = d(dv["reals"][v])
+                real_term = _levels_mean(lambda a: jnp.mean(jax.nn.softplus(-a)), lr_)
+                out[f"D_real_{v}"] = _levels_mean(jnp.mean, lr_)
+                v_real, term = v_real + real_term, term + real_term
+            out[f"loss_D_{v}"] = term
+            out[f"D_fake_{v}"] = _levels_mean(jnp.mean, lf)
+            v_fake = v_fake + fake_term
+        idt = jnp.mean(jnp.square(fakes["tile"] - _crop(x, dv["pos"], dv["tile"])))
+        out.update(loss_D=v_real + v_fake, loss_G=-v_fake + w_idt * idt, loss_G_adv=-v_fake, loss_identity=idt)
+        return v_real + v_fake + w_idt * idt, {**out, "theta": theta, "rng": dv["rng"]}
+
+    return loss_fn
+
+
+def make_train_step(config, *, segmenter=None) -> Callable:
+    """Returns the pure ``train_step(state, batch) -> (state, metrics)``.
+
+    ``batch``: ``{"synthetic": (B, H, W, 3) float32, "label": (B, H, W) int, "real": (B, H, W, 3)}``.
+    ``segmenter``: optional ``(apply_fn, params)`` overriding ``load_segmenter`` (tests, notebooks).
+    ``loss.update_rule`` selects the alternating step (default) or the authors' gradient reversal.
+    """
+    _check_config(config)
+    if _get(config.loss, "update_rule", "alternating") == "gradient_reversal":
+        return _make_gradient_reversal_step(config, segmenter)
+    gd = graphdefs(config)
+    tx = make_optimizers(config)
+    lr_schedule = make_schedule(config, config.optim.lr)
+    l = config.loss
+    feature_fn = make_feature_fn(config, segmenter)
+    form, views = l.form, tuple(l.d_inputs)
+    w_idt, w_r1 = float(l.identity), float(l.r1)
+    grid = param_size(config)
+    generate = make_generate(config)
 
     def d_objective(d_params, reals, fakes):
         d = gc.merge(gd["D"], d_params)
         out = {}
         for v in views:
-            lr_, lf = d(reals[v]), d(fakes[v])
-            out[f"loss_D_{v}"] = _levels_mean(lambda a, b: d_loss(form, a, b), lr_, lf)
-            out[f"D_real_{v}"] = _levels_mean(jnp.mean, lr_)
+            lr_ = d(reals[v]) if v in reals else None  # real first: the default path's op order
+            lf = d(fakes[v])
+            if lr_ is not None:
+                out[f"loss_D_{v}"] = _levels_mean(lambda a, b: d_loss(form, a, b), lr_, lf)
+                out[f"D_real_{v}"] = _levels_mean(jnp.mean, lr_)
+            else:  # loss.real_low=False: a fake-only term (the authors' low view)
+                out[f"loss_D_{v}"] = _levels_mean(lambda b: d_loss_fake(form, b), lf)
             out[f"D_fake_{v}"] = _levels_mean(jnp.mean, lf)
         loss = sum(out[f"loss_D_{v}"] for v in views)
         if w_r1 > 0:
-            out["r1"] = sum(r1_penalty(d, reals[v]) for v in views)
+            out["r1"] = sum(r1_penalty(d, reals[v]) for v in views if v in reals)
             loss = loss + 0.5 * w_r1 * out["r1"]
         return loss, out
 
@@ -443,21 +624,13 @@ def make_train_step(config, *, segmenter=None) -> Callable:
         x = batch["synthetic"].astype(jnp.float32)
         r = batch["real"].astype(jnp.float32)
         y = batch["label"].astype(jnp.int32)
-        B, frame = x.shape[0], x.shape[1:3]
-        tile = tile_size(config, frame)
-        if min(r.shape[1] - tile[0], r.shape[2] - tile[1]) < 0:
-            raise ValueError(f"DA-KPN batch: real frames {r.shape[1:3]} are smaller than the tile {tile}")
-        k_pos, k_real, k_noise, rng = gc.split_key(state["rng"], 4)
-        wrap = jax.random.wrap_key_data
-        pos = random_positions(wrap(k_pos), B, frame, tile)
-        reals = {"tile": _crop(r, random_positions(wrap(k_real), B, r.shape[1:3], tile), tile)}
-        if "low" in views:
-            reals["low"] = area_resize(r, low)
+        dv = draw_views(config, state["rng"], x, r)
+        pos, reals, tile = dv["pos"], dv["reals"], dv["tile"]
         feats = feature_fn(x, y, grid)
         params = state["params"]
 
         # The translation once, with its pullback for the G update.
-        (fakes, theta), pullback = jax.vjp(lambda p: generate(p, x, feats, pos, wrap(k_noise), tile), params["kpn"])
+        (fakes, theta), pullback = jax.vjp(lambda p: generate(p, x, feats, pos, dv["k_noise"], tile), params["kpn"])
         const_fakes = jax.lax.stop_gradient(fakes)
 
         # 1. D update against the current translation.
@@ -471,10 +644,33 @@ def make_train_step(config, *, segmenter=None) -> Callable:
         kpn_params, opt_k = gc.apply_updates(tx["kpn"], params["kpn"], kpn_grads, state["opt"]["kpn"])
 
         new_state = {"params": {"kpn": kpn_params, "D": d_params}, "opt": {"kpn": opt_k, "D": opt_d},
-                     "step": state["step"] + 1, "rng": rng}
+                     "step": state["step"] + 1, "rng": dv["rng"]}
         _, _, sigma, noise_scale = translation.split_params(theta)
         metrics = {"loss_D": loss_d, "loss_G": loss_g, **d_aux, **g_aux, "lr": lr_schedule(state["step"]),
                    "sigma_mean": jnp.mean(sigma), "noise_scale_mean": jnp.mean(jnp.abs(noise_scale))}
+        return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+    return train_step
+
+
+def _make_gradient_reversal_step(config, segmenter) -> Callable:
+    """The authors' update: one forward, one backward (``make_gradient_reversal_loss``), then both
+    Adam steps at once from those gradients."""
+    tx = make_optimizers(config)
+    lr_schedule = make_schedule(config, config.optim.lr)
+    grad_fn = jax.grad(make_gradient_reversal_loss(config, segmenter=segmenter), has_aux=True)
+
+    def train_step(state, batch):
+        check_batch(batch)
+        grads, aux = grad_fn(state["params"], batch, state["rng"])
+        params, opt = {}, {}
+        for k in ("kpn", "D"):
+            params[k], opt[k] = gc.apply_updates(tx[k], state["params"][k], grads[k], state["opt"][k])
+        theta = aux.pop("theta")
+        new_state = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": aux.pop("rng")}
+        _, _, sigma, noise_scale = translation.split_params(theta)
+        metrics = {**aux, "lr": lr_schedule(state["step"]), "sigma_mean": jnp.mean(sigma),
+                   "noise_scale_mean": jnp.mean(jnp.abs(noise_scale))}
         return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
     return train_step
