@@ -12,6 +12,7 @@ METHODS = {
     "segmentation": "dakpn_jax.training.segmentation",
     "cyclegan": "dakpn_jax.training.cyclegan",
     "cut": "dakpn_jax.training.cut",
+    "vsait": "dakpn_jax.training.vsait",
 }
 
 
