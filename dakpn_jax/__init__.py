@@ -7,6 +7,9 @@ Public API (stable names, DESIGN §3; all jit-able, NHWC float32, batch first):
     translate(x, params, noise, *, kernel_size=25, impl="auto")   the DA-KPN translation function
     confusion_matrix(pred, label, num_classes, ignore_index=255)  rows labels, columns predictions
     mean_iou(confusion)                                           (mIoU over non-empty classes, per-class IoU)
+    load_translator(workdir, *, step=None)                        a trained run as translate(images (B,H,W,3),
+                                                                  labels (B,H,W) | None, *, rng=None) -> (B,H,W,3)
+                                                                  (dakpn_jax.inference; docs/EXAMPLE_JAX_PIPELINE.md)
 
 The names are resolved lazily (PEP 562) so that `import dakpn_jax.data...` stays light and does not
 pull in every module.
@@ -22,6 +25,7 @@ _EXPORTS = {
     "translate": "dakpn_jax.translation",
     "confusion_matrix": "dakpn_jax.evaluation.metrics",
     "mean_iou": "dakpn_jax.evaluation.metrics",
+    "load_translator": "dakpn_jax.inference",
 }
 __all__ = list(_EXPORTS)
 

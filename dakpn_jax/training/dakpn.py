@@ -696,9 +696,10 @@ def next_batch(iterators: dict) -> dict:
 # ----------------------------------------------------------------------------- inference
 
 def make_translator(config, state, *, segmenter=None) -> Callable:
-    """Jitted ``translate_fn(images (B, H, W, 3) in [0, 1], labels (B, H, W) int) -> (B, H, W, 3)``
+    """Jitted ``translate_fn(images (B, H, W, 3) in [0, 1], labels (B, H, W) int, rng=None) -> (B, H, W, 3)``
     at any frame size: features on the scaled parameter grid, the full frame in one pass (the
-    memory-lean kernel path on CPU), the fixed noise field resized to the frame."""
+    memory-lean kernel path on CPU), the fixed noise field resized to the frame; with a typed key
+    ``rng``, fresh per-sample N(0, 1) noise at the frame size instead (augmentation)."""
     _check_config(config)
     m = config.model
     kpn_gd = graphdefs(config)["kpn"]
@@ -707,14 +708,15 @@ def make_translator(config, state, *, segmenter=None) -> Callable:
     base = frame_size(config)
 
     @jax.jit
-    def translate_fn(images, labels):
+    def translate_fn(images, labels, rng=None):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"translate_fn: images must be (B, H, W, 3), got {images.shape}")
         H, W = images.shape[1:3]
         x = images.astype(jnp.float32)
         feats = feature_fn(x, labels, grid_for(config, H, W))
         theta = predict_params(gc.merge(kpn_gd, kpn_params), feats, x, ablation_of(config))
-        noise = translation.noise_field(m.noise_seed, H, W, base_size=base)
+        noise = (translation.noise_field(m.noise_seed, H, W, base_size=base) if rng is None
+                 else translation.sample_noise(rng, x.shape[0], H, W))
         return translation.translate(x, theta, noise, kernel_size=m.kernel_size, impl=m.impl)
 
     return translate_fn

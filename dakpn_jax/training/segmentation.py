@@ -18,6 +18,20 @@ them from a key split off ``state["rng"]``, so the step stays pure and resumes e
 statistics under data parallelism are those of the global batch (XLA reduces over the sharded
 batch axis: synchronised BatchNorm).
 
+On-the-fly translation: a train source ``{"kind": "translated_on_the_fly", "translator_workdir": DIR,
+"split": "synthetic-train" (default) | "root": FOLDER, "fresh_noise": False, "weight": ...}`` reads
+the *untranslated* frames of the split (or folder dataset) and translates them inside the jitted step
+with ``dakpn_jax.load_translator(DIR)`` instead of reading an export from disk. To give exactly the
+images an export would (fixed noise), the step translates the whole frame and then applies the
+pipeline's crop and flip: the items carry the full frame and its label (as (1, H, W, ...) arrays the
+pipeline does not crop) and the crop geometry (row/column index planes the pipeline crops and flips
+like the image); `next_batch` turns them into ``otf_*`` batch keys (:func:`on_the_fly_images`).
+Labels are never touched: they are the source's, cropped by the pipeline as for any source.
+``fresh_noise=True`` draws new per-sample noise every step from a key folded off ``state["rng"]``
+(DA-KPN only). Limits: one translator per config (several entries may share it); every source of
+such a mix must have one frame size (set ``synthetic_size`` / ``real_size`` for real datasets);
+the frames of the other sources' items are zeros and are translated (and discarded) too.
+
 `evaluate` scores ``config.data.eval_split`` (real-val): the confusion matrix is accumulated over the
 whole split (batches sharded over all devices, summed in int64 on the host), then mIoU over the
 classes present (`dakpn_jax.evaluation.metrics`). `load_segmenter(workdir)` gives a trained model
@@ -193,6 +207,7 @@ def init_state(config, rng) -> dict:
 def make_train_step(config) -> Callable:
     """Pure ``train_step(state, {"image": (B,h,w,3) float32, "label": (B,h,w) int}) -> (state, metrics)``."""
     gd, tx, schedule = graphdef(config), make_optimizer(config), make_schedule(config)
+    images_seen = make_on_the_fly_fn(config)  # None without a translated_on_the_fly source
 
     def loss_fn(params, model_state, images, label, rng):
         logits, model_state = apply_model(gd, {"params": params, "model_state": model_state}, images,
@@ -207,6 +222,9 @@ def make_train_step(config) -> Callable:
         images, label = batch["image"], batch["label"]
         if label.shape != images.shape[:3]:
             raise ValueError(f"segmentation batch: label {label.shape} must be images {images.shape}[:3]")
+        if images_seen is not None:
+            # Own key (folded off the step key), so runs without this source keep their key sequence.
+            images = images_seen(batch, jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), _NOISE_STREAM))
         k_model, k_next = jax.random.split(jax.random.wrap_key_data(state["rng"]))
         (loss, (model_state, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], state["model_state"], images, label, k_model)
@@ -265,7 +283,7 @@ def make_train_source(config):
     from dakpn_jax.data import sources as data_sources  # pylint: disable=import-outside-toplevel
     from dakpn_jax.data.folder import FolderSource  # pylint: disable=import-outside-toplevel
     specs = list(config.data.get("train_sources", None) or [{"kind": "split", "split": "synthetic-train"}])
-    built, weights = [], []
+    built, weights, translated = [], [], []
     for i, spec in enumerate(specs):
         spec = dict(spec)
         kind = spec.get("kind", "split")
@@ -278,8 +296,11 @@ def make_train_source(config):
             if not root:
                 raise ValueError(f"config.data.train_sources[{i}]: kind 'folder' needs a 'root' directory")
             src = FolderSource(os.path.join(root, "images"), os.path.join(root, "labels"))
+        elif kind == ON_THE_FLY:
+            src = _on_the_fly_base(config, spec, i)
         else:
-            raise ValueError(f"config.data.train_sources[{i}].kind={kind!r} is unknown; expected 'split' or 'folder'")
+            raise ValueError(f"config.data.train_sources[{i}].kind={kind!r} is unknown; expected 'split', "
+                             f"'folder' or {ON_THE_FLY!r}")
         if len(src) == 0:
             log.info("train source %d (%s) is empty; dropped from the mix", i, spec)
             continue
@@ -288,13 +309,150 @@ def make_train_source(config):
                              f"(keys {sorted(src[0])}); segmentation needs labelled sources")
         built.append(src)
         weights.append(spec.get("weight"))
+        translated.append(kind == ON_THE_FLY)
     if not built:
         raise ValueError(f"config.data.train_sources={specs}: every source is empty")
     given = [w is not None for w in weights]
     if any(given) and not all(given):
         raise ValueError(f"config.data.train_sources={specs}: give a 'weight' for every source or for none")
     weights = weights if all(given) else [len(s) for s in built]  # no weights: plain concatenation
-    return MixedSource(built, weights, seed=int(config.seed))
+    mixed = MixedSource(built, weights, seed=int(config.seed))
+    if not any(translated):
+        return mixed
+    crop, flip = config.get("crop_size", None), bool(config.get("random_flip", True))
+    return OnTheFlyMix(mixed, translated, with_geometry=bool(crop) or flip)
+
+
+# ----------------------------------------------------------------------------- on-the-fly translation
+
+ON_THE_FLY = "translated_on_the_fly"
+_NOISE_STREAM = 0x6E6F  # fold_in constant of the fresh-noise key ("no")
+
+
+def _on_the_fly_spec(config) -> dict | None:
+    """``{"translator_workdir", "fresh_noise"}`` of the config's translated_on_the_fly sources, or None."""
+    specs = [dict(s) for s in (config.data.get("train_sources", None) or ())]
+    found = [(i, s) for i, s in enumerate(specs) if s.get("kind", "split") == ON_THE_FLY]
+    if not found:
+        return None
+    for i, s in found:
+        if not s.get("translator_workdir"):
+            raise ValueError(f"config.data.train_sources[{i}]: kind {ON_THE_FLY!r} needs a 'translator_workdir'")
+        if not isinstance(s.get("fresh_noise", False), bool):
+            raise ValueError(f"config.data.train_sources[{i}].fresh_noise must be a bool, got {s['fresh_noise']!r}")
+    workdirs = sorted({os.path.abspath(s["translator_workdir"]) for _, s in found})
+    noise = sorted({bool(s.get("fresh_noise", False)) for _, s in found})
+    if len(workdirs) > 1 or len(noise) > 1:
+        raise ValueError(f"config.data.train_sources: the {ON_THE_FLY!r} sources must share one translator_workdir "
+                         f"and one fresh_noise setting, got {workdirs} / {noise}")
+    return {"translator_workdir": workdirs[0], "fresh_noise": noise[0]}
+
+
+def _on_the_fly_base(config, spec: dict, i: int):
+    """The untranslated labelled source of a translated_on_the_fly entry (its 'split' or 'root')."""
+    from dakpn_jax.data import sources as data_sources  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.data.folder import FolderSource  # pylint: disable=import-outside-toplevel
+    workdir = spec.get("translator_workdir")
+    if not workdir or not os.path.isdir(workdir):
+        raise ValueError(f"config.data.train_sources[{i}]: kind {ON_THE_FLY!r} needs 'translator_workdir', an "
+                         f"existing translator run directory, got {workdir!r}")
+    if spec.get("root"):
+        return FolderSource(os.path.join(spec["root"], "images"), os.path.join(spec["root"], "labels"))
+    return data_sources.make_source(config.data, spec.get("split", "synthetic-train"))
+
+
+class OnTheFlyMix:
+    """A MixedSource whose items also carry what the step needs to translate on the device.
+
+    Items (dict order matters: the pipeline crops the keys shaped like the first array, "image")::
+
+        image, label      (H, W, 3), (H, W) uint8 as in the mix (untranslated image), cropped/flipped
+        otf_rows/cols     (H, W) int16/int32 row and column index planes (``with_geometry``): cropped
+                          and flipped with the image, so their corners give the crop and flip
+        otf_frame         (1, H, W, 3) uint8 whole untranslated frame (zeros for other sources' items)
+        otf_frame_label   (1, H, W) uint8 its label (the translator's one-hot features)
+        otf_translate     bool scalar: the item comes from a translated_on_the_fly source
+
+    The (1, H, W, ...) arrays do not share the image's leading (H, W), so the pipeline leaves them
+    whole. Every item must have the first item's frame size (ValueError naming the item otherwise).
+    """
+
+    def __init__(self, mixed: MixedSource, translated, *, with_geometry: bool):
+        self.mixed, self.translated, self.with_geometry = mixed, [bool(t) for t in translated], with_geometry
+        self.frame_hw = tuple(mixed[0]["label"].shape)
+        self.index_dtype = np.int16 if max(self.frame_hw) < 2 ** 15 else np.int32
+
+    def __len__(self) -> int:
+        return len(self.mixed)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        index = int(index)
+        item = self.mixed[index]
+        k = int(self.mixed.owner[index])
+        H, W = item["label"].shape
+        if (H, W) != self.frame_hw:
+            raise ValueError(f"{ON_THE_FLY}: item {index} of train source {self.mixed.sources[k]!r} is {H}x{W}, "
+                             f"the first item {self.frame_hw[0]}x{self.frame_hw[1]} (H x W); every source of a mix "
+                             "with on-the-fly translation must have one frame size")
+        out = {"image": item["image"], "label": item["label"]}
+        if self.with_geometry:  # broadcast views: no memory until the pipeline crops them
+            out["otf_rows"] = np.broadcast_to(np.arange(H, dtype=self.index_dtype)[:, None], (H, W))
+            out["otf_cols"] = np.broadcast_to(np.arange(W, dtype=self.index_dtype)[None, :], (H, W))
+        if self.translated[k]:
+            out["otf_frame"], out["otf_frame_label"] = item["image"][None], item["label"][None]
+        else:
+            out["otf_frame"] = np.broadcast_to(np.zeros((), np.uint8), (1, H, W, 3))
+            out["otf_frame_label"] = np.broadcast_to(np.zeros((), np.uint8), (1, H, W))
+        out["otf_translate"] = np.asarray(self.translated[k])
+        return out
+
+
+def _geometry_keys(b: dict) -> dict:
+    """Pipeline batch of OnTheFlyMix items -> the step's ``otf_*`` keys: ``otf_frame`` (B,H,W,3) uint8,
+    ``otf_frame_label`` (B,H,W) uint8, ``otf_top``/``otf_left`` (B,) int32, ``otf_flip``/``otf_translate`` (B,) bool."""
+    n = len(b["label"])
+    out = {"otf_frame": np.asarray(b["otf_frame"][:, 0], np.uint8),
+           "otf_frame_label": np.asarray(b["otf_frame_label"][:, 0], np.uint8),
+           "otf_translate": np.asarray(b["otf_translate"], bool).reshape(n)}
+    if "otf_rows" in b:
+        c0, c1 = b["otf_cols"][:, 0, 0].astype(np.int32), b["otf_cols"][:, 0, -1].astype(np.int32)
+        out["otf_top"] = b["otf_rows"][:, 0, 0].astype(np.int32)
+        out["otf_left"], out["otf_flip"] = np.minimum(c0, c1), c0 > c1  # a flipped crop counts down
+    else:
+        out["otf_top"], out["otf_left"] = np.zeros(n, np.int32), np.zeros(n, np.int32)
+        out["otf_flip"] = np.zeros(n, bool)
+    return out
+
+
+def on_the_fly_images(translate: Callable, batch: dict, rng=None) -> jax.Array:
+    """The images (B, h, w, 3) the segmenter trains on, inside the jitted step.
+
+    Rows with ``otf_translate``: ``flip?(crop(clip(translate(frame / 255, frame_label), 0, 1)))`` at
+    (otf_top, otf_left) with the batch image's h x w, i.e. what an export (which clips, then rounds
+    to 8 bits) gives after the same crop and flip, without the 8-bit rounding. Other rows: ``batch["image"]``.
+    """
+    frames = batch["otf_frame"].astype(jnp.float32) / 255.0
+    out = jnp.clip(translate(frames, batch["otf_frame_label"], rng=rng), 0.0, 1.0)
+    h, w = batch["image"].shape[1:3]
+    crop = jax.vmap(lambda im, t, l: jax.lax.dynamic_slice(im, (t, l, 0), (h, w, 3)))(
+        out, batch["otf_top"], batch["otf_left"])
+    crop = jnp.where(batch["otf_flip"][:, None, None, None], crop[:, :, ::-1], crop)
+    return jnp.where(batch["otf_translate"][:, None, None, None], crop, batch["image"])
+
+
+def make_on_the_fly_fn(config) -> Callable | None:
+    """``images_seen(batch, key) -> (B, h, w, 3)`` (:func:`on_the_fly_images` with the config's
+    translator, fresh noise from ``key`` if asked), or None without a translated_on_the_fly source."""
+    spec = _on_the_fly_spec(config)
+    if spec is None:
+        return None
+    from dakpn_jax.inference import load_translator  # pylint: disable=import-outside-toplevel
+    translator = load_translator(spec["translator_workdir"])
+    if spec["fresh_noise"] and not translator.accepts_rng:
+        raise ValueError(f"config.data.train_sources: fresh_noise=True but the {translator.method!r} translator "
+                         f"of {translator.workdir} has no noise input")
+    fresh = spec["fresh_noise"]
+    return lambda batch, key: on_the_fly_images(translator, batch, key if fresh else None)
 
 
 def make_iterators(config, *, shard_index: int = 0, shard_count: int = 1) -> dict:
@@ -323,7 +481,10 @@ def _flip_label_map(config):
 
 def next_batch(iterators: dict) -> dict:
     b = next(iterators["train"])
-    return {"image": np.asarray(b["image"], np.float32), "label": np.asarray(b["label"], np.uint8)}
+    out = {"image": np.asarray(b["image"], np.float32), "label": np.asarray(b["label"], np.uint8)}
+    if "otf_translate" in b:
+        out.update(_geometry_keys(b))
+    return out
 
 
 def summaries(config, state, batch) -> dict:
