@@ -179,3 +179,26 @@ def test_cli(translator, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "2 images" in r.stdout
     assert sorted(os.listdir(out / "labels")) == ["000000.png", "000001.png"]
+
+
+def test_exported_uint8_is_exactly_the_rounded_translation(translator, tmp_path, monkeypatch):
+    """Bit for bit: a translator whose output is known exactly (float32 values a few ulps around
+    every half grey level, and outside [0, 1]) exports round(clip(x) * 255), the expectation
+    computed here in float64 from that output."""
+    vals = []
+    for k in range(255):
+        v = np.float32((k + 0.5) / 255)
+        for _ in range(4):
+            v = np.nextafter(v, np.float32(0))
+        for _ in range(8):
+            vals.append(v)
+            v = np.nextafter(v, np.float32(2))
+    vals = np.array(vals + [-0.2, 1.3, 0.0, 1.0], np.float32)
+    field = np.resize(vals, (32, 64, 3))
+    want = np.floor(np.clip(field.astype(np.float64), 0, 1) * 255 + 0.5).astype(np.uint8)
+    monkeypatch.setattr(export, "make_translate_fn",
+                        lambda config, state: lambda x, y: jax.numpy.broadcast_to(jax.numpy.asarray(field), x.shape))
+    out = str(tmp_path / "exact")
+    export.export_translated(translator, out, split="synthetic-train", batch_size=4, progress=False)
+    for i in range(N):
+        np.testing.assert_array_equal(read(os.path.join(out, "images", f"{i:06d}.png")), want)

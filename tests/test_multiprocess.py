@@ -44,6 +44,42 @@ if {export!r}:  # both processes export into one folder, each its share of the i
 """
 
 
+PROBE = r"""
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize({address!r}, num_processes=2, process_id={pid})
+from jax.experimental import multihost_utils
+got = multihost_utils.process_allgather(jax.numpy.asarray([{pid} + 1.0]))
+assert got.reshape(-1).tolist() == [1.0, 2.0], got
+print("PROBE_OK")
+"""
+
+_PROBE: dict = {}
+
+
+def gloo_probe() -> str | None:
+    """None when a trivial two-process gloo collective (jax.distributed + an all-gather) works on
+    this machine, else why not. Run once per session: it is the only reason to skip."""
+    if "result" not in _PROBE:
+        address = f"127.0.0.1:{free_port()}"
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+        procs = [subprocess.Popen([sys.executable, "-c", PROBE.format(address=address, pid=pid)], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid in range(2)]
+        why = None
+        for p in procs:
+            try:
+                out, err = p.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                why = "probe timed out after 120 s"
+                break
+            if p.returncode != 0 or "PROBE_OK" not in out:
+                why = f"probe exited {p.returncode}: {err[-500:]}"
+        _PROBE["result"] = why
+    return _PROBE["result"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,6 +87,9 @@ def free_port() -> int:
 
 
 def run_two_processes(config, tmp_path, export_dir=None):
+    why = gloo_probe()
+    if why is not None:
+        pytest.skip(f"two-process gloo collectives unavailable here ({why})")
     address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     procs = []
@@ -70,9 +109,7 @@ def run_two_processes(config, tmp_path, export_dir=None):
             raise
         outs.append((p.returncode, out, err))
     for rc, out, err in outs:
-        if rc != 0 and "gloo" in err.lower() and "not" in err.lower():
-            pytest.skip(f"gloo CPU collectives unavailable: {err[-500:]}")
-        assert rc == 0, err[-4000:]
+        assert rc == 0, err[-4000:]  # collectives work here (probe): any failure is the code's
     return [dict(np.load(tmp_path / f"out{pid}.npz")) for pid in range(2)], outs
 
 
