@@ -340,3 +340,33 @@ def test_import_error_lists_every_problem(tmp_path):
         torch_import.load_tensors(str(p))
     with pytest.raises(FileNotFoundError, match="no checkpoint file"):
         torch_import.load_tensors(os.path.join(str(tmp_path), "absent.pth"))
+
+
+def test_export_translates_a_folder_with_an_official_checkpoint(tmp_path):
+    from PIL import Image
+
+    from dakpn_jax import export
+
+    torch.manual_seed(3)
+    ref = TorchGenerator("cut", ngf=4, n_blocks=2)
+    pth = str(tmp_path / "latest_net_G.pth")
+    torch.save(ref.state_dict(), pth)
+    root = tmp_path / "folder"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    r = np.random.default_rng(0)
+    imgs = r.integers(0, 256, (2, 20, 28, 3), dtype=np.uint8)
+    for i, im in enumerate(imgs):
+        Image.fromarray(im).save(root / "images" / f"f{i}.png")
+        Image.fromarray(np.full((20, 28), i, np.uint8)).save(root / "labels" / f"f{i}.png")
+    out = str(tmp_path / "out")
+    m = export.export_translated(pth, out, input_dir=str(root), batch_size=2, progress=False,
+                                 restored=torch_import.restore_for_export(pth, "cut"))
+    assert m["complete"] and m["count"] == 2 and m["method"] == "cut"
+    # Reference: the torch network on the whole frame (20 x 28, multiples of the stride 4), in
+    # [0, 1], rounded to uint8 (1 level of slack for values at a rounding boundary).
+    x = imgs.astype(np.float32) / 255.0 * 2 - 1
+    want = (_torch_run(ref, x) + 1) / 2
+    for i in range(2):
+        got = np.asarray(Image.open(os.path.join(out, "images", f"f{i}.png")))
+        assert np.max(np.abs(got.astype(np.int32) - export.to_uint8(want[i]).astype(np.int32))) <= 1
