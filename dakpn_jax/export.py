@@ -22,6 +22,15 @@ an item is finished when its image (and label) exist, and a re-run skips finishe
 export resumes where it stopped. The manifest is written before the first file: a target directory
 whose manifest names another translator, checkpoint, config or source, or a non-empty directory
 without a manifest, is refused with a ValueError before anything is written.
+
+An official CycleGAN / CUT generator checkpoint (``latest_net_G_A.pth``, ``latest_net_G.pth``, or
+a ``.safetensors`` conversion) translates a folder dataset without a training run::
+
+    python -m dakpn_jax.export --generator_checkpoint=latest_net_G.pth --generator_arch=cut \
+        --input=FOLDER_ROOT --output=DIR
+
+(``dakpn_jax.models.torch_import``; .pth needs torch installed, .safetensors does not; the manifest
+names the file and its sha256.)
 """
 from __future__ import annotations
 
@@ -136,7 +145,7 @@ def _write_text(path: str, text: str) -> None:
 
 def export_translated(workdir: str, output: str, *, split: str | None = "synthetic-train", input_dir: str | None = None,
                       config=None, batch_size: int = 8, devices=None, progress: bool = True,
-                      on_file_written: Callable[[str], None] | None = None) -> dict:
+                      on_file_written: Callable[[str], None] | None = None, restored=None) -> dict:
     """Translates a dataset with the translator of `workdir` into `output` (module docstring).
 
     Args:
@@ -151,6 +160,8 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
       devices: this process's devices for the 'data' mesh (default: jax.local_devices()).
       progress: show a tqdm progress bar.
       on_file_written: called with each finished image path (tests use it to interrupt an export).
+      restored: (config, state) to use instead of restoring `workdir` (e.g.
+        `torch_import.restore_for_export` of an official generator checkpoint; `workdir` then names it).
     Returns:
       The manifest dict (with "count" and "complete").
     """
@@ -160,7 +171,7 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
 
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"export: batch_size must be a positive int, got {batch_size!r}")
-    config, state = trainer.restore_state(workdir, config)
+    config, state = restored if restored is not None else trainer.restore_state(workdir, config)
     # This process's single-device copy of the replicated state: export runs per process on a mesh of
     # its own devices, so nothing may refer to other hosts' devices.
     state = jax.tree.map(lambda x: x.addressable_data(0), state)
@@ -264,14 +275,26 @@ def main(argv) -> None:
     if f.multihost or f.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
         trainer.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
-    m = export_translated(f.workdir, f.output, split=f.split, input_dir=f.input, batch_size=f.batch_size)
+    restored, workdir = None, f.workdir
+    if f.generator_checkpoint:
+        from dakpn_jax.models import torch_import  # pylint: disable=import-outside-toplevel
+        if f.workdir or not f.input:
+            raise ValueError("export: --generator_checkpoint needs --input=FOLDER_ROOT and no --workdir")
+        restored, workdir = torch_import.restore_for_export(f.generator_checkpoint, f.generator_arch), f.generator_checkpoint
+    elif not f.workdir:
+        raise ValueError("export: give --workdir (a training run) or --generator_checkpoint")
+    m = export_translated(workdir, f.output, split=f.split, input_dir=f.input, batch_size=f.batch_size,
+                          restored=restored)
     print(f"export: {m['count']} images in {f.output} (complete={m['complete']}, "
           f"checkpoint step {m['checkpoint_step']}, config {m['config_hash']})")
 
 
 if __name__ == "__main__":
     from absl import app, flags  # pylint: disable=import-outside-toplevel
-    flags.DEFINE_string("workdir", None, "Translator training run directory.", required=True)
+    flags.DEFINE_string("workdir", None, "Translator training run directory.")
+    flags.DEFINE_string("generator_checkpoint", None, "Official CycleGAN/CUT generator state dict (.pth or "
+                        ".safetensors) to translate with instead of --workdir.")
+    flags.DEFINE_enum("generator_arch", "cyclegan", ["cyclegan", "cut"], "Layout of --generator_checkpoint.")
     flags.DEFINE_string("output", None, "Target dataset directory (images/, labels/, manifest.json).", required=True)
     flags.DEFINE_string("split", "synthetic-train", "Split of the translator config's dataset to translate.")
     flags.DEFINE_string("input", None, "Folder dataset ROOT (ROOT/images, ROOT/labels) to translate instead.")
