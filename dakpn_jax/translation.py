@@ -29,18 +29,21 @@ Kernel application (``impl=``); all paths compute the same function (to float32 
   a band, the normalised Gaussian factorises per pixel, ``w(i, j) = g_i g_j / Z^2`` with
   ``g_k = exp(-k^2 / d)``, and is symmetric, so the band is
   ``sum_{i=0..r} g_i sum_{j=0..r} g_j (P_i[x - j] + P_i[x + j]) / Z^2`` with row pairs
-  ``P_i = x[y - i] + x[y + i]``: (r+1)(3r+4) flops per pixel and channel instead of 2 K^2 (0.42x at
-  K = 25), and a working set of about r + 1 band-sized slabs. Peak memory is a few frames whatever K
-  (0.5 GB process peak for a full GTA5 frame, Python and JAX included). Free-form kernels use a
-  ``fori_loop`` over window rows with the column offsets unrolled, per band.
+  ``P_i = x[y - i] + x[y + i]``, computed on (B * C, H, W) planes with a ``fori_loop`` over i and
+  the column taps by a two-multiply recurrence (:func:`_shifted_gaussian_core` says why: on the CPU
+  this runs 2.7x faster than the fully unrolled NHWC form, which LLVM left scalar). Peak memory is a
+  few frames whatever K (0.53 GB process peak for a full GTA5 frame, Python and JAX included).
+  Free-form kernels use a ``fori_loop`` over window rows with the column offsets unrolled, per band.
 - ``"pallas"`` (:func:`translate` only): the fused kernel of :mod:`dakpn_jax.kernels.pallas_translate`,
   one Pallas program per output tile doing upsampling, colour affine, blur, noise and clip with the
   frame, parameters and noise read once (GPU via the Triton lowering; Pallas interpret mode on other
   backends, slow, for tests). Its gradient is the shifted path's VJP (custom VJP).
 - ``"auto"``: ``"shifted"`` on every backend (for :func:`translate`, "pallas" on the backends listed in
-  :data:`PALLAS_AUTO_BACKENDS`: none until it is measured faster on one; never the CPU). Measured with experiments/bench_kernels.py (K = 25):
-  on this 2-core CPU it is 100x+ faster than einsum; on one H100 (jax 0.11.2) it took 1.8 / 0.7 /
-  2.1 ms at 8x96x160 / 1x263x478 / 1x1052x1914 against einsum's 15.3 / 14.7 / 3785 ms. Choose
+  :data:`PALLAS_AUTO_BACKENDS`: none until it is measured faster on one; never the CPU). Measured with
+  experiments/bench_kernels.py (K = 25): on the shared 2-core CPU a full 1052 x 1914 frame blurs at
+  18% of a same-process dense matmul's rate (process CPU time; docs/notes/issue16.md); on one H100
+  (jax 0.11.2, before the issue-16 rewrite) it took 1.8 / 0.7 / 2.1 ms at 8x96x160 / 1x263x478 /
+  1x1052x1914 against the unbanded einsum's 15.3 / 14.7 / 3785 ms. Choose
   ``"einsum"`` explicitly when you need forward-mode autodiff (jvp, jacfwd).
 
 Gradients: both paths are differentiable in x, sigma (and kernels). The shifted Gaussian path has a
@@ -234,69 +237,101 @@ def _einsum_kernels(xp, kernels):
 
 
 def _gaussian_taps_unnormalised(sigma, r):
-    """[exp(-k^2 / d) for k = 0..r] with d = 2 sigma^2 + eps, and Z = sum_{|k| <= r} exp(-k^2 / d)."""
+    """[exp(-k^2 / d) for k = 0..r] with d = 2 sigma^2 + eps, and Z = sum_{|k| <= r} exp(-k^2 / d).
+
+    (A recurrence g_k = g_{k-1} q^(2k-1) would not save exps: XLA's simplifier rewrites products of
+    exps back into exps of sums.)
+    """
     d = 2 * jnp.square(sigma) + BLUR_EPS
     g = [jnp.exp(-float(k * k) / d) for k in range(r + 1)]
     return g, g[0] + 2 * sum(g[1:], jnp.zeros_like(g[0]))
 
 
 def _shifted_gaussian_core(xp, sigma, moment=False):
-    """Gaussian blur of one band: xp (B, h+2r, w+2r, C) edge-padded, sigma (B, h, w, C) -> (B, h, w, C).
+    """Gaussian blur of one band of planes: xp (N, h+2r, w+2r) edge-padded, sigma (N, h, w) -> (N, h, w).
 
-    With the r + 1 distinct taps ``g_k = exp(-k^2 / d)`` and ``Z = sum_{|k|<=r} g_k``::
+    With ``g_k = exp(-k^2 / d)``, ``d = 2 sigma^2 + eps`` and ``Z = sum_{|k|<=r} g_k``::
 
-        out = sum_{i=0..r} g_i * sum_{j=0..r} g_j * (P_i[., x - j] + P_i[., x + j]) / Z^2  (j = 0 once)
-        P_i = x[y - i] + x[y + i]   (P_0 = x[y])
+        out = sum_{i=0..r} a_i g_i * sum_{j=0..r} g_j * (P_i[., x - j] + P_i[., x + j]) / Z^2  (j = 0 once)
+        P_i = x[y - i] + x[y + i],   a_0 = 1/2 (P_0 = 2 x[y]), a_i = 1
 
-    Pairing the symmetric offsets takes (r+1)(3r+4) flops per pixel and channel, 0.42x the 2 K^2 of
-    the plain sum at K = 25. With ``moment=True`` it also returns the second moment of the window,
-    ``M = sum_{i,j} w(i, j) (i^2 + j^2) x[p + (i, j)]`` (concatenated on the channel axis), which
-    the sigma gradient needs (:func:`_blur_shifted_bwd`).
+    Pairing the symmetric offsets takes about (r+1)(5r+4) flops per pixel and channel with the tap
+    recurrence below (0.54x the 2 K^2 of the plain sum at K = 25). With ``moment=True`` it also returns
+    the second moment of the window, ``M = sum_{i,j} w(i, j) (i^2 + j^2) x[p + (i, j)]`` (concatenated
+    on the plane axis), which the sigma gradient needs (:func:`_blur_shifted_bwd`).
+
+    Why it is written this way (XLA:CPU, measured with experiments/bench_kernels.py):
+
+    - planes (N = B * C, width minor), not NHWC, so the shifted reads are contiguous along the width;
+    - a ``fori_loop`` over the row offset i: one fused loop of the unrolled 2r column offsets per i.
+      Unrolled over i as well, XLA fused all (r+1)^2 offsets into one loop that LLVM left scalar
+      (and recomputed the exps in every i), 2-3x slower;
+    - the column taps by the recurrence ``g_j = g_{j-1} q^(2j-1)``, ``q = exp(-1 / d)``
+      (``q^(2j+1) = q^(2j-1) q^2``): two multiplies per tap from two loop-invariant planes instead of
+      reading r + 1 tap planes (or computing r + 1 exps) per i. The relative error grows by about
+      2 ulp per step (1e-6 at j = 12); q = 0 (sigma = 0) gives the delta kernel exactly.
     """
-    _, hp, _, _ = xp.shape
+    hp = xp.shape[1]
     h, w = sigma.shape[1:3]
     r = (hp - h) // 2
-    g, z = _gaussian_taps_unnormalised(sigma, r)
-    out = mom = jnp.zeros(sigma.shape, xp.dtype)
-    for i in range(r + 1):
-        p = xp[:, r + i:r + i + h]
-        if i:
-            p = p + xp[:, r - i:r - i + h]
-        s = g[0] * p[:, :, r:r + w]
+    d = 2 * jnp.square(sigma) + BLUR_EPS
+    q, q2 = jnp.exp(-1.0 / d), jnp.exp(-2.0 / d)
+
+    def taps():  # g_0 .. g_r by the recurrence (a generator: the loop body recomputes, never stores)
+        g, step = jnp.ones_like(q), q
+        yield g
+        for _ in range(r):
+            g = g * step
+            step = step * q2
+            yield g
+
+    z = 2 * sum(taps(), jnp.zeros_like(q)) - 1  # 1 + 2 sum_{k >= 1} g_k
+
+    def row_offset(i, carry):
+        out, mom = carry
+        p = lax.dynamic_slice_in_dim(xp, r + i, h, axis=1) + lax.dynamic_slice_in_dim(xp, r - i, h, axis=1)
+        s = p[:, :, r:r + w]
         s2 = jnp.zeros_like(s)
-        for j in range(1, r + 1):
-            t = g[j] * (p[:, :, r - j:r - j + w] + p[:, :, r + j:r + j + w])
-            s = s + t
-            if moment:
-                s2 = s2 + float(j * j) * t
-        out = out + g[i] * s
+        for j, g in enumerate(taps()):
+            if j:
+                t = g * (p[:, :, r - j:r - j + w] + p[:, :, r + j:r + j + w])
+                s = s + t
+                if moment:
+                    s2 = s2 + float(j * j) * t
+        fi = i.astype(xp.dtype)
+        gi = jnp.exp(-jnp.square(fi) / d) * jnp.where(i == 0, 0.5, 1.0).astype(xp.dtype)
+        out = out + gi * s
         if moment:
-            mom = mom + g[i] * (float(i * i) * s + s2)
+            mom = mom + gi * (jnp.square(fi) * s + s2)
+        return out, mom
+
+    zeros = jnp.zeros(sigma.shape, xp.dtype)
+    out, mom = lax.fori_loop(0, r + 1, row_offset, (zeros, zeros))
     z2 = jnp.square(z)
     if moment:
-        return jnp.concatenate([out / z2, mom / z2], axis=-1)
+        return jnp.concatenate([out / z2, mom / z2], axis=0)
     return out / z2
 
 
 def _shifted_gaussian_adjoint_core(gp, r):
     """Transpose of the blur for one band of the padded input: x_bar_p = A(sigma)^T y_bar.
 
-    gp: (B, h+2r, w+2r, 2C), the output cotangent y_bar and sigma concatenated on the channel axis,
+    gp: (2N, h+2r, w+2r), the output cotangent y_bar and sigma planes concatenated on the plane axis,
     both padded by 2r (y_bar with zeros, so padding contributes nothing). With ``F_ab = y_bar g_a g_b
     / Z^2`` (a, b = |i|, |j|) at the output pixel p, the padded-input gradient is the gather
     ``x_bar_p[q] = sum_{i,j} F_{|i||j|}[q + (r - i, r - j)]`` in the 2r-padded frame,
     computed as a horizontal pass per |i| (on every row of the band) and a vertical sum.
-    Returns (B, h, w, C).
+    Returns (N, h, w).
     """
-    _, hp, wp, c2 = gp.shape
+    n2, hp, wp = gp.shape
     h, w = hp - 2 * r, wp - 2 * r
-    ybar, sigma = gp[..., :c2 // 2], gp[..., c2 // 2:]
+    ybar, sigma = gp[:n2 // 2], gp[n2 // 2:]
     g, z = _gaussian_taps_unnormalised(sigma, r)
     ybar = ybar / jnp.square(z)
     # The taps are read at shifted positions below: materialise them once per band, otherwise XLA
     # fuses the exp into every shifted read (25x the exps).
     g = lax.optimization_barrier(g)
-    out = jnp.zeros(gp.shape[:1] + (h, w, c2 // 2), gp.dtype)
+    out = jnp.zeros((n2 // 2, h, w), gp.dtype)
     cols = lambda f, o: f[:, :, o:o + w]
     for a in range(r + 1):
         u = ybar * g[a]
@@ -338,7 +373,7 @@ def _map_row_bands(core, halo_in, row_in, *, halo, band_rows):
     so the result equals the whole-frame computation exactly; the bands only bound the working set
     (and keep it in cache). The last band is padded and cropped.
     """
-    bsz, h = halo_in.shape[0], halo_in.shape[1] - halo
+    h = halo_in.shape[1] - halo
     if h <= band_rows:
         return core(halo_in, row_in)
     nb = -(-h // band_rows)
@@ -353,13 +388,13 @@ def _map_row_bands(core, halo_in, row_in, *, halo, band_rows):
         return core(lax.dynamic_slice_in_dim(halo_in, y0, band_rows + halo, axis=1), rows)
 
     out = lax.map(band, jnp.arange(nb))  # (nb, B, band_rows, ...)
-    out = jnp.moveaxis(out, 0, 1).reshape((bsz, nb * band_rows) + out.shape[3:])
+    out = jnp.moveaxis(out, 0, 1).reshape((out.shape[1], nb * band_rows) + out.shape[3:])
     return out[:, :h]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _blur_shifted(xp, sigma, r):
-    """Banded shifted blur of the edge-padded xp (B, H+2r, W+2r, C) with sigma (B, H, W, C).
+    """Banded shifted blur of the edge-padded planes xp (N, H+2r, W+2r) with sigma (N, H, W).
 
     A custom VJP: differentiating the 13 x 25-term unrolled band through lax.map gives XLA a graph
     that compiles for a minute and runs 10x slower than the forward; the hand-written transpose
@@ -372,8 +407,8 @@ def _blur_shifted(xp, sigma, r):
 def _blur_shifted_fwd(xp, sigma, r):
     core = functools.partial(_shifted_gaussian_core, moment=True)
     out_mom = _map_row_bands(core, xp, sigma, halo=2 * r, band_rows=BAND_ROWS)
-    c = sigma.shape[-1]
-    return out_mom[..., :c], (sigma, out_mom)
+    n = sigma.shape[0]
+    return out_mom[:n], (sigma, out_mom)
 
 
 def _blur_shifted_bwd(r, res, ybar):
@@ -385,14 +420,14 @@ def _blur_shifted_bwd(r, res, ybar):
                                                            m = sum w (i^2 + j^2) = 2 sum_k k^2 g_k / Z
     """
     sigma, out_mom = res
-    c = sigma.shape[-1]
-    out, mom = out_mom[..., :c], out_mom[..., c:]
+    n = sigma.shape[0]
+    out, mom = out_mom[:n], out_mom[n:]
     g, z = _gaussian_taps_unnormalised(sigma, r)
     m = 4 * sum((float(k * k) * g[k] for k in range(1, r + 1)), jnp.zeros_like(z)) / z
     d = 2 * jnp.square(sigma) + BLUR_EPS
     sigma_bar = ybar * (4 * sigma / jnp.square(d)) * (mom - m * out)
-    pad = ((0, 0), (2 * r, 2 * r), (2 * r, 2 * r), (0, 0))
-    gp = jnp.concatenate([jnp.pad(ybar, pad), jnp.pad(sigma, pad, mode="edge")], axis=-1)
+    pad = ((0, 0), (2 * r, 2 * r), (2 * r, 2 * r))
+    gp = jnp.concatenate([jnp.pad(ybar, pad), jnp.pad(sigma, pad, mode="edge")], axis=0)
     core = lambda band, _: _shifted_gaussian_adjoint_core(band, r)
     xp_bar = _map_row_bands(core, gp, None, halo=2 * r, band_rows=BAND_ROWS)
     return xp_bar, sigma_bar
@@ -434,11 +469,19 @@ def _einsum_banded(core, xp, row_in, kernel_size):
 @functools.partial(jax.jit, static_argnames=("kernel_size", "impl"))
 def _blur(x, sigma, kernel_size, impl):
     sigma = jnp.broadcast_to(sigma.astype(x.dtype), x.shape)
-    xp = _pad_edge(x, kernel_size // 2)
     if impl == "einsum":
         core = lambda xb, sb: _einsum_gaussian(xb, sb, kernel_size)
-        return _einsum_banded(core, xp, sigma, kernel_size)
-    return _blur_shifted(xp, sigma, kernel_size // 2)
+        return _einsum_banded(core, _pad_edge(x, kernel_size // 2), sigma, kernel_size)
+    return _planar_blur(x, sigma, kernel_size // 2)
+
+
+def _planar_blur(x, sigma, r):
+    """The shifted blur on (B * C, H, W) planes (see :func:`_shifted_gaussian_core`), NHWC in and out."""
+    b, h, w, c = x.shape
+    planes = lambda a: jnp.moveaxis(a, -1, 1).reshape(b * c, h, w)
+    xp = jnp.pad(planes(x), ((0, 0), (r, r), (r, r)), mode="edge")
+    out = _blur_shifted(xp, planes(sigma), r)
+    return jnp.moveaxis(out.reshape(b, c, h, w), 1, -1)
 
 
 def local_gaussian_blur(x: jax.Array, sigma: jax.Array, *, kernel_size: int = DEFAULT_KERNEL_SIZE,

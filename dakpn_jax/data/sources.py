@@ -8,7 +8,8 @@ labels already in the protocol's class ids with 255 = ignore.
 
 ``data_config.name``:
 
-- ``"procedural"`` (default): `dakpn_jax.data.procedural.make_source(split, data_config)`.
+- ``"procedural"`` (default): `dakpn_jax.data.procedural.make_source(split, data_config)`; with
+  ``data_config.cache_dir`` set, the render-once disk cache of `dakpn_jax.data.procedural_cache`.
 - ``"real"``: the real datasets of issue #7, read from TFDS-prepared copies (``data_dir``, see
   ``python -m dakpn_jax.data.prepare``) or straight from the extracted official folders
   (``synthetic_dir`` / ``real_dir``). Fields (read with ``data_config.get``):
@@ -434,6 +435,10 @@ def make_source(data_config, split: str):
     name = _get(data_config, "name", "procedural")
     if name == "procedural":
         from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
+        if _get(data_config, "cache_dir", None):  # render once, read from disk (procedural_cache)
+            from dakpn_jax.data import procedural_cache  # pylint: disable=import-outside-toplevel
+            return procedural_cache.CachedProceduralSource(split, data_config,
+                                                           _get(data_config, "cache_dir"))
         return procedural.make_source(split, data_config)
     if name != "real":
         raise ValueError(f"data_config.name={name!r} is unknown; expected 'procedural' or 'real'")
