@@ -150,17 +150,18 @@ def say(message: str) -> None:
 
 def progress_bar(total: int, initial: int = 0, desc: str | None = None, *, enabled: bool = True,
                  unit: str = "step") -> Any:
-    """A tqdm bar on stderr (process 0 only; a disabled bar elsewhere, so calls stay valid).
+    """A live tqdm bar on stderr, redrawn in place at most 10 times a second.
 
-    On a terminal it redraws at most 10 times a second; when stderr is a file or pipe (CI, nohup)
-    it writes at most one update per 30 s, so logs do not fill with bar frames.
+    Shown on process 0 when stderr is a terminal; elsewhere (other processes, stderr redirected
+    to a file or a pipe, where every redraw would become a line) it is a disabled bar, so the
+    same calls stay valid and cost nothing. ``DAKPN_PROGRESS=1`` forces it on.
     """
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    tty = (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()) or os.environ.get("DAKPN_PROGRESS") == "1"
     return tqdm(total=int(total), initial=int(initial), desc=desc, unit=unit, file=sys.stderr,
-                disable=not (enabled and _is_primary()), dynamic_ncols=True, leave=True,
-                mininterval=0.1 if tty else 30.0, maxinterval=10.0 if tty else 60.0, smoothing=0.1)
+                disable=not (enabled and tty and _is_primary()), dynamic_ncols=True, leave=True,
+                mininterval=0.1, smoothing=0.1)
 
 
 def format_duration(seconds: float) -> str:

@@ -2,7 +2,7 @@ r"""Command-line entry point, flax-examples style.
 
     python -m dakpn_jax.main --config=configs/default.py --workdir=/tmp/dakpn
     python -m dakpn_jax.main --config=configs/default.py:tiny --workdir=/tmp/t --config.num_train_steps=50
-    dakpn --config=... --workdir=...                      # the installed console script
+    dakpn --config=configs/default.py:tiny --workdir=runs/tiny   # the installed console script, from any directory
 
 ``--config.x=y`` overrides any existing field (a typo is an error: the config is locked); fields
 that default to None are typed placeholders, so ``--config.data.data_dir=DIR`` works. Running again
@@ -37,26 +37,33 @@ from dakpn_jax import console
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("workdir", None, "Run directory: checkpoints, config.json, TensorBoard events.")
-config_flags.DEFINE_config_file("config", None, "Config file, `path.py` or `path.py:arg` (get_config(arg)).",
-                                lock_config=True)
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with auto-detection "
-                  "(Cloud TPU VM slices, SLURM, Open MPI).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host GPU clusters).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
-flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
-flags.DEFINE_bool("verbose", False, "Also print library INFO logs (absl, orbax, grain) on the console; "
-                  "they always go to WORKDIR/log.txt. Shows tracebacks of errors.")
-flags.DEFINE_bool("check_config", False, "Build and validate the config (with every --config.* override), "
-                  "print a summary and exit; nothing is trained or written.")
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines this CLI's flags on ``flag_values`` (the global FLAGS at import; a fresh
+    ``flags.FlagValues()`` lets a test parse a command line in-process exactly as the CLI does)."""
+    fv = dict(flag_values=flag_values)
+    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, config.json, TensorBoard events, log.txt.", **fv)
+    config_flags.DEFINE_config_file("config", None, "Config file, `path.py` or `path.py:arg` (get_config(arg)).",
+                                    lock_config=True, **fv)
+    flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with auto-detection "
+                      "(Cloud TPU VM slices, SLURM, Open MPI).", **fv)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host GPU clusters).", **fv)
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).", **fv)
+    flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).", **fv)
+    flags.DEFINE_bool("verbose", False, "Also print library INFO logs (absl, orbax, grain) on the console; "
+                      "they always go to WORKDIR/log.txt. Shows tracebacks of errors.", **fv)
+    flags.DEFINE_bool("check_config", False, "Build and validate the config (with every --config.* override), "
+                      "print a summary and exit; nothing is trained or written.", **fv)
 
 
-def check_config(config) -> str:
-    """Validates ``config`` as the trainer would (method module, generic fields, batch vs devices)
-    and returns a one-line summary; ValueError naming the field otherwise."""
+define_flags(FLAGS)
+
+
+def check_config(config, devices=None) -> str:
+    """Validates ``config`` as the trainer would (method module, generic fields, batch vs the
+    ``devices``, default all) and returns a one-line summary; ValueError naming the field otherwise."""
     from dakpn_jax.training import trainer
 
-    method = trainer.validate_config(config, trainer.make_mesh())
+    method = trainer.validate_config(config, trainer.make_mesh(devices))
     data = config.get("data") or {}
     where = {k: data.get(k) for k in ("name", "data_dir", "synthetic_dir", "real_dir") if data.get(k) is not None}
     return (f"config OK: method {config.method} ({method.__name__}), {config.num_train_steps} steps, batch "

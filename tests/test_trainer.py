@@ -226,14 +226,18 @@ def test_bad_workdir_is_rejected(tmp_path):
 
     wd = tmp_path / "run"
     trainer.train_and_evaluate(toy_config(num_train_steps=1, eval_every_steps=100), str(wd))
-    snapshot = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(wd) for f in fs}
+
+    def run_state():  # log.txt (append-only diagnostics, console.route_library_logs) aside
+        return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(wd) for f in fs
+                if f != "log.txt"}
+
+    snapshot = run_state()
     config_text = (wd / "config.json").read_text()
     with pytest.raises(ValueError, match=r"different model: state leaf '[a-z/0-9]*a/bias' has shape \(4,\).*\(8,\)"):
         trainer.train_and_evaluate(toy_config(num_train_steps=2, features=8), str(wd))
     with pytest.raises(ValueError, match=r"different model"):
         trainer.restore_state(str(wd), toy_config(features=8))
-    after = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(wd) for f in fs}
-    assert snapshot == after  # nothing written, not even a TensorBoard file
+    assert snapshot == run_state()  # nothing written, not even a TensorBoard file
     assert (wd / "config.json").read_text() == config_text
 
 

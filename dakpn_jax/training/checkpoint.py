@@ -176,12 +176,13 @@ class Checkpointer:
                 raise
             except Exception as e:  # pylint: disable=broad-except  # TensorStore/JSON/orbax: any failure to read
                 error, state, iters = e, None, None
+                _quiet_closed_loop_callbacks()
             if _everyone_succeeded(error is None):
                 return step, state, iters
             reason = _reason(error) if error is not None else "failed_on_another_process"
             moved = "(left in place: read-only)" if self._read_only else self._move_aside(step, reason, error)
             if on_damaged is not None and jax.process_index() == 0:
-                on_damaged(step, f"{reason}: {str(error)[:500] if error is not None else reason}", moved)
+                on_damaged(step, str(error)[:500] if error is not None else reason, moved)
         return None
 
     def _move_aside(self, step: int, reason: str, error: BaseException | None) -> str:
@@ -232,3 +233,33 @@ def _reason(error: BaseException) -> str:
     m = re.match(r"\s*([A-Z][A-Z_]{3,})\s*:", str(error))
     return m.group(1) if m else re.sub(r"[^A-Za-z0-9_]+", "_", type(error).__name__)
 
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """Drops the noise of a failed orbax restore's leftover TensorStore callbacks.
+
+    When one read of a restore fails, orbax's event loop closes while other TensorStore reads are
+    still in flight; their completion callbacks then call ``loop.call_soon_threadsafe`` on the
+    closed loop, and the ``RuntimeError: Event loop is closed`` they raise in a TensorStore thread
+    is reported through ``sys.unraisablehook`` (a traceback per pending read, harmless: the restore
+    has already failed and is handled). Only exactly those are dropped; everything else reaches
+    the previous hook.
+    """
+    import sys  # pylint: disable=import-outside-toplevel
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_dakpn_quiet_loop", False):
+        return
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            tb = unraisable.exc_traceback
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb is not None and os.sep + "asyncio" + os.sep in tb.tb_frame.f_code.co_filename:
+                return
+        previous(unraisable)
+
+    hook._dakpn_quiet_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
