@@ -6,6 +6,10 @@ the caller resizes logits bilinearly to the label size. Input normalisation is t
 
 - ``"unet_small"``: a compact U-Net (Ronneberger et al. 2015) for CPU runs, stride 1.
 - ``"segformer_b0"`` .. ``"segformer_b5"``: delegated (lazily) to `dakpn_jax.models.segformer`.
+- ``"fcn_resnet50"``: torchvision-layout FCN-ResNet50, stride 8 upsampled to the input
+  (`dakpn_jax.models.fcn_resnet50`); kwargs ``weights`` (a torchvision-layout .pth / .safetensors
+  file), ``load_classifier`` (False: keep the class-count dependent 1x1 convs at init), ``aux``,
+  ``normalize`` (ImageNet mean/std, default True), ``dropout``.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 SEGFORMER_NAMES = tuple(f"segformer_b{i}" for i in range(6))
-NAMES = ("unet_small",) + SEGFORMER_NAMES
+NAMES = ("unet_small",) + SEGFORMER_NAMES + ("fcn_resnet50",)
 
 
 def _groups(channels: int) -> int:
@@ -97,4 +101,13 @@ def make_segmenter(name: str, num_classes: int, *, rngs: nnx.Rngs, **kwargs) -> 
     if name in SEGFORMER_NAMES:
         from dakpn_jax.models import segformer  # pylint: disable=import-outside-toplevel
         return segformer.make_segformer(name, num_classes, rngs=rngs, **kwargs)
+    if name == "fcn_resnet50":
+        from dakpn_jax.models import fcn_resnet50  # pylint: disable=import-outside-toplevel
+        kwargs = dict(kwargs)
+        weights, load_classifier = kwargs.pop("weights", None), bool(kwargs.pop("load_classifier", True))
+        model = fcn_resnet50.FCNResNet50(num_classes, rngs=rngs, **kwargs)
+        if weights:
+            fcn_resnet50.load_state_dict(model, fcn_resnet50.read_state_dict(weights), source=str(weights),
+                                         load_classifier=load_classifier)
+        return model
     raise ValueError(f"make_segmenter: name={name!r} is unknown; expected one of {NAMES}")

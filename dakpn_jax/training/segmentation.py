@@ -125,6 +125,8 @@ def make_schedule(config) -> optax.Schedule:
 
         constant: lr
         poly:     lr_end + (lr - lr_end) * (1 - t / T) ** poly_power
+        poly_per_epoch: the same with t and T in whole epochs, t = floor(step / steps_per_epoch)
+                  (``optim.steps_per_epoch``; the authors' per-epoch scheduler step)
         cosine:   lr_end + (lr - lr_end) * (1 + cos(pi t / T)) / 2,     lr_end = end_lr_ratio * lr
     """
     o = config.optim
@@ -136,10 +138,20 @@ def make_schedule(config) -> optax.Schedule:
         main = optax.constant_schedule(lr)
     elif kind == "poly":
         main = optax.polynomial_schedule(lr, end, float(o.get("poly_power", 0.9)), decay_steps)
+    elif kind == "poly_per_epoch":
+        spe = int(o.get("steps_per_epoch", 0) or 0)
+        if spe < 1:
+            raise ValueError(f"config.optim.schedule='poly_per_epoch' needs optim.steps_per_epoch >= 1, got {spe}")
+        epochs, power = max(1, -(-decay_steps // spe)), float(o.get("poly_power", 1.0))
+
+        def main(step):
+            t = jnp.floor(jnp.asarray(step, jnp.float32) / spe)
+            return end + (lr - end) * jnp.clip(1.0 - t / epochs, 0.0, 1.0) ** power
     elif kind == "cosine":
         main = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
     else:
-        raise ValueError(f"config.optim.schedule={kind!r} is unknown; expected constant, poly or cosine")
+        raise ValueError(f"config.optim.schedule={kind!r} is unknown; expected constant, poly, poly_per_epoch "
+                         "or cosine")
     if warmup <= 0:
         return main
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
@@ -176,8 +188,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
     if name == "adam":
         tx = optax.adam(make_schedule(config), **kw)
     elif name == "adamw":
-        tx = optax.adamw(make_schedule(config), weight_decay=float(o.get("weight_decay", 0.0)),
-                         mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p), **kw)
+        # ``weight_decay_on``: "matrices" (default: weights with ndim >= 2) or "all" (the authors'
+        # torch AdamW over model.parameters(): biases and norm scales decay too).
+        on = o.get("weight_decay_on", "matrices")
+        if on not in ("matrices", "all"):
+            raise ValueError(f"config.optim.weight_decay_on={on!r} must be 'matrices' or 'all'")
+        mask = None if on == "all" else (lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))
+        tx = optax.adamw(make_schedule(config), weight_decay=float(o.get("weight_decay", 0.0)), mask=mask, **kw)
     else:
         raise ValueError(f"config.optim.name={name!r} is unknown; expected 'adam' or 'adamw'")
     clip = float(o.get("grad_clip", 0.0) or 0.0)
@@ -220,8 +237,11 @@ def make_train_step(config) -> Callable:
             if key not in batch:
                 raise ValueError(f"segmentation batch: missing key '{key}' (have {sorted(batch)})")
         images, label = batch["image"], batch["label"]
-        if label.shape != images.shape[:3]:
-            raise ValueError(f"segmentation batch: label {label.shape} must be images {images.shape}[:3]")
+        if label.ndim != 3 or label.shape[0] != images.shape[0]:
+            # Labels may be smaller than the images (the authors' 180 x 180 labels for 720 x 720
+            # inputs): the logits are resized to the label size, a no-op at the model's stride.
+            raise ValueError(f"segmentation batch: label {label.shape} must be (B, h, w) with B = images "
+                             f"{images.shape}[0]")
         if images_seen is not None:
             # Own key (folded off the step key), so runs without this source keep their key sequence.
             images = images_seen(batch, jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), _NOISE_STREAM))
@@ -462,8 +482,12 @@ def make_iterators(config, *, shard_index: int = 0, shard_count: int = 1) -> dic
     if config.batch_size % shard_count:
         raise ValueError(f"config.batch_size={config.batch_size} not divisible by the process count {shard_count}")
     crop = config.get("crop_size", None)
+    image_size, label_size = _size(config.data, "image_size"), _size(config.data, "label_size")
+    if label_size is not None and label_size != image_size and (crop or config.get("random_flip", True)):
+        raise ValueError(f"config.data.label_size={label_size} differs from image_size={image_size}: crops "
+                         "and flips act on the image's size only; set crop_size=None and random_flip=False")
     return {"train": pipeline.make_pipeline(
-        make_train_source(config), batch_size=config.batch_size // shard_count, seed=int(config.seed),
+        resized_source(config, make_train_source(config)), batch_size=config.batch_size // shard_count, seed=int(config.seed),
         shard_index=shard_index, shard_count=shard_count, shuffle=True,
         crop_size=tuple(crop) if crop else None, random_flip=bool(config.get("random_flip", True)),
         flip_label_map=_flip_label_map(config))}
@@ -534,14 +558,15 @@ def evaluate_segmenter(apply_fn: Callable, params: PyTree, source, num_classes: 
     params = jax.device_put(host, NamedSharding(mesh, P()))
     total = np.zeros((num_classes, num_classes), np.int64)
     h, w = source[0]["label"].shape
+    ih, iw = source[0]["image"].shape[:2]  # = (h, w) unless the labels are kept smaller (data.label_size)
     for start in range(0, n, gb):
-        images = np.zeros((lb, h, w, 3), np.float32)
+        images = np.zeros((lb, ih, iw, 3), np.float32)
         label = np.full((lb, h, w), IGNORE_INDEX, np.uint8)
         for j in range(lb):
             i = start + proc * lb + j
             if i < n:
                 item = source[i]
-                if item["label"].shape != (h, w):
+                if item["label"].shape != (h, w) or item["image"].shape[:2] != (ih, iw):
                     raise ValueError(f"evaluate_segmenter: item {i} label {item['label'].shape} differs from "
                                      f"item 0 {(h, w)}; the eval source must have one frame size")
                 images[j], label[j] = item["image"].astype(np.float32) / 255.0, item["label"]
@@ -556,25 +581,62 @@ def evaluate_segmenter(apply_fn: Callable, params: PyTree, source, num_classes: 
 _APPLY_FNS: dict[str, Callable] = {}
 
 
-def make_apply_fn(config) -> Callable:
-    """Pure ``apply_fn(params, images (B,H,W,3)) -> logits (B,H,W,C)`` resized to the input size,
+def make_apply_fn(config, label_size=None) -> Callable:
+    """Pure ``apply_fn(params, images (B,H,W,3)) -> logits (B,H,W,C)`` resized to the input size
+    (or to ``label_size`` = (h, w): the authors' 180 x 180 evaluation against stride-4 logits),
     where ``params = {"params": ..., "model_state": ...}`` (see `load_segmenter`). One function
     object per model config, so jitted callers compile once."""
     model = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
-    key = json.dumps(model, sort_keys=True, default=str)
+    key = json.dumps([model, label_size], sort_keys=True, default=str)
     if key not in _APPLY_FNS:
         gd = graphdef(config)
-        _APPLY_FNS[key] = lambda params, images: apply_model(gd, params, jnp.asarray(images))[0]
+        _APPLY_FNS[key] = lambda params, images: apply_model(gd, params, jnp.asarray(images), size=label_size)[0]
     return _APPLY_FNS[key]
+
+
+def _size(data_config, name):
+    v = data_config.get(name, None)
+    return None if not v else (int(v[0]), int(v[1]))
+
+
+class ResizedSource:
+    """``{"image", "label"}`` items with the image resized (squashed, PIL bilinear) to
+    ``image_size`` and the label (nearest) to ``label_size`` (either None: kept)."""
+
+    def __init__(self, source, image_size=None, label_size=None):
+        self.source, self.image_size, self.label_size = source, image_size, label_size
+        self.flip_label_map = getattr(source, "flip_label_map", None)
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        from PIL import Image  # pylint: disable=import-outside-toplevel
+        item = self.source[index]
+        out = {"image": item["image"], "label": item["label"]}
+        for key, size, method in (("image", self.image_size, Image.BILINEAR), ("label", self.label_size, Image.NEAREST)):
+            if size is not None and out[key].shape[:2] != size:
+                out[key] = np.asarray(Image.fromarray(out[key]).resize(size[::-1], method))
+        return out
+
+
+def resized_source(config, source):
+    """``source`` wrapped in :class:`ResizedSource` when ``config.data.image_size`` / ``label_size``
+    are set (the authors' downstream recipe: 720 x 720 images, 180 x 180 labels)."""
+    image_size, label_size = _size(config.data, "image_size"), _size(config.data, "label_size")
+    if image_size is None and label_size is None:
+        return source
+    return ResizedSource(source, image_size, label_size)
 
 
 def evaluate(config, state) -> dict[str, float]:
     """mIoU over ``config.data.eval_split`` (default real-val) and per-class IoU (present classes)."""
     from dakpn_jax.data import sources as data_sources  # pylint: disable=import-outside-toplevel
     split = config.data.get("eval_split", "real-val")
-    source = data_sources.make_source(config.data, split)
+    source = resized_source(config, data_sources.make_source(config.data, split))
     params = {"params": state["params"], "model_state": state["model_state"]}
-    res = evaluate_segmenter(make_apply_fn(config), params, source, _num_classes(config),
+    res = evaluate_segmenter(make_apply_fn(config, label_size=_size(config.data, "label_size")), params, source,
+                             _num_classes(config),
                              batch_size=int(config.get("eval_batch_size", 16)),
                              max_images=config.get("eval_images", None))
     out = {"miou": res["miou"]}
