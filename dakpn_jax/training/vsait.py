@@ -153,13 +153,14 @@ def init_state(config, rng) -> dict:
     """Fresh VSAIT state (module docstring) from a (typed or raw) key; reads the VGG19 weights."""
     rng = gc.key_data(rng)
     k_g, k_m, k_d, k_vgg, k_proj, rng = gc.split_key(rng, 6)
+    vgg = _vgg_params(config, k_vgg)  # first: a missing weights file fails before any other work
     b = _builders(config)
     params = {"G": gc.init_network(b["G"], k_g)[1], "M": gc.init_network(b["M"], k_m)[1],
               "D": gc.init_network(b["D"], k_d)[1]}
     tx = make_optimizers(config)
     return {"params": params,
             "opt": {"GM": tx["GM"].init({"G": params["G"], "M": params["M"]}), "D": tx["D"].init(params["D"])},
-            "frozen": {"vgg": _vgg_params(config, k_vgg), "proj_key": k_proj},
+            "frozen": {"vgg": vgg, "proj_key": k_proj},
             "step": jnp.zeros((), jnp.int32), "rng": rng}
 
 
