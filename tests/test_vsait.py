@@ -144,6 +144,16 @@ def test_vgg19_taps_and_importer_match_torch(tmp_path):
     p2 = vgg19.load_torchvision_state_dict(str(tmp_path / "vgg19.safetensors"))
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p2)))
 
+    # The config path: model.vgg_weights is what init_state loads into the state.
+    c = vsait_configs.get_config("tiny")
+    c.model.update(vgg_width=64, allow_random_vgg=False, vgg_weights=str(tmp_path / "vgg19.pth"))
+    assert vsait.vsait_available(c) == (True, "")
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(vsait._vgg_params(c))))
+    c.model.vgg_width = 4
+    assert not vsait.vsait_available(c)[0]
+    with pytest.raises(ValueError, match="vgg_width=4"):
+        vsait._vgg_params(c)
+
     # One error lists every missing, unexpected and mis-shaped tensor.
     bad = {k: v.numpy() for k, v in sd.items() if k != "features.12.bias"}
     bad["features.99.weight"] = np.zeros(3, np.float32)

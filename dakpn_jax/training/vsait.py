@@ -128,7 +128,8 @@ def _vgg_params(config):
            "and CPU smoke runs only - its results are not VSAIT's and must not be reported as such")
     log.warning("!" * 20 + " " + msg)
     warnings.warn(msg, stacklevel=3)
-    # Drawn with NumPy from config.seed (a static int, so also under eval_shape), not from ``key``.
+    # Drawn with NumPy from config.seed (a static int: the same values under eval_shape and eagerly,
+    # and no per-shape jax compilations).
     return vgg19.random_params(int(config.seed) + 7919, width=width)
 
 
