@@ -186,6 +186,18 @@ def load_torchvision_state_dict(path: str, *, width: int = 64) -> dict:
     return params_from_state_dict(read_state_dict(path), width=width, source=repr(path))
 
 
+def random_params(seed: int, *, width: int = 64) -> dict:
+    """Untrained weights as torchvision initialises VGG (He-normal, fan-out; zero biases), drawn
+    with NumPy from ``seed`` (no per-shape jax compilations; for tests and smoke runs only)."""
+    rng = np.random.default_rng(seed)
+    convs = {}
+    for j, (index, cin, cout) in enumerate(CONVS):
+        i, o = 3 if cin is None else cin * width, cout * width
+        w = rng.standard_normal((3, 3, i, o)) * np.sqrt(2.0 / (9 * o))
+        convs[j] = {"kernel": jnp.asarray(w, jnp.float32), "bias": jnp.zeros((o,), jnp.float32)}
+    return {"convs": convs}
+
+
 def num_params(width: int = 64) -> int:
     """Parameters up to conv5_2 (15,304,768 at width 64; the full torchvision features: 20,024,384)."""
     return sum(int(np.prod(s)) for s in expected_shapes(width).values())

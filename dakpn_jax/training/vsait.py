@@ -111,7 +111,7 @@ def graphdefs(config) -> dict:
     return {k: gc.graphdef_of(b) for k, b in _builders(config).items()}
 
 
-def _vgg_params(config, key):
+def _vgg_params(config):
     m = config.model
     width = int(m.get("vgg_width", _PUBLISHED_VGG_WIDTH))
     if m.get("vgg_weights"):
@@ -128,7 +128,9 @@ def _vgg_params(config, key):
            "and CPU smoke runs only - its results are not VSAIT's and must not be reported as such")
     log.warning("!" * 20 + " " + msg)
     warnings.warn(msg, stacklevel=3)
-    return gc.init_network(_builders(config)["vgg"], key)[1]
+    # Drawn with NumPy from config.seed (a static int: the same values under eval_shape and eagerly,
+    # and no per-shape jax compilations).
+    return vgg19.random_params(int(config.seed) + 7919, width=width)
 
 
 def make_optimizers(config) -> dict:
@@ -152,14 +154,15 @@ def schedule(config, lr: float) -> optax.Schedule:
 def init_state(config, rng) -> dict:
     """Fresh VSAIT state (module docstring) from a (typed or raw) key; reads the VGG19 weights."""
     rng = gc.key_data(rng)
-    k_g, k_m, k_d, k_vgg, k_proj, rng = gc.split_key(rng, 6)
+    k_g, k_m, k_d, k_proj, rng = gc.split_key(rng, 5)
+    vgg = _vgg_params(config)  # first: a missing weights file fails before any other work
     b = _builders(config)
     params = {"G": gc.init_network(b["G"], k_g)[1], "M": gc.init_network(b["M"], k_m)[1],
               "D": gc.init_network(b["D"], k_d)[1]}
     tx = make_optimizers(config)
     return {"params": params,
             "opt": {"GM": tx["GM"].init({"G": params["G"], "M": params["M"]}), "D": tx["D"].init(params["D"])},
-            "frozen": {"vgg": _vgg_params(config, k_vgg), "proj_key": k_proj},
+            "frozen": {"vgg": vgg, "proj_key": k_proj},
             "step": jnp.zeros((), jnp.int32), "rng": rng}
 
 
