@@ -236,11 +236,14 @@ def test_on_the_fly_sees_the_export_and_the_source_labels(runs, exports):
     assert flips == {True, False}
 
 
+@pytest.mark.slow
 def test_on_the_fly_training_matches_export_training(runs, exports, on_the_fly_run, tmp_path):
-    # Same seed, same batches: the losses differ only by the export's 8-bit rounding.
+    # Same seed, same global batches (the on-the-fly run used the trainer's 8-device mesh, this one
+    # 1 device: the global batch does not depend on it): the losses differ only by the export's
+    # 8-bit rounding.
     _, otf = on_the_fly_run
     ref = trainer.train_and_evaluate(seg_config(runs["dakpn"], {"kind": "folder", "root": exports["dakpn"]}),
-                                     str(tmp_path / "seg_export"))
+                                     str(tmp_path / "seg_export"), devices=jax.devices()[:1])
     assert otf["step"] == ref["step"] == 2
     assert abs(otf["loss"] - ref["loss"]) <= 2e-3 * abs(ref["loss"]), (otf["loss"], ref["loss"])
 
@@ -249,10 +252,20 @@ def test_on_the_fly_fresh_noise_and_bad_specs(runs, tmp_path):
     c = seg_config(runs["dakpn"], otf_source(runs), fresh_noise=True)
     it = seg.make_iterators(c)["train"]
     batch = seg.next_batch({"train": it})
-    fn = seg.make_on_the_fly_fn(c)
+    fn = jax.jit(seg.make_on_the_fly_fn(c))
     fixed = np.asarray(seg.on_the_fly_images(dakpn_jax.load_translator(runs["dakpn"]), batch, None))
-    fresh = np.asarray(jax.jit(fn)(batch, jax.random.key(0)))
+    fresh = np.asarray(fn(batch, jax.random.key(0)))
     assert 1e-4 < np.abs(fresh - fixed).max() < 0.5  # noise only: the colour map is the same
+    # Mixed with real labelled frames: only the on-the-fly source's rows are translated.
+    mix = seg_config(runs["dakpn"], otf_source(runs))
+    mix.data.train_sources = ({**otf_source(runs), "weight": 1.0},
+                              {"kind": "split", "split": "real-train-labelled", "weight": 1.0})
+    b = seg.next_batch({"train": seg.make_iterators(mix)["train"]})
+    t = b["otf_translate"]
+    assert t.any() and not t.all()
+    out = np.asarray(fn(b, jax.random.key(0)))
+    np.testing.assert_array_equal(out[~t], b["image"][~t])
+    assert np.abs(out[t] - b["image"][t]).mean() > 2 / 255
     with pytest.raises(ValueError, match="no noise input"):
         seg.make_on_the_fly_fn(seg_config(runs["cyclegan"], {**otf_source(runs), "translator_workdir":
                                                              runs["cyclegan"]}, fresh_noise=True))
@@ -267,6 +280,7 @@ def test_on_the_fly_fresh_noise_and_bad_specs(runs, tmp_path):
 
 # ----------------------------------------------------------------------------- the worked example
 
+@pytest.mark.slow
 def test_worked_example_runs(runs, tmp_path):
     spec = importlib.util.spec_from_file_location("example_own_pipeline",
                                                   ROOT / "experiments" / "example_own_pipeline.py")
