@@ -14,8 +14,9 @@ untranslated (``raw/``, the dataset) and translated by the export (``export/``).
     raw           {"kind": "folder", "root": raw/}                      no translation at all (floor)
 
 each through the trainer's own pieces (its mesh over all devices, ``make_call``, ``to_global``), and
-the script prints images/s per source: ``--steps`` timed steps after 3 warm-up steps (compilation),
-data loading included, in one run. Figures from a shared machine are noisy; rerun for a spread.
+the script prints images/s per source, data loading included, in one run: after 3 warm-up steps
+(compilation) each, ``--steps`` timed steps per variant in ``--rounds`` interleaved rounds (so a
+drifting load on a shared machine hits every variant alike), the median over rounds.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -33,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from configs import default as dakpn_configs  # noqa: E402
 from configs import segmentation as seg_configs  # noqa: E402
+import dakpn_jax  # noqa: E402
 from dakpn_jax import export  # noqa: E402
 from dakpn_jax.data import sources  # noqa: E402
 from dakpn_jax.training import segmentation as seg  # noqa: E402
@@ -57,26 +60,32 @@ def write_raw(config, root: str) -> None:
         Image.fromarray(item["label"]).save(os.path.join(root, "labels", f"{i:06d}.png"))
 
 
-def throughput(config, steps: int, warmup: int = 3) -> float:
-    """images/s of ``steps`` segmentation train steps (data loading included) after ``warmup``."""
-    mesh = trainer.make_mesh()
-    state = trainer.init_state(seg, config, mesh)
-    call = trainer.make_call(seg.make_train_step(config), mesh, 1)
-    iterators = seg.make_iterators(config)
-    for _ in range(warmup):
-        state, metrics = call(state, trainer.to_global(seg.next_batch(iterators), mesh, stacked=False))
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = call(state, trainer.to_global(seg.next_batch(iterators), mesh, stacked=False))
-    jax.block_until_ready(metrics)
-    return steps * int(config.batch_size) / (time.perf_counter() - t0)
+class Run:
+    """One segmenter training set-up: state, jitted call and iterators, warmed up (compiled)."""
+
+    def __init__(self, config, warmup: int = 3):
+        self.mesh = trainer.make_mesh()
+        self.state = trainer.init_state(seg, config, self.mesh)
+        self.call = trainer.make_call(seg.make_train_step(config), self.mesh, 1)
+        self.iterators = seg.make_iterators(config)
+        self.batch_size = int(config.batch_size)
+        self.steps(warmup)
+
+    def steps(self, n: int) -> float:
+        """Seconds for ``n`` train steps, data loading included."""
+        t0 = time.perf_counter()
+        for _ in range(n):
+            batch = trainer.to_global(seg.next_batch(self.iterators), self.mesh, stacked=False)
+            self.state, metrics = self.call(self.state, batch)
+        jax.block_until_ready(metrics)
+        return time.perf_counter() - t0
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--translator_workdir", default=None, help="a DA-KPN run (default: train one for 1 step)")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=30, help="timed steps per variant, split over --rounds")
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--num_images", type=int, default=64, help="synthetic-train frames (new translator only)")
     p.add_argument("--batch_size", type=int, default=8)
     a = p.parse_args()
@@ -98,20 +107,38 @@ def main() -> None:
         "fresh_noise": {"kind": seg.ON_THE_FLY, "translator_workdir": workdir, "root": raw, "fresh_noise": True},
         "raw": {"kind": "folder", "root": raw},
     }
-    results = {}
+    runs = {}
     for name, source in variants.items():
         c = seg_configs.get_config()
         c.data = tconfig.data
         c.data.train_sources = (source,)
         c.batch_size = a.batch_size
-        results[name] = throughput(c, a.steps)
-        print(f"{name:12s} {results[name]:8.1f} images/s", flush=True)
-    print(f"on_the_fly / export = {results['on_the_fly'] / results['export']:.2f}; "
-          f"fresh_noise / export = {results['fresh_noise'] / results['export']:.2f}; "
-          f"raw / export = {results['raw'] / results['export']:.2f}")
-    print(f"(batch {a.batch_size}, crops {tuple(seg_configs.get_config().crop_size)}, {a.steps} timed steps each; "
-          f"files under {tmp})")
-
+        runs[name] = Run(c)
+    # Interleaved rounds: on a shared machine the load drifts; every round times every variant.
+    per_round = max(1, a.steps // a.rounds)
+    rates = {name: [] for name in runs}
+    for _ in range(a.rounds):
+        for name, run in runs.items():
+            rates[name].append(per_round * run.batch_size / run.steps(per_round))
+    for name, r in rates.items():
+        print(f"{name:12s} {np.median(r):8.1f} images/s  (median of {a.rounds} rounds of {per_round} steps; "
+              f"min {min(r):.1f}, max {max(r):.1f})")
+    for name in ("on_the_fly", "fresh_noise", "raw"):
+        ratio = np.median([x / y for x, y in zip(rates[name], rates["export"])])
+        print(f"{name} / export = {ratio:.2f} (median over rounds)")
+    # The translation alone (whole frames, fixed noise), for scale.
+    translate = dakpn_jax.load_translator(workdir)
+    frames = jnp.asarray(np.random.default_rng(0).uniform(size=(a.batch_size, h, w, 3)), jnp.float32)
+    labels = jnp.zeros((a.batch_size, h, w), jnp.int32)
+    fn = jax.jit(lambda x, y: translate(x, y))
+    jax.block_until_ready(fn(frames, labels))
+    t0 = time.perf_counter()
+    for _ in range(10):
+        out = fn(frames, labels)
+    jax.block_until_ready(out)
+    print(f"translate alone: {(time.perf_counter() - t0) / 10 * 1e3:.1f} ms per batch of {a.batch_size} "
+          f"{h} x {w} frames")
+    print(f"(batch {a.batch_size}, crops {tuple(seg_configs.get_config().crop_size)}; files under {tmp})")
 
 if __name__ == "__main__":
     main()

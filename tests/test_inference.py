@@ -256,6 +256,8 @@ def test_on_the_fly_fresh_noise_and_bad_specs(runs, tmp_path):
     fixed = np.asarray(seg.on_the_fly_images(dakpn_jax.load_translator(runs["dakpn"]), batch, None))
     fresh = np.asarray(fn(batch, jax.random.key(0)))
     assert 1e-4 < np.abs(fresh - fixed).max() < 0.5  # noise only: the colour map is the same
+    panel = seg.summaries(c, seg.init_state(c, jax.random.key(0)), batch)["segmentation"]
+    np.testing.assert_allclose(panel[:, :32], fixed[0], atol=1e-6)  # TensorBoard shows the translated crop
     # Mixed with real labelled frames: only the on-the-fly source's rows are translated.
     mix = seg_config(runs["dakpn"], otf_source(runs))
     mix.data.train_sources = ({**otf_source(runs), "weight": 1.0},
