@@ -512,8 +512,11 @@ def next_batch(iterators: dict) -> dict:
 
 
 def summaries(config, state, batch) -> dict:
-    """image | label | prediction of the batch's first image, (h, 3w, 3) in [0, 1]."""
+    """image | label | prediction of the batch's first image, (h, 3w, 3) in [0, 1] (the image as the
+    step sees it: translated for a translated_on_the_fly source, with the fixed noise)."""
     images = np.asarray(batch["image"][:1], np.float32)
+    if "otf_translate" in batch:
+        images = np.asarray(make_on_the_fly_fn(config)({k: v[:1] for k, v in batch.items()}, None))
     variables = {"params": state["params"], "model_state": state["model_state"]}
     pred = np.asarray(_predict(make_apply_fn(config), variables, images))[0].astype(np.uint8)
     colour = lambda y: label_table.colorize(y).astype(np.float32) / 255.0
