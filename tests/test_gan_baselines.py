@@ -366,3 +366,23 @@ def test_cut_objective_recomputed_from_merged_modules(name):
     assert d1_real.mean() > d0_real.mean()
     assert d1_real.mean() - d1_fake.mean() > d0_real.mean() - d0_fake.mean()
     assert 0.5 * (np.mean((d1_real - 1) ** 2) + np.mean(d1_fake ** 2)) < want["loss_D"]
+
+
+@pytest.mark.smoke
+def test_gta5_cityscapes_presets():
+    """DESIGN.md §6: the CycleGAN authors' GTA5 -> Cityscapes settings (scale width 1024, 360 crops,
+    identity weight 1, 10 + 10 epochs of 24,966 frames at batch 1); CUT keeps its defaults."""
+    c = cyclegan_configs.get_config("gta5_cityscapes")
+    assert c.data.synthetic_size == (int(1024 * 1052 / 1914), 1024) and c.data.real_size == (512, 1024)
+    assert tuple(c.crop_size) == (360, 360) and c.batch_size == 1 and c.loss.lambda_identity == 1.0
+    assert c.optim.constant_steps == c.optim.decay_steps == 10 * 24966 and c.num_train_steps == 20 * 24966
+    assert c.data.data_dir is None
+    c.data.data_dir = "/data/tfds"  # a placeholder: settable (from flags too), typed
+    with pytest.raises(TypeError):
+        c.data.real_dir = 3
+    for method, (const, decay) in (("cut", (10, 10)), ("fastcut", (15, 5))):
+        k = cut_configs.get_config(f"{method}-gta5_cityscapes")
+        d = cut_configs.get_config(method)
+        assert k.model == d.model and k.nce == d.nce and k.model.antialias and k.model.init == "xavier"
+        assert (k.optim.constant_steps, k.optim.decay_steps) == (const * 24966, decay * 24966)
+        assert tuple(k.crop_size) == (360, 360) and k.data.synthetic_size == c.data.synthetic_size
