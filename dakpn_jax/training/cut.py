@@ -120,7 +120,7 @@ def _builders(config):
     chans = _feature_channels(config)
     return {"G": functools.partial(gc.make_generator, config),
             "D": functools.partial(gc.make_discriminator, config),
-            "F": lambda rngs: PatchSampleMLP(chans, config.nce.mlp_dim, rngs=rngs, **gc._init_args(config.model))}
+            "F": lambda rngs: PatchSampleMLP(chans, config.nce.mlp_dim, rngs=rngs, **gc.init_args(config.model))}
 
 
 def graphdefs(config) -> dict:

@@ -41,7 +41,8 @@ def split_key(raw: jax.Array, n: int) -> list[jax.Array]:
 
 # ----------------------------------------------------------------------------- networks
 
-def _init_args(m) -> dict:
+def init_args(m) -> dict:
+    """``init`` / ``init_gain`` of ``config.model`` (default: CycleGAN's N(0, 0.02))."""
     return dict(init=m.get("init", "normal"), init_gain=float(m.get("init_gain", 0.02)))
 
 
@@ -51,14 +52,14 @@ def make_generator(config, rngs: nnx.Rngs) -> ResnetGenerator:
     m = config.model
     return ResnetGenerator(3, 3, ngf=m.ngf, n_blocks=m.n_blocks, n_down=m.n_down,
                            antialias=m.get("antialias", False), antialias_up=m.get("antialias_up", False),
-                           rngs=rngs, **_init_args(m))
+                           rngs=rngs, **init_args(m))
 
 
 def make_discriminator(config, rngs: nnx.Rngs) -> NLayerDiscriminator:
     """70x70 PatchGAN from ``config.model`` (ndf, n_layers_d; optional antialias_d, init, init_gain)."""
     m = config.model
     return NLayerDiscriminator(3, ndf=m.ndf, n_layers=m.n_layers_d, antialias=m.get("antialias_d", False),
-                               rngs=rngs, **_init_args(m))
+                               rngs=rngs, **init_args(m))
 
 
 def init_network(build: Callable[[nnx.Rngs], nnx.Module], rng: jax.Array):
