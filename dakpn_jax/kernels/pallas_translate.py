@@ -220,6 +220,9 @@ def fused_translate_forward(x, params, noise, *, kernel_size: int, tile=(TILE_RO
     if th < 1 or tw < 1 or (th * tw) & (th * tw - 1):
         raise ValueError(f"tile: expected (TH, TW) >= 1 with TH * TW a power of two, got {tile!r}")
     interpret = default_interpret() if interpret is None else bool(interpret)
+    if not interpret and (plgpu is None or not hasattr(plgpu, "debug_barrier")):
+        raise RuntimeError(f"impl='pallas' on GPU needs jax.experimental.pallas.triton.debug_barrier; this "
+                           f"jax {jax.__version__} does not provide it (run with interpret=True)")
     bsz, height, width, _ = x.shape
     r = kernel_size // 2
     kernel = functools.partial(_kernel, r=r, th=th, tw=tw, shared_noise=noise.shape[0] == 1,
