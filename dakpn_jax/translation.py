@@ -592,6 +592,28 @@ def split_params(theta: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax
     return theta[..., 0:3], theta[..., 3:6], theta[..., 6:9], theta[..., 9:12]
 
 
+def _colour_affine_channels(r, g, b, scale, bias):
+    """Steps 4a-c on separate channel arrays (any equal shapes): the formulas of :func:`rgb_to_hsv`,
+    the affine of :func:`color_affine` and :func:`hsv_to_rgb`; returns [r', g', b'].
+
+    Used where the channels are separate arrays (the Pallas kernel)."""
+    v = jnp.maximum(jnp.maximum(r, g), b)
+    c = v - jnp.minimum(jnp.minimum(r, g), b)
+    s = jnp.where(v > 0, c / jnp.where(v > 0, v, 1.0), 0.0)
+    safe_c = jnp.where(c > 0, c, 1.0)
+    h = jnp.where(v == r, (g - b) / safe_c, jnp.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4))
+    h = jnp.where(c > 0, jnp.mod(h / 6, 1.0), 0.0)
+    h = jnp.where(h >= 1, h - 1, h)
+    h = jnp.mod(scale[0] * h + bias[0], 1.0)
+    s = jnp.clip(scale[1] * s + bias[1], 0.0, 1.0)
+    v = jnp.clip(scale[2] * v + bias[2], 0.0, 1.0)
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = jnp.mod(n + 6 * h, 6.0)
+        out.append(v - v * s * jnp.clip(jnp.minimum(k, 4 - k), 0.0, 1.0))
+    return out
+
+
 def color_affine(x: jax.Array, hsv_scale: jax.Array, hsv_bias: jax.Array) -> jax.Array:
     """Steps 4a-c: RGB -> HSV, per-pixel affine (hue mod 1, s and v clipped to [0, 1]) -> RGB."""
     hsv = hsv_scale * rgb_to_hsv(x) + hsv_bias

@@ -13,6 +13,8 @@ in a fresh subprocess (so peak memory is per path and size) and prints:
   less sensitive to other jobs on a shared machine,
 - peak process RSS (``resource.getrusage``; includes the Python/JAX baseline and the inputs, shown
   separately as "before"), and the accelerator allocator's peak ("device peak", 0 on CPU),
+- "|d| vs shifted": the largest absolute difference of the forward output from the shifted path on
+  this device (0 for shifted / auto and with --grad): a parity check of the kernel where it runs,
 - with --bandwidth_gbs (the device's memory bandwidth): "x floor", the time as a multiple of the
   memory-bound floor = bytes that must move (read x, sigma or params + noise, write out, once) /
   bandwidth.
@@ -125,6 +127,15 @@ def _child(impl: str, size: str, kernel_size: int, repeats: int, grad: bool, op:
     # XLA_PYTHON_CLIENT_PREALLOCATE=false so other processes are not crowded out; CPU reports 0).
     device_peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**30
 
+    # Parity on this device: the largest difference from the shifted path (forward only).
+    maxdiff = 0.0
+    if impl not in ("shifted", "auto") and not grad:
+        ref_fn = jax.jit(lambda *a: (local_gaussian_blur(*a, kernel_size=kernel_size, impl="shifted")
+                                     if op == "blur" else
+                                     translate(*a, kernel_size=kernel_size, impl="shifted")))
+        out = fn(x, second, *extra)
+        maxdiff = float(jnp.max(jnp.abs(out - ref_fn(x, second, *extra))))
+
     med = statistics.median
     flops = 2 * kernel_size ** 2 * 3 * b * h * w
     gflops = flops / med(times) / 1e9
@@ -134,7 +145,7 @@ def _child(impl: str, size: str, kernel_size: int, repeats: int, grad: bool, op:
             "compile_s": compile_s, "gflops": gflops, "rss_before_gb": rss_before, "peak_rss_gb": peak,
             "matmul_gflops": mm_gflops, "ratio": gflops / mm_gflops, "cpu_ratio": cpu_ratio,
             "backend": jax.default_backend(), "device_peak_gb": device_peak,
-            "floor_bytes": _floor_bytes(op, b, h, w, kernel_size)}
+            "floor_bytes": _floor_bytes(op, b, h, w, kernel_size), "maxdiff": maxdiff}
 
 
 def main(argv=None):
@@ -173,7 +184,7 @@ def main(argv=None):
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     header = (f"{'path':8} {'B x H x W':>12} {'ms/call':>9} {'compile s':>9} {'eff GFLOP/s':>11} "
               f"{'RSS before':>10} {'peak RSS':>9} {'matmul GFLOP/s':>14} {'ratio':>6} {'cpu ratio':>9} "
-              f"{'device peak':>11}" + (f" {'x floor':>8}" if args.bandwidth_gbs else ""))
+              f"{'device peak':>11} {'|d| vs shifted':>14}" + (f" {'x floor':>8}" if args.bandwidth_gbs else ""))
     print(header)
     print("-" * len(header))
     env = dict(os.environ)
@@ -202,7 +213,7 @@ def main(argv=None):
             m = json.loads(proc.stdout.strip().splitlines()[-1])
             line = (f"{impl:8} {size:>12} {m['ms']:9.1f} {m['compile_s']:9.1f} {m['gflops']:11.2f} "
                     f"{m['rss_before_gb']:8.2f}GB {m['peak_rss_gb']:7.2f}GB {m['matmul_gflops']:14.1f} "
-                    f"{m['ratio']:6.1%} {m['cpu_ratio']:9.1%} {m['device_peak_gb']:9.2f}GB")
+                    f"{m['ratio']:6.1%} {m['cpu_ratio']:9.1%} {m['device_peak_gb']:9.2f}GB {m['maxdiff']:14.1e}")
             if args.bandwidth_gbs:
                 floor_ms = m["floor_bytes"] / (args.bandwidth_gbs * 1e9) * 1e3
                 line += f" {m['ms'] / floor_ms:8.1f}"

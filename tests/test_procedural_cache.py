@@ -16,6 +16,7 @@ def _assert_same(a, b):
     for k in a:
         assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
         assert a[k].tobytes() == b[k].tobytes(), k  # byte for byte
+        assert a[k].flags.c_contiguous, k
 
 
 @pytest.mark.parametrize("split", procedural.SPLITS)
@@ -62,12 +63,12 @@ def test_stale_tmp_files_are_ignored_and_bad_files_raise(tmp_path):
     _assert_same(src[0], procedural.make_source("synthetic-train", config)[0])
     # A truncated example file is reported by name, not returned.
     with open(src.path(1), "wb") as f:
-        f.write(b"PK\x03\x04 truncated")
-    with pytest.raises(ValueError, match="0000001.npz"):
+        f.write(b"\x93NUMPY truncated")
+    with pytest.raises(ValueError, match="0000001.npy"):
         src[1]
     # A file of another frame size too.
-    np.savez(src.path(2), image=np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(ValueError, match="0000002.npz.*32x64"):
+    np.save(src.path(2), np.zeros(8 * 8 * 4, np.uint8))
+    with pytest.raises(ValueError, match="0000002.npy.*32x64"):
         src[2]
     with pytest.raises(IndexError):
         src[3]

@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dakpn_jax.translation import BLUR_EPS, _colour_affine_channels
+
 try:  # Pallas moves fast; never let a changed Pallas break importing dakpn_jax.
     from jax.experimental import pallas as pl
 except ImportError:  # pragma: no cover - depends on the installed jax
@@ -54,8 +56,6 @@ try:
     from jax.experimental.pallas import triton as plgpu
 except ImportError:  # pragma: no cover
     plgpu = None
-
-BLUR_EPS = 1e-8  # the same eps as dakpn_jax.translation.BLUR_EPS (asserted equal in the tests)
 
 TILE_ROWS = 16
 TILE_COLS = 64
@@ -97,25 +97,6 @@ def _param(p_ref, b, ry, rx, c: int):
     return top * (1 - wy) + bot * wy
 
 
-def _colour_affine(r, g, b, scale, bias):
-    """Steps 4a-c on separate channel arrays; the formulas of translation.rgb_to_hsv / hsv_to_rgb."""
-    v = jnp.maximum(jnp.maximum(r, g), b)
-    c = v - jnp.minimum(jnp.minimum(r, g), b)
-    s = jnp.where(v > 0, c / jnp.where(v > 0, v, 1.0), 0.0)
-    safe_c = jnp.where(c > 0, c, 1.0)
-    h = jnp.where(v == r, (g - b) / safe_c, jnp.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4))
-    h = jnp.where(c > 0, jnp.mod(h / 6, 1.0), 0.0)
-    h = jnp.where(h >= 1, h - 1, h)
-    h = jnp.mod(scale[0] * h + bias[0], 1.0)
-    s = jnp.clip(scale[1] * s + bias[1], 0.0, 1.0)
-    v = jnp.clip(scale[2] * v + bias[2], 0.0, 1.0)
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = jnp.mod(n + 6 * h, 6.0)
-        out.append(v - v * s * jnp.clip(jnp.minimum(k, 4 - k), 0.0, 1.0))
-    return out
-
-
 def _kernel(x_ref, p_ref, n_ref, o_ref, s_ref, *, r: int, th: int, tw: int, shared_noise: bool,
             barrier: bool):
     _, height, width, _ = x_ref.shape
@@ -147,7 +128,7 @@ def _kernel(x_ref, p_ref, n_ref, o_ref, s_ref, *, r: int, th: int, tw: int, shar
         rgb = [x_ref[b, irow, icol, c] for c in range(3)]
         scale = [_param(p_ref, b, ry, rx, c) for c in range(0, 3)]
         bias = [_param(p_ref, b, ry, rx, c) for c in range(3, 6)]
-        for c, v in enumerate(_colour_affine(*rgb, scale, bias)):
+        for c, v in enumerate(_colour_affine_channels(*rgb, scale, bias)):
             s_ref[b, prow, pcol, c] = v
         return carry
 
@@ -220,6 +201,9 @@ def fused_translate_forward(x, params, noise, *, kernel_size: int, tile=(TILE_RO
     if th < 1 or tw < 1 or (th * tw) & (th * tw - 1):
         raise ValueError(f"tile: expected (TH, TW) >= 1 with TH * TW a power of two, got {tile!r}")
     interpret = default_interpret() if interpret is None else bool(interpret)
+    if not interpret and (plgpu is None or not hasattr(plgpu, "debug_barrier")):
+        raise RuntimeError(f"impl='pallas' on GPU needs jax.experimental.pallas.triton.debug_barrier; this "
+                           f"jax {jax.__version__} does not provide it (run with interpret=True)")
     bsz, height, width, _ = x.shape
     r = kernel_size // 2
     kernel = functools.partial(_kernel, r=r, th=th, tw=tw, shared_noise=noise.shape[0] == 1,
