@@ -64,6 +64,16 @@ class _TqdmStream:
         sys.stderr.flush()
 
 
+class _NotSaid(logging.Filter):
+    """Keeps `say` lines (printed directly) from reaching a console handler a second time."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "dakpn_jax.console"
+
+
+_NOT_SAID = _NotSaid()
+
+
 class LogRouting:
     """Undo handle of :func:`route_library_logs` (also a context manager). ``path``: the log file."""
 
@@ -88,12 +98,14 @@ class LogRouting:
         for h in consoles:
             self._levels.append((h, h.level))
             h.setLevel(max(h.level, threshold) if not verbose else h.level)
+            h.addFilter(_NOT_SAID)
         if not consoles:
             # No console handler (not under absl's app.run): a file handler switches Python's
             # last-resort stderr output off, so warnings need a handler of their own.
             h = logging.StreamHandler(_TqdmStream())
             h.setLevel(threshold)
             h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            h.addFilter(_NOT_SAID)
             root.addHandler(h)
             self._added_console = h
 
@@ -101,6 +113,7 @@ class LogRouting:
         root = logging.getLogger()
         for h, level in reversed(self._levels):
             h.setLevel(level)
+            h.removeFilter(_NOT_SAID)
         self._levels = []
         if self._added_console is not None:
             root.removeHandler(self._added_console)

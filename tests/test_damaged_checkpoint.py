@@ -27,6 +27,21 @@ from dakpn_jax.training import checkpoint as ckpt  # noqa: E402
 from dakpn_jax.training import trainer  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """The runs here repeat one toy compilation; jax's persistent cache lets them share it (the
+    executables are the ones a fresh compilation produces), as in tests/test_trainer.py."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    before = {n: getattr(jax.config, n) for n in names}
+    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update(names[1], 0.0)
+    jax.config.update(names[2], 0)
+    yield
+    for n, v in before.items():
+        jax.config.update(n, v)
+
+
 def toy(**overrides):
     return ml_collections.ConfigDict({**toy_method.get_config().to_dict(), **overrides})
 
@@ -99,21 +114,18 @@ def test_a_different_model_is_not_damage_and_nothing_is_moved(tmp_path):
     assert os.listdir(tmp_path / "checkpoints") == ["2"] and not (tmp_path / "checkpoints_damaged").exists()
 
 
-@pytest.mark.slow
 def test_cli_workdir_errors_are_one_paragraph(tmp_path):
-    """Unrecoverable workdir states through the CLI: one `dakpn: error:` line, no traceback."""
+    """Unrecoverable workdir states: through the CLI one `dakpn: error:` line, no traceback (a
+    checkpoint of another model); an unreadable config.json names the file."""
+    trainer.train_and_evaluate(toy(num_train_steps=2), str(tmp_path), progress=False)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    base = [sys.executable, "-m", "dakpn_jax.main", "--config=tests/toy_method.py", f"--workdir={tmp_path}",
-            "--config.num_train_steps=2"]
-    r = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stderr.count("\n") == 2, r.stderr  # start and end line (no bar: stderr is not a terminal)
-    assert "orbax" not in r.stderr and "I1201" not in r.stderr
-    assert " absl] " in (tmp_path / "log.txt").read_text()  # orbax's INFO records went to the file
-    r = subprocess.run(base + ["--config.features=8"], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run([sys.executable, "-m", "dakpn_jax.main", "--config=tests/toy_method.py",
+                        f"--workdir={tmp_path}", "--config.num_train_steps=2", "--config.features=8"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    assert r.stderr.strip().splitlines()[-1].startswith("dakpn: error:") and "different model" in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("dakpn: error:") and "different model" in last and "nothing was overwritten" in last
+    assert " absl] " in (tmp_path / "log.txt").read_text()  # orbax's INFO records went to the file
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json: unreadable"):
         trainer.restore_state(str(tmp_path))

@@ -359,3 +359,33 @@ def test_dakpn_tiny_one_vs_eight_devices_and_exact_resume(tmp_path, monkeypatch)
         assert changed, f"{net} parameters did not change"
     assert "['step']" in eight and int(eight["['step']"]) == 3
     assert "train/loss_D" in read_event_tags(mw.event_files(str(tmp_path / "eight"))[0])
+
+
+def test_route_library_logs_sends_info_to_the_workdir_file_and_nests(tmp_path, capfd):
+    """absl/orbax/grain INFO -> WORKDIR/log.txt, not the console; warnings still on the console;
+    an inner routing (a trainer run inside a driver) gets its own file; everything undone on exit."""
+    import logging as pylogging
+
+    from absl import logging as absl_logging
+
+    from dakpn_jax import console
+    root = pylogging.getLogger()
+    handlers_before, level_before = list(root.handlers), root.level
+    with console.route_library_logs(str(tmp_path)) as outer:
+        absl_logging.info("orbax-like record %d", 1)
+        pylogging.getLogger("grain").warning("a grain warning")
+        with console.route_library_logs(str(tmp_path / "stage")) as inner:
+            pylogging.getLogger("orbax").info("inner record")
+        with console.route_library_logs(str(tmp_path)):  # the same file again: no duplicated records
+            pylogging.getLogger("orbax").info("same-file record")
+        console.say("a console line")
+    outer_text, inner_text = open(outer.path).read(), open(inner.path).read()
+    assert outer.path == str(tmp_path / "log.txt")
+    for needle in ("orbax-like record 1", "a grain warning", "inner record", "a console line"):
+        assert needle in outer_text
+    assert outer_text.count("same-file record") == 1
+    assert "inner record" in inner_text and "orbax-like" not in inner_text
+    err = capfd.readouterr().err
+    assert "orbax-like record" not in err and "inner record" not in err
+    assert "a grain warning" in err and err.count("a console line") == 1
+    assert root.handlers == handlers_before and root.level == level_before

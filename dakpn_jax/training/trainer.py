@@ -327,7 +327,7 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
             log.info("checkpoint step %d cannot be restored (%s); moved to %s", d_step, reason, moved)
         steps = ", ".join(str(d[0]) for d in damaged)
         console.say(f"{desc}: checkpoint step {steps} in {checkpointer.directory} is damaged "
-                    f"({damaged[0][1].split(':')[0]}); moved to {os.path.dirname(damaged[0][2])}; "
+                    f"({os.path.basename(damaged[0][2]).split('-', 1)[-1]}); moved to {os.path.dirname(damaged[0][2])}; "
                     + (f"resuming from step {start}, the newest intact one" if found is not None
                        else "no intact checkpoint is left, starting from step 0"))
     save_config(config, workdir)
