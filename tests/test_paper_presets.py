@@ -184,6 +184,7 @@ def test_dakpn_presets_select_the_authors_choices():
     g.data.data_dir = "/data"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bench,variant", DAKPN_PRESETS)
 def test_dakpn_preset_runs_two_steps_on_fixtures(bench, variant, fixture_dirs):
     from dakpn_jax.training import dakpn
@@ -212,6 +213,7 @@ SEG_PRESETS = [f"{b}_{v}" for b in ("gta5", "synthia", "faces") for v in ("paper
 SEG_BENCH = {"gta5": "gta5_cityscapes", "synthia": "synthia_cityscapes", "faces": "faces"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arg", SEG_PRESETS)
 def test_segmentation_preset_runs_two_steps_on_fixtures(arg, fixture_dirs):
     from dakpn_jax.training import segmentation
