@@ -1,7 +1,7 @@
 """DA-KPN Microsoft Face Synthetics -> CelebAMask-HQ (face parsing, ``faces18``: background
 ignored). ``get_config(arg)``:
 
-- ``"paper"``: as the authors' code trains it (configs/dakpn_real.py; DESIGN.md §6), 67,000
+- ``"paper"``: as the authors' code trains it (configs/_dakpn_real.py; DESIGN.md §6), 67,000
   iterations (the face checkpoint the authors used), no flips.
 - ``None`` / ``"default"`` / ``"clean"``: the project's choices; flips swap the l_/r_ classes
   (`dakpn_jax.data.pipeline.flip_label_map`).
@@ -23,8 +23,8 @@ FRAME = (512, 512)
 
 
 def _presets():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dakpn_real.py")
-    spec = importlib.util.spec_from_file_location("_dakpn_configs_dakpn_real", path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_dakpn_real.py")
+    spec = importlib.util.spec_from_file_location("_dakpn_configs__dakpn_real", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

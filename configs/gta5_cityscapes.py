@@ -1,6 +1,6 @@
 """DA-KPN GTA5 -> Cityscapes (Mata, Ryoo, Turbell, ECCV 2024 W). ``get_config(arg)``:
 
-- ``"paper"``: as the authors' code trains it (configs/dakpn_real.py; DESIGN.md §6).
+- ``"paper"``: as the authors' code trains it (configs/_dakpn_real.py; DESIGN.md §6).
 - ``None`` / ``"default"`` / ``"clean"``: the project's choices with the domain-scale gap fixed.
 
 Pixel scale of each domain, both presets: **GTA5 at its native 1052 x 1914** (frames of another
@@ -32,8 +32,8 @@ FRAME = (1052, 1914)
 
 
 def _presets():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dakpn_real.py")
-    spec = importlib.util.spec_from_file_location("_dakpn_configs_dakpn_real", path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_dakpn_real.py")
+    spec = importlib.util.spec_from_file_location("_dakpn_configs__dakpn_real", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

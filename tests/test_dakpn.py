@@ -449,3 +449,22 @@ def test_gradient_reversal_rejects_other_loss_forms():
     c.loss.form = "lsgan"
     with pytest.raises(ValueError, match="gradient_reversal"):
         dakpn.make_train_step(c)
+
+
+def test_segmenter_features_on_the_resized_unnormalised_frame():
+    """``segmenter_input_size``: the frozen segmenter sees the frame resized to it (the authors'
+    96 x 160), its logits are then area-resized to the parameter grid."""
+    c = tiny_config()
+    c.features, c.segmenter_weights = "segmenter", "unused.pth"
+    c.segmenter_input_size = (16, 32)
+    seen = []
+
+    def apply_fn(params, images):
+        seen.append(images.shape)
+        return jnp.broadcast_to(images[..., :1] * params, images.shape[:3] + (c.model.num_classes,))
+
+    feats = dakpn.make_feature_fn(c, segmenter=(apply_fn, jnp.float32(2.0)))
+    x = jnp.ones((2, 32, 64, 3)) * 0.25
+    out = feats(x, None, (8, 16))
+    assert seen == [(2, 16, 32, 3)] and out.shape == (2, 8, 16, c.model.num_classes)
+    np.testing.assert_allclose(np.asarray(out), 0.5, rtol=1e-6)
