@@ -201,6 +201,11 @@ def test_fixed_blurs_against_float64():
     assert got.shape == (12, 16)
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(vm.blur_up(jnp.ones((1, 3, 5, 2))), 1.0, atol=1e-6)  # preserves constants
+    # The fixed resamplers of two levels move a ramp by 1.5 px (docs/notes/issue17.md): the centred
+    # stride-2 blur keeps pixel 2i, the even 4-tap up filter lands it at 2i + 0.5, per level.
+    ramp = jnp.arange(32.0)[None, :, None, None] * jnp.ones((1, 32, 32, 1))
+    out = vm.blur_up(vm.blur_up(vm.blur_down(vm.blur_down(ramp))))[0, 8:24, 16, 0]  # away from borders
+    np.testing.assert_allclose(float(jnp.mean(out - (jnp.arange(8.0, 24.0) - 1.5))), 0.0, atol=1e-4)
 
 
 def _np_hypervectors(taps, r):

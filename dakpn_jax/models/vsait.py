@@ -112,8 +112,8 @@ class _ResBlock(nnx.Module):
 
 
 class VSAITGenerator(nnx.Module):
-    """(B, H, W, 3) in [-1, 1] -> (B, H, W, 3) in [-1, 1]; H, W divisible by 2^n_down and > 2^n_down
-    (the bottleneck's reflection pad needs 2 pixels) and > 3 (the stem's pad).
+    """(B, H, W, 3) in [-1, 1] -> (B, H, W, 3) in [-1, 1]; H, W divisible by f = 2^n_down and
+    >= max(2 f, 4) (the bottleneck's reflection pad needs 2 pixels there, the stem's pad 4).
 
     Args: ngf (64 published), n_blocks (9), n_down (2), gain of the Xavier-normal init (0.2).
     """

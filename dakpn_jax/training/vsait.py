@@ -220,7 +220,8 @@ def make_train_step(config):
         x, y = to_signed(batch["synthetic"]), to_signed(batch["real"])
         p = state["params"]
         hyp = make_hypervector_fn(config, state["frozen"], gd["vgg"])
-        v, hy = sg(hyp(x)), sg(hyp(y))
+        # One VGG pass over both domains (per-image network, per-cell map: the same values).
+        v, hy = jnp.split(sg(hyp(jnp.concatenate([x, y]))), 2)
 
         gm = {"G": p["G"], "M": p["M"]}
         (loss_g, m_g), grads = jax.value_and_grad(gm_loss, has_aux=True)(gm, p["D"], x, v, hyp)
