@@ -222,7 +222,7 @@ def make_train_step(config) -> Callable:
         images, label = batch["image"], batch["label"]
         if label.shape != images.shape[:3]:
             raise ValueError(f"segmentation batch: label {label.shape} must be images {images.shape}[:3]")
-        if images_seen is not None:
+        if images_seen is not None and "otf_translate" in batch:  # (absent if that source was empty)
             # Own key (folded off the step key), so runs without this source keep their key sequence.
             images = images_seen(batch, jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), _NOISE_STREAM))
         k_model, k_next = jax.random.split(jax.random.wrap_key_data(state["rng"]))
