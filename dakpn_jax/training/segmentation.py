@@ -242,7 +242,7 @@ def make_train_step(config) -> Callable:
             # inputs): the logits are resized to the label size, a no-op at the model's stride.
             raise ValueError(f"segmentation batch: label {label.shape} must be (B, h, w) with B = images "
                              f"{images.shape}[0]")
-        if images_seen is not None:
+        if images_seen is not None and "otf_translate" in batch:  # (absent if that source was empty)
             # Own key (folded off the step key), so runs without this source keep their key sequence.
             images = images_seen(batch, jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), _NOISE_STREAM))
         k_model, k_next = jax.random.split(jax.random.wrap_key_data(state["rng"]))
