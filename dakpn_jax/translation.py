@@ -330,20 +330,23 @@ def _shifted_gaussian_adjoint_core(gp, r):
     ybar = ybar / jnp.square(z)
     # The taps are read at shifted positions below: materialise them once per band, otherwise XLA
     # fuses the exp into every shifted read (25x the exps).
-    g = lax.optimization_barrier(g)
-    out = jnp.zeros((n2 // 2, h, w), gp.dtype)
+    # A fori_loop over a (not unrolled) for the reason given in _shifted_gaussian_core: the unrolled
+    # (r+1)^2 offsets became one scalar loop on XLA:CPU.
+    taps = lax.optimization_barrier(jnp.stack(g))  # (r+1, N, h+2r, w+2r)
     cols = lambda f, o: f[:, :, o:o + w]
-    for a in range(r + 1):
-        u = ybar * g[a]
+
+    def row_offset(a, out):
+        u = ybar * lax.dynamic_index_in_dim(taps, a, 0, keepdims=False)
         # Horizontal pass on every row of the band: R_a[., x] = sum_j (u g_|j|)[., x + r - j].
-        s = cols(u, r) * cols(g[0], r)
+        s = cols(u, r) * cols(taps[0], r)
         for b in range(1, r + 1):
-            s = s + cols(u, r - b) * cols(g[b], r - b) + cols(u, r + b) * cols(g[b], r + b)
-        # Vertical: out[y] += R_a[y + r - a] + R_a[y + r + a].
-        out = out + s[:, r - a:r - a + h]
-        if a:
-            out = out + s[:, r + a:r + a + h]
-    return out
+            s = s + cols(u, r - b) * cols(taps[b], r - b) + cols(u, r + b) * cols(taps[b], r + b)
+        # Vertical: out[y] += R_a[y + r - a] + R_a[y + r + a] (once for a = 0).
+        twice = jnp.where(a > 0, 1.0, 0.0).astype(gp.dtype)
+        return (out + lax.dynamic_slice_in_dim(s, r - a, h, axis=1)
+                + twice * lax.dynamic_slice_in_dim(s, r + a, h, axis=1))
+
+    return lax.fori_loop(0, r + 1, row_offset, jnp.zeros((n2 // 2, h, w), gp.dtype))
 
 
 def _shifted_kernels_core(xp, kernels):

@@ -2,9 +2,9 @@
 
 For the benchmark shape (128 x 256) and the paper shape (1052 x 1914) it prints frames/s of:
 
-- ``render``: the procedural renderer, live, in this process (one core; what an uncached run gets
-  per grain worker);
-- ``cached``: the same split read back from the render-once cache
+- ``render``: the procedural renderers (synthetic-train and the slower real-train), live, in this
+  process (one core; what an uncached run gets per grain worker);
+- ``cached``: the same splits read back from the render-once cache
   (`dakpn_jax.data.procedural_cache`, filled first with --fill_workers processes), through the
   grain pipeline with ``worker_count`` = each of --workers;
 - ``png``: PNG frames (image + label, written by this script from procedural renders: the paper
@@ -97,21 +97,24 @@ def main(argv=None):
             n = a.batch_size * (a.batches + 1) * max(1, max(workers))  # pipeline length (repeats them)
             config = procedural.ProceduralConfig(height=h, width=w, num_synthetic_train=m, num_real_train=m,
                                                  num_real_labelled=1, num_real_val=1, num_paired_eval=1)
-            live = procedural.make_source("synthetic-train", config)
-            render = _rate(lambda i: live[i], m)
-            print(f"{shape:9s} {h}x{w}  render (1 core)          {render:9.1f} frames/s", flush=True)
-
+            rates, render = {}, {}
             cache_dir = a.cache_dir or os.path.join(tmp, "cache")
-            t0 = time.perf_counter()
-            procedural_cache.fill("synthetic-train", config, cache_dir, num_workers=a.fill_workers)
-            print(f"{shape:9s} {h}x{w}  cache fill ({a.fill_workers} procs)      "
-                  f"{m / (time.perf_counter() - t0):9.1f} frames/s ({m} frames, once)", flush=True)
-            cached = procedural_cache.CachedProceduralSource("synthetic-train", config, cache_dir)
-            rates = {}
-            for wk in workers:
-                rates[("cached", wk)] = _pipeline_rate(_Repeat(cached, n), a.batch_size, a.batches, wk)
-                print(f"{shape:9s} {h}x{w}  cached, workers={wk}        {rates[('cached', wk)]:9.1f} frames/s",
+            for split in ("synthetic-train", "real-train"):  # the real renderer is the slow one
+                live = procedural.make_source(split, config)
+                render[split] = _rate(lambda i: live[i], m)  # pylint: disable=cell-var-from-loop
+                print(f"{shape:9s} {h}x{w}  {split:15s} render (1 core)     {render[split]:9.1f} frames/s",
                       flush=True)
+                t0 = time.perf_counter()
+                procedural_cache.fill(split, config, cache_dir, num_workers=a.fill_workers)
+                print(f"{shape:9s} {h}x{w}  {split:15s} cache fill ({a.fill_workers} procs) "
+                      f"{m / (time.perf_counter() - t0):9.1f} frames/s ({m} frames, once, process start-up "
+                      f"included)", flush=True)
+                cached = procedural_cache.CachedProceduralSource(split, config, cache_dir)
+                for wk in workers:
+                    rates[(f"cached {split}", wk)] = r = _pipeline_rate(_Repeat(cached, n), a.batch_size,
+                                                                         a.batches, wk)
+                    print(f"{shape:9s} {h}x{w}  {split:15s} cached, workers={wk}   {r:9.1f} frames/s", flush=True)
+            cached = procedural_cache.CachedProceduralSource("synthetic-train", config, cache_dir)
 
             png = os.path.join(tmp, f"png_{shape}")
             os.makedirs(os.path.join(png, "images"))
@@ -123,7 +126,7 @@ def main(argv=None):
             pngs = _Repeat(folder.FolderSource(os.path.join(png, "images"), os.path.join(png, "labels")), n)
             for wk in workers:
                 r = _pipeline_rate(pngs, a.batch_size, a.batches, wk)
-                rates[("png", wk)] = r
+                rates[("png decode", wk)] = r
                 per = f", {r / wk:.1f} per worker" if wk else ""
                 print(f"{shape:9s} {h}x{w}  png decode, workers={wk}    {r:9.1f} frames/s{per}", flush=True)
 
@@ -138,8 +141,9 @@ def main(argv=None):
             frames_needed = 2 * need
             print(f"{shape:9s} demand: {need:.1f} images/s = {frames_needed:.1f} frames/s (synthetic + real)")
             for (kind, wk), r in sorted(rates.items()):
-                print(f"{shape:9s}   headroom {kind:6s} workers={wk}: {r / frames_needed:7.2f}x")
-            print(f"{shape:9s}   headroom render (1 core): {render / frames_needed:7.2f}x")
+                print(f"{shape:9s}   headroom {kind:22s} workers={wk}: {r / frames_needed:7.2f}x")
+            for split, r in render.items():
+                print(f"{shape:9s}   headroom {split + ' render (1 core)':32s}: {r / frames_needed:7.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
