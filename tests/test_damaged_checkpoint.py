@@ -129,3 +129,29 @@ def test_cli_workdir_errors_are_one_paragraph(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json: unreadable"):
         trainer.restore_state(str(tmp_path))
+
+
+def test_processes_agree_a_step_another_process_could_not_restore_is_moved_aside(tmp_path, monkeypatch):
+    """The agreement rule with a simulated peer: this process restores step 4 fine, but the
+    allgathered flags say another process could not, so every process must give step 4 up (moved
+    aside, reason named) and take step 2, the next one all of them restore."""
+    trainer.train_and_evaluate(toy(num_train_steps=4), str(tmp_path), progress=False)
+    flags_seen = []
+
+    def allgather_with_a_failing_peer(ok):
+        flags_seen.append(ok)
+        return ok and len(flags_seen) > 1  # the peer fails on the first candidate only
+
+    monkeypatch.setattr(ckpt, "_everyone_succeeded", allgather_with_a_failing_peer)
+    c = toy(num_train_steps=6)
+    mngr = ckpt.Checkpointer(str(tmp_path), max_to_keep=None)
+    damaged = []
+    try:
+        step, state, iters = mngr.restore_newest_intact(
+            trainer.abstract_state(toy_method, c, trainer.make_mesh()), on_damaged=lambda *d: damaged.append(d))
+        assert mngr.all_steps() == [2]
+    finally:
+        mngr.close()
+    assert flags_seen == [True, True] and step == 2 and int(state["step"]) == 2 and set(iters) == {"train"}
+    assert [d[0] for d in damaged] == [4]
+    assert (tmp_path / "checkpoints_damaged" / "4-failed_on_another_process").is_dir()

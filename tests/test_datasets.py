@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from dakpn_jax.data import (celebamask_hq, cityscapes, cityscapes_labels, face_synthetics, gta5,
-                            prepare, sources, synthia)
+                            prepare, scan, sources, synthia)
 
 H, W = 6, 10
 
@@ -474,7 +474,7 @@ def test_direct_read_scan_finds_a_mismatched_gta5_frame_before_the_first_step(tm
         np.testing.assert_array_equal(from_prepared[i]["image"], image)
         np.testing.assert_array_equal(from_prepared[i]["label"], label)
     # Every process builds the same list (the scan is deterministic): a fresh scan agrees.
-    sources._SCAN_CACHE.clear()
+    scan._SCAN_CACHE.clear()
     again = sources.make_source(_gta5_config(manual, "skip").data, "synthetic-train")
     assert again._base.keys == direct.keys
 

@@ -105,14 +105,15 @@ def load_label(ref, image_hw) -> np.ndarray:
 
 
 def check_label(ref, image_hw) -> None:
-    """Header-only checks of one image's part masks (the direct-read scan, `sources.check_example`):
+    """Header-only checks of one image's part masks (the direct-read scan, `scan.check_example`):
     at least one mask, all readable and intact, all one size, an integer fraction of the image."""
     pattern, parts = ref
     mask_hw = None
     for _, path in parts:
         if not os.path.exists(path):
             continue
-        hw, _ = sources.file_header(path, "mask")
+        from dakpn_jax.data import scan  # pylint: disable=import-outside-toplevel
+        hw, _ = scan.file_header(path, "mask")
         if mask_hw is None:
             mask_hw = hw
         elif hw != mask_hw:
