@@ -16,8 +16,10 @@ every mutation look caught.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -178,8 +180,10 @@ MUTATIONS = [
 IGNORE = shutil.ignore_patterns(".git", "runs", "__pycache__", ".pytest_cache", "*.egg-info", ".venv", "jax_cache")
 
 
-def pytest(copy: str, tests, timeout: float) -> tuple[str, float, str]:
+def pytest(copy: str, tests, timeout: float, cache: str | None = None) -> tuple[str, float, str]:
     env = {**os.environ, "PYTHONPATH": copy, "JAX_PLATFORMS": "cpu"}
+    if cache:  # the unmutated parts (references, initialisers) compile once across mutations
+        env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     t = time.time()
     try:
@@ -197,6 +201,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per mutation")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1, help="mutations tested at once (one tree copy each)")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only.split(",")]
     if args.list:
@@ -207,36 +212,48 @@ def main(argv=None) -> int:
     if len(set(names)) != len(names):
         raise SystemExit("duplicate mutation names")
     with tempfile.TemporaryDirectory(prefix="dakpn_mutants_") as tmp:
-        copy = os.path.join(tmp, "repo")
-        shutil.copytree(ROOT, copy, ignore=IGNORE)
+        cache = os.path.join(tmp, "jax_cache")
+        copies = [os.path.join(tmp, f"repo{k}") for k in range(max(1, args.jobs))]
+        for copy in copies:
+            shutil.copytree(ROOT, copy, ignore=IGNORE)
         if not args.no_baseline:
             tests = sorted({t for m in chosen for t in m.tests})
-            verdict, secs, tail = pytest(copy, tests, args.timeout * 2)
+            verdict, secs, tail = pytest(copies[0], tests, args.timeout * 2, cache)
             print(f"baseline (unmutated, {len(tests)} test targets): {'pass' if verdict == 'survived' else verdict}"
                   f" in {secs:.0f} s  [{tail}]", flush=True)
             if verdict != "survived":
                 print("the baseline fails: fix the tests first; verdicts below would mean nothing")
                 return 2
-        rows = []
         print(f"| mutation | area | planted | verdict | seconds | last line |\n|---|---|---|---|---|---|", flush=True)
-        for m in chosen:
-            path = os.path.join(copy, m.path)
-            with open(path) as f:
-                original = f.read()
-            n = original.count(m.old)
-            if n != 1:
-                verdict, secs, tail = f"stale (old text found {n} times)", 0.0, ""
-            else:
-                with open(path, "w") as f:
-                    f.write(original.replace(m.old, m.new))
-                try:
-                    verdict, secs, tail = pytest(copy, m.tests, args.timeout)
-                finally:
+        free = queue.Queue()
+        for copy in copies:
+            free.put(copy)
+
+        def check(m: Mutation):
+            copy = free.get()  # one mutation at a time per copy
+            try:
+                path = os.path.join(copy, m.path)
+                with open(path) as f:
+                    original = f.read()
+                n = original.count(m.old)
+                if n != 1:
+                    verdict, secs, tail = f"stale (old text found {n} times)", 0.0, ""
+                else:
                     with open(path, "w") as f:
-                        f.write(original)
-            rows.append((m, verdict))
+                        f.write(original.replace(m.old, m.new))
+                    try:
+                        verdict, secs, tail = pytest(copy, m.tests, args.timeout, cache)
+                    finally:
+                        with open(path, "w") as f:
+                            f.write(original)
+            finally:
+                free.put(copy)
             print(f"| {m.name} | {m.area} | {'yes' if m.planted else ''} | {verdict} | {secs:.0f} | {tail} |",
                   flush=True)
+            return m, verdict
+
+        with concurrent.futures.ThreadPoolExecutor(len(copies)) as pool:
+            rows = list(pool.map(check, chosen))
         caught = sum(v == "caught" for _, v in rows)
         print(f"\n{caught} / {len(rows)} caught; survived: "
               f"{[m.name for m, v in rows if v == 'survived'] or 'none'}; "

@@ -10,7 +10,7 @@ pixels), BCE with the real/fake targets, the saturating generator sign, the iden
 Then the direction of one update: D separates reals from fakes better, the generator's
 adversarial loss falls.
 
-The tile positions and the fresh noise come from the state's key by the step's documented split
+The tile positions and the fresh noise come from the state's key by the step's split
 (4 keys: tile positions, real-tile positions, noise, next state); reproducing them is the only
 piece of the step's bookkeeping the reference shares.
 """
