@@ -1,6 +1,8 @@
 """GAN baselines (CycleGAN, CUT, FastCUT): published architecture sizes, losses against float64
 references, the in-state image pool, and per method a step test, an exact-resume test and a
-data-parallel equivalence test (1 device vs 8 simulated devices)."""
+data-parallel equivalence test (1 device vs 8 simulated devices); CUT/FastCUT's logged losses
+recomputed in float64 from the merged modules; the GTA5 -> Cityscapes presets. (The networks
+against PyTorch builds of the published layer lists: tests/test_gan_reference.py.)"""
 import sys
 from pathlib import Path
 
