@@ -5,7 +5,8 @@
 
 Variants:
 
-- ``default`` (the README main job, about 6 minutes on a quiet 2-core CPU): 1 seed; source-only and
+- ``default`` (the README main job; about 320 CPU seconds, i.e. an estimated 4 to 5.5 min on a quiet
+  2-core CPU, measured on a shared one): 1 seed; source-only and
   DA-KPN (``configs/default.py:fast``) at N in {0, 20}, the Reinhard colour-transfer control at
   N = 0, the oracle; segmenters 150 steps. One seed gives no seed interval: the paired differences
   carry the interval over real-val images only (conditional on this training run) and no verdict.
@@ -14,10 +15,12 @@ Variants:
 - ``decisive``: every method (source-only, DA-KPN, its no-affine / no-blur / no-noise ablations, the
   uniform DA-KPN, CycleGAN, CUT, FastCUT, randomisation, histogram matching, Reinhard, FDA) at
   N in {0, 20, 100}, plus the oracle, 5 seeds, segmenters 800 steps, 200 real-val images: the
-  paired-difference intervals the issue asks for (half-width target 3 mIoU points). Hours of
-  accelerator or a day of this CPU (docs/notes/issue14.md has the estimate).
-- ``cpu``: ``decisive`` cut to what this 2-core CPU does in about 3 h (estimate): 5 seeds, no GAN
-  baselines (they are 80% of decisive's CPU time), segmenters 400 steps, N in {0, 20}.
+  paired-difference intervals the issue asks for (half-width target 3 mIoU points). Estimated from
+  measured stage CPU seconds at about 15 h of this 2-core CPU (segmenters ~55%, GAN baselines ~40%;
+  docs/notes/issue14.md), so meant for an accelerator.
+- ``cpu``: ``decisive`` cut to about 3 h of this CPU (estimate): 5 seeds, 200 real-val images, every
+  DA-KPN row and control, but no GAN baselines, segmenters 400 steps instead of 800, N in {0, 20}
+  (no N = 100).
 - ``noise``: the noise-floor measurement: source-only and the oracle at N = 0 over 5 seeds, nothing
   else (seed spread of two rows, their paired difference and the image bootstrap).
 - ``seeds3``, ``baselines``: the runs behind docs/RESULTS.md's tables (3 seeds; GAN baselines at 1000
@@ -45,7 +48,8 @@ Fields:
 - ``stage_overrides``: fields set on every trained stage (progress lines every 10 steps for the
   console's bar; no in-training evaluation: the protocol scores each stage once, itself).
 - ``eval``: ``model_score_images``, ``paired_images``, ``grid_rows``, ``batch_size``,
-  ``control_pool`` (real-train frames the colour controls draw their reference from).
+  ``control_pool`` (real-train frames the colour controls draw their reference from),
+  ``render_cache`` (benchmark examples kept in memory during a run, each rendered once; 0 = off).
 - ``bootstrap``: ``num_resamples``, ``level``, ``seed`` of the intervals (`dakpn_jax.protocol.stats`).
 """
 import ml_collections
@@ -107,7 +111,8 @@ def get_config(arg=None):
     c.side_n_real = (0,)
     c.real_fraction = 0.25
     c.stage_overrides = _cd(eval_every_steps=0, log_every_steps=10)
-    c.eval = _cd(model_score_images=100, paired_images=32, grid_rows=4, batch_size=8, control_pool=64)
+    c.eval = _cd(model_score_images=100, paired_images=32, grid_rows=4, batch_size=8, control_pool=64,
+                 render_cache=8000)
     c.bootstrap = _cd(num_resamples=2000, level=0.95, seed=0)
 
     def everything():

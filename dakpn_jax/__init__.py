@@ -7,6 +7,10 @@ Public API (stable names, DESIGN §3; all jit-able, NHWC float32, batch first):
     translate(x, params, noise, *, kernel_size=25, impl="auto")   the DA-KPN translation function
     confusion_matrix(pred, label, num_classes, ignore_index=255)  rows labels, columns predictions
     mean_iou(confusion)                                           (mIoU over non-empty classes, per-class IoU)
+    make_control(name, *, reference, seed, ...)                   training-free control translator (DESIGN §9)
+    fda, match_histograms, reinhard, randomize                     the controls' pure functions
+
+The protocol (stages, statistics, report) is the subpackage ``dakpn_jax.protocol``.
 
 The names are resolved lazily (PEP 562) so that `import dakpn_jax.data...` stays light and does not
 pull in every module.
@@ -22,6 +26,11 @@ _EXPORTS = {
     "translate": "dakpn_jax.translation",
     "confusion_matrix": "dakpn_jax.evaluation.metrics",
     "mean_iou": "dakpn_jax.evaluation.metrics",
+    "make_control": "dakpn_jax.controls",
+    "fda": "dakpn_jax.controls",
+    "match_histograms": "dakpn_jax.controls",
+    "reinhard": "dakpn_jax.controls",
+    "randomize": "dakpn_jax.controls",
 }
 __all__ = list(_EXPORTS)
 

@@ -26,9 +26,17 @@ def _tiny():
 def test_tiny_protocol_runs_every_row_writes_intervals_then_reuses(tmp_path, monkeypatch):
     import jax
     # Every segmenter compiles the same step: a persistent cache compiles it once (as the command does).
-    monkeypatch.setattr(jax.config, "jax_compilation_cache_dir", str(tmp_path / "jax_cache"), raising=False)
+    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    try:
+        _run_tiny(tmp_path, monkeypatch)
+    finally:
+        for k, v in saved.items():
+            jax.config.update(k, v)
+
+
+def _run_tiny(tmp_path, monkeypatch):
     pconfig = _tiny()
     work = tmp_path / "p"
     out = protocol.run_protocol(pconfig, str(work))
@@ -255,3 +263,23 @@ def test_console_lines_and_log_routing(tmp_path):
     bar = console.ProgressBar("seg", stream=bar_out, force=True)
     bar.emit(logging.makeLogRecord({"msg": "step 5/10 | 1 steps/s | ETA ? | loss 1"}))
     assert "5/10 steps" in bar_out.getvalue() and "\n" not in bar_out.getvalue()
+
+
+def test_render_cache_gives_the_same_items_and_private_copies():
+    from dakpn_jax.data import procedural
+    cfg = procedural.ProceduralConfig(height=32, width=64, num_real_train=3, num_real_labelled=2)
+    plain = procedural.make_source("real-train-labelled", cfg)[1]
+    procedural.set_render_cache(10)
+    try:
+        src = procedural.make_source("real-train-labelled", cfg)
+        first = src[1]
+        first["image"][:] = 0  # a caller writing into its item does not touch the cache
+        again = src[1]
+        for k in plain:
+            np.testing.assert_array_equal(again[k], plain[k])
+        assert len(procedural._RENDER_CACHE) == 1  # pylint: disable=protected-access
+    finally:
+        procedural.set_render_cache(0)
+    assert not procedural._RENDER_CACHE  # pylint: disable=protected-access
+    with pytest.raises(ValueError, match="max_items"):
+        procedural.set_render_cache(-1)

@@ -373,8 +373,12 @@ def run_protocol(pconfig, workdir: str, *, console: bool = False) -> dict:
     os.makedirs(workdir, exist_ok=True)
     p = plan(pconfig)
     _RUN.reporter = StageReporter([(key, cost) for key, _, cost in p], enabled=console) if console else None
+    from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
+    # Render each benchmark example once per run, not once per stage that reads it.
+    procedural.set_render_cache(int(pconfig.eval.get("render_cache", 0)))
     try:
         per_seed = [run_seed(pconfig, int(s), os.path.join(workdir, f"seed{int(s)}")) for s in pconfig.seeds]
     finally:
         _RUN.reporter = None
+        procedural.set_render_cache(0)
     return report.write_report(pconfig, workdir, per_seed, timings=collect_timings(workdir, pconfig))
