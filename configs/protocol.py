@@ -18,7 +18,7 @@ Variants:
   paired-difference intervals the issue asks for (half-width target 3 mIoU points). Estimated from
   measured stage CPU seconds at about 15 h of this 2-core CPU (segmenters ~55%, GAN baselines ~40%;
   docs/notes/issue14.md), so meant for an accelerator.
-- ``cpu``: ``decisive`` cut to about 3 h of this CPU (estimate): 5 seeds, 200 real-val images, every
+- ``cpu``: ``decisive`` cut to about 3.5 h of this CPU (estimate): 5 seeds, 200 real-val images, every
   DA-KPN row and control, but no GAN baselines, segmenters 400 steps instead of 800, N in {0, 20}
   (no N = 100).
 - ``noise``: the noise-floor measurement: source-only and the oracle at N = 0 over 5 seeds, nothing

@@ -322,7 +322,8 @@ def plot_miou_vs_n(summary: dict, path: str, size=(640, 400)) -> None:
             d.line([(x, py(y)), (x + 4, py(y))], fill="black")
             d.line([(x, py(lo)), (x + 1, py(lo))], fill="gray")
             d.line([(x, py(hi)), (x + 1, py(hi))], fill="gray")
-        d.text((x_right + 10, py(y) - 6), "oracle (all labels)", fill="black")
+    if oracle:  # in the legend column, below the methods (a label at the line would hide others)
+        d.text((x_right + 10, m + 14 * len(curves)), "- - oracle (all labels)", fill="black")
     img.save(path, format="PNG")
 
 
