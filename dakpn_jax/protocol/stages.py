@@ -269,9 +269,10 @@ def _steps(c) -> float:
 
 def plan(pconfig) -> list[tuple[str, str, float]]:
     """(key, description, relative cost) of every stage, seed by seed, in run order. Costs are
-    rough CPU-second weights from the measured stage profile (docs/notes/issue14.md): a segmenter
-    image-step ~ 1, a DA-KPN image-step ~ 0.7, a GAN image-step ~ 8 per 64x64 crop-equivalent,
-    an exported image ~ 0.3; they only steer the ETA."""
+    relative CPU costs from the measured stage profile (docs/notes/issue14.md), in units of one
+    segmenter image-step (~0.027 CPU s at 128 x 256): a DA-KPN image-step ~ 0.9, a GAN
+    benchmark image-step ~ 4.5, an exported image ~ 0.5, a scored image per translator ~ 3;
+    they only steer the ETA."""
     out = []
     d = pconfig.data
     seg_cost = _steps(methods.segmenter_config(pconfig, pconfig.segmentation, 0, [])) + 100
@@ -282,15 +283,15 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
             out.append((f"seed{s}/feature_segmenter", f"seed {s}: feature segmenter", seg_cost))
         for name, t in ts.items():
             if t.trained:
-                w = 0.7 if t.kind == "dakpn" else 8.0
+                w = 0.9 if t.kind == "dakpn" else 4.5
                 out.append((f"seed{s}/translator_{name}", f"seed {s}: train translator {name}", w * _steps(t.config)))
-            out.append((f"seed{s}/export_{name}", f"seed {s}: export {name}", 0.3 * int(d.num_synthetic_train)))
+            out.append((f"seed{s}/export_{name}", f"seed {s}: export {name}", 0.5 * int(d.num_synthetic_train)))
         for name in ["source_only", *ts]:
             for n in methods.n_values(pconfig, name):
                 out.append((f"seed{s}/seg_{name}_n{n}", f"seed {s}: segmenter {name}, N={n}", seg_cost))
         out.append((f"seed{s}/seg_oracle", f"seed {s}: segmenter oracle", seg_cost))
         out.append((f"seed{s}/scores", f"seed {s}: model score, paired scores, grid",
-                    0.5 * (len(ts) + 1) * (int(pconfig.eval.model_score_images) + int(pconfig.eval.paired_images))))
+                    3.0 * (len(ts) + 1) * (int(pconfig.eval.model_score_images) + int(pconfig.eval.paired_images))))
     return out
 
 
