@@ -21,8 +21,9 @@ Variants:
 - ``cpu``: ``decisive`` cut to about 3.5 h of this CPU (estimate): 5 seeds, 200 real-val images, every
   DA-KPN row and control, but no GAN baselines, segmenters 400 steps instead of 800, N in {0, 20}
   (no N = 100).
-- ``noise``: the noise-floor measurement: source-only and the oracle at N = 0 over 5 seeds, nothing
-  else (seed spread of two rows, their paired difference and the image bootstrap).
+- ``noise``: the noise-floor measurement at the main job's settings (segmenters 150 steps, 100
+  real-val images): source-only and the oracle at N = 0 over 5 seeds, nothing else (seed spread of
+  two rows, their paired difference and the image bootstrap).
 - ``seeds3``, ``baselines``: the runs behind docs/RESULTS.md's tables (3 seeds; GAN baselines at 1000
   steps), in the row format below.
 - ``tiny``: seconds per stage, for tests: one row of every kind (DA-KPN, the uniform DA-KPN,
@@ -143,13 +144,12 @@ def get_config(arg=None):
         c.translators = everything()
         c.n_real = c.side_n_real = (0, 20)
         c.segmentation = _seg(400)
-    elif arg == "noise":
+    elif arg == "noise":  # the main job's segmenters (150 steps, 100 real-val images), 5 seeds
         c.seeds = (0, 1, 2, 3, 4)
         c.translators = _cd()
         c.headline = ("source_only",)
         c.compare_to = ("source_only",)
         c.n_real = (0,)
-        c.segmentation = _seg(200)
     elif arg == "seeds3":
         # The headline claim over 3 seeds: source-only vs DA-KPN at N = 0, plus the oracle.
         c.seeds = (0, 1, 2)

@@ -104,11 +104,15 @@ def _with_bar(what: str, fn: Callable[[], Any]) -> Any:
         return fn()
     bar = _RUN.reporter.bar(what)
     train_log = logging.getLogger("dakpn_jax.train")
+    level = train_log.level
+    if train_log.getEffectiveLevel() > logging.INFO:  # the bar reads the trainer's INFO records
+        train_log.setLevel(logging.INFO)
     train_log.addHandler(bar)
     try:
         return fn()
     finally:
         train_log.removeHandler(bar)
+        train_log.setLevel(level)
         bar.close()
 
 
