@@ -133,6 +133,8 @@ def get_config(arg=None):
         c.translators.cyclegan = ml_collections.ConfigDict(_gan("configs/cyclegan.py", "benchmark"))
         c.translators.cut = ml_collections.ConfigDict(_gan("configs/cut.py", "cut-benchmark"))
         c.translators.fastcut = ml_collections.ConfigDict(_gan("configs/cut.py", "fastcut-benchmark"))
+        # VSAIT (issue 17), once configs/vsait.py exists, is this one line:
+        # c.translators.vsait = ml_collections.ConfigDict(_gan("configs/vsait.py", "benchmark"))
         c.n_real = c.side_n_real = (0, 20, 100)
         c.data.update(num_real_labelled=100)
         c.segmentation = _seg(800)
