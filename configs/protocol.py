@@ -50,7 +50,8 @@ Fields:
   console's bar; no in-training evaluation: the protocol scores each stage once, itself).
 - ``eval``: ``model_score_images``, ``paired_images``, ``grid_rows``, ``batch_size``,
   ``control_pool`` (real-train frames the colour controls draw their reference from),
-  ``render_cache`` (benchmark examples kept in memory during a run, each rendered once; 0 = off).
+  ``render_cache`` (benchmark examples kept in memory during a run, each rendered once; 0 = off),
+  ``scores`` (False: no model score / paired-scores stage).
 - ``bootstrap``: ``num_resamples``, ``level``, ``seed`` of the intervals (`dakpn_jax.protocol.stats`).
 """
 import ml_collections
@@ -152,6 +153,7 @@ def get_config(arg=None):
         c.headline = ("source_only",)
         c.compare_to = ("source_only",)
         c.n_real = (0,)
+        c.eval.scores = False  # no model score / paired scores: segmenters only
     elif arg == "seeds3":
         # The headline claim over 3 seeds: source-only vs DA-KPN at N = 0, plus the oracle.
         c.seeds = (0, 1, 2)

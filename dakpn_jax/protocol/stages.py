@@ -294,8 +294,9 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
             for n in methods.n_values(pconfig, name):
                 out.append((f"seed{s}/seg_{name}_n{n}", f"seed {s}: segmenter {name}, N={n}", seg_cost))
         out.append((f"seed{s}/seg_oracle", f"seed {s}: segmenter oracle", seg_cost))
-        out.append((f"seed{s}/scores", f"seed {s}: model score, paired scores, grid",
-                    3.0 * (len(ts) + 1) * (int(pconfig.eval.model_score_images) + int(pconfig.eval.paired_images))))
+        if pconfig.eval.get("scores", True):
+            out.append((f"seed{s}/scores", f"seed {s}: model score, paired scores, grid",
+                        3.0 * (len(ts) + 1) * (int(pconfig.eval.model_score_images) + int(pconfig.eval.paired_images))))
     return out
 
 
@@ -345,6 +346,9 @@ def run_seed(pconfig, seed: int, root: str) -> dict:
     odir = os.path.join(root, "seg_oracle")
     res["segmenters"]["oracle"] = stage(odir, segmenter(pconfig, cfg, "seg oracle"), what=f"seed {seed}: segmenter oracle",
                                         key=k("seg_oracle"))
+    if not pconfig.eval.get("scores", True):  # e.g. the noise-floor variant: segmenters only
+        res["scores"] = {}
+        return res
     wanted = {"untranslated", *exports}
     res["scores"] = stage(os.path.join(root, "scores"),
                           scores(pconfig, odir, exports, lambda: _translate_fns(pconfig, translators, tdirs, seed)),
