@@ -5,7 +5,7 @@
 
 Variants:
 
-- ``default`` (the README main job; about 320 CPU seconds, i.e. an estimated 4 to 5.5 min on a quiet
+- ``default`` (the README main job; 338 CPU seconds measured, i.e. an estimated 4 to 5.7 min on a quiet
   2-core CPU, measured on a shared one): 1 seed; source-only and
   DA-KPN (``configs/default.py:fast``) at N in {0, 20}, the Reinhard colour-transfer control at
   N = 0, the oracle; segmenters 150 steps. One seed gives no seed interval: the paired differences
