@@ -10,6 +10,10 @@ Public API (stable names, DESIGN §3; all jit-able, NHWC float32, batch first):
     load_translator(workdir, *, step=None)                        a trained run as translate(images (B,H,W,3),
                                                                   labels (B,H,W) | None, *, rng=None) -> (B,H,W,3)
                                                                   (dakpn_jax.inference; docs/EXAMPLE_JAX_PIPELINE.md)
+    make_control(name, *, reference, seed, ...)                   training-free control translator (DESIGN §9)
+    fda, match_histograms, reinhard, randomize                     the controls' pure functions
+
+The protocol (stages, statistics, report) is the subpackage ``dakpn_jax.protocol``.
 
 The names are resolved lazily (PEP 562) so that `import dakpn_jax.data...` stays light and does not
 pull in every module.
@@ -26,6 +30,11 @@ _EXPORTS = {
     "confusion_matrix": "dakpn_jax.evaluation.metrics",
     "mean_iou": "dakpn_jax.evaluation.metrics",
     "load_translator": "dakpn_jax.inference",
+    "make_control": "dakpn_jax.controls",
+    "fda": "dakpn_jax.controls",
+    "match_histograms": "dakpn_jax.controls",
+    "reinhard": "dakpn_jax.controls",
+    "randomize": "dakpn_jax.controls",
 }
 __all__ = list(_EXPORTS)
 

@@ -145,7 +145,8 @@ def _write_text(path: str, text: str) -> None:
 
 def export_translated(workdir: str, output: str, *, split: str | None = "synthetic-train", input_dir: str | None = None,
                       config=None, batch_size: int = 8, devices=None, progress: bool = True,
-                      on_file_written: Callable[[str], None] | None = None, restored=None) -> dict:
+                      on_file_written: Callable[[str], None] | None = None, restored=None,
+                      translate_fn: Callable | None = None, translator_id: str | None = None) -> dict:
     """Translates a dataset with the translator of `workdir` into `output` (module docstring).
 
     Args:
@@ -162,6 +163,10 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
       on_file_written: called with each finished image path (tests use it to interrupt an export).
       restored: (config, state) to use instead of restoring `workdir` (e.g.
         `torch_import.restore_for_export` of an official generator checkpoint; `workdir` then names it).
+      translate_fn: a translator that needs no checkpoint (a training-free control of
+        `dakpn_jax.controls`, same signature as ``make_translator``'s): then ``workdir`` is ignored,
+        ``config`` (its ``data`` names the dataset) is required and ``translator_id`` names it in the
+        manifest (as its method; checkpoint step 0).
     Returns:
       The manifest dict (with "count" and "complete").
     """
@@ -171,10 +176,18 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
 
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"export: batch_size must be a positive int, got {batch_size!r}")
-    config, state = restored if restored is not None else trainer.restore_state(workdir, config)
-    # This process's single-device copy of the replicated state: export runs per process on a mesh of
-    # its own devices, so nothing may refer to other hosts' devices.
-    state = jax.tree.map(lambda x: x.addressable_data(0), state)
+    if translate_fn is not None:
+        if config is None or not translator_id:
+            raise ValueError("export: translate_fn needs config (for its data) and translator_id")
+        state, workdir = {"step": np.zeros((), np.int32)}, f"<{translator_id}>"
+        config = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") else config
+        with config.unlocked():
+            config.method = str(translator_id)
+    else:
+        config, state = restored if restored is not None else trainer.restore_state(workdir, config)
+        # This process's single-device copy of the replicated state: export runs per process on a mesh of
+        # its own devices, so nothing may refer to other hosts' devices.
+        state = jax.tree.map(lambda x: x.addressable_data(0), state)
     if input_dir is not None:
         label_dir = os.path.join(input_dir, "labels")
         source = FolderSource(os.path.join(input_dir, "images"), label_dir if os.path.isdir(label_dir) else None)
@@ -187,7 +200,8 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
         source_id = {"split": split, "data_hash": config_hash(config.data), "count": len(source)}
     if len(source) == 0:
         raise ValueError(f"export: the source {source!r} is empty")
-    manifest = {"format": FORMAT_VERSION, "translator_workdir": os.path.abspath(workdir), "method": config.method,
+    manifest = {"format": FORMAT_VERSION, "method": config.method,
+                "translator_workdir": workdir if translate_fn is not None else os.path.abspath(workdir),
                 "checkpoint_step": int(np.asarray(jax.device_get(state["step"]))),
                 "config_hash": config_hash(config), "source": source_id}
     _check_target(output, manifest)  # before anything is written
@@ -211,7 +225,7 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
     mesh = Mesh(np.asarray(devices), ("data",))
     shard = NamedSharding(mesh, P("data"))
     gb = -(-int(batch_size) // len(devices)) * len(devices)
-    translate = make_translate_fn(config, state)
+    translate = translate_fn if translate_fn is not None else make_translate_fn(config, state)
     run = jax.jit(lambda x, y: translate(x, y), in_shardings=(shard, shard), out_shardings=shard)
 
     def batches():

@@ -1,6 +1,6 @@
-"""The protocol driver (experiments/protocol.py): the tiny variant end to end, stage reuse, and the
-report's numbers against independent computations."""
-import importlib.util
+"""The protocol (dakpn_jax/protocol/, experiments/protocol.py): the tiny variant end to end (every row,
+intervals in results.json, stage reuse), pairing, and the report's numbers against independent
+computations."""
 import json
 import math
 import sys
@@ -13,71 +13,91 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # configs/ lives at the repo root
 
-
-def _load_driver():
-    spec = importlib.util.spec_from_file_location("protocol_driver", ROOT / "experiments" / "protocol.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-protocol = _load_driver()
+from dakpn_jax import protocol  # noqa: E402
+from dakpn_jax.protocol import methods, stats  # noqa: E402
 
 
 def _tiny():
     from configs import protocol as protocol_configs
-    c = protocol_configs.get_config("tiny")
-    c.n_real = (2,)  # exercises the real-label mix; N = 0 is the same code path without it
-    return c
+    return protocol_configs.get_config("tiny")
 
 
 @pytest.mark.slow
-def test_tiny_protocol_end_to_end_then_reuse(tmp_path, monkeypatch):
+def test_tiny_protocol_runs_every_row_writes_intervals_then_reuses(tmp_path, monkeypatch):
+    import jax
+    # Every segmenter compiles the same step: a persistent cache compiles it once (as the command does).
+    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    try:
+        _run_tiny(tmp_path, monkeypatch)
+    finally:
+        for k, v in saved.items():
+            jax.config.update(k, v)
+
+
+def _run_tiny(tmp_path, monkeypatch):
     pconfig = _tiny()
-    out = protocol.run_protocol(pconfig, str(tmp_path))
-    report = json.loads((tmp_path / "results.json").read_text())
-    rows = {(r["method"], r["n"]): r for r in report["summary"]["rows"]}
-    assert set(rows) == {("source_only", 2), ("dakpn", 2), ("oracle", pconfig.data.num_real_train)}
-    for r in rows.values():
-        assert 0.0 <= r["miou"][0] <= 1.0 and r["miou"][1] == 0.0  # one seed: std 0
-    seed = report["per_seed"][0]
-    # The exact stage configs are recorded: the DA-KPN-translated segmenter trains on the export
-    # plus the N real labels at the configured batch share.
-    cfg = seed["segmenters"]["dakpn_n2"]["config"]
-    assert cfg["seed"] == 0 and cfg["data"]["num_real_labelled"] == 2
-    folder, real = cfg["data"]["train_sources"]
-    assert folder["kind"] == "folder"
-    assert folder["root"].endswith("export_dakpn/data") and math.isclose(folder["weight"], 0.75)
-    assert real == {"kind": "split", "split": "real-train-labelled", "weight": 0.25}
-    oracle = seed["segmenters"]["oracle"]["config"]
-    assert oracle["data"]["train_sources"] == [{"kind": "split", "split": "real-train-labelled"}]
-    assert oracle["data"]["num_real_labelled"] == pconfig.data.num_real_train
-    # Exported images: one per synthetic-train item.
-    export_dir = Path(folder["root"])
-    assert len(list((export_dir / "images").glob("*.png"))) == pconfig.data.num_synthetic_train
-
-    # Untranslated paired PSNR in the table = a float64 NumPy computation on the paired-eval split.
+    work = tmp_path / "p"
+    out = protocol.run_protocol(pconfig, str(work))
+    report = json.loads((work / "results.json").read_text())
+    rows = {(r["method"], r["n"]) for r in report["summary"]["rows"]}
+    want = {("source_only", 0), ("source_only", 2), ("dakpn", 0), ("dakpn", 2), ("oracle", pconfig.data.num_real_train)}
+    want |= {(name, 0) for name in pconfig.translators if name != "dakpn"}
+    assert rows == want
+    # Every row against both baselines at its N, with both intervals around the observed mean.
+    comps = report["summary"]["comparisons"]
+    assert {(c["method"], c["n"], c["baseline"]) for c in comps} == (
+        {(m, n, "source_only") for m, n in rows if m != "source_only"} | {(m, n, "dakpn") for m, n in rows if m != "dakpn"})
+    for c in comps:
+        for kind in ("seeds", "seeds_images"):
+            ci = c[kind]
+            assert ci["lo"] <= ci["mean"] + 1e-12 and ci["mean"] <= ci["hi"] + 1e-12, (c["key"], kind)
+            assert math.isclose(ci["half_width"], (ci["hi"] - ci["lo"]) / 2)
+        assert c["verdict"].startswith("n/a")  # 2 seeds: intervals, but no claim
+        np.testing.assert_allclose(c["seeds"]["mean"], np.mean(c["per_seed"]))
+    # The per-seed mIoU is the one of the summed per-image confusions on real-val, and equals the
+    # library's own whole-split evaluation of the trained segmenter.
     from dakpn_jax.data import sources
-    src = sources.make_source(pconfig.data, "paired-eval")
-    want = []
-    for i in range(min(len(src), pconfig.eval.paired_images)):
-        syn = src[i]["synthetic"].astype(np.float64) / 255
-        real = src[i]["real"].astype(np.float64) / 255
-        want.append(10 * np.log10(1.0 / np.mean((syn - real) ** 2)))
-    np.testing.assert_allclose(rows[("source_only", 2)]["psnr"][0], np.mean(want), rtol=1e-4)
-    flip = np.asarray(seed["scores"]["model_score"]["dakpn"]["flip"])
-    assert flip.shape == (19, 19)
-    np.testing.assert_allclose(flip.sum(1)[flip.sum(1) > 0], 1.0, rtol=1e-9)
+    from dakpn_jax.training import segmentation
+    seed0 = report["per_seed"][0]
+    conf = np.load(work / "seed0" / "seg_dakpn_n2" / "confusions.npz")["confusions"]
+    assert conf.shape == (pconfig.data.num_real_val, 19, 19)
+    assert conf.sum() == pconfig.data.num_real_val * pconfig.data.height * pconfig.data.width
+    np.testing.assert_allclose(seed0["segmenters"]["dakpn_n2"]["val"]["miou"], stats.miou_from_confusion(conf.sum(0)))
+    apply_fn, params = segmentation.load_segmenter(str(work / "seed0" / "seg_dakpn_n2" / "run"))
+    ref = segmentation.evaluate_segmenter(apply_fn, params, sources.make_source(pconfig.data, "real-val"), 19)
+    np.testing.assert_array_equal(ref["confusion"], conf.sum(0))
+    # Stage configs are recorded; the translated segmenter trains on the export + N real labels.
+    cfg = seed0["segmenters"]["dakpn_n2"]["config"]
+    folder, real = cfg["data"]["train_sources"]
+    assert cfg["seed"] == 0 and folder["root"].endswith("export_dakpn/data") and math.isclose(folder["weight"], 0.75)
+    assert real == {"kind": "split", "split": "real-train-labelled", "weight": 0.25}
+    assert len(list((Path(folder["root"]) / "images").glob("*.png"))) == pconfig.data.num_synthetic_train
+    ctrl = json.loads((work / "seed0" / "export_fda" / "data" / "manifest.json").read_text())
+    assert ctrl["method"] == "control:fda" and ctrl["complete"]
+    assert not (work / "seed0" / "translator_fda").exists()  # training-free: no trainer stage
+    # Pairing: a seed's segmenters share initialisation and data order; seeds differ.
+    a = methods.override(_cfg(seed0, "source_only_n0"), {})
+    b = methods.override(_cfg(seed0, "histogram_n0"), {})
+    assert a.seed == b.seed == 0 and a.model == b.model and a.optim == b.optim
+    np.testing.assert_array_equal(segmentation.make_train_source(a).owner, segmentation.make_train_source(b).owner)
+    assert _cfg(report["per_seed"][1], "source_only_n0").seed == 1
+    # Per-class IoU, the plot, the grids, the self-contained HTML.
+    assert set(report["summary"]["per_class_iou"]) == {r["key"] for r in report["summary"]["rows"]}
+    text = (work / "results.md").read_text()
+    assert text == out["markdown"] and "| dakpn | 2 |" in text and "| oracle | all |" in text and "verdict" in text
+    with Image.open(work / "miou_vs_n.png") as im:
+        assert im.size == (640, 400)
+    ncols = 2 + len(pconfig.translators) + 1
+    with Image.open(work / "grid_seed1.png") as im:  # synthetic | translations | real | label
+        assert im.size == (2 + ncols * (pconfig.data.width + 2), 2 + 2 * (pconfig.data.height + 2))
+    page = (work / "results.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "http" not in page.replace("http-equiv", "")
+    assert "<table>" in page and "stage_overrides" in page
+    assert set(report["timings"]) == {k for k, _, _ in protocol.plan(pconfig)}
 
-    text = (tmp_path / "results.md").read_text()
-    assert text == out["markdown"] and "| dakpn | 2 |" in text and "| oracle | all |" in text
-    with Image.open(tmp_path / "miou_vs_n.png") as im:
-        assert im.size == (480, 320)
-    with Image.open(tmp_path / "grid_seed0.png") as im:  # 2 rows of synthetic | dakpn | real | label
-        w, h = im.size
-        assert (w, h) == (2 + 4 * (pconfig.data.width + 2), 2 + 2 * (pconfig.data.height + 2))
-
-    # Second run: every stage is reused, nothing trains or exports; the same table comes out.
+    # Second run: every stage is reused, nothing trains or exports; the same report comes out.
     from dakpn_jax import export
     from dakpn_jax.training import trainer
 
@@ -86,27 +106,42 @@ def test_tiny_protocol_end_to_end_then_reuse(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "train_and_evaluate", forbidden)
     monkeypatch.setattr(export, "export_translated", forbidden)
-    again = protocol.run_protocol(pconfig, str(tmp_path))
+    again = protocol.run_protocol(pconfig, str(work))
     assert again["markdown"] == out["markdown"]
 
 
-def test_summary_mean_std_and_bad_config():
+def _cfg(seed_result, key):
+    import ml_collections
+    return ml_collections.ConfigDict(seed_result["segmenters"][key]["config"])
+
+
+def test_summary_comparisons_and_markdown_numbers():
     pconfig = _tiny()
+    pconfig.seeds = (0, 1, 2)
     per_seed = []
-    for s, (a, b) in enumerate([(0.30, 0.40), (0.34, 0.50), (0.35, 0.42)]):
+    for s, (src, dk, orc) in enumerate([(0.10, 0.30, 0.40), (0.20, 0.34, 0.50), (0.12, 0.35, 0.42)]):
         per_seed.append({"seed": s, "skipped": {},
-                         "segmenters": {"dakpn_n2": {"final": {"eval/miou": a}}, "oracle": {"final": {"eval/miou": b}}},
-                         "scores": {"model_score": {"dakpn": {"miou": a / 2, "top_flips": []}},
+                         "segmenters": {"source_only_n0": {"final": {"eval/miou": src}},
+                                        "dakpn_n0": {"val": {"miou": dk}}, "oracle": {"val": {"miou": orc}}},
+                         "scores": {"model_score": {"dakpn": {"miou": dk / 2, "top_flips": []}},
                                     "paired": {"dakpn": {"psnr": 20.0 + s, "ssim": 0.5, "swd": 0.1}}}})
-    rows = {r["method"]: r for r in protocol.summarise(pconfig, per_seed)["rows"]}
+    summary = protocol.summarise(pconfig, per_seed)
+    rows = {r["method"]: r for r in summary["rows"]}
     np.testing.assert_allclose(rows["dakpn"]["miou"], [np.mean([.30, .34, .35]), np.std([.30, .34, .35], ddof=1)])
     np.testing.assert_allclose(rows["dakpn"]["psnr"], [21.0, 1.0])
-    np.testing.assert_allclose(rows["oracle"]["miou"][0], np.mean([.40, .50, .42]))
     assert "model_score" not in rows["oracle"]
-    text = protocol.markdown(pconfig, protocol.summarise(pconfig, per_seed), per_seed)
-    assert "| dakpn | 2 | 33.0 ± 2.6 | 16.5 ± 1.3 | 21.00 ± 1.00 |" in text
-    assert "| dakpn_n2 | 30.0 / 15.0 | 34.0 / 17.0 | 35.0 / 17.5 |" in text  # per-seed values
-    assert "| oracle | 40.0 | 50.0 | 42.0 |" in text
+    comps = {(c["method"], c["baseline"]): c for c in summary["comparisons"]}
+    d = comps[("dakpn", "source_only")]
+    np.testing.assert_allclose(d["per_seed"], [0.20, 0.14, 0.23])
+    np.testing.assert_allclose(d["seeds"]["mean"], np.mean([0.20, 0.14, 0.23]))
+    assert 0.14 <= d["seeds"]["lo"] and d["seeds"]["hi"] <= 0.23 and d["verdict"] == "higher"
+    assert comps[("source_only", "dakpn")]["verdict"] == "lower"
+    # The oracle is compared at N = 0 of the baselines.
+    assert comps[("oracle", "dakpn")]["baseline_key"] == "dakpn_n0"
+    text = protocol.markdown(pconfig, summary, per_seed)
+    assert "| dakpn | 0 | 33.0 ± 2.6 |" in text
+    assert "| dakpn | 0 | source_only (N=0) | +19.0 [" in text and "| higher |" in text
+    assert "| dakpn_n0 | 30.0 / 15.0 | 34.0 / 17.0 | 35.0 / 17.5 |" in text
     pconfig.seeds = ()
     with pytest.raises(ValueError, match="seeds"):
         protocol.run_protocol(pconfig, "/nonexistent-not-written")
@@ -117,23 +152,54 @@ def test_summary_mean_std_and_bad_config():
         protocol.load_config_file("configs/nope.py")
 
 
-@pytest.mark.parametrize("variant", ["default", "seeds3", "baselines", "full", "tiny"])
+@pytest.mark.parametrize("variant", ["default", "decisive", "cpu", "noise", "seeds3", "baselines", "tiny"])
 def test_every_variant_builds_consistent_stage_configs(variant):
-    """Every stage config a variant names loads, and an overridden GAN schedule still adds up
-    (constant + decay = num_train_steps), so a shortened baseline ends its decay at its last step."""
+    """Every row a variant names builds; an overridden GAN schedule still adds up (constant + decay =
+    num_train_steps); every trained stage skips in-training evaluation (the protocol scores it)."""
     from configs import protocol as protocol_configs
     pconfig = protocol_configs.get_config(variant)
     assert len(pconfig.seeds) >= 1
-    dk = protocol.dakpn_config(pconfig, 0)
-    assert dk.data.height == pconfig.data.height and dk.seed == 0
-    for name, spec in pconfig.baselines.items():
-        c = protocol.baseline_config(pconfig, spec, 1)
-        assert c.seed == 1 and c.data.width == pconfig.data.width, name
-        assert c.optim.constant_steps + c.optim.decay_steps == c.num_train_steps, name
-    if variant == "baselines":
-        assert set(pconfig.baselines) == {"cyclegan", "cut", "fastcut"} and len(pconfig.seeds) == 3
+    ts = protocol.build_translators(pconfig, 1)
+    for name, t in ts.items():
+        if t.trained:
+            assert t.config.seed == 1 and t.config.data.width == pconfig.data.width, name
+            assert t.config.eval_every_steps == 0, name
+            if t.kind == "train" and t.spec.get("overrides"):
+                assert t.config.optim.constant_steps + t.config.optim.decay_steps == t.config.num_train_steps, name
+        else:
+            assert t.make_fn is not None and t.config is None
+    if variant == "decisive":
+        assert len(pconfig.seeds) >= 5 and tuple(pconfig.n_real) == tuple(pconfig.side_n_real) == (0, 20, 100)
+        assert {"dakpn", "dakpn_no_affine", "dakpn_no_blur", "dakpn_no_noise", "dakpn_uniform", "cyclegan", "cut",
+                "fastcut", "randomize", "histogram", "reinhard", "fda"} <= set(ts)
+    if variant == "default":  # the README main job: headline rows at N = 0, 20, a control, the oracle
+        assert {"dakpn"} < set(ts) and any(not t.trained for t in ts.values())
+        assert tuple(pconfig.n_real) == (0, 20)
+        assert ts["dakpn"].config.model.get("param_size") == (16, 32)
+    if "dakpn_uniform" in ts:
+        assert tuple(ts["dakpn_uniform"].config.model.param_size) == (1, 1)
     with pytest.raises(ValueError, match="unknown variant"):
         protocol_configs.get_config("nope")
+
+
+def test_a_new_translator_row_is_one_config_line_and_bad_rows_are_refused():
+    pconfig = _tiny()
+    with pconfig.unlocked():
+        pconfig.translators.fastcut2 = {"kind": "train", "config": "configs/cut.py", "arg": "fastcut-tiny"}
+        pconfig.translators.fda2 = {"kind": "control", "control": "fda", "params": {"beta": 0.05}, "n_real": (0, 2)}
+    ts = protocol.build_translators(pconfig, 0)
+    assert ts["fastcut2"].trained and ts["fastcut2"].config.method == "cut"
+    assert methods.n_values(pconfig, "fda2") == (0, 2) and methods.n_values(pconfig, "histogram") == (0,)
+    keys = [k for k, _, _ in protocol.plan(pconfig)]
+    assert "seed0/translator_fastcut2" in keys and "seed0/seg_fda2_n2" in keys and "seed0/translator_fda2" not in keys
+    with pconfig.unlocked():
+        pconfig.translators.bad = {"kind": "nope"}
+    with pytest.raises(ValueError, match="kind='nope'"):
+        protocol.build_translators(pconfig, 0)
+    with pconfig.unlocked():
+        pconfig.translators.bad = {"kind": "control", "control": "blur"}
+    with pytest.raises(ValueError, match="control"):
+        protocol.build_translators(pconfig, 0)
 
 
 def test_stage_reuses_a_complete_result_and_reruns_one_that_no_longer_covers_the_config(tmp_path):
@@ -148,11 +214,72 @@ def test_stage_reuses_a_complete_result_and_reruns_one_that_no_longer_covers_the
     d = str(tmp_path / "scores")
     assert protocol.stage(d, make({"model_score": {"a": 1}}), what="scores") == {"model_score": {"a": 1}}
     covers = lambda wanted: (lambda r: wanted <= set(r["model_score"]))
-    # Same translators: reused without running.
     assert protocol.stage(d, make(None), what="scores", still_valid=covers({"a"})) == {"model_score": {"a": 1}}
     assert len(calls) == 1
-    # A translator was added to the config: the stale result is recomputed and replaced.
     new = {"model_score": {"a": 1, "b": 2}}
     assert protocol.stage(d, make(new), what="scores", still_valid=covers({"a", "b"})) == new
     assert len(calls) == 2
-    assert json.loads((tmp_path / "scores" / protocol.STAGE_FILE).read_text())["result"] == new
+    marker = json.loads((tmp_path / "scores" / protocol.STAGE_FILE).read_text())
+    assert marker["result"] == new and set(marker["timing"]) == {"wall_s", "cpu_s"}
+
+
+def test_console_lines_and_log_routing(tmp_path):
+    import io
+    import logging
+    from dakpn_jax.protocol import console
+    root = logging.getLogger()
+    saved = [(h, h.level, list(h.filters)) for h in root.handlers]
+    screen = io.StringIO()
+    terminal = logging.StreamHandler(screen)  # stands for the console handler absl installs
+    root.addHandler(terminal)
+    try:
+        path = console.route_logs(str(tmp_path))
+        logging.getLogger("dakpn_jax.train").info("step 1/2 | 3 steps/s | ETA 0 | loss 1")
+        logging.getLogger("absl").warning("CheckpointManagerOptions.read_only=True")
+        logging.getLogger("dakpn_jax.protocol").warning("a real warning")
+        for h in root.handlers:
+            h.flush()
+        text = Path(path).read_text()
+        assert "step 1/2" in text and "read_only" in text and "a real warning" in text  # all in the file
+        shown = screen.getvalue()
+        assert "step 1/2" not in shown and "read_only" not in shown and "a real warning" in shown
+    finally:
+        root.removeHandler(terminal)
+        for h in list(root.handlers):
+            if getattr(h, "_protocol_file", None):
+                root.removeHandler(h)
+                h.close()
+        for h, level, filters in saved:  # leave logging as it was for other tests
+            h.setLevel(level)
+            h.filters[:] = filters
+    out = io.StringIO()
+    rep = console.StageReporter([("a", 1.0), ("b", 3.0)], stream=out)
+    t = rep.start("a", "stage a")
+    rep.end("a", "stage a", t, 0.5)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[1/2] stage a ..." and lines[1].startswith("[1/2] stage a: done in")
+    assert "ETA" in lines[1] and "elapsed" in lines[1]
+    bar_out = io.StringIO()
+    bar = console.ProgressBar("seg", stream=bar_out, force=True)
+    bar.emit(logging.makeLogRecord({"msg": "step 5/10 | 1 steps/s | ETA ? | loss 1"}))
+    assert "5/10 steps" in bar_out.getvalue() and "\n" not in bar_out.getvalue()
+
+
+def test_render_cache_gives_the_same_items_and_private_copies():
+    from dakpn_jax.data import procedural
+    cfg = procedural.ProceduralConfig(height=32, width=64, num_real_train=3, num_real_labelled=2)
+    plain = procedural.make_source("real-train-labelled", cfg)[1]
+    procedural.set_render_cache(10)
+    try:
+        src = procedural.make_source("real-train-labelled", cfg)
+        first = src[1]
+        first["image"][:] = 0  # a caller writing into its item does not touch the cache
+        again = src[1]
+        for k in plain:
+            np.testing.assert_array_equal(again[k], plain[k])
+        assert len(procedural._RENDER_CACHE) == 1  # pylint: disable=protected-access
+    finally:
+        procedural.set_render_cache(0)
+    assert not procedural._RENDER_CACHE  # pylint: disable=protected-access
+    with pytest.raises(ValueError, match="max_items"):
+        procedural.set_render_cache(-1)

@@ -1,0 +1,22 @@
+"""The evaluation protocol as a library (DESIGN.md §1 step 8, §9): stages, statistics, report.
+
+    from dakpn_jax import protocol
+    from configs import protocol as protocol_configs
+    out = protocol.run_protocol(protocol_configs.get_config("tiny"), "runs/p")
+
+Modules: `methods` (translator rows as data, the registry of kinds, stage configs), `stages` (one
+folder per stage, reused when complete; the driver), `stats` (paired bootstrap intervals,
+verdicts), `report` (results.{json,md,html}, the plot), `console` (log routing, stage lines,
+progress bar). experiments/protocol.py is the command line.
+"""
+from dakpn_jax.protocol import console, methods, report, stages, stats
+from dakpn_jax.protocol.methods import (KINDS, Translator, build_translators, load_config_file, override,
+                                        register_kind, segmenter_config, segmenter_sources)
+from dakpn_jax.protocol.report import markdown, summarise, write_report
+from dakpn_jax.protocol.stages import STAGE_FILE, plan, run_protocol, run_seed, stage
+from dakpn_jax.protocol.stats import paired_bootstrap, paired_bootstrap_confusions, verdict
+
+__all__ = ["KINDS", "STAGE_FILE", "Translator", "build_translators", "console", "load_config_file", "markdown",
+           "methods", "override", "paired_bootstrap", "paired_bootstrap_confusions", "plan", "register_kind",
+           "report", "run_protocol", "run_seed", "segmenter_config", "segmenter_sources", "stage", "stages",
+           "stats", "summarise", "verdict", "write_report"]

@@ -1,0 +1,201 @@
+"""Translator rows as data: ``config.translators`` name -> spec, built by a registry of kinds.
+
+A protocol config lists its translators as plain data (configs/protocol.py)::
+
+    c.translators.dakpn           = dict(kind="dakpn")                                   # configs/default.py + c.dakpn
+    c.translators.dakpn_no_blur   = dict(kind="dakpn", overrides={"model": {"ablate": ("blur",)}})
+    c.translators.dakpn_uniform   = dict(kind="dakpn", overrides={"model": {"param_size": (1, 1)}})
+    c.translators.cut             = dict(kind="train", config="configs/cut.py", arg="cut-benchmark")
+    c.translators.vsait           = dict(kind="train", config="configs/vsait.py", arg="benchmark")
+    c.translators.fda             = dict(kind="control", control="fda", params={"beta": 0.01})
+
+so adding a method is one line. Optional fields of every spec: ``n_real`` (the N values of its
+segmenters; default ``config.side_n_real``, or ``config.n_real`` for ``config.headline`` rows),
+``label`` (the name in the report).
+
+Kinds (:data:`KINDS`, extend with :func:`register_kind`):
+
+- ``dakpn``: configs/default.py at ``config.dakpn.variant`` + ``config.dakpn.overrides`` + the row's
+  ``overrides``; trained. The spatially uniform DA-KPN (DESIGN §9) is ``model.param_size = (1, 1)``:
+  the features are the image's class fractions (constant over the image) and the head predicts
+  one theta per image, upsampled to a constant map.
+- ``train``: any method config file (``config``, ``arg``, ``overrides``) whose method module has a
+  ``make_translator`` (CycleGAN, CUT, FastCUT, VSAIT, ...); trained by the generic trainer.
+- ``control``: a training-free control of `dakpn_jax.controls` (``control``, ``params``), with a
+  pool of ``config.eval.control_pool`` real-train frames as references; no trainer stage.
+
+A kind is ``build(pconfig, spec, seed) -> Translator``: either ``trained=True`` with the stage
+config to train, or ``trained=False`` with ``make_fn(pconfig, seed) -> translate_fn``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import os
+from typing import Callable
+
+import ml_collections
+import numpy as np
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# ----------------------------------------------------------------------------- config files
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of a config file: an absolute path, else relative to the working
+    directory, else to the repository root (configs/ of a source checkout)."""
+    candidates = [path] if os.path.isabs(path) else [os.path.abspath(path), os.path.join(_REPO, path)]
+    full = next((p for p in candidates if os.path.exists(p)), None)
+    if full is None:
+        raise ValueError(f"config file {path!r} not found (looked at {candidates})")
+    spec = importlib.util.spec_from_file_location(f"_protocol_cfg_{os.path.basename(path)[:-3]}", full)
+    module = importlib.util.module_from_spec(spec)
+    import sys  # pylint: disable=import-outside-toplevel
+    if _REPO not in sys.path:  # config files import configs.default etc.
+        sys.path.insert(0, _REPO)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def override(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``overrides`` (nested dicts recurse; other values replace)."""
+    out = copy.deepcopy(config)
+    with out.unlocked():
+        for key, value in dict(overrides or {}).items():
+            if hasattr(value, "items") and key in out and isinstance(out[key], ml_collections.ConfigDict):
+                out[key] = override(out[key], value)
+            else:
+                out[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    return out
+
+
+def with_data(config, pconfig, **data_fields):
+    """The stage config on the protocol's benchmark data (+ extra data fields)."""
+    return override(config, {"data": {**pconfig.data.to_dict(), **data_fields}})
+
+
+def _quiet(pconfig):
+    """Stage fields the protocol sets on every trained stage: frequent progress lines (they drive
+    the console's progress bar and go to the log file), no in-training evaluation (the protocol
+    scores every stage itself, once)."""
+    return dict(pconfig.get("stage_overrides", {}) or {})
+
+
+# ----------------------------------------------------------------------------- translators
+
+@dataclasses.dataclass
+class Translator:
+    name: str
+    kind: str
+    trained: bool
+    config: ml_collections.ConfigDict | None = None    # stage config (trained kinds)
+    make_fn: Callable | None = None                     # (pconfig, seed) -> translate_fn (training-free)
+    spec: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def uses_segmenter_features(self) -> bool:
+        return self.trained and self.config.get("features", "onehot") == "segmenter"
+
+
+def dakpn_config(pconfig, seed: int, extra=None) -> ml_collections.ConfigDict:
+    c = load_config_file("configs/default.py", pconfig.dakpn.variant)
+    c = override(with_data(c, pconfig), pconfig.dakpn.overrides)
+    return override(override(c, _quiet(pconfig)), {"seed": seed, **dict(extra or {})})
+
+
+def _build_dakpn(pconfig, spec, seed):
+    return dict(trained=True, config=dakpn_config(pconfig, seed, spec.get("overrides")))
+
+
+def _build_train(pconfig, spec, seed):
+    if not spec.get("config"):
+        raise ValueError(f"translator spec {spec}: kind 'train' needs 'config' (a config file path)")
+    c = load_config_file(spec["config"], spec.get("arg"))
+    c = override(override(with_data(c, pconfig), _quiet(pconfig)), spec.get("overrides"))
+    return dict(trained=True, config=override(c, {"seed": seed}))
+
+
+def control_reference(pconfig) -> np.ndarray:
+    """(P, H, W, 3) uint8: the first ``eval.control_pool`` real-train frames, the controls' pool of
+    "random real training images"."""
+    from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+    src = sources.make_source(pconfig.data, "real-train")
+    n = min(len(src), int(pconfig.eval.get("control_pool", 64)))
+    if n <= 0:
+        raise ValueError("controls need real-train images (config.data.num_real_train > 0)")
+    return np.stack([src[i]["image"] for i in range(n)])
+
+
+def _build_control(pconfig, spec, seed):
+    from dakpn_jax import controls  # pylint: disable=import-outside-toplevel
+    name = spec.get("control")
+    if name not in controls.CONTROLS:
+        raise ValueError(f"translator spec {spec}: 'control' must be one of {controls.CONTROLS}, got {name!r}")
+    params = dict(spec.get("params", {}) or {})
+
+    def make_fn(pc, s):
+        ref = None if name == "randomize" else control_reference(pc)
+        return controls.make_control(name, reference=ref, seed=s, **params)
+    return dict(trained=False, make_fn=make_fn)
+
+
+KINDS: dict[str, Callable] = {"dakpn": _build_dakpn, "train": _build_train, "control": _build_control}
+
+
+def register_kind(name: str, build: Callable) -> None:
+    """Adds a translator kind: ``build(pconfig, spec, seed) -> dict(trained=..., config=... |
+    make_fn=...)``."""
+    KINDS[name] = build
+
+
+def _spec_dict(spec) -> dict:
+    return spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+
+
+def build_translators(pconfig, seed: int) -> dict[str, Translator]:
+    """``config.translators`` -> {name: Translator} for one seed (spec order kept)."""
+    out = {}
+    for name, spec in pconfig.translators.items():
+        spec = _spec_dict(spec)
+        kind = spec.get("kind")
+        if kind not in KINDS:
+            raise ValueError(f"config.translators.{name}.kind={kind!r} is unknown; expected one of {sorted(KINDS)}")
+        built = KINDS[kind](pconfig, spec, seed)
+        out[name] = Translator(name=name, kind=kind, spec=spec, **built)
+    return out
+
+
+def n_values(pconfig, name: str) -> tuple[int, ...]:
+    """The N values of a row's segmenters (see module docstring)."""
+    if name == "source_only" or name in tuple(pconfig.get("headline", ("source_only", "dakpn"))):
+        default = pconfig.n_real
+    else:
+        default = pconfig.get("side_n_real", pconfig.n_real)
+    spec = pconfig.translators.get(name) if name in pconfig.translators else None
+    ns = spec.get("n_real", None) if spec is not None else None
+    return tuple(int(n) for n in (default if ns is None else ns))
+
+
+# ----------------------------------------------------------------------------- segmenters
+
+def segmenter_config(pconfig, spec, seed: int, train_sources: list, **data_fields):
+    c = load_config_file("configs/segmentation.py", spec.variant)
+    c = override(with_data(c, pconfig, **data_fields), spec.overrides)
+    c = override(override(c, _quiet(pconfig)), {"seed": seed})
+    with c.unlocked():
+        c.data.train_sources = train_sources
+        c.data.eval_split = "real-val"
+    return c
+
+
+def segmenter_sources(pconfig, base: dict, n: int) -> tuple[list, dict]:
+    """Train sources ``base`` (+ N real labels as ``real_fraction`` of each batch) and data fields."""
+    if n <= 0:
+        return [base], {}
+    f = float(pconfig.real_fraction)
+    if not 0.0 < f < 1.0:
+        raise ValueError(f"config.real_fraction={f} must lie in (0, 1)")
+    return ([{**base, "weight": 1.0 - f}, {"kind": "split", "split": "real-train-labelled", "weight": f}],
+            {"num_real_labelled": int(n)})

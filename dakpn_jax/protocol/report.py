@@ -1,0 +1,423 @@
+"""The protocol's report: summary rows, paired comparisons with bootstrap intervals, per-class IoU,
+the mIoU-vs-N plot, results.{json,md,html}.
+
+results.json holds ``summary.rows`` (per segmenter row: ``miou`` = [mean, std] over seeds plus
+``miou_ci`` (two-level bootstrap interval of the mean), model score and paired scores),
+``comparisons`` (per row and baseline: ``seeds`` and ``seeds_images`` intervals of the mean
+paired difference, ``verdict``), ``per_class_iou``, ``noise_floor`` (half-widths achieved),
+``timings`` (per stage wall / CPU seconds), the protocol config and every seed's stage results.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+
+import numpy as np
+
+from dakpn_jax.protocol import stats
+from dakpn_jax.protocol.stages import json_default, load_confusions
+
+MIN_SEEDS_FOR_VERDICT = 3
+"""Fewer seeds give no verdict: a bootstrap over 1 or 2 seeds cannot show the seed spread (with one
+seed the interval over images is conditional on that training run)."""
+
+
+def _mean_std(values) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
+    if not np.isfinite(mean):
+        return "-"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def _dig(tree, path):
+    for p in path:
+        if not isinstance(tree, dict) or p not in tree:
+            return None
+        tree = tree[p]
+    return tree
+
+
+def method_and_score_key(key: str) -> tuple[str, str]:
+    """A segmenter stage key (``<method>_n<N>`` or ``oracle``) -> (method, its entry in the scores:
+    source-only segmenters train on the untranslated images)."""
+    method = "oracle" if key == "oracle" else key.rsplit("_n", 1)[0]
+    return method, "untranslated" if method == "source_only" else method
+
+
+def seg_miou(r: dict, key: str):
+    """A seed's real-val mIoU of segmenter ``key``: the protocol's per-image scoring, else the
+    trainer's final evaluation."""
+    v = _dig(r, ("segmenters", key, "val", "miou"))
+    return v if v is not None else _dig(r, ("segmenters", key, "final", "eval/miou"))
+
+
+def _boot(pconfig) -> dict:
+    b = pconfig.get("bootstrap", None)
+    b = b.to_dict() if hasattr(b, "to_dict") else dict(b or {})
+    return {"num_resamples": int(b.get("num_resamples", 2000)), "level": float(b.get("level", 0.95)),
+            "seed": int(b.get("seed", 0))}
+
+
+def _confusions(workdir, per_seed, key):
+    """(S, I, C, C) of one segmenter row over the seeds, or None if a seed lacks them."""
+    if workdir is None:
+        return None
+    cs = [load_confusions(os.path.join(workdir, f"seed{r['seed']}", f"seg_{key}")) for r in per_seed]
+    if any(c is None for c in cs) or len({c.shape for c in cs}) != 1:
+        return None
+    return np.stack(cs)
+
+
+# ----------------------------------------------------------------------------- summary
+
+def summarise(pconfig, per_seed: list[dict], workdir: str | None = None) -> dict:
+    """Rows ``{method, n, key, miou: (mean, std), miou_ci, model_score, psnr, ssim, swd,
+    class_color_err}`` over seeds, the paired comparisons and per-class IoU."""
+    boot = _boot(pconfig)
+    rows, confs = [], {}
+    keys = list(per_seed[0]["segmenters"])
+    for key in keys:
+        method, score_key = method_and_score_key(key)
+        n = int(pconfig.data.num_real_train) if key == "oracle" else int(key.rsplit("_n", 1)[1])
+        row = {"method": method, "n": n, "key": key, "miou": _mean_std([seg_miou(r, key) for r in per_seed]),
+               "miou_per_seed": [seg_miou(r, key) for r in per_seed]}
+        confs[key] = _confusions(workdir, per_seed, key)
+        if confs[key] is not None:
+            row["miou_ci"] = stats.bootstrap_miou(confs[key], **boot)
+        elif len(per_seed) > 1:
+            row["miou_ci"] = stats.bootstrap_mean(row["miou_per_seed"], **boot)
+        if method != "oracle":
+            row["model_score"] = _mean_std([_dig(r, ("scores", "model_score", score_key, "miou")) for r in per_seed])
+            for m in ("psnr", "ssim", "swd", "class_color_err"):
+                row[m] = _mean_std([_dig(r, ("scores", "paired", score_key, m)) for r in per_seed])
+        rows.append(row)
+    comparisons = compare(pconfig, per_seed, rows, confs, boot)
+    per_class = {}
+    for key in keys:
+        vals = [_dig(r, ("segmenters", key, "val", "per_class_iou")) for r in per_seed]
+        if all(v is not None for v in vals):
+            per_class[key] = {c: _mean_std([v[c] for v in vals])[0] for c in vals[0]}
+    hw = [c["seeds_images"]["half_width"] for c in comparisons if c.get("seeds_images")]
+    hws = [c["seeds"]["half_width"] for c in comparisons if c.get("seeds") and c["seeds"]["n"] > 1]
+    noise = {"seeds": len(per_seed),
+             "val_images": int(next((v.shape[1] for v in confs.values() if v is not None), 0)),
+             "half_width_seeds_images": {"median": float(np.median(hw)), "max": float(np.max(hw))} if hw else None,
+             "half_width_seeds": {"median": float(np.median(hws)), "max": float(np.max(hws))} if hws else None,
+             "oracle_seed_std": next((r["miou"][1] for r in rows if r["method"] == "oracle"), None)}
+    return {"rows": rows, "comparisons": comparisons, "per_class_iou": per_class, "noise_floor": noise}
+
+
+def compare(pconfig, per_seed, rows, confs, boot) -> list[dict]:
+    """Every row against each ``config.compare_to`` baseline at the same N (the oracle against
+    the baselines at N = 0): mean paired difference, intervals over seeds and over seeds + images."""
+    by_key = {r["key"]: r for r in rows}
+    out = []
+    for base in tuple(pconfig.get("compare_to", ("source_only", "dakpn"))):
+        for r in rows:
+            if r["method"] == base:
+                continue
+            bkey = f"{base}_n{0 if r['method'] == 'oracle' else r['n']}"
+            if bkey not in by_key:
+                continue
+            a, b = r["miou_per_seed"], by_key[bkey]["miou_per_seed"]
+            pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+            entry = {"method": r["method"], "n": r["n"], "key": r["key"], "baseline": base, "baseline_key": bkey,
+                     "seeds": stats.paired_bootstrap([x for x, _ in pairs], [y for _, y in pairs], **boot),
+                     "per_seed": [x - y for x, y in pairs]}
+            if confs.get(r["key"]) is not None and confs.get(bkey) is not None:
+                entry["seeds_images"] = stats.paired_bootstrap_confusions(confs[r["key"]], confs[bkey], **boot)
+            primary = entry.get("seeds_images") or entry["seeds"]
+            entry["verdict"] = (stats.verdict(primary) if len(pairs) >= MIN_SEEDS_FOR_VERDICT
+                                else f"n/a ({len(pairs)} seed(s) < {MIN_SEEDS_FOR_VERDICT})")
+            out.append(entry)
+    return out
+
+
+# ----------------------------------------------------------------------------- markdown
+
+def _ci(c, scale=100.0, digits=1) -> str:
+    if not c or not np.isfinite(c.get("lo", np.nan)):
+        return "-"
+    return f"{c['mean'] * scale:+.{digits}f} [{c['lo'] * scale:+.{digits}f}, {c['hi'] * scale:+.{digits}f}]"
+
+
+def _row_label(pconfig, method: str) -> str:
+    spec = pconfig.translators.get(method) if method in pconfig.translators else None
+    return (spec.get("label", None) if spec is not None else None) or method
+
+
+def markdown(pconfig, summary: dict, per_seed: list[dict], timings: dict | None = None) -> str:
+    seeds = list(pconfig.seeds)
+    level = int(round(100 * _boot(pconfig)["level"]))
+    lines = [f"# Protocol results ({len(seeds)} seed(s): {seeds})", "",
+             f"real-val mIoU: mean ± std over seeds, and [{level}% bootstrap interval of the mean over seeds "
+             "and real-val images].", "",
+             "| method | N real labels | real-val mIoU (%) | interval | model score mIoU (%) | PSNR (dB) | SSIM | SWD "
+             "| class colour err |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in summary["rows"]:
+        g = lambda k, s=1.0, d=1: _fmt(*r[k], scale=s, digits=d) if k in r else "-"
+        n = "all" if r["method"] == "oracle" else str(r["n"])
+        ci = r.get("miou_ci")
+        ci_s = f"[{100 * ci['lo']:.1f}, {100 * ci['hi']:.1f}]" if ci and np.isfinite(ci["lo"]) else "-"
+        lines.append(f"| {_row_label(pconfig, r['method'])} | {n} | {g('miou', 100)} | {ci_s} | {g('model_score', 100)} "
+                     f"| {g('psnr', 1, 2)} | {g('ssim', 1, 3)} | {g('swd', 1, 3)} | {g('class_color_err', 1, 3)} |")
+    lines += ["", "Model score: the oracle segmenter (all real-train labels) labels each (translated) synthetic "
+              "set; mIoU against the synthetic labels. PSNR / SSIM against the real rendering of the same "
+              "scene (paired-eval); SWD: Laplacian-pyramid sliced Wasserstein distance to the real images "
+              "(lower is closer); class colour err: mean over classes of the distance between a class's "
+              "mean RGB in the translated and in the real images (paired-eval).", ""]
+    comps = summary.get("comparisons", [])
+    if comps:
+        lines += [f"## Paired differences (mIoU points, method - baseline; mean [{level}% bootstrap interval])", "",
+                  "Same seed = same segmenter initialisation and data order; same real-val images. Verdict from the "
+                  "interval over seeds and images; a difference is claimed only where it excludes 0, and only "
+                  f"with at least {MIN_SEEDS_FOR_VERDICT} seeds.", "",
+                  "| method | N | baseline | over seeds | over seeds + val images | verdict |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for c in comps:
+            n = "all" if c["method"] == "oracle" else str(c["n"])
+            seeds_ci = _ci(c["seeds"]) if c["seeds"]["n"] > 1 else (
+                f"{100 * c['seeds']['mean']:+.1f} (1 seed)" if np.isfinite(c["seeds"]["mean"]) else "-")
+            lines.append(f"| {_row_label(pconfig, c['method'])} | {n} | {c['baseline']} (N={c['baseline_key'].rsplit('_n', 1)[1]}) "
+                         f"| {seeds_ci} | {_ci(c.get('seeds_images'))} | {c['verdict']} |")
+        nf = summary.get("noise_floor", {})
+        if nf.get("half_width_seeds_images"):
+            h = nf["half_width_seeds_images"]
+            lines += ["", f"Interval half-width achieved ({nf['seeds']} seed(s), {nf['val_images']} real-val images, "
+                      f"seeds + images): median {100 * h['median']:.1f}, max {100 * h['max']:.1f} mIoU points"
+                      + (f"; over seeds only: median {100 * nf['half_width_seeds']['median']:.1f}, max "
+                         f"{100 * nf['half_width_seeds']['max']:.1f}" if nf.get("half_width_seeds") else "") + "."]
+        lines.append("")
+    pc = summary.get("per_class_iou", {})
+    if pc:
+        classes = [c for c in next(iter(pc.values())) if any(np.isfinite(v[c]) for v in pc.values() if v[c] is not None)]
+        lines += ["## Per-class IoU (%), mean over seeds", "",
+                  "| segmenter | " + " | ".join(classes) + " |", "| --- |" + " --- |" * len(classes)]
+        for key, v in pc.items():
+            lines.append(f"| {key} | " + " | ".join("-" if v[c] is None or not np.isfinite(v[c]) else f"{100 * v[c]:.0f}"
+                                                     for c in classes) + " |")
+        lines.append("")
+    if len(per_seed) > 1:  # the spread behind every mean ± std above
+        lines += ["Per seed: real-val mIoU (%) / model score mIoU (%):", "",
+                  "| segmenter | " + " | ".join(f"seed {r['seed']}" for r in per_seed) + " |",
+                  "| --- |" + " --- |" * len(per_seed)]
+        for key in per_seed[0]["segmenters"]:
+            _, score_key = method_and_score_key(key)
+            cells = []
+            for r in per_seed:
+                miou = seg_miou(r, key)
+                ms = _dig(r, ("scores", "model_score", score_key, "miou"))
+                cells.append(("-" if miou is None else f"{100 * miou:.1f}") + ("" if ms is None else f" / {100 * ms:.1f}"))
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        lines.append("")
+    names = list(_dig(per_seed[0], ("scores", "model_score")) or {})
+    if names:
+        lines.append("Largest label flips (label -> oracle prediction, fraction of the label's pixels), per seed:")
+        lines.append("")
+        for name in names:
+            per = []
+            for r in per_seed:
+                s = _dig(r, ("scores", "model_score", name))
+                if s:
+                    per.append(f"seed {r['seed']}: " + ", ".join(f"{a}->{b} {f:.2f}" for a, b, f in s["top_flips"][:3]))
+            lines.append(f"- {name}: " + "; ".join(per))
+        lines.append("")
+    if timings:
+        lines += profile_lines(timings)
+    for name, why in per_seed[0].get("skipped", {}).items():
+        lines.append(f"- skipped {name}: {why}")
+    return "\n".join(lines) + "\n"
+
+
+def stage_kind(key: str) -> str:
+    """Stage key ``seed0/seg_dakpn_n20`` -> profile group ``segmenter``."""
+    name = key.split("/", 1)[-1]
+    for prefix, kind in (("seg_", "segmenter"), ("translator_", "translator"), ("export_", "export"),
+                         ("scores", "scores"), ("feature_segmenter", "feature segmenter")):
+        if name.startswith(prefix):
+            return kind
+    return name
+
+
+def profile(timings: dict) -> dict:
+    """{kind: {count, wall_s, cpu_s}} summed over the stages that ran (not reused)."""
+    out = {}
+    for key, t in timings.items():
+        k = out.setdefault(stage_kind(key), {"count": 0, "wall_s": 0.0, "cpu_s": 0.0})
+        k["count"] += 1
+        k["wall_s"] += float(t.get("wall_s", 0.0))
+        k["cpu_s"] += float(t.get("cpu_s", 0.0))
+    return out
+
+
+def profile_lines(timings: dict) -> list[str]:
+    prof = profile(timings)
+    wall = sum(v["wall_s"] for v in prof.values()) or 1.0
+    lines = ["## Stage times (as measured when each stage ran; process CPU seconds count both cores)", "",
+             "| stage kind | stages | wall (s) | share | CPU (s) |", "| --- | --- | --- | --- | --- |"]
+    for kind, v in sorted(prof.items(), key=lambda kv: -kv[1]["wall_s"]):
+        lines.append(f"| {kind} | {v['count']} | {v['wall_s']:.0f} | {100 * v['wall_s'] / wall:.0f}% | {v['cpu_s']:.0f} |")
+    return lines + [""]
+
+
+# ----------------------------------------------------------------------------- plot
+
+def plot_miou_vs_n(summary: dict, path: str, size=(640, 400)) -> None:
+    """mIoU (%) against N, one coloured polyline per method with its interval as error bars (PIL;
+    the oracle as a dashed level with its interval as a band edge)."""
+    from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+    rows = [r for r in summary["rows"] if np.isfinite(r["miou"][0])]
+    W, H, m, legend_w = size[0], size[1], 44, 150
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    curves = {}
+    ci = lambda r: (r["miou_ci"]["lo"], r["miou_ci"]["hi"]) if r.get("miou_ci") and np.isfinite(r["miou_ci"]["lo"]) \
+        else (r["miou"][0], r["miou"][0])
+    for r in rows:
+        if r["method"] != "oracle":
+            curves.setdefault(r["method"], []).append((r["n"], 100 * r["miou"][0], *(100 * v for v in ci(r))))
+    oracle = [(100 * r["miou"][0], *(100 * v for v in ci(r))) for r in rows if r["method"] == "oracle"]
+    ns = sorted({p[0] for c in curves.values() for p in c}) or [0]
+    ys = [v for c in curves.values() for p in c for v in p[1:]] + [v for o in oracle for v in o] or [0.0]
+    y0, y1 = min(ys) - 2, max(ys) + 2
+    x_right = W - m - legend_w
+    # Methods at one N are spread sideways a little so their error bars do not hide each other.
+    offs = {name: (i - (len(curves) - 1) / 2) * 3 for i, name in enumerate(sorted(curves))}
+    px = lambda n, name=None: m + (x_right - m) * (ns.index(n) / max(len(ns) - 1, 1)) + (offs.get(name, 0) if name else 0)
+    py = lambda y: H - m - (H - 2 * m) * (y - y0) / max(y1 - y0, 1e-6)
+    d.line([(m, H - m), (x_right, H - m)], fill="black")
+    d.line([(m, m), (m, H - m)], fill="black")
+    for n in ns:
+        d.text((px(n) - 4, H - m + 4), str(n), fill="black")
+    for t in np.linspace(y0, y1, 5):
+        d.text((4, py(t) - 5), f"{t:.0f}", fill="black")
+        d.line([(m - 3, py(t)), (m, py(t))], fill="black")
+    d.text((m + (x_right - m) // 2 - 40, H - 16), "N real labels", fill="black")
+    d.text((m, 6), "real-val mIoU (%), mean and 95% interval", fill="black")
+    palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+    for i, (name, pts) in enumerate(sorted(curves.items())):
+        col = palette[i % len(palette)]
+        pts = sorted(pts)
+        xy = [(px(p[0], name), py(p[1])) for p in pts]
+        if len(xy) > 1:
+            d.line(xy, fill=col, width=2)
+        for (x, y), p in zip(xy, pts):
+            d.line([(x, py(p[2])), (x, py(p[3]))], fill=col, width=1)
+            d.line([(x - 3, py(p[2])), (x + 3, py(p[2]))], fill=col)
+            d.line([(x - 3, py(p[3])), (x + 3, py(p[3]))], fill=col)
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=col)
+        d.text((x_right + 10, m + 14 * i), name, fill=col)
+    for y, lo, hi in oracle:
+        for x in range(m, int(x_right), 8):
+            d.line([(x, py(y)), (x + 4, py(y))], fill="black")
+            d.line([(x, py(lo)), (x + 1, py(lo))], fill="gray")
+            d.line([(x, py(hi)), (x + 1, py(hi))], fill="gray")
+    if oracle:  # in the legend column, below the methods (a label at the line would hide others)
+        d.text((x_right + 10, m + 14 * len(curves)), "- - oracle (all labels)", fill="black")
+    img.save(path, format="PNG")
+
+
+# ----------------------------------------------------------------------------- html
+
+def _md_to_html(md: str) -> str:
+    """The subset of markdown the report writes: headings, pipe tables, bullet lists, paragraphs."""
+    out, table, items = [], None, None
+    flush_items = lambda: (out.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+                           if items else None)
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if set("".join(cells)) <= set("- "):
+                continue
+            if table is None:
+                table = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>"]
+            else:
+                table.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if table is not None:
+            out.append("".join(table) + "</table>")
+            table = None
+        if line.startswith("- "):
+            items = (items or []) + [line[2:]]
+            continue
+        if items is not None:
+            flush_items()
+            items = None
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    return "\n".join(out)
+
+
+def _img_tag(path: str, alt: str) -> str:
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def write_html(path: str, text: str, images: list[tuple[str, str]], configs: dict) -> None:
+    """A self-contained page (no external files, scripts or fonts): the report's tables, the
+    images embedded as base64 PNG, and the configs as JSON."""
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #bbb;padding:2px 6px}"
+             "th{background:#eee}tr:nth-child(even) td{background:#fafafa}img{max-width:100%;image-rendering:pixelated}"
+             "pre{background:#f4f4f4;padding:.5em;overflow:auto;font-size:12px}figure{margin:1em 0}")
+    body = _md_to_html(text)
+    figs = [_img_tag(p, alt) for p, alt in images if os.path.exists(p)]
+    head, sep, rest = body.partition("</table>")  # the figures right under the main table
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>dakpn-jax protocol results</title>",
+             f"<style>{style}</style></head><body>", head + sep, *figs, rest]
+    for name, cfg in configs.items():
+        parts.append(f"<details><summary>{html.escape(name)}</summary><pre>"
+                     f"{html.escape(json.dumps(cfg, indent=1, sort_keys=True, default=json_default))}</pre></details>")
+    parts.append("</body></html>")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(parts))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- all of it
+
+def write_report(pconfig, workdir: str, per_seed: list[dict], timings: dict | None = None) -> dict:
+    summary = summarise(pconfig, per_seed, workdir)
+    report = {"protocol_config": pconfig.to_dict(), "seeds": list(pconfig.seeds), "summary": summary,
+              "timings": timings or {}, "profile": profile(timings or {}), "per_seed": per_seed}
+    tmp = os.path.join(workdir, "results.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True, default=json_default)
+    os.replace(tmp, os.path.join(workdir, "results.json"))
+    text = markdown(pconfig, summary, per_seed, timings)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(text)
+    plot_miou_vs_n(summary, os.path.join(workdir, "miou_vs_n.png"))
+    images = [(os.path.join(workdir, "miou_vs_n.png"), "real-val mIoU against N (95% intervals)")]
+    for r in per_seed:
+        src = os.path.join(workdir, f"seed{r['seed']}", "scores", "grid.png")
+        if os.path.exists(src):
+            dst = os.path.join(workdir, f"grid_seed{r['seed']}.png")
+            with open(src, "rb") as a, open(dst, "wb") as b:
+                b.write(a.read())
+            cols = _dig(r, ("scores", "grid_columns")) or []
+            images.append((dst, f"paired-eval scenes, seed {r['seed']}: " + " | ".join(cols)))
+    configs = {"protocol config": pconfig.to_dict()}
+    r0 = per_seed[0]
+    for name, t in r0.get("translators", {}).items():
+        configs[f"seed {r0['seed']}: translator {name}"] = t.get("config", t)
+    for key in ("source_only_n0", "oracle"):
+        if key in r0.get("segmenters", {}):
+            configs[f"seed {r0['seed']}: segmenter {key}"] = r0["segmenters"][key].get("config")
+    write_html(os.path.join(workdir, "results.html"), text, images, configs)
+    return {"summary": summary, "markdown": text, "report": report}

@@ -1,0 +1,393 @@
+"""The protocol's stages (DESIGN.md §1 step 8, §9) and the driver that runs them for every seed.
+
+Per seed, each stage in its own folder under ``DIR/seed<k>/`` (reused when ``stage.json`` says it
+is complete, so an interrupted run continues where it stopped; a trainer stage also resumes from
+its checkpoint):
+
+1. ``feature_segmenter``: a segmenter on the synthetic labels, only if a translator uses
+   frozen-segmenter features.
+2. ``translator_<name>``: every trained row of ``config.translators`` (`methods`), trained with
+   `dakpn_jax.training.trainer.train_and_evaluate`; training-free controls have no such stage.
+3. ``export_<name>``: synthetic-train translated to disk (`dakpn_jax.export.export_translated`,
+   with the control's ``translate_fn`` for controls).
+4. ``seg_<row>_n<N>``: downstream segmenters on {source-only, each translation} (+ N labelled real
+   images) and ``seg_oracle`` (all real-train labels). Each is then scored on real-val image by
+   image: ``confusions.npz`` (I, C, C) in its folder, mIoU and per-class IoU in its result; the
+   statistics (`stats`) resample those.
+5. ``scores``: model score and paired-eval PSNR / SSIM / SWD per translation (and untranslated),
+   and the paired-eval grid.
+
+Pairing: a seed's segmenters share ``config.seed`` (initialisation, data order); see `stats`.
+Stage timings (wall and process CPU seconds) are stored in every ``stage.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from dakpn_jax.protocol import methods
+from dakpn_jax.protocol.console import StageReporter
+
+log = logging.getLogger("dakpn_jax.protocol")
+STAGE_FILE = "stage.json"
+CONFUSIONS = "confusions.npz"
+
+
+def json_default(x):
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+# ----------------------------------------------------------------------------- one stage
+
+class _Run:
+    """Context of one protocol run: the stage reporter (None: silent)."""
+    reporter: StageReporter | None = None
+
+
+_RUN = _Run()
+
+
+def stage(directory: str, fn: Callable[[str], dict], *, what: str,
+          still_valid: Callable[[dict], bool] | None = None, key: str | None = None) -> dict:
+    """Runs ``fn(directory) -> result`` unless ``directory/stage.json`` says it is complete (and
+    ``still_valid(result)``, when given: a stage that summarises other stages reruns when the
+    config has grown, e.g. the scores once a translator was added). The marker is written
+    atomically, with the stage's wall and CPU seconds."""
+    marker = os.path.join(directory, STAGE_FILE)
+    rep, key = _RUN.reporter, key or directory
+    if os.path.exists(marker):
+        with open(marker) as f:
+            done = json.load(f)
+        if still_valid is None or still_valid(done["result"]):
+            log.info("reuse %s (%s)", what, directory)
+            if rep is not None:
+                rep.end(key, what, time.perf_counter(), 0.0, reused=True)
+            return done["result"]
+        log.info("rerun %s: its stored result does not cover this config (%s)", what, directory)
+    os.makedirs(directory, exist_ok=True)
+    log.info("run %s (%s)", what, directory)
+    t0 = rep.start(key, what) if rep is not None else time.perf_counter()
+    c0 = time.process_time()
+    wall0 = time.perf_counter()
+    result = fn(directory)
+    timing = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - c0}
+    text = json.dumps({"stage": what, "result": result, "timing": timing}, indent=1, default=json_default)
+    tmp = marker + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, marker)  # complete only once the marker exists
+    if rep is not None:
+        rep.end(key, what, t0, timing["cpu_s"])
+    return json.loads(text)["result"]  # what a reusing run reads back, so both report alike
+
+
+def stage_timing(directory: str) -> dict | None:
+    marker = os.path.join(directory, STAGE_FILE)
+    if not os.path.exists(marker):
+        return None
+    with open(marker) as f:
+        return json.load(f).get("timing")
+
+
+def _with_bar(what: str, fn: Callable[[], Any]) -> Any:
+    """Runs fn with a live progress bar fed by the trainer's progress records."""
+    if _RUN.reporter is None:
+        return fn()
+    bar = _RUN.reporter.bar(what)
+    train_log = logging.getLogger("dakpn_jax.train")
+    level = train_log.level
+    if train_log.getEffectiveLevel() > logging.INFO:  # the bar reads the trainer's INFO records
+        train_log.setLevel(logging.INFO)
+    train_log.addHandler(bar)
+    try:
+        return fn()
+    finally:
+        train_log.removeHandler(bar)
+        train_log.setLevel(level)
+        bar.close()
+
+
+def train(config, what: str = "train") -> Callable[[str], dict]:
+    def run(workdir):
+        from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+        final = _with_bar(what, lambda: trainer.train_and_evaluate(config, os.path.join(workdir, "run")))
+        return {"final": {k: float(v) for k, v in final.items()}, "config": config.to_dict()}
+    return run
+
+
+def export(pconfig, translator: methods.Translator, translator_dir: str | None, seed: int) -> Callable[[str], dict]:
+    """Synthetic-train translated to ``directory/data`` (a trained run's checkpoint, or a control)."""
+    def run(directory):
+        from dakpn_jax import export as exporter  # pylint: disable=import-outside-toplevel
+        out = os.path.join(directory, "data")
+        bs = int(pconfig.eval.batch_size)
+        if translator.trained:
+            m = exporter.export_translated(os.path.join(translator_dir, "run"), out, split="synthetic-train",
+                                           batch_size=bs, progress=False)
+        else:
+            import ml_collections  # pylint: disable=import-outside-toplevel
+            cfg = ml_collections.ConfigDict({"data": pconfig.data.to_dict(), "seed": seed,
+                                             "control": dict(translator.spec)})
+            m = exporter.export_translated(None, out, split="synthetic-train", config=cfg, batch_size=bs,
+                                           progress=False, translate_fn=translator.make_fn(pconfig, seed),
+                                           translator_id=f"control:{translator.spec['control']}")
+        if not m["complete"]:
+            raise RuntimeError(f"export to {out} is incomplete ({m['count']} files)")
+        return {"root": out, "count": m["count"]}
+    return run
+
+
+# ----------------------------------------------------------------------------- segmenters
+
+def per_image_confusions(apply_fn, params, source, num_classes: int, *, batch_size: int = 16,
+                         max_images: int | None = None) -> np.ndarray:
+    """(I, C, C) int64 confusion matrix of each image of a labelled source (rows labels)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.evaluation import metrics  # pylint: disable=import-outside-toplevel
+
+    @jax.jit
+    def conf(p, images, labels):
+        pred = jnp.argmax(apply_fn(p, images), axis=-1)
+        return jax.vmap(lambda a, b: metrics.confusion_matrix(a[None], b[None], num_classes))(pred, labels)
+
+    n = len(source) if max_images is None else min(len(source), int(max_images))
+    out = []
+    for s in range(0, n, batch_size):
+        items = [source[i] for i in range(s, min(n, s + batch_size))]
+        pad = batch_size - len(items)
+        images = np.stack([it["image"] for it in items] + [items[-1]["image"]] * pad).astype(np.float32) / 255.0
+        labels = np.stack([it["label"] for it in items] + [items[-1]["label"]] * pad).astype(np.int32)
+        out.append(np.asarray(conf(params, images, labels), np.int64)[: len(items)])
+    return np.concatenate(out)
+
+
+def segmenter(pconfig, config, what: str) -> Callable[[str], dict]:
+    """Trains a segmenter, then scores it on real-val image by image (``confusions.npz``)."""
+    def run(directory):
+        from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.data.labels import CLASS_NAMES, NUM_CLASSES  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.protocol import stats  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.training import segmentation  # pylint: disable=import-outside-toplevel
+        res = train(config, what)(directory)
+        apply_fn, params = segmentation.load_segmenter(os.path.join(directory, "run"))
+        val = sources.make_source(pconfig.data, "real-val")
+        conf = per_image_confusions(apply_fn, params, val, NUM_CLASSES, batch_size=int(pconfig.eval.batch_size))
+        tmp = os.path.join(directory, "confusions.tmp.npz")
+        np.savez_compressed(tmp, confusions=conf)
+        os.replace(tmp, os.path.join(directory, CONFUSIONS))
+        total = conf.sum(0)
+        per = stats.per_class_iou(total)
+        res["val"] = {"miou": float(stats.miou_from_confusion(total)), "images": int(conf.shape[0]),
+                      "per_class_iou": {CLASS_NAMES[c]: (None if not np.isfinite(v) else float(v))
+                                        for c, v in enumerate(per)}}
+        return res
+    return run
+
+
+def load_confusions(directory: str) -> np.ndarray | None:
+    path = os.path.join(directory, CONFUSIONS)
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as f:
+        return f["confusions"]
+
+
+# ----------------------------------------------------------------------------- scores
+
+def scores(pconfig, seg_oracle_dir: str, exports: dict, translate_fns: Callable[[], dict]) -> Callable[[str], dict]:
+    """Model score of every translated set (and untranslated) + paired-eval PSNR/SSIM/SWD + grid."""
+    def run(directory):
+        import jax  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.data.folder import FolderSource  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.data.labels import CLASS_NAMES, NUM_CLASSES  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.evaluation import image_quality, model_score  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.training import segmentation  # pylint: disable=import-outside-toplevel
+
+        apply_fn, params = segmentation.load_segmenter(os.path.join(seg_oracle_dir, "run"))
+        segment = jax.jit(apply_fn)
+        segment_fn = lambda images: segment(params, images)
+        e = pconfig.eval
+        sets = {"untranslated": sources.make_source(pconfig.data, "synthetic-train")}
+        for name, exp in exports.items():
+            sets[name] = FolderSource(os.path.join(exp["root"], "images"), os.path.join(exp["root"], "labels"))
+        out = {"model_score": {}, "paired": {}}
+        for name, src in sets.items():
+            s = model_score.score_source(segment_fn, src, NUM_CLASSES, batch_size=int(e.batch_size),
+                                         max_images=int(e.model_score_images), class_names=CLASS_NAMES)
+            out["model_score"][name] = {k: s[k] for k in ("miou", "per_class_iou", "flip", "top_flips", "pixels")}
+        paired = sources.make_source(pconfig.data, "paired-eval")
+        fns = {"untranslated": lambda x, y: x, **translate_fns()}
+        for name, fn in fns.items():
+            out["paired"][name] = image_quality.evaluate_paired_source(
+                fn, paired, batch_size=int(e.batch_size), max_images=int(e.paired_images), num_classes=NUM_CLASSES)
+        grid(pconfig, fns, os.path.join(directory, "grid.png"))
+        out["grid_columns"] = ["synthetic"] + [k for k in fns if k != "untranslated"] + ["real", "label"]
+        return out
+    return run
+
+
+def grid(pconfig, fns: dict, path: str) -> None:
+    """Paired-eval scenes, one per row: synthetic | each translation | real | colourised label."""
+    from dakpn_jax import viz  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+    src = sources.make_source(pconfig.data, "paired-eval")
+    rows = []
+    for i in range(min(int(pconfig.eval.grid_rows), len(src))):
+        it = src[i]
+        x = it["synthetic"][None].astype(np.float32) / 255.0
+        y = it["label"][None].astype(np.int32)
+        row = [it["synthetic"]] + [np.asarray(fn(x, y))[0] for k, fn in fns.items() if k != "untranslated"]
+        rows.append(row + [it["real"], viz.colorize(it["label"])])
+    viz.save_grid(path, rows)
+
+
+def _translate_fns(pconfig, translators: dict, tdirs: dict, seed: int) -> dict:
+    from dakpn_jax import export as exporter  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+    fns = {}
+    for name, t in translators.items():
+        if t.trained:
+            config, state = trainer.restore_state(os.path.join(tdirs[name], "run"))
+            fns[name] = exporter.make_translate_fn(config, state)
+        else:
+            fns[name] = t.make_fn(pconfig, seed)
+    return fns
+
+
+# ----------------------------------------------------------------------------- plan
+
+def _steps(c) -> float:
+    return float(c.num_train_steps) * float(c.batch_size)
+
+
+def plan(pconfig) -> list[tuple[str, str, float]]:
+    """(key, description, relative cost) of every stage, seed by seed, in run order. Costs are
+    relative CPU costs from the measured stage profile (docs/notes/issue14.md), in units of one
+    segmenter image-step (~0.027 CPU s at 128 x 256): a DA-KPN image-step ~ 0.9, a GAN
+    benchmark image-step ~ 4.5, an exported image ~ 0.5, a scored image per translator ~ 3;
+    they only steer the ETA."""
+    out = []
+    d = pconfig.data
+    seg_cost = _steps(methods.segmenter_config(pconfig, pconfig.segmentation, 0, [])) + 100
+    for s in pconfig.seeds:
+        s = int(s)
+        ts = methods.build_translators(pconfig, s)
+        if any(t.uses_segmenter_features for t in ts.values()):
+            out.append((f"seed{s}/feature_segmenter", f"seed {s}: feature segmenter", seg_cost))
+        for name, t in ts.items():
+            if t.trained:
+                w = 0.9 if t.kind == "dakpn" else 4.5
+                out.append((f"seed{s}/translator_{name}", f"seed {s}: train translator {name}", w * _steps(t.config)))
+            out.append((f"seed{s}/export_{name}", f"seed {s}: export {name}", 0.5 * int(d.num_synthetic_train)))
+        for name in ["source_only", *ts]:
+            for n in methods.n_values(pconfig, name):
+                out.append((f"seed{s}/seg_{name}_n{n}", f"seed {s}: segmenter {name}, N={n}", seg_cost))
+        out.append((f"seed{s}/seg_oracle", f"seed {s}: segmenter oracle", seg_cost))
+        if pconfig.eval.get("scores", True):
+            out.append((f"seed{s}/scores", f"seed {s}: model score, paired scores, grid",
+                        3.0 * (len(ts) + 1) * (int(pconfig.eval.model_score_images) + int(pconfig.eval.paired_images))))
+    return out
+
+
+# ----------------------------------------------------------------------------- one seed
+
+def run_seed(pconfig, seed: int, root: str) -> dict:
+    """All stages for one seed under ``root``; returns the per-seed results."""
+    res: dict[str, Any] = {"seed": seed, "translators": {}, "segmenters": {}, "skipped": {}}
+    translators = methods.build_translators(pconfig, seed)
+    k = lambda name: f"seed{seed}/{name}"
+
+    if any(t.uses_segmenter_features for t in translators.values()):
+        src, _ = methods.segmenter_sources(pconfig, {"kind": "split", "split": "synthetic-train"}, 0)
+        fcfg = methods.segmenter_config(pconfig, pconfig.feature_segmenter, seed, src)
+        fdir = os.path.join(root, "feature_segmenter")
+        res["feature_segmenter"] = stage(fdir, train(fcfg, "feature segmenter"), what=f"seed {seed}: feature segmenter",
+                                         key=k("feature_segmenter"))
+        for t in translators.values():
+            if t.uses_segmenter_features:
+                t.config = methods.override(t.config, {"segmenter_workdir": os.path.join(fdir, "run")})
+
+    tdirs, exports = {}, {}
+    for name, t in translators.items():
+        if t.trained:
+            tdirs[name] = os.path.join(root, f"translator_{name}")
+            res["translators"][name] = stage(tdirs[name], train(t.config, name),
+                                             what=f"seed {seed}: train translator {name}", key=k(f"translator_{name}"))
+        else:
+            res["translators"][name] = {"control": t.spec}
+        exports[name] = stage(os.path.join(root, f"export_{name}"), export(pconfig, t, tdirs.get(name), seed),
+                              what=f"seed {seed}: export {name}", key=k(f"export_{name}"))
+
+    seg = pconfig.segmentation
+    bases = {"source_only": {"kind": "split", "split": "synthetic-train"}}
+    bases.update({name: {"kind": "folder", "root": e["root"]} for name, e in exports.items()})
+    for name, base in bases.items():
+        for n in methods.n_values(pconfig, name):
+            src, fields = methods.segmenter_sources(pconfig, base, int(n))
+            cfg = methods.segmenter_config(pconfig, seg, seed, src, **fields)
+            key = f"{name}_n{int(n)}"
+            what = f"seed {seed}: segmenter {name}, N={n}"
+            res["segmenters"][key] = stage(os.path.join(root, f"seg_{key}"), segmenter(pconfig, cfg, f"seg {key}"),
+                                           what=what, key=k(f"seg_{key}"))
+    oracle_n = int(pconfig.data.num_real_train)
+    cfg = methods.segmenter_config(pconfig, seg, seed, [{"kind": "split", "split": "real-train-labelled"}],
+                                   num_real_labelled=oracle_n)
+    odir = os.path.join(root, "seg_oracle")
+    res["segmenters"]["oracle"] = stage(odir, segmenter(pconfig, cfg, "seg oracle"), what=f"seed {seed}: segmenter oracle",
+                                        key=k("seg_oracle"))
+    if not pconfig.eval.get("scores", True):  # e.g. the noise-floor variant: segmenters only
+        res["scores"] = {}
+        return res
+    wanted = {"untranslated", *exports}
+    res["scores"] = stage(os.path.join(root, "scores"),
+                          scores(pconfig, odir, exports, lambda: _translate_fns(pconfig, translators, tdirs, seed)),
+                          what=f"seed {seed}: model score, paired scores, grid", key=k("scores"),
+                          still_valid=lambda r: wanted <= set(r["model_score"]) and wanted <= set(r["paired"]))
+    return res
+
+
+def collect_timings(workdir: str, pconfig) -> dict:
+    """{stage key: {wall_s, cpu_s}} read back from the stage markers (the measured profile)."""
+    out = {}
+    for key, _, _ in plan(pconfig):
+        t = stage_timing(os.path.join(workdir, key))
+        if t is not None:
+            out[key] = t
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+
+def run_protocol(pconfig, workdir: str, *, console: bool = False) -> dict:
+    """Runs (or reuses) every stage for every seed, writes the report (results.{json,md,html},
+    miou_vs_n.png, grid_seed<k>.png); returns ``{"summary", "markdown", "report"}``.
+
+    ``console``: print one start / end line per stage and a progress bar while a stage trains."""
+    from dakpn_jax.protocol import report  # pylint: disable=import-outside-toplevel
+    if not pconfig.seeds:
+        raise ValueError("config.seeds is empty; give at least one training seed")
+    if not pconfig.translators.get("dakpn") and "dakpn" in tuple(pconfig.get("compare_to", ())):
+        raise ValueError("config.compare_to names 'dakpn' but config.translators has no 'dakpn' row")
+    os.makedirs(workdir, exist_ok=True)
+    p = plan(pconfig)
+    _RUN.reporter = StageReporter([(key, cost) for key, _, cost in p], enabled=console) if console else None
+    from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
+    # Render each benchmark example once per run, not once per stage that reads it.
+    procedural.set_render_cache(int(pconfig.eval.get("render_cache", 0)))
+    try:
+        per_seed = [run_seed(pconfig, int(s), os.path.join(workdir, f"seed{int(s)}")) for s in pconfig.seeds]
+    finally:
+        _RUN.reporter = None
+        procedural.set_render_cache(0)
+    return report.write_report(pconfig, workdir, per_seed, timings=collect_timings(workdir, pconfig))
