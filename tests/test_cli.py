@@ -19,7 +19,7 @@ import json, sys
 from dakpn_jax.training import preemption, trainer
 def fake_init(*args):
     print("INIT " + json.dumps(list(args)), flush=True)
-def fake_train(config, workdir):
+def fake_train(config, workdir, **kwargs):
     print("TRAIN " + json.dumps({"steps": config.num_train_steps, "workdir": workdir}), flush=True)
     if PREEMPT:
         raise preemption.Preempted(3, workdir)
