@@ -55,6 +55,7 @@ Fields:
 - ``bootstrap``: ``num_resamples``, ``level``, ``seed`` of the intervals (`dakpn_jax.protocol.stats`).
 """
 import ml_collections
+from ml_collections import config_dict
 
 from configs.default import data_config
 
@@ -136,8 +137,10 @@ def get_config(arg=None):
         c.translators.cyclegan = ml_collections.ConfigDict(_gan("configs/cyclegan.py", "benchmark"))
         c.translators.cut = ml_collections.ConfigDict(_gan("configs/cut.py", "cut-benchmark"))
         c.translators.fastcut = ml_collections.ConfigDict(_gan("configs/cut.py", "fastcut-benchmark"))
-        # VSAIT (issue 17), once configs/vsait.py exists, is this one line:
-        # c.translators.vsait = ml_collections.ConfigDict(_gan("configs/vsait.py", "benchmark"))
+        # VSAIT runs only with ImageNet VGG19 weights (--config.translators.vsait.overrides.model.vgg_weights=
+        # /path/vgg19-dcbb9e9d.pth); without them the row is omitted and the report says why.
+        c.translators.vsait = ml_collections.ConfigDict(_gan("configs/vsait.py", "benchmark"))
+        c.translators.vsait.overrides = _cd(model=_cd(vgg_weights=config_dict.placeholder(str)))
         c.n_real = c.side_n_real = (0, 20, 100)
         c.data.update(num_real_labelled=100)
         c.segmentation = _seg(800)

@@ -74,6 +74,18 @@ class _NotSaid(logging.Filter):
 _NOT_SAID = _NotSaid()
 
 
+class _CheckpointNoise(logging.Filter):
+    """Keeps orbax's routine warnings (read-only restore managers, ...) off the console unless
+    ``verbose``; they are still in the log file. Errors always show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = record.name.startswith(("absl", "orbax")) or "orbax" in record.pathname
+        return not noisy or record.levelno >= logging.ERROR
+
+
+_CHECKPOINT_NOISE = _CheckpointNoise()
+
+
 class LogRouting:
     """Undo handle of :func:`route_library_logs` (also a context manager). ``path``: the log file."""
 
@@ -99,6 +111,8 @@ class LogRouting:
             self._levels.append((h, h.level))
             h.setLevel(max(h.level, threshold) if not verbose else h.level)
             h.addFilter(_NOT_SAID)
+            if not verbose:
+                h.addFilter(_CHECKPOINT_NOISE)
         if not consoles:
             # No console handler (not under absl's app.run): a file handler switches Python's
             # last-resort stderr output off, so warnings need a handler of their own.
@@ -106,6 +120,8 @@ class LogRouting:
             h.setLevel(threshold)
             h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
             h.addFilter(_NOT_SAID)
+            if not verbose:
+                h.addFilter(_CHECKPOINT_NOISE)
             root.addHandler(h)
             self._added_console = h
 
@@ -114,6 +130,7 @@ class LogRouting:
         for h, level in reversed(self._levels):
             h.setLevel(level)
             h.removeFilter(_NOT_SAID)
+            h.removeFilter(_CHECKPOINT_NOISE)
         self._levels = []
         if self._added_console is not None:
             root.removeHandler(self._added_console)

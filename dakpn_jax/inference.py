@@ -84,11 +84,57 @@ def _dakpn_needs_labels(config) -> bool:
     return config.get("features", "onehot") == "onehot"
 
 
+def _build_control(config, state, workdir):
+    """A training-free control (``dakpn_jax.controls``) from a run written by :func:`save_control_run`."""
+    del state, workdir
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from dakpn_jax import controls  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+    c = config.control
+    reference = None
+    if c.name != "randomize":  # the pool of "random real training images" (DESIGN.md §9)
+        src = sources.make_source(config.data, "real-train")
+        n = min(len(src), int(c.pool))
+        if n <= 0:
+            raise ValueError(f"control {c.name!r}: the run's real-train split is empty")
+        reference = np.stack([src[i]["image"] for i in range(n)])
+    return controls.make_control(c.name, reference=reference, seed=int(config.seed), **dict(c.params))
+
+
 TRANSLATORS: dict[str, TranslatorSpec] = {
     "dakpn": TranslatorSpec(_method_builder("dakpn"), accepts_rng=True, needs_labels=_dakpn_needs_labels),
     "cyclegan": TranslatorSpec(_method_builder("cyclegan")),
     "cut": TranslatorSpec(_method_builder("cut")),
+    "vsait": TranslatorSpec(_method_builder("vsait")),
+    "control": TranslatorSpec(_build_control, needs_checkpoint=False,
+                              needs_labels=lambda config: config.control.name == "randomize"),
 }
+
+
+def save_control_run(workdir: str, name: str, data_config, *, seed: int = 0, pool: int = 64, **params) -> str:
+    """Writes ``workdir/config.json`` describing a training-free control, so that
+    ``load_translator(workdir)`` (and everything built on it) serves it like a trained translator.
+
+    Args:
+      name: one of ``dakpn_jax.controls.CONTROLS`` (randomize, histogram, reinhard, fda).
+      data_config: the ``config.data`` whose real-train split gives the reference pool.
+      seed: the control's seed (which reference image / which theta each frame gets).
+      pool: how many real-train frames form the reference pool.
+      params: keyword options of ``controls.make_control`` (``beta`` for FDA, ``ranges`` ...).
+    Returns:
+      The workdir (absolute).
+    """
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    from dakpn_jax import controls  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+    if name not in controls.CONTROLS:
+        raise ValueError(f"save_control_run: name={name!r}; expected one of {controls.CONTROLS}")
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    config = ml_collections.ConfigDict({"method": "control", "seed": int(seed), "data": data_config,
+                                        "control": {"name": name, "pool": int(pool), "params": dict(params)}})
+    trainer.save_config(config, workdir)
+    return workdir
 
 
 def register_translator(method: str, build: Builder, *, needs_checkpoint: bool = True, accepts_rng: bool = False,

@@ -18,7 +18,8 @@ if _ROOT not in sys.path:  # configs/ and dakpn_jax/ from a plain checkout, noth
     sys.path.insert(0, _ROOT)
 
 from dakpn_jax.protocol import *  # noqa: E402,F401,F403  (the old driver's names, for scripts that import it)
-from dakpn_jax.protocol import console, run_protocol  # noqa: E402
+from dakpn_jax import console  # noqa: E402
+from dakpn_jax.protocol import run_protocol  # noqa: E402
 
 
 def main(argv):
@@ -28,7 +29,7 @@ def main(argv):
     import jax  # pylint: disable=import-outside-toplevel
     f = flags.FLAGS
     workdir = os.path.abspath(f.workdir)
-    log_path = console.route_logs(workdir, verbose=f.verbose)
+    log_path = console.route_library_logs(workdir, verbose=f.verbose, filename="protocol.log").path
     # Every segmenter (and every DA-KPN ablation) compiles the same step for the same shapes: a
     # persistent compilation cache under the workdir compiles each once (and reruns reuse it).
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))

@@ -298,3 +298,24 @@ def test_worked_example_runs(runs, tmp_path):
     losses = example.train(runs["dakpn"], str(data), steps=3, batch_size=8, lr=1e-2, log_every=0)
     assert len(losses) == 3 and np.all(np.isfinite(losses))
     assert losses[-1] < losses[0]  # it trains
+
+
+@pytest.mark.parametrize("name", ["reinhard", "randomize"])
+def test_control_run_loads_like_a_trained_translator(tmp_path, name):
+    """A training-free control saved with save_control_run is served by load_translator exactly as
+    controls.make_control serves it (same pool of real-train frames, same seed)."""
+    from dakpn_jax import controls, inference
+    from dakpn_jax.data import sources
+    data = dakpn_configs.get_config("tiny").data
+    workdir = inference.save_control_run(tmp_path / name, name, data, seed=3, pool=4)
+    t = dakpn_jax.load_translator(workdir)
+    assert t.method == "control" and t.step is None and t.needs_labels == (name == "randomize")
+    src = sources.make_source(data, "synthetic-train")
+    images = np.stack([src[i]["image"] for i in range(2)]).astype(np.float32) / 255.0
+    labels = np.stack([src[i]["label"] for i in range(2)])
+    real = sources.make_source(data, "real-train")
+    pool = None if name == "randomize" else np.stack([real[i]["image"] for i in range(min(4, len(real)))])
+    want = controls.make_control(name, reference=pool, seed=3)(images, labels)
+    np.testing.assert_array_equal(np.asarray(t(images, labels)), np.asarray(want))
+    with pytest.raises(ValueError, match="save_control_run: name="):
+        inference.save_control_run(tmp_path / "bad", "cyclegan", data)

@@ -1,24 +1,15 @@
-"""The protocol's console: library logs to a file, one line per stage start/end, one progress bar.
+"""The protocol's per-stage console lines (the log routing and the live bar are the project
+console's, :mod:`dakpn_jax.console`, which every single run uses too).
 
-A minimal protocol-side stand-in for the project console (issue #13); kept small so it can be
-unified with ``dakpn_jax.console`` at merge.
-
-- :func:`route_logs` sends every INFO record (dakpn_jax, orbax, absl, jax) to ``workdir/protocol.log``
-  and keeps only warnings on the console (``verbose=True`` keeps INFO there too).
-- :class:`StageReporter` prints ``[k/n] start <stage>`` and ``[k/n] done <stage> in 41 s | elapsed
-  3:02 | ETA 2:10`` lines (ETA: the time per stage so far, weighted by each stage's planned cost).
-- While a stage trains, a :class:`ProgressBar` handler reads the trainer's progress records
-  (``step 120/300 | ...`` from ``dakpn_jax.train``) and redraws one ``\\r`` bar line.
+:class:`StageReporter` prints ``[k/n] <stage> ...`` when a stage starts and ``[k/n] <stage>: done
+in 41 s (cpu 38 s) | elapsed 3:02 | ETA 2:10`` when it ends (ETA: the time per stage so far,
+weighted by each stage's planned cost). While a stage trains, the trainer draws its own live bar
+(on a terminal only) and writes its start / end lines to the log file instead of the console.
 """
 from __future__ import annotations
 
-import logging
-import os
-import re
 import sys
 import time
-
-_STEP = re.compile(r"^step (\d+)/(\d+) \|")
 
 
 def _fmt_s(seconds: float) -> str:
@@ -26,81 +17,6 @@ def _fmt_s(seconds: float) -> str:
         return "?"
     s = int(round(seconds))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def route_logs(workdir: str, verbose: bool = False, filename: str = "protocol.log") -> str:
-    """Library INFO logs -> ``workdir/filename``; the console keeps WARNING and above (all of it
-    with ``verbose``). Idempotent. Returns the log file path."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(os.path.abspath(workdir), filename)
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    level = logging.INFO if verbose else logging.WARNING
-    consoles = []
-    for h in list(root.handlers):
-        if getattr(h, "_protocol_file", None) is not None:
-            root.removeHandler(h)
-            h.close()
-        elif not isinstance(h, logging.FileHandler):  # absl's handler (not a StreamHandler) included
-            consoles.append(h)
-    if not consoles:
-        consoles.append(logging.StreamHandler(sys.stderr))
-        root.addHandler(consoles[0])
-    for h in consoles:
-        h.setLevel(level)
-        if not verbose and not any(isinstance(f, _CheckpointNoise) for f in h.filters):
-            h.addFilter(_CheckpointNoise())
-    fh = logging.FileHandler(path)
-    fh._protocol_file = path  # pylint: disable=protected-access
-    fh.setLevel(logging.INFO)
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
-    root.addHandler(fh)
-    try:  # orbax logs through absl.logging, which has its own verbosity
-        from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-        absl_logging.set_verbosity(absl_logging.INFO)
-    except ImportError:
-        pass
-    return path
-
-
-class _CheckpointNoise(logging.Filter):
-    """Keeps orbax's routine warnings (read-only restore managers, ...) off the console; they are
-    in the log file. Errors still show."""
-
-    def filter(self, record):
-        noisy = record.name.startswith(("absl", "orbax")) or "orbax" in record.pathname
-        return not noisy or record.levelno >= logging.ERROR
-
-
-class ProgressBar(logging.Handler):
-    """One live ``\\r`` line ``  <label> [#####.....] 120/300 steps  ETA 0:25`` fed by the trainer's
-    progress records; a no-op on streams that are not terminals unless ``force``."""
-
-    def __init__(self, label: str, stream=None, width: int = 30, force: bool = False):
-        super().__init__(logging.INFO)
-        self.label, self.width = label, width
-        self.stream = stream or sys.stderr
-        self.enabled = force or getattr(self.stream, "isatty", lambda: False)()
-        self.t0, self.drawn = time.perf_counter(), False
-
-    def emit(self, record):
-        m = _STEP.match(record.getMessage())
-        if not m or not self.enabled:
-            return
-        k, n = int(m.group(1)), max(int(m.group(2)), 1)
-        dt = time.perf_counter() - self.t0
-        eta = dt / k * (n - k) if k else float("nan")
-        fill = int(self.width * k / n)
-        self.stream.write(f"\r  {self.label} [{'#' * fill}{'.' * (self.width - fill)}] {k}/{n} steps "
-                          f"ETA {_fmt_s(eta)}  ")
-        self.stream.flush()
-        self.drawn = True
-
-    def close(self):
-        if self.drawn:
-            self.stream.write("\r" + " " * (len(self.label) + self.width + 40) + "\r")
-            self.stream.flush()
-        super().close()
 
 
 class StageReporter:
@@ -140,6 +56,3 @@ class StageReporter:
         tag = "reused" if reused else f"done in {dt:.0f} s (cpu {cpu_s:.0f} s)"
         self._print(f"[{self._index(key)}/{len(self.order)}] {what}: {tag} | elapsed "
                     f"{_fmt_s(time.perf_counter() - self.t0)} | ETA {_fmt_s(rate * left)}")
-
-    def bar(self, what: str) -> ProgressBar:
-        return ProgressBar(what, force=False)

@@ -114,6 +114,13 @@ def _build_train(pconfig, spec, seed):
         raise ValueError(f"translator spec {spec}: kind 'train' needs 'config' (a config file path)")
     c = load_config_file(spec["config"], spec.get("arg"))
     c = override(override(with_data(c, pconfig), _quiet(pconfig)), spec.get("overrides"))
+    if c.get("method") == "vsait":
+        # VSAIT needs ImageNet VGG19 features to be VSAIT: without configured weights the row is
+        # omitted (and the report says why) rather than reported with random features.
+        from dakpn_jax.training import vsait  # pylint: disable=import-outside-toplevel
+        ok, why = vsait.vsait_available(c)
+        if not ok:
+            return dict(omit=why)
     return dict(trained=True, config=override(c, {"seed": seed}))
 
 
@@ -154,8 +161,10 @@ def _spec_dict(spec) -> dict:
     return spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
 
 
-def build_translators(pconfig, seed: int) -> dict[str, Translator]:
-    """``config.translators`` -> {name: Translator} for one seed (spec order kept)."""
+def build_translators(pconfig, seed: int, omitted: dict | None = None) -> dict[str, Translator]:
+    """``config.translators`` -> {name: Translator} for one seed (spec order kept). A kind may
+    decline a row (``{"omit": why}``, e.g. VSAIT without VGG19 weights): it is left out and
+    ``omitted[name] = why`` records the reason for the report."""
     out = {}
     for name, spec in pconfig.translators.items():
         spec = _spec_dict(spec)
@@ -163,6 +172,10 @@ def build_translators(pconfig, seed: int) -> dict[str, Translator]:
         if kind not in KINDS:
             raise ValueError(f"config.translators.{name}.kind={kind!r} is unknown; expected one of {sorted(KINDS)}")
         built = KINDS[kind](pconfig, spec, seed)
+        if "omit" in built:
+            if omitted is not None:
+                omitted[name] = built["omit"]
+            continue
         out[name] = Translator(name=name, kind=kind, spec=spec, **built)
     return out
 

@@ -98,28 +98,12 @@ def stage_timing(directory: str) -> dict | None:
         return json.load(f).get("timing")
 
 
-def _with_bar(what: str, fn: Callable[[], Any]) -> Any:
-    """Runs fn with a live progress bar fed by the trainer's progress records."""
-    if _RUN.reporter is None:
-        return fn()
-    bar = _RUN.reporter.bar(what)
-    train_log = logging.getLogger("dakpn_jax.train")
-    level = train_log.level
-    if train_log.getEffectiveLevel() > logging.INFO:  # the bar reads the trainer's INFO records
-        train_log.setLevel(logging.INFO)
-    train_log.addHandler(bar)
-    try:
-        return fn()
-    finally:
-        train_log.removeHandler(bar)
-        train_log.setLevel(level)
-        bar.close()
-
-
 def train(config, what: str = "train") -> Callable[[str], dict]:
     def run(workdir):
         from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
-        final = _with_bar(what, lambda: trainer.train_and_evaluate(config, os.path.join(workdir, "run")))
+        # The trainer's own start/end lines would double the protocol's per-stage lines: to the log.
+        final = trainer.train_and_evaluate(config, os.path.join(workdir, "run"), desc=what,
+                                           progress=_RUN.reporter is not None, announce=False)
         return {"final": {k: float(v) for k, v in final.items()}, "config": config.to_dict()}
     return run
 
@@ -305,7 +289,9 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
 def run_seed(pconfig, seed: int, root: str) -> dict:
     """All stages for one seed under ``root``; returns the per-seed results."""
     res: dict[str, Any] = {"seed": seed, "translators": {}, "segmenters": {}, "skipped": {}}
-    translators = methods.build_translators(pconfig, seed)
+    translators = methods.build_translators(pconfig, seed, omitted=res["skipped"])
+    for name, why in res["skipped"].items():
+        log.warning("seed %d: row %s omitted: %s", seed, name, why)
     k = lambda name: f"seed{seed}/{name}"
 
     if any(t.uses_segmenter_features for t in translators.values()):

@@ -257,7 +257,8 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices: Sequence[jax.Device] | None = None, verbose: bool | None = None,
-                       progress: bool = True, desc: str | None = None) -> dict[str, float]:
+                       progress: bool = True, desc: str | None = None,
+                       announce: bool = True) -> dict[str, float]:
     """Trains ``config.method`` to ``config.num_train_steps`` under ``workdir`` (resuming if possible).
 
     Args:
@@ -268,6 +269,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         False: they go to ``workdir/log.txt`` only).
       progress: show the live progress bar (start and end lines are always printed).
       desc: label of the console lines and the bar (default: ``config.method``).
+      announce: print the start and end lines (a driver with its own per-stage lines, such as the
+        protocol, passes False: they then go to the log file only; damaged-checkpoint notices always show).
     Returns:
       The final metrics: the last logged training averages, the last evaluation (``eval/...``) and
       ``step``.
@@ -290,7 +293,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         watch = preemption.PreemptionWatch()
         try:
             return _train(method, config, workdir, mesh, checkpointer, watch,
-                          ui=dict(progress=progress, desc=desc or str(config.method), log=logs.path))
+                          ui=dict(progress=progress, desc=desc or str(config.method), log=logs.path,
+                                  announce=announce))
         finally:
             watch.close()
             checkpointer.close()
@@ -332,7 +336,8 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
                        else "no intact checkpoint is left, starting from step 0"))
     save_config(config, workdir)
     total_s = f"step {start} -> {total}" if start else f"{total} steps"
-    console.say(f"{desc}: {'resuming' if start else 'training'} {config.method}, {total_s}, in {workdir} "
+    announce = console.say if ui.get("announce", True) else log.info
+    announce(f"{desc}: {'resuming' if start else 'training'} {config.method}, {total_s}, in {workdir} "
                 f"(log: {ui['log']})")
 
     train_step = method.make_train_step(config)
@@ -408,7 +413,7 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
     final["step"] = step
     shown = {k2: v for k2, v in final.items() if k2.startswith("eval/")} or \
         {k2: v for k2, v in final.items() if k2.startswith("loss")}
-    console.say(f"{desc}: done at step {step} in {console.format_duration(time.perf_counter() - t_start)}"
+    announce(f"{desc}: done at step {step} in {console.format_duration(time.perf_counter() - t_start)}"
                 + (f" ({progress.steps_per_sec:.3g} steps/s)" if np.isfinite(progress.steps_per_sec) else "")
                 + "".join(f", {k2} {v:.4g}" for k2, v in list(shown.items())[:4])
                 + f"; checkpoints in {checkpointer.directory}")
