@@ -223,14 +223,14 @@ def test_stage_reuses_a_complete_result_and_reruns_one_that_no_longer_covers_the
     assert marker["result"] == new and set(marker["timing"]) == {"wall_s", "cpu_s"}
 
 
-def test_console_lines_and_log_routing(tmp_path):
+def test_console_lines_and_log_routing(tmp_path, capsys):
     import io
     import logging
     from dakpn_jax import console as project_console
     from dakpn_jax.protocol import console
     root = logging.getLogger()
-    screen = io.StringIO()
-    terminal = logging.StreamHandler(screen)  # stands for the console handler absl installs
+    capsys.readouterr()
+    terminal = logging.StreamHandler(sys.stderr)  # stands for the console handler absl installs
     root.addHandler(terminal)
     try:
         with project_console.route_library_logs(str(tmp_path), filename="protocol.log") as routing:
@@ -242,7 +242,7 @@ def test_console_lines_and_log_routing(tmp_path):
             text = Path(routing.path).read_text()
         assert routing.path == str(tmp_path / "protocol.log")
         assert "step 1/2" in text and "read_only" in text and "a real warning" in text  # all in the file
-        shown = screen.getvalue()
+        shown = capsys.readouterr().err
         assert "step 1/2" not in shown and "read_only" not in shown and "a real warning" in shown
         assert not terminal.filters  # the routing is undone on exit
     finally:
