@@ -73,15 +73,18 @@ def test_step_logs_the_published_objective(run):
 
 
 def test_d_step_moves_each_lsgan_term_towards_its_target(run):
-    """After the update each discriminator's LSGAN terms on this batch fall: reals towards 1, the
-    (pre-update) fakes towards 0, and the real-minus-fake gap grows."""
+    """After the update each discriminator's LSGAN objective on this batch falls (reals towards 1,
+    the pre-update fakes towards 0), its real term falls and the real-minus-fake gap grows. (The fake
+    term alone need not fall: one Adam step lowers the sum, and with the published generator the
+    fake term of D_B rose by 5e-5 on this batch while its real term fell by much more.)"""
     c, state, new_state, _, _, _, v = run
     gd = cyclegan.graphdefs(c)["D"]
     for name, real, fake in (("D_A", v["b"], v["fake_b"]), ("D_B", v["a"], v["fake_a"])):
         score = lambda p, x: np.asarray(gc.merge(gd, p[name])(x), np.float64)
         old, new = state["params"], new_state["params"]
         assert lsgan(score(new, real), 1.0) < lsgan(score(old, real), 1.0), name
-        assert lsgan(score(new, fake), 0.0) < lsgan(score(old, fake), 0.0), name
+        total = lambda p: lsgan(score(p, real), 1.0) + lsgan(score(p, fake), 0.0)
+        assert total(new) < total(old), name
         gap = lambda p: score(p, real).mean() - score(p, fake).mean()
         assert gap(new) > gap(old), name
 

@@ -282,6 +282,8 @@ def test_no_config_field_is_a_plain_none():
         spec = importlib.util.spec_from_file_location("_cfg_" + os.path.basename(path)[:-3], path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):  # a shared builder (configs/_dakpn_real.py): its users are checked
+            continue
         doc = module.__doc__ or ""
         variants = {None} | set(re.findall(r'``"([\w-]+)"``', doc))
         for v in sorted(variants, key=str):

@@ -236,7 +236,8 @@ class View:
       size: optional (height, width) to resize to.
     """
 
-    def __init__(self, base, *, indices=None, lut=None, size=None):
+    def __init__(self, base, *, indices=None, lut=None, size=None, flip_label_map=None):
+        self.flip_label_map = flip_label_map  # read by pipeline.make_pipeline (l_/r_ swap on flips)
         self._base = base
         self._indices = None if indices is None else np.asarray(indices, np.int64)
         self._lut = lut
@@ -339,17 +340,21 @@ def make_source(data_config, split: str):
     from dakpn_jax.data import cityscapes_labels  # pylint: disable=import-outside-toplevel
     syn, real, _, kept = _resolve(data_config)
     lut = cityscapes_labels.protocol_lut(kept)
+    flip = None
+    if syn.LABEL_SPACE == "faces":  # sided parts: a flipped label swaps l_/r_ (street classes have no side)
+        from dakpn_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+        flip = pipeline.flip_label_map(class_names(data_config))
     if split == "paired-eval":
         raise ValueError("split='paired-eval' exists only for the procedural benchmark (real datasets "
                          "have no paired view)")
     if split == "synthetic-train":
         base = _base(syn, data_config, _get(data_config, "synthetic_split", None) or "+".join(syn.SPLITS),
                      "synthetic_dir")
-        return View(base, lut=lut, size=_get(data_config, "synthetic_size", None))
+        return View(base, lut=lut, size=_get(data_config, "synthetic_size", None), flip_label_map=flip)
     size = _get(data_config, "real_size", None)
     if split == "real-val":
         return View(_base(real, data_config, _get(data_config, "real_val_split", "validation"), "real_dir"),
-                    lut=lut, size=_get(data_config, "real_val_size", size))
+                    lut=lut, size=_get(data_config, "real_val_size", size), flip_label_map=flip)
     if split == "real-train":
         return View(_base(real, data_config, _get(data_config, "real_train_split", "train"), "real_dir",
                           with_labels=False), lut=None, size=size)
@@ -358,7 +363,7 @@ def make_source(data_config, split: str):
     if count is None or not 1 <= int(count) <= n:
         raise ValueError(f"data_config.num_real_labelled={count!r}: must be in [1, {n}] (the size of "
                          f"{real.NAME} {_get(data_config, 'real_train_split', 'train')})")
-    return View(base, indices=np.arange(int(count)) * n // int(count), lut=lut, size=size)
+    return View(base, indices=np.arange(int(count)) * n // int(count), lut=lut, size=size, flip_label_map=flip)
 
 
 def preset(name: str, data_dir=None):
@@ -368,6 +373,7 @@ def preset(name: str, data_dir=None):
     512 x 512.
     """
     import ml_collections  # pylint: disable=import-outside-toplevel
+    from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
     fields = {
         "gta5_cityscapes": dict(synthetic="gta5", real="cityscapes", label_protocol="cityscapes19",
                                 real_size=(512, 1024)),
@@ -378,7 +384,6 @@ def preset(name: str, data_dir=None):
     }
     if name not in fields:
         raise ValueError(f"preset name={name!r}: expected one of {sorted(fields)}")
-    from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
     # Unset fields are typed placeholders, so `--config.data.data_dir=DIR` (etc.) works on the
     # command line (a plain None field cannot be overridden by flags).
     c = ml_collections.ConfigDict(dict(
