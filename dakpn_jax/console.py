@@ -107,12 +107,16 @@ class LogRouting:
             root.setLevel(logging.INFO)  # INFO records must reach the file handler
         threshold = logging.INFO if verbose else logging.WARNING
         consoles = _console_handlers(root)
+        self._filters: list[tuple[logging.Handler, logging.Filter]] = []
         for h in consoles:
             self._levels.append((h, h.level))
             h.setLevel(max(h.level, threshold) if not verbose else h.level)
-            h.addFilter(_NOT_SAID)
-            if not verbose:
-                h.addFilter(_CHECKPOINT_NOISE)
+            # Only filters this routing adds are removed again on close: an inner routing (the
+            # trainer's, inside the protocol's) must not strip the outer one's.
+            for f in (_NOT_SAID,) + (() if verbose else (_CHECKPOINT_NOISE,)):
+                if f not in h.filters:
+                    h.addFilter(f)
+                    self._filters.append((h, f))
         if not consoles:
             # No console handler (not under absl's app.run): a file handler switches Python's
             # last-resort stderr output off, so warnings need a handler of their own.
@@ -129,8 +133,9 @@ class LogRouting:
         root = logging.getLogger()
         for h, level in reversed(self._levels):
             h.setLevel(level)
-            h.removeFilter(_NOT_SAID)
-            h.removeFilter(_CHECKPOINT_NOISE)
+        for h, f in self._filters:
+            h.removeFilter(f)
+        self._filters = []
         self._levels = []
         if self._added_console is not None:
             root.removeHandler(self._added_console)

@@ -235,6 +235,9 @@ def test_console_lines_and_log_routing(tmp_path, capsys):
     try:
         with project_console.route_library_logs(str(tmp_path), filename="protocol.log") as routing:
             logging.getLogger("dakpn_jax.train").info("step 1/2 | 3 steps/s | ETA 0 | loss 1")
+            with project_console.route_library_logs(str(tmp_path / "stage")):  # a trainer run inside
+                pass
+            # The inner routing's exit must leave the outer one's console filters in place.
             logging.getLogger("absl").warning("CheckpointManagerOptions.read_only=True")
             logging.getLogger("dakpn_jax.protocol").warning("a real warning")
             for h in root.handlers:
