@@ -5,15 +5,17 @@
 
 Variants:
 
-- ``default`` (the README main job; 338 CPU seconds measured, i.e. an estimated 4 to 5.7 min on a quiet
-  2-core CPU, measured on a shared one): 1 seed; source-only and
+- ``default`` (the README main job; 3 min 10 s wall, 283 CPU seconds, measured on a nearly quiet
+  2-core CPU): 1 seed; source-only and
   DA-KPN (``configs/default.py:fast``) at N in {0, 20}, the Reinhard colour-transfer control at
   N = 0, the oracle; segmenters 150 steps. One seed gives no seed interval: the paired differences
   carry the interval over real-val images only (conditional on this training run) and no verdict.
   What it leaves to ``decisive`` / ``cpu``: ablations, the uniform DA-KPN, the GAN baselines, the
   other controls, N = 100, seeds.
 - ``decisive``: every method (source-only, DA-KPN, its no-affine / no-blur / no-noise ablations, the
-  uniform DA-KPN, CycleGAN, CUT, FastCUT, randomisation, histogram matching, Reinhard, FDA) at
+  uniform DA-KPN, CycleGAN, CUT, FastCUT, VSAIT when
+  ``--config.translators.vsait.overrides.model.vgg_weights=PATH`` names ImageNet VGG19 weights (else
+  the row is omitted and the report says why), randomisation, histogram matching, Reinhard, FDA) at
   N in {0, 20, 100}, plus the oracle, 10 seeds, segmenters 800 steps, 200 real-val images: the
   paired-difference intervals the issue asks for (half-width target 3 mIoU points). Estimated from
   measured stage CPU seconds at about 31 h of this 2-core CPU (segmenters ~55%, GAN baselines ~40%;
