@@ -216,6 +216,17 @@ def _frame_keys(seed: int, images: jax.Array) -> jax.Array:
 CONTROLS = ("randomize", "histogram", "reinhard", "fda")
 
 
+def reference_pool(data_config, count: int = 64) -> np.ndarray:
+    """(P, H, W, 3) uint8: the first ``count`` real-train frames of ``data_config``, the pool of
+    "random real training images" the colour-statistics controls and FDA draw from (DESIGN §9)."""
+    from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+    src = sources.make_source(data_config, "real-train")
+    n = min(len(src), int(count))
+    if n <= 0:
+        raise ValueError("controls need real-train images (data_config.num_real_train > 0)")
+    return np.stack([src[i]["image"] for i in range(n)])
+
+
 def make_control(name: str, *, reference=None, seed: int = 0, num_classes: int = 19, beta: float = 0.01,
                  ranges=None, per_class: bool = True, kernel_size: int = 9) -> Callable:
     """Jitted ``translate_fn(images (B, H, W, 3) float [0, 1], labels (B, H, W) int) -> (B, H, W, 3)``.

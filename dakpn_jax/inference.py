@@ -87,17 +87,9 @@ def _dakpn_needs_labels(config) -> bool:
 def _build_control(config, state, workdir):
     """A training-free control (``dakpn_jax.controls``) from a run written by :func:`save_control_run`."""
     del state, workdir
-    import numpy as np  # pylint: disable=import-outside-toplevel
     from dakpn_jax import controls  # pylint: disable=import-outside-toplevel
-    from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
     c = config.control
-    reference = None
-    if c.name != "randomize":  # the pool of "random real training images" (DESIGN.md §9)
-        src = sources.make_source(config.data, "real-train")
-        n = min(len(src), int(c.pool))
-        if n <= 0:
-            raise ValueError(f"control {c.name!r}: the run's real-train split is empty")
-        reference = np.stack([src[i]["image"] for i in range(n)])
+    reference = None if c.name == "randomize" else controls.reference_pool(config.data, int(c.pool))
     return controls.make_control(c.name, reference=reference, seed=int(config.seed), **dict(c.params))
 
 

@@ -144,16 +144,22 @@ def rgb_to_hsv(x: jax.Array) -> jax.Array:
     x = _as_float_array(x, "x")
     if x.ndim < 1 or x.shape[-1] != 3:
         raise ValueError(f"x: expected (..., 3) RGB, got shape {x.shape}")
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    return jnp.stack(_rgb_to_hsv_channels(x[..., 0], x[..., 1], x[..., 2]), axis=-1)
+
+
+def _rgb_to_hsv_channels(r, g, b):
+    """:func:`rgb_to_hsv` on separate channel arrays (any equal shapes): returns (h, s, v).
+
+    Shared by the array API and the Pallas kernel, where the channels are separate arrays."""
     v = jnp.maximum(jnp.maximum(r, g), b)
     c = v - jnp.minimum(jnp.minimum(r, g), b)
-    s = jnp.where(v > 0, c / jnp.where(v > 0, v, 1), 0)
-    safe_c = jnp.where(c > 0, c, 1)
+    s = jnp.where(v > 0, c / jnp.where(v > 0, v, 1.0), 0.0)
+    safe_c = jnp.where(c > 0, c, 1.0)
     h = jnp.where(v == r, (g - b) / safe_c, jnp.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4))
-    h = jnp.where(c > 0, jnp.mod(h / 6, 1.0), 0)
+    h = jnp.where(c > 0, jnp.mod(h / 6, 1.0), 0.0)
     # mod of a tiny negative number rounds to exactly 1.0 in float32: keep hue in [0, 1).
     h = jnp.where(h >= 1, h - 1, h)
-    return jnp.stack([h, s, v], axis=-1)
+    return h, s, v
 
 
 def hsv_to_rgb(x: jax.Array) -> jax.Array:
@@ -600,13 +606,7 @@ def _colour_affine_channels(r, g, b, scale, bias):
     the affine of :func:`color_affine` and :func:`hsv_to_rgb`; returns [r', g', b'].
 
     Used where the channels are separate arrays (the Pallas kernel)."""
-    v = jnp.maximum(jnp.maximum(r, g), b)
-    c = v - jnp.minimum(jnp.minimum(r, g), b)
-    s = jnp.where(v > 0, c / jnp.where(v > 0, v, 1.0), 0.0)
-    safe_c = jnp.where(c > 0, c, 1.0)
-    h = jnp.where(v == r, (g - b) / safe_c, jnp.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4))
-    h = jnp.where(c > 0, jnp.mod(h / 6, 1.0), 0.0)
-    h = jnp.where(h >= 1, h - 1, h)
+    h, s, v = _rgb_to_hsv_channels(r, g, b)
     h = jnp.mod(scale[0] * h + bias[0], 1.0)
     s = jnp.clip(scale[1] * s + bias[1], 0.0, 1.0)
     v = jnp.clip(scale[2] * v + bias[2], 0.0, 1.0)

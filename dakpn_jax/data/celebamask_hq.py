@@ -97,11 +97,8 @@ def load_label(ref, image_hw) -> np.ndarray:
         label[mask != 0] = class_id
     if label is None:
         raise ValueError(f"{pattern}: no part masks found for this image (image without label)")
-    fy, fx = image_hw[0] // mask_hw[0], image_hw[1] // mask_hw[1]
-    if fy < 1 or fy != fx or (fy * mask_hw[0], fx * mask_hw[1]) != tuple(image_hw):
-        raise ValueError(f"{pattern}: mask size {mask_hw} is not an integer fraction of its image size "
-                         f"{tuple(image_hw)}")
-    return np.repeat(np.repeat(label, fy, axis=0), fx, axis=1)
+    f = _mask_upscale(pattern, mask_hw, image_hw)
+    return np.repeat(np.repeat(label, f, axis=0), f, axis=1)
 
 
 def check_label(ref, image_hw) -> None:
@@ -120,10 +117,16 @@ def check_label(ref, image_hw) -> None:
             raise ValueError(f"{path}: mask size {hw} differs from the other masks {mask_hw}")
     if mask_hw is None:
         raise ValueError(f"{pattern}: no part masks found for this image (image without label)")
+    _mask_upscale(pattern, mask_hw, image_hw)
+
+
+def _mask_upscale(pattern, mask_hw, image_hw) -> int:
+    """The integer factor from the part masks' size to the image size; ValueError if there is none."""
     fy, fx = image_hw[0] // mask_hw[0], image_hw[1] // mask_hw[1]
     if fy < 1 or fy != fx or (fy * mask_hw[0], fx * mask_hw[1]) != tuple(image_hw):
         raise ValueError(f"{pattern}: mask size {mask_hw} is not an integer fraction of its image size "
                          f"{tuple(image_hw)}")
+    return fy
 
 
 def _read_mask(path) -> np.ndarray:

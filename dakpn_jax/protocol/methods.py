@@ -127,12 +127,8 @@ def _build_train(pconfig, spec, seed):
 def control_reference(pconfig) -> np.ndarray:
     """(P, H, W, 3) uint8: the first ``eval.control_pool`` real-train frames, the controls' pool of
     "random real training images"."""
-    from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
-    src = sources.make_source(pconfig.data, "real-train")
-    n = min(len(src), int(pconfig.eval.get("control_pool", 64)))
-    if n <= 0:
-        raise ValueError("controls need real-train images (config.data.num_real_train > 0)")
-    return np.stack([src[i]["image"] for i in range(n)])
+    from dakpn_jax import controls  # pylint: disable=import-outside-toplevel
+    return controls.reference_pool(pconfig.data, int(pconfig.eval.get("control_pool", 64)))
 
 
 def _build_control(pconfig, spec, seed):
