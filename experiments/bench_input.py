@@ -14,11 +14,14 @@ For the benchmark shape (128 x 256) and the paper shape (1052 x 1914) it prints 
 then the demand: frames/s = train steps/s x 2 x batch (DA-KPN, CycleGAN and CUT each read one
 synthetic and one real frame per image), from --demand CASE=IMAGES_PER_S (e.g. the images/s that
 experiments/bench_train_step.py printed on the device) or, with --measure_demand, measured here
-with bench_train_step for the benchmark case. "headroom" = pipeline frames/s / demand (>= 1: the
-step, not the input, is the bottleneck).
+with bench_train_step for each shape (benchmark: batch 8, 5 timed steps; paper: the 1052 x 1914,
+K = 25 step at batch 1, 2 timed steps) and each of --demand_methods; the demand is the fastest
+method's (the most demanding reader). "headroom" = pipeline frames/s / demand (>= 1: the step, not
+the input, is the bottleneck).
 
     python3 experiments/bench_input.py                                  # both shapes, CPU defaults
     python3 experiments/bench_input.py --shapes benchmark --measure_demand
+    python3 experiments/bench_input.py --measure_demand --demand_methods dakpn,cyclegan   # on the device
     python3 experiments/bench_input.py --demand benchmark=4000,paper=60 --workers 0,4,8   # GPU figures
 """
 import argparse
@@ -69,6 +72,14 @@ def _pipeline_rate(source, batch_size: int, batches: int, workers: int) -> float
     return batches * batch_size / (time.perf_counter() - t0)
 
 
+def measured_demand(shape: str, method: str) -> float:
+    """Images/s of ``method``'s train step at ``shape`` on this process's devices (bench_train_step)."""
+    sys.path.insert(0, os.path.join(REPO, "experiments"))
+    import bench_train_step  # pylint: disable=import-outside-toplevel
+    batch, steps = (8, 5) if shape == "benchmark" else (1, 2)
+    return bench_train_step.bench(shape, batch, steps, 1, method)["images_per_s"]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="benchmark,paper")
@@ -81,7 +92,9 @@ def main(argv=None):
     p.add_argument("--cache_dir", default="", help="cache root (default: a temporary directory, removed)")
     p.add_argument("--demand", default="", help="CASE=IMAGES_PER_S,... train-step images/s per shape")
     p.add_argument("--measure_demand", action="store_true",
-                   help="measure DA-KPN's benchmark-shape step here (bench_train_step)")
+                   help="measure the train step's images/s here for each shape (bench_train_step)")
+    p.add_argument("--demand_methods", default="dakpn",
+                   help="methods whose steps --measure_demand times (dakpn, cyclegan, cut)")
     a = p.parse_args(argv)
 
     frames = dict((k, int(v)) for k, v in (kv.split("=") for kv in a.frames.split(",")))
@@ -131,10 +144,8 @@ def main(argv=None):
                 print(f"{shape:9s} {h}x{w}  png decode, workers={wk}    {r:9.1f} frames/s{per}", flush=True)
 
             need = demand.get(shape)
-            if need is None and a.measure_demand and shape == "benchmark":
-                sys.path.insert(0, os.path.join(REPO, "experiments"))
-                import bench_train_step  # pylint: disable=import-outside-toplevel
-                need = bench_train_step.bench("benchmark", 8, 5, 1, "dakpn")["images_per_s"]
+            if need is None and a.measure_demand:
+                need = max(measured_demand(shape, m) for m in a.demand_methods.split(","))
             if need is None:
                 print(f"{shape:9s} demand: not given (--demand {shape}=IMAGES_PER_S or --measure_demand)")
                 continue

@@ -338,7 +338,7 @@ def test_import_error_lists_every_problem(tmp_path):
         p = tmp_path / "g.npz"
         p.write_bytes(b"x")
         torch_import.load_tensors(str(p))
-    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+    with pytest.raises(FileNotFoundError, match="absent.pth.*does not exist"):
         torch_import.load_tensors(os.path.join(str(tmp_path), "absent.pth"))
 
 

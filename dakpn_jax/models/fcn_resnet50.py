@@ -35,13 +35,14 @@ normalize=True)``; ``model(x, train)`` returns the main logits (the aux head's o
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from dakpn_jax.models import weight_files
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -246,27 +247,7 @@ def load_state_dict(model: FCNResNet50, state_dict: Mapping[str, Any], *, source
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """Tensors of a ``.safetensors`` file, or of a torch-saved ``.pth`` / ``.pt`` state dict (needs
     torch; a checkpoint dict holding ``"model"`` or ``"state_dict"`` is unwrapped)."""
-    path = os.fspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: FCN-ResNet50 weight file is missing")
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-        return dict(load_file(path))
-    try:
-        import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-        raise ValueError(f"{path}: reading a .pth file needs torch (not installed); convert it once to "
-                         ".safetensors with torch installed elsewhere") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors of a corrupt or non-torch file
-        raise ValueError(f"{path}: unreadable torch file ({e})") from e
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
-    return {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+    return weight_files.read_tensors(path, what="FCN-ResNet50 weights file")
 
 
 def from_pretrained(path: str, num_classes: int, *, aux: bool | None = None, normalize: bool = True,

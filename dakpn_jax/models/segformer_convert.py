@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from dakpn_jax.models.segformer import SegFormer, SegFormerSpec
+from dakpn_jax.models import weight_files
 
 # transformers 5.x module names -> the 4.x tensor names (the names of every published checkpoint).
 _V5_TO_V4 = [
@@ -66,24 +67,6 @@ def canonical_name(key: str) -> str:
 # Reading files
 
 
-def _torch_load(path: str) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError as e:
-        raise ValueError(f"checkpoint {path!r} is a PyTorch file; reading it needs torch "
-                         "(pip install torch), or convert it to .safetensors") from e
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-            for k, v in sd.items() if hasattr(v, "numpy")}
-
-
-def _safetensors_load(path: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-    return dict(load_file(path))
-
-
 def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All tensors of a local checkpoint (file or ``save_pretrained`` directory) as numpy arrays."""
     path = os.fspath(path)
@@ -93,21 +76,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 return read_checkpoint(os.path.join(path, name))
         raise ValueError(f"checkpoint directory {path!r} holds none of model.safetensors, "
                          "model.safetensors.index.json, pytorch_model.bin")
-    if not os.path.exists(path):
-        raise ValueError(f"checkpoint {path!r} does not exist")
     if path.endswith(".index.json"):
+        if not os.path.isfile(path):
+            raise weight_files.WeightFileMissing(f"checkpoint index {path!r} does not exist")
         with open(path) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         out = {}
         for shard in shards:
-            out.update(_safetensors_load(os.path.join(os.path.dirname(path), shard)))
+            out.update(weight_files.read_tensors(os.path.join(os.path.dirname(path), shard),
+                                                 what="checkpoint shard"))
         return out
-    if path.endswith(".safetensors"):
-        return _safetensors_load(path)
-    if path.endswith((".bin", ".pt", ".pth")):
-        return _torch_load(path)
-    raise ValueError(f"checkpoint {path!r}: unknown file type (expected .safetensors, .bin, .pt, .pth "
-                     "or a save_pretrained directory)")
+    return weight_files.read_tensors(path, what="checkpoint", hint="a file or a save_pretrained directory")
 
 
 def spec_from_hf_config(config: Mapping | str | os.PathLike) -> tuple[SegFormerSpec, int]:

@@ -61,6 +61,8 @@ from typing import Mapping
 
 import numpy as np
 
+from dakpn_jax.models import weight_files
+
 ARCHS = ("cyclegan", "cut")
 _IN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 BLUR_DOWN = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0
@@ -75,37 +77,7 @@ class CheckpointMismatch(ValueError):
 
 def load_tensors(path: str) -> dict[str, np.ndarray]:
     """Tensors of a ``.pth``/``.pt`` (needs torch) or ``.safetensors`` file as float32/int numpy arrays."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"torch_import: no checkpoint file {path!r}")
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-        try:
-            return dict(load_file(path))
-        except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"torch_import: cannot read safetensors file {path!r}: {e}") from e
-    if path.endswith((".pth", ".pt")):
-        try:
-            import torch  # pylint: disable=import-outside-toplevel
-        except ImportError as e:
-            raise ImportError(
-                f"torch_import: reading {path!r} needs PyTorch, which is not a dependency of dakpn_jax. "
-                "Install torch, or convert the file once where torch is available: "
-                "safetensors.torch.save_file(torch.load(p, map_location='cpu'), p + '.safetensors')") from e
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"torch_import: cannot read {path!r} with torch.load: {e}") from e
-        if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-            sd = sd["state_dict"]
-        if not isinstance(sd, Mapping):
-            raise ValueError(f"torch_import: {path!r} holds a {type(sd).__name__}, not a state dict")
-        out = {}
-        for k, v in sd.items():
-            if not hasattr(v, "detach"):
-                raise ValueError(f"torch_import: {path!r}: entry {k!r} is a {type(v).__name__}, not a tensor")
-            out[k] = v.detach().cpu().numpy()
-        return out
-    raise ValueError(f"torch_import: {path!r}: expected a .pth, .pt or .safetensors file")
+    return weight_files.read_tensors(path, what="torch_import: checkpoint file")
 
 
 def file_sha256(path: str) -> str:

@@ -28,13 +28,14 @@ parameter dict, listing every missing, unexpected or mis-shaped tensor in one er
 """
 from __future__ import annotations
 
-import os
 from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from dakpn_jax.models import weight_files
 
 # (torchvision index, in channels / 64, out channels / 64) of every conv up to conv5_2 (index 30).
 CONVS = ((0, None, 1), (2, 1, 1), (5, 1, 2), (7, 2, 2), (10, 2, 4), (12, 4, 4), (14, 4, 4), (16, 4, 4),
@@ -154,31 +155,9 @@ def _natural(name: str):
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """Tensors of a local ``.pth``/``.pt`` (torch pickle; needs torch) or ``.safetensors`` file as numpy."""
-    if not isinstance(path, str) or not path:
-        raise ValueError(f"VGG19 weights path must be a non-empty string, got {path!r}")
-    if not os.path.isfile(path):
-        raise ValueError(f"VGG19 weights file {path!r} does not exist (expected torchvision's "
-                         "vgg19-dcbb9e9d.pth or a .safetensors file with the same tensor names)")
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-        try:
-            return dict(load_file(path))
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-            raise ValueError(f"VGG19 weights file {path!r}: cannot read as safetensors ({e})") from e
-    try:
-        import torch
-    except ImportError as e:
-        raise ValueError(f"VGG19 weights file {path!r} is a PyTorch pickle; reading it needs torch. "
-                         "Without torch, convert it once to .safetensors (same tensor names)") from e
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many error types for bad files
-        raise ValueError(f"VGG19 weights file {path!r}: torch.load failed ({e})") from e
-    if isinstance(sd, Mapping) and isinstance(sd.get("state_dict"), Mapping):
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"VGG19 weights file {path!r} holds a {type(sd).__name__}, not a state dict")
-    return {k: v.detach().float().numpy() for k, v in sd.items() if hasattr(v, "detach")}
+    return weight_files.read_tensors(
+        path, what="VGG19 weights file",
+        hint="expected torchvision's vgg19-dcbb9e9d.pth or a .safetensors file with the same tensor names")
 
 
 def load_torchvision_state_dict(path: str, *, width: int = 64) -> dict:
