@@ -13,10 +13,12 @@ untranslated (``raw/``, the dataset) and translated by the export (``export/``).
     fresh_noise   the same with "fresh_noise": True
     raw           {"kind": "folder", "root": raw/}                      no translation at all (floor)
 
-each through the trainer's own pieces (its mesh over all devices, ``make_call``, ``to_global``), and
-the script prints images/s per source, data loading included, in one run: after 3 warm-up steps
-(compilation) each, ``--steps`` timed steps per variant in ``--rounds`` interleaved rounds (so a
-drifting load on a shared machine hits every variant alike), the median over rounds.
+each through the trainer's own pieces (its mesh over all devices, ``make_call``, ``to_global``).
+The script first prints the export's frames/s (``dakpn_jax.export.export_translated``: read,
+translate, PNG-encode, atomic write; compilation included), then images/s per source, data
+loading included, in one run: after 3 warm-up steps (compilation) each, ``--steps`` timed steps per
+variant in ``--rounds`` interleaved rounds (so a drifting load on a shared machine hits every
+variant alike), the median over rounds.
 """
 from __future__ import annotations
 
@@ -97,10 +99,15 @@ def main() -> None:
     tconfig = trainer.load_config(workdir)
     raw, exported = os.path.join(tmp, "raw"), os.path.join(tmp, "export")
     write_raw(tconfig, raw)
+    t0 = time.perf_counter()
     export.export_translated(workdir, exported, split="synthetic-train", batch_size=8, progress=False)
+    export_s = time.perf_counter() - t0
     h, w = tconfig.data.height, tconfig.data.width
+    n = len(os.listdir(os.path.join(raw, 'images')))
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; frames {h} x {w}; "
-          f"{len(os.listdir(os.path.join(raw, 'images')))} images; translator {workdir} ({tconfig.method})")
+          f"{n} images; translator {workdir} ({tconfig.method})")
+    # The export CLI's own path: read + translate + PNG-encode + atomic write, compilation included.
+    print(f"export: {n} frames in {export_s:.1f} s = {n / export_s:.1f} frames/s (batch 8, compile included)")
     variants = {
         "export": {"kind": "folder", "root": exported},
         "on_the_fly": {"kind": seg.ON_THE_FLY, "translator_workdir": workdir, "root": raw},
