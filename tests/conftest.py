@@ -9,3 +9,27 @@ _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+import contextlib  # noqa: E402  (after the XLA_FLAGS set-up above, which must precede jax)
+
+
+@contextlib.contextmanager
+def persistent_compilation_cache(directory, min_compile_time_secs=0.0):
+    """jax's persistent compilation cache in ``directory`` for the block, then the previous settings.
+
+    Runs that repeat one compilation (a straight and a resumed run, every segmenter of a protocol)
+    share it; the executables are the ones a fresh compilation produces, so results do not change.
+    """
+    import jax  # pylint: disable=import-outside-toplevel
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    before = {n: getattr(jax.config, n) for n in names}
+    jax.config.update(names[0], str(directory))
+    jax.config.update(names[1], min_compile_time_secs)
+    jax.config.update(names[2], 0)
+    try:
+        yield
+    finally:
+        for n, v in before.items():
+            jax.config.update(n, v)

@@ -22,6 +22,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from tests import toy_method  # noqa: E402
+from conftest import persistent_compilation_cache  # noqa: E402
 
 from dakpn_jax.training import checkpoint as ckpt  # noqa: E402
 from dakpn_jax.training import trainer  # noqa: E402
@@ -31,15 +32,8 @@ from dakpn_jax.training import trainer  # noqa: E402
 def compilation_cache(tmp_path_factory):
     """The runs here repeat one toy compilation; jax's persistent cache lets them share it (the
     executables are the ones a fresh compilation produces), as in tests/test_trainer.py."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    before = {n: getattr(jax.config, n) for n in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update(names[1], 0.0)
-    jax.config.update(names[2], 0)
-    yield
-    for n, v in before.items():
-        jax.config.update(n, v)
+    with persistent_compilation_cache(tmp_path_factory.mktemp("jax_cache"), 0.0):
+        yield
 
 
 def toy(**overrides):

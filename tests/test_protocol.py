@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))  # configs/ lives at the repo root
 
 from dakpn_jax import protocol  # noqa: E402
 from dakpn_jax.protocol import methods, stats  # noqa: E402
+from conftest import persistent_compilation_cache  # noqa: E402
 
 
 def _tiny():
@@ -24,16 +25,9 @@ def _tiny():
 
 @pytest.mark.slow
 def test_tiny_protocol_runs_every_row_writes_intervals_then_reuses(tmp_path, monkeypatch):
-    import jax
     # Every segmenter compiles the same step: a persistent cache compiles it once (as the command does).
-    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    try:
+    with persistent_compilation_cache(tmp_path / "jax_cache"):
         _run_tiny(tmp_path, monkeypatch)
-    finally:
-        for k, v in saved.items():
-            jax.config.update(k, v)
 
 
 def _run_tiny(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from dakpn_jax.training import checkpoint as ckpt  # noqa: E402
 from dakpn_jax.training import metrics_writer as mw  # noqa: E402
 from dakpn_jax.training import preemption  # noqa: E402
 from dakpn_jax.training import trainer  # noqa: E402
+from conftest import persistent_compilation_cache  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,15 +35,8 @@ def compilation_cache(tmp_path_factory):
     """Runs here repeat identical XLA compilations (the same step for a straight and a resumed run);
     jax's persistent compilation cache lets them share one, which keeps this file within its time
     budget. The executables are the same ones a fresh compilation would produce."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    before = {n: getattr(jax.config, n) for n in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update(names[1], 0.5)
-    jax.config.update(names[2], 0)
-    yield
-    for n, v in before.items():
-        jax.config.update(n, v)
+    with persistent_compilation_cache(tmp_path_factory.mktemp("jax_cache"), 0.5):
+        yield
 
 
 def toy_config(**overrides):
