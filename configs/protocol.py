@@ -199,7 +199,7 @@ def get_config(arg=None):
         for k, v in CONTROLS.items():
             c.translators[k] = ml_collections.ConfigDict(v)
         c.translators.randomize.params.kernel_size = 5
-        c.translators.fda.params.beta = 0.1  # 0.01 of 32 rows would swap no frequency at all
+        c.translators.fda.params.beta = 0.1  # 0.01 of 32 rows would swap the DC term alone (b = 0)
         c.segmentation = _cd(variant="tiny", overrides=_cd(num_train_steps=2, checkpoint_every_steps=2))
         c.feature_segmenter = _cd(variant="tiny", overrides=_cd(num_train_steps=2, checkpoint_every_steps=2))
         c.n_real = (0, 2)

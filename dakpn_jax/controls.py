@@ -43,17 +43,20 @@ __all__ = ["CONTROLS", "DEFAULT_RANGES", "fda", "fda_mask", "frame_hash", "make_
 def fda_mask(height: int, width: int, beta: float) -> np.ndarray:
     """(H, W) bool: the low frequencies FDA swaps, in numpy's unshifted FFT layout.
 
-    With b = floor(beta * min(H, W)), the centred square of signed frequencies |k_y| < b and
-    |k_x| < b (a (2b - 1)^2 square around DC for b >= 1; empty, i.e. the identity, for b = 0). It is
-    symmetric under k -> -k, so the mixed spectrum stays Hermitian and its inverse FFT is real (the
-    FDA paper's code swaps the asymmetric corners [0, b) and [-b, 0), which is not).
+    The centred square of half-width b = floor(beta * min(H, W)) around DC: the signed frequencies
+    |k_y| <= b and |k_x| <= b, a (2b + 1)^2 square (as the FDA authors' NumPy code cuts it from the
+    fftshift-ed spectrum: rows c - b .. c + b around the centre c). At b = 0 that is the DC term alone
+    (each channel's mean); beta = 0 itself swaps nothing, so it is the identity. The square is
+    symmetric under k -> -k, so the mixed spectrum stays Hermitian and its inverse FFT is real.
     """
     if not 0.0 <= float(beta) <= 0.5:
         raise ValueError(f"fda: beta must lie in [0, 0.5], got {beta!r}")
+    if float(beta) == 0.0:
+        return np.zeros((height, width), bool)
     b = int(np.floor(float(beta) * min(height, width)))
     ky = np.fft.fftfreq(height) * height
     kx = np.fft.fftfreq(width) * width
-    return (np.abs(ky)[:, None] < b) & (np.abs(kx)[None, :] < b)
+    return (np.abs(ky)[:, None] <= b) & (np.abs(kx)[None, :] <= b)
 
 
 def fda(x: jax.Array, reference: jax.Array, beta: float = 0.01, *, clip: bool = True) -> jax.Array:

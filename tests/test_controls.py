@@ -17,12 +17,14 @@ def _rand(shape, seed):
 # ----------------------------------------------------------------------------- FDA
 
 def _spec_mask(H, W, beta):
-    """The spec (DESIGN §9): a centred square of half-width b = floor(beta min(H, W)) around DC, here
-    the signed frequencies |k| < b in both axes."""
+    """The spec (DESIGN §9): a centred square of half-width b = floor(beta min(H, W)) around DC, cut
+    as the FDA authors' NumPy code does: rows c - b .. c + b and columns likewise of the
+    fftshift-ed spectrum (c = floor(H / 2)), mapped back to numpy's unshifted layout."""
     b = int(np.floor(beta * min(H, W)))
-    ky = np.array([k if k <= H // 2 else k - H for k in range(H)])
-    kx = np.array([k if k <= W // 2 else k - W for k in range(W)])
-    return (np.abs(ky)[:, None] < b) & (np.abs(kx)[None, :] < b)
+    shifted = np.zeros((H, W), bool)
+    cy, cx = H // 2, W // 2
+    shifted[cy - b:cy + b + 1, cx - b:cx + b + 1] = True
+    return np.fft.ifftshift(shifted)
 
 
 @pytest.mark.parametrize("beta", [0.09, 0.2])
@@ -34,7 +36,7 @@ def test_fda_low_frequency_amplitude_is_the_targets_and_phase_is_kept(beta):
     fr = np.fft.fft2(ref.astype(np.float64), axes=(1, 2))
     fo = np.fft.fft2(out, axes=(1, 2))
     mask = _spec_mask(H, W, beta)
-    assert mask.sum() == (2 * int(np.floor(beta * H)) - 1) ** 2 > 1
+    assert mask.sum() == (2 * int(np.floor(beta * H)) + 1) ** 2 > 1
     m = np.broadcast_to(mask[None, :, :, None], fo.shape)
     np.testing.assert_allclose(np.abs(fo)[m], np.abs(fr)[m], rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(np.abs(fo)[~m], np.abs(fx)[~m], rtol=1e-3, atol=1e-3)
@@ -51,7 +53,10 @@ def test_fda_low_frequency_amplitude_is_the_targets_and_phase_is_kept(beta):
 def test_fda_beta_zero_is_identity_and_bad_beta_is_refused():
     x, ref = _rand((1, 16, 32, 3), 2), _rand((1, 16, 32, 3), 3)
     np.testing.assert_allclose(np.asarray(controls.fda(x, ref, 0.0)), x, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(controls.fda(x, ref, 0.03)), x, atol=1e-5)  # floor(0.48) = 0
+    # floor(0.03 * 16) = 0: the DC term alone, i.e. each channel's mean becomes the reference's.
+    dc = np.asarray(controls.fda(x, ref, 0.03, clip=False), np.float64)
+    want = x - x.mean(axis=(1, 2), keepdims=True) + ref.mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(dc, want, atol=1e-5)
     with pytest.raises(ValueError, match="beta"):
         controls.fda(x, ref, 0.7)
     with pytest.raises(ValueError, match="one shape"):
