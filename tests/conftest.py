@@ -33,3 +33,25 @@ def persistent_compilation_cache(directory, min_compile_time_secs=0.0):
     finally:
         for n, v in before.items():
             jax.config.update(n, v)
+
+
+def snapshot(directory):
+    """{relative path: (bytes, mtime_ns)} of every file under ``directory``: equal snapshots before
+    and after an operation mean it created, changed and touched nothing there."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, directory)] = (fh.read(), os.stat(p).st_mtime_ns)
+    return out
+
+
+def two_domain_batch(seed, n=8, h=32, w=32):
+    """A GAN training batch of two visibly different domains: smooth-ish synthetic frames and noisy,
+    darker real ones (the synthetic batch reversed), both (n, h, w, 3) float32 in [0, 1]."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    r = np.random.default_rng(seed)
+    syn = r.random((n, h, w, 3), dtype=np.float32) * 0.5 + 0.25
+    real = np.clip(syn[::-1] * 0.8 + 0.1 * r.standard_normal((n, h, w, 3)).astype(np.float32), 0, 1)
+    return {"synthetic": syn, "real": real}

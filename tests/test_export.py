@@ -19,6 +19,7 @@ from dakpn_jax.data import procedural
 from dakpn_jax.data.folder import FolderSource
 from dakpn_jax.training import trainer
 from tests import toy_method
+from conftest import snapshot  # noqa: E402
 
 N = 5  # synthetic-train items: padded to one 8-device batch
 
@@ -55,17 +56,6 @@ def read(path):
 def read_manifest(out):
     with open(os.path.join(out, "manifest.json")) as f:
         return json.load(f)
-
-
-def snapshot(directory):
-    """{relative path: (bytes, mtime_ns)} of every file under `directory`."""
-    out = {}
-    for root, _, files in os.walk(directory):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, directory)] = (fh.read(), os.stat(p).st_mtime_ns)
-    return out
 
 
 @pytest.mark.smoke

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -22,19 +21,14 @@ from dakpn_jax.models.gan_discriminator import NLayerDiscriminator  # noqa: E402
 from dakpn_jax.models.resnet_generator import ResnetGenerator  # noqa: E402
 from dakpn_jax.training import cut, cyclegan, get_method  # noqa: E402
 from dakpn_jax.training import gan_common as gc  # noqa: E402
+from conftest import two_domain_batch  # noqa: E402
 
 METHODS = {"cyclegan": (cyclegan, lambda: cyclegan_configs.get_config("tiny")),
            "cut": (cut, lambda: cut_configs.get_config("cut-tiny")),
            "fastcut": (cut, lambda: cut_configs.get_config("fastcut-tiny"))}
 
 
-def _batch(seed, n=8, h=32, w=32):
-    r = np.random.default_rng(seed)
-    # Two visibly different domains: smooth-ish synthetic, noisy real.
-    syn = r.random((n, h, w, 3), dtype=np.float32) * 0.5 + 0.25
-    real = np.clip(syn[::-1] * 0.8 + 0.1 * r.standard_normal((n, h, w, 3)).astype(np.float32), 0, 1)
-    return {"synthetic": syn, "real": real}
-
+_batch = two_domain_batch
 
 _CACHE = {}
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -30,6 +29,7 @@ from dakpn_jax import export  # noqa: E402
 from dakpn_jax.data import procedural  # noqa: E402
 from dakpn_jax.training import segmentation as seg  # noqa: E402
 from dakpn_jax.training import trainer  # noqa: E402
+from conftest import snapshot  # noqa: E402
 
 N = 6  # synthetic-train items
 ROUND = 0.5 / 255 + 1e-5  # the export rounds to the nearest 8-bit level
@@ -87,16 +87,6 @@ def source_batch(config, n=N):
     items = [src[i] for i in range(n)]
     return (np.stack([it["image"] for it in items]).astype(np.float32) / 255.0,
             np.stack([it["label"] for it in items]).astype(np.int32))
-
-
-def snapshot(directory):
-    out = {}
-    for root, _, files in os.walk(directory):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, directory)] = (fh.read(), os.stat(p).st_mtime_ns)
-    return out
 
 
 # ----------------------------------------------------------------------------- load_translator

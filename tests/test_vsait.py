@@ -20,6 +20,7 @@ from dakpn_jax.models import vsait as vm  # noqa: E402
 from dakpn_jax.training import get_method  # noqa: E402
 from dakpn_jax.training import gan_common as gc  # noqa: E402
 from dakpn_jax.training import vsait  # noqa: E402
+from conftest import two_domain_batch  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:VSAIT is running with RANDOM VGG19")
 
@@ -256,12 +257,7 @@ def test_mapping_network_starts_at_tanh_one():
 
 # ----------------------------------------------------------------------------- one step
 
-def _batch(seed, n=8, h=32, w=32):
-    r = np.random.default_rng(seed)
-    syn = r.random((n, h, w, 3), dtype=np.float32) * 0.5 + 0.25
-    real = np.clip(syn[::-1] * 0.8 + 0.1 * r.standard_normal((n, h, w, 3)).astype(np.float32), 0, 1)
-    return {"synthetic": syn, "real": real}
-
+_batch = two_domain_batch
 
 _CACHE = {}
 
