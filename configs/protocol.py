@@ -17,10 +17,12 @@ Variants:
   ``--config.translators.vsait.overrides.model.vgg_weights=PATH`` names ImageNet VGG19 weights (else
   the row is omitted and the report says why), randomisation, histogram matching, Reinhard, FDA) at
   N in {0, 20, 100}, plus the oracle, 10 seeds, segmenters 800 steps, 200 real-val images: the
-  paired-difference intervals the issue asks for (half-width target 3 mIoU points). Estimated from
-  measured stage CPU seconds at about 31 h of this 2-core CPU (segmenters ~55%, GAN baselines ~40%;
-  docs/notes/issue14.md), so meant for an accelerator.
-- ``cpu``: ``decisive`` cut to about 3.5 h of this CPU (estimate): 5 seeds, 200 real-val images, every
+  paired-difference intervals the issue asks for (half-width target 3 mIoU points). About 22 h of
+  wall time on this 2-core CPU, quiet (estimated from the ``:baselines`` run's stage times: a
+  200-step segmenter 28 s, CycleGAN / CUT / FastCUT 4.9 / 7.1 / 3.1 min per 1000 steps), 31 h from
+  stage CPU seconds (docs/notes/issue14.md): meant for an accelerator.
+- ``cpu``: ``decisive`` cut to about 2 h of wall time on this CPU, quiet (estimated as above; 3.5 h
+  from stage CPU seconds): 5 seeds, 200 real-val images, every
   DA-KPN row and control, but no GAN baselines, segmenters 400 steps instead of 800, N in {0, 20}
   (no N = 100). Expect half-widths of about 4 to 6 points (measured spread at 400 steps), not 3.
 - ``noise``: the noise-floor measurement at the main job's settings (segmenters 150 steps, 100
