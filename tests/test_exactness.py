@@ -88,7 +88,7 @@ def test_make_translator_at_another_frame_size_with_a_nonzero_kpn():
     # make_translator reads only the KPN head's params (a linear head: one 1x1 conv).
     state = {"params": {"kpn": {"out": {"kernel": jnp.asarray(kernel[None, None], jnp.float32),
                                         "bias": jnp.asarray(bias, jnp.float32)}}}}
-    cfg = procedural.ProceduralConfig(**{k: v for k, v in c.data.to_dict().items() if k != "name"})
+    cfg = procedural.ProceduralConfig.from_any(c.data)
     cfg = procedural.ProceduralConfig(**{**cfg.__dict__, "height": 48, "width": 80})
     src = procedural.make_source("synthetic-train", cfg)
     x = np.stack([src[i]["image"] for i in range(2)]).astype(np.float32) / 255
