@@ -74,7 +74,8 @@ def _pipeline_rate(source, batch_size: int, batches: int, workers: int) -> float
 
 def measured_demand(shape: str, method: str) -> float:
     """Images/s of ``method``'s train step at ``shape`` on this process's devices (bench_train_step)."""
-    sys.path.insert(0, os.path.join(REPO, "experiments"))
+    if os.path.join(REPO, "experiments") not in sys.path:  # called once per shape and method
+        sys.path.insert(0, os.path.join(REPO, "experiments"))
     import bench_train_step  # pylint: disable=import-outside-toplevel
     batch, steps = (8, 5) if shape == "benchmark" else (1, 2)
     return bench_train_step.bench(shape, batch, steps, 1, method)["images_per_s"]

@@ -55,3 +55,33 @@ def two_domain_batch(seed, n=8, h=32, w=32):
     syn = r.random((n, h, w, 3), dtype=np.float32) * 0.5 + 0.25
     real = np.clip(syn[::-1] * 0.8 + 0.1 * r.standard_normal((n, h, w, 3)).astype(np.float32), 0, 1)
     return {"synthetic": syn, "real": real}
+
+
+def two_train_steps(module, config):
+    """``(jitted step, [s0, s1, s2], [m1, m2])`` of a GAN method module (``init_state`` /
+    ``make_train_step``): the state at key 1, then one single-device step on each of
+    ``two_domain_batch(0)`` and ``two_domain_batch(1)``. Tests cache it: compiles and CPU steps are
+    the cost."""
+    import jax  # pylint: disable=import-outside-toplevel
+    step = jax.jit(module.make_train_step(config))
+    states, metrics = [module.init_state(config, jax.random.key(1))], []
+    for i in range(2):
+        s, m = step(states[-1], two_domain_batch(i))
+        states.append(s)
+        metrics.append(m)
+    return step, states, metrics
+
+
+def values_around_half_levels(below: int, count: int):
+    """float32 values stepping one ulp at a time through every uint8 rounding boundary (k + 1/2) / 255,
+    k = 0..254: ``count`` consecutive floats per boundary, starting ``below`` ulps beneath it."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    vals = []
+    for k in range(255):
+        v = np.float32((k + 0.5) / 255)
+        for _ in range(below):
+            v = np.nextafter(v, np.float32(0))
+        for _ in range(count):
+            vals.append(v)
+            v = np.nextafter(v, np.float32(2))
+    return vals

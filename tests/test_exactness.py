@@ -14,6 +14,7 @@ from dakpn_jax.data import pipeline, procedural
 from dakpn_jax.models import patchgan
 from dakpn_jax.models.segmenter import UNetSmall
 from dakpn_jax.training import dakpn, segmentation
+from conftest import values_around_half_levels
 
 
 # ----------------------------------------------------------------------------- NumPy layers
@@ -113,14 +114,7 @@ def test_make_translator_at_another_frame_size_with_a_nonzero_kpn():
 def test_to_uint8_rounds_exactly_near_every_half_level():
     """round(clip(x) * 255) computed exactly: float32 values a few ulps around every k + 1/2 and
     outside [0, 1]."""
-    vals = []
-    for k in range(255):
-        v = np.float32((k + 0.5) / 255)
-        for _ in range(8):
-            v = np.nextafter(v, np.float32(0))
-        for _ in range(16):
-            vals.append(v)
-            v = np.nextafter(v, np.float32(2))
+    vals = values_around_half_levels(below=8, count=16)
     x = np.array(vals + [-0.3, 0.0, 1.0, 1.7, 0.5], np.float32)
     want = np.floor(np.clip(x.astype(np.float64), 0, 1) * 255 + 0.5)  # ties only at 0.5 -> 127.5 -> 128
     got = export.to_uint8(x)

@@ -19,7 +19,7 @@ from dakpn_jax.data import procedural
 from dakpn_jax.data.folder import FolderSource
 from dakpn_jax.training import trainer
 from tests import toy_method
-from conftest import snapshot  # noqa: E402
+from conftest import snapshot, values_around_half_levels  # noqa: E402
 
 N = 5  # synthetic-train items: padded to one 8-device batch
 
@@ -175,15 +175,7 @@ def test_exported_uint8_is_exactly_the_rounded_translation(translator, tmp_path,
     """Bit for bit: a translator whose output is known exactly (float32 values a few ulps around
     every half grey level, and outside [0, 1]) exports round(clip(x) * 255), the expectation
     computed here in float64 from that output."""
-    vals = []
-    for k in range(255):
-        v = np.float32((k + 0.5) / 255)
-        for _ in range(4):
-            v = np.nextafter(v, np.float32(0))
-        for _ in range(8):
-            vals.append(v)
-            v = np.nextafter(v, np.float32(2))
-    vals = np.array(vals + [-0.2, 1.3, 0.0, 1.0], np.float32)
+    vals = np.array(values_around_half_levels(below=4, count=8) + [-0.2, 1.3, 0.0, 1.0], np.float32)
     field = np.resize(vals, (32, 64, 3))
     want = np.floor(np.clip(field.astype(np.float64), 0, 1) * 255 + 0.5).astype(np.uint8)
     monkeypatch.setattr(export, "make_translate_fn",

@@ -21,7 +21,7 @@ from dakpn_jax.models.gan_discriminator import NLayerDiscriminator  # noqa: E402
 from dakpn_jax.models.resnet_generator import ResnetGenerator  # noqa: E402
 from dakpn_jax.training import cut, cyclegan, get_method  # noqa: E402
 from dakpn_jax.training import gan_common as gc  # noqa: E402
-from conftest import two_domain_batch  # noqa: E402
+from conftest import two_domain_batch, two_train_steps  # noqa: E402
 
 METHODS = {"cyclegan": (cyclegan, lambda: cyclegan_configs.get_config("tiny")),
            "cut": (cut, lambda: cut_configs.get_config("cut-tiny")),
@@ -40,13 +40,7 @@ def _setup(name):
     if name not in _CACHE:
         mod, cfg = METHODS[name]
         config = cfg()
-        step = jax.jit(mod.make_train_step(config))
-        states, metrics = [mod.init_state(config, jax.random.key(1))], []
-        for i in range(2):
-            s, m = step(states[-1], _batch(i))
-            states.append(s)
-            metrics.append(m)
-        _CACHE[name] = (mod, config, step, states, metrics)
+        _CACHE[name] = (mod, config, *two_train_steps(mod, config))
     return _CACHE[name]
 
 

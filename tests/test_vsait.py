@@ -20,7 +20,7 @@ from dakpn_jax.models import vsait as vm  # noqa: E402
 from dakpn_jax.training import get_method  # noqa: E402
 from dakpn_jax.training import gan_common as gc  # noqa: E402
 from dakpn_jax.training import vsait  # noqa: E402
-from conftest import two_domain_batch  # noqa: E402
+from conftest import two_domain_batch, two_train_steps  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:VSAIT is running with RANDOM VGG19")
 
@@ -266,13 +266,7 @@ def _setup():
     """(config, jitted step, states [s0, s1, s2], metrics [m1, m2]) on _batch(0), _batch(1), once."""
     if not _CACHE:
         config = vsait_configs.get_config("tiny")
-        step = jax.jit(vsait.make_train_step(config))
-        states, metrics = [vsait.init_state(config, jax.random.key(1))], []
-        for i in range(2):
-            s, m = step(states[-1], _batch(i))
-            states.append(s)
-            metrics.append(m)
-        _CACHE["v"] = (config, step, states, metrics)
+        _CACHE["v"] = (config, *two_train_steps(vsait, config))
     return _CACHE["v"]
 
 
