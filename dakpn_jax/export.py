@@ -45,6 +45,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
+from dakpn_jax import workdir_lock
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -106,7 +108,7 @@ def _check_target(output: str, manifest: dict) -> None:
         raise ValueError(f"export: output={output!r} exists and is not a directory")
     path = os.path.join(output, MANIFEST)
     if not os.path.exists(path):
-        entries = sorted(os.listdir(output))
+        entries = sorted(e for e in os.listdir(output) if not e.startswith(workdir_lock.LOCK_PREFIX))
         if entries:
             raise ValueError(f"export: output={output!r} is not empty ({entries[:5]}...) and has no {MANIFEST}; "
                              "refusing to mix files from another source into it")
@@ -205,79 +207,83 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
                 "checkpoint_step": int(np.asarray(jax.device_get(state["step"]))),
                 "config_hash": config_hash(config), "source": source_id}
     _check_target(output, manifest)  # before anything is written
-    _barrier("export: target checked")  # no process may see another's first files as a foreign target
-    img_dir, lbl_dir = os.path.join(output, "images"), os.path.join(output, "labels")
-    os.makedirs(img_dir, exist_ok=True)
-    os.makedirs(lbl_dir, exist_ok=True)
-    _write_manifest(output, {**manifest, "complete": False})
+    # One export per output directory: a second one into the same folder ends here (one line naming
+    # the process that holds it); the check is repeated under the lock, which creates the folder.
+    with workdir_lock.exclusive(output, what="export"):
+        _check_target(output, manifest)
+        _barrier("export: target checked")  # no process may see another's first files as a foreign target
+        img_dir, lbl_dir = os.path.join(output, "images"), os.path.join(output, "labels")
+        os.makedirs(img_dir, exist_ok=True)
+        os.makedirs(lbl_dir, exist_ok=True)
+        _write_manifest(output, {**manifest, "complete": False})
 
-    first = source[0]
-    key, has_label = _image_key(first), "label" in first
-    label_paths = getattr(source, "label_paths", None)
+        first = source[0]
+        key, has_label = _image_key(first), "label" in first
+        label_paths = getattr(source, "label_paths", None)
 
-    def finished(i: int) -> bool:
-        return (os.path.exists(os.path.join(img_dir, stems[i] + ".png"))
-                and (not has_label or os.path.exists(os.path.join(lbl_dir, stems[i] + ".png"))))
+        def finished(i: int) -> bool:
+            return (os.path.exists(os.path.join(img_dir, stems[i] + ".png"))
+                    and (not has_label or os.path.exists(os.path.join(lbl_dir, stems[i] + ".png"))))
 
-    todo = [i for i in range(len(source)) if not finished(i)]
-    _barrier("export: planned")  # every process splits the same todo list, read before any writes
-    devices = list(jax.local_devices() if devices is None else devices)
-    mesh = Mesh(np.asarray(devices), ("data",))
-    shard = NamedSharding(mesh, P("data"))
-    gb = -(-int(batch_size) // len(devices)) * len(devices)
-    translate = translate_fn if translate_fn is not None else make_translate_fn(config, state)
-    run = jax.jit(lambda x, y: translate(x, y), in_shardings=(shard, shard), out_shardings=shard)
+        todo = [i for i in range(len(source)) if not finished(i)]
+        _barrier("export: planned")  # every process splits the same todo list, read before any writes
+        devices = list(jax.local_devices() if devices is None else devices)
+        mesh = Mesh(np.asarray(devices), ("data",))
+        shard = NamedSharding(mesh, P("data"))
+        gb = -(-int(batch_size) // len(devices)) * len(devices)
+        translate = translate_fn if translate_fn is not None else make_translate_fn(config, state)
+        run = jax.jit(lambda x, y: translate(x, y), in_shardings=(shard, shard), out_shardings=shard)
 
-    def batches():
-        """Consecutive unfinished items of one frame size, up to gb of them; streamed (a large
-        dataset never sits in memory). Process p of P takes every P-th unfinished item."""
-        current = []
-        for i in todo[jax.process_index()::jax.process_count()]:
-            item = source[i]
-            if current and (len(current) == gb or item[key].shape != current[0][1][key].shape):
+        def batches():
+            """Consecutive unfinished items of one frame size, up to gb of them; streamed (a large
+            dataset never sits in memory). Process p of P takes every P-th unfinished item."""
+            current = []
+            for i in todo[jax.process_index()::jax.process_count()]:
+                item = source[i]
+                if current and (len(current) == gb or item[key].shape != current[0][1][key].shape):
+                    yield current
+                    current = []
+                current.append((i, item))
+            if current:
                 yield current
-                current = []
-            current.append((i, item))
-        if current:
-            yield current
 
-    bar = None
-    if progress and jax.process_index() == 0:
-        from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-        bar = tqdm(total=len(source), initial=len(source) - len(todo), unit="img", desc=f"export -> {output}")
-    try:
-        for batch in batches():
-            items = [it for _, it in batch] + [batch[-1][1]] * (gb - len(batch))  # pad: repeat the last item
-            images = np.stack([it[key] for it in items]).astype(np.float32) / 255.0
-            labels = (np.stack([it["label"] for it in items]) if has_label
-                      else np.zeros(images.shape[:3], np.uint8)).astype(np.int32)
-            # Explicit placement on this process's mesh: under jax.distributed, jit refuses numpy
-            # inputs with a non-replicated sharding.
-            out = to_uint8(jax.device_get(run(jax.device_put(images, shard), jax.device_put(labels, shard))))
-            if out.shape != images.shape:
-                raise ValueError(f"export: translator returned {out.shape} for images {images.shape}")
-            for j, (i, item) in enumerate(batch):
-                stem = stems[i]
-                if has_label:  # label first: an image on disk implies its label is there too
-                    dst = os.path.join(lbl_dir, stem + ".png")
-                    if label_paths is not None and label_paths[i].lower().endswith(".png"):
-                        _write_atomic(dst, lambda tmp, src=label_paths[i]: shutil.copyfile(src, tmp))
-                    else:
-                        _save_png(np.asarray(item["label"], np.uint8), dst)
-                path = os.path.join(img_dir, stem + ".png")
-                _save_png(out[j], path)
-                if bar is not None:
-                    bar.update(1)
-                if on_file_written is not None:
-                    on_file_written(path)
-    finally:
-        if bar is not None:
-            bar.close()
-    _barrier("export: written")  # count the other processes' files too
-    done = sum(finished(i) for i in range(len(source)))
-    manifest = {**manifest, "count": done, "complete": done == len(source)}
-    _write_manifest(output, manifest)
-    return manifest
+        bar = None
+        if progress and jax.process_index() == 0:
+            from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+            bar = tqdm(total=len(source), initial=len(source) - len(todo), unit="img", desc=f"export -> {output}")
+        try:
+            for batch in batches():
+                items = [it for _, it in batch] + [batch[-1][1]] * (gb - len(batch))  # pad: repeat the last item
+                images = np.stack([it[key] for it in items]).astype(np.float32) / 255.0
+                labels = (np.stack([it["label"] for it in items]) if has_label
+                          else np.zeros(images.shape[:3], np.uint8)).astype(np.int32)
+                # Explicit placement on this process's mesh: under jax.distributed, jit refuses numpy
+                # inputs with a non-replicated sharding.
+                out = to_uint8(jax.device_get(run(jax.device_put(images, shard), jax.device_put(labels, shard))))
+                if out.shape != images.shape:
+                    raise ValueError(f"export: translator returned {out.shape} for images {images.shape}")
+                for j, (i, item) in enumerate(batch):
+                    stem = stems[i]
+                    if has_label:  # label first: an image on disk implies its label is there too
+                        dst = os.path.join(lbl_dir, stem + ".png")
+                        if label_paths is not None and label_paths[i].lower().endswith(".png"):
+                            _write_atomic(dst, lambda tmp, src=label_paths[i]: shutil.copyfile(src, tmp))
+                        else:
+                            _save_png(np.asarray(item["label"], np.uint8), dst)
+                    path = os.path.join(img_dir, stem + ".png")
+                    _save_png(out[j], path)
+                    if bar is not None:
+                        bar.update(1)
+                    if on_file_written is not None:
+                        on_file_written(path)
+        finally:
+            if bar is not None:
+                bar.close()
+        _barrier("export: written")  # count the other processes' files too
+        done = sum(finished(i) for i in range(len(source)))
+        manifest = {**manifest, "count": done, "complete": done == len(source)}
+        _write_manifest(output, manifest)
+        return manifest
 
 
 # ----------------------------------------------------------------------------- CLI

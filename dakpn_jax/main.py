@@ -100,7 +100,11 @@ def _train(argv):
 
     from dakpn_jax.training import preemption, trainer
 
-    with console.route_library_logs(FLAGS.workdir, verbose=FLAGS.verbose or bool(FLAGS.config.get("log_to_console"))):
+    from dakpn_jax import workdir_lock
+
+    # Locked before the log routing opens WORKDIR/log.txt, so a second launch writes nothing there.
+    with workdir_lock.exclusive(FLAGS.workdir, what="dakpn"), \
+            console.route_library_logs(FLAGS.workdir, verbose=FLAGS.verbose or bool(FLAGS.config.get("log_to_console"))):
         logging.info("JAX process %d / %d, local devices %s", jax.process_index(), jax.process_count(),
                      jax.local_devices())
         logging.info("Config:\n%s", FLAGS.config)

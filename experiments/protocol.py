@@ -26,9 +26,18 @@ def main(argv):
     from absl import app, flags  # pylint: disable=import-outside-toplevel
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import jax  # pylint: disable=import-outside-toplevel
     f = flags.FLAGS
     workdir = os.path.abspath(f.workdir)
+    from dakpn_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+    try:  # one protocol per workdir, locked before anything (protocol.log included) is written there
+        with workdir_lock.exclusive(workdir, what="protocol"):
+            _run(f, workdir)
+    except workdir_lock.WorkdirInUse as e:
+        console.fail("protocol", e)
+
+
+def _run(f, workdir):
+    import jax  # pylint: disable=import-outside-toplevel
     log_path = console.route_library_logs(workdir, verbose=f.verbose, filename="protocol.log").path
     # Every segmenter (and every DA-KPN ablation) compiles the same step for the same shapes: a
     # persistent compilation cache under the workdir compiles each once (and reruns reuse it).

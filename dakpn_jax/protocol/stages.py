@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dakpn_jax import workdir_lock
 from dakpn_jax.protocol import methods
 from dakpn_jax.protocol.console import StageReporter
 
@@ -366,6 +367,13 @@ def run_protocol(pconfig, workdir: str, *, console: bool = False) -> dict:
     if not pconfig.translators.get("dakpn") and "dakpn" in tuple(pconfig.get("compare_to", ())):
         raise ValueError("config.compare_to names 'dakpn' but config.translators has no 'dakpn' row")
     os.makedirs(workdir, exist_ok=True)
+    # One protocol per workdir; its trainer and export stages lock their own subdirectories too.
+    with workdir_lock.exclusive(workdir, what="protocol"):
+        return _run_protocol_locked(pconfig, workdir, console=console)
+
+
+def _run_protocol_locked(pconfig, workdir: str, *, console: bool) -> dict:
+    from dakpn_jax.protocol import report  # pylint: disable=import-outside-toplevel
     p = plan(pconfig)
     _RUN.reporter = StageReporter([(key, cost) for key, _, cost in p], enabled=console) if console else None
     from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel

@@ -61,7 +61,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dakpn_jax import console
+from dakpn_jax import console, workdir_lock
 from dakpn_jax.training import checkpoint as ckpt
 from dakpn_jax.training import get_method
 from dakpn_jax.training import metrics_writer as mw
@@ -276,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       ``step``.
     Raises:
       ValueError: bad config, unwritable workdir, workdir holding another model's checkpoint (checked
-        before anything is written).
+        before anything is written); `workdir_lock.WorkdirInUse` when another live process trains there.
       FloatingPointError: a metric became NaN/Inf; the last checkpoint (all finite) is kept.
       preemption.Preempted: SIGTERM (or, multi-host, JAX's preemption notice) arrived; the state at
         the step where it was seen is checkpointed, and rerunning resumes from it.
@@ -286,7 +286,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     workdir = check_workdir(workdir)
     if verbose is None:
         verbose = bool(config.get("log_to_console", False))
-    with console.route_library_logs(workdir, verbose=verbose) as logs:
+    # One process per workdir (per host slot): a second launch ends here, before it writes anything.
+    with workdir_lock.exclusive(workdir, what="training"), \
+            console.route_library_logs(workdir, verbose=verbose) as logs:
         keep = config.get("keep_checkpoints", 3)
         checkpointer = ckpt.Checkpointer(workdir, max_to_keep=None if keep is None else int(keep),
                                          async_save=bool(config.get("async_checkpoints", True)))
