@@ -31,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBJ_DAKPN = "tests/test_objectives_dakpn.py"
 OBJ_CYCLE = "tests/test_objectives_cyclegan.py"
 EXACT = "tests/test_exactness.py"
+REF = "tests/test_translator_reference.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +168,29 @@ MUTATIONS = [
       "np.clip(np.asarray(images, np.float32), 0.0, 1.0) * 255.0",
       (EXACT + "::test_to_uint8_rounds_exactly_near_every_half_level",
        "tests/test_export.py::test_exported_uint8_is_exactly_the_rounded_translation")),
+    # ---------------------------------------------------------------- translator and input (issue #27)
+    M("translator_features_shifted_one_pixel", "translator", "dakpn_jax/training/dakpn.py",
+      "onehot = jax.nn.one_hot(labels.astype(jnp.int32), num_classes, dtype=jnp.float32)",
+      "onehot = jax.nn.one_hot(jnp.roll(labels, 1, axis=2).astype(jnp.int32), num_classes, dtype=jnp.float32)",
+      (REF + "::test_translator_matches_independent_computation_from_kpn_params",), planted=True),
+    M("translator_features_rows_shifted", "translator", "dakpn_jax/training/dakpn.py",
+      "onehot = jax.nn.one_hot(labels.astype(jnp.int32), num_classes, dtype=jnp.float32)",
+      "onehot = jax.nn.one_hot(jnp.roll(labels, 1, axis=1).astype(jnp.int32), num_classes, dtype=jnp.float32)",
+      (REF + "::test_translator_matches_independent_computation_from_kpn_params",)),
+    M("translator_noise_drawn_at_frame_size", "translator", "dakpn_jax/training/dakpn.py",
+      "noise = (translation.noise_field(m.noise_seed, H, W, base_size=base)",
+      "noise = (translation.noise_field(m.noise_seed, H, W, base_size=None)",
+      (REF + "::test_translator_matches_independent_computation_from_kpn_params",)),
+    M("pipeline_crop_never_last_row_col", "input", "dakpn_jax/data/pipeline.py",
+      "top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))",
+      "top, left = int(rng.integers(0, max(1, H - h))), int(rng.integers(0, max(1, W - w)))",
+      (REF + "::test_crop_offsets_cover_every_legal_offset_edges_included",), planted=True),
+    M("pipeline_crop_left_never_last", "input", "dakpn_jax/data/pipeline.py",
+      "int(rng.integers(0, W - w + 1))", "int(rng.integers(0, max(1, W - w)))",
+      (REF + "::test_crop_offsets_cover_every_legal_offset_edges_included",)),
+    M("pipeline_crop_past_the_edge", "input", "dakpn_jax/data/pipeline.py",
+      "int(rng.integers(0, H - h + 1))", "int(rng.integers(0, H - h + 2))",
+      (REF + "::test_crop_offsets_cover_every_legal_offset_edges_included",)),
     # ---------------------------------------------------------------- CLI
     M("main_preempted_exit_1", "cli", "dakpn_jax/main.py", "sys.exit(143)", "sys.exit(1)",
       ("tests/test_cli.py::test_main_preempted_exits_143_and_passes_multihost_flags",)),
