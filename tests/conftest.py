@@ -10,6 +10,21 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# One persistent compilation cache for the whole session (every xdist worker inherits the variable
+# from the controller, which loads this file first): many files compile the same tiny steps (the
+# DA-KPN, segmenter and GAN configs' "tiny" variants), and a cached executable is the one a fresh
+# compilation produces, so no result changes. A test that needs its own cache (the protocol's
+# reuse checks) sets it with persistent_compilation_cache below and restores this one after.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="dakpn-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1.0")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)  # the process that made it removes it
+
 
 import contextlib  # noqa: E402  (after the XLA_FLAGS set-up above, which must precede jax)
 
@@ -85,3 +100,87 @@ def values_around_half_levels(below: int, count: int):
             vals.append(v)
             v = np.nextafter(v, np.float32(2))
     return vals
+
+
+# Equivalence in float64 (1 device against 8, two processes against one, resumed against straight):
+# see tests/float64_method.py for why. Observed here: <= 2e-11 of a network's scale for DA-KPN
+# (whose translation keeps float32 image arithmetic) and ~1e-15 for the all-float64 GAN steps.
+# A missing cross-device reduction moves Adam's first moment by tens of per cent of its scale.
+FLOAT64_REL = 1e-8
+# Steps report their metrics as float32: two float64 values within FLOAT64_REL round to float32
+# values at most one ulp apart each way.
+METRIC_REL = FLOAT64_REL + 2 * 2.0 ** -23
+
+
+def assert_float64_equivalent(a, b, *, rel: float = FLOAT64_REL, depth: int = 2) -> float:
+    """Two state pytrees of one structure agree per network: for each group of leaves that share
+    their first ``depth`` keys (``['params']['G']``, ``['opt']['D']``, ...), every leaf is within
+    ``rel * (largest |value| in the group)`` of the other. Per group, not per leaf: a conv bias in
+    front of a normalisation has a true gradient of 0, so its own scale is round-off. Returns the
+    worst err / tol (AssertionError naming the leaf if it exceeds 1)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)
+    assert len(la) == len(lb), (len(la), len(lb))
+    groups = {}
+    for (path, x), y in zip(la, lb):
+        groups.setdefault(jax.tree_util.keystr(path[:depth]), []).append(
+            (jax.tree_util.keystr(path), np.asarray(x, np.float64), np.asarray(y, np.float64)))
+    worst = 0.0
+    for leaves in groups.values():
+        scale = max((float(np.max(np.abs(x))) for _, x, _ in leaves if x.size), default=0.0)
+        tol = rel * scale if scale > 0 else rel
+        for name, x, y in leaves:
+            assert x.shape == y.shape, (name, x.shape, y.shape)
+            err = float(np.max(np.abs(x - y))) if x.size else 0.0
+            assert err <= tol, (name, err, tol)
+            worst = max(worst, err / tol)
+    return worst
+
+
+def float64_config(config, method: str | None = None):
+    """A copy of ``config`` that trains ``method`` (default ``config.method``) through
+    tests.float64_method (run it inside ``jax.enable_x64(True)``)."""
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.float64_of = method or config.method
+        c.method = "tests.float64_method"
+    return c
+
+
+def one_and_eight_device_steps_float64(make_train_step, config, states, batches):
+    """``[(s1, s8, m1, m8), ...]``: from each float64-cast ``states[i]``, the jitted step on
+    ``batches[i]`` on one device and with the trainer's layout on 8 (state replicated, batch
+    sharded on a 1-D "data" mesh), all in float64. Each step starts from the given state, so the
+    comparison is of one step's arithmetic, not of chained GAN dynamics."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+
+    from tests.float64_method import to_float64  # pylint: disable=import-outside-toplevel
+    out = []
+    with jax.enable_x64(True):
+        step = make_train_step(config)
+        mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+        rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+        step1 = jax.jit(step)
+        step8 = jax.jit(step, in_shardings=(rep, dat), out_shardings=(rep, rep))
+        for state, batch in zip(states, batches):
+            state, batch = to_float64(state), to_float64(batch)
+            s1, m1 = step1(state, batch)
+            s8, m8 = step8(jax.device_put(state, rep), jax.device_put(batch, dat))
+            assert s8["step"].sharding.is_fully_replicated
+            out.append((jax.device_get(s1), jax.device_get(s8), jax.device_get(m1), jax.device_get(m8)))
+    return out
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per core this process may run on (its CPU
+    affinity, so ``taskset -c 0`` gives one worker), at most 2: each worker holds a jax runtime
+    with 8 simulated devices, and the compile-heavy files gain little from more."""
+    del config
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))

@@ -21,6 +21,7 @@ if REPO not in sys.path:
 from tests import toy_method  # noqa: E402
 
 from dakpn_jax.training import trainer  # noqa: E402
+from conftest import assert_float64_equivalent, float64_config  # noqa: E402
 
 WORKER = r"""
 import os, sys, json
@@ -86,12 +87,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(config, tmp_path, export_dir=None):
+def run_two_processes(config, tmp_path, export_dir=None, x64=False):
     why = gloo_probe()
     if why is not None:
         pytest.skip(f"two-process gloo collectives unavailable here ({why})")
     address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    if x64:
+        env["JAX_ENABLE_X64"] = "1"
     procs = []
     for pid in range(2):
         code = WORKER.format(repo=REPO, address=address, pid=pid, config=config.to_json(),
@@ -117,17 +120,30 @@ def leaves(state):
     return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
+def as_tree_of(reference, flat):
+    """The flat ``{keystr: array}`` of a worker, in the structure of ``reference``."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(reference)
+    return jax.tree_util.tree_unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths])
+
+
+# In float64 (tests/float64_method.py): one process and two differ only in summation order, whose
+# float32 round-off depends on the processor; FLOAT64_REL of each network's scale does not.
+
 @pytest.mark.slow
 def test_two_processes_match_one_process_eight_devices(tmp_path):
     config = toy_method.get_config()
     config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 3, 2, 100
-    (p0, p1), outs = run_two_processes(config, tmp_path)
-    trainer.train_and_evaluate(config, str(tmp_path / "one"))
-    ref = leaves(trainer.restore_state(str(tmp_path / "one"))[1])
+    config = float64_config(config)
+    (p0, p1), outs = run_two_processes(config, tmp_path, x64=True)
+    with jax.enable_x64(True):
+        trainer.train_and_evaluate(config, str(tmp_path / "one"))
+        ref_state = jax.device_get(trainer.restore_state(str(tmp_path / "one"))[1])
+    ref = leaves(ref_state)
     assert p0.keys() == ref.keys()
+    assert all(v.dtype == np.float64 for k, v in ref.items() if k.startswith("['params']"))
     for k in ref:
         np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)  # replicated: both processes agree
-        np.testing.assert_allclose(p0[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert_float64_equivalent(ref_state, as_tree_of(ref_state, p0))
     assert int(p0["['consumed']"]) == int(ref["['consumed']"])  # same global batches, same order
     # One checkpoint holds both processes' iterator states (3 batches consumed by each).
     saved = json.loads((tmp_path / "two" / "checkpoints" / "3" / "iterators" / "metadata").read_text())
@@ -142,22 +158,25 @@ def test_dakpn_two_processes_match_one_process_eight_devices(tmp_path):
 
     module, arg = sweep.load_config_module(os.path.join(REPO, "configs", "default.py") + ":tiny")
     config = module.get_config(arg)
-    # norm "none": a conv bias in front of a norm layer has an exactly-zero true gradient, which Adam
-    # turns into +-lr steps of round-off sign (see tests/test_trainer.py).
+    # norm "none": a conv bias in front of a norm layer has an exactly-zero true gradient (see
+    # tests/test_trainer.py).
     config.model.disc.norm = "none"
     config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 2, 2, 0
-    (p0, p1), outs = run_two_processes(config, tmp_path, export_dir=tmp_path / "export_two")
-    trainer.train_and_evaluate(config, str(tmp_path / "one"))
-    ref = leaves(trainer.restore_state(str(tmp_path / "one"))[1])
+    config = float64_config(config)
+    (p0, p1), outs = run_two_processes(config, tmp_path, export_dir=tmp_path / "export_two", x64=True)
+    from dakpn_jax import export
+    with jax.enable_x64(True):
+        trainer.train_and_evaluate(config, str(tmp_path / "one"))
+        ref_state = jax.device_get(trainer.restore_state(str(tmp_path / "one"))[1])
+        # The two-process export is the one-process export of the same checkpoint, file for file.
+        one = export.export_translated(str(tmp_path / "two"), str(tmp_path / "export_one"), batch_size=4,
+                                       progress=False)
+    ref = leaves(ref_state)
     assert p0.keys() == ref.keys()
     for k in ref:
         np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
-        np.testing.assert_allclose(p0[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    # The two-process export is the one-process export of the same checkpoint, file for file.
-    from dakpn_jax import export
+    assert_float64_equivalent(ref_state, as_tree_of(ref_state, p0))
     manifests = [json.loads(out.split("MANIFEST", 1)[1].splitlines()[0]) for _, out, _ in outs]
-    one = export.export_translated(str(tmp_path / "two"), str(tmp_path / "export_one"), batch_size=4,
-                                   progress=False)
     n = config.data.num_synthetic_train
     assert one["complete"] and one["count"] == n
     assert manifests[0]["complete"] and manifests[0]["count"] == n  # process 0 counted process 1's files

@@ -27,7 +27,7 @@ from dakpn_jax.training import checkpoint as ckpt  # noqa: E402
 from dakpn_jax.training import metrics_writer as mw  # noqa: E402
 from dakpn_jax.training import preemption  # noqa: E402
 from dakpn_jax.training import trainer  # noqa: E402
-from conftest import persistent_compilation_cache  # noqa: E402
+from conftest import assert_float64_equivalent, float64_config, persistent_compilation_cache  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -107,17 +107,43 @@ def test_one_step_trains_and_writes_run_directory(tmp_path):
 
 
 def test_eight_devices_match_one_device_and_scan(tmp_path):
-    c = toy_config(num_train_steps=3, checkpoint_every_steps=100, eval_every_steps=100)
-    trainer.train_and_evaluate(c, str(tmp_path / "one"), devices=jax.devices()[:1])
-    trainer.train_and_evaluate(c, str(tmp_path / "eight"))
-    c3 = toy_config(num_train_steps=3, checkpoint_every_steps=100, eval_every_steps=100, steps_per_call=3)
-    trainer.train_and_evaluate(c3, str(tmp_path / "scan"))
-    one = leaves(trainer.restore_state(str(tmp_path / "one"))[1])
-    for other in ("eight", "scan"):
-        got = leaves(trainer.restore_state(str(tmp_path / other))[1])
-        for k in one:
-            np.testing.assert_allclose(got[k], one[k], rtol=1e-5, atol=1e-5, err_msg=f"{other} {k}")
-        assert int(got["['consumed']"]) == int(one["['consumed']"])  # same batches, same order
+    # In float64 (tests/float64_method.py): the three runs differ only in summation order, which is
+    # processor-dependent round-off in float32 and ~1e-16 here; FLOAT64_REL is processor-independent.
+    c = float64_config(toy_config(num_train_steps=3, checkpoint_every_steps=100, eval_every_steps=100))
+    c3 = c.copy_and_resolve_references()
+    c3.steps_per_call = 3
+    with jax.enable_x64(True):
+        trainer.train_and_evaluate(c, str(tmp_path / "one"), devices=jax.devices()[:1])
+        trainer.train_and_evaluate(c, str(tmp_path / "eight"))
+        trainer.train_and_evaluate(c3, str(tmp_path / "scan"))
+        one = trainer.restore_state(str(tmp_path / "one"))[1]
+        assert all(v.dtype == np.float64 for k, v in leaves(one).items() if k.startswith("['params']"))
+        for other in ("eight", "scan"):
+            got = trainer.restore_state(str(tmp_path / other))[1]
+            assert_float64_equivalent(one, got)
+            assert int(got["consumed"]) == int(one["consumed"])  # same batches, same order
+
+
+def test_float64_comparison_catches_a_missing_cross_device_reduction():
+    """What the tolerance above is for: a step whose gradient is the mean over one device's shard
+    only (a forgotten all-reduce: device 0's update, broadcast) must fail the comparison with the
+    step over the whole global batch, by orders of magnitude."""
+    c = float64_config(toy_config())
+    from tests import float64_method
+
+    with jax.enable_x64(True):
+        state = float64_method.init_state(c, jax.random.key(0))
+        batch = float64_method.next_batch(float64_method.make_iterators(c, shard_index=0, shard_count=1))
+        step = jax.jit(float64_method.make_train_step(c))
+        full, _ = step(state, batch)
+        shard = c.batch_size // 8  # device 0's rows of an 8-device mesh
+        local, _ = step(state, {k: v[:shard] for k, v in batch.items()})
+        assert assert_float64_equivalent(full, step(state, batch)[0]) <= 1.0  # itself: passes
+        with pytest.raises(AssertionError):
+            assert_float64_equivalent(full, local)
+        # ... and by a wide margin: the moments differ by far more than FLOAT64_REL of their scale.
+        with pytest.raises(AssertionError):
+            assert_float64_equivalent(full, local, rel=1e-3)
 
 
 def preempted_run(monkeypatch, module, config, workdir, after_steps):
@@ -324,29 +350,32 @@ def dakpn_tiny(**overrides):
 
 
 def test_dakpn_tiny_one_vs_eight_devices_and_exact_resume(tmp_path, monkeypatch):
-    """DA-KPN tiny, 3 steps: 1 device == 8 devices (1e-5); killed after 2 steps + restart == 3 straight
-    steps bit for bit (KPN and D parameters, both Adam states, rng); both networks trained."""
-    # norm "none": a conv bias in front of a BatchNorm gets an exactly-zero gradient, which Adam turns
-    # into +-lr steps of rounding noise, different for every device count; without it every
-    # parameter is a well-conditioned function of the data.
+    """DA-KPN tiny, 3 steps in float64 (tests/float64_method.py): 1 device == 8 devices within
+    FLOAT64_REL per network; killed after 2 steps + restart == 3 straight steps bit for bit (KPN and
+    D parameters, both Adam states, rng); both networks trained."""
+    # norm "none": a conv bias in front of a BatchNorm gets an exactly-zero gradient; in float64 its
+    # round-off (~1e-17) stays far below Adam's eps, but the check should not lean on that margin.
     c = dakpn_tiny(num_train_steps=3, checkpoint_every_steps=2)
     c.model.disc.norm = "none"
-    out = trainer.train_and_evaluate(c, str(tmp_path / "eight"))
-    assert out["step"] == 3 and all(np.isfinite(v) for v in out.values())
-    trainer.train_and_evaluate(c, str(tmp_path / "one"), devices=jax.devices()[:1])
-    from dakpn_jax.training import dakpn
+    c = float64_config(c)
+    from tests import float64_method
 
-    preempted_run(monkeypatch, dakpn, c, str(tmp_path / "resumed"), after_steps=2)
-    trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
-
-    init = leaves(trainer.init_state(dakpn, c, trainer.make_mesh()))
-    eight = leaves(trainer.restore_state(str(tmp_path / "eight"))[1])
-    one = leaves(trainer.restore_state(str(tmp_path / "one"))[1])
-    resumed = leaves(trainer.restore_state(str(tmp_path / "resumed"))[1])
+    with jax.enable_x64(True):
+        out = trainer.train_and_evaluate(c, str(tmp_path / "eight"))
+        assert out["step"] == 3 and all(np.isfinite(v) for v in out.values())
+        trainer.train_and_evaluate(c, str(tmp_path / "one"), devices=jax.devices()[:1])
+        preempted_run(monkeypatch, float64_method, c, str(tmp_path / "resumed"), after_steps=2)
+        trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
+        init = leaves(trainer.init_state(float64_method, c, trainer.make_mesh()))
+        eight_state = trainer.restore_state(str(tmp_path / "eight"))[1]
+        one_state = trainer.restore_state(str(tmp_path / "one"))[1]
+        resumed = leaves(trainer.restore_state(str(tmp_path / "resumed"))[1])
+    eight, one = leaves(eight_state), leaves(one_state)
     assert eight.keys() == one.keys() == resumed.keys() == init.keys()
+    assert all(v.dtype == np.float64 for k, v in eight.items() if k.startswith("['params']"))
+    assert_float64_equivalent(one_state, eight_state)
     for k in eight:
         assert np.isfinite(eight[k]).all(), k
-        np.testing.assert_allclose(one[k], eight[k], rtol=1e-5, atol=1e-5, err_msg=k)
         np.testing.assert_array_equal(resumed[k], eight[k], err_msg=k)
     for net in ("kpn", "D"):
         changed = [k for k in eight if k.startswith(f"['params']['{net}']") and not np.array_equal(eight[k], init[k])]

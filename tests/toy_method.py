@@ -106,7 +106,7 @@ def make_train_step(config):
         # Order-sensitive hash of the consumed example indices: h <- h * M^B + sum_j M^(B-1-j) (i_j + 1).
         b = idx.shape[0]
         powers = jnp.asarray(_powers(b + 1))  # M^b, M^(b-1), ..., M^0
-        consumed = state["consumed"] * powers[0] + jnp.sum(powers[1:] * (idx.astype(jnp.uint32) + 1))
+        consumed = (state["consumed"] * powers[0] + jnp.sum(powers[1:] * (idx.astype(jnp.uint32) + 1))).astype(jnp.uint32)
         new = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": jax.random.key_data(rng),
                "consumed": consumed}
         metrics = {"loss": loss * poison, "batch_checksum": jnp.sum(idx).astype(jnp.float32)}

@@ -98,7 +98,11 @@ def apply_model(gd, variables: dict, images: jax.Array, *, train: bool = False, 
     graph, rng_template = gd
     rngs = _rng_streams(rng_template, jax.random.key(0) if rng is None else rng)
     model = nnx.merge(graph, variables["params"], rngs, variables["model_state"])
-    logits = model(images.astype(jnp.float32), train=train).astype(jnp.float32)
+    # At least float32 (a bfloat16 model's logits are upcast for the loss); float64 stays float64, so a
+    # float64 run (the tests' device-count equivalence) is float64 throughout.
+    wide = jnp.promote_types(images.dtype, jnp.float32)
+    logits = model(images.astype(wide), train=train)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     h, w = size if size is not None else images.shape[1:3]
     if logits.shape[1:3] != (h, w):
         logits = jax.image.resize(logits, (logits.shape[0], h, w, logits.shape[-1]), "bilinear")
