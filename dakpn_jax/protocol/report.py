@@ -78,6 +78,20 @@ def _confusions(workdir, per_seed, key):
 
 # ----------------------------------------------------------------------------- summary
 
+def oracle_n(pconfig, per_seed) -> int:
+    """The oracle's real-train image count as the run recorded it (real data: the listed folder),
+    else the benchmark's ``num_real_train``."""
+    n = per_seed[0].get("oracle_n") if per_seed else None
+    return int(n) if n is not None else int(pconfig.data.num_real_train)
+
+
+def label_space_line(pconfig) -> str:
+    from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
+    space = label_space.for_data(pconfig.data)
+    return (f"Label space: {space.name}, {space.num_classes} classes ({', '.join(space.class_names)}), "
+            f"ignore index {space.ignore_index}.")
+
+
 def summarise(pconfig, per_seed: list[dict], workdir: str | None = None) -> dict:
     """Rows ``{method, n, key, miou: (mean, std), miou_ci, model_score, psnr, ssim, swd,
     class_color_err}`` over seeds, the paired comparisons and per-class IoU."""
@@ -86,7 +100,7 @@ def summarise(pconfig, per_seed: list[dict], workdir: str | None = None) -> dict
     keys = list(per_seed[0]["segmenters"])
     for key in keys:
         method, score_key = method_and_score_key(key)
-        n = int(pconfig.data.num_real_train) if key == "oracle" else int(key.rsplit("_n", 1)[1])
+        n = oracle_n(pconfig, per_seed) if key == "oracle" else int(key.rsplit("_n", 1)[1])
         row = {"method": method, "n": n, "key": key, "miou": _mean_std([seg_miou(r, key) for r in per_seed]),
                "miou_per_seed": [seg_miou(r, key) for r in per_seed]}
         confs[key] = _confusions(workdir, per_seed, key)
@@ -159,7 +173,7 @@ def markdown(pconfig, summary: dict, per_seed: list[dict], timings: dict | None 
     level = int(round(100 * _boot(pconfig)["level"]))
     lines = [f"# Protocol results ({len(seeds)} seed(s): {seeds})", "",
              f"real-val mIoU: mean ± std over seeds, and [{level}% bootstrap interval of the mean over seeds "
-             "and real-val images].", "",
+             "and real-val images].", "", label_space_line(pconfig), "",
              "| method | N real labels | real-val mIoU (%) | interval | model score mIoU (%) | PSNR (dB) | SSIM | SWD "
              "| class colour err |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -393,7 +407,9 @@ def write_html(path: str, text: str, images: list[tuple[str, str]], configs: dic
 
 def write_report(pconfig, workdir: str, per_seed: list[dict], timings: dict | None = None) -> dict:
     summary = summarise(pconfig, per_seed, workdir)
+    from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
     report = {"protocol_config": pconfig.to_dict(), "seeds": list(pconfig.seeds), "summary": summary,
+              "label_space": label_space.for_data(pconfig.data).to_dict(),
               "timings": timings or {}, "profile": profile(timings or {}), "per_seed": per_seed}
     tmp = os.path.join(workdir, "results.json.tmp")
     with open(tmp, "w") as f:
