@@ -129,7 +129,8 @@ def get_config(arg=None):
         seg = _cd(config="configs/segmentation_real.py", variant=f"{seg_bench}_paper", require_weights=True,
                   overrides=_cd(model=_cd(kwargs=_cd(pretrained=config_dict.placeholder(str)))))
     c.segmentation = seg
-    c.feature_segmenter = ml_collections.ConfigDict(seg.to_dict())
+    # Trained on the synthetic labels with the downstream model and weights (the paper's training script).
+    c.feature_segmenter = _cd(same_as_segmentation=True)
     c.stage_overrides = _cd(eval_every_steps=0, log_every_steps=100)
     c.eval = _cd(model_score_images=500, paired_images=0, grid_rows=4, batch_size=8, control_pool=64,
                  render_cache=0)
@@ -164,7 +165,6 @@ def _tiny(c):
     c.n_real = (0, 1, -1)
     seg = _cd(variant="tiny", require_weights=False, overrides=_cd(batch_size=8, **one))
     c.segmentation = seg
-    c.feature_segmenter = ml_collections.ConfigDict(seg.to_dict())
     c.stage_overrides = _cd(eval_every_steps=0, log_every_steps=1)
     c.eval.update(model_score_images=4, grid_rows=2, batch_size=2, control_pool=2)
     c.bootstrap.num_resamples = 200

@@ -257,6 +257,13 @@ def segmenter_config(pconfig, spec, seed: int, train_sources: list, **data_field
     return c
 
 
+def feature_segmenter_spec(pconfig):
+    """The feature segmenter's spec: ``config.feature_segmenter``, or ``config.segmentation`` itself
+    when it says ``same_as_segmentation=True`` (one weights flag for both, real-data configs)."""
+    spec = pconfig.feature_segmenter
+    return pconfig.segmentation if spec.get("same_as_segmentation", False) else spec
+
+
 def segmenter_sources(pconfig, base: dict, n: int) -> tuple[list, dict]:
     """Train sources ``base`` (+ N real labels as ``real_fraction`` of each batch) and data fields."""
     if n <= 0:

@@ -39,19 +39,21 @@ def check_weights(pconfig) -> None:
         if value and not os.path.exists(os.path.expanduser(value)):
             raise ValueError(f"{path}={value!r}: no such weights file")
     for name in ("segmentation", "feature_segmenter"):
+        if name == "feature_segmenter":
+            if not _needs_feature_segmenter(pconfig) or pconfig.feature_segmenter.get("same_as_segmentation", False):
+                continue
         spec = pconfig.get(name, None)
         if spec is None or not spec.get("require_weights", False):
             continue
-        if name == "feature_segmenter" and not _needs_feature_segmenter(pconfig):
-            continue
         model = spec.get("model", None) or spec.get("overrides", {}).get("model", {})
         kwargs = dict(model.get("kwargs", {}) or {})
-        field = "weights" if model.get("name", "") == "fcn_resnet50" else "pretrained"
+        fcn = model.get("name", "") == "fcn_resnet50"
+        field = "weights" if fcn else "pretrained"
         if not kwargs.get(field):
             where = "model" if spec.get("model", None) else "overrides.model"
-            raise ValueError(f"config.{name}.{where}.kwargs.{field} is not set: the {model.get('name', 'segmenter')} "
-                             f"segmenters start from local pretrained weights (set "
-                             f"--config.{name}.{where}.kwargs.{field}=PATH)")
+            what = "torchvision FCN-ResNet50 weights" if fcn else "ImageNet MiT-B5 (SegFormer) weights"
+            raise ValueError(f"config.{name}.{where}.kwargs.{field} is not set: the {name} segmenters start from "
+                             f"local {what}; set --config.{name}.{where}.kwargs.{field}=PATH")
 
 
 def _needs_feature_segmenter(pconfig) -> bool:

@@ -323,7 +323,7 @@ def run_seed(pconfig, seed: int, root: str) -> dict:
 
     if any(t.uses_segmenter_features for t in translators.values()):
         src, _ = methods.segmenter_sources(pconfig, {"kind": "split", "split": "synthetic-train"}, 0)
-        fcfg = methods.segmenter_config(pconfig, pconfig.feature_segmenter, seed, src)
+        fcfg = methods.segmenter_config(pconfig, methods.feature_segmenter_spec(pconfig), seed, src)
         fdir = os.path.join(root, "feature_segmenter")
         res["feature_segmenter"] = stage(fdir, train(fcfg, "feature segmenter"), what=f"seed {seed}: feature segmenter",
                                          key=k("feature_segmenter"))
