@@ -39,11 +39,10 @@ def check_weights(pconfig) -> None:
         if value and not os.path.exists(os.path.expanduser(value)):
             raise ValueError(f"{path}={value!r}: no such weights file")
     for name in ("segmentation", "feature_segmenter"):
-        if name == "feature_segmenter":
-            if not _needs_feature_segmenter(pconfig) or pconfig.feature_segmenter.get("same_as_segmentation", False):
-                continue
         spec = pconfig.get(name, None)
         if spec is None or not spec.get("require_weights", False):
+            continue  # (a feature segmenter with same_as_segmentation has no own requirement)
+        if name == "feature_segmenter" and not _needs_feature_segmenter(pconfig):
             continue
         model = spec.get("model", None) or spec.get("overrides", {}).get("model", {})
         kwargs = dict(model.get("kwargs", {}) or {})
