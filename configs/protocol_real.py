@@ -132,8 +132,10 @@ def get_config(arg=None):
     # Trained on the synthetic labels with the downstream model and weights (the paper's training script).
     c.feature_segmenter = _cd(same_as_segmentation=True)
     c.stage_overrides = _cd(eval_every_steps=0, log_every_steps=100)
+    # Model score: the run's oracle labels each translated set, or a given segmentation run's
+    # segmenter (--config.eval.model_score_workdir=DIR, e.g. one trained on all real labels).
     c.eval = _cd(model_score_images=500, paired_images=0, grid_rows=4, batch_size=8, control_pool=64,
-                 render_cache=0)
+                 render_cache=0, model_score_workdir=config_dict.placeholder(str))
     c.bootstrap = _cd(num_resamples=2000, level=0.95, seed=0)
     if tiny:
         _tiny(c)

@@ -35,6 +35,9 @@ def _walk(tree, path):
 
 
 def check_weights(pconfig) -> None:
+    scorer = pconfig.get("eval", {}).get("model_score_workdir", None)
+    if scorer and not os.path.isdir(os.path.expanduser(scorer)):
+        raise ValueError(f"config.eval.model_score_workdir={scorer!r}: no such folder (a segmentation run)")
     for path, value in _walk(pconfig.to_dict(), "config"):
         if value and not os.path.exists(os.path.expanduser(value)):
             raise ValueError(f"{path}={value!r}: no such weights file")

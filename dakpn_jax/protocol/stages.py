@@ -215,7 +215,10 @@ def scores(pconfig, seg_oracle_dir: str, exports: dict, translate_fns: Callable[
         from dakpn_jax.evaluation import image_quality, model_score  # pylint: disable=import-outside-toplevel
         from dakpn_jax.training import segmentation  # pylint: disable=import-outside-toplevel
 
-        apply_fn, params = segmentation.load_segmenter(os.path.join(seg_oracle_dir, "run"))
+        # The run's oracle labels the translated sets, unless eval.model_score_workdir names another
+        # segmentation run (e.g. the paper's: an FCN-ResNet50 trained on all of Cityscapes).
+        scorer = pconfig.eval.get("model_score_workdir", None) or os.path.join(seg_oracle_dir, "run")
+        apply_fn, params = segmentation.load_segmenter(scorer)
         segment = jax.jit(apply_fn)
         segment_fn = lambda images: segment(params, images)
         e = pconfig.eval
@@ -223,7 +226,7 @@ def scores(pconfig, seg_oracle_dir: str, exports: dict, translate_fns: Callable[
         for name, exp in exports.items():
             sets[name] = FolderSource(os.path.join(exp["root"], "images"), os.path.join(exp["root"], "labels"))
         space = methods.label_space(pconfig)
-        out = {"model_score": {}, "paired": {}}
+        out = {"model_score": {}, "paired": {}, "model_score_segmenter": scorer}
         for name, src in sets.items():
             s = model_score.score_source(segment_fn, src, space.num_classes, batch_size=int(e.batch_size),
                                          max_images=int(e.model_score_images), class_names=space.class_names)
