@@ -1,12 +1,16 @@
 r"""The evaluation protocol (DESIGN.md §1 step 8, §9) on one config: a thin command over
 `dakpn_jax.protocol` (stages, statistics and report live there).
 
-    python3 experiments/protocol.py --config=configs/protocol.py[:variant] --workdir=DIR [--verbose]
+    python3 experiments/protocol.py --config=configs/protocol.py[:variant] --workdir=DIR [--verbose] [--dry_run]
 
 Prints one start / end line per stage (stage k of n, elapsed, ETA) and a progress bar while a stage
 trains, then the results table and where the outputs are. Library logs go to DIR/protocol.log
 (``--verbose`` shows them on the console too). DIR gets results.{md,json,html}, miou_vs_n.png,
 grid_seed<k>.png and one folder per stage (reused by a rerun).
+
+``--dry_run``: check the data folders and weight files, then print every stage with its estimated
+time and the exports' disk size (`dakpn_jax.protocol.dryrun`); nothing trains. A missing data
+folder or weights file ends either command in one ``protocol: error: ...`` line, before any stage.
 """
 from __future__ import annotations
 
@@ -28,6 +32,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     workdir = os.path.abspath(f.workdir)
+    from dakpn_jax.protocol import dryrun, preflight  # pylint: disable=import-outside-toplevel
+    try:  # before any log file, cache or stage folder is made
+        if f.dry_run:
+            print("\n".join(dryrun.lines(f.config, workdir if os.path.isdir(workdir) else None)), flush=True)
+            return
+        preflight.check(f.config)
+    except ValueError as e:
+        console.fail("protocol", e)
     from dakpn_jax import workdir_lock  # pylint: disable=import-outside-toplevel
     try:  # one protocol per workdir, locked before anything (protocol.log included) is written there
         with workdir_lock.exclusive(workdir, what="protocol"):
@@ -64,8 +76,10 @@ if __name__ == "__main__":
     from ml_collections import config_flags
 
     flags.DEFINE_string("workdir", None, "Protocol directory: one folder per stage, results.{md,json,html}, plots.")
+    flags.DEFINE_bool("dry_run", False, "Check data and weights, print every stage with its estimated time and "
+                      "the exports' disk size; run nothing.")
     flags.DEFINE_bool("verbose", False, "Also show the library's INFO logs on the console (always in DIR/protocol.log).")
     config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "configs", "protocol.py"),
                                     "Protocol config, `path.py[:variant]`.", lock_config=True)
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    app.run(main, flags_parser=console.flags_parser("protocol"))

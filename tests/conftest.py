@@ -184,3 +184,20 @@ def pytest_xdist_auto_num_workers(config):
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return max(1, min(2, cores))
+
+
+def official_tree(root, pair):
+    """Miniature official-layout folders of a benchmark pair (tests/test_datasets.py's builders):
+    ``pair`` "gta5" / "synthia" (-> Cityscapes) or "faces" (Face Synthetics -> CelebAMask-HQ).
+    Returns the data-config fields that point at them (``synthetic_dir``, ``real_dir``)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import test_datasets as trees  # pylint: disable=import-outside-toplevel
+    syn, real = {"gta5": ("gta5", "cityscapes"), "synthia": ("synthia", "cityscapes"),
+                 "faces": ("face_synthetics", "celebamask_hq")}[pair]
+    rng = np.random.default_rng(0)
+    out = {}
+    for field, name in (("synthetic_dir", syn), ("real_dir", real)):
+        folder = os.path.join(str(root), name)
+        trees.TREES[name][1](folder, rng)
+        out[field] = folder
+    return out

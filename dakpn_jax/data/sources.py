@@ -26,6 +26,8 @@ labels already in the protocol's class ids with 255 = ignore.
   num_real_labelled       N of real-train-labelled: N images evenly spaced over the sorted
                           real-train list (index floor(i * n / N), i < N), so all Cityscapes
                           cities are represented (the first N sorted files would be one city)
+  labelled_seed           optional int: draw those N images by a seeded permutation instead
+                          (`labelled_indices`; nested over N, recorded by the protocol)
   label_protocol          ``cityscapes19`` / ``synthia16`` / ``synthia13`` (street scenes),
                           ``faces18`` (background ignored, DESIGN §1.8) / ``faces19``; default:
                           ``cityscapes19``, ``synthia16`` for SYNTHIA, ``faces18`` for faces
@@ -363,7 +365,23 @@ def make_source(data_config, split: str):
     if count is None or not 1 <= int(count) <= n:
         raise ValueError(f"data_config.num_real_labelled={count!r}: must be in [1, {n}] (the size of "
                          f"{real.NAME} {_get(data_config, 'real_train_split', 'train')})")
-    return View(base, indices=np.arange(int(count)) * n // int(count), lut=lut, size=size, flip_label_map=flip)
+    return View(base, indices=labelled_indices(n, int(count), _get(data_config, "labelled_seed", None)), lut=lut,
+                size=size, flip_label_map=flip)
+
+
+def labelled_indices(total: int, count: int, seed=None) -> np.ndarray:
+    """Indices (sorted, int64) of the ``count`` real-train images of real-train-labelled.
+
+    ``seed`` None: evenly spaced over the sorted list (floor(i * total / count)). ``seed`` an int:
+    the first ``count`` entries of a seeded permutation of ``range(total)`` (numpy PCG64), so the
+    subsets of one seed are nested (the 100 images are among the 500) and any seed can be redrawn
+    from the number alone (``data_config.labelled_seed``).
+    """
+    if not 1 <= int(count) <= int(total):
+        raise ValueError(f"labelled_indices: count={count} must be in [1, {total}]")
+    if seed is None:
+        return np.arange(int(count), dtype=np.int64) * int(total) // int(count)
+    return np.sort(np.random.default_rng(int(seed)).permutation(int(total))[: int(count)]).astype(np.int64)
 
 
 def preset(name: str, data_dir=None):

@@ -96,13 +96,32 @@ class Translator:
 
     @property
     def uses_segmenter_features(self) -> bool:
-        return self.trained and self.config.get("features", "onehot") == "segmenter"
+        """Needs the protocol's feature segmenter: frozen-segmenter features and no weights file
+        (``segmenter_weights``, e.g. the paper preset's FCN-ResNet50) that provides them."""
+        return (self.trained and self.config.get("features", "onehot") == "segmenter"
+                and not self.config.get("segmenter_weights", None))
+
+
+def label_space(pconfig):
+    """The protocol data's `dakpn_jax.data.label_space.LabelSpace` (classes of every stage)."""
+    from dakpn_jax.data import label_space as spaces  # pylint: disable=import-outside-toplevel
+    return spaces.for_data(pconfig.data)
+
+
+def _with_classes(config, pconfig):
+    """``config.model.num_classes`` set to the data's class count where the method has one (DA-KPN's
+    features, segmenters): the label space travels with the data, not with the method config."""
+    model = config.get("model", None)
+    if model is None or "num_classes" not in model:
+        return config
+    return override(config, {"model": {"num_classes": label_space(pconfig).num_classes}})
 
 
 def dakpn_config(pconfig, seed: int, extra=None) -> ml_collections.ConfigDict:
     c = load_config_file("configs/default.py", pconfig.dakpn.variant)
     c = override(with_data(c, pconfig), pconfig.dakpn.overrides)
-    return override(override(c, _quiet(pconfig)), {"seed": seed, **dict(extra or {})})
+    c = _with_classes(override(c, _quiet(pconfig)), pconfig)
+    return override(c, {"seed": seed, **dict(extra or {})})
 
 
 def _build_dakpn(pconfig, spec, seed):
@@ -121,7 +140,7 @@ def _build_train(pconfig, spec, seed):
         ok, why = vsait.vsait_available(c)
         if not ok:
             return dict(omit=why)
-    return dict(trained=True, config=override(c, {"seed": seed}))
+    return dict(trained=True, config=override(_with_classes(c, pconfig), {"seed": seed}))
 
 
 def control_reference(pconfig) -> np.ndarray:
@@ -137,6 +156,7 @@ def _build_control(pconfig, spec, seed):
     if name not in controls.CONTROLS:
         raise ValueError(f"translator spec {spec}: 'control' must be one of {controls.CONTROLS}, got {name!r}")
     params = dict(spec.get("params", {}) or {})
+    params.setdefault("num_classes", label_space(pconfig).num_classes)  # per-class randomisation
 
     def make_fn(pc, s):
         ref = None if name == "randomize" else control_reference(pc)
@@ -177,26 +197,71 @@ def build_translators(pconfig, seed: int, omitted: dict | None = None) -> dict[s
 
 
 def n_values(pconfig, name: str) -> tuple[int, ...]:
-    """The N values of a row's segmenters (see module docstring)."""
+    """The N values of a row's segmenters (see module docstring); N < 0 means all real-train
+    images (:func:`real_train_count`), so a config can say "all" without knowing the count."""
     if name == "source_only" or name in tuple(pconfig.get("headline", ("source_only", "dakpn"))):
         default = pconfig.n_real
     else:
         default = pconfig.get("side_n_real", pconfig.n_real)
     spec = pconfig.translators.get(name) if name in pconfig.translators else None
     ns = spec.get("n_real", None) if spec is not None else None
-    return tuple(int(n) for n in (default if ns is None else ns))
+    out = [int(n) if int(n) >= 0 else real_train_count(pconfig) for n in (default if ns is None else ns)]
+    return tuple(dict.fromkeys(out))  # "all" may equal a listed N on small data: one segmenter each
+
+
+_COUNTS: dict[str, int] = {}
+
+
+def _count(pconfig, split: str) -> int:
+    """Images of a split of the protocol's data (real folders are listed and scanned once per
+    process; the procedural benchmark's counts are config fields)."""
+    import json  # pylint: disable=import-outside-toplevel
+    d = pconfig.data
+    if d.get("name", "procedural") == "procedural":
+        field = {"synthetic-train": "num_synthetic_train", "real-train": "num_real_train",
+                 "real-val": "num_real_val", "paired-eval": "num_paired_eval"}[split]
+        return int(d[field])
+    key = json.dumps([split, d.to_dict()], sort_keys=True, default=str)
+    if key not in _COUNTS:
+        from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+        _COUNTS[key] = len(sources.make_source(d, split))
+    return _COUNTS[key]
+
+
+def real_train_count(pconfig) -> int:
+    """Real-train images: the oracle's N and what N = "all" (-1) stands for."""
+    return _count(pconfig, "real-train")
+
+
+def synthetic_train_count(pconfig) -> int:
+    return _count(pconfig, "synthetic-train")
 
 
 # ----------------------------------------------------------------------------- segmenters
 
 def segmenter_config(pconfig, spec, seed: int, train_sources: list, **data_fields):
-    c = load_config_file("configs/segmentation.py", spec.variant)
+    """A downstream (or feature) segmenter's stage config: ``spec.config`` (default
+    configs/segmentation.py) at ``spec.variant`` + ``spec.overrides``; ``spec.model``, when given,
+    replaces the whole model field (e.g. FCN-ResNet50 instead of a SegFormer, whose kwargs differ);
+    ``model.num_classes`` from the data's label space."""
+    c = load_config_file(spec.get("config", None) or "configs/segmentation.py", spec.variant)
     c = override(with_data(c, pconfig, **data_fields), spec.overrides)
-    c = override(override(c, _quiet(pconfig)), {"seed": seed})
+    if spec.get("model", None):
+        with c.unlocked():
+            c.model = ml_collections.ConfigDict(_spec_dict(spec.model))
+    c = _with_classes(override(c, _quiet(pconfig)), pconfig)
+    c = override(c, {"seed": seed})
     with c.unlocked():
         c.data.train_sources = train_sources
         c.data.eval_split = "real-val"
     return c
+
+
+def feature_segmenter_spec(pconfig):
+    """The feature segmenter's spec: ``config.feature_segmenter``, or ``config.segmentation`` itself
+    when it says ``same_as_segmentation=True`` (one weights flag for both, real-data configs)."""
+    spec = pconfig.feature_segmenter
+    return pconfig.segmentation if spec.get("same_as_segmentation", False) else spec
 
 
 def segmenter_sources(pconfig, base: dict, n: int) -> tuple[list, dict]:

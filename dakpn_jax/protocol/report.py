@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from dakpn_jax.protocol import stats
+from dakpn_jax.protocol.plot import plot_miou_vs_n  # noqa: F401  (report.plot_miou_vs_n, as before)
 from dakpn_jax.protocol.stages import json_default, load_confusions
 
 MIN_SEEDS_FOR_VERDICT = 3
@@ -78,6 +79,20 @@ def _confusions(workdir, per_seed, key):
 
 # ----------------------------------------------------------------------------- summary
 
+def oracle_n(pconfig, per_seed) -> int:
+    """The oracle's real-train image count as the run recorded it (real data: the listed folder),
+    else the benchmark's ``num_real_train``."""
+    n = per_seed[0].get("oracle_n") if per_seed else None
+    return int(n) if n is not None else int(pconfig.data.num_real_train)
+
+
+def label_space_line(pconfig) -> str:
+    from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
+    space = label_space.for_data(pconfig.data)
+    return (f"Label space: {space.name}, {space.num_classes} classes ({', '.join(space.class_names)}), "
+            f"ignore index {space.ignore_index}.")
+
+
 def summarise(pconfig, per_seed: list[dict], workdir: str | None = None) -> dict:
     """Rows ``{method, n, key, miou: (mean, std), miou_ci, model_score, psnr, ssim, swd,
     class_color_err}`` over seeds, the paired comparisons and per-class IoU."""
@@ -86,7 +101,7 @@ def summarise(pconfig, per_seed: list[dict], workdir: str | None = None) -> dict
     keys = list(per_seed[0]["segmenters"])
     for key in keys:
         method, score_key = method_and_score_key(key)
-        n = int(pconfig.data.num_real_train) if key == "oracle" else int(key.rsplit("_n", 1)[1])
+        n = oracle_n(pconfig, per_seed) if key == "oracle" else int(key.rsplit("_n", 1)[1])
         row = {"method": method, "n": n, "key": key, "miou": _mean_std([seg_miou(r, key) for r in per_seed]),
                "miou_per_seed": [seg_miou(r, key) for r in per_seed]}
         confs[key] = _confusions(workdir, per_seed, key)
@@ -159,7 +174,7 @@ def markdown(pconfig, summary: dict, per_seed: list[dict], timings: dict | None 
     level = int(round(100 * _boot(pconfig)["level"]))
     lines = [f"# Protocol results ({len(seeds)} seed(s): {seeds})", "",
              f"real-val mIoU: mean ± std over seeds, and [{level}% bootstrap interval of the mean over seeds "
-             "and real-val images].", "",
+             "and real-val images].", "", label_space_line(pconfig), "",
              "| method | N real labels | real-val mIoU (%) | interval | model score mIoU (%) | PSNR (dB) | SSIM | SWD "
              "| class colour err |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -269,64 +284,6 @@ def profile_lines(timings: dict) -> list[str]:
     return lines + [""]
 
 
-# ----------------------------------------------------------------------------- plot
-
-def plot_miou_vs_n(summary: dict, path: str, size=(640, 400)) -> None:
-    """mIoU (%) against N, one coloured polyline per method with its interval as error bars (PIL;
-    the oracle as a dashed level with its interval as a band edge)."""
-    from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
-    rows = [r for r in summary["rows"] if np.isfinite(r["miou"][0])]
-    W, H, m, legend_w = size[0], size[1], 44, 150
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    curves = {}
-    ci = lambda r: (r["miou_ci"]["lo"], r["miou_ci"]["hi"]) if r.get("miou_ci") and np.isfinite(r["miou_ci"]["lo"]) \
-        else (r["miou"][0], r["miou"][0])
-    for r in rows:
-        if r["method"] != "oracle":
-            curves.setdefault(r["method"], []).append((r["n"], 100 * r["miou"][0], *(100 * v for v in ci(r))))
-    oracle = [(100 * r["miou"][0], *(100 * v for v in ci(r))) for r in rows if r["method"] == "oracle"]
-    ns = sorted({p[0] for c in curves.values() for p in c}) or [0]
-    ys = [v for c in curves.values() for p in c for v in p[1:]] + [v for o in oracle for v in o] or [0.0]
-    y0, y1 = min(ys) - 2, max(ys) + 2
-    x_right = W - m - legend_w
-    # Methods at one N are spread sideways a little so their error bars do not hide each other.
-    offs = {name: (i - (len(curves) - 1) / 2) * 3 for i, name in enumerate(sorted(curves))}
-    px = lambda n, name=None: m + (x_right - m) * (ns.index(n) / max(len(ns) - 1, 1)) + (offs.get(name, 0) if name else 0)
-    py = lambda y: H - m - (H - 2 * m) * (y - y0) / max(y1 - y0, 1e-6)
-    d.line([(m, H - m), (x_right, H - m)], fill="black")
-    d.line([(m, m), (m, H - m)], fill="black")
-    for n in ns:
-        d.text((px(n) - 4, H - m + 4), str(n), fill="black")
-    for t in np.linspace(y0, y1, 5):
-        d.text((4, py(t) - 5), f"{t:.0f}", fill="black")
-        d.line([(m - 3, py(t)), (m, py(t))], fill="black")
-    d.text((m + (x_right - m) // 2 - 40, H - 16), "N real labels", fill="black")
-    d.text((m, 6), "real-val mIoU (%), mean and 95% interval", fill="black")
-    palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-    for i, (name, pts) in enumerate(sorted(curves.items())):
-        col = palette[i % len(palette)]
-        pts = sorted(pts)
-        xy = [(px(p[0], name), py(p[1])) for p in pts]
-        if len(xy) > 1:
-            d.line(xy, fill=col, width=2)
-        for (x, y), p in zip(xy, pts):
-            d.line([(x, py(p[2])), (x, py(p[3]))], fill=col, width=1)
-            d.line([(x - 3, py(p[2])), (x + 3, py(p[2]))], fill=col)
-            d.line([(x - 3, py(p[3])), (x + 3, py(p[3]))], fill=col)
-            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=col)
-        d.text((x_right + 10, m + 14 * i), name, fill=col)
-    for y, lo, hi in oracle:
-        for x in range(m, int(x_right), 8):
-            d.line([(x, py(y)), (x + 4, py(y))], fill="black")
-            d.line([(x, py(lo)), (x + 1, py(lo))], fill="gray")
-            d.line([(x, py(hi)), (x + 1, py(hi))], fill="gray")
-    if oracle:  # in the legend column, below the methods (a label at the line would hide others)
-        d.text((x_right + 10, m + 14 * len(curves)), "- - oracle (all labels)", fill="black")
-    img.save(path, format="PNG")
-
-
 # ----------------------------------------------------------------------------- html
 
 def _md_to_html(md: str) -> str:
@@ -393,7 +350,9 @@ def write_html(path: str, text: str, images: list[tuple[str, str]], configs: dic
 
 def write_report(pconfig, workdir: str, per_seed: list[dict], timings: dict | None = None) -> dict:
     summary = summarise(pconfig, per_seed, workdir)
+    from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
     report = {"protocol_config": pconfig.to_dict(), "seeds": list(pconfig.seeds), "summary": summary,
+              "label_space": label_space.for_data(pconfig.data).to_dict(),
               "timings": timings or {}, "profile": profile(timings or {}), "per_seed": per_seed}
     tmp = os.path.join(workdir, "results.json.tmp")
     with open(tmp, "w") as f:

@@ -37,6 +37,9 @@ from dakpn_jax.protocol.console import StageReporter
 log = logging.getLogger("dakpn_jax.protocol")
 STAGE_FILE = "stage.json"
 CONFUSIONS = "confusions.npz"
+NO_PAIRED_VIEW = ("this data has no paired view (the same scene in both domains), so paired PSNR / SSIM / SWD, "
+                  "class colour error and the paired grid are not computed; the model score (the oracle segmenter "
+                  "of this run on each translated set) and real-val mIoU are")
 
 
 def json_default(x):
@@ -160,21 +163,35 @@ def segmenter(pconfig, config, what: str) -> Callable[[str], dict]:
     """Trains a segmenter, then scores it on real-val image by image (``confusions.npz``)."""
     def run(directory):
         from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
-        from dakpn_jax.data.labels import CLASS_NAMES, NUM_CLASSES  # pylint: disable=import-outside-toplevel
         from dakpn_jax.protocol import stats  # pylint: disable=import-outside-toplevel
         from dakpn_jax.training import segmentation  # pylint: disable=import-outside-toplevel
+        space = methods.label_space(pconfig)
         res = train(config, what)(directory)
         apply_fn, params = segmentation.load_segmenter(os.path.join(directory, "run"))
-        val = sources.make_source(pconfig.data, "real-val")
-        conf = per_image_confusions(apply_fn, params, val, NUM_CLASSES, batch_size=int(pconfig.eval.batch_size))
+        # Scored as the segmenter's own evaluation does: a config with image_size / label_size (the
+        # authors' 720 x 720 frames against 180 x 180 labels) resizes real-val and the logits alike.
+        label_size = segmentation._size(config.data, "label_size")  # pylint: disable=protected-access
+        if label_size is not None:
+            apply_fn = segmentation.make_apply_fn(config, label_size=label_size)
+        val = segmentation.resized_source(config, sources.make_source(pconfig.data, "real-val"))
+        conf = per_image_confusions(apply_fn, params, val, space.num_classes, batch_size=int(pconfig.eval.batch_size))
         tmp = os.path.join(directory, "confusions.tmp.npz")
         np.savez_compressed(tmp, confusions=conf)
         os.replace(tmp, os.path.join(directory, CONFUSIONS))
         total = conf.sum(0)
         per = stats.per_class_iou(total)
         res["val"] = {"miou": float(stats.miou_from_confusion(total)), "images": int(conf.shape[0]),
-                      "per_class_iou": {CLASS_NAMES[c]: (None if not np.isfinite(v) else float(v))
+                      "per_class_iou": {space.class_names[c]: (None if not np.isfinite(v) else float(v))
                                         for c, v in enumerate(per)}}
+        n = int(config.data.get("num_real_labelled", 0) or 0)
+        if config.data.get("name", "procedural") == "real" and any(
+                s.get("split") == "real-train-labelled" for s in config.data.train_sources):
+            # The labelled subset's rule and indices, so the run can be checked and redrawn.
+            seed = config.data.get("labelled_seed", None)
+            idx = sources.labelled_indices(methods.real_train_count(pconfig), n, seed)
+            res["labelled_subset"] = {"n": n, "seed": seed, "indices": idx.tolist(),
+                                      "rule": "evenly spaced over the sorted real-train list" if seed is None
+                                      else "first n of a seeded permutation of real-train (numpy PCG64)"}
         return res
     return run
 
@@ -195,46 +212,56 @@ def scores(pconfig, seg_oracle_dir: str, exports: dict, translate_fns: Callable[
         import jax  # pylint: disable=import-outside-toplevel
         from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
         from dakpn_jax.data.folder import FolderSource  # pylint: disable=import-outside-toplevel
-        from dakpn_jax.data.labels import CLASS_NAMES, NUM_CLASSES  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
         from dakpn_jax.evaluation import image_quality, model_score  # pylint: disable=import-outside-toplevel
         from dakpn_jax.training import segmentation  # pylint: disable=import-outside-toplevel
 
-        apply_fn, params = segmentation.load_segmenter(os.path.join(seg_oracle_dir, "run"))
+        # The run's oracle labels the translated sets, unless eval.model_score_workdir names another
+        # segmentation run (e.g. the paper's: an FCN-ResNet50 trained on all of Cityscapes).
+        scorer = pconfig.eval.get("model_score_workdir", None) or os.path.join(seg_oracle_dir, "run")
+        apply_fn, params = segmentation.load_segmenter(scorer)
         segment = jax.jit(apply_fn)
         segment_fn = lambda images: segment(params, images)
         e = pconfig.eval
         sets = {"untranslated": sources.make_source(pconfig.data, "synthetic-train")}
         for name, exp in exports.items():
             sets[name] = FolderSource(os.path.join(exp["root"], "images"), os.path.join(exp["root"], "labels"))
-        out = {"model_score": {}, "paired": {}}
+        space = methods.label_space(pconfig)
+        out = {"model_score": {}, "paired": {}, "model_score_segmenter": scorer}
         for name, src in sets.items():
-            s = model_score.score_source(segment_fn, src, NUM_CLASSES, batch_size=int(e.batch_size),
-                                         max_images=int(e.model_score_images), class_names=CLASS_NAMES)
+            s = model_score.score_source(segment_fn, src, space.num_classes, batch_size=int(e.batch_size),
+                                         max_images=int(e.model_score_images), class_names=space.class_names)
             out["model_score"][name] = {k: s[k] for k in ("miou", "per_class_iou", "flip", "top_flips", "pixels")}
-        paired = sources.make_source(pconfig.data, "paired-eval")
         fns = {"untranslated": lambda x, y: x, **translate_fns()}
-        for name, fn in fns.items():
-            out["paired"][name] = image_quality.evaluate_paired_source(
-                fn, paired, batch_size=int(e.batch_size), max_images=int(e.paired_images), num_classes=NUM_CLASSES)
-        grid(pconfig, fns, os.path.join(directory, "grid.png"))
-        out["grid_columns"] = ["synthetic"] + [k for k in fns if k != "untranslated"] + ["real", "label"]
+        if label_space.has_paired_view(pconfig.data):
+            paired = sources.make_source(pconfig.data, "paired-eval")
+            for name, fn in fns.items():
+                out["paired"][name] = image_quality.evaluate_paired_source(
+                    fn, paired, batch_size=int(e.batch_size), max_images=int(e.paired_images),
+                    num_classes=space.num_classes)
+        out["grid_columns"] = grid(pconfig, fns, os.path.join(directory, "grid.png"))
         return out
     return run
 
 
-def grid(pconfig, fns: dict, path: str) -> None:
-    """Paired-eval scenes, one per row: synthetic | each translation | real | colourised label."""
+def grid(pconfig, fns: dict, path: str) -> list[str]:
+    """Scenes, one per row: synthetic | each translation | real | colourised label (paired-eval);
+    without a paired view, synthetic-train frames and no real column. Returns the column names."""
     from dakpn_jax import viz  # pylint: disable=import-outside-toplevel
-    from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
-    src = sources.make_source(pconfig.data, "paired-eval")
+    from dakpn_jax.data import label_space, sources  # pylint: disable=import-outside-toplevel
+    paired = label_space.has_paired_view(pconfig.data)
+    src = sources.make_source(pconfig.data, "paired-eval" if paired else "synthetic-train")
+    space = methods.label_space(pconfig)
     rows = []
     for i in range(min(int(pconfig.eval.grid_rows), len(src))):
         it = src[i]
-        x = it["synthetic"][None].astype(np.float32) / 255.0
+        syn = it["synthetic"] if paired else it["image"]
+        x = syn[None].astype(np.float32) / 255.0
         y = it["label"][None].astype(np.int32)
-        row = [it["synthetic"]] + [np.asarray(fn(x, y))[0] for k, fn in fns.items() if k != "untranslated"]
-        rows.append(row + [it["real"], viz.colorize(it["label"])])
+        row = [syn] + [np.asarray(fn(x, y))[0] for k, fn in fns.items() if k != "untranslated"]
+        rows.append(row + ([it["real"]] if paired else []) + [space.colorize(it["label"])])
     viz.save_grid(path, rows)
+    return ["synthetic"] + [k for k in fns if k != "untranslated"] + (["real"] if paired else []) + ["label"]
 
 
 def _translate_fns(pconfig, translators: dict, tdirs: dict, seed: int) -> dict:
@@ -263,7 +290,6 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
     benchmark image-step ~ 4.5, an exported image ~ 0.5, a scored image per translator ~ 3;
     they only steer the ETA."""
     out = []
-    d = pconfig.data
     seg_cost = _steps(methods.segmenter_config(pconfig, pconfig.segmentation, 0, [])) + 100
     for s in pconfig.seeds:
         s = int(s)
@@ -272,9 +298,9 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
             out.append((f"seed{s}/feature_segmenter", f"seed {s}: feature segmenter", seg_cost))
         for name, t in ts.items():
             if t.trained:
-                w = 0.9 if t.kind == "dakpn" else 4.5
+                w = 0.9 if t.config.get("method") == "dakpn" else 4.5
                 out.append((f"seed{s}/translator_{name}", f"seed {s}: train translator {name}", w * _steps(t.config)))
-            out.append((f"seed{s}/export_{name}", f"seed {s}: export {name}", 0.5 * int(d.num_synthetic_train)))
+            out.append((f"seed{s}/export_{name}", f"seed {s}: export {name}", 0.5 * methods.synthetic_train_count(pconfig)))
         for name in ["source_only", *ts]:
             for n in methods.n_values(pconfig, name):
                 out.append((f"seed{s}/seg_{name}_n{n}", f"seed {s}: segmenter {name}, N={n}", seg_cost))
@@ -293,11 +319,15 @@ def run_seed(pconfig, seed: int, root: str) -> dict:
     translators = methods.build_translators(pconfig, seed, omitted=res["skipped"])
     for name, why in res["skipped"].items():
         log.warning("seed %d: row %s omitted: %s", seed, name, why)
+    from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
+    paired = label_space.has_paired_view(pconfig.data)
+    if not paired:
+        res["skipped"]["paired scores"] = NO_PAIRED_VIEW
     k = lambda name: f"seed{seed}/{name}"
 
     if any(t.uses_segmenter_features for t in translators.values()):
         src, _ = methods.segmenter_sources(pconfig, {"kind": "split", "split": "synthetic-train"}, 0)
-        fcfg = methods.segmenter_config(pconfig, pconfig.feature_segmenter, seed, src)
+        fcfg = methods.segmenter_config(pconfig, methods.feature_segmenter_spec(pconfig), seed, src)
         fdir = os.path.join(root, "feature_segmenter")
         res["feature_segmenter"] = stage(fdir, train(fcfg, "feature segmenter"), what=f"seed {seed}: feature segmenter",
                                          key=k("feature_segmenter"))
@@ -327,7 +357,8 @@ def run_seed(pconfig, seed: int, root: str) -> dict:
             what = f"seed {seed}: segmenter {name}, N={n}"
             res["segmenters"][key] = stage(os.path.join(root, f"seg_{key}"), segmenter(pconfig, cfg, f"seg {key}"),
                                            what=what, key=k(f"seg_{key}"))
-    oracle_n = int(pconfig.data.num_real_train)
+    oracle_n = methods.real_train_count(pconfig)
+    res["oracle_n"] = oracle_n
     cfg = methods.segmenter_config(pconfig, seg, seed, [{"kind": "split", "split": "real-train-labelled"}],
                                    num_real_labelled=oracle_n)
     odir = os.path.join(root, "seg_oracle")
@@ -340,7 +371,8 @@ def run_seed(pconfig, seed: int, root: str) -> dict:
     res["scores"] = stage(os.path.join(root, "scores"),
                           scores(pconfig, odir, exports, lambda: _translate_fns(pconfig, translators, tdirs, seed)),
                           what=f"seed {seed}: model score, paired scores, grid", key=k("scores"),
-                          still_valid=lambda r: wanted <= set(r["model_score"]) and wanted <= set(r["paired"]))
+                          still_valid=lambda r: wanted <= set(r["model_score"]) and (
+                              not paired or wanted <= set(r["paired"])))
     return res
 
 
@@ -366,6 +398,8 @@ def run_protocol(pconfig, workdir: str, *, console: bool = False) -> dict:
         raise ValueError("config.seeds is empty; give at least one training seed")
     if not pconfig.translators.get("dakpn") and "dakpn" in tuple(pconfig.get("compare_to", ())):
         raise ValueError("config.compare_to names 'dakpn' but config.translators has no 'dakpn' row")
+    from dakpn_jax.protocol import preflight  # pylint: disable=import-outside-toplevel
+    preflight.check(pconfig)  # a missing folder or weights file stops here, before any stage
     os.makedirs(workdir, exist_ok=True)
     # One protocol per workdir; its trainer and export stages lock their own subdirectories too.
     with workdir_lock.exclusive(workdir, what="protocol"):

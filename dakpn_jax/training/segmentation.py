@@ -649,7 +649,8 @@ def evaluate(config, state) -> dict[str, float]:
     out = {"miou": res["miou"]}
     # The authors' convention beside it, clearly named: an empty class counts as IoU 1 (inflated).
     out["miou_paper_empty_as_1"] = float(seg_metrics.mean_iou_paper(res["confusion"])[0])
-    names = label_table.CLASS_NAMES
+    from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
+    names = label_space.for_data(config.data).class_names  # the data's classes (16 for SYNTHIA, faces, ...)
     for c, iou in enumerate(res["per_class_iou"]):
         if np.isfinite(iou):
             out[f"iou/{names[c] if c < len(names) else c}"] = float(iou)
