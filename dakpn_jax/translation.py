@@ -1,6 +1,6 @@
 """The DA-KPN translation function and its kernel-application paths (pure jnp, jit-able, differentiable).
 
-Shapes are NHWC, batch first, float in [0, 1]. The translation (DESIGN.md section 1, steps 3-4) maps a
+Shapes are NHWC, batch first, float in [0, 1]. The translation (docs/METHOD.md §1 steps 3-4) maps a
 synthetic image ``x`` (B, H, W, 3) with per-pixel parameters ``theta`` (B, h, w, 12) laid out as
 ``[hsv_scale(3), hsv_bias(3), sigma(3), noise_scale(3)]`` and a noise field ``n`` (B, H, W, 3) to::
 
@@ -32,18 +32,16 @@ Kernel application (``impl=``); all paths compute the same function (to float32 
   ``P_i = x[y - i] + x[y + i]``, computed on (B * C, H, W) planes with a ``fori_loop`` over i and
   the column taps by a two-multiply recurrence (:func:`_shifted_gaussian_core` says why: on the CPU
   this runs 2.7x faster than the fully unrolled NHWC form, which LLVM left scalar). Peak memory is a
-  few frames whatever K (0.53 GB process peak for a full GTA5 frame, Python and JAX included).
+  few frames whatever K (the measured peak for a full GTA5 frame is in docs/RESULTS.md).
   Free-form kernels use a ``fori_loop`` over window rows with the column offsets unrolled, per band.
 - ``"pallas"`` (:func:`translate` only): the fused kernel of :mod:`dakpn_jax.kernels.pallas_translate`,
   one Pallas program per output tile doing upsampling, colour affine, blur, noise and clip with the
   frame, parameters and noise read once (GPU via the Triton lowering; Pallas interpret mode on other
   backends, slow, for tests). Its gradient is the shifted path's VJP (custom VJP).
 - ``"auto"``: ``"shifted"`` on every backend (for :func:`translate`, "pallas" on the backends listed in
-  :data:`PALLAS_AUTO_BACKENDS`: none until it is measured faster on one; never the CPU). Measured with
-  experiments/bench_kernels.py (K = 25): on the shared 2-core CPU a full 1052 x 1914 frame blurs at
-  18% of a same-process dense matmul's rate (process CPU time; docs/notes/issue16.md); on one H100
-  (jax 0.11.2, before the issue-16 rewrite) it took 1.8 / 0.7 / 2.1 ms at 8x96x160 / 1x263x478 /
-  1x1052x1914 against the unbanded einsum's 15.3 / 14.7 / 3785 ms. Choose
+  :data:`PALLAS_AUTO_BACKENDS`: none until it is measured faster on one; never the CPU). The shifted
+  path was the fastest at every size experiments/bench_kernels.py measured, on the CPU and on a GPU
+  (timings: docs/RESULTS.md, "Kernel paths" and "Kernels, training step and input pipeline"). Choose
   ``"einsum"`` explicitly when you need forward-mode autodiff (jvp, jacfwd).
 
 Gradients: both paths are differentiable in x, sigma (and kernels). The shifted Gaussian path has a
@@ -495,7 +493,7 @@ def _planar_blur(x, sigma, r):
 
 def local_gaussian_blur(x: jax.Array, sigma: jax.Array, *, kernel_size: int = DEFAULT_KERNEL_SIZE,
                         impl: str = "auto") -> jax.Array:
-    """Per-pixel, per-channel normalised Gaussian blur with edge padding (DESIGN.md step 4d).
+    """Per-pixel, per-channel normalised Gaussian blur with edge padding (docs/METHOD.md §1 step 4d).
 
     Args:
         x: (B, H, W, C) float images.
@@ -627,7 +625,7 @@ def color_affine(x: jax.Array, hsv_scale: jax.Array, hsv_bias: jax.Array) -> jax
 
 def translate(x: jax.Array, params: jax.Array, noise: jax.Array, *, kernel_size: int = DEFAULT_KERNEL_SIZE,
                             impl: str = "auto") -> jax.Array:
-    """The DA-KPN translation T(x; theta, n) (DESIGN.md section 1, steps 3-4; module docstring).
+    """The DA-KPN translation T(x; theta, n) (docs/METHOD.md §1 steps 3-4; module docstring).
 
     Args:
         x: (B, H, W, 3) float RGB in [0, 1].

@@ -1,4 +1,4 @@
-r"""The evaluation protocol (DESIGN.md §1 step 8, §9) on one config: a thin command over
+r"""The evaluation protocol (docs/METHOD.md §1 step 8, §9) on one config: a thin command over
 `dakpn_jax.protocol` (stages, statistics and report live there).
 
     python3 experiments/protocol.py --config=configs/protocol.py[:variant] --workdir=DIR [--verbose]

@@ -360,7 +360,7 @@ def test_cut_objective_recomputed_from_merged_modules(name):
 
 @pytest.mark.smoke
 def test_gta5_cityscapes_presets():
-    """DESIGN.md §6: the CycleGAN authors' GTA5 -> Cityscapes settings (scale width 1024, 360 crops,
+    """docs/METHOD.md §6: the CycleGAN authors' GTA5 -> Cityscapes settings (scale width 1024, 360 crops,
     identity weight 1, 10 + 10 epochs of 24,966 frames at batch 1); CUT keeps its defaults."""
     c = cyclegan_configs.get_config("gta5_cityscapes")
     assert c.data.synthetic_size == (int(1024 * 1052 / 1914), 1024) and c.data.real_size == (512, 1024)

@@ -1,4 +1,4 @@
-"""The procedural syn2real benchmark (DESIGN.md section 2) and the picture helper.
+"""The procedural syn2real benchmark (docs/METHOD.md §2) and the picture helper.
 
 References are independent of the library: Python's colorsys for colour conversion, scipy.ndimage
 for Gaussian blur and erosion, float64 NumPy for statistics.

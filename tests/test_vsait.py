@@ -1,4 +1,4 @@
-"""VSAIT (DESIGN.md §8): VGG19 features against a PyTorch build of torchvision's layer list, the
+"""VSAIT (docs/METHOD.md §8): VGG19 features against a PyTorch build of torchvision's layer list, the
 importer, the fixed blurs and the hypervector map against float64 NumPy, M's init, and one step:
 every logged loss recomputed with plain jnp, the optimiser update recomputed with NumPy, frozen
 parts untouched, exact resume, 8 devices equal 1."""

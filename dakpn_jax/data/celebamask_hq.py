@@ -18,7 +18,7 @@ Splits ``train`` / ``validation`` / ``test``: CelebA's official partition of eac
 CelebA file (through the mapping file): 24,183 / 2,993 / 2,824 images.
 
 Protocols (this is the face label space; Face Synthetics maps into it): ``faces18`` ignores
-background (DESIGN §1.8: synthetic backgrounds are random scenery, so background is not scored)
+background (docs/METHOD.md §1 step 8: synthetic backgrounds are random scenery, so background is not scored)
 and renumbers the 18 parts 0..17; ``faces19`` keeps all 19 ids.
 """
 from __future__ import annotations

@@ -630,7 +630,7 @@ _RENDER_CACHE_LIMIT = 0
 
 def set_render_cache(max_items: int) -> None:
   """Keep up to ``max_items`` rendered examples in memory (this process; 0, the default, turns
-  the cache off and empties it). A real frame costs ~7 ms of CPU to render; a protocol run that
+  the cache off and empties it). Real frames are the slow ones to render (docs/RESULTS.md, "Data"); a protocol run that
   reads the same splits in a dozen stages renders each example once (128 x 256: ~130 kB each)."""
   global _RENDER_CACHE_LIMIT
   if isinstance(max_items, bool) or not isinstance(max_items, (int, np.integer)) or max_items < 0:

@@ -27,7 +27,7 @@ labels already in the protocol's class ids with 255 = ignore.
                           real-train list (index floor(i * n / N), i < N), so all Cityscapes
                           cities are represented (the first N sorted files would be one city)
   label_protocol          ``cityscapes19`` / ``synthia16`` / ``synthia13`` (street scenes),
-                          ``faces18`` (background ignored, DESIGN §1.8) / ``faces19``; default:
+                          ``faces18`` (background ignored, docs/METHOD.md §1 step 8) / ``faces19``; default:
                           ``cityscapes19``, ``synthia16`` for SYNTHIA, ``faces18`` for faces
   synthetic_size          optional (height, width) the synthetic images are resized to
   real_size               optional (height, width) the real train images are resized to

@@ -1,6 +1,6 @@
 """The fused DA-KPN translation as one Pallas kernel (GPU via the Triton lowering; interpret mode elsewhere).
 
-One ``pallas_call`` computes DESIGN.md section 1, steps 3-4, for a tile of ``TH x TW`` output pixels
+One ``pallas_call`` computes docs/METHOD.md §1 steps 3-4, for a tile of ``TH x TW`` output pixels
 per program (grid = (B, ceil(H / TH), ceil(W / TW))), reading the frame, the low-resolution
 parameters and the noise once and writing the result once:
 
