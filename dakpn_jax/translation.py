@@ -65,14 +65,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+# The per-channel formulas the fused Pallas kernel shares; kept in a module of their own so that the
+# kernel module imports them without importing this one (which dispatches to the kernel).
+from dakpn_jax.translation_formulas import BLUR_EPS, rgb_to_hsv_channels
+
 NUM_PARAMS = 12
 """Per-pixel parameter count: hsv_scale(3), hsv_bias(3), sigma(3), noise_scale(3)."""
 
 IDENTITY_PARAMS = (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 """Parameters for which :func:`translate` returns its input (up to float rounding)."""
-
-BLUR_EPS = 1e-8
-"""The eps in ``exp(-(i^2 + j^2) / (2 sigma^2 + eps))``: sigma = 0 gives the delta kernel (identity)."""
 
 DEFAULT_KERNEL_SIZE = 25
 
@@ -142,22 +143,7 @@ def rgb_to_hsv(x: jax.Array) -> jax.Array:
     x = _as_float_array(x, "x")
     if x.ndim < 1 or x.shape[-1] != 3:
         raise ValueError(f"x: expected (..., 3) RGB, got shape {x.shape}")
-    return jnp.stack(_rgb_to_hsv_channels(x[..., 0], x[..., 1], x[..., 2]), axis=-1)
-
-
-def _rgb_to_hsv_channels(r, g, b):
-    """:func:`rgb_to_hsv` on separate channel arrays (any equal shapes): returns (h, s, v).
-
-    Shared by the array API and the Pallas kernel, where the channels are separate arrays."""
-    v = jnp.maximum(jnp.maximum(r, g), b)
-    c = v - jnp.minimum(jnp.minimum(r, g), b)
-    s = jnp.where(v > 0, c / jnp.where(v > 0, v, 1.0), 0.0)
-    safe_c = jnp.where(c > 0, c, 1.0)
-    h = jnp.where(v == r, (g - b) / safe_c, jnp.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4))
-    h = jnp.where(c > 0, jnp.mod(h / 6, 1.0), 0.0)
-    # mod of a tiny negative number rounds to exactly 1.0 in float32: keep hue in [0, 1).
-    h = jnp.where(h >= 1, h - 1, h)
-    return h, s, v
+    return jnp.stack(rgb_to_hsv_channels(x[..., 0], x[..., 1], x[..., 2]), axis=-1)
 
 
 def hsv_to_rgb(x: jax.Array) -> jax.Array:
@@ -597,22 +583,6 @@ def sample_noise(key: jax.Array, batch: int, height: int, width: int, channels: 
 def split_params(theta: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(..., 12) -> hsv_scale, hsv_bias, sigma, noise_scale, each (..., 3)."""
     return theta[..., 0:3], theta[..., 3:6], theta[..., 6:9], theta[..., 9:12]
-
-
-def _colour_affine_channels(r, g, b, scale, bias):
-    """Steps 4a-c on separate channel arrays (any equal shapes): the formulas of :func:`rgb_to_hsv`,
-    the affine of :func:`color_affine` and :func:`hsv_to_rgb`; returns [r', g', b'].
-
-    Used where the channels are separate arrays (the Pallas kernel)."""
-    h, s, v = _rgb_to_hsv_channels(r, g, b)
-    h = jnp.mod(scale[0] * h + bias[0], 1.0)
-    s = jnp.clip(scale[1] * s + bias[1], 0.0, 1.0)
-    v = jnp.clip(scale[2] * v + bias[2], 0.0, 1.0)
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = jnp.mod(n + 6 * h, 6.0)
-        out.append(v - v * s * jnp.clip(jnp.minimum(k, 4 - k), 0.0, 1.0))
-    return out
 
 
 def color_affine(x: jax.Array, hsv_scale: jax.Array, hsv_bias: jax.Array) -> jax.Array:
