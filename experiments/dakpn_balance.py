@@ -25,7 +25,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dakpn_jax.training import dakpn  # noqa: E402
+from dakpn_jax.training import dakpn
 
 
 def load_config(spec: str):

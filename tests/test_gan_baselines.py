@@ -15,13 +15,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ lives at the repo root
 
-from configs import cut as cut_configs  # noqa: E402
-from configs import cyclegan as cyclegan_configs  # noqa: E402
-from dakpn_jax.models.gan_discriminator import NLayerDiscriminator  # noqa: E402
-from dakpn_jax.models.resnet_generator import ResnetGenerator  # noqa: E402
-from dakpn_jax.training import cut, cyclegan, get_method  # noqa: E402
-from dakpn_jax.training import gan_common as gc  # noqa: E402
-from conftest import two_domain_batch, two_train_steps  # noqa: E402
+from configs import cut as cut_configs
+from configs import cyclegan as cyclegan_configs
+from dakpn_jax.models.gan_discriminator import NLayerDiscriminator
+from dakpn_jax.models.resnet_generator import ResnetGenerator
+from dakpn_jax.training import cut, cyclegan, get_method
+from dakpn_jax.training import gan_common as gc
+from conftest import two_domain_batch, two_train_steps
 
 METHODS = {"cyclegan": (cyclegan, lambda: cyclegan_configs.get_config("tiny")),
            "cut": (cut, lambda: cut_configs.get_config("cut-tiny")),
@@ -142,8 +142,10 @@ def test_lsgan_schedule_and_patch_nce_against_float64():
         np.testing.assert_allclose(float(s(step)), want, atol=1e-12)
 
     # PatchNCE: cross-entropy over [positive, same-image negatives with the positive's slot masked].
-    q = r.standard_normal((2, 6, 4)); q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    k = r.standard_normal((2, 6, 4)); k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    q = r.standard_normal((2, 6, 4))
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    k = r.standard_normal((2, 6, 4))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
     tau, want = 0.07, []
     for b in range(2):
         for i in range(6):

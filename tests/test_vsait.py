@@ -14,13 +14,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ lives at the repo root
 
-from configs import vsait as vsait_configs  # noqa: E402
-from dakpn_jax.models import vgg19  # noqa: E402
-from dakpn_jax.models import vsait as vm  # noqa: E402
-from dakpn_jax.training import get_method  # noqa: E402
-from dakpn_jax.training import gan_common as gc  # noqa: E402
-from dakpn_jax.training import vsait  # noqa: E402
-from conftest import two_domain_batch, two_train_steps  # noqa: E402
+from configs import vsait as vsait_configs
+from dakpn_jax.models import vgg19
+from dakpn_jax.models import vsait as vm
+from dakpn_jax.training import get_method
+from dakpn_jax.training import gan_common as gc
+from dakpn_jax.training import vsait
+from conftest import two_domain_batch, two_train_steps
 
 pytestmark = pytest.mark.filterwarnings("ignore:VSAIT is running with RANDOM VGG19")
 
