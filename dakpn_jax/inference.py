@@ -52,7 +52,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from dakpn_jax import registry
+# Imported as `methods`: `load_translator` has a parameter named `registry` (its own lookup table).
+from dakpn_jax import registry as methods
 
 PyTree = Any
 Builder = Callable[[Any, PyTree, str], Callable]
@@ -81,11 +82,11 @@ class TranslatorSpec:
 def _method_builder(name: str) -> Builder:
     def build(config, state, workdir):
         del workdir
-        return registry.get(name).load().make_translator(config, state)
+        return methods.get(name).load().make_translator(config, state)
     return build
 
 
-def _method_spec(method: registry.Method) -> TranslatorSpec:
+def _method_spec(method: methods.Method) -> TranslatorSpec:
     return TranslatorSpec(_method_builder(method.name), accepts_rng=method.takes_rng,
                           needs_labels=method.needs_labels)
 
@@ -108,7 +109,7 @@ class _Translators(collections.abc.MutableMapping):
         self._extra = extra
 
     def _all(self) -> dict[str, TranslatorSpec]:
-        return {**{n: _method_spec(m) for n, m in registry.translators().items()}, **self._extra}
+        return {**{n: _method_spec(m) for n, m in methods.translators().items()}, **self._extra}
 
     def __getitem__(self, method):
         return self._all()[method]
@@ -189,7 +190,7 @@ def _restore_step(workdir: str, config, step: int) -> PyTree:
     from dakpn_jax.training import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
     from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
     mesh = trainer.make_mesh(jax.local_devices()[:1])
-    abstract = trainer.abstract_state(registry.method_module(config.method), config, mesh)
+    abstract = trainer.abstract_state(methods.method_module(config.method), config, mesh)
     checkpointer = ckpt.Checkpointer(workdir, read_only=True, max_to_keep=None)
     try:
         checkpointer.check_compatible(step, abstract)
