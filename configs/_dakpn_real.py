@@ -3,7 +3,7 @@ faces.py load it by path; ``configs`` need not be a package). Not a config file 
 
 ``build(benchmark, variant, ...)`` with ``variant``:
 
-- ``"paper"``: what the authors' code does (DESIGN.md §6): the NLayer 70 x 70 PatchGAN with
+- ``"paper"``: what the authors' code does (docs/METHOD.md §6): the NLayer 70 x 70 PatchGAN with
   BatchNorm (per-call statistics) and PyTorch's default init judging the translated tile, the real
   tile and the low view; the aligned 8 x 8 grid of H/8 x W/8 tiles; the low view = the synthetic
   frame resized to 96 x 160 and translated with the unscaled parameters, no real low view; one

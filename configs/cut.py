@@ -2,7 +2,7 @@
 
 - method ``cut`` (default) or ``fastcut``; variant ``default`` (omitted), ``gta5_cityscapes``,
   ``benchmark`` or ``tiny``.
-- Published defaults (Park et al. 2020, DESIGN.md §7), used by every variant unless it says
+- Published defaults (Park et al. 2020, docs/METHOD.md §7), used by every variant unless it says
   otherwise: ResNet-9 generator, 64 filters, with CUT's anti-aliased down- and up-sampling
   (``model.antialias``, ``antialias_up``: conv s1 + blur pool down, blur upsample + conv s1 up;
   exact filters in ``models/resnet_generator``); 70x70 PatchGAN with the same anti-aliased

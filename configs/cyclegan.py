@@ -4,7 +4,7 @@
   filters, 70x70 PatchGAN, LSGAN, cycle 10, identity 0.5, 50-image pool, Adam 2e-4 (0.5, 0.999),
   N(0, 0.02) init, batch 1, 256 x 256 crops, 100 constant + 100 decay epochs (expressed in steps
   for ``train_size`` images; 24,966 = GTA5).
-- ``"gta5_cityscapes"``: the CycleGAN authors' recommendation for GTA5 -> Cityscapes (DESIGN.md §6):
+- ``"gta5_cityscapes"``: the CycleGAN authors' recommendation for GTA5 -> Cityscapes (docs/METHOD.md §6):
   both domains scaled to width 1024 (GTA5 1914 x 1052 -> 1024 x 562, their ``scale_width``
   rounding int(1024 * 1052 / 1914); Cityscapes 2048 x 1024 -> 1024 x 512), random 360 x 360 crops
   and flips, identity weight 1, 10 + 10 epochs of GTA5's 24,966 frames at batch 1 = 249,660

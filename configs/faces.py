@@ -1,7 +1,7 @@
 """DA-KPN Microsoft Face Synthetics -> CelebAMask-HQ (face parsing, ``faces18``: background
 ignored). ``get_config(arg)``:
 
-- ``"paper"``: as the authors' code trains it (configs/_dakpn_real.py; DESIGN.md §6), 67,000
+- ``"paper"``: as the authors' code trains it (configs/_dakpn_real.py; docs/METHOD.md §6), 67,000
   iterations (the face checkpoint the authors used), no flips.
 - ``None`` / ``"default"`` / ``"clean"``: the project's choices; flips swap the l_/r_ classes
   (`dakpn_jax.data.pipeline.flip_label_map`).
@@ -9,7 +9,7 @@ ignored). ``get_config(arg)``:
 Pixel scale, both presets: **Face Synthetics at its native 512 x 512, CelebAMask-HQ images
 resized from 1024 x 1024 to 512 x 512** (the resolution of its part masks). Both are aligned
 face crops of similar framing, so a face spans about the same pixels in both. (The authors'
-code fixes no face resolution in DESIGN.md §6; 512 is both the synthetic native size and the
+code fixes no face resolution in docs/METHOD.md §6; 512 is both the synthetic native size and the
 real labels' native size.)
 
 Shared: parameter grid 64 x 64 (H/8), low view 64 x 64, tiles 64 x 64, K = 25, linear head (raw

@@ -1,6 +1,6 @@
 """DA-KPN GTA5 -> Cityscapes (Mata, Ryoo, Turbell, ECCV 2024 W). ``get_config(arg)``:
 
-- ``"paper"``: as the authors' code trains it (configs/_dakpn_real.py; DESIGN.md §6).
+- ``"paper"``: as the authors' code trains it (configs/_dakpn_real.py; docs/METHOD.md §6).
 - ``None`` / ``"default"`` / ``"clean"``: the project's choices with the domain-scale gap fixed.
 
 Pixel scale of each domain, both presets: **GTA5 at its native 1052 x 1914** (frames of another

@@ -1,4 +1,4 @@
-"""The authors' downstream recipe for SegFormer-B5 (DESIGN.md §6), one file to point at:
+"""The authors' downstream recipe for SegFormer-B5 (docs/METHOD.md §6), one file to point at:
 ``get_config(arg)`` with arg ``gta5`` (default), ``synthia`` or ``faces`` is
 ``configs/segmentation_real.py:<arg>_paper`` (that file documents the recipe: 720 x 720 squashed
 inputs, 180 x 180 labels against the stride-4 logits, no augmentation, AdamW 6e-5, weight decay

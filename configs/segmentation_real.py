@@ -3,13 +3,13 @@
 with benchmark ``gta5`` (GTA5 -> Cityscapes, 19 classes), ``synthia`` (16 classes) or ``faces``
 (Face Synthetics -> CelebAMask-HQ, ``faces18``), preset ``paper`` or ``clean``; default ``gta5_paper``.
 
-``paper`` (DESIGN.md §6, the authors' downstream code): SegFormer-B5, images squashed to 720 x 720
+``paper`` (docs/METHOD.md §6, the authors' downstream code): SegFormer-B5, images squashed to 720 x 720
 and labels nearest-resized to 180 x 180, compared with the stride-4 logits (no upsampling); no
 augmentation; AdamW lr 6e-5, weight decay 0.01 on *all* parameters (biases and norms included), one
 learning rate for the whole model; polynomial decay (power 1, to 0) stepped once per epoch over 50
 epochs; batch 8. Cityscapes val is scored the same way (720 x 720 input, 180 x 180 labels), and
 the metrics carry the clean ``miou`` and the authors' ``miou_paper_empty_as_1`` (an empty class
-counts as IoU 1). Faces: the authors' face resolution is not in DESIGN.md §6; 512 x 512 images
+counts as IoU 1). Faces: the authors' face resolution is not in docs/METHOD.md §6; 512 x 512 images
 (both domains' native face size) with 128 x 128 labels (stride 4) are the analogue.
 
 ``clean``: SegFormer-B5 at the domains' common pixel scale (configs/gta5_cityscapes.py etc.:

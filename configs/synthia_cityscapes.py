@@ -1,6 +1,6 @@
 """DA-KPN SYNTHIA (RAND-CITYSCAPES) -> Cityscapes, 16 classes. ``get_config(arg)``:
 
-- ``"paper"``: as the authors' code trains it (configs/_dakpn_real.py; DESIGN.md §6): **both domains
+- ``"paper"``: as the authors' code trains it (configs/_dakpn_real.py; docs/METHOD.md §6): **both domains
   at native scale**, SYNTHIA 760 x 1280 and Cityscapes 1024 x 2048.
 - ``None`` / ``"default"`` / ``"clean"``: the project's choices with the domain-scale gap fixed:
   **SYNTHIA at its native 760 x 1280, Cityscapes train resized to 640 x 1280** (the same frame width,

@@ -1,4 +1,4 @@
-"""VSAIT baseline configs (Theiss et al., ECCV 2022; DESIGN.md §8). ``get_config(arg)`` with arg:
+"""VSAIT baseline configs (Theiss et al., ECCV 2022; docs/METHOD.md §8). ``get_config(arg)`` with arg:
 
 - ``None`` / ``"default"`` (the paper): GTA5 -> Cityscapes, both domains resized to 256 x 512,
   random 256 x 256 crops and flips, batch 1, 200k steps; generator 64 filters, 9 blocks; 4096-d

@@ -1,6 +1,6 @@
 """dakpn-jax: label-preserving synthetic-to-real translation (DA-KPN) in JAX/Flax NNX.
 
-Public API (stable names, DESIGN §3; all jit-able, NHWC float32, batch first):
+Public API (stable names, docs/METHOD.md §3; all jit-able, NHWC float32, batch first):
 
     rgb_to_hsv(x), hsv_to_rgb(x)                                  colour conversion, hue in [0, 1)
     local_gaussian_blur(x, sigma, *, kernel_size=25, impl="auto") per-pixel, per-channel Gaussian
@@ -10,7 +10,7 @@ Public API (stable names, DESIGN §3; all jit-able, NHWC float32, batch first):
     load_translator(workdir, *, step=None)                        a trained run as translate(images (B,H,W,3),
                                                                   labels (B,H,W) | None, *, rng=None) -> (B,H,W,3)
                                                                   (dakpn_jax.inference; docs/EXAMPLE_JAX_PIPELINE.md)
-    make_control(name, *, reference, seed, ...)                   training-free control translator (DESIGN §9)
+    make_control(name, *, reference, seed, ...)                   training-free control translator (docs/METHOD.md §9)
     fda, match_histograms, reinhard, randomize                     the controls' pure functions
 
 The protocol (stages, statistics, report) is the subpackage ``dakpn_jax.protocol``.

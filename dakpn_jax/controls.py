@@ -1,4 +1,4 @@
-"""Training-free, label-preserving controls (DESIGN.md §9): translators DA-KPN must beat.
+"""Training-free, label-preserving controls (docs/METHOD.md §9): translators DA-KPN must beat.
 
 Every control maps synthetic frames to "real-looking" ones without learning and without moving a
 pixel, so the synthetic labels stay exact. All functions are pure jnp, NHWC float32 in [0, 1],
@@ -221,7 +221,7 @@ CONTROLS = ("randomize", "histogram", "reinhard", "fda")
 
 def reference_pool(data_config, count: int = 64) -> np.ndarray:
     """(P, H, W, 3) uint8: the first ``count`` real-train frames of ``data_config``, the pool of
-    "random real training images" the colour-statistics controls and FDA draw from (DESIGN §9)."""
+    "random real training images" the colour-statistics controls and FDA draw from (docs/METHOD.md §9)."""
     from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
     src = sources.make_source(data_config, "real-train")
     n = min(len(src), int(count))

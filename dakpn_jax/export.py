@@ -45,7 +45,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
-from dakpn_jax import workdir_lock
+from dakpn_jax import registry, workdir_lock
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -62,13 +62,13 @@ def config_hash(config) -> str:
 
 def make_translate_fn(config, state) -> Callable:
     """``fn(images (B,H,W,3) float32 [0,1], labels (B,H,W) int) -> (B,H,W,3)`` of the run's method:
-    its ``make_translator(config, state)`` (DA-KPN and the GAN baselines all define one)."""
-    from dakpn_jax.training import get_method  # pylint: disable=import-outside-toplevel
-    method = get_method(config.method)
+    its ``make_translator(config, state)`` (the translator methods of `dakpn_jax.registry`, or a
+    module given by dotted path that defines one)."""
+    method = registry.method_module(config.method)
     if callable(getattr(method, "make_translator", None)):
         return method.make_translator(config, state)
     raise ValueError(f"config.method={config.method!r}: module {method.__name__} has no make_translator "
-                     "(not a translation method?)")
+                     f"(not a translation method? translators: {sorted(registry.translators())})")
 
 
 def _write_atomic(path: str, write: Callable[[str], None]) -> None:

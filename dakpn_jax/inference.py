@@ -26,8 +26,11 @@ The run is read from ``workdir/config.json`` and the orbax checkpoint ``workdir/
 read-only checkpoint manager; nothing in ``workdir`` is created or changed.
 
 Which translator a run gives is looked up in :data:`TRANSLATORS`, ``config.method`` ->
-:class:`TranslatorSpec`. DA-KPN, CycleGAN and CUT use their method module's ``make_translator``.
-A new kind (e.g. a training-free control from ``dakpn_jax.controls``) is one registration::
+:class:`TranslatorSpec`. Every translator method of `dakpn_jax.registry` (DA-KPN, CycleGAN, CUT,
+VSAIT, and any method registered there later) is served through its module's ``make_translator``,
+with the rng and label needs the registry declares: a trained method is registered there, not here.
+A kind that is not a training method (e.g. a training-free control from ``dakpn_jax.controls``) is
+one registration here::
 
     from dakpn_jax import inference
     inference.register_translator(
@@ -41,12 +44,16 @@ A builder gets ``(config, state, workdir)`` (``state`` is None without a checkpo
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import os
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+
+# Imported as `methods`: `load_translator` has a parameter named `registry` (its own lookup table).
+from dakpn_jax import registry as methods
 
 PyTree = Any
 Builder = Callable[[Any, PyTree, str], Callable]
@@ -75,13 +82,13 @@ class TranslatorSpec:
 def _method_builder(name: str) -> Builder:
     def build(config, state, workdir):
         del workdir
-        from dakpn_jax.training import get_method  # pylint: disable=import-outside-toplevel
-        return get_method(name).make_translator(config, state)
+        return methods.get(name).load().make_translator(config, state)
     return build
 
 
-def _dakpn_needs_labels(config) -> bool:
-    return config.get("features", "onehot") == "onehot"
+def _method_spec(method: methods.Method) -> TranslatorSpec:
+    return TranslatorSpec(_method_builder(method.name), accepts_rng=method.takes_rng,
+                          needs_labels=method.needs_labels)
 
 
 def _build_control(config, state, workdir):
@@ -93,14 +100,37 @@ def _build_control(config, state, workdir):
     return controls.make_control(c.name, reference=reference, seed=int(config.seed), **dict(c.params))
 
 
-TRANSLATORS: dict[str, TranslatorSpec] = {
-    "dakpn": TranslatorSpec(_method_builder("dakpn"), accepts_rng=True, needs_labels=_dakpn_needs_labels),
-    "cyclegan": TranslatorSpec(_method_builder("cyclegan")),
-    "cut": TranslatorSpec(_method_builder("cut")),
-    "vsait": TranslatorSpec(_method_builder("vsait")),
+class _Translators(collections.abc.MutableMapping):
+    """``config.method`` -> :class:`TranslatorSpec`: the translator methods of `dakpn_jax.registry`,
+    read on every lookup (so a method registered there later is served), plus the kinds registered
+    here (which win on a name clash, as ``register_translator(..., overwrite=True)`` intends)."""
+
+    def __init__(self, extra: dict[str, TranslatorSpec]):
+        self._extra = extra
+
+    def _all(self) -> dict[str, TranslatorSpec]:
+        return {**{n: _method_spec(m) for n, m in methods.translators().items()}, **self._extra}
+
+    def __getitem__(self, method):
+        return self._all()[method]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self):
+        return len(self._all())
+
+    def __setitem__(self, method, spec):
+        self._extra[method] = spec
+
+    def __delitem__(self, method):
+        del self._extra[method]
+
+
+TRANSLATORS: Mapping[str, TranslatorSpec] = _Translators({
     "control": TranslatorSpec(_build_control, needs_checkpoint=False,
                               needs_labels=lambda config: config.control.name == "randomize"),
-}
+})
 
 
 def save_control_run(workdir: str, name: str, data_config, *, seed: int = 0, pool: int = 64, **params) -> str:
@@ -158,9 +188,9 @@ def available_steps(workdir: str) -> list[int]:
 def _restore_step(workdir: str, config, step: int) -> PyTree:
     """The state of checkpoint ``step`` on this process's first device (read-only manager)."""
     from dakpn_jax.training import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
-    from dakpn_jax.training import get_method, trainer  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
     mesh = trainer.make_mesh(jax.local_devices()[:1])
-    abstract = trainer.abstract_state(get_method(config.method), config, mesh)
+    abstract = trainer.abstract_state(methods.method_module(config.method), config, mesh)
     checkpointer = ckpt.Checkpointer(workdir, read_only=True, max_to_keep=None)
     try:
         checkpointer.check_compatible(step, abstract)

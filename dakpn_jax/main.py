@@ -33,7 +33,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dakpn_jax import console
+from dakpn_jax import console, registry
 
 FLAGS = flags.FLAGS
 
@@ -60,14 +60,21 @@ define_flags(FLAGS)
 
 def check_config(config, devices=None) -> str:
     """Validates ``config`` as the trainer would (method module, generic fields, batch vs the
-    ``devices``, default all) and returns a one-line summary; ValueError naming the field otherwise."""
+    ``devices``, default all) and returns a one-line summary; ValueError naming the field otherwise.
+    A registered method that cannot run as published with this config (`dakpn_jax.registry`'s
+    ``available``, e.g. VSAIT without VGG19 weights) still trains, so the summary says why instead."""
     from dakpn_jax.training import trainer
 
     method = trainer.validate_config(config, trainer.make_mesh(devices))
     data = config.get("data") or {}
     where = {k: data.get(k) for k in ("name", "data_dir", "synthetic_dir", "real_dir") if data.get(k) is not None}
-    return (f"config OK: method {config.method} ({method.__name__}), {config.num_train_steps} steps, batch "
-            f"{config.batch_size}, data {where or '(defaults)'}")
+    summary = (f"config OK: method {config.method} ({method.__name__}), {config.num_train_steps} steps, batch "
+               f"{config.batch_size}, data {where or '(defaults)'}")
+    if config.method in registry.REGISTRY:
+        ok, why = registry.get(config.method).is_available(config)
+        if not ok:
+            summary += f"; not as published: {why}"
+    return summary
 
 
 def main(argv):

@@ -133,7 +133,7 @@ def run_sweep(config_path: str, root: str, *, dry_run: bool = False) -> dict[str
 
 
 def main(argv):
-    from absl import flags
+    from absl import app, flags
 
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")

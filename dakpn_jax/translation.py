@@ -1,6 +1,6 @@
 """The DA-KPN translation function and its kernel-application paths (pure jnp, jit-able, differentiable).
 
-Shapes are NHWC, batch first, float in [0, 1]. The translation (DESIGN.md section 1, steps 3-4) maps a
+Shapes are NHWC, batch first, float in [0, 1]. The translation (docs/METHOD.md §1 steps 3-4) maps a
 synthetic image ``x`` (B, H, W, 3) with per-pixel parameters ``theta`` (B, h, w, 12) laid out as
 ``[hsv_scale(3), hsv_bias(3), sigma(3), noise_scale(3)]`` and a noise field ``n`` (B, H, W, 3) to::
 
@@ -32,18 +32,16 @@ Kernel application (``impl=``); all paths compute the same function (to float32 
   ``P_i = x[y - i] + x[y + i]``, computed on (B * C, H, W) planes with a ``fori_loop`` over i and
   the column taps by a two-multiply recurrence (:func:`_shifted_gaussian_core` says why: on the CPU
   this runs 2.7x faster than the fully unrolled NHWC form, which LLVM left scalar). Peak memory is a
-  few frames whatever K (0.53 GB process peak for a full GTA5 frame, Python and JAX included).
+  few frames whatever K (the measured peak for a full GTA5 frame is in docs/RESULTS.md).
   Free-form kernels use a ``fori_loop`` over window rows with the column offsets unrolled, per band.
 - ``"pallas"`` (:func:`translate` only): the fused kernel of :mod:`dakpn_jax.kernels.pallas_translate`,
   one Pallas program per output tile doing upsampling, colour affine, blur, noise and clip with the
   frame, parameters and noise read once (GPU via the Triton lowering; Pallas interpret mode on other
   backends, slow, for tests). Its gradient is the shifted path's VJP (custom VJP).
 - ``"auto"``: ``"shifted"`` on every backend (for :func:`translate`, "pallas" on the backends listed in
-  :data:`PALLAS_AUTO_BACKENDS`: none until it is measured faster on one; never the CPU). Measured with
-  experiments/bench_kernels.py (K = 25): on the shared 2-core CPU a full 1052 x 1914 frame blurs at
-  18% of a same-process dense matmul's rate (process CPU time; docs/notes/issue16.md); on one H100
-  (jax 0.11.2, before the issue-16 rewrite) it took 1.8 / 0.7 / 2.1 ms at 8x96x160 / 1x263x478 /
-  1x1052x1914 against the unbanded einsum's 15.3 / 14.7 / 3785 ms. Choose
+  :data:`PALLAS_AUTO_BACKENDS`: none until it is measured faster on one; never the CPU). The shifted
+  path was the fastest at every size experiments/bench_kernels.py measured, on the CPU and on a GPU
+  (timings: docs/RESULTS.md, "Kernel paths" and "Kernels, training step and input pipeline"). Choose
   ``"einsum"`` explicitly when you need forward-mode autodiff (jvp, jacfwd).
 
 Gradients: both paths are differentiable in x, sigma (and kernels). The shifted Gaussian path has a
@@ -67,14 +65,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+# The per-channel formulas the fused Pallas kernel shares; kept in a module of their own so that the
+# kernel module imports them without importing this one (which dispatches to the kernel).
+from dakpn_jax.translation_formulas import BLUR_EPS, rgb_to_hsv_channels
+
 NUM_PARAMS = 12
 """Per-pixel parameter count: hsv_scale(3), hsv_bias(3), sigma(3), noise_scale(3)."""
 
 IDENTITY_PARAMS = (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 """Parameters for which :func:`translate` returns its input (up to float rounding)."""
-
-BLUR_EPS = 1e-8
-"""The eps in ``exp(-(i^2 + j^2) / (2 sigma^2 + eps))``: sigma = 0 gives the delta kernel (identity)."""
 
 DEFAULT_KERNEL_SIZE = 25
 
@@ -144,22 +143,7 @@ def rgb_to_hsv(x: jax.Array) -> jax.Array:
     x = _as_float_array(x, "x")
     if x.ndim < 1 or x.shape[-1] != 3:
         raise ValueError(f"x: expected (..., 3) RGB, got shape {x.shape}")
-    return jnp.stack(_rgb_to_hsv_channels(x[..., 0], x[..., 1], x[..., 2]), axis=-1)
-
-
-def _rgb_to_hsv_channels(r, g, b):
-    """:func:`rgb_to_hsv` on separate channel arrays (any equal shapes): returns (h, s, v).
-
-    Shared by the array API and the Pallas kernel, where the channels are separate arrays."""
-    v = jnp.maximum(jnp.maximum(r, g), b)
-    c = v - jnp.minimum(jnp.minimum(r, g), b)
-    s = jnp.where(v > 0, c / jnp.where(v > 0, v, 1.0), 0.0)
-    safe_c = jnp.where(c > 0, c, 1.0)
-    h = jnp.where(v == r, (g - b) / safe_c, jnp.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4))
-    h = jnp.where(c > 0, jnp.mod(h / 6, 1.0), 0.0)
-    # mod of a tiny negative number rounds to exactly 1.0 in float32: keep hue in [0, 1).
-    h = jnp.where(h >= 1, h - 1, h)
-    return h, s, v
+    return jnp.stack(rgb_to_hsv_channels(x[..., 0], x[..., 1], x[..., 2]), axis=-1)
 
 
 def hsv_to_rgb(x: jax.Array) -> jax.Array:
@@ -495,7 +479,7 @@ def _planar_blur(x, sigma, r):
 
 def local_gaussian_blur(x: jax.Array, sigma: jax.Array, *, kernel_size: int = DEFAULT_KERNEL_SIZE,
                         impl: str = "auto") -> jax.Array:
-    """Per-pixel, per-channel normalised Gaussian blur with edge padding (DESIGN.md step 4d).
+    """Per-pixel, per-channel normalised Gaussian blur with edge padding (docs/METHOD.md §1 step 4d).
 
     Args:
         x: (B, H, W, C) float images.
@@ -601,22 +585,6 @@ def split_params(theta: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax
     return theta[..., 0:3], theta[..., 3:6], theta[..., 6:9], theta[..., 9:12]
 
 
-def _colour_affine_channels(r, g, b, scale, bias):
-    """Steps 4a-c on separate channel arrays (any equal shapes): the formulas of :func:`rgb_to_hsv`,
-    the affine of :func:`color_affine` and :func:`hsv_to_rgb`; returns [r', g', b'].
-
-    Used where the channels are separate arrays (the Pallas kernel)."""
-    h, s, v = _rgb_to_hsv_channels(r, g, b)
-    h = jnp.mod(scale[0] * h + bias[0], 1.0)
-    s = jnp.clip(scale[1] * s + bias[1], 0.0, 1.0)
-    v = jnp.clip(scale[2] * v + bias[2], 0.0, 1.0)
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = jnp.mod(n + 6 * h, 6.0)
-        out.append(v - v * s * jnp.clip(jnp.minimum(k, 4 - k), 0.0, 1.0))
-    return out
-
-
 def color_affine(x: jax.Array, hsv_scale: jax.Array, hsv_bias: jax.Array) -> jax.Array:
     """Steps 4a-c: RGB -> HSV, per-pixel affine (hue mod 1, s and v clipped to [0, 1]) -> RGB."""
     hsv = hsv_scale * rgb_to_hsv(x) + hsv_bias
@@ -627,7 +595,7 @@ def color_affine(x: jax.Array, hsv_scale: jax.Array, hsv_bias: jax.Array) -> jax
 
 def translate(x: jax.Array, params: jax.Array, noise: jax.Array, *, kernel_size: int = DEFAULT_KERNEL_SIZE,
                             impl: str = "auto") -> jax.Array:
-    """The DA-KPN translation T(x; theta, n) (DESIGN.md section 1, steps 3-4; module docstring).
+    """The DA-KPN translation T(x; theta, n) (docs/METHOD.md §1 steps 3-4; module docstring).
 
     Args:
         x: (B, H, W, 3) float RGB in [0, 1].

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -35,13 +35,13 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
 
-from configs import default as dakpn_configs  # noqa: E402
-from configs import segmentation as seg_configs  # noqa: E402
-import dakpn_jax  # noqa: E402
-from dakpn_jax import export  # noqa: E402
-from dakpn_jax.data import sources  # noqa: E402
-from dakpn_jax.training import segmentation as seg  # noqa: E402
-from dakpn_jax.training import trainer  # noqa: E402
+from configs import default as dakpn_configs
+from configs import segmentation as seg_configs
+import dakpn_jax
+from dakpn_jax import export
+from dakpn_jax.data import sources
+from dakpn_jax.training import segmentation as seg
+from dakpn_jax.training import trainer
 
 
 def train_translator(workdir: str, num_images: int) -> None:

@@ -27,12 +27,12 @@ from flax import nnx
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # dakpn_jax/ from a plain checkout, nothing installed
     sys.path.insert(0, _ROOT)
-from dakpn_jax.models import segformer  # pylint: disable=wrong-import-position
+from dakpn_jax.models import segformer  # noqa: E402  (after the sys.path line above)
 
 
 def random_model(name: str, num_classes: int, seed: int = 0) -> segformer.SegFormer:
     """The SegFormer ``name`` with N(0, 0.02) weights (positive BatchNorm variances)."""
-    graph, state = nnx.split(nnx.eval_shape(lambda: segformer.make_segformer(name, num_classes, rngs=nnx.Rngs(0))))
+    graph, state = nnx.split(nnx.eval_shape(lambda: segformer.SegFormer(name, num_classes, rngs=nnx.Rngs(0))))
     rng = np.random.default_rng(seed)
 
     def fill(s):

@@ -1,4 +1,4 @@
-"""Trains DA-KPN on the embedded benchmark and prints the paired-eval curve (DESIGN.md §5).
+"""Trains DA-KPN on the embedded benchmark and prints the paired-eval curve (docs/METHOD.md §5).
 
 Every ``--eval_every`` steps it scores the translator on the paired view: PSNR of the translated
 synthetic image against the real rendering of the same scene, and the per-class mean-colour error,
@@ -25,7 +25,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dakpn_jax.training import dakpn  # noqa: E402
+from dakpn_jax.training import dakpn
 
 
 def load_config(spec: str):

@@ -28,7 +28,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dakpn_jax.models import resnet_generator as rg  # noqa: E402
+from dakpn_jax.models import resnet_generator as rg
 
 OLD_PADDING = ((2, 1), (2, 1))
 

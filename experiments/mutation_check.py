@@ -249,7 +249,7 @@ def main(argv=None) -> int:
             if verdict != "survived":
                 print("the baseline fails: fix the tests first; verdicts below would mean nothing")
                 return 2
-        print(f"| mutation | area | planted | verdict | seconds | last line |\n|---|---|---|---|---|---|", flush=True)
+        print("| mutation | area | planted | verdict | seconds | last line |\n|---|---|---|---|---|---|", flush=True)
         free = queue.Queue()
         for copy in copies:
             free.put(copy)

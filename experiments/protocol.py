@@ -1,4 +1,4 @@
-r"""The evaluation protocol (DESIGN.md §1 step 8, §9) on one config: a thin command over
+r"""The evaluation protocol (docs/METHOD.md §1 step 8, §9) on one config: a thin command over
 `dakpn_jax.protocol` (stages, statistics and report live there).
 
     python3 experiments/protocol.py --config=configs/protocol.py[:variant] --workdir=DIR [--verbose] [--dry_run]
@@ -21,7 +21,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # configs/ and dakpn_jax/ from a plain checkout, nothing installed
     sys.path.insert(0, _ROOT)
 
-from dakpn_jax.protocol import *  # noqa: E402,F401,F403  (the old driver's names, for scripts that import it)
+from dakpn_jax.protocol import *  # noqa: E402, F403  (the old driver's names, for scripts that import it)
 from dakpn_jax import console  # noqa: E402
 from dakpn_jax.protocol import run_protocol  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The training-free controls (dakpn_jax/controls.py, DESIGN.md §9) against float64 NumPy references,
+"""The training-free controls (dakpn_jax/controls.py, docs/METHOD.md §9) against float64 NumPy references,
 and the spatially uniform DA-KPN (one theta per image)."""
 import colorsys
 
@@ -17,7 +17,7 @@ def _rand(shape, seed):
 # ----------------------------------------------------------------------------- FDA
 
 def _spec_mask(H, W, beta):
-    """The spec (DESIGN §9): a centred square of half-width b = floor(beta min(H, W)) around DC, cut
+    """The spec (docs/METHOD.md §9): a centred square of half-width b = floor(beta min(H, W)) around DC, cut
     as the FDA authors' NumPy code does: rows c - b .. c + b and columns likewise of the
     fftshift-ed spectrum (c = floor(H / 2)), mapped back to numpy's unshifted layout."""
     b = int(np.floor(beta * min(H, W)))

@@ -309,7 +309,7 @@ def test_evaluate_identity_translator_equals_baseline(tiny):
 # ----------------------------------------------------------------------------- the authors' choices (issue 15)
 
 def _torch_nlayer(ndf=64):
-    """pix2pix NLayer PatchGAN written from its layer list (DESIGN.md §6), PyTorch."""
+    """pix2pix NLayer PatchGAN written from its layer list (docs/METHOD.md §6), PyTorch."""
     import torch.nn as tnn
     return tnn.Sequential(
         tnn.Conv2d(3, ndf, 4, 2, 1), tnn.LeakyReLU(0.2),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dakpn_jax.data import (celebamask_hq, cityscapes, cityscapes_labels, face_synthetics, gta5,
+from dakpn_jax.data import (base, celebamask_hq, cityscapes, cityscapes_labels, face_synthetics, gta5,
                             prepare, scan, sources, synthia)
 
 H, W = 6, 10
@@ -445,7 +445,7 @@ def test_direct_read_scan_finds_a_mismatched_gta5_frame_before_the_first_step(tm
     needle = _corrupt("gta5", manual, "size_mismatch")  # image 00003 is now (H + 1, W); its label (H, W)
     assert needle == "00003.png"
     reads = []
-    monkeypatch.setattr(sources, "read_image", lambda p, _orig=sources.read_image: reads.append(p) or _orig(p))
+    monkeypatch.setattr(base, "read_image", lambda p, _orig=base.read_image: reads.append(p) or _orig(p))
     cfg = _gta5_config(manual)
     with pytest.raises(ValueError, match=r"labels/00003\.png: label size \(6, 10\).*\(7, 10\).*before training"):
         sources.make_source(cfg.data, "synthetic-train")

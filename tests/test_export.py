@@ -19,7 +19,7 @@ from dakpn_jax.data import procedural
 from dakpn_jax.data.folder import FolderSource
 from dakpn_jax.training import trainer
 from tests import toy_method
-from conftest import snapshot, values_around_half_levels  # noqa: E402
+from conftest import snapshot, values_around_half_levels
 
 N = 5  # synthetic-train items: padded to one 8-device batch
 

@@ -14,13 +14,13 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ lives at the repo root
 
-from configs import cut as cut_configs  # noqa: E402
-from configs import cyclegan as cyclegan_configs  # noqa: E402
-from dakpn_jax.models.gan_discriminator import NLayerDiscriminator  # noqa: E402
-from dakpn_jax.models.resnet_generator import ResnetGenerator  # noqa: E402
-from dakpn_jax.training import cut, cyclegan, get_method  # noqa: E402
-from dakpn_jax.training import gan_common as gc  # noqa: E402
-from conftest import (FLOAT64_REL, METRIC_REL, assert_float64_equivalent, one_and_eight_device_steps_float64,  # noqa: E402
+from configs import cut as cut_configs
+from configs import cyclegan as cyclegan_configs
+from dakpn_jax.models.gan_discriminator import NLayerDiscriminator
+from dakpn_jax.models.resnet_generator import ResnetGenerator
+from dakpn_jax.training import cut, cyclegan, get_method
+from dakpn_jax.training import gan_common as gc
+from conftest import (FLOAT64_REL, METRIC_REL, assert_float64_equivalent, one_and_eight_device_steps_float64,
                       two_domain_batch, two_train_steps)
 
 METHODS = {"cyclegan": (cyclegan, lambda: cyclegan_configs.get_config("tiny")),
@@ -116,8 +116,10 @@ def test_lsgan_schedule_and_patch_nce_against_float64():
         np.testing.assert_allclose(float(s(step)), want, atol=1e-12)
 
     # PatchNCE: cross-entropy over [positive, same-image negatives with the positive's slot masked].
-    q = r.standard_normal((2, 6, 4)); q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    k = r.standard_normal((2, 6, 4)); k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    q = r.standard_normal((2, 6, 4))
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    k = r.standard_normal((2, 6, 4))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
     tau, want = 0.07, []
     for b in range(2):
         for i in range(6):
@@ -332,7 +334,7 @@ def test_cut_objective_recomputed_from_merged_modules(name):
 
 @pytest.mark.smoke
 def test_gta5_cityscapes_presets():
-    """DESIGN.md §6: the CycleGAN authors' GTA5 -> Cityscapes settings (scale width 1024, 360 crops,
+    """docs/METHOD.md §6: the CycleGAN authors' GTA5 -> Cityscapes settings (scale width 1024, 360 crops,
     identity weight 1, 10 + 10 epochs of 24,966 frames at batch 1); CUT keeps its defaults."""
     c = cyclegan_configs.get_config("gta5_cityscapes")
     assert c.data.synthetic_size == (int(1024 * 1052 / 1914), 1024) and c.data.real_size == (512, 1024)

@@ -1,6 +1,6 @@
 """The GAN baselines against PyTorch builds of their published networks (issue #12).
 
-The references below are written here from the published layer lists (DESIGN.md §7): CycleGAN's
+The references below are written here from the published layer lists (docs/METHOD.md §7): CycleGAN's
 ResNet generator, CUT's anti-aliased variant and the 70x70 PatchGAN (plain and anti-aliased), as
 ``nn.Sequential``s named ``model`` so their ``state_dict()`` has the official key names. The same
 weights go into the NNX modules through ``dakpn_jax.models.torch_import``; outputs must agree to
@@ -64,7 +64,7 @@ class ResBlock(nn.Module):
 
 
 class TorchGenerator(nn.Module):
-    """DESIGN.md §7 ResNet generator; ``arch="cut"``: down = conv s1, IN, ReLU, blur-down;
+    """docs/METHOD.md §7 ResNet generator; ``arch="cut"``: down = conv s1, IN, ReLU, blur-down;
     up = blur-up, conv 3x3 s1 pad 1, IN, ReLU."""
 
     def __init__(self, arch, ngf=64, n_blocks=9):
@@ -161,7 +161,7 @@ def test_each_transposed_conv_equals_torch_conv_transpose2d():
         got = np.asarray(jax.jit(lambda v: layer(v))(x))
         assert got.shape == (2, 10, 14, cout) == want.shape
         np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
-    # Footprint (DESIGN §7): input pixel i reaches output rows 2i-1, 2i, 2i+1 and no others.
+    # Footprint (docs/METHOD.md §7): input pixel i reaches output rows 2i-1, 2i, 2i+1 and no others.
     one = ConvTranspose2d(1, 1, kernel_init=nnx.initializers.ones, rngs=nnx.Rngs(0))
     for i in range(4):
         x = np.zeros((1, 4, 1, 1), np.float32)

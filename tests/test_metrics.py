@@ -1,6 +1,5 @@
 """Confusion matrix and (m)IoU against a plain NumPy bincount / float64 reference."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

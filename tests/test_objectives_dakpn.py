@@ -2,7 +2,7 @@
 
 For a fixed, non-trivial state (a KPN head with non-zero weights, so every translation component
 and the noise matter) and a fixed batch, every logged loss term of one compiled step is recomputed
-here from DESIGN.md §1 step 6 and the module docstring's table, with the merged networks (the KPN
+here from docs/METHOD.md §1 step 6 and the module docstring's table, with the merged networks (the KPN
 head and the PatchGAN called as modules) and float64 NumPy for everything else: one-hot features
 by area averaging, the two views (a full-resolution tile cropped from the full-frame translation,
 the low view translated on the box-averaged frame with sigma and noise scale in low-resolution

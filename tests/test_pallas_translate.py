@@ -1,6 +1,6 @@
 """The fused Pallas translation kernel (impl="pallas") in Pallas interpret mode on the CPU.
 
-Values against the float64 NumPy reference of tests/test_translation.py (written from DESIGN.md steps
+Values against the float64 NumPy reference of tests/test_translation.py (written from docs/METHOD.md §1 steps
 3-4, no code shared with the library) and against the XLA paths; gradients against autodiff of the
 einsum path. Frames are tiny (interpret mode compiles the kernel into an XLA loop: ~5-10 s a shape).
 """

@@ -158,7 +158,7 @@ def test_encoder_only_import_from_mit_classifier(hf, tmp_path):
     for g, w in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), w, atol=1e-4, rtol=1e-4)
     # The segmenter factory's `pretrained=` path, as the segmentation method builds its graphdef.
-    abstract = nnx.eval_shape(lambda: sf.make_segformer(TINY, 19, rngs=nnx.Rngs(0), pretrained=str(tmp_path)))
+    abstract = nnx.eval_shape(lambda: conv.make_segformer(TINY, 19, rngs=nnx.Rngs(0), pretrained=str(tmp_path)))
     assert abstract.decode_head.classifier.kernel.shape == (16, 19)
 
 

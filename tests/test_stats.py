@@ -50,7 +50,7 @@ def test_paired_bootstrap_excludes_zero_for_a_large_difference_and_not_for_none(
 
 
 def _miou_direct(conf):
-    """mIoU of one (C, C) matrix, classes with an empty union skipped (DESIGN §3), written out."""
+    """mIoU of one (C, C) matrix, classes with an empty union skipped (docs/METHOD.md §3), written out."""
     ious = []
     for c in range(conf.shape[0]):
         tp = conf[c, c]

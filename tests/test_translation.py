@@ -1,4 +1,4 @@
-"""The DA-KPN translation function against independent float64 NumPy references (DESIGN.md steps 3-4)."""
+"""The DA-KPN translation function against independent float64 NumPy references (docs/METHOD.md §1 steps 3-4)."""
 import colorsys
 
 import jax

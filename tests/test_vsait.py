@@ -1,4 +1,4 @@
-"""VSAIT (DESIGN.md §8): VGG19 features against a PyTorch build of torchvision's layer list, the
+"""VSAIT (docs/METHOD.md §8): VGG19 features against a PyTorch build of torchvision's layer list, the
 importer, the fixed blurs and the hypervector map against float64 NumPy, M's init, and one step:
 every logged loss recomputed with plain jnp, the optimiser update recomputed with NumPy, frozen
 parts untouched, exact resume, 8 devices equal 1."""
@@ -13,13 +13,13 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ lives at the repo root
 
-from configs import vsait as vsait_configs  # noqa: E402
-from dakpn_jax.models import vgg19  # noqa: E402
-from dakpn_jax.models import vsait as vm  # noqa: E402
-from dakpn_jax.training import get_method  # noqa: E402
-from dakpn_jax.training import gan_common as gc  # noqa: E402
-from dakpn_jax.training import vsait  # noqa: E402
-from conftest import (FLOAT64_REL, METRIC_REL, assert_float64_equivalent, one_and_eight_device_steps_float64,  # noqa: E402
+from configs import vsait as vsait_configs
+from dakpn_jax.models import vgg19
+from dakpn_jax.models import vsait as vm
+from dakpn_jax.training import get_method
+from dakpn_jax.training import gan_common as gc
+from dakpn_jax.training import vsait
+from conftest import (FLOAT64_REL, METRIC_REL, assert_float64_equivalent, one_and_eight_device_steps_float64,
                       two_domain_batch, two_train_steps)
 
 pytestmark = pytest.mark.filterwarnings("ignore:VSAIT is running with RANDOM VGG19")

@@ -18,7 +18,7 @@ Splits ``train`` / ``validation`` / ``test``: CelebA's official partition of eac
 CelebA file (through the mapping file): 24,183 / 2,993 / 2,824 images.
 
 Protocols (this is the face label space; Face Synthetics maps into it): ``faces18`` ignores
-background (DESIGN §1.8: synthetic backgrounds are random scenery, so background is not scored)
+background (docs/METHOD.md §1 step 8: synthetic backgrounds are random scenery, so background is not scored)
 and renumbers the 18 parts 0..17; ``faces19`` keeps all 19 ids.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from dakpn_jax.data import sources
+from dakpn_jax.data import base, scan
 
 NAME = "celebamask_hq"
 ROLE = "real"
@@ -57,7 +57,7 @@ def _read_table(path, columns, what):
     return rows
 
 
-def list_examples(root, split: str) -> list[sources.Example]:
+def list_examples(root, split: str) -> list[base.Example]:
     """Images of `split` in index order, each with the list of its existing part masks."""
     root = os.fspath(root)
     images, masks = os.path.join(root, "CelebA-HQ-img"), os.path.join(root, "CelebAMask-HQ-mask-anno")
@@ -76,7 +76,7 @@ def list_examples(root, split: str) -> list[sources.Example]:
         i = int(idx)
         folder = os.path.join(masks, str(i // 2000))
         parts = [(k + 1, os.path.join(folder, f"{i:05d}_{part}.png")) for k, part in enumerate(PARTS)]
-        examples.append(sources.Example(key=str(i), image=os.path.join(images, f"{i}.jpg"),
+        examples.append(base.Example(key=str(i), image=os.path.join(images, f"{i}.jpg"),
                                         label=(f"{folder}/{i:05d}_*.png", tuple(parts))))
     return examples
 
@@ -109,7 +109,6 @@ def check_label(ref, image_hw) -> None:
     for _, path in parts:
         if not os.path.exists(path):
             continue
-        from dakpn_jax.data import scan  # pylint: disable=import-outside-toplevel
         hw, _ = scan.file_header(path, "mask")
         if mask_hw is None:
             mask_hw = hw
@@ -131,7 +130,7 @@ def _mask_upscale(pattern, mask_hw, image_hw) -> int:
 
 def _read_mask(path) -> np.ndarray:
     """Channel 0 of a part mask as uint8 (H, W) (grey, bilevel, palette or colour files)."""
-    with sources.open_image(path, "mask") as im:
+    with base.open_image(path, "mask") as im:
         if im.mode in ("1", "L"):
             return np.asarray(im.convert("L"))
         return np.asarray(im.convert("RGB"))[..., 0]

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from dakpn_jax.data import cityscapes_labels, sources
+from dakpn_jax.data import base, cityscapes_labels
 
 NAME = "cityscapes"
 ROLE = "real"
@@ -43,7 +43,7 @@ def _scan(top, suffix):
     return found
 
 
-def list_examples(root, split: str) -> list[sources.Example]:
+def list_examples(root, split: str) -> list[base.Example]:
     """Image/label pairs of `split`, sorted by stem; unpaired files get a missing partner path."""
     root = os.fspath(root)
     images = _scan(os.path.join(root, "leftImg8bit", _FOLDER[split]), _IMAGE_SUFFIX)
@@ -53,13 +53,13 @@ def list_examples(root, split: str) -> list[sources.Example]:
         city_dir = os.path.join(_FOLDER[split], stem.split("_")[0])
         image = images.get(stem, os.path.join(root, "leftImg8bit", city_dir, stem + _IMAGE_SUFFIX))
         label = labels.get(stem, os.path.join(root, "gtFine", city_dir, stem + _LABEL_SUFFIX))
-        examples.append(sources.Example(key=stem, image=image, label=label))
+        examples.append(base.Example(key=stem, image=image, label=label))
     return examples
 
 
 def load_label(path, image_hw) -> np.ndarray:
     """uint8 (H, W) train ids of a ``*_gtFine_labelIds.png`` file, checked against the image size."""
-    ids = sources.read_label_png(path)
-    return sources.check_size(cityscapes_labels.map_ids(ids, cityscapes_labels.LABEL_ID_TO_TRAIN_ID, path),
+    ids = base.read_label_png(path)
+    return base.check_size(cityscapes_labels.map_ids(ids, cityscapes_labels.LABEL_ID_TO_TRAIN_ID, path),
                               image_hw, path)
 

@@ -7,7 +7,7 @@ annotated class has a *label id* (what `*_gtFine_labelIds.png` stores, 0..33) an
 2016) annotates its frames with the same label ids, so both datasets share `LABEL_ID_TO_TRAIN_ID`.
 The license-plate class (label id -1) is never written into labelIds images and is not listed.
 
-Protocols. Benchmarks score subsets of the 19 train ids (DESIGN §1.8):
+Protocols. Benchmarks score subsets of the 19 train ids (docs/METHOD.md §1 step 8):
 - ``cityscapes19``: all 19 classes (GTA5 -> Cityscapes).
 - ``synthia16``: SYNTHIA -> Cityscapes, without terrain, truck and train (SYNTHIA-RAND-CITYSCAPES has
   no such pixels).

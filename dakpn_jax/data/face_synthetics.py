@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from dakpn_jax.data import celebamask_hq, cityscapes_labels, sources
+from dakpn_jax.data import base, celebamask_hq, cityscapes_labels
 
 NAME = "face_synthetics"
 ROLE = "synthetic"
@@ -46,7 +46,7 @@ for _fid, (_name, _target) in CLASSES.items():
     FACE_SYNTHETICS_TO_CELEBAMASK[_fid] = 255 if _target is None else celebamask_hq.CLASSES.index(_target)
 
 
-def list_examples(root, split: str) -> list[sources.Example]:
+def list_examples(root, split: str) -> list[base.Example]:
     """All renders NNNNNN.png, sorted, paired with NNNNNN_seg.png."""
     del split  # one split
     root = os.fspath(root)
@@ -58,12 +58,12 @@ def list_examples(root, split: str) -> list[sources.Example]:
             stems.add(f[:-len("_seg.png")])
         elif f.endswith(".png"):
             stems.add(f[:-len(".png")])
-    return [sources.Example(key=s, image=os.path.join(root, s + ".png"),
+    return [base.Example(key=s, image=os.path.join(root, s + ".png"),
                             label=os.path.join(root, s + "_seg.png")) for s in sorted(stems)]
 
 
 def load_label(path, image_hw) -> np.ndarray:
     """uint8 (H, W) CelebAMask-HQ class ids of a ``*_seg.png`` file, checked against the image size."""
-    ids = sources.read_label_png(path)
-    return sources.check_size(cityscapes_labels.map_ids(ids, FACE_SYNTHETICS_TO_CELEBAMASK, path), image_hw, path)
+    ids = base.read_label_png(path)
+    return base.check_size(cityscapes_labels.map_ids(ids, FACE_SYNTHETICS_TO_CELEBAMASK, path), image_hw, path)
 

@@ -12,7 +12,7 @@ an id outside the table, a missing or unreadable file, or a label whose size dif
 frame raises ValueError naming the file (``prepare --on_error=skip`` counts and lists such frames
 instead). The real set has frames whose label size differs from the image: read directly (no
 ``prepare``), the folder is scanned from the file headers before training starts
-(`sources.DirectSource`), so such a frame stops the run before its first step, or, with
+(`base.DirectSource`), so such a frame stops the run before its first step, or, with
 ``--config.data.on_error=skip``, is dropped and counted. The domain-adaptation protocol trains on all frames: ``synthetic_split`` defaults to
 ``train+validation+test``.
 """
@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from dakpn_jax.data import cityscapes_labels, sources
+from dakpn_jax.data import base, cityscapes_labels
 
 NAME = "gta5"
 ROLE = "synthetic"
@@ -37,7 +37,7 @@ def _require_dir(path):
         raise ValueError(f"{path}: folder is missing (expected the extracted GTA5 archives)")
 
 
-def list_examples(root, split: str) -> list[sources.Example]:
+def list_examples(root, split: str) -> list[base.Example]:
     """The frames of `split`, in split.mat order, paired with their label files."""
     import scipy.io  # pylint: disable=import-outside-toplevel
     root = os.fspath(root)
@@ -53,13 +53,13 @@ def list_examples(root, split: str) -> list[sources.Example]:
     if _MAT_KEYS[split] not in mat:
         raise ValueError(f"{mat_path}: no {_MAT_KEYS[split]!r} entry (has {sorted(k for k in mat if not k.startswith('__'))})")
     ids = np.asarray(mat[_MAT_KEYS[split]]).reshape(-1).astype(np.int64)
-    return [sources.Example(key=f"{i:05d}", image=os.path.join(root, "images", f"{i:05d}.png"),
+    return [base.Example(key=f"{i:05d}", image=os.path.join(root, "images", f"{i:05d}.png"),
                             label=os.path.join(root, "labels", f"{i:05d}.png")) for i in ids]
 
 
 def load_label(path, image_hw) -> np.ndarray:
     """uint8 (H, W) train ids of the label file `path`, checked against the frame size."""
-    ids = sources.read_label_png(path)
-    return sources.check_size(cityscapes_labels.map_ids(ids, cityscapes_labels.LABEL_ID_TO_TRAIN_ID, path),
+    ids = base.read_label_png(path)
+    return base.check_size(cityscapes_labels.map_ids(ids, cityscapes_labels.LABEL_ID_TO_TRAIN_ID, path),
                               image_hw, path)
 

@@ -30,7 +30,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from dakpn_jax.data import sources
+from dakpn_jax.data import base
 
 ON_ERROR = ("raise", "skip")
 VERSION = "1.0.0"
@@ -59,7 +59,7 @@ def is_prepared(data_dir, dataset: str) -> bool:
 
 def _encode(module, ex) -> dict:
     """The stored example of one listed pair; ValueError naming the file if it is malformed."""
-    data, image = sources.encode_image(ex.image)
+    data, image = base.encode_image(ex.image)
     label = module.load_label(ex.label, image.shape[:2])
     buf = io.BytesIO()
     Image.fromarray(label).save(buf, format="PNG")
@@ -80,7 +80,7 @@ def _record(job):
         _FEATURES = features()
     name, ex = job
     try:
-        return _FEATURES.serialize_example(_encode(sources.dataset_module(name), ex)), None
+        return _FEATURES.serialize_example(_encode(base.dataset_module(name), ex)), None
     except ValueError as e:
         return None, str(e)
 
@@ -131,7 +131,7 @@ def prepare(dataset: str, manual_dir, data_dir, *, on_error: str = "raise", num_
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
-    module = sources.dataset_module(dataset)
+    module = base.dataset_module(dataset)
     manual_dir = os.path.expanduser(os.fspath(manual_dir))
     if not os.path.isdir(manual_dir):
         raise ValueError(f"manual_dir={manual_dir!r}: folder does not exist")
@@ -175,7 +175,7 @@ def open_prepared(data_dir, dataset: str, split: str, *, encoded: bool = False):
     """The TFDS random-access data source of a prepared split (``+``-joined splits allowed).
 
     With `encoded`, ``image`` and ``label`` come back as the stored PNG/JPEG bytes (TFDS would
-    decode with OpenCV when it is installed and PIL otherwise; `sources.PreparedSource` always
+    decode with OpenCV when it is installed and PIL otherwise; `PreparedSource` below always
     decodes with PIL, like the direct reader, so both paths give identical pixels).
     """
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
@@ -189,10 +189,28 @@ def open_prepared(data_dir, dataset: str, split: str, *, encoded: bool = False):
         split=split, decoders=decoders)
 
 
+class PreparedSource:
+    """Random-access source over a prepared dataset (TFDS array_record, read without TensorFlow)."""
+
+    def __init__(self, module, data_dir, split: str):
+        base.split_names(module, split, "split")
+        self._ds = open_prepared(data_dir, module.NAME, split, encoded=True)
+
+    def __len__(self):
+        return len(self._ds)
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self._ds):  # IndexError, as the sequence protocol expects
+            raise IndexError(f"index {index} out of range for a source of length {len(self._ds)}")
+        ex = self._ds[index]
+        with Image.open(io.BytesIO(ex["image"])) as image, Image.open(io.BytesIO(ex["label"])) as label:
+            return {"image": np.asarray(image.convert("RGB")), "label": np.asarray(label)}
+
+
 def main(argv=None):
     import argparse  # pylint: disable=import-outside-toplevel
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True, choices=sorted(sources.DATASETS))
+    parser.add_argument("--dataset", required=True, choices=sorted(base.DATASETS))
     parser.add_argument("--manual_dir", required=True, help="folder with the extracted official archives")
     parser.add_argument("--data_dir", default="~/tensorflow_datasets", help="TFDS data dir to write")
     parser.add_argument("--on_error", default="raise", choices=ON_ERROR,
@@ -202,7 +220,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     path = prepare(args.dataset, args.manual_dir, args.data_dir, on_error=args.on_error,
                    num_workers=args.num_workers)
-    module = sources.dataset_module(args.dataset)
+    module = base.dataset_module(args.dataset)
     sizes = {s: len(open_prepared(args.data_dir, args.dataset, s)) for s in module.SPLITS}
     print(f"{args.dataset}: prepared {sizes} in {path}")
 

@@ -1,15 +1,15 @@
 """A render-once disk cache of the procedural benchmark, so a GPU run is not bound by the Python renderer.
 
-The procedural renderer runs in NumPy on one core (about 130 examples/s at 128 x 256), slower than a
-GPU consumes batches. :class:`CachedProceduralSource` is a drop-in random-access source for one split:
+The procedural renderer runs in NumPy on one core, slower than a GPU consumes batches (rates:
+docs/RESULTS.md, "Data"). :class:`CachedProceduralSource` is a drop-in random-access source for one split:
 ``source[i]`` returns exactly ``ProceduralSource(split, config)[i]`` (the same uint8 arrays, byte for
 byte), reading ``<cache_dir>/<key>/<split>/<i>.npy`` when it exists and rendering + storing it
 otherwise; :func:`fill` pre-renders a split with several processes.
 
 Format: one flat uint8 ``.npy`` per example holding the example's arrays raveled one after another
 in sorted key order (:data:`FIELDS`); reading returns C-contiguous views into that one buffer. (An
-``.npz`` took 42 ms to read for a 1052 x 1914 frame and label on the shared CPU, a raw ``.npy``
-3 ms; splitting a (H, W, 4) array into image and label copies was slower still.)
+``.npz`` read an order of magnitude slower than a raw ``.npy``, docs/RESULTS.md "Data"; splitting a
+(H, W, 4) array into image and label copies was slower still.)
 
 Safety:
 

@@ -1,6 +1,6 @@
 """The direct-read scan: malformed pairs of an official layout found before training starts.
 
-`sources.DirectSource` (official folders read without ``prepare``) runs it once per listed split
+`base.DirectSource` (official folders read without ``prepare``) runs it once per listed split
 when it is built, i.e. in a method's ``make_iterators``, before the first step. Per pair, from the
 file headers only (PIL opens lazily; no pixels are decoded): both files exist (so orphans, an image
 without its label or a label without its image, show up), each header is readable, each PNG / JPEG

@@ -23,7 +23,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from dakpn_jax.data import sources
+from dakpn_jax.data import base, cityscapes_labels
 
 NAME = "synthia"
 ROLE = "synthetic"
@@ -75,7 +75,7 @@ def read_class_ids(path) -> np.ndarray:
     return ids if ids.ndim == 2 else ids[..., 0]
 
 
-def list_examples(root, split: str) -> list[sources.Example]:
+def list_examples(root, split: str) -> list[base.Example]:
     """All frames, sorted by name, paired with GT/LABELS/<same name>."""
     del split  # one split
     root = os.fspath(root)
@@ -84,13 +84,12 @@ def list_examples(root, split: str) -> list[sources.Example]:
         if not os.path.isdir(folder):
             raise ValueError(f"{folder}: folder is missing (expected the extracted SYNTHIA-RAND-CITYSCAPES archive)")
     names = {f for f in os.listdir(rgb) if f.endswith(".png")} | {f for f in os.listdir(gt) if f.endswith(".png")}
-    return [sources.Example(key=f[:-4], image=os.path.join(rgb, f), label=os.path.join(gt, f))
+    return [base.Example(key=f[:-4], image=os.path.join(rgb, f), label=os.path.join(gt, f))
             for f in sorted(names)]
 
 
 def load_label(path, image_hw) -> np.ndarray:
     """uint8 (H, W) Cityscapes train ids of a SYNTHIA label file, checked against the frame size."""
-    from dakpn_jax.data import cityscapes_labels  # pylint: disable=import-outside-toplevel
     ids = read_class_ids(path)
-    return sources.check_size(cityscapes_labels.map_ids(ids, SYNTHIA_TO_TRAIN_ID, path), image_hw, path)
+    return base.check_size(cityscapes_labels.map_ids(ids, SYNTHIA_TO_TRAIN_ID, path), image_hw, path)
 

@@ -29,7 +29,7 @@ model score (``model_score.py``) does.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

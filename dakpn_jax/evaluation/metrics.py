@@ -95,7 +95,7 @@ def mean_iou_paper(confusion) -> tuple[jax.Array, jax.Array]:
 
         miou_paper = (sum_{c: union_c > 0} IoU_c + #{c: union_c = 0}) / C
 
-    This is what the authors' evaluation reports (DESIGN.md §6); it inflates the score whenever a
+    This is what the authors' evaluation reports (docs/METHOD.md §6); it inflates the score whenever a
     class is absent (a split or a batch without trains scores a perfect "train"), so report it only
     beside the clean :func:`mean_iou`, labelled as such (``miou_paper`` in the metrics). The
     authors evaluate Cityscapes val at 720 x 720 input / 180 x 180 labels

@@ -1,6 +1,6 @@
 """The fused DA-KPN translation as one Pallas kernel (GPU via the Triton lowering; interpret mode elsewhere).
 
-One ``pallas_call`` computes DESIGN.md section 1, steps 3-4, for a tile of ``TH x TW`` output pixels
+One ``pallas_call`` computes docs/METHOD.md §1 steps 3-4, for a tile of ``TH x TW`` output pixels
 per program (grid = (B, ceil(H / TH), ceil(W / TW))), reading the frame, the low-resolution
 parameters and the noise once and writing the result once:
 
@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dakpn_jax.translation import BLUR_EPS, _colour_affine_channels
+from dakpn_jax.translation_formulas import BLUR_EPS, colour_affine_channels
 
 try:  # Pallas moves fast; never let a changed Pallas break importing dakpn_jax.
     from jax.experimental import pallas as pl
@@ -128,7 +128,7 @@ def _kernel(x_ref, p_ref, n_ref, o_ref, s_ref, *, r: int, th: int, tw: int, shar
         rgb = [x_ref[b, irow, icol, c] for c in range(3)]
         scale = [_param(p_ref, b, ry, rx, c) for c in range(0, 3)]
         bias = [_param(p_ref, b, ry, rx, c) for c in range(3, 6)]
-        for c, v in enumerate(_colour_affine_channels(*rgb, scale, bias)):
+        for c, v in enumerate(colour_affine_channels(*rgb, scale, bias)):
             s_ref[b, prow, pcol, c] = v
         return carry
 

@@ -4,7 +4,7 @@ an importer for torchvision-layout weights (``.pth`` via torch when installed, o
 Written from the published layer list (torchvision ``fcn_resnet50``, not copied). Input
 (B, H, W, 3) float32 in [0, 1]; ``normalize=True`` applies ImageNet mean/std first (torchvision's
 preset transforms), ``normalize=False`` feeds the raw [0, 1] pixels (the authors' export script
-runs the encoder so, DESIGN.md §6). NHWC throughout; convs have no bias unless stated::
+runs the encoder so, docs/METHOD.md §6). NHWC throughout; convs have no bias unless stated::
 
     backbone (ResNet-50, replace_stride_with_dilation = [False, True, True]; output stride 8)
       conv1 7x7 s2 p3 (3 -> 64), bn1, ReLU, max-pool 3x3 s2 p1

@@ -11,7 +11,7 @@ With n_layers = 3 every output cell sees a 70 x 70 input patch. A (B, H, W, 3) i
 (B, H/8 - 2, W/8 - 2, 1) scores (for H, W divisible by 8). IN = instance norm without affine
 parameters (per image statistics, so no cross-device reduction under data parallelism).
 
-CUT's default, anti-aliased form (``antialias=True``; DESIGN.md §7): every stride-2 conv above
+CUT's default, anti-aliased form (``antialias=True``; docs/METHOD.md §7): every stride-2 conv above
 becomes a stride-1 conv (same 4x4 kernel, zero pad 1) followed, after its norm and LeakyReLU, by
 the fixed blur pool ``resnet_generator.blur_downsample`` (reflect-pad 1, [1,2,1]^T[1,2,1]/16,
 stride 2)::

@@ -1,4 +1,4 @@
-"""The KPN head of DA-KPN (DESIGN.md §1 step 2), Flax NNX.
+"""The KPN head of DA-KPN (docs/METHOD.md §1 step 2), Flax NNX.
 
 The head maps semantic features f (B, h, w, C) at the parameter resolution to the translation
 parameters theta (B, h, w, 12) in the layout of :func:`dakpn_jax.translation.translate`::
@@ -15,7 +15,7 @@ followed by the same zero-initialised 1x1 output layer, so it starts at the same
 
 Blur parametrisation (``sigma_param``). The blur weights are ``w(i, j) = exp(-(i^2 + j^2) / (2
 sigma^2))``; near sigma = 0 every off-centre weight is ``exp(-1 / (2 sigma^2))``, which is flat in
-sigma (all derivatives vanish), so a sigma that drifts below ~0.3 px stops learning (DESIGN.md §5; at 0.25 px the centre
+sigma (all derivatives vanish), so a sigma that drifts below ~0.3 px stops learning (docs/METHOD.md §5; at 0.25 px the centre
 pixel's derivative in sigma is ~50 times smaller than in t below).
 
 - ``"sigma"`` (paper): the head outputs sigma directly.

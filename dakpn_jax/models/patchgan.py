@@ -1,4 +1,4 @@
-"""DA-KPN's PatchGAN discriminator and its pix2pixHD-style pyramid (DESIGN.md §1 step 5), Flax NNX.
+"""DA-KPN's PatchGAN discriminator and its pix2pixHD-style pyramid (docs/METHOD.md §1 step 5), Flax NNX.
 
 PatchGAN (``ndf`` = 64, ``n_layers`` = 3 in the paper), 4x4 convs with stride 2 and zero padding 1::
 
@@ -28,7 +28,7 @@ Normalisation (``norm``), with a learnable per-channel scale and bias:
 average-pooled k times (3x3 window, stride 2, padding 1, padded cells excluded from the average).
 ``num_D = 1`` is the paper's single discriminator.
 
-:class:`NLayerPatchGAN` (``arch="nlayer"``, the authors' code, DESIGN.md §6): pix2pix's NLayer
+:class:`NLayerPatchGAN` (``arch="nlayer"``, the authors' code, docs/METHOD.md §6): pix2pix's NLayer
 PatchGAN with a 70 x 70 receptive field, 4x4 kernels, zero padding 1::
 
     conv s2 (3 -> ndf) + bias, LeakyReLU 0.2                                  (no norm)

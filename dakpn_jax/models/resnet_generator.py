@@ -8,7 +8,7 @@ Architecture (``ngf`` = base filters F, ``n_down`` = 2, ``n_blocks`` = 9 by defa
     n_down x up stage (F*2^(n_down-i) -> F*2^(n_down-i-1))
     reflect-pad 3, conv 7x7 (F -> 3), tanh
 
-Down and up stages, two forms (DESIGN.md §7):
+Down and up stages, two forms (docs/METHOD.md §7):
 
 - CycleGAN (``antialias=False``, ``antialias_up=False``; CUT's ``--no_antialias
   --no_antialias_up``): down = conv 3x3 stride 2 zero-pad 1, IN, ReLU; up = :class:`ConvTranspose2d`

@@ -305,19 +305,3 @@ class SegFormer(nnx.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Logits (B, H_0, W_0, num_classes) at stride 4 of images x (B, H, W, 3) in [0, 1]."""
         return self.decode_head(self.encode(x, train=train), train=train)
-
-
-def make_segformer(name: str, num_classes: int, *, rngs: nnx.Rngs, pretrained: str | None = None,
-                   **overrides) -> SegFormer:
-    """Factory used by ``models.segmenter.make_segmenter`` for ``"segformer_b0"``..``"segformer_b5"``.
-
-    ``pretrained``: a local Hugging Face SegFormer/MiT checkpoint (file or ``save_pretrained``
-    directory) imported with :func:`dakpn_jax.models.segformer_convert.load_pretrained`: the encoder
-    always, the decoder when the checkpoint has one, its classifier only when the class count matches.
-    This is how a config asks for ImageNet MiT weights (``config.model.kwargs.pretrained``).
-    """
-    model = SegFormer(name, num_classes, rngs=rngs, **overrides)
-    if pretrained:
-        from dakpn_jax.models import segformer_convert  # pylint: disable=import-outside-toplevel
-        segformer_convert.load_pretrained(model, pretrained)
-    return model

@@ -284,6 +284,22 @@ def load_pretrained(model: SegFormer, checkpoint: str | os.PathLike | Mapping[st
     return load_hf_weights(model, tensors, skip=skip)
 
 
+def make_segformer(name: str, num_classes: int, *, rngs: nnx.Rngs, pretrained: str | None = None,
+                   **overrides) -> SegFormer:
+    """Factory used by ``models.segmenter.make_segmenter`` for ``"segformer_b0"``..``"segformer_b5"``.
+
+    ``pretrained``: a local Hugging Face SegFormer/MiT checkpoint (file or ``save_pretrained``
+    directory) imported with :func:`load_pretrained`: the encoder always, the decoder when the
+    checkpoint has one, its classifier only when the class count matches. This is how a config asks
+    for ImageNet MiT weights (``config.model.kwargs.pretrained``). It lives here, not in `segformer`,
+    because it needs the importer and the importer needs the model.
+    """
+    model = SegFormer(name, num_classes, rngs=rngs, **overrides)
+    if pretrained:
+        load_pretrained(model, pretrained)
+    return model
+
+
 def load_hf_segformer(path: str | os.PathLike, *, num_classes: int | None = None,
                       rngs: nnx.Rngs | None = None, encoder_only: bool = False,
                       **overrides) -> SegFormer:

@@ -99,8 +99,8 @@ def make_segmenter(name: str, num_classes: int, *, rngs: nnx.Rngs, **kwargs) -> 
     if name == "unet_small":
         return UNetSmall(num_classes, rngs=rngs, **kwargs)
     if name in SEGFORMER_NAMES:
-        from dakpn_jax.models import segformer  # pylint: disable=import-outside-toplevel
-        return segformer.make_segformer(name, num_classes, rngs=rngs, **kwargs)
+        from dakpn_jax.models import segformer_convert  # pylint: disable=import-outside-toplevel
+        return segformer_convert.make_segformer(name, num_classes, rngs=rngs, **kwargs)
     if name == "fcn_resnet50":
         from dakpn_jax.models import fcn_resnet50  # pylint: disable=import-outside-toplevel
         kwargs = dict(kwargs)

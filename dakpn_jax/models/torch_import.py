@@ -11,7 +11,7 @@ What it reads: a state dict as the official repositories save it (CycleGAN ``lat
 Key names. Both repositories build the generator as one ``nn.Sequential`` named ``model``, so the
 state-dict keys are ``model.<index in the published layer list>.<weight|bias>``; residual blocks
 hold their own ``nn.Sequential`` ``conv_block``. Derived from the published layer lists
-(DESIGN.md §7), for ``n_down`` = 2 and ``n_blocks`` = B (9 published)::
+(docs/METHOD.md §7), for ``n_down`` = 2 and ``n_blocks`` = B (9 published)::
 
     CycleGAN (resnet_9blocks)                    CUT (anti-aliased, its default)
     0 ReflectionPad2d(3)                         0 ReflectionPad2d(3)

@@ -10,7 +10,7 @@ bias, each followed by a ReLU) sit at::
     block 4: 19, 21, 23, 25 (-> 512)                             max-pool at 27
     block 5: 28, 30, 32, 34 (-> 512)                             max-pool at 36
 
-VSAIT (DESIGN.md §8) taps five layers, at strides 1, 2, 4, 8, 16::
+VSAIT (docs/METHOD.md §8) taps five layers, at strides 1, 2, 4, 8, 16::
 
     relu1_2 = ReLU after conv 2  (B, H,    W,    64)     relu2_2 = after conv 7   (B, H/2,  W/2,  128)
     relu3_2 = after conv 12      (B, H/4,  W/4,  256)    relu4_2 = after conv 21  (B, H/8,  W/8,  512)

@@ -1,5 +1,5 @@
 """VSAIT's networks (Theiss et al., ECCV 2022: vector-symbolic architectures for unpaired
-translation), written from DESIGN.md §8 in Flax NNX: the blur-pooled ResNet generator, the
+translation), written from docs/METHOD.md §8 in Flax NNX: the blur-pooled ResNet generator, the
 hypervector map, the mapping network M and the per-cell hypervector discriminator.
 
 Hypervector map (one 4096-d real vector per non-overlapping 16 x 16 cell of an image). A frozen
@@ -38,7 +38,7 @@ Generator (§8): ResNet encoder-decoder, 64 base filters, 9 residual blocks::
                the half-pixel-aligned, border-preserving interpolation.
 
 The order conv -> IN -> ReLU -> blur in the downsampling stage and blur -> conv -> IN -> ReLU in the
-upsampling stage is the anti-aliased CUT layout (DESIGN.md §7); IN is instance norm without affine
+upsampling stage is the anti-aliased CUT layout (docs/METHOD.md §7); IN is instance norm without affine
 parameters (per image, so data parallelism needs no cross-device statistics). Init: Xavier-normal
 with gain 0.2 and zero biases for G (§8); M's W1 and the discriminator use the same initialiser
 (§8 does not name theirs), M's W2 = 0, b2 = 1.

@@ -26,7 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from dakpn_jax.models.resnet_generator import to_signed, to_unit
+from dakpn_jax.models.resnet_generator import to_signed
 from dakpn_jax.training import gan_common as gc
 
 # The trainer's seam (docs/ARCHITECTURE.md): iterators are the shared unpaired streams.

@@ -1,4 +1,4 @@
-"""VSAIT (Theiss et al., ECCV 2022) as a method module of the generic trainer (DESIGN.md §8).
+"""VSAIT (Theiss et al., ECCV 2022) as a method module of the generic trainer (docs/METHOD.md §8).
 
 Networks (``models/vsait.py``): generator G (synthetic -> real, blur-pooled ResNet), mapping
 network M, per-cell hypervector discriminator D; frozen: the VGG19 features and the random
