@@ -393,7 +393,6 @@ def run_protocol(pconfig, workdir: str, *, console: bool = False) -> dict:
     miou_vs_n.png, grid_seed<k>.png); returns ``{"summary", "markdown", "report"}``.
 
     ``console``: print one start / end line per stage and a progress bar while a stage trains."""
-    from dakpn_jax.protocol import report  # pylint: disable=import-outside-toplevel
     if not pconfig.seeds:
         raise ValueError("config.seeds is empty; give at least one training seed")
     if not pconfig.translators.get("dakpn") and "dakpn" in tuple(pconfig.get("compare_to", ())):
