@@ -38,6 +38,8 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
+from dakpn_jax import registry
+
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -133,13 +135,14 @@ def _build_train(pconfig, spec, seed):
         raise ValueError(f"translator spec {spec}: kind 'train' needs 'config' (a config file path)")
     c = load_config_file(spec["config"], spec.get("arg"))
     c = override(override(with_data(c, pconfig), _quiet(pconfig)), spec.get("overrides"))
-    if c.get("method") == "vsait":
-        # VSAIT needs ImageNet VGG19 features to be VSAIT: without configured weights the row is
-        # omitted (and the report says why) rather than reported with random features.
-        from dakpn_jax.training import vsait  # pylint: disable=import-outside-toplevel
-        ok, why = vsait.vsait_available(c)
-        if not ok:
-            return dict(omit=why)
+    method = registry.REGISTRY.get(c.get("method"))
+    if method is not None and not method.translator:
+        raise ValueError(f"translator spec {spec}: method {c.method!r} offers no make_translator")
+    # A method that cannot be what it claims without outside files (VSAIT without ImageNet VGG19
+    # weights) is omitted, and the report says why, rather than reported with stand-ins.
+    ok, why = method.is_available(c) if method is not None else (True, "")
+    if not ok:
+        return dict(omit=why)
     return dict(trained=True, config=override(_with_classes(c, pconfig), {"seed": seed}))
 
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dakpn_jax import workdir_lock
+from dakpn_jax import registry, workdir_lock
 from dakpn_jax.protocol import methods
 from dakpn_jax.protocol.console import StageReporter
 
@@ -298,7 +298,8 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
             out.append((f"seed{s}/feature_segmenter", f"seed {s}: feature segmenter", seg_cost))
         for name, t in ts.items():
             if t.trained:
-                w = 0.9 if t.config.get("method") == "dakpn" else 4.5
+                method = registry.REGISTRY.get(t.config.get("method"))
+                w = method.cost if method is not None else 4.5
                 out.append((f"seed{s}/translator_{name}", f"seed {s}: train translator {name}", w * _steps(t.config)))
             out.append((f"seed{s}/export_{name}", f"seed {s}: export {name}", 0.5 * methods.synthetic_train_count(pconfig)))
         for name in ["source_only", *ts]:
