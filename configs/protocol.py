@@ -1,4 +1,4 @@
-"""The evaluation protocol of DESIGN.md §1 step 8 and §9 on the embedded benchmark
+"""The evaluation protocol of docs/METHOD.md §1 step 8 and §9 on the embedded benchmark
 (`dakpn_jax.protocol`, command: experiments/protocol.py).
 
     python3 experiments/protocol.py --config=configs/protocol.py[:variant] --workdir=DIR

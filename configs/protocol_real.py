@@ -1,4 +1,4 @@
-"""The protocol (DESIGN.md §1 step 8, §9; `dakpn_jax.protocol`) on the paper's real benchmarks.
+"""The protocol (docs/METHOD.md §1 step 8, §9; `dakpn_jax.protocol`) on the paper's real benchmarks.
 
     python3 experiments/protocol.py --config=configs/protocol_real.py:gta5 --workdir=DIR \\
         --config.data.data_dir=TFDS_DIR \\
@@ -31,7 +31,7 @@ from an FCN-ResNet50 file (``--config.translators.dakpn_paper.overrides.segmente
 the authors' export setting; that row then needs no feature segmenter). A missing data folder or
 weights file stops the command in one line before any stage (`dakpn_jax.protocol.preflight`).
 
-Limited labels (DESIGN §6: the authors' code has none): N in {0, 100, 500, all} real labelled
+Limited labels (docs/METHOD.md §6: the authors' code has none): N in {0, 100, 500, all} real labelled
 images for the headline rows (source-only and both DA-KPN presets), N = 0 for the others.
 0 is the unsupervised setting the paper reports; 100 (about 3 % of Cityscapes train, 0.4 % of
 CelebAMask-HQ train) and 500 (about 17 %) are a few-shot and a moderate budget, each 5x apart so
@@ -45,7 +45,7 @@ of every batch (2 of 8 images) comes from the N real images, the rest from the (
 synthetic set, as on the embedded benchmark (``real_fraction``).
 
 Seeds: 3 (``MIN_SEEDS_FOR_VERDICT`` of the report: fewer give intervals but no verdict). The
-translators retrain per seed (DESIGN §9: seeds vary translator and segmenter training), so each
+translators retrain per seed (docs/METHOD.md §9: seeds vary translator and segmenter training), so each
 seed has its own exports; every N of a seed reuses the seed's export. ``--dry_run`` prints the
 stages, their estimated device time and the exports' disk size before anything runs.
 

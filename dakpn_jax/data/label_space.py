@@ -17,7 +17,7 @@ Which space a config gets:
   keep their official Cityscapes colours; the face parts get a fixed palette of distinct hues
   (CelebAMask-HQ publishes none with its masks).
 
-A paired view (the same scene rendered in both domains, DESIGN §2) exists only for the procedural
+A paired view (the same scene rendered in both domains, docs/METHOD.md §2) exists only for the procedural
 benchmark: :func:`has_paired_view` says whether stages that need one (paired PSNR / SSIM / SWD,
 the paired grid) can run.
 """

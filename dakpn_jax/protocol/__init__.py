@@ -1,4 +1,4 @@
-"""The evaluation protocol as a library (DESIGN.md §1 step 8, §9): stages, statistics, report.
+"""The evaluation protocol as a library (docs/METHOD.md §1 step 8, §9): stages, statistics, report.
 
     from dakpn_jax import protocol
     from configs import protocol as protocol_configs

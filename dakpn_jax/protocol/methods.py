@@ -16,7 +16,7 @@ segmenters; default ``config.side_n_real``, or ``config.n_real`` for ``config.he
 Kinds (:data:`KINDS`, extend with :func:`register_kind`):
 
 - ``dakpn``: configs/default.py at ``config.dakpn.variant`` + ``config.dakpn.overrides`` + the row's
-  ``overrides``; trained. The spatially uniform DA-KPN (DESIGN §9) is ``model.param_size = (1, 1)``:
+  ``overrides``; trained. The spatially uniform DA-KPN (docs/METHOD.md §9) is ``model.param_size = (1, 1)``:
   the features are the image's class fractions (constant over the image) and the head predicts
   one theta per image, upsampled to a constant map.
 - ``train``: any method config file (``config``, ``arg``, ``overrides``) whose method module has a

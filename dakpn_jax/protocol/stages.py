@@ -1,4 +1,4 @@
-"""The protocol's stages (DESIGN.md §1 step 8, §9) and the driver that runs them for every seed.
+"""The protocol's stages (docs/METHOD.md §1 step 8, §9) and the driver that runs them for every seed.
 
 Per seed, each stage in its own folder under ``DIR/seed<k>/`` (reused when ``stage.json`` says it
 is complete, so an interrupted run continues where it stopped; a trainer stage also resumes from

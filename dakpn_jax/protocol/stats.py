@@ -1,6 +1,6 @@
 """Statistics of the protocol: mIoU from confusion matrices, paired bootstrap intervals, verdicts.
 
-Pairing (DESIGN.md §9). Seed s gives every method the same segmenter initialisation and data order
+Pairing (docs/METHOD.md §9). Seed s gives every method the same segmenter initialisation and data order
 (`dakpn_jax.training.segmentation` seeds both from ``config.seed``), and every method is scored on
 the same real-val images. A comparison of method A with baseline B therefore uses the per-seed
 differences d_s = mIoU_A(s) - mIoU_B(s), which cancel what the seeds share.
@@ -28,7 +28,7 @@ __all__ = ["bootstrap_mean", "miou_from_confusion", "paired_bootstrap", "paired_
 
 def miou_from_confusion(confusion) -> np.ndarray:
     """mIoU of confusion matrices (..., C, C) (rows labels, columns predictions): the mean over
-    classes with a non-empty union of TP / (row + column - TP) (DESIGN §3); NaN if none."""
+    classes with a non-empty union of TP / (row + column - TP) (docs/METHOD.md §3); NaN if none."""
     c = np.asarray(confusion, np.float64)
     tp = np.diagonal(c, axis1=-2, axis2=-1)
     union = c.sum(-1) + c.sum(-2) - tp
