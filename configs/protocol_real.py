@@ -104,7 +104,9 @@ def get_config(arg=None):
     c.seeds = (0, 1, 2)
     c.data = _data(bench)
     c.dakpn = _cd(variant="default", overrides=_cd())  # unused: the DA-KPN rows are kind "train"
-    paper_data = {"real_size": _load(dakpn_file, "paper").data.get("real_size")}
+    paper_real = _load(dakpn_file, "paper").data.get("real_size")
+    # None = native size; a typed placeholder keeps it overridable from the command line.
+    paper_data = {"real_size": config_dict.placeholder(tuple) if paper_real is None else paper_real}
     c.translators = _cd(
         dakpn=_cd(kind="train", config=dakpn_file, arg="clean", label="dakpn (clean preset)", overrides=_cd()),
         dakpn_paper=_cd(kind="train", config=dakpn_file, arg="paper", label="dakpn (paper preset)",
