@@ -247,9 +247,9 @@ def test_bad_workdir_is_rejected(tmp_path):
     wd = tmp_path / "run"
     trainer.train_and_evaluate(toy_config(num_train_steps=1, eval_every_steps=100), str(wd))
 
-    def run_state():  # log.txt (append-only diagnostics, console.route_library_logs) aside
+    def run_state():  # log.txt (append-only diagnostics) and the workdir lock (its holder's PID) aside
         return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(wd) for f in fs
-                if f != "log.txt"}
+                if f != "log.txt" and not f.startswith(".lock.process")}
 
     snapshot = run_state()
     config_text = (wd / "config.json").read_text()
