@@ -112,19 +112,21 @@ FLOAT64_REL = 1e-8
 METRIC_REL = FLOAT64_REL + 2 * 2.0 ** -23
 
 
-def assert_float64_equivalent(a, b, *, rel: float = FLOAT64_REL, depth: int = 2) -> float:
+def assert_float64_equivalent(a, b, *, rel: float = FLOAT64_REL, depth: int = 2, group=None) -> float:
     """Two state pytrees of one structure agree per network: for each group of leaves that share
-    their first ``depth`` keys (``['params']['G']``, ``['opt']['D']``, ...), every leaf is within
-    ``rel * (largest |value| in the group)`` of the other. Per group, not per leaf: a conv bias in
-    front of a normalisation has a true gradient of 0, so its own scale is round-off. Returns the
-    worst err / tol (AssertionError naming the leaf if it exceeds 1)."""
+    their first ``depth`` keys (``['params']['G']``, ``['opt']['D']``, ...), or the same
+    ``group(path)`` when given, every leaf is within ``rel * (largest |value| in the group)`` of the
+    other. Per group, not per leaf: a conv bias in front of a normalisation has a true gradient of 0,
+    so its own scale is round-off. Returns the worst err / tol (AssertionError naming the leaf if it
+    exceeds 1)."""
     import jax  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)
     assert len(la) == len(lb), (len(la), len(lb))
     groups = {}
     for (path, x), y in zip(la, lb):
-        groups.setdefault(jax.tree_util.keystr(path[:depth]), []).append(
+        key = group(path) if group is not None else jax.tree_util.keystr(path[:depth])
+        groups.setdefault(key, []).append(
             (jax.tree_util.keystr(path), np.asarray(x, np.float64), np.asarray(y, np.float64)))
     worst = 0.0
     for leaves in groups.values():

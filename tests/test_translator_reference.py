@@ -65,7 +65,7 @@ def test_translator_matches_independent_computation_from_kpn_params(frame):
         config.model.sigma_param = "sigma"
     state = dakpn.init_state(config, jax.random.key(0))
     kpn = state["params"]["kpn"]
-    (_, kleaf), (_, bleaf) = _kernel_and_bias(kpn)
+    kleaf, bleaf = _kernel_and_bias(kpn)
     C = kleaf.shape[-2]
     r = np.random.default_rng(1)
     kernel = r.uniform(-0.3, 0.3, (C, 12))
@@ -85,29 +85,32 @@ def test_translator_matches_independent_computation_from_kpn_params(frame):
 
     grid = dakpn.grid_for(config, H, W)
     theta, feats = _reference_theta(labels, C, grid, kernel, bias)
-    noise = translation.noise_field(config.model.noise_seed, H, W, base_size=dakpn.frame_size(config))
-    want = np.asarray(dk.translate(jnp.asarray(images), jnp.asarray(theta, jnp.float32),
-                                   jnp.broadcast_to(noise, (2, H, W, 3)), kernel_size=config.model.kernel_size))
+    noise = jnp.broadcast_to(translation.noise_field(config.model.noise_seed, H, W,
+                                                     base_size=dakpn.frame_size(config)), (2, H, W, 3))
+
+    def translate_with(theta_ref):
+        return np.asarray(dk.translate(jnp.asarray(images), jnp.asarray(theta_ref, jnp.float32), noise,
+                                       kernel_size=config.model.kernel_size))
+
+    want = translate_with(theta)
+    d_theta = (C + 2) * EPS32 * (np.abs(feats).max() * np.abs(kernel).sum(0).max() + np.abs(bias).max())
+    tol = 10 * d_theta + 4 * EPS32
 
     from dakpn_jax import export
     for fn in (dakpn.make_translator(config, state), export.make_translate_fn(config, state)):
         got = np.asarray(fn(jnp.asarray(images), jnp.asarray(labels)))
-        d_theta = (C + 2) * EPS32 * (np.abs(feats).max() * np.abs(kernel).sum(0).max() + np.abs(bias).max())
-        tol = 10 * d_theta + 4 * EPS32
         err = float(np.max(np.abs(got - want)))
         assert err <= tol, (frame, err, tol)
     # The check has teeth: features shifted by one pixel give a clearly different translation.
     shifted, _ = _reference_theta(np.roll(labels, 1, axis=2), C, grid, kernel, bias)
-    moved = np.asarray(dk.translate(jnp.asarray(images), jnp.asarray(shifted, jnp.float32),
-                                    jnp.broadcast_to(noise, (2, H, W, 3)), kernel_size=config.model.kernel_size))
-    assert float(np.max(np.abs(moved - want))) > 100 * tol
+    assert float(np.max(np.abs(translate_with(shifted) - want))) > 100 * tol
 
 
 def _kernel_and_bias(kpn):
     leaves = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(kpn)[0]}
-    (kpath,) = [p for p in leaves if p.endswith("['kernel']")]
-    (bpath,) = [p for p in leaves if p.endswith("['bias']")]
-    return (kpath, leaves[kpath]), (bpath, leaves[bpath])
+    (kernel,) = [x for p, x in leaves.items() if p.endswith("['kernel']")]
+    (bias,) = [x for p, x in leaves.items() if p.endswith("['bias']")]
+    return kernel, bias
 
 
 def _with_kernel(kpn, kernel):
