@@ -72,6 +72,11 @@ def get_config(arg=None):
     c.eval_every_steps = 150
     c.keep_checkpoints = 3
     c.eval_images = 32
+    # Paired-view diagnostics in every evaluation (TensorBoard eval/...): the fraction of the dB gap
+    # to the per-class family ceiling (an oracle fitted once per run on the eval pairs, this many
+    # L-BFGS steps), per-class colour distance, hue, blur and noise (dakpn_jax/evaluation/family.py).
+    c.eval_diagnostics = True
+    c.eval_ceiling_steps = 40
     if arg == "fast":
         c.num_train_steps = 300
         c.eval_every_steps = 100
@@ -83,6 +88,7 @@ def get_config(arg=None):
         c.num_train_steps = 4
         c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 1, 2, 4
         c.eval_images = 4
+        c.eval_ceiling_steps = 3
     return c
 
 

@@ -13,7 +13,7 @@ Variants:
   What it leaves to ``decisive`` / ``cpu``: ablations, the uniform DA-KPN, the GAN baselines, the
   other controls, N = 100, seeds.
 - ``decisive``: every method (source-only, DA-KPN, its no-affine / no-blur / no-noise ablations, the
-  uniform DA-KPN, CycleGAN, CUT, FastCUT, VSAIT when
+  uniform DA-KPN, the family ceiling (an oracle fitted on paired views), CycleGAN, CUT, FastCUT, VSAIT when
   ``--config.translators.vsait.overrides.model.vgg_weights=PATH`` names ImageNet VGG19 weights (else
   the row is omitted and the report says why), randomisation, histogram matching, Reinhard, FDA) at
   N in {0, 20, 100}, plus the oracle, 10 seeds, segmenters 800 steps, 200 real-val images: the
@@ -32,7 +32,7 @@ Variants:
   steps, next to source-only, DA-KPN at 300 and 600 steps, the four training-free controls and the
   oracle, N = 0, segmenters 200 steps with 50 warmup), in the row format below.
 - ``tiny``: seconds per stage, for tests: one row of every kind (DA-KPN, the uniform DA-KPN,
-  FastCUT, all four training-free controls), 2 seeds, so every interval is computed.
+  FastCUT, all four training-free controls, the family ceiling), 2 seeds, so every interval is computed.
 
 Fields:
 
@@ -82,6 +82,10 @@ CONTROLS = {
     "fda": {"kind": "control", "control": "fda", "params": {"beta": 0.01}},
 }
 
+# The family ceiling: an ORACLE (supervised fit on paired views, evaluation-only data; DA-KPN's family,
+# one theta per class), a reference level for DA-KPN, never a method (dakpn_jax/evaluation/family.py).
+CEILING = {"kind": "ceiling", "params": {"steps": 40}, "label": "family ceiling (oracle, paired data)"}
+
 
 def _gan(config, arg, steps=None, constant=None):
     """A GAN baseline row; ``steps`` shortens its schedule (constant + decay = steps)."""
@@ -130,6 +134,7 @@ def get_config(arg=None):
                 t[k] = ml_collections.ConfigDict(v)
         for k, v in CONTROLS.items():
             t[k] = ml_collections.ConfigDict(v)
+        t.ceiling = ml_collections.ConfigDict(CEILING)
         return t
 
     if arg == "decisive":
@@ -201,6 +206,8 @@ def get_config(arg=None):
         for k, v in CONTROLS.items():
             c.translators[k] = ml_collections.ConfigDict(v)
         c.translators.randomize.params.kernel_size = 5
+        c.translators.ceiling = ml_collections.ConfigDict(CEILING)
+        c.translators.ceiling.params.steps = 3
         c.translators.fda.params.beta = 0.1  # 0.01 of 32 rows would swap the DC term alone (b = 0)
         c.segmentation = _cd(variant="tiny", overrides=_cd(num_train_steps=2, checkpoint_every_steps=2))
         c.feature_segmenter = _cd(variant="tiny", overrides=_cd(num_train_steps=2, checkpoint_every_steps=2))

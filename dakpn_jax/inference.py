@@ -100,6 +100,14 @@ def _build_control(config, state, workdir):
     return controls.make_control(c.name, reference=reference, seed=int(config.seed), **dict(c.params))
 
 
+def _build_ceiling(config, state, workdir):
+    """The family ceiling, an ORACLE fitted on paired views (``dakpn_jax.evaluation.family``), from a
+    run written by ``family.save_ceiling_run``: for comparison only, never a method."""
+    del state
+    from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+    return family.make_ceiling_translator(family.load_ceiling(workdir, config), noise=config.ceiling.noise)
+
+
 class _Translators(collections.abc.MutableMapping):
     """``config.method`` -> :class:`TranslatorSpec`: the translator methods of `dakpn_jax.registry`,
     read on every lookup (so a method registered there later is served), plus the kinds registered
@@ -130,6 +138,8 @@ class _Translators(collections.abc.MutableMapping):
 TRANSLATORS: Mapping[str, TranslatorSpec] = _Translators({
     "control": TranslatorSpec(_build_control, needs_checkpoint=False,
                               needs_labels=lambda config: config.control.name == "randomize"),
+    "ceiling": TranslatorSpec(_build_ceiling, needs_checkpoint=False, accepts_rng=True,
+                              needs_labels=lambda config: True),
 })
 
 

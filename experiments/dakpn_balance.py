@@ -8,6 +8,7 @@ beats the baseline on both.
     python experiments/dakpn_balance.py                          # configs/default.py, 1500 steps
     python experiments/dakpn_balance.py --config=configs/default.py:fast --steps=400 --check
     python experiments/dakpn_balance.py --set loss.form=lsgan --set optim.lr=3e-4
+    python experiments/dakpn_balance.py --eval_images=64 --diagnose   # + gap to the family ceiling
 
 The loop is the method module's own pieces (make_iterators, next_batch, the jitted step,
 evaluate) on one device; the generic trainer adds checkpoints, logging and data parallelism.
@@ -65,11 +66,16 @@ def main(argv=None) -> int:
     p.add_argument("--eval_images", type=int, default=None, help="default: config.eval_images")
     p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     p.add_argument("--check", action="store_true", help="exit 1 unless the translator beats the baseline")
+    p.add_argument("--diagnose", action="store_true",
+                   help="at the end, print the paired-view diagnostics against the family ceiling "
+                        "(experiments/dakpn_diagnostics.py's report)")
     args = p.parse_args(argv)
 
     config = load_config(args.config)
     for item in args.set:
         apply_override(config, item)
+    with config.unlocked():  # the curve needs PSNR only; --diagnose prints the full diagnostics once, at the end
+        config.eval_diagnostics = False
     steps = args.steps or config.num_train_steps
     every = args.eval_every or config.eval_every_steps
     n_eval = args.eval_images or config.eval_images
@@ -91,6 +97,10 @@ def main(argv=None) -> int:
             print(f"{i:>6} {time.time() - start:6.0f} {ev['psnr']:7.2f} {ev['psnr_untranslated']:7.2f} "
                   f"{ev['class_color_err']:8.4f} {ev['class_color_err_untranslated']:9.4f} "
                   f"{float(metrics['loss_D']):7.3f} {float(metrics['loss_G']):7.3f}", flush=True)
+    if args.diagnose:
+        from dakpn_jax.data.labels import CLASS_NAMES  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+        print(family.format_report(dakpn.diagnostics(config, state, max_images=n_eval), CLASS_NAMES), flush=True)
     better = (ev["psnr"] > ev["psnr_untranslated"]
               and ev["class_color_err"] < ev["class_color_err_untranslated"])
     print(f"final: PSNR {ev['psnr_untranslated']:.2f} -> {ev['psnr']:.2f} dB, per-class colour error "

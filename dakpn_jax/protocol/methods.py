@@ -21,6 +21,8 @@ Kinds (:data:`KINDS`, extend with :func:`register_kind`):
   one theta per image, upsampled to a constant map.
 - ``train``: any method config file (``config``, ``arg``, ``overrides``) whose method module has a
   ``make_translator`` (CycleGAN, CUT, FastCUT, VSAIT, ...); trained by the generic trainer.
+- ``ceiling``: the family ceiling, an ORACLE fitted on paired views (``params``: ``fit_images``,
+  ``steps``, ``noise``); no trainer stage. Label it as the oracle it is.
 - ``control``: a training-free control of `dakpn_jax.controls` (``control``, ``params``), with a
   pool of ``config.eval.control_pool`` real-train frames as references; no trainer stage.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import json
 import os
 from typing import Callable
 
@@ -167,7 +170,38 @@ def _build_control(pconfig, spec, seed):
     return dict(trained=False, make_fn=make_fn)
 
 
-KINDS: dict[str, Callable] = {"dakpn": _build_dakpn, "train": _build_train, "control": _build_control}
+_CEILINGS: dict[str, object] = {}
+
+
+def _build_ceiling(pconfig, spec, seed):
+    """The family ceiling (``dakpn_jax.evaluation.family``): an ORACLE fitted by supervised MSE on
+    the first ``params.fit_images`` (default ``eval.paired_images``) paired-eval scenes, in DA-KPN's
+    family (the protocol's DA-KPN kernel size and parameter grid). A comparison row, never a method:
+    it sees paired data no method may see. One fit per data and settings, whatever the seed (the fit
+    is deterministic)."""
+    from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+    params = dict(spec.get("params", {}) or {})
+    unknown = set(params) - {"fit_images", "steps", "noise"}
+    if unknown:
+        raise ValueError(f"translator spec {spec}: unknown ceiling params {sorted(unknown)} "
+                         "(fit_images, steps, noise)")
+
+    def make_fn(pc, s):
+        del s
+        m = dakpn_config(pc, 0).model
+        n = int(params.get("fit_images", pc.eval.paired_images))
+        key = json.dumps([pc.data.to_dict(), n, int(params.get("steps", 40)), int(m.kernel_size),
+                          list(m.param_size), int(m.num_classes)], sort_keys=True, default=str)
+        if key not in _CEILINGS:
+            pairs = family.load_pairs(pc.data, n)
+            _CEILINGS[key] = family.fit_ceiling(pairs, num_classes=int(m.num_classes), grid=tuple(m.param_size),
+                                                kernel_size=int(m.kernel_size), steps=int(params.get("steps", 40)))
+        return family.make_ceiling_translator(_CEILINGS[key], noise=params.get("noise", "none"))
+    return dict(trained=False, make_fn=make_fn)
+
+
+KINDS: dict[str, Callable] = {"dakpn": _build_dakpn, "train": _build_train, "control": _build_control,
+                              "ceiling": _build_ceiling}
 
 
 def register_kind(name: str, build: Callable) -> None:

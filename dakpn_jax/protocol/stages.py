@@ -127,7 +127,7 @@ def export(pconfig, translator: methods.Translator, translator_dir: str | None, 
                                              "control": dict(translator.spec)})
             m = exporter.export_translated(None, out, split="synthetic-train", config=cfg, batch_size=bs,
                                            progress=False, translate_fn=translator.make_fn(pconfig, seed),
-                                           translator_id=f"control:{translator.spec['control']}")
+                                           translator_id=f"{translator.kind}:{translator.spec.get('control', translator.name)}")
         if not m["complete"]:
             raise RuntimeError(f"export to {out} is incomplete ({m['count']} files)")
         return {"root": out, "count": m["count"]}

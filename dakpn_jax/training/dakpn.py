@@ -318,8 +318,12 @@ def make_feature_fn(config, segmenter=None) -> Callable:
 
 def grid_for(config, height: int, width: int) -> tuple[int, int]:
     """Parameter grid for a (height, width) frame: ``param_size`` scaled with the frame size."""
-    H, W = frame_size(config)
-    ph, pw = param_size(config)
+    return grid_for_frame(frame_size(config), param_size(config), height, width)
+
+
+def grid_for_frame(frame: tuple[int, int], grid: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+    """``grid`` (defined at the training ``frame`` size) scaled to a (height, width) frame."""
+    (H, W), (ph, pw) = frame, grid
     return max(1, round(ph * height / H)), max(1, round(pw * width / W))
 
 
@@ -767,7 +771,49 @@ def evaluate(config, state, *, translate_fn=None, max_images: int | None = None,
     key = (config.data.to_json(sort_keys=True), tuple(sorted(kw.items())))
     if key not in _UNTRANSLATED_SCORES:
         _UNTRANSLATED_SCORES[key] = gc.evaluate_paired(config, lambda x, y: x, **kw)
-    return {**out, **{f"{k}_untranslated": v for k, v in _UNTRANSLATED_SCORES[key].items()}}
+    out = {**out, **{f"{k}_untranslated": v for k, v in _UNTRANSLATED_SCORES[key].items()}}
+    if _get(config, "eval_diagnostics", False):
+        from dakpn_jax.data.labels import CLASS_NAMES  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+        names = CLASS_NAMES if config.model.num_classes == len(CLASS_NAMES) else None
+        out.update(family.scalars(diagnostics(config, state, translate_fn=fn, max_images=limit), names))
+    return out
 
 
 _UNTRANSLATED_SCORES: dict[tuple, dict[str, float]] = {}
+_PAIRS: dict[tuple, dict] = {}
+_CEILINGS: dict[tuple, object] = {}
+
+
+def class_params_of(config, state, images, labels) -> np.ndarray:
+    """(C, 12) the translator's per-class theta: theta_low averaged over the grid cells, weighted by
+    each class's area fraction in the cell (`family.class_mean_params`)."""
+    from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+    x = jnp.asarray(images, jnp.float32)
+    onehot = onehot_features(jnp.asarray(labels), config.model.num_classes, grid_for(config, *x.shape[1:3]))
+    feats = make_feature_fn(config)(x, jnp.asarray(labels), onehot.shape[1:3])
+    theta = predict_params(gc.merge(graphdefs(config)["kpn"], state["params"]["kpn"]), feats, x, ablation_of(config))
+    return family.class_mean_params(theta, onehot)
+
+
+def diagnostics(config, state, *, translate_fn=None, max_images: int | None = None) -> dict:
+    """`dakpn_jax.evaluation.family.diagnose` of this run on the first ``max_images`` (default
+    ``config.eval_images``) paired-eval scenes, against the per-class family ceiling (an oracle
+    fitted on those pairs with ``config.eval_ceiling_steps`` L-BFGS steps, default 40; fitted once
+    per process and data). Evaluation only: the pairs never reach a training step."""
+    from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+    n = int(max_images or _get(config, "eval_images", 32))
+    m = config.model
+    data_key = (config.data.to_json(sort_keys=True), n)
+    if data_key not in _PAIRS:
+        _PAIRS[data_key] = family.load_pairs(config.data, n)
+    pairs = _PAIRS[data_key]
+    steps = int(_get(config, "eval_ceiling_steps", 40))
+    fit_key = data_key + (int(m.kernel_size), param_size(config), int(m.num_classes), steps)
+    if fit_key not in _CEILINGS:
+        _CEILINGS[fit_key] = family.fit_ceiling(pairs, num_classes=m.num_classes, grid=param_size(config),
+                                                kernel_size=m.kernel_size, steps=steps)
+    fn = translate_fn or make_translator(config, state)
+    params = class_params_of(config, state, pairs["synthetic"], pairs["label"])
+    return family.diagnose(lambda x, y: fn(jnp.asarray(x), jnp.asarray(y)), pairs, m.num_classes,
+                           ceiling=_CEILINGS[fit_key], class_params=params)
