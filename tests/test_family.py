@@ -72,6 +72,11 @@ def test_fit_ceiling_rejects_bad_input():
         family.fit_ceiling(pairs, num_classes=3, grid=(48, 8))
     with pytest.raises(ValueError, match="ceiling"):
         family.gap_fraction(20.0, 15.0, 15.0)
+    # The per-pixel ceiling belongs to its own pairs: a score, never a translator.
+    per_pixel = family.fit_ceiling(pairs, mode="per_pixel", num_classes=3, grid=(6, 12), kernel_size=5, steps=2)
+    assert per_pixel.params["raw"].shape == (2, 6, 12, 12) and per_pixel.class_theta.shape == (3, 12)
+    with pytest.raises(ValueError, match="per_class"):
+        family.make_ceiling_translator(per_pixel)
 
 
 def test_diagnostics_match_a_hand_computation():
@@ -85,7 +90,9 @@ def test_diagnostics_match_a_hand_computation():
     pairs = {"synthetic": syn, "real": real, "label": lab}
     params = np.zeros((2, 12))
     params[:, 6:9], params[:, 9:12] = [[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]], [[0.01, -0.02, 0.03], [0, 0, 0.03]]
-    d = family.diagnose(lambda x, y: fake, pairs, 2, ceiling_fn=lambda x, y: ceil, class_params=params)
+    quiet = np.clip(syn * 0.55 + 0.18, 0, 1).astype(np.float32)
+    d = family.diagnose(lambda x, y: fake, pairs, 2, ceiling_fn=lambda x, y: ceil, class_params=params,
+                        noise_free_fn=lambda x, y: quiet)
 
     # Float64 reference, written out by hand.
     f64 = lambda a: a.astype(np.float64)
@@ -96,6 +103,8 @@ def test_diagnostics_match_a_hand_computation():
     tol = dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose([d["psnr"], d["psnr_untranslated"], d["psnr_ceiling"]], [p, p0, pc], **tol)
     np.testing.assert_allclose(d["gap_fraction"], (p - p0) / (pc - p0), **tol)
+    pq = psnr(quiet, real)
+    np.testing.assert_allclose([d["psnr_noise_free"], d["gap_fraction_noise_free"]], [pq, (pq - p0) / (pc - p0)], **tol)
     assert sorted(d["classes"]) == [0, 1]
     for c, idx in ((0, [(0, 0), (0, 1), (1, 0), (1, 1)]), (1, [(0, 2), (0, 3), (1, 2)])):
         e = d["classes"][c]

@@ -321,7 +321,8 @@ def hsv_of(rgb: np.ndarray) -> np.ndarray:
 
 
 def diagnose(translate_fn: Callable, pairs: dict, num_classes: int, *, ceiling_fn: Callable | None = None,
-             class_params: np.ndarray | None = None, ceiling: Ceiling | None = None, batch_size: int = 16) -> dict:
+             class_params: np.ndarray | None = None, ceiling: Ceiling | None = None, batch_size: int = 16,
+             noise_free_fn: Callable | None = None) -> dict:
     """Paired-view diagnostics of ``translate_fn(images, labels) -> images`` (module docstring).
 
     ``ceiling_fn``: the ceiling's translator (default: from ``ceiling``); ``class_params``: (C, 12)
@@ -329,12 +330,17 @@ def diagnose(translate_fn: Callable, pairs: dict, num_classes: int, *, ceiling_f
     Returns ``{"psnr", "psnr_untranslated", "psnr_ceiling", "gap_fraction", "classes": {c: {...}}}``;
     each class entry has ``count``, ``rgb`` and ``hsv`` of translated / real / ceiling / untranslated,
     ``dist`` (L2 RGB distance to real) of translated / ceiling / untranslated, and ``sigma`` /
-    ``noise`` (channel means: |noise scale|; for the ceiling its residual std) where known."""
+    ``noise`` (channel means: |noise scale|; for the ceiling its residual std) where known.
+
+    ``noise_free_fn``: the same translator with its noise scale at 0. Adds ``psnr_noise_free`` and
+    ``gap_fraction_noise_free``: the ceiling is noise-free (noise independent of the real
+    rendering's only adds to the paired error), so a translator that rightly adds sensor noise is
+    compared like for like by its deterministic part."""
     n = _check_pairs(pairs)[0]
     if ceiling_fn is None and ceiling is not None:
         ceiling_fn = make_ceiling_translator(ceiling)
     imgs = {"real": pairs["real"], "untranslated": pairs["synthetic"]}
-    for name, fn in (("translated", translate_fn), ("ceiling", ceiling_fn)):
+    for name, fn in (("translated", translate_fn), ("ceiling", ceiling_fn), ("noise_free", noise_free_fn)):
         if fn is None:
             continue
         out = [np.asarray(fn(pairs["synthetic"][i:i + batch_size], pairs["label"][i:i + batch_size]))
@@ -343,7 +349,10 @@ def diagnose(translate_fn: Callable, pairs: dict, num_classes: int, *, ceiling_f
     res = {f"psnr{'' if k == 'translated' else '_' + k}": float(np.mean(psnr_np(v, pairs["real"])))
            for k, v in imgs.items() if k != "real"}
     if "psnr_ceiling" in res:
-        res["gap_fraction"] = gap_fraction(res["psnr"], res["psnr_untranslated"], res["psnr_ceiling"])
+        for k in ("", "_noise_free"):
+            if f"psnr{k}" in res:
+                res[f"gap_fraction{k}"] = gap_fraction(res[f"psnr{k}"], res["psnr_untranslated"], res["psnr_ceiling"])
+    imgs.pop("noise_free", None)
     means = {k: class_mean_colours(v, pairs["label"], num_classes) for k, v in imgs.items()}
     counts = means["real"][1]
     params = {"translated": class_params, "ceiling": None if ceiling is None else ceiling.class_theta}
@@ -372,7 +381,8 @@ def scalars(diag: dict, class_names=None) -> dict[str, float]:
     """Flat float scalars for TensorBoard: psnr_ceiling, gap_fraction, and per class
     ``colour_dist/<name>``, ``hue/<name>``, ``sigma/<name>``, ``noise/<name>`` of the translation."""
     name = (lambda c: class_names[c]) if class_names is not None else str
-    out = {k: float(v) for k, v in diag.items() if k in ("psnr_ceiling", "gap_fraction", "psnr_untranslated")}
+    out = {k: float(v) for k, v in diag.items() if k in ("psnr_ceiling", "gap_fraction", "psnr_untranslated",
+                                                         "psnr_noise_free", "gap_fraction_noise_free")}
     out["colour_regressions"] = float(len(colour_regressions(diag)))
     for c, e in diag["classes"].items():
         if "translated" not in e["dist"]:
@@ -396,6 +406,9 @@ def format_report(diag: dict, class_names=None) -> str:
     lines = [f"paired PSNR {diag['psnr']:.2f} dB | untranslated {diag['psnr_untranslated']:.2f} dB"
              + (f" | {CEILING_LABEL} {diag['psnr_ceiling']:.2f} dB | fraction of the gap closed "
                 f"{100 * diag['gap_fraction']:.1f}%" if "gap_fraction" in diag else "")]
+    if "gap_fraction_noise_free" in diag:
+        lines.append(f"noise-free part (noise scale 0): paired PSNR {diag['psnr_noise_free']:.2f} dB | fraction of "
+                     f"the gap closed {100 * diag['gap_fraction_noise_free']:.1f}%")
     regress = colour_regressions(diag)
     lines.append("classes whose mean colour ends further from real than untranslated: "
                  + (", ".join(name(c) for c in regress) or "none"))

@@ -815,5 +815,10 @@ def diagnostics(config, state, *, translate_fn=None, max_images: int | None = No
                                                 kernel_size=m.kernel_size, steps=steps)
     fn = translate_fn or make_translator(config, state)
     params = class_params_of(config, state, pairs["synthetic"], pairs["label"])
-    return family.diagnose(lambda x, y: fn(jnp.asarray(x), jnp.asarray(y)), pairs, m.num_classes,
-                           ceiling=_CEILINGS[fit_key], class_params=params)
+    quiet = config.copy_and_resolve_references()  # the same translator with the noise component off
+    with quiet.unlocked():
+        quiet.model.ablate = tuple(sorted(set(ablation_of(config)) | {"noise"}))
+    noise_free = make_translator(quiet, state)
+    wrap = lambda f: (lambda x, y: f(jnp.asarray(x), jnp.asarray(y)))
+    return family.diagnose(wrap(fn), pairs, m.num_classes, ceiling=_CEILINGS[fit_key], class_params=params,
+                           noise_free_fn=wrap(noise_free))
