@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     p.add_argument("--diagnose", action="store_true",
                    help="at the end, print the paired-view diagnostics against the family ceiling "
                         "(experiments/dakpn_diagnostics.py's report)")
+    p.add_argument("--ceiling", default="", help="with --diagnose: a ceiling run directory, loaded if it "
+                   "exists, else fitted and saved there (the fit takes minutes on a CPU)")
     args = p.parse_args(argv)
 
     config = load_config(args.config)
@@ -100,7 +102,9 @@ def main(argv=None) -> int:
     if args.diagnose:
         from dakpn_jax.data.labels import CLASS_NAMES  # pylint: disable=import-outside-toplevel
         from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
-        print(family.format_report(dakpn.diagnostics(config, state, max_images=n_eval), CLASS_NAMES), flush=True)
+        ceiling = family.cached_ceiling(args.ceiling, config, n_eval)
+        print(family.format_report(dakpn.diagnostics(config, state, max_images=n_eval, ceiling=ceiling),
+                                   CLASS_NAMES), flush=True)
     better = (ev["psnr"] > ev["psnr_untranslated"]
               and ev["class_color_err"] < ev["class_color_err_untranslated"])
     print(f"final: PSNR {ev['psnr_untranslated']:.2f} -> {ev['psnr']:.2f} dB, per-class colour error "

@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     src.add_argument("--config", help="path.py[:variant]: diagnose the untrained initialisation")
     p.add_argument("--images", type=int, default=64, help="paired-eval scenes (the run's data)")
     p.add_argument("--ceiling_steps", type=int, default=40, help="L-BFGS steps of the ceiling fit")
+    p.add_argument("--ceiling", default="", help="a ceiling run directory: loaded if it exists, else "
+                   "fitted and saved there")
     args = p.parse_args(argv)
 
     if args.workdir:
@@ -46,7 +48,8 @@ def main(argv=None) -> int:
     with config.unlocked():
         config.eval_ceiling_steps = args.ceiling_steps
         config.data.num_paired_eval = max(int(config.data.num_paired_eval), args.images)
-    diag = dakpn.diagnostics(config, state, max_images=args.images)
+    ceiling = family.cached_ceiling(args.ceiling, config, args.images)
+    diag = dakpn.diagnostics(config, state, max_images=args.images, ceiling=ceiling)
     names = CLASS_NAMES if config.model.num_classes == len(CLASS_NAMES) else None
     print(f"{args.workdir or args.config}: {args.images} paired-eval scenes (data seed {config.data.seed})")
     print(family.format_report(diag, names))

@@ -267,7 +267,11 @@ def save_ceiling_run(workdir: str, ceiling: Ceiling, data_config, *, noise: str 
     return workdir
 
 
-def load_ceiling(workdir: str, config) -> Ceiling:
+def load_ceiling(workdir: str, config=None) -> Ceiling:
+    """The ceiling saved by :func:`save_ceiling_run` (``config``: its config.json, read when None)."""
+    if config is None:
+        from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+        config = trainer.load_config(workdir)
     m = config.ceiling
     path = os.path.join(workdir, CEILING_FILE)
     if not os.path.exists(path):
@@ -380,7 +384,7 @@ def colour_regressions(diag: dict) -> list[int]:
 def scalars(diag: dict, class_names=None) -> dict[str, float]:
     """Flat float scalars for TensorBoard: psnr_ceiling, gap_fraction, and per class
     ``colour_dist/<name>``, ``hue/<name>``, ``sigma/<name>``, ``noise/<name>`` of the translation."""
-    name = (lambda c: class_names[c]) if class_names is not None else str
+    name = (lambda c: class_names[c].replace(" ", "_")) if class_names is not None else str
     out = {k: float(v) for k, v in diag.items() if k in ("psnr_ceiling", "gap_fraction", "psnr_untranslated",
                                                          "psnr_noise_free", "gap_fraction_noise_free")}
     out["colour_regressions"] = float(len(colour_regressions(diag)))
@@ -431,3 +435,27 @@ def format_report(diag: dict, class_names=None) -> str:
             lines.append(f"{name(c):<14} {g('sigma', 'translated'):>11} {g('sigma', 'ceiling'):>8} "
                          f"{g('noise', 'translated'):>8} {g('noise', 'ceiling'):>18}")
     return "\n".join(lines)
+
+
+def cached_ceiling(directory: str, config, images: int) -> Ceiling | None:
+    """The per-class ceiling for a DA-KPN ``config`` on its first ``images`` paired-eval scenes, kept
+    in ``directory`` (a ceiling run): loaded when it holds one fitted on the same data, grid and
+    kernel, else fitted (``config.eval_ceiling_steps`` L-BFGS steps) and saved. None when
+    ``directory`` is empty (the caller fits)."""
+    if not directory:
+        return None
+    m = config.model
+    want = {"data": config.data.to_dict(), "images": int(images), "grid": list(m.param_size),
+            "kernel_size": int(m.kernel_size), "num_classes": int(m.num_classes),
+            "steps": int(config.get("eval_ceiling_steps", 40))}
+    tag = os.path.join(directory, "fit.json")
+    if os.path.exists(tag):
+        with open(tag) as f:
+            if json.load(f) == json.loads(json.dumps(want)):
+                return load_ceiling(directory)
+    ceiling = fit_ceiling(load_pairs(config.data, images), num_classes=want["num_classes"], grid=tuple(want["grid"]),
+                          kernel_size=want["kernel_size"], steps=want["steps"])
+    save_ceiling_run(directory, ceiling, config.data)
+    with open(tag, "w") as f:
+        json.dump(want, f)
+    return ceiling

@@ -796,11 +796,12 @@ def class_params_of(config, state, images, labels) -> np.ndarray:
     return family.class_mean_params(theta, onehot)
 
 
-def diagnostics(config, state, *, translate_fn=None, max_images: int | None = None) -> dict:
+def diagnostics(config, state, *, translate_fn=None, max_images: int | None = None, ceiling=None) -> dict:
     """`dakpn_jax.evaluation.family.diagnose` of this run on the first ``max_images`` (default
     ``config.eval_images``) paired-eval scenes, against the per-class family ceiling (an oracle
     fitted on those pairs with ``config.eval_ceiling_steps`` L-BFGS steps, default 40; fitted once
-    per process and data). Evaluation only: the pairs never reach a training step."""
+    per process and data; or ``ceiling``, a `family.Ceiling` fitted before, e.g. loaded with
+    ``family.load_ceiling``). Evaluation only: the pairs never reach a training step."""
     from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
     n = int(max_images or _get(config, "eval_images", 32))
     m = config.model
@@ -810,6 +811,8 @@ def diagnostics(config, state, *, translate_fn=None, max_images: int | None = No
     pairs = _PAIRS[data_key]
     steps = int(_get(config, "eval_ceiling_steps", 40))
     fit_key = data_key + (int(m.kernel_size), param_size(config), int(m.num_classes), steps)
+    if ceiling is not None:
+        _CEILINGS[fit_key] = ceiling
     if fit_key not in _CEILINGS:
         _CEILINGS[fit_key] = family.fit_ceiling(pairs, num_classes=m.num_classes, grid=param_size(config),
                                                 kernel_size=m.kernel_size, steps=steps)
