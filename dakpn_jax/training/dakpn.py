@@ -224,12 +224,42 @@ def make_schedule(config, lr: float) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
+def component_lr_scale(config) -> np.ndarray | None:
+    """``optim.kpn_lr_scale = (affine, blur, noise)``: multipliers of the KPN rate for the head's output
+    channels of each translation component (None / unset / all 1: one rate). Adam moves every raw
+    parameter by about the rate per step whatever its gradient's size, so the rate is the step in
+    parameter units: a colour scale needs moves of tenths, a noise scale (real sensor noise: a few
+    hundredths) far smaller ones, and one rate for both makes the noise jitter or the colour crawl."""
+    s = _get(config.optim, "kpn_lr_scale", None)
+    if not s:
+        return None
+    s = tuple(float(v) for v in s)
+    if len(s) != 3 or min(s) < 0:
+        raise ValueError(f"config.optim.kpn_lr_scale={s!r} must be three multipliers >= 0 (affine, blur, noise)")
+    return None if s == (1.0, 1.0, 1.0) else np.repeat(np.asarray(s, np.float32), [6, 3, 3])
+
+
+def _scale_output_channels(vec: np.ndarray) -> optax.GradientTransformation:
+    """Multiplies the updates of the head's output layer (``out``) by ``vec`` (12,) on its last axis."""
+    v = jnp.asarray(vec)
+
+    def update(updates, state, params=None):
+        del params
+        f = lambda path, u: u * v if any(getattr(k, "key", None) == "out" for k in path) else u
+        return jax.tree_util.tree_map_with_path(f, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizers(config) -> dict:
-    """Adam for the KPN head (``optim.lr``, paper 1e-4) and D (``optim.lr_D``, default the same)."""
+    """Adam for the KPN head (``optim.lr``, paper 1e-4; per component ``optim.kpn_lr_scale``) and D
+    (``optim.lr_D``, default the same)."""
     o = config.optim
     lr_d = _get(o, "lr_D", None) or o.lr
     adam = lambda lr: optax.adam(make_schedule(config, lr), b1=o.b1, b2=o.b2, eps=_get(o, "eps", 1e-8))
-    return {"kpn": adam(o.lr), "D": adam(lr_d)}
+    scale = component_lr_scale(config)
+    kpn = adam(o.lr) if scale is None else optax.chain(adam(o.lr), _scale_output_channels(scale))
+    return {"kpn": kpn, "D": adam(lr_d)}
 
 
 # ----------------------------------------------------------------------------- state
