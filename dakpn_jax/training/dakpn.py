@@ -846,12 +846,14 @@ def diagnostics(config, state, *, translate_fn=None, max_images: int | None = No
     if fit_key not in _CEILINGS:
         _CEILINGS[fit_key] = family.fit_ceiling(pairs, num_classes=m.num_classes, grid=param_size(config),
                                                 kernel_size=m.kernel_size, steps=steps)
+    wrap = lambda f: (lambda x, y: f(jnp.asarray(x), jnp.asarray(y)))
+    noise_free = None
+    if translate_fn is None:  # the run's own translator, and the same with the noise component off
+        quiet = config.copy_and_resolve_references()
+        with quiet.unlocked():
+            quiet.model.ablate = tuple(sorted(set(ablation_of(config)) | {"noise"}))
+        noise_free = wrap(make_translator(quiet, state))
     fn = translate_fn or make_translator(config, state)
     params = class_params_of(config, state, pairs["synthetic"], pairs["label"])
-    quiet = config.copy_and_resolve_references()  # the same translator with the noise component off
-    with quiet.unlocked():
-        quiet.model.ablate = tuple(sorted(set(ablation_of(config)) | {"noise"}))
-    noise_free = make_translator(quiet, state)
-    wrap = lambda f: (lambda x, y: f(jnp.asarray(x), jnp.asarray(y)))
     return family.diagnose(wrap(fn), pairs, m.num_classes, ceiling=_CEILINGS[fit_key], class_params=params,
-                           noise_free_fn=wrap(noise_free))
+                           noise_free_fn=noise_free)
