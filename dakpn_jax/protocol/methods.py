@@ -179,7 +179,10 @@ def _build_ceiling(pconfig, spec, seed):
     family (the protocol's DA-KPN kernel size and parameter grid). A comparison row, never a method:
     it sees paired data no method may see. One fit per data and settings, whatever the seed (the fit
     is deterministic)."""
+    from dakpn_jax.data import label_space as spaces  # pylint: disable=import-outside-toplevel
     from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+    if not spaces.has_paired_view(pconfig.data):
+        return dict(omit="the family ceiling is fitted on paired views, which this data does not have")
     params = dict(spec.get("params", {}) or {})
     unknown = set(params) - {"fit_images", "steps", "noise"}
     if unknown:
