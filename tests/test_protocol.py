@@ -146,6 +146,39 @@ def test_summary_comparisons_and_markdown_numbers():
         protocol.load_config_file("configs/nope.py")
 
 
+def test_one_seed_report_has_no_spread_and_per_class_table_only_present_classes(tmp_path):
+    """With one seed the report gives means without a '± 0.0' (no spread was measured); the per-class
+    table keeps only classes with labelled pixels in the evaluated split (confusion rows = labels)."""
+    from dakpn_jax.data import label_space
+    from dakpn_jax.protocol import stages
+    pconfig = _tiny()
+    pconfig.seeds = (0,)
+    names = list(label_space.for_data(pconfig.data).class_names)
+    C = len(names)
+    conf = np.zeros((3, C, C), np.int64)  # 3 images; labels only of classes 0 and 2
+    conf[:, 0, 0], conf[:, 0, 1], conf[:, 2, 2], conf[:, 2, 5] = 50, 10, 40, 5  # 1 and 5 predicted, never labelled
+    per_class = {n: None for n in names}
+    iou = stats.per_class_iou(conf.sum(0))
+    for c in range(C):
+        per_class[names[c]] = None if not np.isfinite(iou[c]) else float(iou[c])
+    seg = {"val": {"miou": 0.3, "per_class_iou": per_class}}
+    for key in ("source_only_n0", "oracle"):
+        d = tmp_path / "seed0" / f"seg_{key}"
+        d.mkdir(parents=True)
+        np.savez_compressed(d / stages.CONFUSIONS, confusions=conf)
+    per_seed = [{"seed": 0, "skipped": {}, "segmenters": {"source_only_n0": seg, "oracle": seg},
+                 "scores": {"model_score": {}, "paired": {"untranslated": {"psnr": 15.0}}}}]
+    summary = protocol.summarise(pconfig, per_seed, str(tmp_path))
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert rows["source_only"]["miou"][1] is None
+    text = protocol.markdown(pconfig, summary, per_seed)
+    assert "| source_only | 0 | 30.0 | [" in text and "± 0.0" not in text and "±" not in text.split("##")[0].split("|", 1)[1]
+    assert "one seed, so no spread over seeds" in text
+    header = next(line for line in text.splitlines() if line.startswith("| segmenter | ") and names[0] in line)
+    assert header == f"| segmenter | {names[0]} | {names[2]} |", header
+    assert f"left out: {', '.join(n for i, n in enumerate(names) if i not in (0, 2))}." in text
+
+
 @pytest.mark.parametrize("variant", ["default", "decisive", "cpu", "noise", "seeds3", "baselines", "tiny"])
 def test_every_variant_builds_consistent_stage_configs(variant):
     """Every row a variant names builds; an overridden GAN schedule still adds up (constant + decay =

@@ -29,12 +29,16 @@ def _mean_std(values) -> tuple[float, float]:
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
     if v.size == 0:
         return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+    # One value has no spread: std None (null in results.json), never a 0 that reads as "no variance".
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else None
 
 
-def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
+def _fmt(mean: float, std: float | None, scale: float = 1.0, digits: int = 1) -> str:
+    """``mean ± std``, or the mean alone when there is no std (one seed)."""
     if not np.isfinite(mean):
         return "-"
+    if std is None or not np.isfinite(std):
+        return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
@@ -127,7 +131,17 @@ def summarise(pconfig, per_seed: list[dict], workdir: str | None = None) -> dict
              "half_width_seeds_images": {"median": float(np.median(hw)), "max": float(np.max(hw))} if hw else None,
              "half_width_seeds": {"median": float(np.median(hws)), "max": float(np.max(hws))} if hws else None,
              "oracle_seed_std": next((r["miou"][1] for r in rows if r["method"] == "oracle"), None)}
-    return {"rows": rows, "comparisons": comparisons, "per_class_iou": per_class, "noise_floor": noise}
+    # Classes with labelled pixels in the evaluated split (confusion rows are labels): the per-class
+    # table shows only these (an absent class has IoU 0 or none, which says nothing about it).
+    known = [c for c in confs.values() if c is not None]
+    present = None
+    if known:
+        names = list(next(iter(per_class.values()))) if per_class else None
+        counts = known[0].sum(axis=(0, 1, 3))
+        if names is not None and len(names) == counts.shape[0]:
+            present = [name for name, k in zip(names, counts) if k > 0]
+    return {"rows": rows, "comparisons": comparisons, "per_class_iou": per_class, "noise_floor": noise,
+            "present_classes": present}
 
 
 def compare(pconfig, per_seed, rows, confs, boot) -> list[dict]:
@@ -172,8 +186,9 @@ def _row_label(pconfig, method: str) -> str:
 def markdown(pconfig, summary: dict, per_seed: list[dict], timings: dict | None = None) -> str:
     seeds = list(pconfig.seeds)
     level = int(round(100 * _boot(pconfig)["level"]))
+    spread = "mean ± std over seeds" if len(per_seed) > 1 else "one seed, so no spread over seeds"
     lines = [f"# Protocol results ({len(seeds)} seed(s): {seeds})", "",
-             f"real-val mIoU: mean ± std over seeds, and [{level}% bootstrap interval of the mean over seeds "
+             f"real-val mIoU: {spread}, and [{level}% bootstrap interval of the mean over seeds "
              "and real-val images].", "", label_space_line(pconfig), "",
              "| method | N real labels | real-val mIoU (%) | interval | model score mIoU (%) | PSNR (dB) | SSIM | SWD "
              "| class colour err |",
@@ -214,8 +229,17 @@ def markdown(pconfig, summary: dict, per_seed: list[dict], timings: dict | None 
         lines.append("")
     pc = summary.get("per_class_iou", {})
     if pc:
-        classes = [c for c in next(iter(pc.values())) if any(np.isfinite(v[c]) for v in pc.values() if v[c] is not None)]
-        lines += ["## Per-class IoU (%), mean over seeds", "",
+        present = summary.get("present_classes")
+        if present is not None:
+            classes = [c for c in next(iter(pc.values())) if c in present]
+            absent = [c for c in next(iter(pc.values())) if c not in present]
+        else:  # no per-image confusions: the classes some row has an IoU for
+            classes = [c for c in next(iter(pc.values())) if any(np.isfinite(v[c]) for v in pc.values() if v[c] is not None)]
+            absent = []
+        lines += ["## Per-class IoU (%), mean over seeds", ""]
+        if absent:
+            lines += [f"Classes with no labelled pixel in the evaluated split are left out: {', '.join(absent)}.", ""]
+        lines += [
                   "| segmenter | " + " | ".join(classes) + " |", "| --- |" + " --- |" * len(classes)]
         for key, v in pc.items():
             lines.append(f"| {key} | " + " | ".join("-" if v[c] is None or not np.isfinite(v[c]) else f"{100 * v[c]:.0f}"
