@@ -286,6 +286,26 @@ def test_console_lines_and_log_routing(tmp_path, capsys):
     assert "ETA" in lines[1] and "elapsed" in lines[1]
 
 
+def test_stage_eta_uses_each_kinds_measured_rate():
+    """The ETA prices each stage left at the measured seconds per cost unit of its own kind (the
+    planned ratios between kinds were calibrated on another CPU), the overall rate for a kind not
+    run yet; recomputed here from the stage times the reporter recorded."""
+    import io
+    from dakpn_jax.protocol import console
+    plan = [("seed0/translator_dakpn", 10.0), ("seed0/seg_a_n0", 4.0), ("seed0/seg_b_n0", 4.0),
+            ("seed0/seg_c_n0", 8.0), ("seed0/scores", 2.0)]
+    rep = console.StageReporter(plan, stream=io.StringIO(), kind_of=console.stage_kind)
+    rep.end("seed0/translator_dakpn", "t", rep.start("seed0/translator_dakpn", "t") - 3.0, 0.0)
+    t_trans = rep.times["seed0/translator_dakpn"]["wall_s"]
+    overall = t_trans / 10.0
+    assert rep.eta() == pytest.approx(overall * (4 + 4 + 8 + 2))  # no segmenter ran: the overall rate
+    rep.end("seed0/seg_a_n0", "a", rep.start("seed0/seg_a_n0", "a") - 6.0, 0.0)
+    t_seg = rep.times["seed0/seg_a_n0"]["wall_s"]
+    seg_rate, overall = t_seg / 4.0, (t_trans + t_seg) / 14.0
+    assert rep.eta() == pytest.approx(seg_rate * (4 + 8) + overall * 2)
+    assert seg_rate > 1.2 * (t_trans / 10.0)  # the segmenter's own rate, not the translator's
+
+
 def test_render_cache_gives_the_same_items_and_private_copies():
     from dakpn_jax.data import procedural
     cfg = procedural.ProceduralConfig(height=32, width=64, num_real_train=3, num_real_labelled=2)

@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from dakpn_jax.protocol import stats
+from dakpn_jax.protocol.console import stage_kind  # noqa: F401  (report.stage_kind, as before)
 from dakpn_jax.protocol.plot import plot_miou_vs_n  # noqa: F401  (report.plot_miou_vs_n, as before)
 from dakpn_jax.protocol.stages import json_default, load_confusions
 
@@ -275,16 +276,6 @@ def markdown(pconfig, summary: dict, per_seed: list[dict], timings: dict | None 
     for name, why in per_seed[0].get("skipped", {}).items():
         lines.append(f"- skipped {name}: {why}")
     return "\n".join(lines) + "\n"
-
-
-def stage_kind(key: str) -> str:
-    """Stage key ``seed0/seg_dakpn_n20`` -> profile group ``segmenter``."""
-    name = key.split("/", 1)[-1]
-    for prefix, kind in (("seg_", "segmenter"), ("translator_", "translator"), ("export_", "export"),
-                         ("scores", "scores"), ("feature_segmenter", "feature segmenter")):
-        if name.startswith(prefix):
-            return kind
-    return name
 
 
 def profile(timings: dict) -> dict:

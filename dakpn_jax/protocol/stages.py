@@ -32,7 +32,7 @@ import numpy as np
 
 from dakpn_jax import registry, workdir_lock
 from dakpn_jax.protocol import methods
-from dakpn_jax.protocol.console import StageReporter
+from dakpn_jax.protocol.console import StageReporter, stage_kind
 
 log = logging.getLogger("dakpn_jax.protocol")
 STAGE_FILE = "stage.json"
@@ -409,7 +409,8 @@ def run_protocol(pconfig, workdir: str, *, console: bool = False) -> dict:
 def _run_protocol_locked(pconfig, workdir: str, *, console: bool) -> dict:
     from dakpn_jax.protocol import report  # pylint: disable=import-outside-toplevel
     p = plan(pconfig)
-    _RUN.reporter = StageReporter([(key, cost) for key, _, cost in p], enabled=console) if console else None
+    _RUN.reporter = StageReporter([(key, cost) for key, _, cost in p], enabled=console,
+                                 kind_of=stage_kind) if console else None
     from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
     # Render each benchmark example once per run, not once per stage that reads it.
     procedural.set_render_cache(int(pconfig.eval.get("render_cache", 0)))
