@@ -50,7 +50,8 @@ def main(argv):
 
 def _run(f, workdir):
     import jax  # pylint: disable=import-outside-toplevel
-    log_path = console.route_library_logs(workdir, verbose=f.verbose, filename="protocol.log").path
+    from dakpn_jax.protocol import layout  # pylint: disable=import-outside-toplevel
+    log_path = console.route_library_logs(workdir, verbose=f.verbose, filename=layout.LOG).path
     # Every segmenter (and every DA-KPN ablation) compiles the same step for the same shapes: a
     # persistent compilation cache under the workdir compiles each once (and reruns reuse it).
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))

@@ -150,7 +150,7 @@ def test_one_seed_report_has_no_spread_and_per_class_table_only_present_classes(
     """With one seed the report gives means without a '± 0.0' (no spread was measured); the per-class
     table keeps only classes with labelled pixels in the evaluated split (confusion rows = labels)."""
     from dakpn_jax.data import label_space
-    from dakpn_jax.protocol import stages
+    from dakpn_jax.protocol import layout
     pconfig = _tiny()
     pconfig.seeds = (0,)
     names = list(label_space.for_data(pconfig.data).class_names)
@@ -165,7 +165,7 @@ def test_one_seed_report_has_no_spread_and_per_class_table_only_present_classes(
     for key in ("source_only_n0", "oracle"):
         d = tmp_path / "seed0" / f"seg_{key}"
         d.mkdir(parents=True)
-        np.savez_compressed(d / stages.CONFUSIONS, confusions=conf)
+        np.savez_compressed(d / layout.CONFUSIONS, confusions=conf)
     per_seed = [{"seed": 0, "skipped": {}, "segmenters": {"source_only_n0": seg, "oracle": seg},
                  "scores": {"model_score": {}, "paired": {"untranslated": {"psnr": 15.0}}}}]
     summary = protocol.summarise(pconfig, per_seed, str(tmp_path))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 
-from dakpn_jax.protocol import methods, preflight, report, stages
+from dakpn_jax.protocol import layout, methods, preflight, report, stages
 
 CPU_S_PER_UNIT = 0.027
 CPU_PROFILE_PIXELS = 128 * 256
@@ -75,7 +75,7 @@ def estimate(pconfig, workdir: str | None = None) -> dict:
     timed = {}
     if workdir:
         for key, _, _ in plan:
-            t = stages.stage_timing(os.path.join(workdir, key))
+            t = layout.stage_timing(os.path.join(workdir, key))
             if t is not None:
                 timed[key] = float(t["wall_s"])
     cost = {key: c for key, _, c in plan}

@@ -16,10 +16,10 @@ import os
 
 import numpy as np
 
-from dakpn_jax.protocol import stats
+from dakpn_jax.protocol import layout, stats
 from dakpn_jax.protocol.console import stage_kind  # noqa: F401  (report.stage_kind, as before)
 from dakpn_jax.protocol.plot import plot_miou_vs_n  # noqa: F401  (report.plot_miou_vs_n, as before)
-from dakpn_jax.protocol.stages import json_default, load_confusions
+from dakpn_jax.protocol.layout import json_default, load_confusions
 
 MIN_SEEDS_FOR_VERDICT = 3
 """Fewer seeds give no verdict: a bootstrap over 1 or 2 seeds cannot show the seed spread (with one
@@ -76,7 +76,7 @@ def _confusions(workdir, per_seed, key):
     """(S, I, C, C) of one segmenter row over the seeds, or None if a seed lacks them."""
     if workdir is None:
         return None
-    cs = [load_confusions(os.path.join(workdir, f"seed{r['seed']}", f"seg_{key}")) for r in per_seed]
+    cs = [load_confusions(os.path.join(workdir, layout.segmenter_key(r["seed"], key))) for r in per_seed]
     if any(c is None for c in cs) or len({c.shape for c in cs}) != 1:
         return None
     return np.stack(cs)
@@ -369,19 +369,19 @@ def write_report(pconfig, workdir: str, per_seed: list[dict], timings: dict | No
     report = {"protocol_config": pconfig.to_dict(), "seeds": list(pconfig.seeds), "summary": summary,
               "label_space": label_space.for_data(pconfig.data).to_dict(),
               "timings": timings or {}, "profile": profile(timings or {}), "per_seed": per_seed}
-    tmp = os.path.join(workdir, "results.json.tmp")
+    tmp = os.path.join(workdir, layout.RESULTS_JSON + ".tmp")
     with open(tmp, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True, default=json_default)
-    os.replace(tmp, os.path.join(workdir, "results.json"))
+    os.replace(tmp, os.path.join(workdir, layout.RESULTS_JSON))
     text = markdown(pconfig, summary, per_seed, timings)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
+    with open(os.path.join(workdir, layout.RESULTS_MD), "w") as f:
         f.write(text)
-    plot_miou_vs_n(summary, os.path.join(workdir, "miou_vs_n.png"))
-    images = [(os.path.join(workdir, "miou_vs_n.png"), "real-val mIoU against N (95% intervals)")]
+    plot_miou_vs_n(summary, os.path.join(workdir, layout.PLOT))
+    images = [(os.path.join(workdir, layout.PLOT), "real-val mIoU against N (95% intervals)")]
     for r in per_seed:
-        src = os.path.join(workdir, f"seed{r['seed']}", "scores", "grid.png")
+        src = os.path.join(workdir, layout.scores_key(r["seed"]), layout.GRID)
         if os.path.exists(src):
-            dst = os.path.join(workdir, f"grid_seed{r['seed']}.png")
+            dst = os.path.join(workdir, layout.grid_file(r["seed"]))
             with open(src, "rb") as a, open(dst, "wb") as b:
                 b.write(a.read())
             cols = _dig(r, ("scores", "grid_columns")) or []
@@ -393,5 +393,5 @@ def write_report(pconfig, workdir: str, per_seed: list[dict], timings: dict | No
     for key in ("source_only_n0", "oracle"):
         if key in r0.get("segmenters", {}):
             configs[f"seed {r0['seed']}: segmenter {key}"] = r0["segmenters"][key].get("config")
-    write_html(os.path.join(workdir, "results.html"), text, images, configs)
+    write_html(os.path.join(workdir, layout.RESULTS_HTML), text, images, configs)
     return {"summary": summary, "markdown": text, "report": report}

@@ -31,46 +31,31 @@ from typing import Any, Callable
 import numpy as np
 
 from dakpn_jax import registry, workdir_lock
-from dakpn_jax.protocol import methods
+from dakpn_jax.protocol import layout, methods, report
 from dakpn_jax.protocol.console import StageReporter, stage_kind
 
 log = logging.getLogger("dakpn_jax.protocol")
-STAGE_FILE = "stage.json"
-CONFUSIONS = "confusions.npz"
+STAGE_FILE, CONFUSIONS = layout.STAGE_FILE, layout.CONFUSIONS  # stages.STAGE_FILE, as before
+json_default, load_confusions, stage_timing = layout.json_default, layout.load_confusions, layout.stage_timing
 NO_PAIRED_VIEW = ("this data has no paired view (the same scene in both domains), so paired PSNR / SSIM / SWD, "
                   "class colour error and the paired grid are not computed; the model score (the oracle segmenter "
                   "of this run on each translated set) and real-val mIoU are")
 
 
-def json_default(x):
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x)}")
-
-
 # ----------------------------------------------------------------------------- one stage
 
-class _Run:
-    """Context of one protocol run: the stage reporter (None: silent)."""
-    reporter: StageReporter | None = None
-
-
-_RUN = _Run()
-
-
 def stage(directory: str, fn: Callable[[str], dict], *, what: str,
-          still_valid: Callable[[dict], bool] | None = None, key: str | None = None) -> dict:
+          still_valid: Callable[[dict], bool] | None = None, key: str | None = None,
+          reporter: StageReporter | None = None) -> dict:
     """Runs ``fn(directory) -> result`` unless ``directory/stage.json`` says it is complete (and
     ``still_valid(result)``, when given: a stage that summarises other stages reruns when the
     config has grown, e.g. the scores once a translator was added). The marker is written
-    atomically, with the stage's wall and CPU seconds."""
+    atomically, with the stage's wall and CPU seconds. ``reporter``: the run's console lines
+    (None: silent), told about the stage under ``key``."""
     marker = os.path.join(directory, STAGE_FILE)
-    rep, key = _RUN.reporter, key or directory
-    if os.path.exists(marker):
-        with open(marker) as f:
-            done = json.load(f)
+    rep, key = reporter, key or directory
+    done = layout.read_stage(directory)
+    if done is not None:
         if still_valid is None or still_valid(done["result"]):
             log.info("reuse %s (%s)", what, directory)
             if rep is not None:
@@ -94,20 +79,13 @@ def stage(directory: str, fn: Callable[[str], dict], *, what: str,
     return json.loads(text)["result"]  # what a reusing run reads back, so both report alike
 
 
-def stage_timing(directory: str) -> dict | None:
-    marker = os.path.join(directory, STAGE_FILE)
-    if not os.path.exists(marker):
-        return None
-    with open(marker) as f:
-        return json.load(f).get("timing")
-
-
-def train(config, what: str = "train") -> Callable[[str], dict]:
+def train(config, what: str = "train", *, progress: bool = False) -> Callable[[str], dict]:
+    """A trainer stage; ``progress``: the trainer's live bar (the protocol's console run)."""
     def run(workdir):
         from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
         # The trainer's own start/end lines would double the protocol's per-stage lines: to the log.
         final = trainer.train_and_evaluate(config, os.path.join(workdir, "run"), desc=what,
-                                           progress=_RUN.reporter is not None, announce=False)
+                                           progress=progress, announce=False)
         return {"final": {k: float(v) for k, v in final.items()}, "config": config.to_dict()}
     return run
 
@@ -159,14 +137,14 @@ def per_image_confusions(apply_fn, params, source, num_classes: int, *, batch_si
     return np.concatenate(out)
 
 
-def segmenter(pconfig, config, what: str) -> Callable[[str], dict]:
+def segmenter(pconfig, config, what: str, *, progress: bool = False) -> Callable[[str], dict]:
     """Trains a segmenter, then scores it on real-val image by image (``confusions.npz``)."""
     def run(directory):
         from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
         from dakpn_jax.protocol import stats  # pylint: disable=import-outside-toplevel
         from dakpn_jax.training import segmentation  # pylint: disable=import-outside-toplevel
         space = methods.label_space(pconfig)
-        res = train(config, what)(directory)
+        res = train(config, what, progress=progress)(directory)
         apply_fn, params = segmentation.load_segmenter(os.path.join(directory, "run"))
         # Scored as the segmenter's own evaluation does: a config with image_size / label_size (the
         # authors' 720 x 720 frames against 180 x 180 labels) resizes real-val and the logits alike.
@@ -177,7 +155,7 @@ def segmenter(pconfig, config, what: str) -> Callable[[str], dict]:
         conf = per_image_confusions(apply_fn, params, val, space.num_classes, batch_size=int(pconfig.eval.batch_size))
         tmp = os.path.join(directory, "confusions.tmp.npz")
         np.savez_compressed(tmp, confusions=conf)
-        os.replace(tmp, os.path.join(directory, CONFUSIONS))
+        os.replace(tmp, os.path.join(directory, layout.CONFUSIONS))
         total = conf.sum(0)
         per = stats.per_class_iou(total)
         res["val"] = {"miou": float(stats.miou_from_confusion(total)), "images": int(conf.shape[0]),
@@ -194,14 +172,6 @@ def segmenter(pconfig, config, what: str) -> Callable[[str], dict]:
                                       else "first n of a seeded permutation of real-train (numpy PCG64)"}
         return res
     return run
-
-
-def load_confusions(directory: str) -> np.ndarray | None:
-    path = os.path.join(directory, CONFUSIONS)
-    if not os.path.exists(path):
-        return None
-    with np.load(path) as f:
-        return f["confusions"]
 
 
 # ----------------------------------------------------------------------------- scores
@@ -239,7 +209,7 @@ def scores(pconfig, seg_oracle_dir: str, exports: dict, translate_fns: Callable[
                 out["paired"][name] = image_quality.evaluate_paired_source(
                     fn, paired, batch_size=int(e.batch_size), max_images=int(e.paired_images),
                     num_classes=space.num_classes)
-        out["grid_columns"] = grid(pconfig, fns, os.path.join(directory, "grid.png"))
+        out["grid_columns"] = grid(pconfig, fns, os.path.join(directory, layout.GRID))
         return out
     return run
 
@@ -295,27 +265,29 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
         s = int(s)
         ts = methods.build_translators(pconfig, s)
         if any(t.uses_segmenter_features for t in ts.values()):
-            out.append((f"seed{s}/feature_segmenter", f"seed {s}: feature segmenter", seg_cost))
+            out.append((layout.feature_segmenter_key(s), f"seed {s}: feature segmenter", seg_cost))
         for name, t in ts.items():
             if t.trained:
                 method = registry.REGISTRY.get(t.config.get("method"))
                 w = method.cost if method is not None else 4.5
-                out.append((f"seed{s}/translator_{name}", f"seed {s}: train translator {name}", w * _steps(t.config)))
-            out.append((f"seed{s}/export_{name}", f"seed {s}: export {name}", 0.5 * methods.synthetic_train_count(pconfig)))
+                out.append((layout.translator_key(s, name), f"seed {s}: train translator {name}", w * _steps(t.config)))
+            out.append((layout.export_key(s, name), f"seed {s}: export {name}", 0.5 * methods.synthetic_train_count(pconfig)))
         for name in ["source_only", *ts]:
             for n in methods.n_values(pconfig, name):
-                out.append((f"seed{s}/seg_{name}_n{n}", f"seed {s}: segmenter {name}, N={n}", seg_cost))
-        out.append((f"seed{s}/seg_oracle", f"seed {s}: segmenter oracle", seg_cost))
+                out.append((layout.segmenter_key(s, layout.segmenter_name(name, n)), f"seed {s}: segmenter {name}, N={n}",
+                            seg_cost))
+        out.append((layout.segmenter_key(s, "oracle"), f"seed {s}: segmenter oracle", seg_cost))
         if pconfig.eval.get("scores", True):
-            out.append((f"seed{s}/scores", f"seed {s}: model score, paired scores, grid",
+            out.append((layout.scores_key(s), f"seed {s}: model score, paired scores, grid",
                         3.0 * (len(ts) + 1) * (int(pconfig.eval.model_score_images) + int(pconfig.eval.paired_images))))
     return out
 
 
 # ----------------------------------------------------------------------------- one seed
 
-def run_seed(pconfig, seed: int, root: str) -> dict:
-    """All stages for one seed under ``root``; returns the per-seed results."""
+def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = None) -> dict:
+    """All stages for one seed under ``root`` (``WORKDIR/seed<k>``, :mod:`layout`); returns the
+    per-seed results. ``reporter``: the run's console lines (None: silent)."""
     res: dict[str, Any] = {"seed": seed, "translators": {}, "segmenters": {}, "skipped": {}}
     translators = methods.build_translators(pconfig, seed, omitted=res["skipped"])
     for name, why in res["skipped"].items():
@@ -324,14 +296,16 @@ def run_seed(pconfig, seed: int, root: str) -> dict:
     paired = label_space.has_paired_view(pconfig.data)
     if not paired:
         res["skipped"]["paired scores"] = NO_PAIRED_VIEW
-    k = lambda name: f"seed{seed}/{name}"
+    progress = reporter is not None
+    key_dir = lambda key: os.path.join(root, key.split("/", 1)[1])  # a stage key's directory under root
 
     if any(t.uses_segmenter_features for t in translators.values()):
         src, _ = methods.segmenter_sources(pconfig, {"kind": "split", "split": "synthetic-train"}, 0)
         fcfg = methods.segmenter_config(pconfig, methods.feature_segmenter_spec(pconfig), seed, src)
-        fdir = os.path.join(root, "feature_segmenter")
-        res["feature_segmenter"] = stage(fdir, train(fcfg, "feature segmenter"), what=f"seed {seed}: feature segmenter",
-                                         key=k("feature_segmenter"))
+        fkey = layout.feature_segmenter_key(seed)
+        fdir = key_dir(fkey)
+        res["feature_segmenter"] = stage(fdir, train(fcfg, "feature segmenter", progress=progress),
+                                         what=f"seed {seed}: feature segmenter", key=fkey, reporter=reporter)
         for t in translators.values():
             if t.uses_segmenter_features:
                 t.config = methods.override(t.config, {"segmenter_workdir": os.path.join(fdir, "run")})
@@ -339,13 +313,15 @@ def run_seed(pconfig, seed: int, root: str) -> dict:
     tdirs, exports = {}, {}
     for name, t in translators.items():
         if t.trained:
-            tdirs[name] = os.path.join(root, f"translator_{name}")
-            res["translators"][name] = stage(tdirs[name], train(t.config, name),
-                                             what=f"seed {seed}: train translator {name}", key=k(f"translator_{name}"))
+            tkey = layout.translator_key(seed, name)
+            tdirs[name] = key_dir(tkey)
+            res["translators"][name] = stage(tdirs[name], train(t.config, name, progress=progress),
+                                             what=f"seed {seed}: train translator {name}", key=tkey, reporter=reporter)
         else:
             res["translators"][name] = {"control": t.spec}
-        exports[name] = stage(os.path.join(root, f"export_{name}"), export(pconfig, t, tdirs.get(name), seed),
-                              what=f"seed {seed}: export {name}", key=k(f"export_{name}"))
+        ekey = layout.export_key(seed, name)
+        exports[name] = stage(key_dir(ekey), export(pconfig, t, tdirs.get(name), seed),
+                              what=f"seed {seed}: export {name}", key=ekey, reporter=reporter)
 
     seg = pconfig.segmentation
     bases = {"source_only": {"kind": "split", "split": "synthetic-train"}}
@@ -354,24 +330,27 @@ def run_seed(pconfig, seed: int, root: str) -> dict:
         for n in methods.n_values(pconfig, name):
             src, fields = methods.segmenter_sources(pconfig, base, int(n))
             cfg = methods.segmenter_config(pconfig, seg, seed, src, **fields)
-            key = f"{name}_n{int(n)}"
+            key = layout.segmenter_name(name, n)
+            skey = layout.segmenter_key(seed, key)
             what = f"seed {seed}: segmenter {name}, N={n}"
-            res["segmenters"][key] = stage(os.path.join(root, f"seg_{key}"), segmenter(pconfig, cfg, f"seg {key}"),
-                                           what=what, key=k(f"seg_{key}"))
+            res["segmenters"][key] = stage(key_dir(skey), segmenter(pconfig, cfg, f"seg {key}", progress=progress),
+                                           what=what, key=skey, reporter=reporter)
     oracle_n = methods.real_train_count(pconfig)
     res["oracle_n"] = oracle_n
     cfg = methods.segmenter_config(pconfig, seg, seed, [{"kind": "split", "split": "real-train-labelled"}],
                                    num_real_labelled=oracle_n)
-    odir = os.path.join(root, "seg_oracle")
-    res["segmenters"]["oracle"] = stage(odir, segmenter(pconfig, cfg, "seg oracle"), what=f"seed {seed}: segmenter oracle",
-                                        key=k("seg_oracle"))
+    okey = layout.segmenter_key(seed, "oracle")
+    odir = key_dir(okey)
+    res["segmenters"]["oracle"] = stage(odir, segmenter(pconfig, cfg, "seg oracle", progress=progress),
+                                        what=f"seed {seed}: segmenter oracle", key=okey, reporter=reporter)
     if not pconfig.eval.get("scores", True):  # e.g. the noise-floor variant: segmenters only
         res["scores"] = {}
         return res
     wanted = {"untranslated", *exports}
-    res["scores"] = stage(os.path.join(root, "scores"),
+    res["scores"] = stage(key_dir(layout.scores_key(seed)),
                           scores(pconfig, odir, exports, lambda: _translate_fns(pconfig, translators, tdirs, seed)),
-                          what=f"seed {seed}: model score, paired scores, grid", key=k("scores"),
+                          what=f"seed {seed}: model score, paired scores, grid", key=layout.scores_key(seed),
+                          reporter=reporter,
                           still_valid=lambda r: wanted <= set(r["model_score"]) and (
                               not paired or wanted <= set(r["paired"])))
     return res
@@ -407,16 +386,14 @@ def run_protocol(pconfig, workdir: str, *, console: bool = False) -> dict:
 
 
 def _run_protocol_locked(pconfig, workdir: str, *, console: bool) -> dict:
-    from dakpn_jax.protocol import report  # pylint: disable=import-outside-toplevel
     p = plan(pconfig)
-    _RUN.reporter = StageReporter([(key, cost) for key, _, cost in p], enabled=console,
-                                 kind_of=stage_kind) if console else None
+    reporter = StageReporter([(key, cost) for key, _, cost in p], enabled=console,
+                             kind_of=stage_kind) if console else None
     from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
     # Render each benchmark example once per run, not once per stage that reads it.
     procedural.set_render_cache(int(pconfig.eval.get("render_cache", 0)))
     try:
-        per_seed = [run_seed(pconfig, int(s), os.path.join(workdir, f"seed{int(s)}")) for s in pconfig.seeds]
+        per_seed = [run_seed(pconfig, int(s), os.path.join(workdir, layout.seed_dir(s)), reporter) for s in pconfig.seeds]
     finally:
-        _RUN.reporter = None
         procedural.set_render_cache(0)
     return report.write_report(pconfig, workdir, per_seed, timings=collect_timings(workdir, pconfig))
