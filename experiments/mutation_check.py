@@ -80,7 +80,7 @@ MUTATIONS = [
     M("dakpn_g_ascends", "training", "dakpn_jax/training/dakpn.py",
       "gc.apply_updates(tx[\"kpn\"], params[\"kpn\"], kpn_grads,",
       "gc.apply_updates(tx[\"kpn\"], params[\"kpn\"], jax.tree.map(jnp.negative, kpn_grads),", (OBJ_DAKPN,)),
-    M("dakpn_onehot_ignore_as_last_class", "training", "dakpn_jax/training/dakpn.py",
+    M("dakpn_onehot_ignore_as_last_class", "training", "dakpn_jax/training/dakpn_features.py",
       "jax.nn.one_hot(labels.astype(jnp.int32), num_classes,",
       "jax.nn.one_hot(jnp.minimum(labels.astype(jnp.int32), num_classes - 1), num_classes,",
       (EXACT + "::test_make_translator_at_another_frame_size_with_a_nonzero_kpn",)),

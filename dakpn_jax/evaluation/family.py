@@ -85,7 +85,7 @@ def identity_raw(sigma0: float = 1.0) -> np.ndarray:
 
 def class_theta_low(kernel, bias, labels, num_classes: int, grid: tuple[int, int], sigma_max: float):
     """The linear head on one-hot fractions: (B, H, W) labels -> theta_low (B, h, w, 12)."""
-    from dakpn_jax.training.dakpn import onehot_features  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.training.dakpn_features import onehot_features  # pylint: disable=import-outside-toplevel
     feats = onehot_features(jnp.asarray(labels), num_classes, grid)
     return raw_to_theta(jnp.einsum("bhwc,cp->bhwp", feats, kernel) + bias, sigma_max)
 
@@ -116,7 +116,7 @@ class Ceiling:
     def theta_low(self, labels) -> jax.Array:
         if self.mode != "per_class":
             raise ValueError("Ceiling.theta_low: the per_pixel ceiling is tied to its own pairs (no translator)")
-        from dakpn_jax.training.dakpn import grid_for_frame  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.training.dakpn_features import grid_for_frame  # pylint: disable=import-outside-toplevel
         grid = grid_for_frame(self.frame, self.grid, *np.shape(labels)[1:3])
         return class_theta_low(jnp.asarray(self.params["kernel"]), jnp.asarray(self.params["bias"]), labels,
                                self.num_classes, grid, self.sigma_max)
@@ -188,7 +188,7 @@ def fit_ceiling(pairs: dict, *, mode: str = "per_class", num_classes: int = 19, 
         eye = jnp.eye(num_classes, dtype=jnp.float32)
         class_theta = np.asarray(raw_to_theta(eye @ params["kernel"] + params["bias"], smax))
     else:
-        from dakpn_jax.training.dakpn import onehot_features  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.training.dakpn_features import onehot_features  # pylint: disable=import-outside-toplevel
         class_theta = class_mean_params(theta, onehot_features(labels, num_classes, grid))
     # A class absent from the pairs got no data: its row is the untouched initialisation, not a fit.
     absent = np.bincount(np.asarray(pairs["label"]).reshape(-1), minlength=256)[:num_classes] == 0
@@ -230,7 +230,7 @@ def make_ceiling_translator(ceiling: Ceiling, *, noise: str = "none") -> Callabl
         raise ValueError(f"make_ceiling_translator: mode={ceiling.mode!r}; only per_class is a translator")
     if noise not in ("none", "residual"):
         raise ValueError(f"make_ceiling_translator: noise={noise!r} must be 'none' or 'residual'")
-    from dakpn_jax.training.dakpn import onehot_features  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.training.dakpn_features import onehot_features  # pylint: disable=import-outside-toplevel
     std = jnp.asarray(np.nan_to_num(ceiling.noise_std), jnp.float32)
     K, C = ceiling.kernel_size, ceiling.num_classes
 
