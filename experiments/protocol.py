@@ -11,6 +11,13 @@ grid_seed<k>.png and one folder per stage (reused by a rerun).
 ``--dry_run``: check the data folders and weight files, then print every stage with its estimated
 time and the exports' disk size (`dakpn_jax.protocol.dryrun`); nothing trains. A missing data
 folder or weights file ends either command in one ``protocol: error: ...`` line, before any stage.
+
+Results as data (`dakpn_jax.protocol.records`): ``--results_dir=results/NAME`` also writes each
+finished seed's small records there (commit them); ``--seeds=3,4`` runs those seeds only (runs of
+other seeds, on other machines, add their records to the same directory);
+``--report_only --results_dir=results/NAME --workdir=DIR`` rebuilds every table, the plot and the html
+in DIR from the records alone, without training (records of another protocol config are refused
+with the fields that differ).
 """
 from __future__ import annotations
 
@@ -32,8 +39,29 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     workdir = os.path.abspath(f.workdir)
-    from dakpn_jax.protocol import dryrun, preflight  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.protocol import dryrun, preflight, records  # pylint: disable=import-outside-toplevel
+    if f.seeds:
+        try:
+            seeds = tuple(int(s) for s in f.seeds.split(","))
+        except ValueError:
+            console.fail("protocol", ValueError(f"--seeds={f.seeds!r}: expected comma-separated integers, e.g. 3,4"))
+        with f.config.unlocked():
+            f.config.seeds = seeds
+    if f.report_only:
+        if not f.results_dir:
+            console.fail("protocol", ValueError("--report_only needs --results_dir (the records to build the report from)"))
+        from dakpn_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+        try:  # ValueError covers WorkdirInUse: a run writing this workdir now
+            os.makedirs(workdir, exist_ok=True)
+            with workdir_lock.exclusive(workdir, what="protocol report"):
+                out = records.rebuild_report(f.results_dir, workdir)
+        except ValueError as e:
+            console.fail("protocol", e)
+        _print_tables(out["markdown"], workdir, None)
+        return
     try:  # before any log file, cache or stage folder is made
+        if f.results_dir:
+            records.check_compatible(f.results_dir, f.config)
         if f.dry_run:
             print("\n".join(dryrun.lines(f.config, workdir if os.path.isdir(workdir) else None)), flush=True)
             return
@@ -59,17 +87,24 @@ def _run(f, workdir):
     from dakpn_jax.training import preemption  # pylint: disable=import-outside-toplevel
     print(f"protocol -> {workdir} (library logs: {log_path})", flush=True)
     try:
-        out = run_protocol(f.config, workdir, console=True)
+        out = run_protocol(f.config, workdir, console=True, results_dir=f.results_dir or None)
     except preemption.Preempted as e:  # the stage in progress was checkpointed; finished ones are kept
         print(f"preempted: {e}; rerun the same command to continue", file=sys.stderr)
         sys.exit(143)
-    table = out["markdown"].split("\n## ", 1)[0].rstrip()
-    comps = out["markdown"].split("## Paired differences", 1)
+    _print_tables(out["markdown"], workdir, log_path)
+
+
+def _print_tables(text, workdir, log_path):
+    table = text.split("\n## ", 1)[0].rstrip()
+    comps = text.split("## Paired differences", 1)
     print(table)
     if len(comps) > 1:
         print("\n## Paired differences" + comps[1].split("\n## ", 1)[0].rstrip())
+    if "\n## Missing" in text:
+        print("\n## Missing" + text.split("\n## Missing", 1)[1].split("\n## ", 1)[0].rstrip())
     print(f"\nFull report: {os.path.join(workdir, 'results.md')} | {os.path.join(workdir, 'results.html')} | "
-          f"{os.path.join(workdir, 'results.json')}; plot miou_vs_n.png, grids grid_seed<k>.png; log {log_path}")
+          f"{os.path.join(workdir, 'results.json')}; plot miou_vs_n.png, grids grid_seed<k>.png"
+          + (f"; log {log_path}" if log_path else ""))
 
 
 if __name__ == "__main__":
@@ -79,6 +114,11 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Protocol directory: one folder per stage, results.{md,json,html}, plots.")
     flags.DEFINE_bool("dry_run", False, "Check data and weights, print every stage with its estimated time and "
                       "the exports' disk size; run nothing.")
+    flags.DEFINE_string("results_dir", "", "Also write each finished seed's records here (results as data, "
+                        "e.g. results/NAME in the repository); with --report_only, read them.")
+    flags.DEFINE_bool("report_only", False, "Rebuild the report in --workdir from the records in --results_dir; "
+                      "train nothing.")
+    flags.DEFINE_string("seeds", "", "Comma-separated training seeds to run instead of the config's (e.g. 3,4).")
     flags.DEFINE_bool("verbose", False, "Also show the library's INFO logs on the console (always in DIR/protocol.log).")
     config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "configs", "protocol.py"),
                                     "Protocol config, `path.py[:variant]`.", lock_config=True)

@@ -33,8 +33,13 @@ def test_tiny_protocol_runs_every_row_writes_intervals_then_reuses(tmp_path, mon
 def _run_tiny(tmp_path, monkeypatch):
     pconfig = _tiny()
     work = tmp_path / "p"
-    out = protocol.run_protocol(pconfig, str(work))
+    out = protocol.run_protocol(pconfig, str(work), results_dir=str(tmp_path / "records"))
     report = json.loads((work / "results.json").read_text())
+    # Results as data: the records alone rebuild the same rows, intervals and verdicts, no training.
+    from dakpn_jax.protocol import records
+    rebuilt = records.rebuild_report(str(tmp_path / "records"), str(tmp_path / "rebuilt"))
+    for part in ("rows", "comparisons", "per_class_iou"):
+        assert json.dumps(rebuilt["summary"][part], sort_keys=True) == json.dumps(out["summary"][part], sort_keys=True), part
     rows = {(r["method"], r["n"]) for r in report["summary"]["rows"]}
     want = {("source_only", 0), ("source_only", 2), ("dakpn", 0), ("dakpn", 2), ("oracle", pconfig.data.num_real_train)}
     want |= {(name, 0) for name in pconfig.translators if name != "dakpn"}

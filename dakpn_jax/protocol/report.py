@@ -72,11 +72,15 @@ def _boot(pconfig) -> dict:
             "seed": int(b.get("seed", 0))}
 
 
-def _confusions(workdir, per_seed, key):
-    """(S, I, C, C) of one segmenter row over the seeds, or None if a seed lacks them."""
-    if workdir is None:
+def _confusions(workdir, per_seed, key, given=None):
+    """(S, I, C, C) of one segmenter row over the seeds, or None if a seed lacks them; from
+    ``given`` ({(seed, key): (I, C, C)}, e.g. read from records) when set, else from the workdir."""
+    if given is not None:
+        cs = [given.get((int(r["seed"]), key)) for r in per_seed]
+    elif workdir is None:
         return None
-    cs = [load_confusions(os.path.join(workdir, layout.segmenter_key(r["seed"], key))) for r in per_seed]
+    else:
+        cs = [load_confusions(os.path.join(workdir, layout.segmenter_key(r["seed"], key))) for r in per_seed]
     if any(c is None for c in cs) or len({c.shape for c in cs}) != 1:
         return None
     return np.stack(cs)
@@ -98,7 +102,7 @@ def label_space_line(pconfig) -> str:
             f"ignore index {space.ignore_index}.")
 
 
-def summarise(pconfig, per_seed: list[dict], workdir: str | None = None) -> dict:
+def summarise(pconfig, per_seed: list[dict], workdir: str | None = None, confusions: dict | None = None) -> dict:
     """Rows ``{method, n, key, miou: (mean, std), miou_ci, model_score, psnr, ssim, swd,
     class_color_err}`` over seeds, the paired comparisons and per-class IoU."""
     boot = _boot(pconfig)
@@ -109,7 +113,7 @@ def summarise(pconfig, per_seed: list[dict], workdir: str | None = None) -> dict
         n = oracle_n(pconfig, per_seed) if key == "oracle" else int(key.rsplit("_n", 1)[1])
         row = {"method": method, "n": n, "key": key, "miou": _mean_std([seg_miou(r, key) for r in per_seed]),
                "miou_per_seed": [seg_miou(r, key) for r in per_seed]}
-        confs[key] = _confusions(workdir, per_seed, key)
+        confs[key] = _confusions(workdir, per_seed, key, confusions)
         if confs[key] is not None:
             row["miou_ci"] = stats.bootstrap_miou(confs[key], **boot)
         elif len(per_seed) > 1:
@@ -363,17 +367,26 @@ def write_html(path: str, text: str, images: list[tuple[str, str]], configs: dic
 
 # ----------------------------------------------------------------------------- all of it
 
-def write_report(pconfig, workdir: str, per_seed: list[dict], timings: dict | None = None) -> dict:
-    summary = summarise(pconfig, per_seed, workdir)
+def write_report(pconfig, workdir: str, per_seed: list[dict], timings: dict | None = None,
+                 confusions: dict | None = None, missing: dict | None = None) -> dict:
+    """Writes results.{json,md,html}, the plot and the grids into ``workdir``. ``confusions``:
+    per-image confusions by (seed, row key) instead of the workdir's stages (a report rebuilt from
+    records); ``missing``: {seed: [row keys]} of seeds left out for lack of rows (listed)."""
+    summary = summarise(pconfig, per_seed, workdir, confusions)
     from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
     report = {"protocol_config": pconfig.to_dict(), "seeds": list(pconfig.seeds), "summary": summary,
               "label_space": label_space.for_data(pconfig.data).to_dict(),
-              "timings": timings or {}, "profile": profile(timings or {}), "per_seed": per_seed}
+              "timings": timings or {}, "profile": profile(timings or {}), "per_seed": per_seed,
+              "missing": {str(k): v for k, v in (missing or {}).items()}}
     tmp = os.path.join(workdir, layout.RESULTS_JSON + ".tmp")
     with open(tmp, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True, default=json_default)
     os.replace(tmp, os.path.join(workdir, layout.RESULTS_JSON))
     text = markdown(pconfig, summary, per_seed, timings)
+    if missing:
+        text += "\n## Missing\n\n" + "".join(
+            f"- seed {s}: no record of {', '.join(keys)}; the seed is left out of every table\n"
+            for s, keys in sorted(missing.items()))
     with open(os.path.join(workdir, layout.RESULTS_MD), "w") as f:
         f.write(text)
     plot_miou_vs_n(summary, os.path.join(workdir, layout.PLOT))

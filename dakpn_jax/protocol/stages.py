@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dakpn_jax import registry, workdir_lock
-from dakpn_jax.protocol import layout, methods, report
+from dakpn_jax.protocol import layout, methods, records, report
 from dakpn_jax.protocol.console import StageReporter, stage_kind
 
 log = logging.getLogger("dakpn_jax.protocol")
@@ -368,24 +368,28 @@ def collect_timings(workdir: str, pconfig) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 
-def run_protocol(pconfig, workdir: str, *, console: bool = False) -> dict:
+def run_protocol(pconfig, workdir: str, *, console: bool = False, results_dir: str | None = None) -> dict:
     """Runs (or reuses) every stage for every seed, writes the report (results.{json,md,html},
     miou_vs_n.png, grid_seed<k>.png); returns ``{"summary", "markdown", "report"}``.
 
-    ``console``: print one start / end line per stage and a progress bar while a stage trains."""
+    ``console``: print one start / end line per stage and a progress bar while a stage trains.
+    ``results_dir``: also write each finished seed's records there (`records`: results as data,
+    e.g. ``results/<name>`` committed to the repository; a report can be rebuilt from them)."""
     if not pconfig.seeds:
         raise ValueError("config.seeds is empty; give at least one training seed")
     if not pconfig.translators.get("dakpn") and "dakpn" in tuple(pconfig.get("compare_to", ())):
         raise ValueError("config.compare_to names 'dakpn' but config.translators has no 'dakpn' row")
     from dakpn_jax.protocol import preflight  # pylint: disable=import-outside-toplevel
     preflight.check(pconfig)  # a missing folder or weights file stops here, before any stage
+    if results_dir:
+        records.check_compatible(results_dir, pconfig)  # records of another config: stop before training
     os.makedirs(workdir, exist_ok=True)
     # One protocol per workdir; its trainer and export stages lock their own subdirectories too.
     with workdir_lock.exclusive(workdir, what="protocol"):
-        return _run_protocol_locked(pconfig, workdir, console=console)
+        return _run_protocol_locked(pconfig, workdir, console=console, results_dir=results_dir)
 
 
-def _run_protocol_locked(pconfig, workdir: str, *, console: bool) -> dict:
+def _run_protocol_locked(pconfig, workdir: str, *, console: bool, results_dir: str | None = None) -> dict:
     p = plan(pconfig)
     reporter = StageReporter([(key, cost) for key, _, cost in p], enabled=console,
                              kind_of=stage_kind) if console else None
@@ -393,7 +397,11 @@ def _run_protocol_locked(pconfig, workdir: str, *, console: bool) -> dict:
     # Render each benchmark example once per run, not once per stage that reads it.
     procedural.set_render_cache(int(pconfig.eval.get("render_cache", 0)))
     try:
-        per_seed = [run_seed(pconfig, int(s), os.path.join(workdir, layout.seed_dir(s)), reporter) for s in pconfig.seeds]
+        per_seed = []
+        for s in pconfig.seeds:
+            per_seed.append(run_seed(pconfig, int(s), os.path.join(workdir, layout.seed_dir(s)), reporter))
+            if results_dir:  # a seed's records as soon as it is done: a long run is kept seed by seed
+                records.write_seed(results_dir, pconfig, workdir, per_seed[-1])
     finally:
         procedural.set_render_cache(0)
     return report.write_report(pconfig, workdir, per_seed, timings=collect_timings(workdir, pconfig))

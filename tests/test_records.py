@@ -1,0 +1,114 @@
+"""Results as data (dakpn_jax.protocol.records): records written by separate runs merge into one
+report equal to the report of all seeds at once; records of another protocol config are refused
+with the differing field named; a seed lacking a row is left out and listed."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dakpn_jax.protocol import layout, records, report  # noqa: E402
+
+KEYS = ("source_only_n0", "dakpn_n0", "oracle")
+
+
+def _tiny():
+    from configs import protocol as protocol_configs
+    return protocol_configs.get_config("tiny")
+
+
+def _fake_seed(workdir: Path, seed: int, rng) -> tuple[dict, dict]:
+    """One seed's stage folders as a run leaves them (stage.json + per-image confusions) and the
+    per-seed result; the confusions differ by seed and row."""
+    res = {"seed": seed, "translators": {}, "segmenters": {}, "skipped": {}, "oracle_n": 8}
+    confs = {}
+    for k, key in enumerate(KEYS):
+        conf = np.zeros((6, 19, 19), np.int64)
+        for i in range(6):
+            for c in (0, 2, 8, 10):  # classes present; some pixels confused
+                conf[i, c, c] = rng.integers(50, 200)
+                conf[i, c, (c + 1 + k) % 19] = rng.integers(0, 60)
+        d = workdir / layout.segmenter_key(seed, key)
+        d.mkdir(parents=True)
+        np.savez_compressed(d / layout.CONFUSIONS, confusions=conf)
+        from dakpn_jax.protocol import stats
+        total = conf.sum(0)
+        val = {"miou": float(stats.miou_from_confusion(total)), "images": 6,
+               "per_class_iou": {str(c): (None if not np.isfinite(v) else float(v))
+                                 for c, v in enumerate(stats.per_class_iou(total))}}
+        res["segmenters"][key] = {"val": val, "config": {"seed": seed, "row": key}}
+        (d / layout.STAGE_FILE).write_text(json.dumps({"stage": key, "result": res["segmenters"][key],
+                                                       "timing": {"wall_s": 1.0, "cpu_s": 1.5}}))
+        confs[(seed, key)] = conf
+    res["scores"] = {"model_score": {"dakpn": {"miou": 0.2 + 0.01 * seed, "top_flips": []}},
+                     "paired": {"dakpn": {"psnr": 17.0 + seed, "ssim": 0.3, "swd": 0.1, "class_color_err": 0.2}}}
+    return res, confs
+
+
+def test_records_of_two_runs_make_the_report_of_all_seeds_and_mixed_configs_are_refused(tmp_path):
+    pconfig = _tiny()
+    rng = np.random.default_rng(0)
+    results = tmp_path / "results"
+    per_seed, confs = [], {}
+    for run, seeds in (("run_a", (0, 1)), ("run_b", (2,))):  # two runs, two workdirs, one results dir
+        pconfig.seeds = seeds
+        for s in seeds:
+            res, c = _fake_seed(tmp_path / run, s, rng)
+            written = records.write_seed(str(results), pconfig, str(tmp_path / run), res)
+            assert all(Path(p).stat().st_size < 64_000 for p in written)  # kilobytes, not megabytes
+            per_seed.append(res)
+            confs.update(c)
+    loaded = records.load(str(results))
+    assert [r["seed"] for r in loaded["per_seed"]] == [0, 1, 2] and loaded["missing"] == {}
+    for key_, conf in confs.items():  # the sparse records give back every count
+        np.testing.assert_array_equal(loaded["confusions"][key_], conf)
+    # The rebuilt report equals the report summarised straight from the three seeds' confusions.
+    out = records.rebuild_report(str(results), str(tmp_path / "rebuilt"))
+    pconfig.seeds = (0, 1, 2)
+    for r in per_seed:
+        for v in r["segmenters"].values():
+            v.pop("config", None)
+    direct = report.summarise(pconfig, per_seed, confusions=confs)
+    assert json.dumps(out["summary"]["rows"], sort_keys=True, default=str) == json.dumps(direct["rows"], sort_keys=True, default=str)
+    assert json.dumps(out["summary"]["comparisons"], sort_keys=True, default=str) == \
+        json.dumps(direct["comparisons"], sort_keys=True, default=str)
+    assert (tmp_path / "rebuilt" / layout.RESULTS_HTML).exists() and "3 seed(s)" in out["markdown"]
+
+    # Another protocol config: refused before training, with the field that differs named.
+    other = _tiny()
+    other.eval.model_score_images = 7
+    other.seeds = (3,)
+    with pytest.raises(ValueError, match=r"eval\.model_score_images: 4 vs 7|eval\.model_score_images"):
+        records.check_compatible(str(results), other)
+    with pytest.raises(ValueError, match=r"eval\.model_score_images"):
+        records.rebuild_report(str(results), str(tmp_path / "x"), pconfig=other)
+    # ... and a record of it planted among the others makes load refuse the mixed set.
+    res, _ = _fake_seed(tmp_path / "run_c", 3, rng)
+    records.write_seed(str(tmp_path / "results_c"), other, str(tmp_path / "run_c"), res)
+    planted = next((tmp_path / "results_c").glob("seed3/*.json"))
+    (results / "seed3").mkdir()
+    (results / "seed3" / planted.name).write_text(planted.read_text())
+    for cfg in (tmp_path / "results_c" / "configs").glob("*.json"):
+        (results / "configs" / cfg.name).write_text(cfg.read_text())
+    with pytest.raises(ValueError, match=r"different protocol configs.*eval\.model_score_images"):
+        records.load(str(results))
+
+
+def test_a_seed_without_every_row_is_left_out_and_listed(tmp_path):
+    pconfig = _tiny()
+    pconfig.seeds = (0, 1)
+    rng = np.random.default_rng(1)
+    results = tmp_path / "results"
+    for s in (0, 1):
+        res, _ = _fake_seed(tmp_path / "run", s, rng)
+        records.write_seed(str(results), pconfig, str(tmp_path / "run"), res)
+    (results / "seed1" / "dakpn_n0.json").unlink()
+    out = records.rebuild_report(str(results), str(tmp_path / "rebuilt"))
+    assert out["missing"] == {1: ["dakpn_n0"]}
+    assert "1 seed(s): [0]" in out["markdown"] and "- seed 1: no record of dakpn_n0" in out["markdown"]
+    assert json.loads((tmp_path / "rebuilt" / layout.RESULTS_JSON).read_text())["missing"] == {"1": ["dakpn_n0"]}
+    with pytest.raises(ValueError, match="no protocol records"):
+        records.load(str(tmp_path / "empty"))
