@@ -112,3 +112,20 @@ def test_a_seed_without_every_row_is_left_out_and_listed(tmp_path):
     assert json.loads((tmp_path / "rebuilt" / layout.RESULTS_JSON).read_text())["missing"] == {"1": ["dakpn_n0"]}
     with pytest.raises(ValueError, match="no protocol records"):
         records.load(str(tmp_path / "empty"))
+
+
+def test_report_only_command_rebuilds_from_records_in_one_line_errors_otherwise(tmp_path):
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    pconfig = _tiny()
+    pconfig.seeds = (0,)
+    res, _ = _fake_seed(tmp_path / "run", 0, np.random.default_rng(2))
+    records.write_seed(str(tmp_path / "results"), pconfig, str(tmp_path / "run"), res)
+    cmd = [sys.executable, str(root / "experiments" / "protocol.py"), f"--workdir={tmp_path / 'out'}"]
+    p = subprocess.run(cmd + ["--report_only", f"--results_dir={tmp_path / 'results'}"], capture_output=True,
+                       text=True, timeout=300, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert "| dakpn | 0 |" in p.stdout and (tmp_path / "out" / layout.RESULTS_MD).exists()
+    assert not (tmp_path / "out" / "seed0").exists()  # nothing trained
+    p = subprocess.run(cmd + ["--report_only"], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith("protocol: error: --report_only needs")
