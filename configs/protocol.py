@@ -80,6 +80,11 @@ CONTROLS = {
     "histogram": {"kind": "control", "control": "histogram", "params": {}},
     "reinhard": {"kind": "control", "control": "reinhard", "params": {}},
     "fda": {"kind": "control", "control": "fda", "params": {"beta": 0.01}},
+    # The same randomisation with ranges chosen without the target domain (controls.UNINFORMED_RANGES):
+    # the default randomize row's ranges were read from the benchmark's renderer (an optimistic control).
+    "randomize_uninformed": {"kind": "control", "control": "randomize",
+                             "params": {"kernel_size": 9, "ranges": "uninformed"},
+                             "label": "randomize_uninformed (generic ranges)"},
 }
 
 # The family ceiling: an ORACLE (supervised fit on paired views, evaluation-only data; DA-KPN's family,
@@ -204,7 +209,8 @@ def get_config(arg=None):
         tiny_gan = _gan("configs/cut.py", "fastcut-tiny", 2, 1)
         c.translators.fastcut = ml_collections.ConfigDict(tiny_gan)
         for k, v in CONTROLS.items():
-            c.translators[k] = ml_collections.ConfigDict(v)
+            if k != "randomize_uninformed":  # the randomize kind is there already
+                c.translators[k] = ml_collections.ConfigDict(v)
         c.translators.randomize.params.kernel_size = 5
         c.translators.ceiling = ml_collections.ConfigDict(CEILING)
         c.translators.ceiling.params.steps = 3

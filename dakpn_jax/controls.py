@@ -6,7 +6,10 @@ batch first, and jit-able:
 
 - :func:`randomize` (same-family randomisation): the DA-KPN translation T(x; theta, n) with theta
   drawn uniformly from a fixed range, per image and per class region (:func:`random_class_params`).
-  Does *learning* theta matter, or is T just augmentation?
+  Does *learning* theta matter, or is T just augmentation? Two sets of ranges: ``DEFAULT_RANGES``
+  were read from the benchmark's renderer (they cover its real gap: an optimistic, informed
+  control), ``UNINFORMED_RANGES`` are what a user would pick without knowing the target domain
+  (symmetric augmentation-sized ranges; the comment at their definition says how each was chosen).
 - :func:`match_histograms`: per-channel histogram matching of each frame to a reference frame.
 - :func:`reinhard`: Reinhard et al. (2001) mean / std transfer in the decorrelated l-alpha-beta space.
 - :func:`fda`: Fourier domain adaptation (Yang and Soatto, CVPR 2020): the low-frequency amplitude
@@ -161,7 +164,32 @@ DEFAULT_RANGES = (
     (0.0, 0.04), (0.0, 0.04), (0.0, 0.04))
 
 
+# The same family with ranges a user would pick without looking at the target domain: symmetric
+# about the identity and of the size of common photometric augmentation, read off nothing of the
+# benchmark (so it cannot know, e.g., that real hues are shifted by -0.17 or real frames desaturated):
+# - hue: no scaling (hue is an angle); a shift of +-0.1 of the circle (torchvision's
+#   ColorJitter(hue=0.1), a usual setting);
+# - saturation and value: scaled by [0.6, 1.4] (ColorJitter(saturation=0.4, brightness=0.4)), no
+#   additive shift;
+# - blur: sigma in [0, 1.5] px, a mild blur of the usual augmentation kind at this resolution;
+# - noise: std in [0, 0.05], a usual additive Gaussian-noise augmentation.
+UNINFORMED_RANGES = (
+    (1.0, 1.0), (0.6, 1.4), (0.6, 1.4),
+    (-0.1, 0.1), (0.0, 0.0), (0.0, 0.0),
+    (0.0, 1.5), (0.0, 1.5), (0.0, 1.5),
+    (0.0, 0.05), (0.0, 0.05), (0.0, 0.05))
+
+
+NAMED_RANGES = {"default": DEFAULT_RANGES, "uninformed": UNINFORMED_RANGES}
+
+
 def _ranges(ranges) -> np.ndarray:
+    """(12, 2) float32 from ``ranges``: None (``DEFAULT_RANGES``), a name of ``NAMED_RANGES`` or
+    12 (low, high) pairs."""
+    if isinstance(ranges, str):
+        if ranges not in NAMED_RANGES:
+            raise ValueError(f"randomize: ranges={ranges!r} is not one of {sorted(NAMED_RANGES)} (or give 12 pairs)")
+        ranges = NAMED_RANGES[ranges]
     r = np.asarray(DEFAULT_RANGES if ranges is None else ranges, np.float32)
     if r.shape != (translation.NUM_PARAMS, 2) or np.any(r[:, 0] > r[:, 1]):
         raise ValueError(f"randomize: ranges must be 12 (low, high) pairs with low <= high, got {np.asarray(ranges)}")
@@ -245,7 +273,7 @@ def make_control(name: str, *, reference=None, seed: int = 0, num_classes: int =
     if name not in CONTROLS:
         raise ValueError(f"control {name!r} is unknown; expected one of {CONTROLS}")
     if name == "randomize":
-        _ranges(ranges)  # validated now, not at the first call
+        ranges = _ranges(ranges)  # validated (and a name resolved) now, not at the first call
 
         @jax.jit
         def translate_fn(images, labels):

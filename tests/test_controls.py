@@ -208,3 +208,23 @@ def test_uniform_dakpn_theta_is_constant_over_the_image():
     want = translation.translate(x, jnp.broadcast_to(theta_low, (2, H, W, 12)), noise,
                                  kernel_size=config.model.kernel_size)
     np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=1e-5)
+
+
+def test_uninformed_randomisation_draws_within_its_generic_ranges():
+    """The uninformed control's theta lies in ranges fixed without the target domain: symmetric
+    about the identity (hue shift +-0.1, saturation and value x [0.6, 1.4], no additive s / v shift,
+    sigma <= 1.5 px, noise std <= 0.05); a name resolves to its table, an unknown name is refused."""
+    from dakpn_jax import controls as ctl
+    expected = np.array([[1.0, 1.0], [0.6, 1.4], [0.6, 1.4], [-0.1, 0.1], [0.0, 0.0], [0.0, 0.0],
+                         [0.0, 1.5], [0.0, 1.5], [0.0, 1.5], [0.0, 0.05], [0.0, 0.05], [0.0, 0.05]], np.float32)
+    np.testing.assert_array_equal(ctl._ranges("uninformed"), expected)
+    labels = jnp.asarray(np.random.default_rng(0).integers(0, 19, (16, 8, 8)))
+    keys = jax.vmap(jax.random.key)(jnp.arange(16))
+    theta = np.asarray(ctl.random_class_params(keys, labels, 19, "uninformed")).reshape(-1, 12)
+    assert np.all(theta >= expected[:, 0] - 1e-7) and np.all(theta <= expected[:, 1] + 1e-7)
+    assert theta[:, 1].min() < 0.8 and theta[:, 1].max() > 1.2  # spread over the range, not pinned
+    fn = ctl.make_control("randomize", ranges="uninformed", kernel_size=5)
+    x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 8, 8, 3)), jnp.float32)
+    assert fn(x, labels[:2]).shape == x.shape
+    with pytest.raises(ValueError, match="uninformed"):
+        ctl.make_control("randomize", ranges="unknown_name")
