@@ -8,7 +8,7 @@
   Paper choices kept: one-hot label features, linear 1x1 KPN head with identity-like init,
   PatchGAN (3 layers, BatchNorm) on an H/8 x W/8 full-resolution tile + the whole low-resolution
   frame, saturating loss, identity MSE weight 1, Adam, batch 8.
-  Benchmark choices (balance, DESIGN.md §5): parameter grid 16 x 32 (H/8), low view 32 x 64, blur
+  Benchmark choices (balance, docs/METHOD.md §5): parameter grid 16 x 32 (H/8), low view 32 x 64, blur
   window K = 9 (the benchmark's real blur is at most 2 px), 32 filters in D, sigma parametrised by
   the neighbour weight (its gradient survives near 0); the KPN learns 3x faster than D (3e-4 vs
   1e-4, b1 = 0.5) and both rates follow a cosine decay to 0: with constant rates the per-class

@@ -1,4 +1,4 @@
-"""DA-KPN (DESIGN.md §1 steps 1-6) as a method module of the generic trainer.
+"""DA-KPN (docs/METHOD.md §1 steps 1-6) as a method module of the generic trainer.
 
 Per step, with a global batch of synthetic frames x (B, H, W, 3), their labels y (B, H, W) and
 unpaired real frames r (B, H', W', 3) (any size), all float32 in [0, 1]:
@@ -44,7 +44,7 @@ size (``translation.noise_field``); the tile uses the crop at the tile's positio
 field of its own size. ``"fresh"``: new per-sample noise every step from the state's key.
 Translation at inference (:func:`make_translator`) always uses the fixed field resized to the frame.
 
-The authors' choices (DESIGN.md §6, the ``paper`` presets of configs/gta5_cityscapes.py etc.;
+The authors' choices (docs/METHOD.md §6, the ``paper`` presets of configs/gta5_cityscapes.py etc.;
 docs/PAPER.md lists every difference). Each is a switch whose default keeps the path above:
 
   ===========================  ===============================  ===================================
@@ -114,7 +114,7 @@ LOW_PARAMS = ("rescaled", "unscaled")
 GRID_CELLS = 8
 """The aligned tile grid is GRID_CELLS x GRID_CELLS tiles of (H // 8, W // 8) (the authors' code)."""
 ABLATIONS = ("affine", "blur", "noise")
-"""Translation components ``config.model.ablate`` can switch off (DESIGN.md §1 step 8 ablations)."""
+"""Translation components ``config.model.ablate`` can switch off (docs/METHOD.md §1 step 8 ablations)."""
 
 
 # ----------------------------------------------------------------------------- config
