@@ -59,8 +59,8 @@ def get_config(arg=None):
         drop_path_rate=0.1, classifier_dropout=0.1))
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=6e-5, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, schedule="poly",
-        poly_power=1.0, end_lr_ratio=0.0, warmup_steps=0, grad_clip=0.0,
-        lr_mult=ml_collections.ConfigDict({"decode_head": 10.0})))
+        poly_power=1.0, end_lr_ratio=0.0, warmup_steps=0, grad_clip=0.0, weight_decay_on="matrices",
+        steps_per_epoch=0, lr_mult=ml_collections.ConfigDict({"decode_head": 10.0})))
     c.batch_size = 8
     c.crop_size = config_dict.placeholder(tuple)  # full frames (128 x 256 on the procedural benchmark)
     c.random_flip = True

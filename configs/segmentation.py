@@ -61,8 +61,11 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(name="unet_small", num_classes=19))
     c.model.kwargs = ml_collections.ConfigDict(dict(features=(16, 32, 64)))
     c.optim = ml_collections.ConfigDict(dict(
-        name="adamw", lr=1e-3, weight_decay=1e-4, b1=0.9, b2=0.999, schedule="poly", warmup_steps=50,
-        poly_power=0.9, end_lr_ratio=0.0, grad_clip=0.0))
+        name="adamw", lr=1e-3, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8, schedule="poly", warmup_steps=50,
+        poly_power=0.9, end_lr_ratio=0.0, grad_clip=0.0,
+        weight_decay_on="matrices",  # "matrices": weights with ndim >= 2; "all": biases and norm scales too
+        steps_per_epoch=0,           # read by schedule="poly_per_epoch" only (the authors' per-epoch decay)
+        lr_mult=ml_collections.ConfigDict()))  # {top-level parameter group: lr multiplier}; empty = none
     c.num_train_steps = 800
     c.steps_per_call = 1
     c.log_every_steps = 50

@@ -83,9 +83,8 @@ def get_config(arg=None):
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=6e-5, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, poly_power=1.0, end_lr_ratio=0.0,
         warmup_steps=0, grad_clip=0.0, weight_decay_on="all" if paper else "matrices",
-        schedule="poly_per_epoch" if paper else "poly", steps_per_epoch=steps_per_epoch))
-    if not paper:
-        c.optim.lr_mult = ml_collections.ConfigDict({"decode_head": 10.0})
+        schedule="poly_per_epoch" if paper else "poly", steps_per_epoch=steps_per_epoch,
+        lr_mult=ml_collections.ConfigDict({} if paper else {"decode_head": 10.0})))
     c.random_flip = not paper
     c.crop_size = (512, 1024) if not (paper or face) else config_dict.placeholder(tuple)
     c.log_every_steps = 50
