@@ -31,6 +31,12 @@ Variants:
 - ``seeds3``, ``baselines``: the runs behind docs/RESULTS.md's tables (3 seeds; GAN baselines at 1000
   steps, next to source-only, DA-KPN at 300 and 600 steps, the four training-free controls and the
   oracle, N = 0, segmenters 200 steps with 50 warmup), in the row format below.
+- ``variance_segmenter``, ``variance_translator``: issue 24's variance decomposition. DA-KPN, the
+  same-family randomisation and CycleGAN at N in {0, 20} over 5 seeds, with the translators and
+  controls pinned to seed 0 (``fixed_seeds``; only the segmenters vary) or the segmenters pinned
+  (only the translators and controls vary); the paired differences' "sd over seeds" column is
+  that component's spread. Not run yet: about 1.5 h each on a quiet 2-core CPU (estimated: a
+  CycleGAN of 1000 steps and nine segmenters per seed), meant to run with ``--results_dir``.
 - ``tiny``: seconds per stage, for tests: one row of every kind (DA-KPN, the uniform DA-KPN,
   FastCUT, all four training-free controls, the family ceiling), 2 seeds, so every interval is computed.
 
@@ -106,7 +112,8 @@ def _seg(steps, **extra):
                                                 optim=_cd(warmup_steps=min(50, steps // 10)), **extra))
 
 
-VARIANTS = ("default", "decisive", "cpu", "noise", "seeds3", "baselines", "tiny")
+VARIANTS = ("default", "decisive", "cpu", "noise", "seeds3", "baselines", "variance_segmenter",
+            "variance_translator", "tiny")
 
 
 def get_config(arg=None):
@@ -131,6 +138,13 @@ def get_config(arg=None):
     c.eval = _cd(model_score_images=100, paired_images=32, grid_rows=4, batch_size=8, control_pool=64,
                  render_cache=8000)
     c.bootstrap = _cd(num_resamples=2000, level=0.95, seed=0)
+    # Which seed each random component uses: None = the run's seed (the paired default: a seed varies
+    # everything); an int pins that component to it whatever the run's seed, so a run over seeds
+    # varies only the others (issue 24's variance decomposition: the `variance_*` variants).
+    # translator: trained translators (and a feature segmenter); control: the training-free
+    # controls' draws; segmenter: downstream segmenters' initialisation and data order.
+    c.fixed_seeds = _cd(translator=config_dict.placeholder(int), control=config_dict.placeholder(int),
+                        segmenter=config_dict.placeholder(int))
 
     def everything():
         t = _cd(dakpn=_cd(kind="dakpn"))
@@ -191,13 +205,30 @@ def get_config(arg=None):
             cut=ml_collections.ConfigDict(_gan("configs/cut.py", "cut-benchmark", 1000, 500)),
             fastcut=ml_collections.ConfigDict(_gan("configs/cut.py", "fastcut-benchmark", 750, 562)))
         # The four training-free controls too (one segmenter each, no trainer stage): do the GANs
-        # beat colour statistics? They are new rows; the before table (issue #6) has none.
+        # beat colour statistics? They are new rows; the before table (issue #6) has none. (The
+        # uninformed randomisation came later; it is not part of this table.)
         for k, v in CONTROLS.items():
-            c.translators[k] = ml_collections.ConfigDict(v)
+            if k != "randomize_uninformed":
+                c.translators[k] = ml_collections.ConfigDict(v)
         # 50 warmup steps as when the before table was made (the segmentation default); _seg's
         # steps // 10 would give 20 and move every row, not only the GAN ones.
         c.segmentation = _seg(200)
         c.segmentation.overrides.optim.warmup_steps = 50
+    elif arg in ("variance_segmenter", "variance_translator"):
+        # Issue 24's variance decomposition: the same rows over 5 seeds with one source of randomness
+        # varying. variance_segmenter pins the translators and the controls to seed 0, so the spread
+        # of a paired difference is the downstream segmenters' (initialisation and data order);
+        # variance_translator pins the segmenters to seed 0, so it is the translators' and controls'.
+        # Rows: DA-KPN, the same-family randomisation and CycleGAN (the baselines schedule), N = 0
+        # and 20; the "sd over seeds" column of the paired differences is the component.
+        c.seeds = (0, 1, 2, 3, 4)
+        c.n_real = c.side_n_real = (0, 20)
+        c.translators = _cd(dakpn=_cd(kind="dakpn"), randomize=ml_collections.ConfigDict(CONTROLS["randomize"]),
+                            cyclegan=ml_collections.ConfigDict(_gan("configs/cyclegan.py", "benchmark", 1000, 500)))
+        if arg == "variance_segmenter":
+            c.fixed_seeds.translator = c.fixed_seeds.control = 0
+        else:
+            c.fixed_seeds.segmenter = 0
     elif arg == "tiny":
         c.seeds = (0, 1)
         c.data = data_config(32, 64, num_synthetic_train=8, num_real_train=8, num_real_labelled=2,

@@ -139,6 +139,9 @@ def get_config(arg=None):
     c.eval = _cd(model_score_images=500, paired_images=0, grid_rows=4, batch_size=8, control_pool=64,
                  render_cache=0, model_score_workdir=config_dict.placeholder(str))
     c.bootstrap = _cd(num_resamples=2000, level=0.95, seed=0)
+    # None: each component uses the run's seed (configs/protocol.py explains the pinning).
+    c.fixed_seeds = _cd(translator=config_dict.placeholder(int), control=config_dict.placeholder(int),
+                        segmenter=config_dict.placeholder(int))
     if tiny:
         _tiny(c)
     return c

@@ -329,3 +329,41 @@ def test_render_cache_gives_the_same_items_and_private_copies():
     assert not procedural._RENDER_CACHE  # pylint: disable=protected-access
     with pytest.raises(ValueError, match="max_items"):
         procedural.set_render_cache(-1)
+
+
+def test_fixed_seeds_pin_one_component_and_vary_the_others():
+    """config.fixed_seeds pins a component's seed whatever the run's seed (the variance variants):
+    pinned translators train with seed 0 in every run seed, the segmenters follow the run seed, and
+    the other way round."""
+    from configs import protocol as protocol_configs
+    seg_only = protocol_configs.get_config("variance_segmenter")
+    trans_only = protocol_configs.get_config("variance_translator")
+    for s in (1, 3):
+        ts = protocol.build_translators(seg_only, s)
+        assert ts["dakpn"].config.seed == 0 and ts["cyclegan"].config.seed == 0
+        assert methods.role_seed(seg_only, "segmenter", s) == s and methods.role_seed(seg_only, "control", s) == 0
+        ts = protocol.build_translators(trans_only, s)
+        assert ts["dakpn"].config.seed == s and ts["cyclegan"].config.seed == s
+        assert methods.role_seed(trans_only, "segmenter", s) == 0 and methods.role_seed(trans_only, "control", s) == s
+    # The default leaves every component on the run's seed.
+    default = protocol_configs.get_config("default")
+    assert all(methods.role_seed(default, r, 4) == 4 for r in methods.ROLES)
+    with pytest.raises(ValueError, match="role"):
+        methods.role_seed(default, "oracle", 0)
+
+
+def test_run_seed_gives_segmenters_the_pinned_seed(tmp_path, monkeypatch):
+    """run_seed passes each component its role's seed: with the segmenters pinned, every downstream
+    segmenter config of run seed 3 has seed 0 and every translator config seed 3 (stages stubbed)."""
+    from configs import protocol as protocol_configs
+    from dakpn_jax.protocol import stages
+    pconfig = protocol_configs.get_config("variance_translator")
+    seen = {"segmenter": [], "translator": []}
+    monkeypatch.setattr(stages, "stage", lambda directory, fn, **kw: {"root": directory, "model_score": {}, "paired": {}})
+    monkeypatch.setattr(stages, "segmenter", lambda pc, cfg, what, progress=False: seen["segmenter"].append(cfg))
+    monkeypatch.setattr(stages, "train", lambda cfg, what="train", progress=False: seen["translator"].append(cfg))
+    monkeypatch.setattr(stages, "export", lambda *a, **k: None)
+    monkeypatch.setattr(stages, "scores", lambda *a, **k: None)
+    stages.run_seed(pconfig, 3, str(tmp_path))
+    assert len(seen["segmenter"]) == 1 + 2 * 4 and {c.seed for c in seen["segmenter"]} == {0}
+    assert seen["translator"] and {c.seed for c in seen["translator"]} == {3}

@@ -122,6 +122,18 @@ def _with_classes(config, pconfig):
     return override(config, {"model": {"num_classes": label_space(pconfig).num_classes}})
 
 
+ROLES = ("translator", "control", "segmenter")
+
+
+def role_seed(pconfig, role: str, seed: int) -> int:
+    """The seed the ``role`` component of run seed ``seed`` uses: ``config.fixed_seeds[role]`` when
+    set (the component is pinned, e.g. for a variance decomposition), else ``seed``."""
+    if role not in ROLES:
+        raise ValueError(f"role_seed: role {role!r} is not one of {ROLES}")
+    fixed = pconfig.fixed_seeds[role]
+    return int(seed) if fixed is None else int(fixed)
+
+
 def dakpn_config(pconfig, seed: int, extra=None) -> ml_collections.ConfigDict:
     c = load_config_file("configs/default.py", pconfig.dakpn.variant)
     c = override(with_data(c, pconfig), pconfig.dakpn.overrides)
@@ -130,7 +142,7 @@ def dakpn_config(pconfig, seed: int, extra=None) -> ml_collections.ConfigDict:
 
 
 def _build_dakpn(pconfig, spec, seed):
-    return dict(trained=True, config=dakpn_config(pconfig, seed, spec.get("overrides")))
+    return dict(trained=True, config=dakpn_config(pconfig, role_seed(pconfig, "translator", seed), spec.get("overrides")))
 
 
 def _build_train(pconfig, spec, seed):
@@ -146,7 +158,7 @@ def _build_train(pconfig, spec, seed):
     ok, why = method.is_available(c) if method is not None else (True, "")
     if not ok:
         return dict(omit=why)
-    return dict(trained=True, config=override(_with_classes(c, pconfig), {"seed": seed}))
+    return dict(trained=True, config=override(_with_classes(c, pconfig), {"seed": role_seed(pconfig, "translator", seed)}))
 
 
 def control_reference(pconfig) -> np.ndarray:
@@ -166,7 +178,7 @@ def _build_control(pconfig, spec, seed):
 
     def make_fn(pc, s):
         ref = None if name == "randomize" else control_reference(pc)
-        return controls.make_control(name, reference=ref, seed=s, **params)
+        return controls.make_control(name, reference=ref, seed=role_seed(pc, "control", s), **params)
     return dict(trained=False, make_fn=make_fn)
 
 

@@ -183,6 +183,13 @@ def _ci(c, scale=100.0, digits=1) -> str:
     return f"{c['mean'] * scale:+.{digits}f} [{c['lo'] * scale:+.{digits}f}, {c['hi'] * scale:+.{digits}f}]"
 
 
+def _sd(per_seed_differences, scale=100.0) -> str:
+    """Standard deviation of the per-seed paired differences (points), the spread a recipe must
+    shrink; "-" with fewer than 2 seeds."""
+    d = [x for x in per_seed_differences if x is not None and np.isfinite(x)]
+    return f"{scale * float(np.std(d, ddof=1)):.1f}" if len(d) >= 2 else "-"
+
+
 def _row_label(pconfig, method: str) -> str:
     spec = pconfig.translators.get(method) if method in pconfig.translators else None
     return (spec.get("label", None) if spec is not None else None) or method
@@ -216,14 +223,14 @@ def markdown(pconfig, summary: dict, per_seed: list[dict], timings: dict | None 
                   "Same seed = same segmenter initialisation and data order; same real-val images. Verdict from the "
                   "interval over seeds and images; a difference is claimed only where it excludes 0, and only "
                   f"with at least {MIN_SEEDS_FOR_VERDICT} seeds.", "",
-                  "| method | N | baseline | over seeds | over seeds + val images | verdict |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| method | N | baseline | over seeds | over seeds + val images | sd over seeds | verdict |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for c in comps:
             n = "all" if c["method"] == "oracle" else str(c["n"])
             seeds_ci = _ci(c["seeds"]) if c["seeds"]["n"] > 1 else (
                 f"{100 * c['seeds']['mean']:+.1f} (1 seed)" if np.isfinite(c["seeds"]["mean"]) else "-")
             lines.append(f"| {_row_label(pconfig, c['method'])} | {n} | {c['baseline']} (N={c['baseline_key'].rsplit('_n', 1)[1]}) "
-                         f"| {seeds_ci} | {_ci(c.get('seeds_images'))} | {c['verdict']} |")
+                         f"| {seeds_ci} | {_ci(c.get('seeds_images'))} | {_sd(c['per_seed'])} | {c['verdict']} |")
         nf = summary.get("noise_floor", {})
         if nf.get("half_width_seeds_images"):
             h = nf["half_width_seeds_images"]

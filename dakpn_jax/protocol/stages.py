@@ -301,7 +301,8 @@ def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = Non
 
     if any(t.uses_segmenter_features for t in translators.values()):
         src, _ = methods.segmenter_sources(pconfig, {"kind": "split", "split": "synthetic-train"}, 0)
-        fcfg = methods.segmenter_config(pconfig, methods.feature_segmenter_spec(pconfig), seed, src)
+        fcfg = methods.segmenter_config(pconfig, methods.feature_segmenter_spec(pconfig),
+                                        methods.role_seed(pconfig, "translator", seed), src)
         fkey = layout.feature_segmenter_key(seed)
         fdir = key_dir(fkey)
         res["feature_segmenter"] = stage(fdir, train(fcfg, "feature segmenter", progress=progress),
@@ -329,7 +330,7 @@ def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = Non
     for name, base in bases.items():
         for n in methods.n_values(pconfig, name):
             src, fields = methods.segmenter_sources(pconfig, base, int(n))
-            cfg = methods.segmenter_config(pconfig, seg, seed, src, **fields)
+            cfg = methods.segmenter_config(pconfig, seg, methods.role_seed(pconfig, "segmenter", seed), src, **fields)
             key = layout.segmenter_name(name, n)
             skey = layout.segmenter_key(seed, key)
             what = f"seed {seed}: segmenter {name}, N={n}"
@@ -337,7 +338,8 @@ def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = Non
                                            what=what, key=skey, reporter=reporter)
     oracle_n = methods.real_train_count(pconfig)
     res["oracle_n"] = oracle_n
-    cfg = methods.segmenter_config(pconfig, seg, seed, [{"kind": "split", "split": "real-train-labelled"}],
+    cfg = methods.segmenter_config(pconfig, seg, methods.role_seed(pconfig, "segmenter", seed),
+                                   [{"kind": "split", "split": "real-train-labelled"}],
                                    num_real_labelled=oracle_n)
     okey = layout.segmenter_key(seed, "oracle")
     odir = key_dir(okey)
