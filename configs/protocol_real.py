@@ -115,7 +115,13 @@ def get_config(arg=None):
         cut=_cd(kind="train", config="configs/cut.py", arg="cut-gta5_cityscapes", overrides=_cd()),
         fastcut=_cd(kind="train", config="configs/cut.py", arg="fastcut-gta5_cityscapes", overrides=_cd()),
         vsait=_cd(kind="train", config="configs/vsait.py", arg="default",
-                  overrides=_cd(model=_cd(vgg_weights=config_dict.placeholder(str)))))
+                  overrides=_cd(model=_cd(vgg_weights=config_dict.placeholder(str)))),
+        # Official generator checkpoints as rows (no training; the same weights every seed), each
+        # omitted with its reason unless --config.translators.<row>.generator_checkpoint=PATH names a
+        # latest_net_G_A.pth (CycleGAN) / latest_net_G.pth (CUT, FastCUT) or a .safetensors copy.
+        cyclegan_official=_cd(kind="checkpoint", arch="cyclegan", generator_checkpoint=config_dict.placeholder(str)),
+        cut_official=_cd(kind="checkpoint", arch="cut", generator_checkpoint=config_dict.placeholder(str)),
+        fastcut_official=_cd(kind="checkpoint", arch="cut", generator_checkpoint=config_dict.placeholder(str)))
     for k, v in CONTROLS.items():
         c.translators[k] = ml_collections.ConfigDict(v)
     c.headline = ("source_only", "dakpn", "dakpn_paper")

@@ -370,3 +370,30 @@ def test_export_translates_a_folder_with_an_official_checkpoint(tmp_path):
     for i in range(2):
         got = np.asarray(Image.open(os.path.join(out, "images", f"f{i}.png")))
         assert np.max(np.abs(got.astype(np.int32) - export.to_uint8(want[i]).astype(np.int32))) <= 1
+
+
+def test_protocol_row_from_an_official_checkpoint(tmp_path):
+    """The protocol's ``checkpoint`` kind: an official generator file is a row without a trainer
+    stage, translating as the torch network does; no file given: the row is omitted with its reason;
+    a missing file stops the preflight with one message naming the field."""
+    from configs import protocol as protocol_configs
+    from dakpn_jax.protocol import methods, preflight
+    torch.manual_seed(4)
+    ref = TorchGenerator("cut", ngf=4, n_blocks=2)
+    pth = str(tmp_path / "latest_net_G.pth")
+    torch.save(ref.state_dict(), pth)
+    pconfig = protocol_configs.get_config("tiny")
+    pconfig.translators = {"dakpn": {"kind": "dakpn"},
+                           "cut_official": {"kind": "checkpoint", "arch": "cut", "generator_checkpoint": pth},
+                           "cyclegan_official": {"kind": "checkpoint", "arch": "cyclegan", "generator_checkpoint": ""}}
+    omitted = {}
+    ts = methods.build_translators(pconfig, 1, omitted=omitted)
+    assert set(ts) == {"dakpn", "cut_official"} and not ts["cut_official"].trained
+    assert "no official cyclegan generator checkpoint" in omitted["cyclegan_official"]
+    x = _images(5)
+    fn = ts["cut_official"].make_fn(pconfig, 1)
+    want = (_torch_run(ref, x) + 1) / 2
+    np.testing.assert_allclose(np.asarray(fn((x + 1) / 2, None)), want, atol=TOL, rtol=0)
+    pconfig.translators.cut_official.generator_checkpoint = str(tmp_path / "absent.pth")
+    with pytest.raises(ValueError, match=r"config\.translators\.cut_official\.generator_checkpoint=.*absent\.pth.*no such"):
+        preflight.check_weights(pconfig)

@@ -23,6 +23,9 @@ Kinds (:data:`KINDS`, extend with :func:`register_kind`):
   ``make_translator`` (CycleGAN, CUT, FastCUT, VSAIT, ...); trained by the generic trainer.
 - ``ceiling``: the family ceiling, an ORACLE fitted on paired views (``params``: ``fit_images``,
   ``steps``, ``noise``); no trainer stage. Label it as the oracle it is.
+- ``checkpoint``: an official CycleGAN / CUT / FastCUT generator checkpoint (``arch``,
+  ``generator_checkpoint``), imported by `dakpn_jax.models.torch_import`; no trainer stage, the same
+  weights for every seed; omitted with its reason when no file is given.
 - ``control``: a training-free control of `dakpn_jax.controls` (``control``, ``params``), with a
   pool of ``config.eval.control_pool`` real-train frames as references; no trainer stage.
 
@@ -182,6 +185,27 @@ def _build_control(pconfig, spec, seed):
     return dict(trained=False, make_fn=make_fn)
 
 
+def _build_checkpoint(pconfig, spec, seed):
+    """An official CycleGAN / CUT / FastCUT generator checkpoint as a row (no trainer stage):
+    ``generator_checkpoint`` (a ``latest_net_G_A.pth`` / ``latest_net_G.pth`` or a .safetensors
+    copy) and ``arch`` (``cyclegan`` or ``cut``, FastCUT included), imported by
+    `dakpn_jax.models.torch_import`. Omitted with its reason when no file is given. The same
+    weights serve every seed: only the segmenters vary."""
+    from dakpn_jax.models import torch_import  # pylint: disable=import-outside-toplevel
+    del seed
+    path, arch = spec.get("generator_checkpoint"), spec.get("arch")
+    if arch not in torch_import.ARCHS:
+        raise ValueError(f"translator spec {spec}: kind 'checkpoint' needs arch in {torch_import.ARCHS}, got {arch!r}")
+    if not path:
+        return dict(omit=f"no official {arch} generator checkpoint given (generator_checkpoint=PATH)")
+
+    def make_fn(pc, s):
+        del pc, s
+        config, state = torch_import.restore_for_export(path, arch)
+        return registry.method_module(config.method).make_translator(config, state)
+    return dict(trained=False, make_fn=make_fn)
+
+
 _CEILINGS: dict[str, object] = {}
 
 
@@ -216,7 +240,7 @@ def _build_ceiling(pconfig, spec, seed):
 
 
 KINDS: dict[str, Callable] = {"dakpn": _build_dakpn, "train": _build_train, "control": _build_control,
-                              "ceiling": _build_ceiling}
+                              "ceiling": _build_ceiling, "checkpoint": _build_checkpoint}
 
 
 def register_kind(name: str, build: Callable) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-WEIGHT_FIELDS = ("pretrained", "weights", "vgg_weights", "segmenter_weights")
+WEIGHT_FIELDS = ("pretrained", "weights", "vgg_weights", "segmenter_weights", "generator_checkpoint")
 _DATA_DIRS = ("data_dir", "synthetic_dir", "real_dir")
 
 
