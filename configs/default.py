@@ -60,7 +60,7 @@ def get_config(arg=None):
     c.random_flip = True
     c.batch_size = 8
     c.features = "onehot"          # or "segmenter" (+ segmenter_workdir)
-    c.segmenter_workdir = ""
+    c.segmenter_workdir = ""       # a segmentation run: features="segmenter" and loss.d_condition="segmenter" use it
     c.model = ml_collections.ConfigDict(dict(
         num_classes=19, head="linear", hidden=32, sigma0=1.0, sigma_param="neighbour_weight",
         kernel_size=9, impl="auto", param_size=(16, 32), tile_size=(16, 32), low_size=(32, 64),
@@ -68,6 +68,11 @@ def get_config(arg=None):
         ablate=(),                 # switched-off components, subset of dakpn.ABLATIONS (affine, blur, noise)
         disc=ml_collections.ConfigDict(dict(ndf=32, n_layers=3, norm="batch", num_D=1))))
     c.loss = ml_collections.ConfigDict(dict(form="saturating", identity=1.0, r1=0.0, d_inputs=("tile", "low")))
+    # D conditioned on a semantic map (dakpn.py, "Conditioned D"): "none" (the paper: RGB only) or
+    # "segmenter" (needs segmenter_workdir, the frozen segmenter run on the real frames).
+    c.loss.d_condition = "none"
+    c.loss.d_condition_fake = "labels"   # the fakes' map: "labels" (synthetic one-hot) or "segmenter" (on the untranslated frame)
+    c.loss.d_condition_probs = "hard"    # segmenter maps: "hard" (one-hot argmax) or "soft" (softmax)
     c.optim = ml_collections.ConfigDict(dict(lr=3e-4, lr_D=1e-4, b1=0.5, b2=0.999, eps=1e-8,
                                              schedule="cosine", warmup_steps=0,
                                              kpn_lr_scale=(1.0, 1.0, 1.0)))  # (affine, blur, noise) x lr
