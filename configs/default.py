@@ -19,6 +19,10 @@
   0.25, 0.1)`` (affine, blur, noise) gained on data seed 0 (600 steps: 19.14 dB, 48.9% of the gap;
   ``fast`` 18.69, 43.6%) but lost on data seed 1 (``fast`` 15.88 dB, 8.4%, against 17.37, 26.2%
   here), so these rates stay the default; the multipliers default to 1.
+  A discriminator conditioned on semantic maps (``loss.d_condition = "segmenter"``: synthetic
+  labels / a source-only segmenter's argmax on real next to the image) lost on all three data
+  seeds (``fast``, training seed 0: 16.45 / 17.03 / 16.54 dB against 17.03 / 17.08 / 17.01
+  unconditioned; the segmenter's real-side maps are poor and D wins; docs/notes/issue23.md), so ``loss.d_condition`` stays ``"none"``.
 - ``"fast"``: the same schedule compressed into 300 steps (a quick look).
 - ``"tiny"``: seconds-long test variant: 32 x 64 frames, 8 x 16 grid, 8 x 16 tiles, K = 5, a
   2-layer D with 4 filters, batch 8, 4 steps.
