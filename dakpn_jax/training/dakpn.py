@@ -39,6 +39,22 @@ Frozen segmenter: ``config.features = "segmenter"`` loads ``(apply_fn, params)``
 them from ``make_train_step(config, segmenter=...)``). Its params are constants closed over by the
 step, outside the state, and its logits pass through ``stop_gradient``: they never change.
 
+Conditioned D (``config.loss.d_condition = "segmenter"``; default ``"none"``: D sees RGB only, the
+paper): D sees ``concat(view, s)``, s a (C-channel) semantic map of the same pixels that the KPN
+cannot change. Its optimal logit is then log p_r(s) / p_f(s) + log p_r(x | s) / p_f(x | s), and
+only the second term depends on x: a D that separates the domains by class frequencies (real scenes
+have other class proportions than synthetic ones, which the translation family cannot change) no
+longer pulls the KPN into recolouring classes. Fake side (``loss.d_condition_fake``): ``"labels"``,
+the synthetic labels one-hot, or ``"segmenter"``, the frozen segmenter on the untranslated synthetic
+frame (the same map function on both sides). Real side: the frozen segmenter (the one the features
+use, ``segmenter_workdir`` / ``segmenter_weights``) on the real frame. ``loss.d_condition_probs``:
+``"soft"`` (softmax) or ``"hard"`` (one-hot argmax) segmenter maps; hard maps make s the same kind of
+object on both sides with ``"labels"`` (one-hot), so D cannot tell the domains apart by the maps'
+confidence alone. The map of the full frame is cropped at the tile's own position (the synthetic
+tile's for the fakes, the real tile's for the real one) and area-resized to ``low_size`` for the low
+view; it passes through ``stop_gradient`` and the segmenter's params are constants of the step.
+Works with both update rules; R1 is the gradient w.r.t. the image channels only.
+
 Noise: ``config.model.noise = "fixed"`` (paper): one seeded N(0, 1) field at the training frame
 size (``translation.noise_field``); the tile uses the crop at the tile's position, the low view a
 field of its own size. ``"fresh"``: new per-sample noise every step from the state's key.
@@ -111,6 +127,10 @@ SCHEDULES = ("constant", "cosine", "linear")
 UPDATES = ("alternating", "gradient_reversal")
 TILE_GRIDS = ("random", "aligned")
 LOW_PARAMS = ("rescaled", "unscaled")
+D_CONDITIONS = ("none", "segmenter")
+"""``loss.d_condition``: what D sees next to the image (module docstring, "Conditioned D")."""
+D_CONDITION_FAKE = ("labels", "segmenter")
+D_CONDITION_PROBS = ("soft", "hard")
 GRID_CELLS = 8
 """The aligned tile grid is GRID_CELLS x GRID_CELLS tiles of (H // 8, W // 8) (the authors' code)."""
 ABLATIONS = ("affine", "blur", "noise")
@@ -166,7 +186,10 @@ def _check_config(config) -> None:
               ("optim.schedule", _get(config.optim, "schedule", "constant"), SCHEDULES),
               ("loss.update_rule", _get(l, "update_rule", "alternating"), UPDATES),
               ("model.tile_grid", _get(m, "tile_grid", "random"), TILE_GRIDS),
-              ("model.low_params", _get(m, "low_params", "rescaled"), LOW_PARAMS)]
+              ("model.low_params", _get(m, "low_params", "rescaled"), LOW_PARAMS),
+              ("loss.d_condition", l.d_condition, D_CONDITIONS),
+              ("loss.d_condition_fake", l.d_condition_fake, D_CONDITION_FAKE),
+              ("loss.d_condition_probs", l.d_condition_probs, D_CONDITION_PROBS)]
     for name, value, allowed in checks:
         if value not in allowed:
             raise ValueError(f"config.{name}={value!r} must be one of {allowed}")
@@ -176,10 +199,11 @@ def _check_config(config) -> None:
     if m.kernel_size < 1 or m.kernel_size % 2 == 0:
         raise ValueError(f"config.model.kernel_size={m.kernel_size} must be a positive odd int")
     ablation_of(config)
-    if (_get(config, "features", "onehot") == "segmenter" and not _get(config, "segmenter_workdir", None)
-            and not _get(config, "segmenter_weights", None)):
-        raise ValueError("config.features='segmenter' needs config.segmenter_workdir (a segmentation run) or "
-                         "config.segmenter_weights (a torchvision-layout FCN-ResNet50 .pth / .safetensors)")
+    for name, used in (("features", _get(config, "features", "onehot") == "segmenter"),
+                       ("loss.d_condition", l.d_condition == "segmenter")):
+        if used and not _get(config, "segmenter_workdir", None) and not _get(config, "segmenter_weights", None):
+            raise ValueError(f"config.{name}='segmenter' needs config.segmenter_workdir (a segmentation run) or "
+                             "config.segmenter_weights (a torchvision-layout FCN-ResNet50 .pth / .safetensors)")
     if _get(l, "update_rule", "alternating") == "gradient_reversal":
         if l.form != "saturating" or float(l.r1) > 0:
             raise ValueError(f"config.loss.update_rule='gradient_reversal' is the saturating minimax objective: it "
@@ -196,9 +220,14 @@ def make_kpn(config, rngs: nnx.Rngs) -> KPNHead:
                    sigma_max=default_sigma_max(m.kernel_size), rngs=rngs)
 
 
+def d_in_channels(config) -> int:
+    """D's input channels: RGB, plus the C-channel semantic map when ``loss.d_condition`` is on."""
+    return 3 + (int(config.model.num_classes) if config.loss.d_condition != "none" else 0)
+
+
 def make_discriminator(config, rngs: nnx.Rngs) -> PatchGANPyramid:
     d = config.model.disc
-    return PatchGANPyramid(3, num_D=d.num_D, ndf=d.ndf, n_layers=d.n_layers, norm=d.norm,
+    return PatchGANPyramid(d_in_channels(config), num_D=d.num_D, ndf=d.ndf, n_layers=d.n_layers, norm=d.norm,
                            arch=_get(d, "arch", "patchgan"), init=_get(d, "init", "normal"), rngs=rngs)
 
 
@@ -319,6 +348,79 @@ def make_feature_fn(config, segmenter=None) -> Callable:
         return area_resize(logits, size)
 
     return features
+
+
+def needs_segmenter(config) -> bool:
+    """True when the step uses the frozen segmenter: segmenter features or the conditioned D."""
+    return _get(config, "features", "onehot") == "segmenter" or config.loss.d_condition == "segmenter"
+
+
+def make_segmenter_probs(config, segmenter) -> Callable:
+    """``probs(images (B, H, W, 3)) -> (B, H, W, C)``: the frozen segmenter's class probabilities
+    at the frame size, ``stop_gradient(softmax(logits))`` (``loss.d_condition_probs = "soft"``) or
+    the one-hot of its argmax (``"hard"``). With ``segmenter_input_size`` the segmenter sees the
+    frame resized to it (as for the features) and its logits are resized back (linear) first."""
+    apply_fn, seg_params = segmenter
+    C = config.model.num_classes
+    in_size = _get(config, "segmenter_input_size", None)
+    hard = config.loss.d_condition_probs == "hard"
+
+    def probs(images):
+        B, H, W, _ = images.shape
+        x = images
+        if in_size:
+            x = jax.image.resize(x, (B, *_pair(in_size, "segmenter_input_size"), 3), method="linear", antialias=True)
+        logits = apply_fn(seg_params, x).astype(jnp.float32)
+        if logits.shape[-1] != C:
+            raise ValueError(f"segmenter logits have {logits.shape[-1]} classes, config.model.num_classes={C}")
+        if logits.shape[1:3] != (H, W):
+            logits = jax.image.resize(logits, (B, H, W, C), method="linear")
+        p = jax.nn.one_hot(jnp.argmax(logits, axis=-1), C, dtype=jnp.float32) if hard else jax.nn.softmax(logits)
+        return jax.lax.stop_gradient(p)
+
+    return probs
+
+
+def make_condition_fn(config, segmenter=None) -> Callable | None:
+    """None for ``loss.d_condition = "none"``; else ``conditions(x, y, r, dv) -> {"fake": {view: s},
+    "real": {view: s}}``, the semantic maps D sees next to each view (module docstring,
+    "Conditioned D"): per frame a (B, H, W, C) map, cropped at the view's tile position (``dv["pos"]``
+    for the fakes, ``dv["real_pos"]`` for the real tile) or area-resized to ``low_size``. Fake side:
+    the synthetic labels one-hot (``loss.d_condition_fake = "labels"``, ignore pixels all zero) or
+    the segmenter on the *untranslated* synthetic frame (``"segmenter"``); real side: the segmenter
+    on the real frame. Nothing here depends on the KPN: the maps are constants for both players."""
+    if config.loss.d_condition == "none":
+        return None
+    l = config.loss
+    C = config.model.num_classes
+    probs = make_segmenter_probs(config, segmenter if segmenter is not None else load_segmenter(config))
+    low = low_size(config)
+    views = tuple(l.d_inputs)
+
+    def conditions(x, y, r, dv):
+        tile = dv["tile"]
+        if l.d_condition_fake == "labels":
+            s_fake = jax.nn.one_hot(y.astype(jnp.int32), C, dtype=jnp.float32)  # 255 -> zeros
+        else:
+            s_fake = probs(x)
+        s_real = probs(r)
+        out = {"fake": {"tile": _crop(s_fake, dv["pos"], tile)}, "real": {"tile": _crop(s_real, dv["real_pos"], tile)}}
+        if "low" in views:
+            out["fake"]["low"] = area_resize(s_fake, low)
+            if "low" in dv["reals"]:
+                out["real"]["low"] = area_resize(s_real, low)
+        return out
+
+    return conditions
+
+
+def with_condition(image: jax.Array, cond: jax.Array | None) -> jax.Array:
+    """D's input: the image, or ``concat(image, cond)`` on the channel axis."""
+    return image if cond is None else jnp.concatenate([image, cond.astype(image.dtype)], axis=-1)
+
+
+def _conds(conds: dict | None, side: str, view: str):
+    return None if conds is None else conds[side].get(view)
 
 
 def grid_for(config, height: int, width: int) -> tuple[int, int]:
@@ -457,9 +559,10 @@ def _levels_mean(fn, *logits: list) -> jax.Array:
     return sum(fn(*(a.astype(jnp.float32) for a in ls)) for ls in zip(*logits)) / len(logits[0])
 
 
-def r1_penalty(d: nnx.Module, real: jax.Array) -> jax.Array:
-    """``E_batch |grad_x sum D(x)|^2`` at real images (the sum runs over positions and levels)."""
-    grads = jax.grad(lambda x: sum(jnp.sum(l) for l in d(x)))(real)
+def r1_penalty(d: nnx.Module, real: jax.Array, cond: jax.Array | None = None) -> jax.Array:
+    """``E_batch |grad_x sum D(x)|^2`` at real images (the sum runs over positions and levels); with
+    a condition ``cond``, D sees ``concat(x, cond)`` and the gradient is taken w.r.t. the image only."""
+    grads = jax.grad(lambda x: sum(jnp.sum(l) for l in d(with_condition(x, cond))))(real)
     return jnp.mean(jnp.sum(jnp.square(grads), axis=(1, 2, 3)))
 
 
@@ -516,7 +619,7 @@ def make_generate(config) -> Callable:
 
 def draw_views(config, rng, x: jax.Array, r: jax.Array) -> dict:
     """The step's random draws from the state key ``rng`` (raw): ``{"pos": (B, 2) synthetic tile
-    corners, "reals": {"tile": (B, th, tw, 3), "low": resize(r) when the real low view is on},
+    corners, "real_pos": (B, 2) real tile corners, "reals": {"tile": (B, th, tw, 3), "low": resize(r) when the real low view is on},
     "k_noise": typed key, "tile": (th, tw), "rng": the next raw state key}``."""
     views = tuple(config.loss.d_inputs)
     B, frame = x.shape[0], x.shape[1:3]
@@ -533,10 +636,11 @@ def draw_views(config, rng, x: jax.Array, r: jax.Array) -> dict:
     else:
         pos = random_positions(wrap(k_pos), B, frame, tile)
     # The real tile: a uniform crop of the same size (the real frame has its own size).
-    reals = {"tile": _crop(r, random_positions(wrap(k_real), B, r.shape[1:3], tile), tile)}
+    real_pos = random_positions(wrap(k_real), B, r.shape[1:3], tile)
+    reals = {"tile": _crop(r, real_pos, tile)}
     if "low" in views and _get(config.loss, "real_low", True):
         reals["low"] = area_resize(r, low_size(config))
-    return {"pos": pos, "reals": reals, "k_noise": wrap(k_noise), "tile": tile, "rng": rng}
+    return {"pos": pos, "real_pos": real_pos, "reals": reals, "k_noise": wrap(k_noise), "tile": tile, "rng": rng}
 
 
 def make_gradient_reversal_loss(config, *, segmenter=None) -> Callable:
@@ -546,7 +650,10 @@ def make_gradient_reversal_loss(config, *, segmenter=None) -> Callable:
     gd = graphdefs(config)
     l = config.loss
     views, w_idt = tuple(l.d_inputs), float(l.identity)
+    if segmenter is None and needs_segmenter(config):
+        segmenter = load_segmenter(config)
     feature_fn = make_feature_fn(config, segmenter)
+    condition_fn = make_condition_fn(config, segmenter)
     generate = make_generate(config)
     grid = param_size(config)
 
@@ -557,14 +664,15 @@ def make_gradient_reversal_loss(config, *, segmenter=None) -> Callable:
         dv = draw_views(config, rng, x, r)
         feats = feature_fn(x, y, grid)
         fakes, theta = generate(params["kpn"], x, feats, dv["pos"], dv["k_noise"], dv["tile"])
+        conds = condition_fn(x, y, r, dv) if condition_fn is not None else None
         d = gc.merge(gd["D"], params["D"])
         out, v_real, v_fake = {}, 0.0, 0.0
         for v in views:
-            lf = d(grad_reverse(fakes[v]))
+            lf = d(with_condition(grad_reverse(fakes[v]), _conds(conds, "fake", v)))
             fake_term = _levels_mean(lambda b: d_loss_fake("saturating", b), lf)
             term = fake_term
             if v in dv["reals"]:
-                lr_ = d(dv["reals"][v])
+                lr_ = d(with_condition(dv["reals"][v], _conds(conds, "real", v)))
                 real_term = _levels_mean(lambda a: jnp.mean(jax.nn.softplus(-a)), lr_)
                 out[f"D_real_{v}"] = _levels_mean(jnp.mean, lr_)
                 v_real, term = v_real + real_term, term + real_term
@@ -592,18 +700,22 @@ def make_train_step(config, *, segmenter=None) -> Callable:
     tx = make_optimizers(config)
     lr_schedule = make_schedule(config, config.optim.lr)
     l = config.loss
+    if segmenter is None and needs_segmenter(config):
+        segmenter = load_segmenter(config)
     feature_fn = make_feature_fn(config, segmenter)
+    condition_fn = make_condition_fn(config, segmenter)
     form, views = l.form, tuple(l.d_inputs)
     w_idt, w_r1 = float(l.identity), float(l.r1)
     grid = param_size(config)
     generate = make_generate(config)
 
-    def d_objective(d_params, reals, fakes):
+    def d_objective(d_params, reals, fakes, conds=None):
         d = gc.merge(gd["D"], d_params)
         out = {}
         for v in views:
-            lr_ = d(reals[v]) if v in reals else None  # real first: the default path's op order
-            lf = d(fakes[v])
+            # real first: the default path's op order
+            lr_ = d(with_condition(reals[v], _conds(conds, "real", v))) if v in reals else None
+            lf = d(with_condition(fakes[v], _conds(conds, "fake", v)))
             if lr_ is not None:
                 out[f"loss_D_{v}"] = _levels_mean(lambda a, b: d_loss(form, a, b), lr_, lf)
                 out[f"D_real_{v}"] = _levels_mean(jnp.mean, lr_)
@@ -612,13 +724,14 @@ def make_train_step(config, *, segmenter=None) -> Callable:
             out[f"D_fake_{v}"] = _levels_mean(jnp.mean, lf)
         loss = sum(out[f"loss_D_{v}"] for v in views)
         if w_r1 > 0:
-            out["r1"] = sum(r1_penalty(d, reals[v]) for v in views if v in reals)
+            out["r1"] = sum(r1_penalty(d, reals[v], _conds(conds, "real", v)) for v in views if v in reals)
             loss = loss + 0.5 * w_r1 * out["r1"]
         return loss, out
 
-    def g_objective(fakes, d_params, x_tile):
+    def g_objective(fakes, d_params, x_tile, conds=None):
         d = gc.merge(gd["D"], d_params)
-        adv = sum(_levels_mean(lambda a: g_loss(form, a), d(fakes[v])) for v in views)
+        adv = sum(_levels_mean(lambda a: g_loss(form, a), d(with_condition(fakes[v], _conds(conds, "fake", v))))
+                  for v in views)
         idt = jnp.mean(jnp.square(fakes["tile"] - x_tile))
         return adv + w_idt * idt, {"loss_G_adv": adv, "loss_identity": idt}
 
@@ -630,6 +743,7 @@ def make_train_step(config, *, segmenter=None) -> Callable:
         dv = draw_views(config, state["rng"], x, r)
         pos, reals, tile = dv["pos"], dv["reals"], dv["tile"]
         feats = feature_fn(x, y, grid)
+        conds = condition_fn(x, y, r, dv) if condition_fn is not None else None  # constants for both players
         params = state["params"]
 
         # The translation once, with its pullback for the G update.
@@ -637,12 +751,12 @@ def make_train_step(config, *, segmenter=None) -> Callable:
         const_fakes = jax.lax.stop_gradient(fakes)
 
         # 1. D update against the current translation.
-        (loss_d, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(params["D"], reals, const_fakes)
+        (loss_d, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(params["D"], reals, const_fakes, conds)
         d_params, opt_d = gc.apply_updates(tx["D"], params["D"], d_grads, state["opt"]["D"])
 
         # 2. G (KPN head) update against the updated D.
         (loss_g, g_aux), fake_grads = jax.value_and_grad(g_objective, has_aux=True)(
-            const_fakes, d_params, _crop(x, pos, tile))
+            const_fakes, d_params, _crop(x, pos, tile), conds)
         (kpn_grads,) = pullback((fake_grads, jnp.zeros_like(theta)))
         kpn_params, opt_k = gc.apply_updates(tx["kpn"], params["kpn"], kpn_grads, state["opt"]["kpn"])
 
