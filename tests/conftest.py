@@ -176,6 +176,32 @@ def one_and_eight_device_steps_float64(make_train_step, config, states, batches)
     return out
 
 
+def np_box(x, size):
+    """(B, H, W, C) -> (B, h, w, C) box means in float64 (h | H, w | W): the reference of DA-KPN's
+    area resize where the cells tile the frame exactly."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    b, H, W, C = x.shape
+    h, w = size
+    return np.asarray(x, np.float64).reshape(b, h, H // h, w, W // w, C).mean(axis=(2, 4))
+
+
+def reference_tile_positions(key, batch, frame, tile):
+    """(batch, 2) tile corners as DA-KPN's step draws them from ``key``: row and column uniform over
+    every legal offset, edges included (the tests' reading of the step's draw)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    ki, kj = jax.random.split(key)
+    i = np.asarray(jax.random.randint(ki, (batch,), 0, frame[0] - tile[0] + 1))
+    j = np.asarray(jax.random.randint(kj, (batch,), 0, frame[1] - tile[1] + 1))
+    return np.stack([i, j], -1)
+
+
+def crop(x, pos, tile):
+    """The ``tile``-sized window of each image at its corner ``pos[b]``."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    return np.stack([np.asarray(x)[b, i:i + tile[0], j:j + tile[1]] for b, (i, j) in enumerate(pos)])
+
+
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pyproject's addopts): one worker per core this process may run on (its CPU
     affinity, so ``taskset -c 0`` gives one worker), at most 2: each worker holds a jax runtime

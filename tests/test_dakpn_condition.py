@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from conftest import crop, np_box, reference_tile_positions
 from dakpn_jax.data import procedural
 from dakpn_jax.training import dakpn
 from dakpn_jax.training import gan_common as gc
@@ -53,21 +54,8 @@ def np_probs(images, w, probs):
     return e / e.sum(-1, keepdims=True)
 
 
-def np_box(x, size):
-    b, H, W, C = x.shape
-    h, w = size
-    return np.asarray(x, np.float64).reshape(b, h, H // h, w, W // w, C).mean(axis=(2, 4))
-
-
 def tile_positions(key, frame, tile):
-    ki, kj = jax.random.split(key)
-    i = np.asarray(jax.random.randint(ki, (B,), 0, frame[0] - tile[0] + 1))
-    j = np.asarray(jax.random.randint(kj, (B,), 0, frame[1] - tile[1] + 1))
-    return np.stack([i, j], -1)
-
-
-def crop(x, pos, tile):
-    return np.stack([np.asarray(x)[b, i:i + tile[0], j:j + tile[1]] for b, (i, j) in enumerate(pos)])
+    return reference_tile_positions(key, B, frame, tile)
 
 
 def reference_maps(c, rng, batch, w):

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from conftest import crop, np_box, reference_tile_positions
 from dakpn_jax import translation
 from dakpn_jax.data import procedural
 from dakpn_jax.models import kpn as kpn_lib
@@ -66,27 +67,13 @@ def bce(logits, target):
     return float(np.mean(np.maximum(l, 0) - l * target + np.log1p(np.exp(-np.abs(l)))))
 
 
-def np_box(x, size):
-    """(B, H, W, C) -> (B, h, w, C) block means (h | H, w | W)."""
-    b, H, W, C = x.shape
-    h, w = size
-    return np.asarray(x, np.float64).reshape(b, h, H // h, w, W // w, C).mean(axis=(2, 4))
-
-
 def np_onehot_cells(labels, num_classes, size):
     onehot = (np.asarray(labels)[..., None] == np.arange(num_classes)).astype(np.float64)  # 255 -> zeros
     return np_box(onehot, size)
 
 
 def tile_positions(key, frame, tile):
-    ki, kj = jax.random.split(key)
-    i = np.asarray(jax.random.randint(ki, (B,), 0, frame[0] - tile[0] + 1))
-    j = np.asarray(jax.random.randint(kj, (B,), 0, frame[1] - tile[1] + 1))
-    return np.stack([i, j], -1)
-
-
-def crop(x, pos, tile):
-    return np.stack([np.asarray(x)[b, i:i + tile[0], j:j + tile[1]] for b, (i, j) in enumerate(pos)])
+    return reference_tile_positions(key, B, frame, tile)
 
 
 def reference(c, state, new_state, batch):
