@@ -35,8 +35,7 @@ from dakpn_jax.protocol import layout, methods, records, report
 from dakpn_jax.protocol.console import StageReporter, stage_kind
 
 log = logging.getLogger("dakpn_jax.protocol")
-STAGE_FILE, CONFUSIONS = layout.STAGE_FILE, layout.CONFUSIONS  # stages.STAGE_FILE, as before
-json_default, load_confusions, stage_timing = layout.json_default, layout.load_confusions, layout.stage_timing
+STAGE_FILE = layout.STAGE_FILE  # protocol.STAGE_FILE, as before
 NO_PAIRED_VIEW = ("this data has no paired view (the same scene in both domains), so paired PSNR / SSIM / SWD, "
                   "class colour error and the paired grid are not computed; the model score (the oracle segmenter "
                   "of this run on each translated set) and real-val mIoU are")
@@ -69,7 +68,7 @@ def stage(directory: str, fn: Callable[[str], dict], *, what: str,
     wall0 = time.perf_counter()
     result = fn(directory)
     timing = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - c0}
-    text = json.dumps({"stage": what, "result": result, "timing": timing}, indent=1, default=json_default)
+    text = json.dumps({"stage": what, "result": result, "timing": timing}, indent=1, default=layout.json_default)
     tmp = marker + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
@@ -362,7 +361,7 @@ def collect_timings(workdir: str, pconfig) -> dict:
     """{stage key: {wall_s, cpu_s}} read back from the stage markers (the measured profile)."""
     out = {}
     for key, _, _ in plan(pconfig):
-        t = stage_timing(os.path.join(workdir, key))
+        t = layout.stage_timing(os.path.join(workdir, key))
         if t is not None:
             out[key] = t
     return out
