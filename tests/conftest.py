@@ -243,3 +243,17 @@ def official_tree(root, pair):
         trees.TREES[name][1](folder, rng)
         out[field] = folder
     return out
+
+
+def procedural_batch(data, n, real_offset=0):
+    """A DA-KPN training batch from the procedural benchmark of ``data``: synthetic-train frames
+    0..n-1 with their labels, and real-train frames ``real_offset``..``real_offset + n - 1`` (an
+    offset makes the real frames different scenes from the synthetic ones). Images float32 in [0, 1]."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
+    syn = procedural.make_source("synthetic-train", data)
+    real = procedural.make_source("real-train", data)
+    items = [syn[i] for i in range(n)]
+    return {"synthetic": np.stack([it["image"] for it in items]).astype(np.float32) / 255.0,
+            "label": np.stack([it["label"] for it in items]),
+            "real": np.stack([real[i + real_offset]["image"] for i in range(n)]).astype(np.float32) / 255.0}

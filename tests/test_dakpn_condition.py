@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from conftest import crop, np_box, reference_tile_positions
-from dakpn_jax.data import procedural
+from conftest import crop, np_box, procedural_batch, reference_tile_positions
 from dakpn_jax.training import dakpn
 from dakpn_jax.training import gan_common as gc
 
@@ -30,12 +29,7 @@ def _config(condition="segmenter", fake="labels", probs="hard", **loss):
 
 
 def _batch(c):
-    syn = procedural.make_source("synthetic-train", c.data)
-    real = procedural.make_source("real-train", c.data)
-    items = [syn[i] for i in range(B)]
-    return {"synthetic": np.stack([it["image"] for it in items]).astype(np.float32) / 255.0,
-            "label": np.stack([it["label"] for it in items]),
-            "real": np.stack([real[i + 3]["image"] for i in range(B)]).astype(np.float32) / 255.0}
+    return procedural_batch(c.data, B, real_offset=3)
 
 
 def _segmenter(C):
