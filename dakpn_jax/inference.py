@@ -21,6 +21,12 @@ host constants closed over by the function, so it runs on whatever devices the s
 computation uses, e.g. under your own mesh with ``images`` sharded over a ``'data'`` axis), or call
 it eagerly (every call is then jitted per input shape).
 
+On CPU with jaxlib 0.10, an *untrained* DA-KPN translator (step 0: the KPN's output layer is all
+zeros) inside your own ``jax.jit`` can be miscompiled by XLA:CPU, which reads an all-zero constant
+kernel as uninitialised memory (docs/notes/xla_cpu_constants.md). Eager calls are safe (the library
+passes the weights as arguments); inside your own jit on CPU, set
+``JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=True`` (constants become arguments) or translate a trained run.
+
 The run is read from ``workdir/config.json`` and the orbax checkpoint ``workdir/checkpoints/<step>``
 (``step=None``: the latest, through :func:`dakpn_jax.training.trainer.restore_state`) with a
 read-only checkpoint manager; nothing in ``workdir`` is created or changed.

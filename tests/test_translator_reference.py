@@ -106,6 +106,35 @@ def test_translator_matches_independent_computation_from_kpn_params(frame):
     assert float(np.max(np.abs(translate_with(shifted) - want))) > 100 * tol
 
 
+def test_untrained_translator_is_the_start_translation_at_every_compilation():
+    """An untrained KPN (zero output kernel: theta = the bias everywhere) translates as the public
+    ``translate`` does with that constant theta, at each of ten frame sizes (ten compilations).
+
+    Regression: with the weights closed over as constants, jaxlib 0.10's XLA:CPU miscompiled the
+    all-zero 1x1 convolution into reads of uninitialised memory in about half of the compilations
+    (outputs all 0 / 1, 1e30 or NaN). Tolerance as in the test above with K = 0: 4 eps32."""
+    config = default_configs.get_config("tiny")
+    with config.unlocked():
+        config.model.head = "linear"
+        config.model.sigma_param = "sigma"  # the head's sigma outputs are sigma in px
+    state = dakpn.init_state(config, jax.random.key(0))
+    kernel, bias = _kernel_and_bias(state["params"]["kpn"])
+    assert not np.any(np.asarray(kernel))  # the paper's start: a zero head
+    fn = dakpn.make_translator(config, state)
+    r = np.random.default_rng(2)
+    for H, W in [(32, 64), (32, 48), (24, 64), (16, 32), (40, 40), (29, 61), (8, 8), (48, 16), (33, 35), (64, 32)]:
+        images = r.random((2, H, W, 3), dtype=np.float32)
+        labels = r.integers(0, config.model.num_classes, (2, H, W)).astype(np.int32)
+        h, w = dakpn.grid_for(config, H, W)
+        theta = jnp.broadcast_to(jnp.asarray(bias, jnp.float32), (2, h, w, 12))
+        noise = jnp.broadcast_to(translation.noise_field(config.model.noise_seed, H, W,
+                                                         base_size=dakpn.frame_size(config)), (2, H, W, 3))
+        want = np.asarray(dk.translate(jnp.asarray(images), theta, noise, kernel_size=config.model.kernel_size))
+        got = np.asarray(fn(jnp.asarray(images), jnp.asarray(labels)))
+        err = float(np.max(np.abs(got - want))) if np.all(np.isfinite(got)) else float("inf")
+        assert err <= 4 * EPS32, ((H, W), err)
+
+
 def _kernel_and_bias(kpn):
     leaves = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(kpn)[0]}
     (kernel,) = [x for p, x in leaves.items() if p.endswith("['kernel']")]

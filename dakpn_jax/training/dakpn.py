@@ -824,17 +824,24 @@ def make_translator(config, state, *, segmenter=None) -> Callable:
     feature_fn = make_feature_fn(config, segmenter)
     base = frame_size(config)
 
+    # The weights enter the jitted function as an argument, not as closed-over constants: jaxlib
+    # 0.10's XLA:CPU can miscompile a convolution whose kernel is an all-zero constant (the KPN's
+    # zero-initialised output layer, i.e. any untrained translator) into reads of uninitialised
+    # memory (garbage or NaN, differing between compilations); see docs/notes/xla_cpu_constants.md.
     @jax.jit
-    def translate_fn(images, labels, rng=None):
+    def translate_with_params(params, images, labels, rng):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"translate_fn: images must be (B, H, W, 3), got {images.shape}")
         H, W = images.shape[1:3]
         x = images.astype(jnp.float32)
         feats = feature_fn(x, labels, grid_for(config, H, W))
-        theta = predict_params(gc.merge(kpn_gd, kpn_params), feats, x, ablation_of(config))
+        theta = predict_params(gc.merge(kpn_gd, params), feats, x, ablation_of(config))
         noise = (translation.noise_field(m.noise_seed, H, W, base_size=base) if rng is None
                  else translation.sample_noise(rng, x.shape[0], H, W))
         return translation.translate(x, theta, noise, kernel_size=m.kernel_size, impl=m.impl)
+
+    def translate_fn(images, labels, rng=None):
+        return translate_with_params(kpn_params, images, labels, rng)
 
     return translate_fn
 

@@ -259,7 +259,9 @@ def translate_with(graphdef, params, images: jax.Array, n_down: int) -> jax.Arra
 def make_translator(graphdef, params, n_down: int):
     """The shared contract's ``translate_fn(images (B,H,W,3) [0,1], labels) -> (B,H,W,3)``, jitted;
     GAN translators ignore the labels."""
-    return jax.jit(lambda images, labels=None: translate_with(graphdef, params, images, n_down))
+    # Weights as a jit argument, not closed-over constants (see dakpn.make_translator for why).
+    run = jax.jit(lambda p, images: translate_with(graphdef, p, images, n_down))
+    return lambda images, labels=None: run(params, images)
 
 
 def evaluate_paired(config, translate_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
