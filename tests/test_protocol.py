@@ -3,6 +3,7 @@ intervals in results.json, stage reuse), pairing, and the report's numbers again
 computations."""
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -149,6 +150,19 @@ def test_summary_comparisons_and_markdown_numbers():
         protocol.segmenter_sources(pconfig, {"kind": "split", "split": "synthetic-train"}, 2)
     with pytest.raises(ValueError, match="nope.py"):
         protocol.load_config_file("configs/nope.py")
+
+
+def test_load_config_file_leaves_sys_path_as_it_was(monkeypatch):
+    """A config file that imports configs.default loads; afterwards sys.path is what it was (the
+    repository root is not left in front of a user's own packages)."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != repo])
+    for name in ("configs", "configs.default"):  # imported afresh, through the path it adds
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    before = list(sys.path)
+    config = protocol.load_config_file("configs/cyclegan.py", "tiny")
+    assert config.method == "cyclegan"
+    assert sys.path == before
 
 
 def test_one_seed_report_has_no_spread_and_per_class_table_only_present_classes(tmp_path):

@@ -61,10 +61,18 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
     spec = importlib.util.spec_from_file_location(f"_protocol_cfg_{os.path.basename(path)[:-3]}", full)
     module = importlib.util.module_from_spec(spec)
     import sys  # pylint: disable=import-outside-toplevel
-    if _REPO not in sys.path:  # config files import configs.default etc.
+    # Config files import configs.default etc.: the repository root is on sys.path while the file
+    # runs and get_config builds, then taken off again (a user's own `configs` package is not
+    # shadowed afterwards; the modules already imported stay in sys.modules).
+    added = _REPO not in sys.path
+    if added:
         sys.path.insert(0, _REPO)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    try:
+        spec.loader.exec_module(module)
+        return module.get_config(arg)
+    finally:
+        if added and _REPO in sys.path:
+            sys.path.remove(_REPO)
 
 
 def override(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
