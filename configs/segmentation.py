@@ -27,6 +27,9 @@ Fields read by `dakpn_jax.training.segmentation` (SegFormer configs build on the
   ``{"decode_head": 10.0}`` for SegFormer).
 - ``crop_size`` (None = full frames), ``random_flip``, ``eval_batch_size`` (global, rounded up to
   a multiple of the device count), ``eval_images`` (None = the whole eval split).
+- ``ema_decay``: weight averaging, ema <- d ema + (1 - d) params after every step, scored instead
+  of the trained weights (0 = off); ``eval_flip``: flip test-time augmentation, the mean of the
+  logits of the image and of its mirror image (off by default; issue 24's recipe candidates).
 """
 import dataclasses
 
@@ -74,6 +77,8 @@ def get_config(arg=None):
     c.keep_checkpoints = 3
     c.eval_batch_size = 16
     c.eval_images = config_dict.placeholder(int)  # None: the whole eval split; --config.eval_images=N works
+    c.ema_decay = 0.0       # weight averaging of the scored weights; 0 = off
+    c.eval_flip = False     # flip test-time augmentation when scoring
     if arg == "tiny":
         c.data = data_config(32, 64)
         c.data.update(num_synthetic_train=32, num_real_train=8, num_real_labelled=4, num_real_val=8,

@@ -210,3 +210,63 @@ def test_segformer_state_is_checkpointable_and_its_step_traces():
              "label": jax.ShapeDtypeStruct((2, 32, 64), jnp.uint8)}
     new, metrics = jax.eval_shape(seg.make_train_step(c), state, batch)
     assert jax.tree.structure(new) == jax.tree.structure(state) and metrics["loss"].shape == ()
+
+
+def test_weight_averaging_is_the_float64_recursion_and_is_what_gets_scored(tmp_path):
+    """ema_decay = d: after k steps the averaged weights are e_k = d e_{k-1} + (1 - d) p_k from
+    e_0 = p_0 (recomputed in float64 from the trained weights of each step); the trained weights
+    follow the same path as without averaging; load_segmenter and evaluate score e, not p."""
+    c = seg_configs.get_config("tiny")
+    d = 0.75
+    plain = seg.init_state(c, jax.random.key(0))
+    c.ema_decay = d
+    state = seg.init_state(c, jax.random.key(0))
+    step_plain = jax.jit(seg.make_train_step(seg_configs.get_config("tiny")))
+    step = jax.jit(seg.make_train_step(c))
+    src = procedural.make_source("synthetic-train", c.data)
+    want = jax.tree.map(lambda a: np.asarray(a, np.float64), state["params"])
+    for k in range(4):
+        batch = {"image": np.stack([src[4 * k + i]["image"] for i in range(4)]).astype(np.float32) / 255.0,
+                 "label": np.stack([src[4 * k + i]["label"] for i in range(4)])}
+        plain, _ = step_plain(plain, batch)
+        state, _ = step(state, batch)
+        want = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p, np.float64), want, state["params"])
+    eps = float(np.finfo(np.float32).eps)
+    for (path, got), w, p, q in zip(jax.tree_util.tree_leaves_with_path(state["ema_params"]), jax.tree.leaves(want),
+                                    jax.tree.leaves(state["params"]), jax.tree.leaves(plain["params"])):
+        # each of the 4 updates rounds twice in float32, relative to the running magnitude
+        bound = 4 * 3 * eps * (np.abs(w).max() + 1e-30)
+        assert np.max(np.abs(np.asarray(got, np.float64) - w)) <= bound, jax.tree_util.keystr(path)
+        np.testing.assert_allclose(np.asarray(p), np.asarray(q), rtol=0, atol=1e-6)
+    assert not np.allclose(np.asarray(jax.tree.leaves(state["ema_params"])[0]),
+                           np.asarray(jax.tree.leaves(state["params"])[0]))  # e differs from p: the test has teeth
+    scored = seg.scoring_params(state)
+    assert scored["params"] is state["ema_params"]
+    assert seg.scoring_params(plain)["params"] is plain["params"]
+    with pytest.raises(ValueError, match="ema_decay"):
+        c.ema_decay = 1.0
+        seg.init_state(c, jax.random.key(0))
+
+
+def test_flip_averaged_logits_are_mirror_equivariant_with_sided_classes_swapped(monkeypatch):
+    """eval_flip: apply(mirror x) = mirror(apply(x)) with the sided classes' channels swapped (a
+    property the plain network does not have), and the mean of the two views' logits."""
+    c = seg_configs.get_config("tiny")
+    state = seg.init_state(c, jax.random.key(3))
+    params = seg.scoring_params(state)
+    x = np.random.default_rng(0).random((2, 32, 64, 3), dtype=np.float32)
+    plain = seg.make_apply_fn(c)
+    z, zm = np.asarray(plain(params, x)), np.asarray(plain(params, x[:, :, ::-1]))
+    assert np.max(np.abs(zm - z[:, :, ::-1])) > 1e-3  # the plain network is not equivariant
+    lut = np.arange(256, dtype=np.uint8)
+    lut[[1, 2]] = [2, 1]  # classes 1 and 2 as an l_X / r_X pair
+    monkeypatch.setattr(seg, "_flip_label_map", lambda config: lut)
+    c.eval_flip = True
+    tta = seg.make_apply_fn(c)
+    t, tm = np.asarray(tta(params, x)), np.asarray(tta(params, x[:, :, ::-1]))
+    perm = np.arange(19)
+    perm[[1, 2]] = [2, 1]
+    scale = np.abs(t).max()
+    np.testing.assert_allclose(tm, t[:, :, ::-1][..., perm], rtol=0, atol=8 * np.finfo(np.float32).eps * scale)
+    want = 0.5 * (z.astype(np.float64) + zm[:, :, ::-1][..., perm])
+    np.testing.assert_allclose(t, want, rtol=0, atol=8 * np.finfo(np.float32).eps * scale)

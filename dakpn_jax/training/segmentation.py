@@ -12,6 +12,14 @@ State (plain dict of arrays; the NNX graphdef is rebuilt from ``config.model``):
 
     {"params": pure dict of nnx.Param, "model_state": pure dict of the other variables (e.g.
      BatchNorm statistics; empty for unet_small), "opt": optax state, "step": int32, "rng": uint32[2]}
+    + "ema_params" when ``config.ema_decay`` > 0
+
+Weight averaging (``config.ema_decay`` = d > 0): after every step, ema <- d ema + (1 - d) params
+(``optax.incremental_update``), starting from the initial weights; `evaluate` and `load_segmenter`
+(hence every protocol score) then use the averaged weights. Flip test-time augmentation
+(``config.eval_flip``): `make_apply_fn`'s logits are the mean of the logits of the image and the
+mirrored logits of the mirrored image (sided classes, e.g. l_eye / r_eye, swapped back). Both are
+issue 24's downstream-recipe candidates for a smaller seed spread; both are off by default.
 
 RNG streams inside the model (SegFormer's dropout / drop path) are not state: every step rebuilds
 them from a key split off ``state["rng"]``, so the step stays pure and resumes exactly. BatchNorm
@@ -221,13 +229,24 @@ def init_state(config, rng) -> dict:
     model = build_model(config, nnx.Rngs(k_init))
     _, params, _, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
     params = nnx.to_pure_dict(params)
-    return {"params": params, "model_state": nnx.to_pure_dict(rest), "opt": make_optimizer(config).init(params),
-            "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(k_next)}
+    state = {"params": params, "model_state": nnx.to_pure_dict(rest), "opt": make_optimizer(config).init(params),
+             "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(k_next)}
+    if _ema_decay(config) > 0:
+        state["ema_params"] = jax.tree.map(jnp.copy, params)
+    return state
+
+
+def _ema_decay(config) -> float:
+    d = float(config.get("ema_decay", 0.0))  # runs saved before the field existed: no averaging
+    if not 0.0 <= d < 1.0:
+        raise ValueError(f"config.ema_decay={d} must be in [0, 1) (0: no weight averaging)")
+    return d
 
 
 def make_train_step(config) -> Callable:
     """Pure ``train_step(state, {"image": (B,h,w,3) float32, "label": (B,h,w) int}) -> (state, metrics)``."""
     gd, tx, schedule = graphdef(config), make_optimizer(config), make_schedule(config)
+    ema_decay = _ema_decay(config)
     images_seen = make_on_the_fly_fn(config)  # None without a translated_on_the_fly source
 
     def loss_fn(params, model_state, images, label, rng):
@@ -255,6 +274,8 @@ def make_train_step(config) -> Callable:
         updates, opt = tx.update(grads, state["opt"], state["params"])
         new = {"params": optax.apply_updates(state["params"], updates), "model_state": model_state,
                "opt": opt, "step": state["step"] + 1, "rng": jax.random.key_data(k_next)}
+        if ema_decay > 0:
+            new["ema_params"] = optax.incremental_update(new["params"], state["ema_params"], 1.0 - ema_decay)
         metrics = {"loss": loss, "pixel_accuracy": acc, "grad_norm": optax.tree.norm(grads),
                    "lr": schedule(state["step"])}
         return new, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
@@ -591,14 +612,37 @@ _APPLY_FNS: dict[str, Callable] = {}
 def make_apply_fn(config, label_size=None) -> Callable:
     """Pure ``apply_fn(params, images (B,H,W,3)) -> logits (B,H,W,C)`` resized to the input size
     (or to ``label_size`` = (h, w): the authors' 180 x 180 evaluation against stride-4 logits),
-    where ``params = {"params": ..., "model_state": ...}`` (see `load_segmenter`). One function
-    object per model config, so jitted callers compile once."""
+    where ``params = {"params": ..., "model_state": ...}`` (see `load_segmenter`). With
+    ``config.eval_flip``: (z(x) + S mirror(z(mirror(x)))) / 2, S the sided-class swap of the label
+    space (identity without sided classes). One function object per model config, so jitted
+    callers compile once."""
     model = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
-    key = json.dumps([model, label_size], sort_keys=True, default=str)
+    flip = bool(config.get("eval_flip", False))
+    swap = _flip_label_map(config) if flip else None
+    key = json.dumps([model, label_size, flip, None if swap is None else swap.tolist()], sort_keys=True, default=str)
     if key not in _APPLY_FNS:
         gd = graphdef(config)
-        _APPLY_FNS[key] = lambda params, images: apply_model(gd, params, jnp.asarray(images), size=label_size)[0]
+
+        def logits(params, images):
+            return apply_model(gd, params, jnp.asarray(images), size=label_size)[0]
+
+        if not flip:
+            _APPLY_FNS[key] = logits
+        else:
+            def flip_averaged(params, images):
+                z = logits(params, images)
+                zf = logits(params, jnp.asarray(images)[:, :, ::-1])[:, :, ::-1]
+                if swap is not None:  # channel c of the mirrored prediction is class swap[c] here
+                    zf = zf[..., np.argsort(swap[: z.shape[-1]])]
+                return 0.5 * (z + zf)
+            _APPLY_FNS[key] = flip_averaged
     return _APPLY_FNS[key]
+
+
+def scoring_params(state) -> dict:
+    """``{"params", "model_state"}`` a segmentation state is scored with: the averaged weights when
+    the run kept them (``config.ema_decay`` > 0), else the trained ones."""
+    return {"params": state.get("ema_params", state["params"]), "model_state": state["model_state"]}
 
 
 def _size(data_config, name):
@@ -641,7 +685,7 @@ def evaluate(config, state) -> dict[str, float]:
     from dakpn_jax.data import sources as data_sources  # pylint: disable=import-outside-toplevel
     split = config.data.get("eval_split", "real-val")
     source = resized_source(config, data_sources.make_source(config.data, split))
-    params = {"params": state["params"], "model_state": state["model_state"]}
+    params = scoring_params(state)
     res = evaluate_segmenter(make_apply_fn(config, label_size=_size(config.data, "label_size")), params, source,
                              _num_classes(config),
                              batch_size=int(config.get("eval_batch_size", 16)),
@@ -668,4 +712,4 @@ def load_segmenter(workdir: str) -> tuple[Callable, PyTree]:
     if config.get("method") != "segmentation":
         raise ValueError(f"load_segmenter: workdir={workdir!r} holds a {config.get('method')!r} run, "
                          "not a 'segmentation' run")
-    return make_apply_fn(config), {"params": state["params"], "model_state": state["model_state"]}
+    return make_apply_fn(config), scoring_params(state)
