@@ -37,6 +37,10 @@ Variants:
   (only the translators and controls vary); the paired differences' "sd over seeds" column is
   that component's spread. Not run yet: about 1.5 h each on a quiet 2-core CPU (estimated: a
   CycleGAN of 1000 steps and nine segmenters per seed), meant to run with ``--results_dir``.
+- ``recipe``: issue 24's downstream-recipe study: source-only, DA-KPN (translator pinned to seed
+  0) and the oracle at N = 0 over 5 seeds, the main job's 150-step segmenters trained with weight
+  averaging kept; ``experiments/recipe_rescore.py`` scores each segmenter with and without the
+  averaged weights and flip TTA and prints the paired-difference spread of each recipe.
 - ``tiny``: seconds per stage, for tests: one row of every kind (DA-KPN, the uniform DA-KPN,
   FastCUT, all four training-free controls, the family ceiling), 2 seeds, so every interval is computed.
 
@@ -113,7 +117,7 @@ def _seg(steps, **extra):
 
 
 VARIANTS = ("default", "decisive", "cpu", "noise", "seeds3", "baselines", "variance_segmenter",
-            "variance_translator", "tiny")
+            "variance_translator", "recipe", "tiny")
 
 
 def get_config(arg=None):
@@ -229,6 +233,18 @@ def get_config(arg=None):
             c.fixed_seeds.translator = c.fixed_seeds.control = 0
         else:
             c.fixed_seeds.segmenter = 0
+    elif arg == "recipe":
+        # Issue 24's recipe study: the main job's segmenters (150 steps) over 5 seeds, DA-KPN's
+        # translator pinned to seed 0 (so the spread is the segmenters'), trained with weight
+        # averaging kept (ema_decay 0.97: about the last 30 of 150 steps) and scored with flip TTA.
+        # Averaging changes no training step, so experiments/recipe_rescore.py scores the same
+        # checkpoints four ways (trained or averaged weights, with or without flip TTA).
+        c.seeds = (0, 1, 2, 3, 4)
+        c.n_real = c.side_n_real = (0,)
+        c.translators = _cd(dakpn=_cd(kind="dakpn"))
+        c.fixed_seeds.translator = 0
+        c.segmentation = _seg(150, ema_decay=0.97, eval_flip=True)
+        c.eval.scores = False
     elif arg == "tiny":
         c.seeds = (0, 1)
         c.data = data_config(32, 64, num_synthetic_train=8, num_real_train=8, num_real_labelled=2,
