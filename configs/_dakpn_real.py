@@ -59,7 +59,7 @@ def build(benchmark: str, variant: str, *, num_classes: int, frame, param_size, 
     c.loss = ml_collections.ConfigDict(dict(
         form="saturating", identity=1.0, r1=0.0, d_inputs=("tile", "low"), real_low=not paper,
         update_rule="gradient_reversal" if paper else "alternating",
-        # D conditioned on a semantic map (dakpn.py, "Conditioned D"): "none" (the paper) or "segmenter".
+        # D conditioned on a semantic map (dakpn_segmenter.py, "Conditioned D"): "none" (the paper) or "segmenter".
         d_condition="none", d_condition_fake="labels", d_condition_probs="hard"))
     c.optim = ml_collections.ConfigDict(dict(lr=1e-4, lr_D=1e-4, b1=0.9, b2=0.999, eps=1e-8,
                                              schedule="constant", warmup_steps=0))

@@ -72,7 +72,7 @@ def get_config(arg=None):
         ablate=(),                 # switched-off components, subset of dakpn.ABLATIONS (affine, blur, noise)
         disc=ml_collections.ConfigDict(dict(ndf=32, n_layers=3, norm="batch", num_D=1))))
     c.loss = ml_collections.ConfigDict(dict(form="saturating", identity=1.0, r1=0.0, d_inputs=("tile", "low")))
-    # D conditioned on a semantic map (dakpn.py, "Conditioned D"): "none" (the paper: RGB only) or
+    # D conditioned on a semantic map (dakpn_segmenter.py, "Conditioned D"): "none" (the paper: RGB only) or
     # "segmenter" (needs segmenter_workdir, the frozen segmenter run on the real frames).
     c.loss.d_condition = "none"
     c.loss.d_condition_fake = "labels"   # the fakes' map: "labels" (synthetic one-hot) or "segmenter" (on the untranslated frame)

@@ -1,89 +1,34 @@
-"""DA-KPN (docs/METHOD.md §1 steps 1-6) as a method module of the generic trainer.
+"""DA-KPN (docs/METHOD.md §1 steps 1-6) as a method module of the generic trainer: the train step.
 
 Per step, with a global batch of synthetic frames x (B, H, W, 3), their labels y (B, H, W) and
 unpaired real frames r (B, H', W', 3) (any size), all float32 in [0, 1]:
 
 1. Features f (B, h, w, C) on the parameter grid (``config.model.param_size``): the one-hot label
-   area-resized to h x w (``config.features = "onehot"``, the benchmark default; ignore pixels
-   contribute zeros), or the class logits of a frozen segmenter (``"segmenter"``, see below).
-2. theta_low = KPN(f) (B, h, w, 12) (:class:`dakpn_jax.models.kpn.KPNHead`).
-3. Two views of T(x; theta, n) for the discriminator (the paper's two-scale scheme):
-   - ``tile``: a full-resolution th x tw tile (default H/8 x W/8) at a random position per image.
-     Only the tile plus a K/2 halo is translated (theta upsampled to H x W, then cropped, frame and
-     theta edge-padded by K/2 first), which equals cropping the full-frame translation exactly
-     because T is local; the real tile is a random crop of r.
-   - ``low``: the whole frame area-resized to ``config.model.low_size`` and translated there with
-     theta_low; sigma and noise_scale are rescaled to low-resolution pixels (sigma * s and
-     noise_scale * s, s = sqrt(lh lw / (H W)): blur in pixels shrinks with the image and averaging
-     1/s^2 pixels of white noise divides its std by 1/s). This approximates resize(T(x)) without
-     translating full frames, the paper's low-resolution branch; the real view is resize(r).
-4. Losses (``config.loss``), l = D logits, averaged over positions and pyramid levels, summed over
-   the views in ``d_inputs`` (both by default)::
-
-       form            D loss                              G adversarial loss
-       saturating      softplus(-l_real) + softplus(l_fake)  -softplus(l_fake)   (paper: minimax)
-       non_saturating  same                                softplus(-l_fake)
-       lsgan           (l_real - 1)^2 + l_fake^2           (l_fake - 1)^2
-       hinge           relu(1 - l_real) + relu(1 + l_fake)  -l_fake
-
-   plus ``r1 / 2 * E|grad_r D(r)|^2`` for D (optional), and for G ``identity * MSE(T(x_tile),
-   x_tile)`` (paper: 1). The paper's D formula has one real term; every view here gets its own real
-   counterpart (real tile, resized real frame), otherwise the low view alone would separate by
-   resolution.
+   area-resized to h x w (``config.features = "onehot"``) or the class logits of a frozen
+   segmenter (``"segmenter"``); `dakpn_jax.training.dakpn_segmenter`.
+2. theta_low = KPN(f) (B, h, w, 12) (:class:`dakpn_jax.models.kpn.KPNHead`;
+   `dakpn_jax.training.dakpn_networks`).
+3. Two views of T(x; theta, n) for the discriminator, a full-resolution ``tile`` and the ``low``
+   frame (:func:`make_generate`; the views are described in `dakpn_jax.training.dakpn_losses`).
+4. Losses (``config.loss``, `dakpn_jax.training.dakpn_losses`): D's loss on real and fake views,
+   optional R1, and for G the adversarial loss plus ``identity * MSE(T(x_tile), x_tile)``.
 5. One step: a D update (fakes held constant), then a G update against the *updated* D: the
    alternating form of the paper's gradient-reversal minimax. The translation is evaluated once
    (``jax.vjp``) and its pullback reused for the G gradient. Only the KPN head and D change.
 
-Frozen segmenter: ``config.features = "segmenter"`` loads ``(apply_fn, params)`` with
-:func:`dakpn_jax.training.segmentation.load_segmenter` from ``config.segmenter_workdir`` (or takes
-them from ``make_train_step(config, segmenter=...)``). Its params are constants closed over by the
-step, outside the state, and its logits pass through ``stop_gradient``: they never change.
-
-Conditioned D (``config.loss.d_condition = "segmenter"``; default ``"none"``: D sees RGB only, the
-paper): D sees ``concat(view, s)``, s a (C-channel) semantic map of the same pixels that the KPN
-cannot change. Its optimal logit is then log p_r(s) / p_f(s) + log p_r(x | s) / p_f(x | s), and
-only the second term depends on x: a D that separates the domains by class frequencies (real scenes
-have other class proportions than synthetic ones, which the translation family cannot change) no
-longer pulls the KPN into recolouring classes. Fake side (``loss.d_condition_fake``): ``"labels"``,
-the synthetic labels one-hot, or ``"segmenter"``, the frozen segmenter on the untranslated synthetic
-frame (the same map function on both sides). Real side: the frozen segmenter (the one the features
-use, ``segmenter_workdir`` / ``segmenter_weights``) on the real frame. ``loss.d_condition_probs``:
-``"soft"`` (softmax) or ``"hard"`` (one-hot argmax) segmenter maps; hard maps make s the same kind of
-object on both sides with ``"labels"`` (one-hot), so D cannot tell the domains apart by the maps'
-confidence alone. The map of the full frame is cropped at the tile's own position (the synthetic
-tile's for the fakes, the real tile's for the real one) and area-resized to ``low_size`` for the low
-view; it passes through ``stop_gradient`` and the segmenter's params are constants of the step.
-Works with both update rules; R1 is the gradient w.r.t. the image channels only.
+Where things are: `dakpn_config` (the switches, their checks, the sizes; the authors' choices
+table), `dakpn_networks` (KPN, D, optimisers), `dakpn_features` (label features, area resampling),
+`dakpn_segmenter` (segmenter features, conditioned D), `dakpn_losses` (views, loss forms, R1,
+gradient reversal), this module (state, the two update rules, data, inference, evaluation). Every
+public name of those modules is importable from this one, as before the split.
 
 Noise: ``config.model.noise = "fixed"`` (paper): one seeded N(0, 1) field at the training frame
 size (``translation.noise_field``); the tile uses the crop at the tile's position, the low view a
 field of its own size. ``"fresh"``: new per-sample noise every step from the state's key.
 Translation at inference (:func:`make_translator`) always uses the fixed field resized to the frame.
 
-The authors' choices (docs/METHOD.md §6, the ``paper`` presets of configs/gta5_cityscapes.py etc.;
-docs/PAPER.md lists every difference). Each is a switch whose default keeps the path above:
-
-  ===========================  ===============================  ===================================
-  field                        default (path above)             authors' code
-  ===========================  ===============================  ===================================
-  ``model.disc.arch``          ``"patchgan"`` (46 px, 3x3 head)  ``"nlayer"`` (70 x 70, 4x4 s1 head)
-  ``model.disc.init``          ``"normal"`` N(0, 0.02)           ``"torch"`` (PyTorch default init)
-  ``model.tile_grid``          ``"random"`` tile position       ``"aligned"``: a cell of the 8 x 8
-                                                                grid of th x tw tiles (top-left
-                                                                (i th, j tw), i, j ~ U{0..7})
-  ``model.low_params``         ``"rescaled"`` (sigma, noise *s)  ``"unscaled"``: theta_low as is
-  ``loss.real_low``            True: D sees resize(r)           False: no real low view (one real
-                                                                term, two fake terms)
-  ``loss.update_rule``         ``"alternating"``                ``"gradient_reversal"``
-  ``segmenter_weights``        unset (workdir segmenter)        a torchvision-layout FCN-ResNet50
-                                                                .pth / .safetensors, run on the
-                                                                frame resized to
-                                                                ``segmenter_input_size`` (96 x 160),
-                                                                un-normalised
-  ===========================  ===============================  ===================================
-
-``loss.update_rule = "gradient_reversal"`` (needs ``loss.form = "saturating"``, i.e. BCE with logits,
-and ``r1 = 0``): one forward pass and one backward pass of
+``loss.update_rule = "gradient_reversal"`` (the authors' code; needs ``loss.form = "saturating"``,
+i.e. BCE with logits, and ``r1 = 0``): one forward pass and one backward pass of
 
     L(theta_D, theta_G) = sum_v [BCE(D(real_v), 1)] + sum_v BCE(D(GRL(fake_v)), 0) + w_idt MSE
 
@@ -109,461 +54,38 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 from dakpn_jax import translation
-from dakpn_jax.models.kpn import KPNHead, default_sigma_max
-from dakpn_jax.models.patchgan import PatchGANPyramid
 from dakpn_jax.training import gan_common as gc
-from dakpn_jax.training.dakpn_features import (  # noqa: F401  (dakpn.area_resize etc., as before)
+# The names below were defined in this module before the split; they stay importable from it
+# (dakpn.area_resize, dakpn.draw_views, ...), so callers did not change.
+from dakpn_jax.training.dakpn_config import (  # noqa: F401
+    ABLATIONS, D_CONDITION_FAKE, D_CONDITION_PROBS, D_CONDITIONS, FEATURES, GRID_CELLS, LOSS_FORMS,
+    LOW_PARAMS, NOISE, SCHEDULES, TILE_GRIDS, UPDATES, VIEWS, _get, _pair, ablation_of, check_config,
+    frame_size, grid_for, low_size, needs_segmenter, param_size, tile_size)
+from dakpn_jax.training.dakpn_features import (  # noqa: F401
     _area_weights, area_resize, grid_for_frame, onehot_features)
-
-LOSS_FORMS = ("saturating", "non_saturating", "lsgan", "hinge")
-FEATURES = ("onehot", "segmenter")
-NOISE = ("fixed", "fresh")
-VIEWS = ("tile", "low")
-SCHEDULES = ("constant", "cosine", "linear")
-UPDATES = ("alternating", "gradient_reversal")
-TILE_GRIDS = ("random", "aligned")
-LOW_PARAMS = ("rescaled", "unscaled")
-D_CONDITIONS = ("none", "segmenter")
-"""``loss.d_condition``: what D sees next to the image (module docstring, "Conditioned D")."""
-D_CONDITION_FAKE = ("labels", "segmenter")
-D_CONDITION_PROBS = ("soft", "hard")
-GRID_CELLS = 8
-"""The aligned tile grid is GRID_CELLS x GRID_CELLS tiles of (H // 8, W // 8) (the authors' code)."""
-ABLATIONS = ("affine", "blur", "noise")
-"""Translation components ``config.model.ablate`` can switch off (docs/METHOD.md §1 step 8 ablations)."""
-
-
-# ----------------------------------------------------------------------------- config
-
-def _get(c, name, default):
-    return c.get(name, default) if hasattr(c, "get") else getattr(c, name, default)
-
-
-def _pair(value, name) -> tuple[int, int]:
-    v = tuple(int(a) for a in value)
-    if len(v) != 2 or min(v) < 1:
-        raise ValueError(f"config.{name}={value!r} must be two positive ints (h, w)")
-    return v
-
-
-def frame_size(config) -> tuple[int, int]:
-    """The training frame size (H, W) that ``param_size`` refers to: ``config.model.frame_size``,
-    else ``(config.data.height, config.data.width)`` (the procedural benchmark)."""
-    fs = _get(config.model, "frame_size", None)
-    if fs:
-        return _pair(fs, "model.frame_size")
-    if _get(config.data, "height", None) and _get(config.data, "width", None):
-        return int(config.data.height), int(config.data.width)
-    raise ValueError("config.model.frame_size is needed when config.data has no height/width")
-
-
-def param_size(config) -> tuple[int, int]:
-    return _pair(config.model.param_size, "model.param_size")
-
-
-def tile_size(config, frame: tuple[int, int] | None = None) -> tuple[int, int]:
-    """``config.model.tile_size``, default (H // 8, W // 8) of the (training) frame."""
-    H, W = frame or frame_size(config)
-    ts = _get(config.model, "tile_size", None)
-    th, tw = _pair(ts, "model.tile_size") if ts else (H // 8, W // 8)
-    if th > H or tw > W:
-        raise ValueError(f"config.model.tile_size=({th}, {tw}) exceeds the frame ({H}, {W})")
-    return th, tw
-
-
-def low_size(config) -> tuple[int, int]:
-    return _pair(config.model.low_size, "model.low_size")
-
-
-def _check_config(config) -> None:
-    m, l = config.model, config.loss
-    checks = [("features", _get(config, "features", "onehot"), FEATURES),
-              ("loss.form", l.form, LOSS_FORMS), ("model.noise", m.noise, NOISE),
-              ("optim.schedule", _get(config.optim, "schedule", "constant"), SCHEDULES),
-              ("loss.update_rule", _get(l, "update_rule", "alternating"), UPDATES),
-              ("model.tile_grid", _get(m, "tile_grid", "random"), TILE_GRIDS),
-              ("model.low_params", _get(m, "low_params", "rescaled"), LOW_PARAMS),
-              ("loss.d_condition", l.d_condition, D_CONDITIONS),
-              ("loss.d_condition_fake", l.d_condition_fake, D_CONDITION_FAKE),
-              ("loss.d_condition_probs", l.d_condition_probs, D_CONDITION_PROBS)]
-    for name, value, allowed in checks:
-        if value not in allowed:
-            raise ValueError(f"config.{name}={value!r} must be one of {allowed}")
-    views = tuple(l.d_inputs)
-    if not views or set(views) - set(VIEWS):
-        raise ValueError(f"config.loss.d_inputs={views!r} must be a non-empty subset of {VIEWS}")
-    if m.kernel_size < 1 or m.kernel_size % 2 == 0:
-        raise ValueError(f"config.model.kernel_size={m.kernel_size} must be a positive odd int")
-    ablation_of(config)
-    for name, used in (("features", _get(config, "features", "onehot") == "segmenter"),
-                       ("loss.d_condition", l.d_condition == "segmenter")):
-        if used and not _get(config, "segmenter_workdir", None) and not _get(config, "segmenter_weights", None):
-            raise ValueError(f"config.{name}='segmenter' needs config.segmenter_workdir (a segmentation run) or "
-                             "config.segmenter_weights (a torchvision-layout FCN-ResNet50 .pth / .safetensors)")
-    if _get(l, "update_rule", "alternating") == "gradient_reversal":
-        if l.form != "saturating" or float(l.r1) > 0:
-            raise ValueError(f"config.loss.update_rule='gradient_reversal' is the saturating minimax objective: it "
-                             f"needs loss.form='saturating' (got {l.form!r}) and loss.r1=0 (got {l.r1})")
-    if not _get(l, "real_low", True) and "tile" not in views:
-        raise ValueError("config.loss.real_low=False needs 'tile' in loss.d_inputs (D needs a real view)")
-
-
-# ----------------------------------------------------------------------------- networks
-
-def make_kpn(config, rngs: nnx.Rngs) -> KPNHead:
-    m = config.model
-    return KPNHead(m.num_classes, head=m.head, hidden=m.hidden, sigma0=m.sigma0, sigma_param=m.sigma_param,
-                   sigma_max=default_sigma_max(m.kernel_size), rngs=rngs)
-
-
-def d_in_channels(config) -> int:
-    """D's input channels: RGB, plus the C-channel semantic map when ``loss.d_condition`` is on."""
-    return 3 + (int(config.model.num_classes) if config.loss.d_condition != "none" else 0)
-
-
-def make_discriminator(config, rngs: nnx.Rngs) -> PatchGANPyramid:
-    d = config.model.disc
-    return PatchGANPyramid(d_in_channels(config), num_D=d.num_D, ndf=d.ndf, n_layers=d.n_layers, norm=d.norm,
-                           arch=_get(d, "arch", "patchgan"), init=_get(d, "init", "normal"), rngs=rngs)
-
-
-def graphdefs(config) -> dict:
-    return {"kpn": gc.graphdef_of(functools.partial(make_kpn, config)),
-            "D": gc.graphdef_of(functools.partial(make_discriminator, config))}
-
-
-# ----------------------------------------------------------------------------- optimisers
-
-def make_schedule(config, lr: float) -> optax.Schedule:
-    """``constant``, ``cosine`` (to 0 at num_train_steps) or ``linear`` (to 0), after a linear
-    warm-up of ``optim.warmup_steps`` from 0."""
-    o = config.optim
-    kind, warmup = _get(o, "schedule", "constant"), int(_get(o, "warmup_steps", 0))
-    total = max(int(config.num_train_steps), warmup + 1)
-    if kind == "constant":
-        main = optax.constant_schedule(lr)
-    elif kind == "cosine":
-        main = optax.cosine_decay_schedule(lr, total - warmup)
-    else:
-        main = optax.linear_schedule(lr, 0.0, total - warmup)
-    if warmup <= 0:
-        return main
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
-
-
-def component_lr_scale(config) -> np.ndarray | None:
-    """``optim.kpn_lr_scale = (affine, blur, noise)``: multipliers of the KPN rate for the head's output
-    channels of each translation component (None / unset / all 1: one rate). Adam moves every raw
-    parameter by about the rate per step whatever its gradient's size, so the rate is the step in
-    parameter units: a colour scale needs moves of tenths, a noise scale (real sensor noise: a few
-    hundredths) far smaller ones, and one rate for both makes the noise jitter or the colour crawl."""
-    s = _get(config.optim, "kpn_lr_scale", None)
-    if not s:
-        return None
-    s = tuple(float(v) for v in s)
-    if len(s) != 3 or min(s) < 0:
-        raise ValueError(f"config.optim.kpn_lr_scale={s!r} must be three multipliers >= 0 (affine, blur, noise)")
-    return None if s == (1.0, 1.0, 1.0) else np.repeat(np.asarray(s, np.float32), [6, 3, 3])
-
-
-def _scale_output_channels(vec: np.ndarray) -> optax.GradientTransformation:
-    """Multiplies the updates of the head's output layer (``out``) by ``vec`` (12,) on its last axis."""
-    v = jnp.asarray(vec)
-
-    def update(updates, state, params=None):
-        del params
-        f = lambda path, u: u * v if any(getattr(k, "key", None) == "out" for k in path) else u
-        return jax.tree_util.tree_map_with_path(f, updates), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def make_optimizers(config) -> dict:
-    """Adam for the KPN head (``optim.lr``, paper 1e-4; per component ``optim.kpn_lr_scale``) and D
-    (``optim.lr_D``, default the same)."""
-    o = config.optim
-    lr_d = _get(o, "lr_D", None) or o.lr
-    adam = lambda lr: optax.adam(make_schedule(config, lr), b1=o.b1, b2=o.b2, eps=_get(o, "eps", 1e-8))
-    scale = component_lr_scale(config)
-    kpn = adam(o.lr) if scale is None else optax.chain(adam(o.lr), _scale_output_channels(scale))
-    return {"kpn": kpn, "D": adam(lr_d)}
+from dakpn_jax.training.dakpn_losses import (  # noqa: F401
+    _conds, _crop, _levels_mean, aligned_positions, d_loss, d_loss_fake, draw_views, g_loss,
+    grad_reverse, low_res_params, r1_penalty, random_positions, translate_tile, with_condition)
+from dakpn_jax.training.dakpn_networks import (  # noqa: F401
+    ablate_params, component_lr_scale, d_in_channels, graphdefs, make_discriminator, make_kpn,
+    make_optimizers, make_schedule, predict_params)
+from dakpn_jax.training.dakpn_segmenter import (  # noqa: F401
+    load_segmenter, make_condition_fn, make_feature_fn, make_segmenter_probs)
 
 
 # ----------------------------------------------------------------------------- state
 
 def init_state(config, rng) -> dict:
     """Fresh state (see module docstring) from a typed or raw key."""
-    _check_config(config)
+    check_config(config)
     k_kpn, k_d, rng = gc.split_key(gc.key_data(rng), 3)
     params = {"kpn": gc.init_network(functools.partial(make_kpn, config), k_kpn)[1],
               "D": gc.init_network(functools.partial(make_discriminator, config), k_d)[1]}
     tx = make_optimizers(config)
     return {"params": params, "opt": {k: tx[k].init(params[k]) for k in params},
             "step": jnp.zeros((), jnp.int32), "rng": rng}
-
-
-# ----------------------------------------------------------------------------- features
-
-# _area_weights, area_resize, onehot_features and grid_for_frame live in dakpn_features.py (imported
-# above), so the family ceiling (evaluation/family.py) can use them without importing this module.
-
-
-def load_segmenter(config):
-    """``(apply_fn, params)`` of the frozen segmenter: ``config.segmenter_weights`` (a
-    torchvision-layout FCN-ResNet50 file, :func:`dakpn_jax.models.fcn_resnet50.load_frozen`) when
-    set, else the segmentation run in ``config.segmenter_workdir``."""
-    weights = _get(config, "segmenter_weights", None)
-    if weights:
-        from dakpn_jax.models import fcn_resnet50  # pylint: disable=import-outside-toplevel
-        return fcn_resnet50.load_frozen(weights, config.model.num_classes,
-                                        normalize=bool(_get(config, "segmenter_normalize", True)))
-    from dakpn_jax.training import segmentation  # only needed for segmenter features
-    return segmentation.load_segmenter(config.segmenter_workdir)
-
-
-def make_feature_fn(config, segmenter=None) -> Callable:
-    """``features(images (B,H,W,3), labels (B,H,W), size) -> (B, h, w, C)`` for ``config.features``.
-
-    Segmenter features are ``stop_gradient(apply_fn(params, images))`` resized by area; the params
-    are constants of the returned closure, never part of the trained state."""
-    kind = _get(config, "features", "onehot")
-    C = config.model.num_classes
-    if kind == "onehot":
-        return lambda images, labels, size: onehot_features(labels, C, size)
-    apply_fn, seg_params = segmenter if segmenter is not None else load_segmenter(config)
-    in_size = _get(config, "segmenter_input_size", None)
-
-    def features(images, labels, size):
-        del labels
-        if in_size:  # the authors' export script: the frame resized to 96 x 160 first
-            images = jax.image.resize(images, (images.shape[0], *_pair(in_size, "segmenter_input_size"), 3),
-                                      method="linear", antialias=True)
-        logits = jax.lax.stop_gradient(apply_fn(seg_params, images).astype(jnp.float32))
-        if logits.shape[-1] != C:
-            raise ValueError(f"segmenter logits have {logits.shape[-1]} classes, config.model.num_classes={C}")
-        return area_resize(logits, size)
-
-    return features
-
-
-def needs_segmenter(config) -> bool:
-    """True when the step uses the frozen segmenter: segmenter features or the conditioned D."""
-    return _get(config, "features", "onehot") == "segmenter" or config.loss.d_condition == "segmenter"
-
-
-def make_segmenter_probs(config, segmenter) -> Callable:
-    """``probs(images (B, H, W, 3)) -> (B, H, W, C)``: the frozen segmenter's class probabilities
-    at the frame size, ``stop_gradient(softmax(logits))`` (``loss.d_condition_probs = "soft"``) or
-    the one-hot of its argmax (``"hard"``). With ``segmenter_input_size`` the segmenter sees the
-    frame resized to it (as for the features) and its logits are resized back (linear) first."""
-    apply_fn, seg_params = segmenter
-    C = config.model.num_classes
-    in_size = _get(config, "segmenter_input_size", None)
-    hard = config.loss.d_condition_probs == "hard"
-
-    def probs(images):
-        B, H, W, _ = images.shape
-        x = images
-        if in_size:
-            x = jax.image.resize(x, (B, *_pair(in_size, "segmenter_input_size"), 3), method="linear", antialias=True)
-        logits = apply_fn(seg_params, x).astype(jnp.float32)
-        if logits.shape[-1] != C:
-            raise ValueError(f"segmenter logits have {logits.shape[-1]} classes, config.model.num_classes={C}")
-        if logits.shape[1:3] != (H, W):
-            logits = jax.image.resize(logits, (B, H, W, C), method="linear")
-        p = jax.nn.one_hot(jnp.argmax(logits, axis=-1), C, dtype=jnp.float32) if hard else jax.nn.softmax(logits)
-        return jax.lax.stop_gradient(p)
-
-    return probs
-
-
-def make_condition_fn(config, segmenter=None) -> Callable | None:
-    """None for ``loss.d_condition = "none"``; else ``conditions(x, y, r, dv) -> {"fake": {view: s},
-    "real": {view: s}}``, the semantic maps D sees next to each view (module docstring,
-    "Conditioned D"): per frame a (B, H, W, C) map, cropped at the view's tile position (``dv["pos"]``
-    for the fakes, ``dv["real_pos"]`` for the real tile) or area-resized to ``low_size``. Fake side:
-    the synthetic labels one-hot (``loss.d_condition_fake = "labels"``, ignore pixels all zero) or
-    the segmenter on the *untranslated* synthetic frame (``"segmenter"``); real side: the segmenter
-    on the real frame. Nothing here depends on the KPN: the maps are constants for both players."""
-    if config.loss.d_condition == "none":
-        return None
-    l = config.loss
-    C = config.model.num_classes
-    probs = make_segmenter_probs(config, segmenter if segmenter is not None else load_segmenter(config))
-    low = low_size(config)
-    views = tuple(l.d_inputs)
-
-    def conditions(x, y, r, dv):
-        tile = dv["tile"]
-        if l.d_condition_fake == "labels":
-            s_fake = jax.nn.one_hot(y.astype(jnp.int32), C, dtype=jnp.float32)  # 255 -> zeros
-        else:
-            s_fake = probs(x)
-        s_real = probs(r)
-        out = {"fake": {"tile": _crop(s_fake, dv["pos"], tile)}, "real": {"tile": _crop(s_real, dv["real_pos"], tile)}}
-        if "low" in views:
-            out["fake"]["low"] = area_resize(s_fake, low)
-            if "low" in dv["reals"]:
-                out["real"]["low"] = area_resize(s_real, low)
-        return out
-
-    return conditions
-
-
-def with_condition(image: jax.Array, cond: jax.Array | None) -> jax.Array:
-    """D's input: the image, or ``concat(image, cond)`` on the channel axis."""
-    return image if cond is None else jnp.concatenate([image, cond.astype(image.dtype)], axis=-1)
-
-
-def _conds(conds: dict | None, side: str, view: str):
-    return None if conds is None else conds[side].get(view)
-
-
-def grid_for(config, height: int, width: int) -> tuple[int, int]:
-    """Parameter grid for a (height, width) frame: ``param_size`` scaled with the frame size."""
-    return grid_for_frame(frame_size(config), param_size(config), height, width)
-
-
-def ablation_of(config) -> tuple[str, ...]:
-    """``config.model.ablate`` validated against ``ABLATIONS`` (empty: the full method)."""
-    ablate = tuple(_get(config.model, "ablate", ()) or ())
-    if set(ablate) - set(ABLATIONS):
-        raise ValueError(f"config.model.ablate={ablate!r}: each entry must be one of {ABLATIONS}")
-    return ablate
-
-
-def ablate_params(theta: jax.Array, ablate: tuple[str, ...]) -> jax.Array:
-    """Pins the switched-off components of theta (..., 12) to the identity: "affine" -> hsv scale 1
-    and bias 0, "blur" -> sigma 0 (a delta kernel), "noise" -> noise scale 0. The head's outputs for
-    those channels then get no gradient, so the ablated run trains only what is left."""
-    if not ablate:
-        return theta
-    keep = np.ones(12, np.float32)
-    identity = np.asarray(translation.IDENTITY_PARAMS, np.float32)
-    for name, channels in (("affine", slice(0, 6)), ("blur", slice(6, 9)), ("noise", slice(9, 12))):
-        if name in ablate:
-            keep[channels] = 0.0
-    return theta * keep + identity * (1.0 - keep)
-
-
-def predict_params(kpn: KPNHead, features: jax.Array, images: jax.Array,
-                   ablate: tuple[str, ...] = ()) -> jax.Array:
-    """theta_low (B, h, w, 12); the deep head also sees the frame area-resized to the grid;
-    ``ablate`` pins components to the identity (``ablate_params``)."""
-    image_low = area_resize(images, features.shape[1:3]) if kpn.head == "deep" else None
-    return ablate_params(kpn(features, image_low), ablate)
-
-
-# ----------------------------------------------------------------------------- views
-
-def _crop(x: jax.Array, pos: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Per-image crops: x (B, H, W, C), pos (B, 2) top-left -> (B, size[0], size[1], C)."""
-    return jax.vmap(lambda im, p: jax.lax.dynamic_slice(im, (p[0], p[1], 0), size + (im.shape[-1],)))(x, pos)
-
-
-def random_positions(key, batch: int, frame: tuple[int, int], tile: tuple[int, int]) -> jax.Array:
-    """(B, 2) int32 uniform top-left corners of ``tile`` inside ``frame``."""
-    ki, kj = jax.random.split(key)
-    i = jax.random.randint(ki, (batch,), 0, frame[0] - tile[0] + 1)
-    j = jax.random.randint(kj, (batch,), 0, frame[1] - tile[1] + 1)
-    return jnp.stack([i, j], axis=-1)
-
-
-def translate_tile(x, theta_low, noise, pos, tile, kernel_size: int, impl: str = "auto"):
-    """The full-resolution translation T(x; theta, n) cropped at ``pos``, computed on the tile only.
-
-    x (B, H, W, 3), theta_low (B, h, w, 12), noise (1 or B, H, W, 3), pos (B, 2) -> (B, th, tw, 3).
-    Frame and upsampled theta are edge-padded by r = K // 2 (what ``translate`` does at the border)
-    and the tile is translated with its r halo, so every tile pixel sees its whole window."""
-    B, H, W, _ = x.shape
-    r = kernel_size // 2
-    theta = translation.upsample_params(theta_low, H, W)
-    pad = lambda a: jnp.pad(a, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
-    size = (tile[0] + 2 * r, tile[1] + 2 * r)
-    noise = jnp.broadcast_to(noise, (B,) + noise.shape[1:])
-    xs, ts, ns = (_crop(pad(a), pos, size) for a in (x, theta, noise))
-    out = translation.translate(xs, ts, ns, kernel_size=kernel_size, impl=impl)
-    return out[:, r:r + tile[0], r:r + tile[1]]
-
-
-def aligned_positions(key, batch: int, tile: tuple[int, int]) -> jax.Array:
-    """(B, 2) int32 top-left corners of a uniformly chosen cell of the aligned GRID_CELLS x
-    GRID_CELLS grid of ``tile``-sized tiles: (i th, j tw), i, j ~ U{0..GRID_CELLS-1}."""
-    cells = jax.random.randint(key, (batch, 2), 0, GRID_CELLS)
-    return cells * jnp.asarray(tile, jnp.int32)
-
-
-def grad_reverse(x: jax.Array) -> jax.Array:
-    """Gradient-reversal layer (scale 1): the identity forward, the negated cotangent backward."""
-    return _grad_reverse(x)
-
-
-@jax.custom_vjp
-def _grad_reverse(x):
-    return x
-
-
-_grad_reverse.defvjp(lambda x: (x, None), lambda _, g: (jax.tree.map(jnp.negative, g),))
-
-
-def low_res_params(theta_low: jax.Array, frame: tuple[int, int], low: tuple[int, int]) -> jax.Array:
-    """theta in low-resolution pixel units: sigma and noise_scale times s = sqrt(lh lw / (H W))."""
-    s = float(np.sqrt(low[0] * low[1] / (frame[0] * frame[1])))
-    factor = jnp.asarray([1.0] * 6 + [s] * 6, jnp.float32)
-    return theta_low * factor
-
-
-# ----------------------------------------------------------------------------- losses
-
-def d_loss(form: str, real: jax.Array, fake: jax.Array) -> jax.Array:
-    """Discriminator loss on logits (see module docstring), mean over elements."""
-    if form in ("saturating", "non_saturating"):
-        return jnp.mean(jax.nn.softplus(-real)) + jnp.mean(jax.nn.softplus(fake))
-    if form == "lsgan":
-        return jnp.mean(jnp.square(real - 1.0)) + jnp.mean(jnp.square(fake))
-    if form == "hinge":
-        return jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake))
-    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
-
-
-def d_loss_fake(form: str, fake: jax.Array) -> jax.Array:
-    """The fake half of :func:`d_loss` (a view with no real counterpart)."""
-    if form in ("saturating", "non_saturating"):
-        return jnp.mean(jax.nn.softplus(fake))
-    if form == "lsgan":
-        return jnp.mean(jnp.square(fake))
-    if form == "hinge":
-        return jnp.mean(jax.nn.relu(1.0 + fake))
-    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
-
-
-def g_loss(form: str, fake: jax.Array) -> jax.Array:
-    """Generator adversarial loss on D's logits for fakes, mean over elements."""
-    if form == "saturating":
-        return -jnp.mean(jax.nn.softplus(fake))
-    if form == "non_saturating":
-        return jnp.mean(jax.nn.softplus(-fake))
-    if form == "lsgan":
-        return jnp.mean(jnp.square(fake - 1.0))
-    if form == "hinge":
-        return -jnp.mean(fake)
-    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
-
-
-def _levels_mean(fn, *logits: list) -> jax.Array:
-    """Mean over pyramid levels of ``fn(level logits, ...)``."""
-    return sum(fn(*(a.astype(jnp.float32) for a in ls)) for ls in zip(*logits)) / len(logits[0])
-
-
-def r1_penalty(d: nnx.Module, real: jax.Array, cond: jax.Array | None = None) -> jax.Array:
-    """``E_batch |grad_x sum D(x)|^2`` at real images (the sum runs over positions and levels); with
-    a condition ``cond``, D sees ``concat(x, cond)`` and the gradient is taken w.r.t. the image only."""
-    grads = jax.grad(lambda x: sum(jnp.sum(l) for l in d(with_condition(x, cond))))(real)
-    return jnp.mean(jnp.sum(jnp.square(grads), axis=(1, 2, 3)))
 
 
 # ----------------------------------------------------------------------------- step
@@ -617,32 +139,6 @@ def make_generate(config) -> Callable:
     return generate
 
 
-def draw_views(config, rng, x: jax.Array, r: jax.Array) -> dict:
-    """The step's random draws from the state key ``rng`` (raw): ``{"pos": (B, 2) synthetic tile
-    corners, "real_pos": (B, 2) real tile corners, "reals": {"tile": (B, th, tw, 3), "low": resize(r) when the real low view is on},
-    "k_noise": typed key, "tile": (th, tw), "rng": the next raw state key}``."""
-    views = tuple(config.loss.d_inputs)
-    B, frame = x.shape[0], x.shape[1:3]
-    tile = tile_size(config, frame)
-    if min(r.shape[1] - tile[0], r.shape[2] - tile[1]) < 0:
-        raise ValueError(f"DA-KPN batch: real frames {r.shape[1:3]} are smaller than the tile {tile}")
-    k_pos, k_real, k_noise, rng = gc.split_key(rng, 4)
-    wrap = jax.random.wrap_key_data
-    if _get(config.model, "tile_grid", "random") == "aligned":
-        if tile[0] * GRID_CELLS > frame[0] or tile[1] * GRID_CELLS > frame[1]:
-            raise ValueError(f"config.model.tile_grid='aligned': {GRID_CELLS} x {GRID_CELLS} tiles of {tile} "
-                             f"do not fit the frame {frame}")
-        pos = aligned_positions(wrap(k_pos), B, tile)
-    else:
-        pos = random_positions(wrap(k_pos), B, frame, tile)
-    # The real tile: a uniform crop of the same size (the real frame has its own size).
-    real_pos = random_positions(wrap(k_real), B, r.shape[1:3], tile)
-    reals = {"tile": _crop(r, real_pos, tile)}
-    if "low" in views and _get(config.loss, "real_low", True):
-        reals["low"] = area_resize(r, low_size(config))
-    return {"pos": pos, "real_pos": real_pos, "reals": reals, "k_noise": wrap(k_noise), "tile": tile, "rng": rng}
-
-
 def make_gradient_reversal_loss(config, *, segmenter=None) -> Callable:
     """``loss_fn(params {"kpn", "D"}, batch, rng) -> (L, aux)``: the gradient-reversal objective of
     the module docstring on one forward pass; ``jax.grad`` of it gives both players' gradients in
@@ -693,7 +189,7 @@ def make_train_step(config, *, segmenter=None) -> Callable:
     ``segmenter``: optional ``(apply_fn, params)`` overriding ``load_segmenter`` (tests, notebooks).
     ``loss.update_rule`` selects the alternating step (default) or the authors' gradient reversal.
     """
-    _check_config(config)
+    check_config(config)
     if _get(config.loss, "update_rule", "alternating") == "gradient_reversal":
         return _make_gradient_reversal_step(config, segmenter)
     gd = graphdefs(config)
@@ -817,7 +313,7 @@ def make_translator(config, state, *, segmenter=None) -> Callable:
     at any frame size: features on the scaled parameter grid, the full frame in one pass (the
     memory-lean kernel path on CPU), the fixed noise field resized to the frame; with a typed key
     ``rng``, fresh per-sample N(0, 1) noise at the frame size instead (augmentation)."""
-    _check_config(config)
+    check_config(config)
     m = config.model
     kpn_gd = graphdefs(config)["kpn"]
     kpn_params = state["params"]["kpn"]

@@ -1,0 +1,140 @@
+"""DA-KPN's config: the allowed values of each switch, the checks, and the sizes derived from it.
+
+configs/default.py (the benchmark) and configs/_dakpn_real.py (the real-data presets) list every
+field with a comment. The authors' choices (docs/METHOD.md §6, the ``paper`` presets of
+configs/gta5_cityscapes.py etc.; docs/PAPER.md lists every difference) are switches whose defaults
+keep the project's path (`dakpn_jax.training.dakpn`):
+
+  ===========================  ===============================  ===================================
+  field                        default (project)                authors' code
+  ===========================  ===============================  ===================================
+  ``model.disc.arch``          ``"patchgan"`` (46 px, 3x3 head)  ``"nlayer"`` (70 x 70, 4x4 s1 head)
+  ``model.disc.init``          ``"normal"`` N(0, 0.02)           ``"torch"`` (PyTorch default init)
+  ``model.tile_grid``          ``"random"`` tile position       ``"aligned"``: a cell of the 8 x 8
+                                                                grid of th x tw tiles (top-left
+                                                                (i th, j tw), i, j ~ U{0..7})
+  ``model.low_params``         ``"rescaled"`` (sigma, noise *s)  ``"unscaled"``: theta_low as is
+  ``loss.real_low``            True: D sees resize(r)           False: no real low view (one real
+                                                                term, two fake terms)
+  ``loss.update_rule``         ``"alternating"``                ``"gradient_reversal"``
+  ``segmenter_weights``        unset (workdir segmenter)        a torchvision-layout FCN-ResNet50
+                                                                .pth / .safetensors, run on the
+                                                                frame resized to
+                                                                ``segmenter_input_size`` (96 x 160),
+                                                                un-normalised
+  ===========================  ===============================  ===================================
+"""
+from __future__ import annotations
+
+from dakpn_jax.training.dakpn_features import grid_for_frame
+
+LOSS_FORMS = ("saturating", "non_saturating", "lsgan", "hinge")
+FEATURES = ("onehot", "segmenter")
+NOISE = ("fixed", "fresh")
+VIEWS = ("tile", "low")
+SCHEDULES = ("constant", "cosine", "linear")
+UPDATES = ("alternating", "gradient_reversal")
+TILE_GRIDS = ("random", "aligned")
+LOW_PARAMS = ("rescaled", "unscaled")
+D_CONDITIONS = ("none", "segmenter")
+"""``loss.d_condition``: what D sees next to the image (`dakpn_jax.training.dakpn_segmenter`,
+"Conditioned D")."""
+D_CONDITION_FAKE = ("labels", "segmenter")
+D_CONDITION_PROBS = ("soft", "hard")
+GRID_CELLS = 8
+"""The aligned tile grid is GRID_CELLS x GRID_CELLS tiles of (H // 8, W // 8) (the authors' code)."""
+ABLATIONS = ("affine", "blur", "noise")
+"""Translation components ``config.model.ablate`` can switch off (docs/METHOD.md §1 step 8 ablations)."""
+
+
+def _get(c, name, default):
+    return c.get(name, default) if hasattr(c, "get") else getattr(c, name, default)
+
+
+def _pair(value, name) -> tuple[int, int]:
+    v = tuple(int(a) for a in value)
+    if len(v) != 2 or min(v) < 1:
+        raise ValueError(f"config.{name}={value!r} must be two positive ints (h, w)")
+    return v
+
+
+def frame_size(config) -> tuple[int, int]:
+    """The training frame size (H, W) that ``param_size`` refers to: ``config.model.frame_size``,
+    else ``(config.data.height, config.data.width)`` (the procedural benchmark)."""
+    fs = _get(config.model, "frame_size", None)
+    if fs:
+        return _pair(fs, "model.frame_size")
+    if _get(config.data, "height", None) and _get(config.data, "width", None):
+        return int(config.data.height), int(config.data.width)
+    raise ValueError("config.model.frame_size is needed when config.data has no height/width")
+
+
+def param_size(config) -> tuple[int, int]:
+    return _pair(config.model.param_size, "model.param_size")
+
+
+def tile_size(config, frame: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``config.model.tile_size``, default (H // 8, W // 8) of the (training) frame."""
+    H, W = frame or frame_size(config)
+    ts = _get(config.model, "tile_size", None)
+    th, tw = _pair(ts, "model.tile_size") if ts else (H // 8, W // 8)
+    if th > H or tw > W:
+        raise ValueError(f"config.model.tile_size=({th}, {tw}) exceeds the frame ({H}, {W})")
+    return th, tw
+
+
+def low_size(config) -> tuple[int, int]:
+    return _pair(config.model.low_size, "model.low_size")
+
+
+def grid_for(config, height: int, width: int) -> tuple[int, int]:
+    """Parameter grid for a (height, width) frame: ``param_size`` scaled with the frame size."""
+    return grid_for_frame(frame_size(config), param_size(config), height, width)
+
+
+def ablation_of(config) -> tuple[str, ...]:
+    """``config.model.ablate`` validated against ``ABLATIONS`` (empty: the full method)."""
+    ablate = tuple(_get(config.model, "ablate", ()) or ())
+    if set(ablate) - set(ABLATIONS):
+        raise ValueError(f"config.model.ablate={ablate!r}: each entry must be one of {ABLATIONS}")
+    return ablate
+
+
+def needs_segmenter(config) -> bool:
+    """True when the step uses the frozen segmenter: segmenter features or the conditioned D."""
+    return _get(config, "features", "onehot") == "segmenter" or config.loss.d_condition == "segmenter"
+
+
+def check_config(config) -> None:
+    """ValueError naming the field when a switch has a value outside its enumeration, or two
+    switches do not fit together."""
+    m, l = config.model, config.loss
+    checks = [("features", _get(config, "features", "onehot"), FEATURES),
+              ("loss.form", l.form, LOSS_FORMS), ("model.noise", m.noise, NOISE),
+              ("optim.schedule", _get(config.optim, "schedule", "constant"), SCHEDULES),
+              ("loss.update_rule", _get(l, "update_rule", "alternating"), UPDATES),
+              ("model.tile_grid", _get(m, "tile_grid", "random"), TILE_GRIDS),
+              ("model.low_params", _get(m, "low_params", "rescaled"), LOW_PARAMS),
+              ("loss.d_condition", l.d_condition, D_CONDITIONS),
+              ("loss.d_condition_fake", l.d_condition_fake, D_CONDITION_FAKE),
+              ("loss.d_condition_probs", l.d_condition_probs, D_CONDITION_PROBS)]
+    for name, value, allowed in checks:
+        if value not in allowed:
+            raise ValueError(f"config.{name}={value!r} must be one of {allowed}")
+    views = tuple(l.d_inputs)
+    if not views or set(views) - set(VIEWS):
+        raise ValueError(f"config.loss.d_inputs={views!r} must be a non-empty subset of {VIEWS}")
+    if m.kernel_size < 1 or m.kernel_size % 2 == 0:
+        raise ValueError(f"config.model.kernel_size={m.kernel_size} must be a positive odd int")
+    ablation_of(config)
+    for name, used in (("features", _get(config, "features", "onehot") == "segmenter"),
+                       ("loss.d_condition", l.d_condition == "segmenter")):
+        if used and not _get(config, "segmenter_workdir", None) and not _get(config, "segmenter_weights", None):
+            raise ValueError(f"config.{name}='segmenter' needs config.segmenter_workdir (a segmentation run) or "
+                             "config.segmenter_weights (a torchvision-layout FCN-ResNet50 .pth / .safetensors)")
+    if _get(l, "update_rule", "alternating") == "gradient_reversal":
+        if l.form != "saturating" or float(l.r1) > 0:
+            raise ValueError(f"config.loss.update_rule='gradient_reversal' is the saturating minimax objective: it "
+                             f"needs loss.form='saturating' (got {l.form!r}) and loss.r1=0 (got {l.r1})")
+    if not _get(l, "real_low", True) and "tile" not in views:
+        raise ValueError("config.loss.real_low=False needs 'tile' in loss.d_inputs (D needs a real view)")

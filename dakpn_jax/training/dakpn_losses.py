@@ -1,0 +1,190 @@
+"""DA-KPN's views and losses (docs/METHOD.md §1 steps 3-4): what D sees and how it is scored.
+
+Views of T(x; theta, n) for the discriminator (the paper's two-scale scheme), for synthetic frames
+x (B, H, W, 3) and unpaired real frames r (B, H', W', 3) (any size):
+
+- ``tile``: a full-resolution th x tw tile (default H/8 x W/8) at a random position per image
+  (``model.tile_grid = "random"``; ``"aligned"``: a cell of the 8 x 8 grid, the authors' code). Only
+  the tile plus a K/2 halo is translated (theta upsampled to H x W, then cropped, frame and theta
+  edge-padded by K/2 first), which equals cropping the full-frame translation exactly because T is
+  local (:func:`translate_tile`); the real tile is a random crop of r.
+- ``low``: the whole frame area-resized to ``config.model.low_size`` and translated there with
+  theta_low; sigma and noise_scale are rescaled to low-resolution pixels (sigma * s and
+  noise_scale * s, s = sqrt(lh lw / (H W)): blur in pixels shrinks with the image and averaging
+  1/s^2 pixels of white noise divides its std by 1/s; :func:`low_res_params`). This approximates
+  resize(T(x)) without translating full frames, the paper's low-resolution branch; the real view
+  is resize(r) (``loss.real_low``; False: no real low view, the authors' code).
+
+Losses (``config.loss``), l = D logits, averaged over positions and pyramid levels, summed over the
+views in ``d_inputs`` (both by default)::
+
+    form            D loss                              G adversarial loss
+    saturating      softplus(-l_real) + softplus(l_fake)  -softplus(l_fake)   (paper: minimax)
+    non_saturating  same                                softplus(-l_fake)
+    lsgan           (l_real - 1)^2 + l_fake^2           (l_fake - 1)^2
+    hinge           relu(1 - l_real) + relu(1 + l_fake)  -l_fake
+
+plus ``r1 / 2 * E|grad_r D(r)|^2`` for D (optional), and for G ``identity * MSE(T(x_tile),
+x_tile)`` (paper: 1). The paper's D formula has one real term; every view here gets its own real
+counterpart (real tile, resized real frame), otherwise the low view alone would separate by
+resolution. A view without a real counterpart (``loss.real_low = False``) has a fake-only D term.
+
+:func:`grad_reverse` is the gradient-reversal layer of the authors' update rule
+(``loss.update_rule = "gradient_reversal"``, `dakpn_jax.training.dakpn`).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dakpn_jax import translation
+from dakpn_jax.training import gan_common as gc
+from dakpn_jax.training.dakpn_config import GRID_CELLS, LOSS_FORMS, _get, low_size, tile_size
+from dakpn_jax.training.dakpn_features import area_resize
+
+# ----------------------------------------------------------------------------- views
+
+
+def _crop(x: jax.Array, pos: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Per-image crops: x (B, H, W, C), pos (B, 2) top-left -> (B, size[0], size[1], C)."""
+    return jax.vmap(lambda im, p: jax.lax.dynamic_slice(im, (p[0], p[1], 0), size + (im.shape[-1],)))(x, pos)
+
+
+def random_positions(key, batch: int, frame: tuple[int, int], tile: tuple[int, int]) -> jax.Array:
+    """(B, 2) int32 uniform top-left corners of ``tile`` inside ``frame``."""
+    ki, kj = jax.random.split(key)
+    i = jax.random.randint(ki, (batch,), 0, frame[0] - tile[0] + 1)
+    j = jax.random.randint(kj, (batch,), 0, frame[1] - tile[1] + 1)
+    return jnp.stack([i, j], axis=-1)
+
+
+def aligned_positions(key, batch: int, tile: tuple[int, int]) -> jax.Array:
+    """(B, 2) int32 top-left corners of a uniformly chosen cell of the aligned GRID_CELLS x
+    GRID_CELLS grid of ``tile``-sized tiles: (i th, j tw), i, j ~ U{0..GRID_CELLS-1}."""
+    cells = jax.random.randint(key, (batch, 2), 0, GRID_CELLS)
+    return cells * jnp.asarray(tile, jnp.int32)
+
+
+def translate_tile(x, theta_low, noise, pos, tile, kernel_size: int, impl: str = "auto"):
+    """The full-resolution translation T(x; theta, n) cropped at ``pos``, computed on the tile only.
+
+    x (B, H, W, 3), theta_low (B, h, w, 12), noise (1 or B, H, W, 3), pos (B, 2) -> (B, th, tw, 3).
+    Frame and upsampled theta are edge-padded by r = K // 2 (what ``translate`` does at the border)
+    and the tile is translated with its r halo, so every tile pixel sees its whole window."""
+    B, H, W, _ = x.shape
+    r = kernel_size // 2
+    theta = translation.upsample_params(theta_low, H, W)
+    pad = lambda a: jnp.pad(a, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
+    size = (tile[0] + 2 * r, tile[1] + 2 * r)
+    noise = jnp.broadcast_to(noise, (B,) + noise.shape[1:])
+    xs, ts, ns = (_crop(pad(a), pos, size) for a in (x, theta, noise))
+    out = translation.translate(xs, ts, ns, kernel_size=kernel_size, impl=impl)
+    return out[:, r:r + tile[0], r:r + tile[1]]
+
+
+def low_res_params(theta_low: jax.Array, frame: tuple[int, int], low: tuple[int, int]) -> jax.Array:
+    """theta in low-resolution pixel units: sigma and noise_scale times s = sqrt(lh lw / (H W))."""
+    s = float(np.sqrt(low[0] * low[1] / (frame[0] * frame[1])))
+    factor = jnp.asarray([1.0] * 6 + [s] * 6, jnp.float32)
+    return theta_low * factor
+
+
+def draw_views(config, rng, x: jax.Array, r: jax.Array) -> dict:
+    """The step's random draws from the state key ``rng`` (raw): ``{"pos": (B, 2) synthetic tile
+    corners, "real_pos": (B, 2) real tile corners, "reals": {"tile": (B, th, tw, 3), "low": resize(r) when the real low view is on},
+    "k_noise": typed key, "tile": (th, tw), "rng": the next raw state key}``."""
+    views = tuple(config.loss.d_inputs)
+    B, frame = x.shape[0], x.shape[1:3]
+    tile = tile_size(config, frame)
+    if min(r.shape[1] - tile[0], r.shape[2] - tile[1]) < 0:
+        raise ValueError(f"DA-KPN batch: real frames {r.shape[1:3]} are smaller than the tile {tile}")
+    k_pos, k_real, k_noise, rng = gc.split_key(rng, 4)
+    wrap = jax.random.wrap_key_data
+    if _get(config.model, "tile_grid", "random") == "aligned":
+        if tile[0] * GRID_CELLS > frame[0] or tile[1] * GRID_CELLS > frame[1]:
+            raise ValueError(f"config.model.tile_grid='aligned': {GRID_CELLS} x {GRID_CELLS} tiles of {tile} "
+                             f"do not fit the frame {frame}")
+        pos = aligned_positions(wrap(k_pos), B, tile)
+    else:
+        pos = random_positions(wrap(k_pos), B, frame, tile)
+    # The real tile: a uniform crop of the same size (the real frame has its own size).
+    real_pos = random_positions(wrap(k_real), B, r.shape[1:3], tile)
+    reals = {"tile": _crop(r, real_pos, tile)}
+    if "low" in views and _get(config.loss, "real_low", True):
+        reals["low"] = area_resize(r, low_size(config))
+    return {"pos": pos, "real_pos": real_pos, "reals": reals, "k_noise": wrap(k_noise), "tile": tile, "rng": rng}
+
+
+# ----------------------------------------------------------------------------- what D sees
+
+def with_condition(image: jax.Array, cond: jax.Array | None) -> jax.Array:
+    """D's input: the image, or ``concat(image, cond)`` on the channel axis."""
+    return image if cond is None else jnp.concatenate([image, cond.astype(image.dtype)], axis=-1)
+
+
+def _conds(conds: dict | None, side: str, view: str):
+    return None if conds is None else conds[side].get(view)
+
+
+def grad_reverse(x: jax.Array) -> jax.Array:
+    """Gradient-reversal layer (scale 1): the identity forward, the negated cotangent backward."""
+    return _grad_reverse(x)
+
+
+@jax.custom_vjp
+def _grad_reverse(x):
+    return x
+
+
+_grad_reverse.defvjp(lambda x: (x, None), lambda _, g: (jax.tree.map(jnp.negative, g),))
+
+
+# ----------------------------------------------------------------------------- losses
+
+def d_loss(form: str, real: jax.Array, fake: jax.Array) -> jax.Array:
+    """Discriminator loss on logits (see module docstring), mean over elements."""
+    if form in ("saturating", "non_saturating"):
+        return jnp.mean(jax.nn.softplus(-real)) + jnp.mean(jax.nn.softplus(fake))
+    if form == "lsgan":
+        return jnp.mean(jnp.square(real - 1.0)) + jnp.mean(jnp.square(fake))
+    if form == "hinge":
+        return jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake))
+    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
+
+
+def d_loss_fake(form: str, fake: jax.Array) -> jax.Array:
+    """The fake half of :func:`d_loss` (a view with no real counterpart)."""
+    if form in ("saturating", "non_saturating"):
+        return jnp.mean(jax.nn.softplus(fake))
+    if form == "lsgan":
+        return jnp.mean(jnp.square(fake))
+    if form == "hinge":
+        return jnp.mean(jax.nn.relu(1.0 + fake))
+    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
+
+
+def g_loss(form: str, fake: jax.Array) -> jax.Array:
+    """Generator adversarial loss on D's logits for fakes, mean over elements."""
+    if form == "saturating":
+        return -jnp.mean(jax.nn.softplus(fake))
+    if form == "non_saturating":
+        return jnp.mean(jax.nn.softplus(-fake))
+    if form == "lsgan":
+        return jnp.mean(jnp.square(fake - 1.0))
+    if form == "hinge":
+        return -jnp.mean(fake)
+    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
+
+
+def _levels_mean(fn, *logits: list) -> jax.Array:
+    """Mean over pyramid levels of ``fn(level logits, ...)``."""
+    return sum(fn(*(a.astype(jnp.float32) for a in ls)) for ls in zip(*logits)) / len(logits[0])
+
+
+def r1_penalty(d: nnx.Module, real: jax.Array, cond: jax.Array | None = None) -> jax.Array:
+    """``E_batch |grad_x sum D(x)|^2`` at real images (the sum runs over positions and levels); with
+    a condition ``cond``, D sees ``concat(x, cond)`` and the gradient is taken w.r.t. the image only."""
+    grads = jax.grad(lambda x: sum(jnp.sum(l) for l in d(with_condition(x, cond))))(real)
+    return jnp.mean(jnp.sum(jnp.square(grads), axis=(1, 2, 3)))
