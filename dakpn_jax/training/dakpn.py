@@ -66,8 +66,9 @@ from dakpn_jax.training.dakpn_config import (  # noqa: F401
 from dakpn_jax.training.dakpn_features import (  # noqa: F401
     _area_weights, area_resize, grid_for_frame, onehot_features)
 from dakpn_jax.training.dakpn_losses import (  # noqa: F401
-    _conds, _crop, _levels_mean, aligned_positions, d_loss, d_loss_fake, draw_views, g_loss,
-    grad_reverse, low_res_params, r1_penalty, random_positions, translate_tile, with_condition)
+    _conds, _crop, _levels_mean, aligned_positions, d_loss, d_loss_fake, d_loss_real,
+    discriminator_loss, draw_views, g_loss, generator_loss, grad_reverse, low_res_params, r1_penalty,
+    random_positions, translate_tile, with_condition)
 from dakpn_jax.training.dakpn_networks import (  # noqa: F401
     ablate_params, component_lr_scale, d_in_channels, graphdefs, make_discriminator, make_kpn,
     make_optimizers, make_schedule, predict_params)
@@ -162,19 +163,12 @@ def make_gradient_reversal_loss(config, *, segmenter=None) -> Callable:
         fakes, theta = generate(params["kpn"], x, feats, dv["pos"], dv["k_noise"], dv["tile"])
         conds = condition_fn(x, y, r, dv) if condition_fn is not None else None
         d = gc.merge(gd["D"], params["D"])
-        out, v_real, v_fake = {}, 0.0, 0.0
-        for v in views:
-            lf = d(with_condition(grad_reverse(fakes[v]), _conds(conds, "fake", v)))
-            fake_term = _levels_mean(lambda b: d_loss_fake("saturating", b), lf)
-            term = fake_term
-            if v in dv["reals"]:
-                lr_ = d(with_condition(dv["reals"][v], _conds(conds, "real", v)))
-                real_term = _levels_mean(lambda a: jnp.mean(jax.nn.softplus(-a)), lr_)
-                out[f"D_real_{v}"] = _levels_mean(jnp.mean, lr_)
-                v_real, term = v_real + real_term, term + real_term
-            out[f"loss_D_{v}"] = term
-            out[f"D_fake_{v}"] = _levels_mean(jnp.mean, lf)
-            v_fake = v_fake + fake_term
+        # D's objective on reversed fakes: D descends V = real part + fake part (saturating, no R1:
+        # check_config), the KPN ascends the fake part. V is summed part by part, as this rule always
+        # did, so its numbers keep their last bits (the first return is the same sum, view by view).
+        reversed_fakes = {v: grad_reverse(fakes[v]) for v in views}
+        _, out, (v_real, v_fake) = discriminator_loss(d, dv["reals"], reversed_fakes, conds, form="saturating",
+                                                      views=views, r1=0.0, fakes_first=True)
         idt = jnp.mean(jnp.square(fakes["tile"] - _crop(x, dv["pos"], dv["tile"])))
         out.update(loss_D=v_real + v_fake, loss_G=-v_fake + w_idt * idt, loss_G_adv=-v_fake, loss_identity=idt)
         return v_real + v_fake + w_idt * idt, {**out, "theta": theta, "rng": dv["rng"]}
@@ -205,31 +199,14 @@ def make_train_step(config, *, segmenter=None) -> Callable:
     grid = param_size(config)
     generate = make_generate(config)
 
-    def d_objective(d_params, reals, fakes, conds=None):
-        d = gc.merge(gd["D"], d_params)
-        out = {}
-        for v in views:
-            # real first: the default path's op order
-            lr_ = d(with_condition(reals[v], _conds(conds, "real", v))) if v in reals else None
-            lf = d(with_condition(fakes[v], _conds(conds, "fake", v)))
-            if lr_ is not None:
-                out[f"loss_D_{v}"] = _levels_mean(lambda a, b: d_loss(form, a, b), lr_, lf)
-                out[f"D_real_{v}"] = _levels_mean(jnp.mean, lr_)
-            else:  # loss.real_low=False: a fake-only term (the authors' low view)
-                out[f"loss_D_{v}"] = _levels_mean(lambda b: d_loss_fake(form, b), lf)
-            out[f"D_fake_{v}"] = _levels_mean(jnp.mean, lf)
-        loss = sum(out[f"loss_D_{v}"] for v in views)
-        if w_r1 > 0:
-            out["r1"] = sum(r1_penalty(d, reals[v], _conds(conds, "real", v)) for v in views if v in reals)
-            loss = loss + 0.5 * w_r1 * out["r1"]
+    def d_objective(d_params, reals, fakes, conds):
+        loss, out, _ = discriminator_loss(gc.merge(gd["D"], d_params), reals, fakes, conds, form=form,
+                                          views=views, r1=w_r1)
         return loss, out
 
-    def g_objective(fakes, d_params, x_tile, conds=None):
-        d = gc.merge(gd["D"], d_params)
-        adv = sum(_levels_mean(lambda a: g_loss(form, a), d(with_condition(fakes[v], _conds(conds, "fake", v))))
-                  for v in views)
-        idt = jnp.mean(jnp.square(fakes["tile"] - x_tile))
-        return adv + w_idt * idt, {"loss_G_adv": adv, "loss_identity": idt}
+    def g_objective(fakes, d_params, x_tile, conds):
+        return generator_loss(gc.merge(gd["D"], d_params), fakes, x_tile, conds, form=form, views=views,
+                              identity=w_idt)
 
     def train_step(state, batch):
         check_batch(batch)

@@ -154,6 +154,17 @@ def d_loss(form: str, real: jax.Array, fake: jax.Array) -> jax.Array:
     raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
 
 
+def d_loss_real(form: str, real: jax.Array) -> jax.Array:
+    """The real half of :func:`d_loss`."""
+    if form in ("saturating", "non_saturating"):
+        return jnp.mean(jax.nn.softplus(-real))
+    if form == "lsgan":
+        return jnp.mean(jnp.square(real - 1.0))
+    if form == "hinge":
+        return jnp.mean(jax.nn.relu(1.0 - real))
+    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
+
+
 def d_loss_fake(form: str, fake: jax.Array) -> jax.Array:
     """The fake half of :func:`d_loss` (a view with no real counterpart)."""
     if form in ("saturating", "non_saturating"):
@@ -188,3 +199,59 @@ def r1_penalty(d: nnx.Module, real: jax.Array, cond: jax.Array | None = None) ->
     a condition ``cond``, D sees ``concat(x, cond)`` and the gradient is taken w.r.t. the image only."""
     grads = jax.grad(lambda x: sum(jnp.sum(l) for l in d(with_condition(x, cond))))(real)
     return jnp.mean(jnp.sum(jnp.square(grads), axis=(1, 2, 3)))
+
+
+def discriminator_loss(d: nnx.Module, reals: dict, fakes: dict, conds: dict | None, *, form: str,
+                       views: tuple[str, ...], r1: float, fakes_first: bool = False):
+    """D's objective, the one both update rules use: ``(loss, metrics, (real_part, fake_part))``.
+
+    ``loss = sum_v loss_D_<v> (+ r1 / 2 * sum_v R1 at the real view)``, ``loss_D_<v>`` the
+    ``form``'s D loss on the logits of the real and the fake view ``v`` (averaged over positions
+    and pyramid levels; a fake-only term where the view has no real counterpart, ``loss.real_low =
+    False``). D sees each view next to its semantic map when ``conds`` is given (conditioned D).
+    ``metrics``: ``loss_D_<v>``, ``D_real_<v>``, ``D_fake_<v>`` (mean logits) and ``r1`` when on.
+    ``real_part``, ``fake_part``: the real and the fake terms, each summed over the views (the
+    minimax value V = real_part + fake_part, without R1).
+
+    The alternating step differentiates ``loss`` w.r.t. D's params with the fakes held constant;
+    the gradient-reversal objective passes ``grad_reverse(fakes)``, so that V gives D its gradient
+    and the KPN the negated one.
+
+    ``fakes_first``: D judges each view's fake before its real. It changes no value, only the order
+    in which D's gradient contributions are summed, and so the last bits of every later number:
+    each rule keeps the order it had when it had its own copy of this function (alternating: real
+    first; gradient reversal: fake first)."""
+    out, real_part, fake_part = {}, 0.0, 0.0
+    for v in views:
+        judge = lambda side, images, v=v: d(with_condition(images, _conds(conds, side, v)))
+        if fakes_first:
+            lf = judge("fake", fakes[v])
+            lr_ = judge("real", reals[v]) if v in reals else None
+        else:
+            lr_ = judge("real", reals[v]) if v in reals else None
+            lf = judge("fake", fakes[v])
+        fake_term = _levels_mean(lambda b: d_loss_fake(form, b), lf)
+        if lr_ is not None:
+            out[f"loss_D_{v}"] = _levels_mean(lambda a, b: d_loss(form, a, b), lr_, lf)
+            out[f"D_real_{v}"] = _levels_mean(jnp.mean, lr_)
+            real_part = real_part + _levels_mean(lambda a: d_loss_real(form, a), lr_)
+        else:  # loss.real_low=False: a fake-only term (the authors' low view)
+            out[f"loss_D_{v}"] = fake_term
+        out[f"D_fake_{v}"] = _levels_mean(jnp.mean, lf)
+        fake_part = fake_part + fake_term
+    loss = sum(out[f"loss_D_{v}"] for v in views)
+    if r1 > 0:
+        out["r1"] = sum(r1_penalty(d, reals[v], _conds(conds, "real", v)) for v in views if v in reals)
+        loss = loss + 0.5 * r1 * out["r1"]
+    return loss, out, (real_part, fake_part)
+
+
+def generator_loss(d: nnx.Module, fakes: dict, x_tile: jax.Array, conds: dict | None, *, form: str,
+                   views: tuple[str, ...], identity: float) -> tuple[jax.Array, dict]:
+    """G's objective in the alternating step: the ``form``'s adversarial loss on D's logits for each
+    fake view plus ``identity * MSE(fake tile, synthetic tile)``; ``(loss, {"loss_G_adv",
+    "loss_identity"})``."""
+    adv = sum(_levels_mean(lambda a: g_loss(form, a), d(with_condition(fakes[v], _conds(conds, "fake", v))))
+              for v in views)
+    idt = jnp.mean(jnp.square(fakes["tile"] - x_tile))
+    return adv + identity * idt, {"loss_G_adv": adv, "loss_identity": idt}
