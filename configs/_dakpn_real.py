@@ -62,7 +62,8 @@ def build(benchmark: str, variant: str, *, num_classes: int, frame, param_size, 
         # D conditioned on a semantic map (dakpn_segmenter.py, "Conditioned D"): "none" (the paper) or "segmenter".
         d_condition="none", d_condition_fake="labels", d_condition_probs="hard"))
     c.optim = ml_collections.ConfigDict(dict(lr=1e-4, lr_D=1e-4, b1=0.9, b2=0.999, eps=1e-8,
-                                             schedule="constant", warmup_steps=0))
+                                             schedule="constant", warmup_steps=0,
+                                             kpn_lr_scale=(1.0, 1.0, 1.0)))  # (affine, blur, noise) x lr
     c.num_train_steps = paper_steps if paper else 100 * train_images // c.batch_size
     c.steps_per_call = 1
     c.log_every_steps = 100
@@ -70,5 +71,7 @@ def build(benchmark: str, variant: str, *, num_classes: int, frame, param_size, 
     c.eval_every_steps = 20000
     c.keep_checkpoints = 3
     c.eval_images = 0  # no paired view for real datasets: evaluate() is skipped
+    c.eval_diagnostics = False  # the family-ceiling diagnostics need the paired view too
+    c.eval_ceiling_steps = 40
     return c
 

@@ -39,6 +39,7 @@ prints one training command per point).
 import dataclasses
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def data_config(height=128, width=256, **overrides):
@@ -65,13 +66,25 @@ def get_config(arg=None):
     c.batch_size = 8
     c.features = "onehot"          # or "segmenter" (+ segmenter_workdir)
     c.segmenter_workdir = ""       # a segmentation run: features="segmenter" and loss.d_condition="segmenter" use it
+    c.segmenter_weights = ""       # or a torchvision-layout FCN-ResNet50 .pth / .safetensors (used before the workdir)
+    c.segmenter_normalize = True   # the FCN weights' input: ImageNet-normalised (the paper preset: False)
+    # The segmenter's input size (h, w): unset, the frame as it is; the paper preset: (96, 160).
+    c.segmenter_input_size = config_dict.placeholder(tuple)
     c.model = ml_collections.ConfigDict(dict(
         num_classes=19, head="linear", hidden=32, sigma0=1.0, sigma_param="neighbour_weight",
         kernel_size=9, impl="auto", param_size=(16, 32), tile_size=(16, 32), low_size=(32, 64),
         noise="fixed", noise_seed=0,
         ablate=(),                 # switched-off components, subset of dakpn.ABLATIONS (affine, blur, noise)
-        disc=ml_collections.ConfigDict(dict(ndf=32, n_layers=3, norm="batch", num_D=1))))
+        tile_grid="random",        # tile positions: "random" (uniform) or "aligned" (a cell of the 8 x 8 grid, the authors')
+        low_params="rescaled",     # the low view's sigma and noise: "rescaled" to its pixels or "unscaled" (the authors')
+        # arch: "patchgan" (46 px, 3x3 head) or "nlayer" (70 x 70, the authors'); init: "normal" N(0, 0.02) or "torch"
+        disc=ml_collections.ConfigDict(dict(ndf=32, n_layers=3, norm="batch", num_D=1, arch="patchgan",
+                                            init="normal"))))
+    # The training frame size (h, w) param_size and tile_size refer to: unset, data.height x data.width.
+    c.model.frame_size = config_dict.placeholder(tuple)
     c.loss = ml_collections.ConfigDict(dict(form="saturating", identity=1.0, r1=0.0, d_inputs=("tile", "low")))
+    c.loss.real_low = True                 # D sees the resized real frame next to the low view (False: the authors')
+    c.loss.update_rule = "alternating"     # D then G; or "gradient_reversal" (the authors': one pass, saturating, r1=0)
     # D conditioned on a semantic map (dakpn_segmenter.py, "Conditioned D"): "none" (the paper: RGB only) or
     # "segmenter" (needs segmenter_workdir, the frozen segmenter run on the real frames).
     c.loss.d_condition = "none"

@@ -58,11 +58,12 @@ import numpy as np
 from dakpn_jax import translation
 from dakpn_jax.training import gan_common as gc
 # The names below were defined in this module before the split; they stay importable from it
-# (dakpn.area_resize, dakpn.draw_views, ...), so callers did not change.
+# (dakpn.area_resize, dakpn.draw_views, ...), so callers did not change. complete_saved_config is
+# the method's hook for run configs saved before a field existed (trainer.load_config calls it).
 from dakpn_jax.training.dakpn_config import (  # noqa: F401
     ABLATIONS, D_CONDITION_FAKE, D_CONDITION_PROBS, D_CONDITIONS, FEATURES, GRID_CELLS, LOSS_FORMS,
-    LOW_PARAMS, NOISE, SCHEDULES, TILE_GRIDS, UPDATES, VIEWS, _get, _pair, ablation_of, check_config,
-    frame_size, grid_for, low_size, needs_segmenter, param_size, tile_size)
+    LOW_PARAMS, NOISE, SAVED_CONFIG_DEFAULTS, SCHEDULES, TILE_GRIDS, UPDATES, VIEWS, _pair, ablation_of,
+    check_config, complete_saved_config, frame_size, grid_for, low_size, needs_segmenter, param_size, tile_size)
 from dakpn_jax.training.dakpn_features import (  # noqa: F401
     _area_weights, area_resize, grid_for_frame, onehot_features)
 from dakpn_jax.training.dakpn_losses import (  # noqa: F401
@@ -118,7 +119,7 @@ def make_generate(config) -> Callable:
     low = low_size(config)
     fixed = m.noise == "fixed"
     ablate = ablation_of(config)
-    unscaled = _get(m, "low_params", "rescaled") == "unscaled"
+    unscaled = m.low_params == "unscaled"
 
     def generate(kpn_params, x, feats, pos, k_noise, tile):
         kpn = gc.merge(kpn_gd, kpn_params)
@@ -184,7 +185,7 @@ def make_train_step(config, *, segmenter=None) -> Callable:
     ``loss.update_rule`` selects the alternating step (default) or the authors' gradient reversal.
     """
     check_config(config)
-    if _get(config.loss, "update_rule", "alternating") == "gradient_reversal":
+    if config.loss.update_rule == "gradient_reversal":
         return _make_gradient_reversal_step(config, segmenter)
     gd = graphdefs(config)
     tx = make_optimizers(config)
@@ -353,8 +354,8 @@ def evaluate(config, state, *, translate_fn=None, max_images: int | None = None,
     (`dakpn_jax.evaluation.image_quality.evaluate_paired_source` defines them.) Returns ``{}`` for
     real datasets (no paired view) or ``eval_images = 0``.
     """
-    limit = int(max_images or _get(config, "eval_images", 32))
-    if _get(config.data, "name", "procedural") != "procedural" or limit <= 0:
+    limit = int(max_images or config.eval_images)
+    if config.data.name != "procedural" or limit <= 0:
         return {}  # the paired view exists only on the procedural benchmark
     fn = translate_fn or make_translator(config, state)
     kw = dict(max_images=limit, batch_size=batch_size, num_classes=config.model.num_classes)
@@ -365,7 +366,7 @@ def evaluate(config, state, *, translate_fn=None, max_images: int | None = None,
     if key not in _UNTRANSLATED_SCORES:
         _UNTRANSLATED_SCORES[key] = gc.evaluate_paired(config, lambda x, y: x, **kw)
     out = {**out, **{f"{k}_untranslated": v for k, v in _UNTRANSLATED_SCORES[key].items()}}
-    if _get(config, "eval_diagnostics", False):
+    if config.eval_diagnostics:
         from dakpn_jax.data.labels import CLASS_NAMES  # pylint: disable=import-outside-toplevel
         from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
         names = CLASS_NAMES if config.model.num_classes == len(CLASS_NAMES) else None
@@ -396,13 +397,13 @@ def diagnostics(config, state, *, translate_fn=None, max_images: int | None = No
     per process and data; or ``ceiling``, a `family.Ceiling` fitted before, e.g. loaded with
     ``family.load_ceiling``). Evaluation only: the pairs never reach a training step."""
     from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
-    n = int(max_images or _get(config, "eval_images", 32))
+    n = int(max_images or config.eval_images)
     m = config.model
     data_key = (config.data.to_json(sort_keys=True), n)
     if data_key not in _PAIRS:
         _PAIRS[data_key] = family.load_pairs(config.data, n)
     pairs = _PAIRS[data_key]
-    steps = int(_get(config, "eval_ceiling_steps", 40))
+    steps = int(config.eval_ceiling_steps)
     fit_key = data_key + (int(m.kernel_size), param_size(config), int(m.num_classes), steps)
     if ceiling is not None:
         _CEILINGS[fit_key] = ceiling

@@ -47,8 +47,55 @@ ABLATIONS = ("affine", "blur", "noise")
 """Translation components ``config.model.ablate`` can switch off (docs/METHOD.md §1 step 8 ablations)."""
 
 
-def _get(c, name, default):
-    return c.get(name, default) if hasattr(c, "get") else getattr(c, name, default)
+# The fields DA-KPN reads that a run config saved before the field existed (workdir/config.json of
+# an older run) lacks, each with the value such a run trained with: the default the code assumed
+# before configs/default.py listed the field. Nowhere else has the method a default for a field:
+# configs/default.py and configs/_dakpn_real.py list every one, and the code reads config.<field>.
+# A callable is a function of the saved config.
+SAVED_CONFIG_DEFAULTS = {
+    "features": "onehot",
+    "segmenter_workdir": "",
+    "segmenter_weights": "",
+    "segmenter_normalize": True,
+    "segmenter_input_size": None,
+    "eval_images": 32,
+    "eval_diagnostics": False,
+    "eval_ceiling_steps": 40,
+    "model.frame_size": None,
+    "model.tile_size": None,
+    "model.tile_grid": "random",
+    "model.low_params": "rescaled",
+    "model.ablate": (),
+    "model.disc.arch": "patchgan",
+    "model.disc.init": "normal",
+    "loss.update_rule": "alternating",
+    "loss.real_low": True,
+    "loss.d_condition": "none",
+    "loss.d_condition_fake": "labels",
+    "loss.d_condition_probs": "hard",
+    "optim.lr_D": lambda config: config.optim.lr,
+    "optim.eps": 1e-8,
+    "optim.schedule": "constant",
+    "optim.warmup_steps": 0,
+    "optim.kpn_lr_scale": (1.0, 1.0, 1.0),
+}
+
+
+def complete_saved_config(config):
+    """Fills the fields of :data:`SAVED_CONFIG_DEFAULTS` that a saved run config lacks, in place,
+    and returns it. The trainer calls it on every config it reads from a run directory
+    (`dakpn_jax.training.trainer.load_config`: ``load_translator``, ``restore_state``, export), the
+    one place where a config from an older version enters; configs built from configs/*.py have
+    every field already."""
+    with config.unlocked():
+        for path, default in SAVED_CONFIG_DEFAULTS.items():
+            *parents, name = path.split(".")
+            node = config
+            for p in parents:
+                node = node[p]
+            if name not in node:
+                node[name] = default(config) if callable(default) else default
+    return config
 
 
 def _pair(value, name) -> tuple[int, int]:
@@ -61,10 +108,10 @@ def _pair(value, name) -> tuple[int, int]:
 def frame_size(config) -> tuple[int, int]:
     """The training frame size (H, W) that ``param_size`` refers to: ``config.model.frame_size``,
     else ``(config.data.height, config.data.width)`` (the procedural benchmark)."""
-    fs = _get(config.model, "frame_size", None)
+    fs = config.model.frame_size
     if fs:
         return _pair(fs, "model.frame_size")
-    if _get(config.data, "height", None) and _get(config.data, "width", None):
+    if "height" in config.data and "width" in config.data:  # the procedural benchmark's fields
         return int(config.data.height), int(config.data.width)
     raise ValueError("config.model.frame_size is needed when config.data has no height/width")
 
@@ -76,7 +123,7 @@ def param_size(config) -> tuple[int, int]:
 def tile_size(config, frame: tuple[int, int] | None = None) -> tuple[int, int]:
     """``config.model.tile_size``, default (H // 8, W // 8) of the (training) frame."""
     H, W = frame or frame_size(config)
-    ts = _get(config.model, "tile_size", None)
+    ts = config.model.tile_size
     th, tw = _pair(ts, "model.tile_size") if ts else (H // 8, W // 8)
     if th > H or tw > W:
         raise ValueError(f"config.model.tile_size=({th}, {tw}) exceeds the frame ({H}, {W})")
@@ -94,7 +141,7 @@ def grid_for(config, height: int, width: int) -> tuple[int, int]:
 
 def ablation_of(config) -> tuple[str, ...]:
     """``config.model.ablate`` validated against ``ABLATIONS`` (empty: the full method)."""
-    ablate = tuple(_get(config.model, "ablate", ()) or ())
+    ablate = tuple(config.model.ablate or ())
     if set(ablate) - set(ABLATIONS):
         raise ValueError(f"config.model.ablate={ablate!r}: each entry must be one of {ABLATIONS}")
     return ablate
@@ -102,19 +149,19 @@ def ablation_of(config) -> tuple[str, ...]:
 
 def needs_segmenter(config) -> bool:
     """True when the step uses the frozen segmenter: segmenter features or the conditioned D."""
-    return _get(config, "features", "onehot") == "segmenter" or config.loss.d_condition == "segmenter"
+    return config.features == "segmenter" or config.loss.d_condition == "segmenter"
 
 
 def check_config(config) -> None:
     """ValueError naming the field when a switch has a value outside its enumeration, or two
     switches do not fit together."""
     m, l = config.model, config.loss
-    checks = [("features", _get(config, "features", "onehot"), FEATURES),
+    checks = [("features", config.features, FEATURES),
               ("loss.form", l.form, LOSS_FORMS), ("model.noise", m.noise, NOISE),
-              ("optim.schedule", _get(config.optim, "schedule", "constant"), SCHEDULES),
-              ("loss.update_rule", _get(l, "update_rule", "alternating"), UPDATES),
-              ("model.tile_grid", _get(m, "tile_grid", "random"), TILE_GRIDS),
-              ("model.low_params", _get(m, "low_params", "rescaled"), LOW_PARAMS),
+              ("optim.schedule", config.optim.schedule, SCHEDULES),
+              ("loss.update_rule", l.update_rule, UPDATES),
+              ("model.tile_grid", m.tile_grid, TILE_GRIDS),
+              ("model.low_params", m.low_params, LOW_PARAMS),
               ("loss.d_condition", l.d_condition, D_CONDITIONS),
               ("loss.d_condition_fake", l.d_condition_fake, D_CONDITION_FAKE),
               ("loss.d_condition_probs", l.d_condition_probs, D_CONDITION_PROBS)]
@@ -127,14 +174,14 @@ def check_config(config) -> None:
     if m.kernel_size < 1 or m.kernel_size % 2 == 0:
         raise ValueError(f"config.model.kernel_size={m.kernel_size} must be a positive odd int")
     ablation_of(config)
-    for name, used in (("features", _get(config, "features", "onehot") == "segmenter"),
+    for name, used in (("features", config.features == "segmenter"),
                        ("loss.d_condition", l.d_condition == "segmenter")):
-        if used and not _get(config, "segmenter_workdir", None) and not _get(config, "segmenter_weights", None):
+        if used and not config.segmenter_workdir and not config.segmenter_weights:
             raise ValueError(f"config.{name}='segmenter' needs config.segmenter_workdir (a segmentation run) or "
                              "config.segmenter_weights (a torchvision-layout FCN-ResNet50 .pth / .safetensors)")
-    if _get(l, "update_rule", "alternating") == "gradient_reversal":
+    if l.update_rule == "gradient_reversal":
         if l.form != "saturating" or float(l.r1) > 0:
             raise ValueError(f"config.loss.update_rule='gradient_reversal' is the saturating minimax objective: it "
                              f"needs loss.form='saturating' (got {l.form!r}) and loss.r1=0 (got {l.r1})")
-    if not _get(l, "real_low", True) and "tile" not in views:
+    if not l.real_low and "tile" not in views:
         raise ValueError("config.loss.real_low=False needs 'tile' in loss.d_inputs (D needs a real view)")

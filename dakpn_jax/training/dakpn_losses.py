@@ -41,7 +41,7 @@ from flax import nnx
 
 from dakpn_jax import translation
 from dakpn_jax.training import gan_common as gc
-from dakpn_jax.training.dakpn_config import GRID_CELLS, LOSS_FORMS, _get, low_size, tile_size
+from dakpn_jax.training.dakpn_config import GRID_CELLS, LOSS_FORMS, low_size, tile_size
 from dakpn_jax.training.dakpn_features import area_resize
 
 # ----------------------------------------------------------------------------- views
@@ -102,7 +102,7 @@ def draw_views(config, rng, x: jax.Array, r: jax.Array) -> dict:
         raise ValueError(f"DA-KPN batch: real frames {r.shape[1:3]} are smaller than the tile {tile}")
     k_pos, k_real, k_noise, rng = gc.split_key(rng, 4)
     wrap = jax.random.wrap_key_data
-    if _get(config.model, "tile_grid", "random") == "aligned":
+    if config.model.tile_grid == "aligned":
         if tile[0] * GRID_CELLS > frame[0] or tile[1] * GRID_CELLS > frame[1]:
             raise ValueError(f"config.model.tile_grid='aligned': {GRID_CELLS} x {GRID_CELLS} tiles of {tile} "
                              f"do not fit the frame {frame}")
@@ -112,7 +112,7 @@ def draw_views(config, rng, x: jax.Array, r: jax.Array) -> dict:
     # The real tile: a uniform crop of the same size (the real frame has its own size).
     real_pos = random_positions(wrap(k_real), B, r.shape[1:3], tile)
     reals = {"tile": _crop(r, real_pos, tile)}
-    if "low" in views and _get(config.loss, "real_low", True):
+    if "low" in views and config.loss.real_low:
         reals["low"] = area_resize(r, low_size(config))
     return {"pos": pos, "real_pos": real_pos, "reals": reals, "k_noise": wrap(k_noise), "tile": tile, "rng": rng}
 

@@ -14,7 +14,6 @@ from dakpn_jax import translation
 from dakpn_jax.models.kpn import KPNHead, default_sigma_max
 from dakpn_jax.models.patchgan import PatchGANPyramid
 from dakpn_jax.training import gan_common as gc
-from dakpn_jax.training.dakpn_config import _get
 from dakpn_jax.training.dakpn_features import area_resize
 
 # ----------------------------------------------------------------------------- networks
@@ -34,7 +33,7 @@ def d_in_channels(config) -> int:
 def make_discriminator(config, rngs: nnx.Rngs) -> PatchGANPyramid:
     d = config.model.disc
     return PatchGANPyramid(d_in_channels(config), num_D=d.num_D, ndf=d.ndf, n_layers=d.n_layers, norm=d.norm,
-                           arch=_get(d, "arch", "patchgan"), init=_get(d, "init", "normal"), rngs=rngs)
+                           arch=d.arch, init=d.init, rngs=rngs)
 
 
 def graphdefs(config) -> dict:
@@ -70,7 +69,7 @@ def make_schedule(config, lr: float) -> optax.Schedule:
     """``constant``, ``cosine`` (to 0 at num_train_steps) or ``linear`` (to 0), after a linear
     warm-up of ``optim.warmup_steps`` from 0."""
     o = config.optim
-    kind, warmup = _get(o, "schedule", "constant"), int(_get(o, "warmup_steps", 0))
+    kind, warmup = o.schedule, int(o.warmup_steps)
     total = max(int(config.num_train_steps), warmup + 1)
     if kind == "constant":
         main = optax.constant_schedule(lr)
@@ -89,7 +88,7 @@ def component_lr_scale(config) -> np.ndarray | None:
     parameter by about the rate per step whatever its gradient's size, so the rate is the step in
     parameter units: a colour scale needs moves of tenths, a noise scale (real sensor noise: a few
     hundredths) far smaller ones, and one rate for both makes the noise jitter or the colour crawl."""
-    s = _get(config.optim, "kpn_lr_scale", None)
+    s = config.optim.kpn_lr_scale
     if not s:
         return None
     s = tuple(float(v) for v in s)
@@ -114,8 +113,8 @@ def make_optimizers(config) -> dict:
     """Adam for the KPN head (``optim.lr``, paper 1e-4; per component ``optim.kpn_lr_scale``) and D
     (``optim.lr_D``, default the same)."""
     o = config.optim
-    lr_d = _get(o, "lr_D", None) or o.lr
-    adam = lambda lr: optax.adam(make_schedule(config, lr), b1=o.b1, b2=o.b2, eps=_get(o, "eps", 1e-8))
+    lr_d = o.lr_D
+    adam = lambda lr: optax.adam(make_schedule(config, lr), b1=o.b1, b2=o.b2, eps=o.eps)
     scale = component_lr_scale(config)
     kpn = adam(o.lr) if scale is None else optax.chain(adam(o.lr), _scale_output_channels(scale))
     return {"kpn": kpn, "D": adam(lr_d)}

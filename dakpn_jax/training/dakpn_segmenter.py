@@ -30,7 +30,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from dakpn_jax.training.dakpn_config import _get, _pair, low_size
+from dakpn_jax.training.dakpn_config import _pair, low_size
 from dakpn_jax.training.dakpn_features import area_resize, onehot_features
 from dakpn_jax.training.dakpn_losses import _crop
 
@@ -39,11 +39,11 @@ def load_segmenter(config):
     """``(apply_fn, params)`` of the frozen segmenter: ``config.segmenter_weights`` (a
     torchvision-layout FCN-ResNet50 file, :func:`dakpn_jax.models.fcn_resnet50.load_frozen`) when
     set, else the segmentation run in ``config.segmenter_workdir``."""
-    weights = _get(config, "segmenter_weights", None)
+    weights = config.segmenter_weights
     if weights:
         from dakpn_jax.models import fcn_resnet50  # pylint: disable=import-outside-toplevel
         return fcn_resnet50.load_frozen(weights, config.model.num_classes,
-                                        normalize=bool(_get(config, "segmenter_normalize", True)))
+                                        normalize=bool(config.segmenter_normalize))
     from dakpn_jax.training import segmentation  # only needed for segmenter features
     return segmentation.load_segmenter(config.segmenter_workdir)
 
@@ -53,12 +53,12 @@ def make_feature_fn(config, segmenter=None) -> Callable:
 
     Segmenter features are ``stop_gradient(apply_fn(params, images))`` resized by area; the params
     are constants of the returned closure, never part of the trained state."""
-    kind = _get(config, "features", "onehot")
+    kind = config.features
     C = config.model.num_classes
     if kind == "onehot":
         return lambda images, labels, size: onehot_features(labels, C, size)
     apply_fn, seg_params = segmenter if segmenter is not None else load_segmenter(config)
-    in_size = _get(config, "segmenter_input_size", None)
+    in_size = config.segmenter_input_size
 
     def features(images, labels, size):
         del labels
@@ -80,7 +80,7 @@ def make_segmenter_probs(config, segmenter) -> Callable:
     frame resized to it (as for the features) and its logits are resized back (linear) first."""
     apply_fn, seg_params = segmenter
     C = config.model.num_classes
-    in_size = _get(config, "segmenter_input_size", None)
+    in_size = config.segmenter_input_size
     hard = config.loss.d_condition_probs == "hard"
 
     def probs(images):

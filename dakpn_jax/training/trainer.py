@@ -61,7 +61,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dakpn_jax import console, workdir_lock
+from dakpn_jax import console, registry, workdir_lock
 from dakpn_jax.training import checkpoint as ckpt
 from dakpn_jax.training import get_method
 from dakpn_jax.training import metrics_writer as mw
@@ -159,11 +159,24 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raise ValueError(f"workdir={workdir!r} has no config.json (not a training run directory?)")
     try:
         with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
+            config = ml_collections.ConfigDict(json.load(f))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
         raise ValueError(f"{path}: unreadable run config ({e.__class__.__name__}: {e}). The file is written "
                          "atomically, so it was changed or damaged by something else; restore it, or pass "
                          "the config explicitly (restore_state(workdir, config)).") from e
+    return complete_saved_config(config)
+
+
+def complete_saved_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A saved run config with the fields its method added since filled in: the method module's
+    optional ``complete_saved_config(config)`` (docs/ARCHITECTURE.md), for registered methods. A
+    run saved by an older version then still restores, translates and exports as it trained."""
+    name = config.get("method")
+    if isinstance(name, str) and name in registry.REGISTRY:
+        complete = getattr(get_method(name), "complete_saved_config", None)
+        if complete is not None:
+            config = complete(config)
+    return config
 
 
 # ----------------------------------------------------------------------------- state and step
