@@ -34,10 +34,16 @@ Deviations from the published CUT that remain (all variants):
 - ``benchmark``/``tiny`` shrink widths, blocks, crops, batch and steps (they are CPU variants);
   ``tiny`` also uses Adam eps 1e-3 (see below).
 """
+
 import ml_collections
 
-from configs.cyclegan import (CITYSCAPES_SCALE_WIDTH_1024, GTA5_SCALE_WIDTH_1024, GTA5_TRAIN_IMAGES,
-                              data_config, real_data_config)
+from configs.cyclegan import (
+    CITYSCAPES_SCALE_WIDTH_1024,
+    GTA5_SCALE_WIDTH_1024,
+    GTA5_TRAIN_IMAGES,
+    data_config,
+    real_data_config,
+)
 
 VARIANTS = ("default", "gta5_cityscapes", "benchmark", "tiny")
 
@@ -47,7 +53,9 @@ def get_config(arg=None):
     method, _, variant = arg.partition("-")
     variant = variant or "default"
     if method not in ("cut", "fastcut") or variant not in VARIANTS:
-        raise ValueError(f"configs/cut.py: unknown variant {arg!r} (cut|fastcut[-{'|-'.join(VARIANTS[1:])}])")
+        raise ValueError(
+            f"configs/cut.py: unknown variant {arg!r} (cut|fastcut[-{'|-'.join(VARIANTS[1:])}])"
+        )
     fast = method == "fastcut"
     c = ml_collections.ConfigDict()
     c.method = "cut"  # one method module; FastCUT is CUT with the settings below
@@ -57,25 +65,55 @@ def get_config(arg=None):
     c.crop_size = (256, 256)
     c.random_flip = True
     c.batch_size = 1
-    c.model = ml_collections.ConfigDict(dict(ngf=64, n_blocks=9, n_down=2, ndf=64, n_layers_d=3,
-                                             antialias=True, antialias_up=True, antialias_d=True,
-                                             init="xavier", init_gain=0.02))
+    c.model = ml_collections.ConfigDict(
+        dict(
+            ngf=64,
+            n_blocks=9,
+            n_down=2,
+            ndf=64,
+            n_layers_d=3,
+            antialias=True,
+            antialias_up=True,
+            antialias_d=True,
+            init="xavier",
+            init_gain=0.02,
+        )
+    )
     c.loss = ml_collections.ConfigDict(dict(lambda_gan=1.0))
-    c.nce = ml_collections.ConfigDict(dict(
-        layers=(0, 4, 8, 12, 16), num_patches=256, tau=0.07, mlp_dim=256,
-        lambda_nce=10.0 if fast else 1.0, nce_idt=not fast, flip_equivariance=fast))
+    c.nce = ml_collections.ConfigDict(
+        dict(
+            layers=(0, 4, 8, 12, 16),
+            num_patches=256,
+            tau=0.07,
+            mlp_dim=256,
+            lambda_nce=10.0 if fast else 1.0,
+            nce_idt=not fast,
+            flip_equivariance=fast,
+        )
+    )
     train_size = GTA5_TRAIN_IMAGES
     const, decay = (150, 50) if fast else (200, 200)
-    c.optim = ml_collections.ConfigDict(dict(lr=2e-4, b1=0.5, b2=0.999, eps=1e-8,
-                                             constant_steps=const * train_size, decay_steps=decay * train_size))
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            lr=2e-4,
+            b1=0.5,
+            b2=0.999,
+            eps=1e-8,
+            constant_steps=const * train_size,
+            decay_steps=decay * train_size,
+        )
+    )
     c.num_train_steps = (const + decay) * train_size
     c.log_every_steps = 100
     c.checkpoint_every_steps = 5000
     c.eval_every_steps = 50000
     c.eval_images = 64
     if variant == "gta5_cityscapes":
-        c.data = real_data_config("gta5_cityscapes", synthetic_size=GTA5_SCALE_WIDTH_1024,
-                                  real_size=CITYSCAPES_SCALE_WIDTH_1024)
+        c.data = real_data_config(
+            "gta5_cityscapes",
+            synthetic_size=GTA5_SCALE_WIDTH_1024,
+            real_size=CITYSCAPES_SCALE_WIDTH_1024,
+        )
         c.crop_size = (360, 360)
         const, decay = (15, 5) if fast else (10, 10)
         c.optim.update(constant_steps=const * train_size, decay_steps=decay * train_size)
@@ -86,8 +124,10 @@ def get_config(arg=None):
         c.batch_size = 4
         c.model.update(ngf=16, n_blocks=6, ndf=16)
         steps = 3000 if fast else 4000
-        c.optim.update(constant_steps=steps * 3 // 4 if fast else steps // 2,
-                       decay_steps=steps // 4 if fast else steps // 2)
+        c.optim.update(
+            constant_steps=steps * 3 // 4 if fast else steps // 2,
+            decay_steps=steps // 4 if fast else steps // 2,
+        )
         c.num_train_steps = steps
         c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 50, 500, 1000
     elif variant == "tiny":

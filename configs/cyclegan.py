@@ -18,18 +18,20 @@
   uses 6 blocks), 64 x 64 crops, batch 4, 4000 steps (half constant, half decay).
 - ``"tiny"``: seconds-long test variant (32 x 32 images, 4 filters, 2 blocks, pool of 4).
 """
+
 import ml_collections
 from ml_collections import config_dict
 
 VARIANTS = ("default", "gta5_cityscapes", "benchmark", "tiny")
 GTA5_TRAIN_IMAGES = 24966
-GTA5_SCALE_WIDTH_1024 = (562, 1024)       # (H, W) of a 1914 x 1052 GTA5 frame scaled to width 1024
+GTA5_SCALE_WIDTH_1024 = (562, 1024)  # (H, W) of a 1914 x 1052 GTA5 frame scaled to width 1024
 CITYSCAPES_SCALE_WIDTH_1024 = (512, 1024)
 
 
 def data_config(height=128, width=256, **overrides):
     """The procedural benchmark's fields (``configs/default.py``: ``ProceduralConfig`` defaults)."""
     from configs import default  # pylint: disable=import-outside-toplevel
+
     return default.data_config(height, width, **overrides)
 
 
@@ -37,10 +39,18 @@ def real_data_config(name: str, **fields):
     """``sources.preset(name)`` with ``fields`` applied and every field that is still ``None``
     turned into an ``ml_collections`` placeholder (so ``--config.data.data_dir=...`` etc. work)."""
     from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+
     base = sources.preset(name)
     base.update(fields)
-    types = {"data_dir": str, "synthetic_dir": str, "real_dir": str, "synthetic_split": str,
-             "synthetic_size": tuple, "real_size": tuple, "real_val_size": tuple}
+    types = {
+        "data_dir": str,
+        "synthetic_dir": str,
+        "real_dir": str,
+        "synthetic_split": str,
+        "synthetic_size": tuple,
+        "real_size": tuple,
+        "real_val_size": tuple,
+    }
     c = ml_collections.ConfigDict()
     for k, v in base.items():
         setattr(c, k, config_dict.placeholder(types.get(k, str)) if v is None else v)
@@ -58,21 +68,43 @@ def get_config(arg=None):
     c.crop_size = (256, 256)
     c.random_flip = True
     c.batch_size = 1
-    c.model = ml_collections.ConfigDict(dict(ngf=64, n_blocks=9, n_down=2, ndf=64, n_layers_d=3,
-                                             antialias=False, antialias_up=False, antialias_d=False,
-                                             init="normal", init_gain=0.02))
+    c.model = ml_collections.ConfigDict(
+        dict(
+            ngf=64,
+            n_blocks=9,
+            n_down=2,
+            ndf=64,
+            n_layers_d=3,
+            antialias=False,
+            antialias_up=False,
+            antialias_d=False,
+            init="normal",
+            init_gain=0.02,
+        )
+    )
     c.loss = ml_collections.ConfigDict(dict(lambda_cycle=10.0, lambda_identity=0.5, pool_size=50))
     train_size = GTA5_TRAIN_IMAGES
-    c.optim = ml_collections.ConfigDict(dict(lr=2e-4, b1=0.5, b2=0.999, eps=1e-8,
-                                             constant_steps=100 * train_size, decay_steps=100 * train_size))
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            lr=2e-4,
+            b1=0.5,
+            b2=0.999,
+            eps=1e-8,
+            constant_steps=100 * train_size,
+            decay_steps=100 * train_size,
+        )
+    )
     c.num_train_steps = 200 * train_size
     c.log_every_steps = 100
     c.checkpoint_every_steps = 5000
     c.eval_every_steps = 50000
     c.eval_images = 64
     if arg == "gta5_cityscapes":
-        c.data = real_data_config("gta5_cityscapes", synthetic_size=GTA5_SCALE_WIDTH_1024,
-                                  real_size=CITYSCAPES_SCALE_WIDTH_1024)
+        c.data = real_data_config(
+            "gta5_cityscapes",
+            synthetic_size=GTA5_SCALE_WIDTH_1024,
+            real_size=CITYSCAPES_SCALE_WIDTH_1024,
+        )
         c.crop_size = (360, 360)
         c.loss.lambda_identity = 1.0
         c.optim.update(constant_steps=10 * train_size, decay_steps=10 * train_size)

@@ -36,6 +36,7 @@ needs to not be input-bound.
 same variant (``python3 -m dakpn_jax.sweep --config=configs/default.py --workdir=runs/sweep --dry_run``
 prints one training command per point).
 """
+
 import dataclasses
 
 import ml_collections
@@ -64,35 +65,69 @@ def get_config(arg=None):
     c.data = data_config()
     c.random_flip = True
     c.batch_size = 8
-    c.features = "onehot"          # or "segmenter" (+ segmenter_workdir)
-    c.segmenter_workdir = ""       # a segmentation run: features="segmenter" and loss.d_condition="segmenter" use it
-    c.segmenter_weights = ""       # or a torchvision-layout FCN-ResNet50 .pth / .safetensors (used before the workdir)
-    c.segmenter_normalize = True   # the FCN weights' input: ImageNet-normalised (the paper preset: False)
+    c.features = "onehot"  # or "segmenter" (+ segmenter_workdir)
+    c.segmenter_workdir = (
+        ""  # a segmentation run: features="segmenter" and loss.d_condition="segmenter" use it
+    )
+    c.segmenter_weights = (
+        ""  # or a torchvision-layout FCN-ResNet50 .pth / .safetensors (used before the workdir)
+    )
+    c.segmenter_normalize = (
+        True  # the FCN weights' input: ImageNet-normalised (the paper preset: False)
+    )
     # The segmenter's input size (h, w): unset, the frame as it is; the paper preset: (96, 160).
     c.segmenter_input_size = config_dict.placeholder(tuple)
-    c.model = ml_collections.ConfigDict(dict(
-        num_classes=19, head="linear", hidden=32, sigma0=1.0, sigma_param="neighbour_weight",
-        kernel_size=9, impl="auto", param_size=(16, 32), tile_size=(16, 32), low_size=(32, 64),
-        noise="fixed", noise_seed=0,
-        ablate=(),                 # switched-off components, subset of dakpn.ABLATIONS (affine, blur, noise)
-        tile_grid="random",        # tile positions: "random" (uniform) or "aligned" (a cell of the 8 x 8 grid, the authors')
-        low_params="rescaled",     # the low view's sigma and noise: "rescaled" to its pixels or "unscaled" (the authors')
-        # arch: "patchgan" (46 px, 3x3 head) or "nlayer" (70 x 70, the authors'); init: "normal" N(0, 0.02) or "torch"
-        disc=ml_collections.ConfigDict(dict(ndf=32, n_layers=3, norm="batch", num_D=1, arch="patchgan",
-                                            init="normal"))))
+    c.model = ml_collections.ConfigDict(
+        dict(
+            num_classes=19,
+            head="linear",
+            hidden=32,
+            sigma0=1.0,
+            sigma_param="neighbour_weight",
+            kernel_size=9,
+            impl="auto",
+            param_size=(16, 32),
+            tile_size=(16, 32),
+            low_size=(32, 64),
+            noise="fixed",
+            noise_seed=0,
+            ablate=(),  # switched-off components, subset of dakpn.ABLATIONS (affine, blur, noise)
+            tile_grid="random",  # tile positions: "random" (uniform) or "aligned" (a cell of the 8 x 8 grid, the authors')
+            low_params="rescaled",  # the low view's sigma and noise: "rescaled" to its pixels or "unscaled" (the authors')
+            # arch: "patchgan" (46 px, 3x3 head) or "nlayer" (70 x 70, the authors'); init: "normal" N(0, 0.02) or "torch"
+            disc=ml_collections.ConfigDict(
+                dict(ndf=32, n_layers=3, norm="batch", num_D=1, arch="patchgan", init="normal")
+            ),
+        )
+    )
     # The training frame size (h, w) param_size and tile_size refer to: unset, data.height x data.width.
     c.model.frame_size = config_dict.placeholder(tuple)
-    c.loss = ml_collections.ConfigDict(dict(form="saturating", identity=1.0, r1=0.0, d_inputs=("tile", "low")))
-    c.loss.real_low = True                 # D sees the resized real frame next to the low view (False: the authors')
-    c.loss.update_rule = "alternating"     # D then G; or "gradient_reversal" (the authors': one pass, saturating, r1=0)
+    c.loss = ml_collections.ConfigDict(
+        dict(form="saturating", identity=1.0, r1=0.0, d_inputs=("tile", "low"))
+    )
+    c.loss.real_low = (
+        True  # D sees the resized real frame next to the low view (False: the authors')
+    )
+    c.loss.update_rule = (
+        "alternating"  # D then G; or "gradient_reversal" (the authors': one pass, saturating, r1=0)
+    )
     # D conditioned on a semantic map (dakpn_segmenter.py, "Conditioned D"): "none" (the paper: RGB only) or
     # "segmenter" (needs segmenter_workdir, the frozen segmenter run on the real frames).
     c.loss.d_condition = "none"
-    c.loss.d_condition_fake = "labels"   # the fakes' map: "labels" (synthetic one-hot) or "segmenter" (on the untranslated frame)
-    c.loss.d_condition_probs = "hard"    # segmenter maps: "hard" (one-hot argmax) or "soft" (softmax)
-    c.optim = ml_collections.ConfigDict(dict(lr=3e-4, lr_D=1e-4, b1=0.5, b2=0.999, eps=1e-8,
-                                             schedule="cosine", warmup_steps=0,
-                                             kpn_lr_scale=(1.0, 1.0, 1.0)))  # (affine, blur, noise) x lr
+    c.loss.d_condition_fake = "labels"  # the fakes' map: "labels" (synthetic one-hot) or "segmenter" (on the untranslated frame)
+    c.loss.d_condition_probs = "hard"  # segmenter maps: "hard" (one-hot argmax) or "soft" (softmax)
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            lr=3e-4,
+            lr_D=1e-4,
+            b1=0.5,
+            b2=0.999,
+            eps=1e-8,
+            schedule="cosine",
+            warmup_steps=0,
+            kpn_lr_scale=(1.0, 1.0, 1.0),
+        )
+    )  # (affine, blur, noise) x lr
     c.num_train_steps = 600
     c.steps_per_call = 1
     c.log_every_steps = 50
@@ -109,8 +144,15 @@ def get_config(arg=None):
         c.num_train_steps = 300
         c.eval_every_steps = 100
     elif arg == "tiny":
-        c.data = data_config(32, 64, num_synthetic_train=32, num_real_train=32, num_real_labelled=4,
-                             num_real_val=8, num_paired_eval=8)
+        c.data = data_config(
+            32,
+            64,
+            num_synthetic_train=32,
+            num_real_train=32,
+            num_real_labelled=4,
+            num_real_val=8,
+            num_paired_eval=8,
+        )
         c.model.update(kernel_size=5, param_size=(8, 16), tile_size=(8, 16), low_size=(16, 32))
         c.model.disc.update(ndf=4, n_layers=2)
         c.num_train_steps = 4

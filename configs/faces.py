@@ -15,6 +15,7 @@ real labels' native size.)
 Shared: parameter grid 64 x 64 (H/8), low view 64 x 64, tiles 64 x 64, K = 25, linear head (raw
 outputs), 64-filter BatchNorm D, saturating / BCE loss, identity weight 1, Adam 1e-4, batch 8.
 """
+
 import importlib.util
 import os
 
@@ -36,6 +37,15 @@ def get_config(arg=None):
     # The paper preset's low view: the 96 x 160 of the street scenes does not fit a square face;
     # the faces use H/8 = 64 x 64 for the grid and the low view.
     return _presets().build(
-        "faces", variant, num_classes=18, frame=FRAME, param_size=(64, 64), low_size=(64, 64),
-        tile_size=None, train_images=TRAIN_IMAGES, paper_steps=67_000, data_fields=sizes,
-        paper_data_fields=sizes)
+        "faces",
+        variant,
+        num_classes=18,
+        frame=FRAME,
+        param_size=(64, 64),
+        low_size=(64, 64),
+        tile_size=None,
+        train_images=TRAIN_IMAGES,
+        paper_steps=67_000,
+        data_fields=sizes,
+        paper_data_fields=sizes,
+    )

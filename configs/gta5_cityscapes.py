@@ -24,6 +24,7 @@ Launch (features: a torchvision-layout FCN-ResNet50 file, or a segmentation run)
     python -m dakpn_jax.main --config=configs/gta5_cityscapes.py:clean --workdir=DIR \\
         --config.data.data_dir=TFDS_DIR --config.segmenter_workdir=SEG_WORKDIR
 """
+
 import importlib.util
 import os
 
@@ -42,7 +43,17 @@ def _presets():
 def get_config(arg=None):
     variant = "clean" if arg in (None, "default") else arg
     return _presets().build(
-        "gta5_cityscapes", variant, num_classes=19, frame=FRAME, param_size=(96, 160), low_size=(96, 160),
-        tile_size=None, train_images=TRAIN_IMAGES, paper_steps=103_000,
+        "gta5_cityscapes",
+        variant,
+        num_classes=19,
+        frame=FRAME,
+        param_size=(96, 160),
+        low_size=(96, 160),
+        tile_size=None,
+        train_images=TRAIN_IMAGES,
+        paper_steps=103_000,
         data_fields=dict(synthetic_size=FRAME, real_size=None, real_val_size=None),
-        paper_data_fields=dict(synthetic_size=FRAME, real_size=None, real_val_size=None, synthetic_split="train"))
+        paper_data_fields=dict(
+            synthetic_size=FRAME, real_size=None, real_val_size=None, synthetic_split="train"
+        ),
+    )

@@ -69,6 +69,7 @@ Fields:
   ``scores`` (False: no model score / paired-scores stage).
 - ``bootstrap``: ``num_resamples``, ``level``, ``seed`` of the intervals (`dakpn_jax.protocol.stats`).
 """
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -84,7 +85,11 @@ ABLATIONS = {
     "dakpn_no_blur": {"kind": "dakpn", "overrides": {"model": {"ablate": ("blur",)}}},
     "dakpn_no_noise": {"kind": "dakpn", "overrides": {"model": {"ablate": ("noise",)}}},
 }
-UNIFORM = {"kind": "dakpn", "overrides": {"model": {"param_size": (1, 1)}}, "label": "dakpn_uniform (one theta per image)"}
+UNIFORM = {
+    "kind": "dakpn",
+    "overrides": {"model": {"param_size": (1, 1)}},
+    "label": "dakpn_uniform (one theta per image)",
+}
 CONTROLS = {
     "randomize": {"kind": "control", "control": "randomize", "params": {"kernel_size": 9}},
     "histogram": {"kind": "control", "control": "histogram", "params": {}},
@@ -92,32 +97,59 @@ CONTROLS = {
     "fda": {"kind": "control", "control": "fda", "params": {"beta": 0.01}},
     # The same randomisation with ranges chosen without the target domain (controls.UNINFORMED_RANGES):
     # the default randomize row's ranges were read from the benchmark's renderer (an optimistic control).
-    "randomize_uninformed": {"kind": "control", "control": "randomize",
-                             "params": {"kernel_size": 9, "ranges": "uninformed"},
-                             "label": "randomize_uninformed (generic ranges)"},
+    "randomize_uninformed": {
+        "kind": "control",
+        "control": "randomize",
+        "params": {"kernel_size": 9, "ranges": "uninformed"},
+        "label": "randomize_uninformed (generic ranges)",
+    },
 }
 
 # The family ceiling: an ORACLE (supervised fit on paired views, evaluation-only data; DA-KPN's family,
 # one theta per class), a reference level for DA-KPN, never a method (dakpn_jax/evaluation/family.py).
-CEILING = {"kind": "ceiling", "params": {"steps": 40}, "label": "family ceiling (oracle, paired data)"}
+CEILING = {
+    "kind": "ceiling",
+    "params": {"steps": 40},
+    "label": "family ceiling (oracle, paired data)",
+}
 
 
 def _gan(config, arg, steps=None, constant=None):
     """A GAN baseline row; ``steps`` shortens its schedule (constant + decay = steps)."""
     over = _cd()
     if steps:
-        over = _cd(num_train_steps=steps, checkpoint_every_steps=max(steps // 4, 1),
-                   optim=_cd(constant_steps=constant, decay_steps=steps - constant))
+        over = _cd(
+            num_train_steps=steps,
+            checkpoint_every_steps=max(steps // 4, 1),
+            optim=_cd(constant_steps=constant, decay_steps=steps - constant),
+        )
     return {"kind": "train", "config": config, "arg": arg, "overrides": over}
 
 
 def _seg(steps, **extra):
-    return _cd(variant="default", overrides=_cd(num_train_steps=steps, checkpoint_every_steps=steps,
-                                                optim=_cd(warmup_steps=min(50, steps // 10)), **extra))
+    return _cd(
+        variant="default",
+        overrides=_cd(
+            num_train_steps=steps,
+            checkpoint_every_steps=steps,
+            optim=_cd(warmup_steps=min(50, steps // 10)),
+            **extra,
+        ),
+    )
 
 
-VARIANTS = ("default", "decisive", "cpu", "noise", "seeds3", "baselines", "variance_segmenter",
-            "variance_translator", "recipe", "tiny")
+VARIANTS = (
+    "default",
+    "decisive",
+    "cpu",
+    "noise",
+    "seeds3",
+    "baselines",
+    "variance_segmenter",
+    "variance_translator",
+    "recipe",
+    "tiny",
+)
 
 
 def get_config(arg=None):
@@ -127,8 +159,15 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.seeds = (0,)
     # 500 synthetic images keep the export short; the oracle trains on all 500 real-train labels.
-    c.data = data_config(128, 256, num_synthetic_train=500, num_real_train=500, num_real_labelled=20,
-                         num_real_val=100, num_paired_eval=32)
+    c.data = data_config(
+        128,
+        256,
+        num_synthetic_train=500,
+        num_real_train=500,
+        num_real_labelled=20,
+        num_real_val=100,
+        num_paired_eval=32,
+    )
     c.dakpn = _cd(variant="fast", overrides=_cd(num_train_steps=300, checkpoint_every_steps=300))
     c.translators = _cd(dakpn=_cd(kind="dakpn"), reinhard=_cd(**CONTROLS["reinhard"]))
     c.headline = ("source_only", "dakpn")
@@ -139,16 +178,25 @@ def get_config(arg=None):
     c.side_n_real = (0,)
     c.real_fraction = 0.25
     c.stage_overrides = _cd(eval_every_steps=0, log_every_steps=10)
-    c.eval = _cd(model_score_images=100, paired_images=32, grid_rows=4, batch_size=8, control_pool=64,
-                 render_cache=8000)
+    c.eval = _cd(
+        model_score_images=100,
+        paired_images=32,
+        grid_rows=4,
+        batch_size=8,
+        control_pool=64,
+        render_cache=8000,
+    )
     c.bootstrap = _cd(num_resamples=2000, level=0.95, seed=0)
     # Which seed each random component uses: None = the run's seed (the paired default: a seed varies
     # everything); an int pins that component to it whatever the run's seed, so a run over seeds
     # varies only the others (issue 24's variance decomposition: the `variance_*` variants).
     # translator: trained translators (and a feature segmenter); control: the training-free
     # controls' draws; segmenter: downstream segmenters' initialisation and data order.
-    c.fixed_seeds = _cd(translator=config_dict.placeholder(int), control=config_dict.placeholder(int),
-                        segmenter=config_dict.placeholder(int))
+    c.fixed_seeds = _cd(
+        translator=config_dict.placeholder(int),
+        control=config_dict.placeholder(int),
+        segmenter=config_dict.placeholder(int),
+    )
 
     def everything():
         t = _cd(dakpn=_cd(kind="dakpn"))
@@ -169,7 +217,9 @@ def get_config(arg=None):
         c.translators = everything()
         c.translators.cyclegan = ml_collections.ConfigDict(_gan("configs/cyclegan.py", "benchmark"))
         c.translators.cut = ml_collections.ConfigDict(_gan("configs/cut.py", "cut-benchmark"))
-        c.translators.fastcut = ml_collections.ConfigDict(_gan("configs/cut.py", "fastcut-benchmark"))
+        c.translators.fastcut = ml_collections.ConfigDict(
+            _gan("configs/cut.py", "fastcut-benchmark")
+        )
         # VSAIT runs only with ImageNet VGG19 weights (--config.translators.vsait.overrides.model.vgg_weights=
         # /path/vgg19-dcbb9e9d.pth); without them the row is omitted and the report says why.
         c.translators.vsait = ml_collections.ConfigDict(_gan("configs/vsait.py", "benchmark"))
@@ -204,10 +254,15 @@ def get_config(arg=None):
         c.translators = _cd(
             dakpn=_cd(kind="dakpn"),
             # DA-KPN once more with the default config's 600-step schedule, nearer the baselines' budget.
-            dakpn_600steps=_cd(kind="dakpn", overrides=_cd(num_train_steps=600, checkpoint_every_steps=300)),
+            dakpn_600steps=_cd(
+                kind="dakpn", overrides=_cd(num_train_steps=600, checkpoint_every_steps=300)
+            ),
             cyclegan=ml_collections.ConfigDict(_gan("configs/cyclegan.py", "benchmark", 1000, 500)),
             cut=ml_collections.ConfigDict(_gan("configs/cut.py", "cut-benchmark", 1000, 500)),
-            fastcut=ml_collections.ConfigDict(_gan("configs/cut.py", "fastcut-benchmark", 750, 562)))
+            fastcut=ml_collections.ConfigDict(
+                _gan("configs/cut.py", "fastcut-benchmark", 750, 562)
+            ),
+        )
         # The four training-free controls too (one segmenter each, no trainer stage): do the GANs
         # beat colour statistics? They are new rows; the before table (issue #6) has none. (The
         # uninformed randomisation came later; it is not part of this table.)
@@ -227,8 +282,11 @@ def get_config(arg=None):
         # and 20; the "sd over seeds" column of the paired differences is the component.
         c.seeds = (0, 1, 2, 3, 4)
         c.n_real = c.side_n_real = (0, 20)
-        c.translators = _cd(dakpn=_cd(kind="dakpn"), randomize=ml_collections.ConfigDict(CONTROLS["randomize"]),
-                            cyclegan=ml_collections.ConfigDict(_gan("configs/cyclegan.py", "benchmark", 1000, 500)))
+        c.translators = _cd(
+            dakpn=_cd(kind="dakpn"),
+            randomize=ml_collections.ConfigDict(CONTROLS["randomize"]),
+            cyclegan=ml_collections.ConfigDict(_gan("configs/cyclegan.py", "benchmark", 1000, 500)),
+        )
         if arg == "variance_segmenter":
             c.fixed_seeds.translator = c.fixed_seeds.control = 0
         else:
@@ -247,12 +305,21 @@ def get_config(arg=None):
         c.eval.scores = False
     elif arg == "tiny":
         c.seeds = (0, 1)
-        c.data = data_config(32, 64, num_synthetic_train=8, num_real_train=8, num_real_labelled=2,
-                             num_real_val=4, num_paired_eval=4)
+        c.data = data_config(
+            32,
+            64,
+            num_synthetic_train=8,
+            num_real_train=8,
+            num_real_labelled=2,
+            num_real_val=4,
+            num_paired_eval=4,
+        )
         c.dakpn = _cd(variant="tiny", overrides=_cd(num_train_steps=2, checkpoint_every_steps=2))
         # One row of every kind: DA-KPN, a DA-KPN variant (uniform; the ablations are the same kind),
         # a GAN baseline (kind "train") and every training-free control.
-        c.translators = _cd(dakpn=_cd(kind="dakpn"), dakpn_uniform=ml_collections.ConfigDict(UNIFORM))
+        c.translators = _cd(
+            dakpn=_cd(kind="dakpn"), dakpn_uniform=ml_collections.ConfigDict(UNIFORM)
+        )
         tiny_gan = _gan("configs/cut.py", "fastcut-tiny", 2, 1)
         c.translators.fastcut = ml_collections.ConfigDict(tiny_gan)
         for k, v in CONTROLS.items():
@@ -262,10 +329,16 @@ def get_config(arg=None):
         c.translators.ceiling = ml_collections.ConfigDict(CEILING)
         c.translators.ceiling.params.steps = 3
         c.translators.fda.params.beta = 0.1  # 0.01 of 32 rows would swap the DC term alone (b = 0)
-        c.segmentation = _cd(variant="tiny", overrides=_cd(num_train_steps=2, checkpoint_every_steps=2))
-        c.feature_segmenter = _cd(variant="tiny", overrides=_cd(num_train_steps=2, checkpoint_every_steps=2))
+        c.segmentation = _cd(
+            variant="tiny", overrides=_cd(num_train_steps=2, checkpoint_every_steps=2)
+        )
+        c.feature_segmenter = _cd(
+            variant="tiny", overrides=_cd(num_train_steps=2, checkpoint_every_steps=2)
+        )
         c.n_real = (0, 2)
         c.stage_overrides = _cd(eval_every_steps=0, log_every_steps=1)
-        c.eval.update(model_score_images=4, paired_images=2, grid_rows=2, batch_size=4, control_pool=4)
+        c.eval.update(
+            model_score_images=4, paired_images=2, grid_rows=2, batch_size=4, control_pool=4
+        )
         c.bootstrap.num_resamples = 200
     return c

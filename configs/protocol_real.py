@@ -51,6 +51,7 @@ stages, their estimated device time and the exports' disk size before anything r
 
 ``-tiny`` (tests only): 32 x 64 frames, tiny models, one step per stage, N in {0, 1, all}.
 """
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -76,6 +77,7 @@ def _data(bench):
     """The shared data config: the clean DA-KPN preset's pixel scales (each stage reads its data
     from here; the paper row overrides what its preset changes)."""
     from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+
     preset, protocol, dakpn_file, _ = BENCHMARKS[bench]
     d = sources.preset(preset)
     d.label_protocol = protocol
@@ -88,6 +90,7 @@ def _data(bench):
 
 def _load(path, arg):
     from dakpn_jax.protocol import methods  # pylint: disable=import-outside-toplevel
+
     return methods.load_config_file(path, arg)
 
 
@@ -96,8 +99,10 @@ def get_config(arg=None):
     parts = arg.split("-")
     bench, opts = parts[0], set(parts[1:])
     if bench not in BENCHMARKS or not opts <= {"fcn", "tiny"}:
-        raise ValueError(f"configs/protocol_real.py: unknown variant {arg!r} (<benchmark>[-fcn][-tiny], "
-                         f"benchmark one of {', '.join(BENCHMARKS)})")
+        raise ValueError(
+            f"configs/protocol_real.py: unknown variant {arg!r} (<benchmark>[-fcn][-tiny], "
+            f"benchmark one of {', '.join(BENCHMARKS)})"
+        )
     _, _, dakpn_file, seg_bench = BENCHMARKS[bench]
     tiny = "tiny" in opts
     c = ml_collections.ConfigDict()
@@ -108,20 +113,46 @@ def get_config(arg=None):
     # None = native size; a typed placeholder keeps it overridable from the command line.
     paper_data = {"real_size": config_dict.placeholder(tuple) if paper_real is None else paper_real}
     c.translators = _cd(
-        dakpn=_cd(kind="train", config=dakpn_file, arg="clean", label="dakpn (clean preset)", overrides=_cd()),
-        dakpn_paper=_cd(kind="train", config=dakpn_file, arg="paper", label="dakpn (paper preset)",
-                        overrides=_cd(data=paper_data, segmenter_weights=config_dict.placeholder(str))),
-        cyclegan=_cd(kind="train", config="configs/cyclegan.py", arg="gta5_cityscapes", overrides=_cd()),
+        dakpn=_cd(
+            kind="train",
+            config=dakpn_file,
+            arg="clean",
+            label="dakpn (clean preset)",
+            overrides=_cd(),
+        ),
+        dakpn_paper=_cd(
+            kind="train",
+            config=dakpn_file,
+            arg="paper",
+            label="dakpn (paper preset)",
+            overrides=_cd(data=paper_data, segmenter_weights=config_dict.placeholder(str)),
+        ),
+        cyclegan=_cd(
+            kind="train", config="configs/cyclegan.py", arg="gta5_cityscapes", overrides=_cd()
+        ),
         cut=_cd(kind="train", config="configs/cut.py", arg="cut-gta5_cityscapes", overrides=_cd()),
-        fastcut=_cd(kind="train", config="configs/cut.py", arg="fastcut-gta5_cityscapes", overrides=_cd()),
-        vsait=_cd(kind="train", config="configs/vsait.py", arg="default",
-                  overrides=_cd(model=_cd(vgg_weights=config_dict.placeholder(str)))),
+        fastcut=_cd(
+            kind="train", config="configs/cut.py", arg="fastcut-gta5_cityscapes", overrides=_cd()
+        ),
+        vsait=_cd(
+            kind="train",
+            config="configs/vsait.py",
+            arg="default",
+            overrides=_cd(model=_cd(vgg_weights=config_dict.placeholder(str))),
+        ),
         # Official generator checkpoints as rows (no training; the same weights every seed), each
         # omitted with its reason unless --config.translators.<row>.generator_checkpoint=PATH names a
         # latest_net_G_A.pth (CycleGAN) / latest_net_G.pth (CUT, FastCUT) or a .safetensors copy.
-        cyclegan_official=_cd(kind="checkpoint", arch="cyclegan", generator_checkpoint=config_dict.placeholder(str)),
-        cut_official=_cd(kind="checkpoint", arch="cut", generator_checkpoint=config_dict.placeholder(str)),
-        fastcut_official=_cd(kind="checkpoint", arch="cut", generator_checkpoint=config_dict.placeholder(str)))
+        cyclegan_official=_cd(
+            kind="checkpoint", arch="cyclegan", generator_checkpoint=config_dict.placeholder(str)
+        ),
+        cut_official=_cd(
+            kind="checkpoint", arch="cut", generator_checkpoint=config_dict.placeholder(str)
+        ),
+        fastcut_official=_cd(
+            kind="checkpoint", arch="cut", generator_checkpoint=config_dict.placeholder(str)
+        ),
+    )
     for k, v in CONTROLS.items():
         c.translators[k] = ml_collections.ConfigDict(v)
     c.headline = ("source_only", "dakpn", "dakpn_paper")
@@ -130,24 +161,46 @@ def get_config(arg=None):
     c.side_n_real = (0,)
     c.real_fraction = 0.25
     if "fcn" in opts:
-        seg = _cd(config="configs/segmentation_real.py", variant=f"{seg_bench}_paper", require_weights=True,
-                  overrides=_cd(), model=_cd(name="fcn_resnet50", num_classes=19, kwargs=_cd(
-                      weights=config_dict.placeholder(str), load_classifier=False)))
+        seg = _cd(
+            config="configs/segmentation_real.py",
+            variant=f"{seg_bench}_paper",
+            require_weights=True,
+            overrides=_cd(),
+            model=_cd(
+                name="fcn_resnet50",
+                num_classes=19,
+                kwargs=_cd(weights=config_dict.placeholder(str), load_classifier=False),
+            ),
+        )
     else:
-        seg = _cd(config="configs/segmentation_real.py", variant=f"{seg_bench}_paper", require_weights=True,
-                  overrides=_cd(model=_cd(kwargs=_cd(pretrained=config_dict.placeholder(str)))))
+        seg = _cd(
+            config="configs/segmentation_real.py",
+            variant=f"{seg_bench}_paper",
+            require_weights=True,
+            overrides=_cd(model=_cd(kwargs=_cd(pretrained=config_dict.placeholder(str)))),
+        )
     c.segmentation = seg
     # Trained on the synthetic labels with the downstream model and weights (the paper's training script).
     c.feature_segmenter = _cd(same_as_segmentation=True)
     c.stage_overrides = _cd(eval_every_steps=0, log_every_steps=100)
     # Model score: the run's oracle labels each translated set, or a given segmentation run's
     # segmenter (--config.eval.model_score_workdir=DIR, e.g. one trained on all real labels).
-    c.eval = _cd(model_score_images=500, paired_images=0, grid_rows=4, batch_size=8, control_pool=64,
-                 render_cache=0, model_score_workdir=config_dict.placeholder(str))
+    c.eval = _cd(
+        model_score_images=500,
+        paired_images=0,
+        grid_rows=4,
+        batch_size=8,
+        control_pool=64,
+        render_cache=0,
+        model_score_workdir=config_dict.placeholder(str),
+    )
     c.bootstrap = _cd(num_resamples=2000, level=0.95, seed=0)
     # None: each component uses the run's seed (configs/protocol.py explains the pinning).
-    c.fixed_seeds = _cd(translator=config_dict.placeholder(int), control=config_dict.placeholder(int),
-                        segmenter=config_dict.placeholder(int))
+    c.fixed_seeds = _cd(
+        translator=config_dict.placeholder(int),
+        control=config_dict.placeholder(int),
+        segmenter=config_dict.placeholder(int),
+    )
     if tiny:
         _tiny(c)
     return c
@@ -159,16 +212,35 @@ def _tiny(c):
     c.seeds = (0,)
     c.data.update(synthetic_size=size, real_size=size, real_val_size=size)
     one = dict(num_train_steps=1, checkpoint_every_steps=1)
-    dakpn = _cd(model=_cd(frame_size=size, param_size=(4, 8), tile_size=(8, 16), low_size=(8, 16), kernel_size=5,
-                          disc=_cd(ndf=4, n_layers=1)), batch_size=8, **one)
+    dakpn = _cd(
+        model=_cd(
+            frame_size=size,
+            param_size=(4, 8),
+            tile_size=(8, 16),
+            low_size=(8, 16),
+            kernel_size=5,
+            disc=_cd(ndf=4, n_layers=1),
+        ),
+        batch_size=8,
+        **one,
+    )
     c.translators.dakpn.overrides = ml_collections.ConfigDict(dakpn.to_dict())
     paper = dakpn.to_dict()
     paper["data"] = {"real_size": size}  # the paper preset keeps native sizes; the trees are 6 x 10
     paper["segmenter_input_size"] = size
     # The aligned 8 x 8 grid: tiles of H/8 x W/8 = 4 x 8, too small for the 70 x 70 NLayer D.
-    paper["model"] = {**paper["model"], "tile_size": (4, 8), "disc": {"ndf": 4, "n_layers": 1, "arch": "patchgan"}}
+    paper["model"] = {
+        **paper["model"],
+        "tile_size": (4, 8),
+        "disc": {"ndf": 4, "n_layers": 1, "arch": "patchgan"},
+    }
     c.translators.dakpn_paper.overrides = ml_collections.ConfigDict(paper)
-    gan = lambda: _cd(num_train_steps=1, checkpoint_every_steps=1, batch_size=8, optim=_cd(constant_steps=1, decay_steps=1))
+    gan = lambda: _cd(
+        num_train_steps=1,
+        checkpoint_every_steps=1,
+        batch_size=8,
+        optim=_cd(constant_steps=1, decay_steps=1),
+    )
     c.translators.cyclegan.arg, c.translators.cyclegan.overrides = "tiny", gan()
     c.translators.cut.arg, c.translators.cut.overrides = "cut-tiny", gan()
     c.translators.fastcut.arg, c.translators.fastcut.overrides = "fastcut-tiny", gan()

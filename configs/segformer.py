@@ -27,6 +27,7 @@ As in mmsegmentation's SegFormer recipe, the decode head learns at 10x the base 
 by skipping weight decay on every 1-D parameter (biases, norm scales); the MiT has no other
 position parameters.
 """
+
 import importlib.util
 import math
 import os
@@ -50,19 +51,43 @@ def _segmentation_config(arg=None):
 def get_config(arg=None):
     arg = arg or "b5"
     if arg not in VARIANTS + ("tiny",):
-        raise ValueError(f"configs/segformer.py: unknown variant {arg!r} ({', '.join(VARIANTS)}, tiny)")
+        raise ValueError(
+            f"configs/segformer.py: unknown variant {arg!r} ({', '.join(VARIANTS)}, tiny)"
+        )
     tiny = arg == "tiny"
     c = _segmentation_config("tiny" if tiny else None)
-    c.model = ml_collections.ConfigDict(dict(name=f"segformer_{'b0' if tiny else arg}", num_classes=19))
-    c.model.kwargs = ml_collections.ConfigDict(dict(
-        pretrained=config_dict.placeholder(str),  # local HF MiT / SegFormer checkpoint
-        drop_path_rate=0.1, classifier_dropout=0.1))
-    c.optim = ml_collections.ConfigDict(dict(
-        name="adamw", lr=6e-5, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, schedule="poly",
-        poly_power=1.0, end_lr_ratio=0.0, warmup_steps=0, grad_clip=0.0, weight_decay_on="matrices",
-        steps_per_epoch=0, lr_mult=ml_collections.ConfigDict({"decode_head": 10.0})))
+    c.model = ml_collections.ConfigDict(
+        dict(name=f"segformer_{'b0' if tiny else arg}", num_classes=19)
+    )
+    c.model.kwargs = ml_collections.ConfigDict(
+        dict(
+            pretrained=config_dict.placeholder(str),  # local HF MiT / SegFormer checkpoint
+            drop_path_rate=0.1,
+            classifier_dropout=0.1,
+        )
+    )
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            name="adamw",
+            lr=6e-5,
+            weight_decay=0.01,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            schedule="poly",
+            poly_power=1.0,
+            end_lr_ratio=0.0,
+            warmup_steps=0,
+            grad_clip=0.0,
+            weight_decay_on="matrices",
+            steps_per_epoch=0,
+            lr_mult=ml_collections.ConfigDict({"decode_head": 10.0}),
+        )
+    )
     c.batch_size = 8
-    c.crop_size = config_dict.placeholder(tuple)  # full frames (128 x 256 on the procedural benchmark)
+    c.crop_size = config_dict.placeholder(
+        tuple
+    )  # full frames (128 x 256 on the procedural benchmark)
     c.random_flip = True
     train_images = int(c.data.get("num_synthetic_train", 2000))
     c.num_train_steps = math.ceil(EPOCHS * train_images / c.batch_size)

@@ -4,6 +4,7 @@
 inputs, 180 x 180 labels against the stride-4 logits, no augmentation, AdamW 6e-5, weight decay
 0.01 on all parameters, polynomial decay stepped per epoch over 50 epochs, batch 8).
 """
+
 import importlib.util
 import os
 

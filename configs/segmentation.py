@@ -31,6 +31,7 @@ Fields read by `dakpn_jax.training.segmentation` (SegFormer configs build on the
   of the trained weights (0 = off); ``eval_flip``: flip test-time augmentation, the mean of the
   logits of the image and of its mirror image (off by default; issue 24's recipe candidates).
 """
+
 import dataclasses
 
 import ml_collections
@@ -41,8 +42,13 @@ def data_config(height=128, width=256):
     """The procedural benchmark's fields (``ProceduralConfig`` defaults when that module exists)."""
     try:
         from dakpn_jax.data.procedural import ProceduralConfig  # pylint: disable=import-outside-toplevel
+
         fields = dataclasses.asdict(ProceduralConfig())
-    except (ImportError, TypeError, AttributeError):  # data module not importable yet: minimal fields
+    except (
+        ImportError,
+        TypeError,
+        AttributeError,
+    ):  # data module not importable yet: minimal fields
         fields = {"seed": 0}
     fields.update(height=height, width=width)
     return ml_collections.ConfigDict(fields)
@@ -63,12 +69,24 @@ def get_config(arg=None):
     c.batch_size = 8
     c.model = ml_collections.ConfigDict(dict(name="unet_small", num_classes=19))
     c.model.kwargs = ml_collections.ConfigDict(dict(features=(16, 32, 64)))
-    c.optim = ml_collections.ConfigDict(dict(
-        name="adamw", lr=1e-3, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8, schedule="poly", warmup_steps=50,
-        poly_power=0.9, end_lr_ratio=0.0, grad_clip=0.0,
-        weight_decay_on="matrices",  # "matrices": weights with ndim >= 2; "all": biases and norm scales too
-        steps_per_epoch=0,           # read by schedule="poly_per_epoch" only (the authors' per-epoch decay)
-        lr_mult=ml_collections.ConfigDict()))  # {top-level parameter group: lr multiplier}; empty = none
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            name="adamw",
+            lr=1e-3,
+            weight_decay=1e-4,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            schedule="poly",
+            warmup_steps=50,
+            poly_power=0.9,
+            end_lr_ratio=0.0,
+            grad_clip=0.0,
+            weight_decay_on="matrices",  # "matrices": weights with ndim >= 2; "all": biases and norm scales too
+            steps_per_epoch=0,  # read by schedule="poly_per_epoch" only (the authors' per-epoch decay)
+            lr_mult=ml_collections.ConfigDict(),
+        )
+    )  # {top-level parameter group: lr multiplier}; empty = none
     c.num_train_steps = 800
     c.steps_per_call = 1
     c.log_every_steps = 50
@@ -76,13 +94,20 @@ def get_config(arg=None):
     c.eval_every_steps = 400
     c.keep_checkpoints = 3
     c.eval_batch_size = 16
-    c.eval_images = config_dict.placeholder(int)  # None: the whole eval split; --config.eval_images=N works
-    c.ema_decay = 0.0       # weight averaging of the scored weights; 0 = off
-    c.eval_flip = False     # flip test-time augmentation when scoring
+    c.eval_images = config_dict.placeholder(
+        int
+    )  # None: the whole eval split; --config.eval_images=N works
+    c.ema_decay = 0.0  # weight averaging of the scored weights; 0 = off
+    c.eval_flip = False  # flip test-time augmentation when scoring
     if arg == "tiny":
         c.data = data_config(32, 64)
-        c.data.update(num_synthetic_train=32, num_real_train=8, num_real_labelled=4, num_real_val=8,
-                      num_paired_eval=4)
+        c.data.update(
+            num_synthetic_train=32,
+            num_real_train=8,
+            num_real_labelled=4,
+            num_real_val=8,
+            num_paired_eval=4,
+        )
         c.data.train_sources = ({"kind": "split", "split": "synthetic-train"},)
         c.data.eval_split = "real-val"
         c.crop_size = config_dict.placeholder(tuple)  # full frames

@@ -29,6 +29,7 @@ trains on *all translated* frames, an export of a DA-KPN run::
 Steps: 50 epochs of the synthetic set's size at batch 8 (``num_train_steps``, and
 ``optim.steps_per_epoch`` for the per-epoch schedule); set both when the training mix differs.
 """
+
 import importlib.util
 import math
 import os
@@ -56,8 +57,10 @@ def get_config(arg=None):
     arg = arg or "gta5_paper"
     bench, _, preset = arg.rpartition("_")
     if bench not in BENCHMARKS or preset not in ("paper", "clean"):
-        raise ValueError(f"configs/segmentation_real.py: unknown variant {arg!r} "
-                         f"({', '.join(f'{b}_{p}' for b in BENCHMARKS for p in ('paper', 'clean'))})")
+        raise ValueError(
+            f"configs/segmentation_real.py: unknown variant {arg!r} "
+            f"({', '.join(f'{b}_{p}' for b in BENCHMARKS for p in ('paper', 'clean'))})"
+        )
     from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
 
     name, classes, images, frame = BENCHMARKS[bench]
@@ -69,22 +72,46 @@ def get_config(arg=None):
     c.data.eval_split = "real-val"
     c.data.synthetic_size = frame
     if bench == "synthia" and not paper:
-        c.data.real_size = (640, 1280)  # the clean DA-KPN preset's common scale (unused by real-val)
+        c.data.real_size = (
+            640,
+            1280,
+        )  # the clean DA-KPN preset's common scale (unused by real-val)
     face = bench == "faces"
-    c.data.image_size = ((512, 512) if face else (720, 720)) if paper else config_dict.placeholder(tuple)
-    c.data.label_size = ((128, 128) if face else (180, 180)) if paper else config_dict.placeholder(tuple)
+    c.data.image_size = (
+        ((512, 512) if face else (720, 720)) if paper else config_dict.placeholder(tuple)
+    )
+    c.data.label_size = (
+        ((128, 128) if face else (180, 180)) if paper else config_dict.placeholder(tuple)
+    )
     c.model = ml_collections.ConfigDict(dict(name="segformer_b5", num_classes=classes))
-    c.model.kwargs = ml_collections.ConfigDict(dict(
-        pretrained=config_dict.placeholder(str),  # local HF MiT-B5 / SegFormer checkpoint
-        drop_path_rate=0.1, classifier_dropout=0.1))
+    c.model.kwargs = ml_collections.ConfigDict(
+        dict(
+            pretrained=config_dict.placeholder(str),  # local HF MiT-B5 / SegFormer checkpoint
+            drop_path_rate=0.1,
+            classifier_dropout=0.1,
+        )
+    )
     c.batch_size = 8
     steps_per_epoch = math.ceil(images / c.batch_size)
     c.num_train_steps = EPOCHS * steps_per_epoch
-    c.optim = ml_collections.ConfigDict(dict(
-        name="adamw", lr=6e-5, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, poly_power=1.0, end_lr_ratio=0.0,
-        warmup_steps=0, grad_clip=0.0, weight_decay_on="all" if paper else "matrices",
-        schedule="poly_per_epoch" if paper else "poly", steps_per_epoch=steps_per_epoch,
-        lr_mult=ml_collections.ConfigDict({} if paper else {"decode_head": 10.0})))
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            name="adamw",
+            lr=6e-5,
+            weight_decay=0.01,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            poly_power=1.0,
+            end_lr_ratio=0.0,
+            warmup_steps=0,
+            grad_clip=0.0,
+            weight_decay_on="all" if paper else "matrices",
+            schedule="poly_per_epoch" if paper else "poly",
+            steps_per_epoch=steps_per_epoch,
+            lr_mult=ml_collections.ConfigDict({} if paper else {"decode_head": 10.0}),
+        )
+    )
     c.random_flip = not paper
     c.crop_size = (512, 1024) if not (paper or face) else config_dict.placeholder(tuple)
     c.log_every_steps = 50

@@ -15,6 +15,7 @@ SYNTHIA count is not in their code); ``clean``: flips, 100 epochs of the 9,400 f
 
 Launch: as configs/gta5_cityscapes.py, with a 16-class segmenter.
 """
+
 import importlib.util
 import os
 
@@ -33,7 +34,15 @@ def _presets():
 def get_config(arg=None):
     variant = "clean" if arg in (None, "default") else arg
     return _presets().build(
-        "synthia_cityscapes", variant, num_classes=16, frame=FRAME, param_size=(96, 160), low_size=(96, 160),
-        tile_size=None, train_images=TRAIN_IMAGES, paper_steps=103_000,
+        "synthia_cityscapes",
+        variant,
+        num_classes=16,
+        frame=FRAME,
+        param_size=(96, 160),
+        low_size=(96, 160),
+        tile_size=None,
+        train_images=TRAIN_IMAGES,
+        paper_steps=103_000,
         data_fields=dict(synthetic_size=FRAME, real_size=(640, 1280), real_val_size=None),
-        paper_data_fields=dict(synthetic_size=FRAME, real_size=None, real_val_size=None))
+        paper_data_fields=dict(synthetic_size=FRAME, real_size=None, real_val_size=None),
+    )

@@ -18,6 +18,7 @@
 - ``"tiny"``: seconds-long test variant (32 x 32 crops of 32 x 64 frames, batch 8, VGG width 4,
   64-d hypervectors, random VGG).
 """
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -31,24 +32,34 @@ def get_config(arg=None):
     c.seed = 0
     if arg == "default":
         from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+
         c.data = sources.preset("gta5_cityscapes")
         c.data.synthetic_size = (256, 512)
         c.data.real_size = (256, 512)
     else:
         from configs.default import data_config  # pylint: disable=import-outside-toplevel
+
         c.data = data_config(128, 256) if arg == "benchmark" else data_config(32, 64)
     c.crop_size = (256, 256)
     c.random_flip = True
     c.batch_size = 1
-    c.model = ml_collections.ConfigDict(dict(
-        ngf=64, n_blocks=9, n_down=2, gain=0.2,      # generator (Xavier-normal gain 0.2)
-        hv_dim=4096, d_hidden=1024,                   # hypervector size, D's hidden width
-        vgg_width=64,                                 # 64 = torchvision's VGG19 (only tests use less)
-        vgg_weights=config_dict.placeholder(str),     # local vgg19-dcbb9e9d.pth or .safetensors
-        allow_random_vgg=False))                      # tests / smoke runs only: not VSAIT
+    c.model = ml_collections.ConfigDict(
+        dict(
+            ngf=64,
+            n_blocks=9,
+            n_down=2,
+            gain=0.2,  # generator (Xavier-normal gain 0.2)
+            hv_dim=4096,
+            d_hidden=1024,  # hypervector size, D's hidden width
+            vgg_width=64,  # 64 = torchvision's VGG19 (only tests use less)
+            vgg_weights=config_dict.placeholder(str),  # local vgg19-dcbb9e9d.pth or .safetensors
+            allow_random_vgg=False,
+        )
+    )  # tests / smoke runs only: not VSAIT
     c.loss = ml_collections.ConfigDict(dict(lambda_vsa=10.0, lambda_adv=0.5))
-    c.optim = ml_collections.ConfigDict(dict(lr_G=1e-4, lr_D=4e-4, b1=0.0, b2=0.9, eps=1e-8,
-                                             weight_decay=1e-4, halve_every=100_000))
+    c.optim = ml_collections.ConfigDict(
+        dict(lr_G=1e-4, lr_D=4e-4, b1=0.0, b2=0.9, eps=1e-8, weight_decay=1e-4, halve_every=100_000)
+    )
     c.num_train_steps = 200_000
     c.log_every_steps = 100
     c.checkpoint_every_steps = 5000
@@ -63,7 +74,9 @@ def get_config(arg=None):
     elif arg == "tiny":
         c.crop_size = (32, 32)
         c.batch_size = 8
-        c.model.update(ngf=4, n_blocks=2, hv_dim=64, d_hidden=16, vgg_width=4, allow_random_vgg=True)
+        c.model.update(
+            ngf=4, n_blocks=2, hv_dim=64, d_hidden=16, vgg_width=4, allow_random_vgg=True
+        )
         c.optim.halve_every = 2
         c.num_train_steps = 4
         c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 1, 2, 100

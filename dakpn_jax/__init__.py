@@ -18,6 +18,7 @@ The protocol (stages, statistics, report) is the subpackage ``dakpn_jax.protocol
 The names are resolved lazily (PEP 562) so that `import dakpn_jax.data...` stays light and does not
 pull in every module.
 """
+
 import importlib
 
 __version__ = "0.1.0"

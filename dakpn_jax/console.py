@@ -15,6 +15,7 @@ Routings nest: an inner one (the trainer's, inside a driver's) adds its own file
 again on exit, so the outer file gets every record and the inner file that run's. Routing the same
 file twice reuses one handler (no duplicated records). Everything prints on process 0 only.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,7 +46,12 @@ def _console_handlers(root: logging.Logger) -> list[logging.Handler]:
         if isinstance(h, logging.FileHandler):
             continue
         stream = getattr(h, "stream", None)
-        if type(h).__name__ == "ABSLHandler" or stream in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__):
+        if type(h).__name__ == "ABSLHandler" or stream in (
+            sys.stderr,
+            sys.stdout,
+            sys.__stderr__,
+            sys.__stdout__,
+        ):
             out.append(h)
     return out
 
@@ -156,7 +162,9 @@ class LogRouting:
         self.close()
 
 
-def route_library_logs(workdir: str, verbose: bool = False, *, filename: str = LOG_FILE) -> LogRouting:
+def route_library_logs(
+    workdir: str, verbose: bool = False, *, filename: str = LOG_FILE
+) -> LogRouting:
     """Sends INFO (and above) log records to ``workdir/filename`` and keeps the console to warnings.
 
     Args:
@@ -169,7 +177,9 @@ def route_library_logs(workdir: str, verbose: bool = False, *, filename: str = L
     """
     workdir = os.fspath(workdir)
     if "://" in workdir:  # a remote workdir (gs://...): logging.FileHandler needs a local file
-        workdir = os.path.join(tempfile.gettempdir(), "dakpn_logs", re.sub(r"[^A-Za-z0-9_.-]+", "_", workdir))
+        workdir = os.path.join(
+            tempfile.gettempdir(), "dakpn_logs", re.sub(r"[^A-Za-z0-9_.-]+", "_", workdir)
+        )
     os.makedirs(workdir, exist_ok=True)
     return LogRouting(os.path.abspath(os.path.join(workdir, filename)), bool(verbose))
 
@@ -183,8 +193,14 @@ def say(message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-def progress_bar(total: int, initial: int = 0, desc: str | None = None, *, enabled: bool = True,
-                 unit: str = "step") -> Any:
+def progress_bar(
+    total: int,
+    initial: int = 0,
+    desc: str | None = None,
+    *,
+    enabled: bool = True,
+    unit: str = "step",
+) -> Any:
     """A live tqdm bar on stderr, redrawn in place at most 10 times a second.
 
     Shown on process 0 when stderr is a terminal; elsewhere (other processes, stderr redirected
@@ -193,10 +209,21 @@ def progress_bar(total: int, initial: int = 0, desc: str | None = None, *, enabl
     """
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-    tty = (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()) or os.environ.get("DAKPN_PROGRESS") == "1"
-    return tqdm(total=int(total), initial=int(initial), desc=desc, unit=unit, file=sys.stderr,
-                disable=not (enabled and tty and _is_primary()), dynamic_ncols=True, leave=True,
-                mininterval=0.1, smoothing=0.1)
+    tty = (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()) or os.environ.get(
+        "DAKPN_PROGRESS"
+    ) == "1"
+    return tqdm(
+        total=int(total),
+        initial=int(initial),
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        disable=not (enabled and tty and _is_primary()),
+        dynamic_ncols=True,
+        leave=True,
+        mininterval=0.1,
+        smoothing=0.1,
+    )
 
 
 def format_duration(seconds: float) -> str:
@@ -212,6 +239,7 @@ def format_duration(seconds: float) -> str:
 
 
 # ----------------------------------------------------------------------------- command lines
+
 
 def _flag_value(argv, name: str) -> str | None:
     """The value of ``--name=V`` / ``--name V`` in `argv` (the last one wins), else None."""
@@ -262,33 +290,54 @@ def flags_parser(prog: str, config_flag: str | None = "config"):
     Covers: a missing required flag, an unknown flag, a config path that does not exist, a config
     file that fails to load (bad ``:variant``, import error) and a bad ``--config.x`` override.
     """
+
     def parse(argv):
         from absl import flags  # pylint: disable=import-outside-toplevel
 
         if config_flag:
             value = _flag_value(argv, config_flag)
             if value and not os.path.isfile(value.split(":", 1)[0]):
-                fail(prog, f"--{config_flag}={value}: no such file {value.split(':', 1)[0]!r} (relative paths "
-                           f"start at the current directory {os.getcwd()!r})")
+                fail(
+                    prog,
+                    f"--{config_flag}={value}: no such file {value.split(':', 1)[0]!r} (relative paths "
+                    f"start at the current directory {os.getcwd()!r})",
+                )
         try:
             rest = flags.FLAGS(argv)
             if config_flag and config_flag in flags.FLAGS:
-                getattr(flags.FLAGS, config_flag)  # config files load lazily: fail here, not in main
+                getattr(
+                    flags.FLAGS, config_flag
+                )  # config files load lazily: fail here, not in main
         except flags.Error as e:
             text = str(e)
             if "Traceback (most recent call last)" in text:  # a config file raised while loading
-                last = [ln.strip() for ln in text.splitlines() if re.match(r"\s*[\w.]+(Error|Exception): ", ln)]
-                text = f"cannot load --{config_flag}={_flag_value(argv, config_flag)}: " + (last[-1] if last else text)
+                last = [
+                    ln.strip()
+                    for ln in text.splitlines()
+                    if re.match(r"\s*[\w.]+(Error|Exception): ", ln)
+                ]
+                text = f"cannot load --{config_flag}={_flag_value(argv, config_flag)}: " + (
+                    last[-1] if last else text
+                )
                 fail(prog, text)
             fail(prog, f"{text} (--helpshort lists the flags)")
-        except (KeyError, AttributeError) as e:  # ConfigDict: an override names a field that does not exist
-            fail(prog, f"--{config_flag}.*: the config {_flag_value(argv, config_flag)} has no field "
-                       f"{_innermost(e)} (overrides can only set existing fields; a typo?)")
+        except (
+            KeyError,
+            AttributeError,
+        ) as e:  # ConfigDict: an override names a field that does not exist
+            fail(
+                prog,
+                f"--{config_flag}.*: the config {_flag_value(argv, config_flag)} has no field "
+                f"{_innermost(e)} (overrides can only set existing fields; a typo?)",
+            )
         except Exception as e:  # pylint: disable=broad-except  # a config file's own error
             inner = _innermost(e)
             where = f" --{config_flag}={_flag_value(argv, config_flag)}" if config_flag else ""
-            fail(prog, f"cannot build the config{where} with the given --{config_flag}.* overrides: "
-                       f"{type(inner).__name__}: {inner}")
+            fail(
+                prog,
+                f"cannot build the config{where} with the given --{config_flag}.* overrides: "
+                f"{type(inner).__name__}: {inner}",
+            )
         return rest
 
     return parse

@@ -32,6 +32,7 @@ a ``.safetensors`` conversion) translates a folder dataset without a training ru
 (``dakpn_jax.models.torch_import``; .pth needs torch installed, .safetensors does not; the manifest
 names the file and its sha256.)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,6 +54,7 @@ FORMAT_VERSION = 1
 
 # ----------------------------------------------------------------------------- pieces
 
+
 def config_hash(config) -> str:
     """sha256 (16 hex digits) of the config as canonical JSON (sorted keys; tuples as lists)."""
     d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
@@ -67,8 +69,10 @@ def make_translate_fn(config, state) -> Callable:
     method = registry.method_module(config.method)
     if callable(getattr(method, "make_translator", None)):
         return method.make_translator(config, state)
-    raise ValueError(f"config.method={config.method!r}: module {method.__name__} has no make_translator "
-                     f"(not a translation method? translators: {sorted(registry.translators())})")
+    raise ValueError(
+        f"config.method={config.method!r}: module {method.__name__} has no make_translator "
+        f"(not a translation method? translators: {sorted(registry.translators())})"
+    )
 
 
 def _write_atomic(path: str, write: Callable[[str], None]) -> None:
@@ -108,10 +112,14 @@ def _check_target(output: str, manifest: dict) -> None:
         raise ValueError(f"export: output={output!r} exists and is not a directory")
     path = os.path.join(output, MANIFEST)
     if not os.path.exists(path):
-        entries = sorted(e for e in os.listdir(output) if not e.startswith(workdir_lock.LOCK_PREFIX))
+        entries = sorted(
+            e for e in os.listdir(output) if not e.startswith(workdir_lock.LOCK_PREFIX)
+        )
         if entries:
-            raise ValueError(f"export: output={output!r} is not empty ({entries[:5]}...) and has no {MANIFEST}; "
-                             "refusing to mix files from another source into it")
+            raise ValueError(
+                f"export: output={output!r} is not empty ({entries[:5]}...) and has no {MANIFEST}; "
+                "refusing to mix files from another source into it"
+            )
         return
     try:
         with open(path) as f:
@@ -120,8 +128,10 @@ def _check_target(output: str, manifest: dict) -> None:
         raise ValueError(f"export: cannot read {path!r}: {e}") from e
     for key in ("format", "method", "checkpoint_step", "config_hash", "source"):
         if old.get(key) != manifest[key]:
-            raise ValueError(f"export: output={output!r} holds an export with {key}={old.get(key)!r}, this one "
-                             f"has {key}={manifest[key]!r}; use another --output (nothing was overwritten)")
+            raise ValueError(
+                f"export: output={output!r} holds an export with {key}={old.get(key)!r}, this one "
+                f"has {key}={manifest[key]!r}; use another --output (nothing was overwritten)"
+            )
 
 
 def _barrier(name: str) -> None:
@@ -129,6 +139,7 @@ def _barrier(name: str) -> None:
     the output folder and decide from the files in it, so each must see a settled folder."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
         multihost_utils.sync_global_devices(name)
 
 
@@ -145,10 +156,22 @@ def _write_text(path: str, text: str) -> None:
 
 # ----------------------------------------------------------------------------- the export
 
-def export_translated(workdir: str, output: str, *, split: str | None = "synthetic-train", input_dir: str | None = None,
-                      config=None, batch_size: int = 8, devices=None, progress: bool = True,
-                      on_file_written: Callable[[str], None] | None = None, restored=None,
-                      translate_fn: Callable | None = None, translator_id: str | None = None) -> dict:
+
+def export_translated(
+    workdir: str,
+    output: str,
+    *,
+    split: str | None = "synthetic-train",
+    input_dir: str | None = None,
+    config=None,
+    batch_size: int = 8,
+    devices=None,
+    progress: bool = True,
+    on_file_written: Callable[[str], None] | None = None,
+    restored=None,
+    translate_fn: Callable | None = None,
+    translator_id: str | None = None,
+) -> dict:
     """Translates a dataset with the translator of `workdir` into `output` (module docstring).
 
     Args:
@@ -182,7 +205,11 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
         if config is None or not translator_id:
             raise ValueError("export: translate_fn needs config (for its data) and translator_id")
         state, workdir = {"step": np.zeros((), np.int32)}, f"<{translator_id}>"
-        config = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") else config
+        config = (
+            config.copy_and_resolve_references()
+            if hasattr(config, "copy_and_resolve_references")
+            else config
+        )
         with config.unlocked():
             config.method = str(translator_id)
     else:
@@ -192,7 +219,9 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
         state = jax.tree.map(lambda x: x.addressable_data(0), state)
     if input_dir is not None:
         label_dir = os.path.join(input_dir, "labels")
-        source = FolderSource(os.path.join(input_dir, "images"), label_dir if os.path.isdir(label_dir) else None)
+        source = FolderSource(
+            os.path.join(input_dir, "images"), label_dir if os.path.isdir(label_dir) else None
+        )
         stems = list(source.stems)
         source_id = {"folder": os.path.abspath(input_dir), "count": len(source)}
     else:
@@ -202,16 +231,22 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
         source_id = {"split": split, "data_hash": config_hash(config.data), "count": len(source)}
     if len(source) == 0:
         raise ValueError(f"export: the source {source!r} is empty")
-    manifest = {"format": FORMAT_VERSION, "method": config.method,
-                "translator_workdir": workdir if translate_fn is not None else os.path.abspath(workdir),
-                "checkpoint_step": int(np.asarray(jax.device_get(state["step"]))),
-                "config_hash": config_hash(config), "source": source_id}
+    manifest = {
+        "format": FORMAT_VERSION,
+        "method": config.method,
+        "translator_workdir": workdir if translate_fn is not None else os.path.abspath(workdir),
+        "checkpoint_step": int(np.asarray(jax.device_get(state["step"]))),
+        "config_hash": config_hash(config),
+        "source": source_id,
+    }
     _check_target(output, manifest)  # before anything is written
     # One export per output directory: a second one into the same folder ends here (one line naming
     # the process that holds it); the check is repeated under the lock, which creates the folder.
     with workdir_lock.exclusive(output, what="export"):
         _check_target(output, manifest)
-        _barrier("export: target checked")  # no process may see another's first files as a foreign target
+        _barrier(
+            "export: target checked"
+        )  # no process may see another's first files as a foreign target
         img_dir, lbl_dir = os.path.join(output, "images"), os.path.join(output, "labels")
         os.makedirs(img_dir, exist_ok=True)
         os.makedirs(lbl_dir, exist_ok=True)
@@ -222,23 +257,28 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
         label_paths = getattr(source, "label_paths", None)
 
         def finished(i: int) -> bool:
-            return (os.path.exists(os.path.join(img_dir, stems[i] + ".png"))
-                    and (not has_label or os.path.exists(os.path.join(lbl_dir, stems[i] + ".png"))))
+            return os.path.exists(os.path.join(img_dir, stems[i] + ".png")) and (
+                not has_label or os.path.exists(os.path.join(lbl_dir, stems[i] + ".png"))
+            )
 
         todo = [i for i in range(len(source)) if not finished(i)]
-        _barrier("export: planned")  # every process splits the same todo list, read before any writes
+        _barrier(
+            "export: planned"
+        )  # every process splits the same todo list, read before any writes
         devices = list(jax.local_devices() if devices is None else devices)
         mesh = Mesh(np.asarray(devices), ("data",))
         shard = NamedSharding(mesh, P("data"))
         gb = -(-int(batch_size) // len(devices)) * len(devices)
         translate = translate_fn if translate_fn is not None else make_translate_fn(config, state)
-        run = jax.jit(lambda x, y: translate(x, y), in_shardings=(shard, shard), out_shardings=shard)
+        run = jax.jit(
+            lambda x, y: translate(x, y), in_shardings=(shard, shard), out_shardings=shard
+        )
 
         def batches():
             """Consecutive unfinished items of one frame size, up to gb of them; streamed (a large
             dataset never sits in memory). Process p of P takes every P-th unfinished item."""
             current = []
-            for i in todo[jax.process_index()::jax.process_count()]:
+            for i in todo[jax.process_index() :: jax.process_count()]:
                 item = source[i]
                 if current and (len(current) == gb or item[key].shape != current[0][1][key].shape):
                     yield current
@@ -250,24 +290,43 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
         bar = None
         if progress and jax.process_index() == 0:
             from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-            bar = tqdm(total=len(source), initial=len(source) - len(todo), unit="img", desc=f"export -> {output}")
+
+            bar = tqdm(
+                total=len(source),
+                initial=len(source) - len(todo),
+                unit="img",
+                desc=f"export -> {output}",
+            )
         try:
             for batch in batches():
-                items = [it for _, it in batch] + [batch[-1][1]] * (gb - len(batch))  # pad: repeat the last item
+                items = [it for _, it in batch] + [batch[-1][1]] * (
+                    gb - len(batch)
+                )  # pad: repeat the last item
                 images = np.stack([it[key] for it in items]).astype(np.float32) / 255.0
-                labels = (np.stack([it["label"] for it in items]) if has_label
-                          else np.zeros(images.shape[:3], np.uint8)).astype(np.int32)
+                labels = (
+                    np.stack([it["label"] for it in items])
+                    if has_label
+                    else np.zeros(images.shape[:3], np.uint8)
+                ).astype(np.int32)
                 # Explicit placement on this process's mesh: under jax.distributed, jit refuses numpy
                 # inputs with a non-replicated sharding.
-                out = to_uint8(jax.device_get(run(jax.device_put(images, shard), jax.device_put(labels, shard))))
+                out = to_uint8(
+                    jax.device_get(
+                        run(jax.device_put(images, shard), jax.device_put(labels, shard))
+                    )
+                )
                 if out.shape != images.shape:
-                    raise ValueError(f"export: translator returned {out.shape} for images {images.shape}")
+                    raise ValueError(
+                        f"export: translator returned {out.shape} for images {images.shape}"
+                    )
                 for j, (i, item) in enumerate(batch):
                     stem = stems[i]
                     if has_label:  # label first: an image on disk implies its label is there too
                         dst = os.path.join(lbl_dir, stem + ".png")
                         if label_paths is not None and label_paths[i].lower().endswith(".png"):
-                            _write_atomic(dst, lambda tmp, src=label_paths[i]: shutil.copyfile(src, tmp))
+                            _write_atomic(
+                                dst, lambda tmp, src=label_paths[i]: shutil.copyfile(src, tmp)
+                            )
                         else:
                             _save_png(np.asarray(item["label"], np.uint8), dst)
                     path = os.path.join(img_dir, stem + ".png")
@@ -288,39 +347,75 @@ def export_translated(workdir: str, output: str, *, split: str | None = "synthet
 
 # ----------------------------------------------------------------------------- CLI
 
+
 def main(argv) -> None:
     del argv
     from absl import flags  # pylint: disable=import-outside-toplevel
+
     f = flags.FLAGS
     if f.multihost or f.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
         trainer.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
     restored, workdir = None, f.workdir
     if f.generator_checkpoint:
         from dakpn_jax.models import torch_import  # pylint: disable=import-outside-toplevel
+
         if f.workdir or not f.input:
-            raise ValueError("export: --generator_checkpoint needs --input=FOLDER_ROOT and no --workdir")
-        restored, workdir = torch_import.restore_for_export(f.generator_checkpoint, f.generator_arch), f.generator_checkpoint
+            raise ValueError(
+                "export: --generator_checkpoint needs --input=FOLDER_ROOT and no --workdir"
+            )
+        restored, workdir = (
+            torch_import.restore_for_export(f.generator_checkpoint, f.generator_arch),
+            f.generator_checkpoint,
+        )
     elif not f.workdir:
         raise ValueError("export: give --workdir (a training run) or --generator_checkpoint")
-    m = export_translated(workdir, f.output, split=f.split, input_dir=f.input, batch_size=f.batch_size,
-                          restored=restored)
-    print(f"export: {m['count']} images in {f.output} (complete={m['complete']}, "
-          f"checkpoint step {m['checkpoint_step']}, config {m['config_hash']})")
+    m = export_translated(
+        workdir,
+        f.output,
+        split=f.split,
+        input_dir=f.input,
+        batch_size=f.batch_size,
+        restored=restored,
+    )
+    print(
+        f"export: {m['count']} images in {f.output} (complete={m['complete']}, "
+        f"checkpoint step {m['checkpoint_step']}, config {m['config_hash']})"
+    )
 
 
 if __name__ == "__main__":
     from absl import app, flags  # pylint: disable=import-outside-toplevel
+
     flags.DEFINE_string("workdir", None, "Translator training run directory.")
-    flags.DEFINE_string("generator_checkpoint", None, "Official CycleGAN/CUT generator state dict (.pth or "
-                        ".safetensors) to translate with instead of --workdir.")
-    flags.DEFINE_enum("generator_arch", "cyclegan", ["cyclegan", "cut"], "Layout of --generator_checkpoint.")
-    flags.DEFINE_string("output", None, "Target dataset directory (images/, labels/, manifest.json).", required=True)
-    flags.DEFINE_string("split", "synthetic-train", "Split of the translator config's dataset to translate.")
-    flags.DEFINE_string("input", None, "Folder dataset ROOT (ROOT/images, ROOT/labels) to translate instead.")
-    flags.DEFINE_integer("batch_size", 8, "Global batch (rounded up to a multiple of the device count).")
-    flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() with auto-detection (TPU VM slices).")
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host GPU clusters).")
+    flags.DEFINE_string(
+        "generator_checkpoint",
+        None,
+        "Official CycleGAN/CUT generator state dict (.pth or "
+        ".safetensors) to translate with instead of --workdir.",
+    )
+    flags.DEFINE_enum(
+        "generator_arch", "cyclegan", ["cyclegan", "cut"], "Layout of --generator_checkpoint."
+    )
+    flags.DEFINE_string(
+        "output", None, "Target dataset directory (images/, labels/, manifest.json).", required=True
+    )
+    flags.DEFINE_string(
+        "split", "synthetic-train", "Split of the translator config's dataset to translate."
+    )
+    flags.DEFINE_string(
+        "input", None, "Folder dataset ROOT (ROOT/images, ROOT/labels) to translate instead."
+    )
+    flags.DEFINE_integer(
+        "batch_size", 8, "Global batch (rounded up to a multiple of the device count)."
+    )
+    flags.DEFINE_bool(
+        "multihost", False, "jax.distributed.initialize() with auto-detection (TPU VM slices)."
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0 (multi-host GPU clusters)."
+    )
     flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
     flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
     app.run(main)

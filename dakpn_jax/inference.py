@@ -48,6 +48,7 @@ or a one-off ``load_translator(workdir, registry={**inference.TRANSLATORS, "mine
 A builder gets ``(config, state, workdir)`` (``state`` is None without a checkpoint) and returns
 ``fn(images, labels)`` (``fn(images, labels, rng)`` with ``accepts_rng=True``).
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -79,6 +80,7 @@ class TranslatorSpec:
       needs_labels: ``needs_labels(config)``: True when ``fn`` reads the labels (then ``labels=None``
         is refused); otherwise None labels are passed as zeros.
     """
+
     build: Builder
     needs_checkpoint: bool = True
     accepts_rng: bool = False
@@ -89,21 +91,26 @@ def _method_builder(name: str) -> Builder:
     def build(config, state, workdir):
         del workdir
         return methods.get(name).load().make_translator(config, state)
+
     return build
 
 
 def _method_spec(method: methods.Method) -> TranslatorSpec:
-    return TranslatorSpec(_method_builder(method.name), accepts_rng=method.takes_rng,
-                          needs_labels=method.needs_labels)
+    return TranslatorSpec(
+        _method_builder(method.name), accepts_rng=method.takes_rng, needs_labels=method.needs_labels
+    )
 
 
 def _build_control(config, state, workdir):
     """A training-free control (``dakpn_jax.controls``) from a run written by :func:`save_control_run`."""
     del state, workdir
     from dakpn_jax import controls  # pylint: disable=import-outside-toplevel
+
     c = config.control
     reference = None if c.name == "randomize" else controls.reference_pool(config.data, int(c.pool))
-    return controls.make_control(c.name, reference=reference, seed=int(config.seed), **dict(c.params))
+    return controls.make_control(
+        c.name, reference=reference, seed=int(config.seed), **dict(c.params)
+    )
 
 
 def _build_ceiling(config, state, workdir):
@@ -111,7 +118,10 @@ def _build_ceiling(config, state, workdir):
     run written by ``family.save_ceiling_run``: for comparison only, never a method."""
     del state
     from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
-    return family.make_ceiling_translator(family.load_ceiling(workdir, config), noise=config.ceiling.noise)
+
+    return family.make_ceiling_translator(
+        family.load_ceiling(workdir, config), noise=config.ceiling.noise
+    )
 
 
 class _Translators(collections.abc.MutableMapping):
@@ -141,15 +151,26 @@ class _Translators(collections.abc.MutableMapping):
         del self._extra[method]
 
 
-TRANSLATORS: Mapping[str, TranslatorSpec] = _Translators({
-    "control": TranslatorSpec(_build_control, needs_checkpoint=False,
-                              needs_labels=lambda config: config.control.name == "randomize"),
-    "ceiling": TranslatorSpec(_build_ceiling, needs_checkpoint=False, accepts_rng=True,
-                              needs_labels=lambda config: True),
-})
+TRANSLATORS: Mapping[str, TranslatorSpec] = _Translators(
+    {
+        "control": TranslatorSpec(
+            _build_control,
+            needs_checkpoint=False,
+            needs_labels=lambda config: config.control.name == "randomize",
+        ),
+        "ceiling": TranslatorSpec(
+            _build_ceiling,
+            needs_checkpoint=False,
+            accepts_rng=True,
+            needs_labels=lambda config: True,
+        ),
+    }
+)
 
 
-def save_control_run(workdir: str, name: str, data_config, *, seed: int = 0, pool: int = 64, **params) -> str:
+def save_control_run(
+    workdir: str, name: str, data_config, *, seed: int = 0, pool: int = 64, **params
+) -> str:
     """Writes ``workdir/config.json`` describing a training-free control, so that
     ``load_translator(workdir)`` (and everything built on it) serves it like a trained translator.
 
@@ -165,33 +186,55 @@ def save_control_run(workdir: str, name: str, data_config, *, seed: int = 0, poo
     import ml_collections  # pylint: disable=import-outside-toplevel
     from dakpn_jax import controls  # pylint: disable=import-outside-toplevel
     from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
     if name not in controls.CONTROLS:
         raise ValueError(f"save_control_run: name={name!r}; expected one of {controls.CONTROLS}")
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
-    config = ml_collections.ConfigDict({"method": "control", "seed": int(seed), "data": data_config,
-                                        "control": {"name": name, "pool": int(pool), "params": dict(params)}})
+    config = ml_collections.ConfigDict(
+        {
+            "method": "control",
+            "seed": int(seed),
+            "data": data_config,
+            "control": {"name": name, "pool": int(pool), "params": dict(params)},
+        }
+    )
     trainer.save_config(config, workdir)
     return workdir
 
 
-def register_translator(method: str, build: Builder, *, needs_checkpoint: bool = True, accepts_rng: bool = False,
-                        needs_labels: Callable[[Any], bool] | None = None, overwrite: bool = False) -> None:
+def register_translator(
+    method: str,
+    build: Builder,
+    *,
+    needs_checkpoint: bool = True,
+    accepts_rng: bool = False,
+    needs_labels: Callable[[Any], bool] | None = None,
+    overwrite: bool = False,
+) -> None:
     """Adds ``method`` to :data:`TRANSLATORS` (module docstring); ValueError if it is there already
     (unless ``overwrite``)."""
     if not isinstance(method, str) or not method:
         raise ValueError(f"register_translator: method must be a non-empty str, got {method!r}")
     if method in TRANSLATORS and not overwrite:
-        raise ValueError(f"register_translator: {method!r} is already registered (pass overwrite=True)")
-    TRANSLATORS[method] = TranslatorSpec(build, needs_checkpoint=needs_checkpoint, accepts_rng=accepts_rng,
-                                         needs_labels=needs_labels or (lambda config: False))
+        raise ValueError(
+            f"register_translator: {method!r} is already registered (pass overwrite=True)"
+        )
+    TRANSLATORS[method] = TranslatorSpec(
+        build,
+        needs_checkpoint=needs_checkpoint,
+        accepts_rng=accepts_rng,
+        needs_labels=needs_labels or (lambda config: False),
+    )
 
 
 # ----------------------------------------------------------------------------- restore
 
+
 def available_steps(workdir: str) -> list[int]:
     """The checkpoint steps under ``workdir/checkpoints`` (sorted; empty when there are none)."""
     from dakpn_jax.training import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         return []
     checkpointer = ckpt.Checkpointer(workdir, read_only=True, max_to_keep=None)
@@ -205,6 +248,7 @@ def _restore_step(workdir: str, config, step: int) -> PyTree:
     """The state of checkpoint ``step`` on this process's first device (read-only manager)."""
     from dakpn_jax.training import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
     from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
     mesh = trainer.make_mesh(jax.local_devices()[:1])
     abstract = trainer.abstract_state(methods.method_module(config.method), config, mesh)
     checkpointer = ckpt.Checkpointer(workdir, read_only=True, max_to_keep=None)
@@ -225,6 +269,7 @@ def _to_host(state: PyTree) -> PyTree:
 
 # ----------------------------------------------------------------------------- the translator
 
+
 def _as_key(rng):
     if rng is None:
         return None
@@ -232,8 +277,10 @@ def _as_key(rng):
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
         return rng
     if rng.dtype != jnp.uint32 or rng.shape != (2,):
-        raise ValueError(f"translate: rng must be a typed key or raw key data uint32 (2,), got "
-                         f"{rng.dtype} {rng.shape}")
+        raise ValueError(
+            f"translate: rng must be a typed key or raw key data uint32 (2,), got "
+            f"{rng.dtype} {rng.shape}"
+        )
     return jax.random.wrap_key_data(rng)
 
 
@@ -245,6 +292,7 @@ class Translator:
     checkpoint step, None for checkpoint-free controls), ``state`` (host numpy state or None),
     ``accepts_rng``, ``needs_labels``.
     """
+
     workdir: str
     method: str
     config: Any
@@ -257,19 +305,27 @@ class Translator:
     def __call__(self, images, labels=None, *, rng=None):
         images = jnp.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"translate: images must be float (B, H, W, 3) in [0, 1], got shape {images.shape}")
+            raise ValueError(
+                f"translate: images must be float (B, H, W, 3) in [0, 1], got shape {images.shape}"
+            )
         if not jnp.issubdtype(images.dtype, jnp.floating):
-            raise ValueError(f"translate: images must be float in [0, 1] (divide uint8 by 255), got {images.dtype}")
+            raise ValueError(
+                f"translate: images must be float in [0, 1] (divide uint8 by 255), got {images.dtype}"
+            )
         images = images.astype(jnp.float32)
         if labels is None:
             if self.needs_labels:
-                raise ValueError(f"translate: the {self.method!r} translator of {self.workdir} reads the labels "
-                                 f"(one-hot label features); pass labels (B, H, W) = {images.shape[:3]}")
+                raise ValueError(
+                    f"translate: the {self.method!r} translator of {self.workdir} reads the labels "
+                    f"(one-hot label features); pass labels (B, H, W) = {images.shape[:3]}"
+                )
             labels = jnp.zeros(images.shape[:3], jnp.int32)
         else:
             labels = jnp.asarray(labels)
             if labels.shape != images.shape[:3]:
-                raise ValueError(f"translate: labels must be (B, H, W) = {images.shape[:3]}, got {labels.shape}")
+                raise ValueError(
+                    f"translate: labels must be (B, H, W) = {images.shape[:3]}, got {labels.shape}"
+                )
             if not jnp.issubdtype(labels.dtype, jnp.integer):
                 raise ValueError(f"translate: labels must be integer train ids, got {labels.dtype}")
             labels = labels.astype(jnp.int32)
@@ -282,8 +338,9 @@ class Translator:
         return f"Translator(method={self.method!r}, step={self.step}, workdir={self.workdir!r})"
 
 
-def load_translator(workdir: str, *, step: int | None = None,
-                    registry: Mapping[str, TranslatorSpec] | None = None) -> Translator:
+def load_translator(
+    workdir: str, *, step: int | None = None, registry: Mapping[str, TranslatorSpec] | None = None
+) -> Translator:
     """The translator of the training run in ``workdir``, restored read-only (module docstring).
 
     Args:
@@ -299,20 +356,27 @@ def load_translator(workdir: str, *, step: int | None = None,
       message lists the available ones), a checkpoint of a different model than the config.
     """
     from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
     if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
         raise ValueError(f"load_translator: workdir must be a path, got {workdir!r}")
     workdir = os.path.abspath(os.fspath(workdir))
     if not os.path.isdir(workdir):
-        raise ValueError(f"load_translator: workdir {workdir!r} does not exist or is not a directory")
+        raise ValueError(
+            f"load_translator: workdir {workdir!r} does not exist or is not a directory"
+        )
     if not os.path.exists(os.path.join(workdir, "config.json")):
-        raise ValueError(f"load_translator: {workdir!r} has no config.json: not a training run directory "
-                         f"(contents: {sorted(os.listdir(workdir))[:8]})")
+        raise ValueError(
+            f"load_translator: {workdir!r} has no config.json: not a training run directory "
+            f"(contents: {sorted(os.listdir(workdir))[:8]})"
+        )
     config = trainer.load_config(workdir)
     method = config.get("method")
     registry = TRANSLATORS if registry is None else registry
     if method not in registry:
-        raise ValueError(f"load_translator: {workdir!r} holds a {method!r} run, which is not a translator; "
-                         f"translators: {sorted(registry)}")
+        raise ValueError(
+            f"load_translator: {workdir!r} holds a {method!r} run, which is not a translator; "
+            f"translators: {sorted(registry)}"
+        )
     spec = registry[method]
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise ValueError(f"load_translator: step must be a non-negative int or None, got {step!r}")
@@ -320,11 +384,15 @@ def load_translator(workdir: str, *, step: int | None = None,
     if spec.needs_checkpoint or step is not None:
         steps = available_steps(workdir)
         if not steps:
-            raise ValueError(f"load_translator: {workdir!r} holds no checkpoint under "
-                             f"{os.path.join(workdir, 'checkpoints')} (the run saved none yet?)")
+            raise ValueError(
+                f"load_translator: {workdir!r} holds no checkpoint under "
+                f"{os.path.join(workdir, 'checkpoints')} (the run saved none yet?)"
+            )
         if step is not None and step not in steps:
-            raise ValueError(f"load_translator: {workdir!r} has no checkpoint at step {step}; "
-                             f"available steps: {steps}")
+            raise ValueError(
+                f"load_translator: {workdir!r} has no checkpoint at step {step}; "
+                f"available steps: {steps}"
+            )
         if step is None:
             _, state = trainer.restore_state(workdir, config, devices=jax.local_devices()[:1])
         else:
@@ -332,5 +400,13 @@ def load_translator(workdir: str, *, step: int | None = None,
         state = _to_host(state)
         restored = int(state["step"]) if isinstance(state, Mapping) and "step" in state else step
     fn = spec.build(config, state, workdir)
-    return Translator(workdir=workdir, method=method, config=config, step=restored, state=state,
-                      accepts_rng=spec.accepts_rng, needs_labels=bool(spec.needs_labels(config)), fn=fn)
+    return Translator(
+        workdir=workdir,
+        method=method,
+        config=config,
+        step=restored,
+        state=state,
+        accepts_rng=spec.accepts_rng,
+        needs_labels=bool(spec.needs_labels(config)),
+        fn=fn,
+    )

@@ -24,6 +24,7 @@ override, validates it and exits without touching the workdir or the data. User 
 flag, a bad config path or override, an unusable workdir) end in one ``dakpn: error: ...`` line
 with exit status 2 (1 for a run that fails, e.g. on NaN); ``--verbose`` shows the traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,22 +38,54 @@ from dakpn_jax import console, registry
 
 FLAGS = flags.FLAGS
 
+
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines this CLI's flags on ``flag_values`` (the global FLAGS at import; a fresh
     ``flags.FlagValues()`` lets a test parse a command line in-process exactly as the CLI does)."""
     fv = dict(flag_values=flag_values)
-    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, config.json, TensorBoard events, log.txt.", **fv)
-    config_flags.DEFINE_config_file("config", None, "Config file, `path.py` or `path.py:arg` (get_config(arg)).",
-                                    lock_config=True, **fv)
-    flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with auto-detection "
-                      "(Cloud TPU VM slices, SLURM, Open MPI).", **fv)
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host GPU clusters).", **fv)
-    flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).", **fv)
-    flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).", **fv)
-    flags.DEFINE_bool("verbose", False, "Also print library INFO logs (absl, orbax, grain) on the console; "
-                      "they always go to WORKDIR/log.txt. Shows tracebacks of errors.", **fv)
-    flags.DEFINE_bool("check_config", False, "Build and validate the config (with every --config.* override), "
-                      "print a summary and exit; nothing is trained or written.", **fv)
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "Run directory: checkpoints, config.json, TensorBoard events, log.txt.",
+        **fv,
+    )
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Config file, `path.py` or `path.py:arg` (get_config(arg)).",
+        lock_config=True,
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "multihost",
+        False,
+        "Call jax.distributed.initialize() with auto-detection "
+        "(Cloud TPU VM slices, SLURM, Open MPI).",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0 (multi-host GPU clusters).", **fv
+    )
+    flags.DEFINE_integer(
+        "num_processes", None, "Number of processes (with --coordinator_address).", **fv
+    )
+    flags.DEFINE_integer(
+        "process_id", None, "This process's index (with --coordinator_address).", **fv
+    )
+    flags.DEFINE_bool(
+        "verbose",
+        False,
+        "Also print library INFO logs (absl, orbax, grain) on the console; "
+        "they always go to WORKDIR/log.txt. Shows tracebacks of errors.",
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "check_config",
+        False,
+        "Build and validate the config (with every --config.* override), "
+        "print a summary and exit; nothing is trained or written.",
+        **fv,
+    )
 
 
 define_flags(FLAGS)
@@ -67,9 +100,15 @@ def check_config(config, devices=None) -> str:
 
     method = trainer.validate_config(config, trainer.make_mesh(devices))
     data = config.get("data") or {}
-    where = {k: data.get(k) for k in ("name", "data_dir", "synthetic_dir", "real_dir") if data.get(k) is not None}
-    summary = (f"config OK: method {config.method} ({method.__name__}), {config.num_train_steps} steps, batch "
-               f"{config.batch_size}, data {where or '(defaults)'}")
+    where = {
+        k: data.get(k)
+        for k in ("name", "data_dir", "synthetic_dir", "real_dir")
+        if data.get(k) is not None
+    }
+    summary = (
+        f"config OK: method {config.method} ({method.__name__}), {config.num_train_steps} steps, batch "
+        f"{config.batch_size}, data {where or '(defaults)'}"
+    )
     if config.method in registry.REGISTRY:
         ok, why = registry.get(config.method).is_available(config)
         if not ok:
@@ -79,7 +118,9 @@ def check_config(config, devices=None) -> str:
 
 def main(argv):
     if len(argv) > 1:
-        console.fail("dakpn", f"unexpected command-line arguments {argv[1:]} (flags are --name=value)")
+        console.fail(
+            "dakpn", f"unexpected command-line arguments {argv[1:]} (flags are --name=value)"
+        )
     if FLAGS.check_config:
         if not FLAGS.verbose:
             logging.set_verbosity(logging.WARNING)  # jax's backend-probing INFO lines
@@ -93,7 +134,11 @@ def main(argv):
     except (ValueError, FloatingPointError) as e:
         if FLAGS.verbose:
             raise
-        console.fail("dakpn", f"{e} (--verbose shows the traceback)", code=2 if isinstance(e, ValueError) else 1)
+        console.fail(
+            "dakpn",
+            f"{e} (--verbose shows the traceback)",
+            code=2 if isinstance(e, ValueError) else 1,
+        )
 
 
 def _train(argv):
@@ -102,7 +147,9 @@ def _train(argv):
     if FLAGS.multihost or FLAGS.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         from dakpn_jax.training import trainer
 
-        trainer.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        trainer.initialize_distributed(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
     import jax
 
     from dakpn_jax.training import preemption, trainer
@@ -110,13 +157,23 @@ def _train(argv):
     from dakpn_jax import workdir_lock
 
     # Locked before the log routing opens WORKDIR/log.txt, so a second launch writes nothing there.
-    with workdir_lock.exclusive(FLAGS.workdir, what="dakpn"), \
-            console.route_library_logs(FLAGS.workdir, verbose=FLAGS.verbose or bool(FLAGS.config.get("log_to_console"))):
-        logging.info("JAX process %d / %d, local devices %s", jax.process_index(), jax.process_count(),
-                     jax.local_devices())
+    with (
+        workdir_lock.exclusive(FLAGS.workdir, what="dakpn"),
+        console.route_library_logs(
+            FLAGS.workdir, verbose=FLAGS.verbose or bool(FLAGS.config.get("log_to_console"))
+        ),
+    ):
+        logging.info(
+            "JAX process %d / %d, local devices %s",
+            jax.process_index(),
+            jax.process_count(),
+            jax.local_devices(),
+        )
         logging.info("Config:\n%s", FLAGS.config)
         try:
-            metrics = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, verbose=FLAGS.verbose or None)
+            metrics = trainer.train_and_evaluate(
+                FLAGS.config, FLAGS.workdir, verbose=FLAGS.verbose or None
+            )
         except preemption.Preempted as e:
             logging.warning("%s", e)
             sys.exit(143)  # 128 + SIGTERM: what a scheduler expects of a job it stopped
@@ -129,7 +186,9 @@ def run():
     `console.prepare_config_imports`)."""
     console.prepare_config_imports(sys.argv)
     flags.mark_flags_as_required(["config"])
-    if "--check_config" not in sys.argv and not any(a.startswith("--check_config=") for a in sys.argv):
+    if "--check_config" not in sys.argv and not any(
+        a.startswith("--check_config=") for a in sys.argv
+    ):
         flags.mark_flags_as_required(["workdir"])
     app.run(main, flags_parser=console.flags_parser("dakpn"))
 

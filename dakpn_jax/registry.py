@@ -22,6 +22,7 @@ learn its name.
 Modules are named by string and imported on first use, so importing the registry stays light and
 the method modules (which import the data layer, models, ...) never import back into it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,6 +44,7 @@ def _dakpn_needs_labels(config) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Method:
     """One registered method (module docstring for the fields)."""
+
     name: str
     module: str
     translator: bool = False
@@ -65,15 +67,29 @@ class Method:
 
 # Costs: DA-KPN ~0.9 and the GAN baselines ~4.5 segmenter image-steps per image-step (issue 14's
 # measured stage profile); the segmenter is the unit.
-REGISTRY: dict[str, Method] = {m.name: m for m in (
-    Method("dakpn", "dakpn_jax.training.dakpn", translator=True, takes_rng=True,
-           needs_labels=_dakpn_needs_labels, cost=0.9),
-    Method("segmentation", "dakpn_jax.training.segmentation", cost=1.0),
-    Method("cyclegan", "dakpn_jax.training.cyclegan", translator=True, cost=4.5),
-    Method("cut", "dakpn_jax.training.cut", translator=True, cost=4.5),
-    Method("vsait", "dakpn_jax.training.vsait", translator=True, cost=4.5,
-           available="dakpn_jax.training.vsait:vsait_available"),
-)}
+REGISTRY: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "dakpn",
+            "dakpn_jax.training.dakpn",
+            translator=True,
+            takes_rng=True,
+            needs_labels=_dakpn_needs_labels,
+            cost=0.9,
+        ),
+        Method("segmentation", "dakpn_jax.training.segmentation", cost=1.0),
+        Method("cyclegan", "dakpn_jax.training.cyclegan", translator=True, cost=4.5),
+        Method("cut", "dakpn_jax.training.cut", translator=True, cost=4.5),
+        Method(
+            "vsait",
+            "dakpn_jax.training.vsait",
+            translator=True,
+            cost=4.5,
+            available="dakpn_jax.training.vsait:vsait_available",
+        ),
+    )
+}
 
 
 def register(method: Method, *, overwrite: bool = False) -> None:
@@ -83,7 +99,9 @@ def register(method: Method, *, overwrite: bool = False) -> None:
     if not method.name or not method.module:
         raise ValueError(f"register: {method!r} needs a name and a module path")
     if method.name in REGISTRY and not overwrite:
-        raise ValueError(f"register: method {method.name!r} is already registered (pass overwrite=True)")
+        raise ValueError(
+            f"register: method {method.name!r} is already registered (pass overwrite=True)"
+        )
     REGISTRY[method.name] = method
 
 
@@ -109,5 +127,7 @@ def method_module(name: str) -> types.ModuleType:
             return importlib.import_module(name)
         except ImportError as e:
             raise ValueError(f"config.method={name!r}: cannot import method module ({e})") from e
-    raise ValueError(f"config.method={name!r} is unknown; known methods: {sorted(REGISTRY)} "
-                     "(or give a dotted module path)")
+    raise ValueError(
+        f"config.method={name!r} is unknown; known methods: {sorted(REGISTRY)} "
+        "(or give a dotted module path)"
+    )

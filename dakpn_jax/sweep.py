@@ -19,6 +19,7 @@ checkpoint); ``ROOT/sweep.json`` collects their final metrics. ``--dry_run`` pri
 ``get_sweep``, a missing flag or a bad path ends in one ``dakpn_jax.sweep: error: ...`` line
 (exit status 2).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,12 +32,20 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 
-def expand_sweep(sweep: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def expand_sweep(
+    sweep: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
+) -> list[dict[str, Any]]:
     """Sweep spec -> list of override dicts (see module docstring)."""
     if isinstance(sweep, Mapping):
         for k, values in sweep.items():
-            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not len(values):
-                raise ValueError(f"get_sweep()[{k!r}]: expected a non-empty list of values, got {values!r}")
+            if (
+                isinstance(values, (str, bytes))
+                or not isinstance(values, Sequence)
+                or not len(values)
+            ):
+                raise ValueError(
+                    f"get_sweep()[{k!r}]: expected a non-empty list of values, got {values!r}"
+                )
         keys = list(sweep)
         return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
     if isinstance(sweep, Sequence) and not isinstance(sweep, (str, bytes)):
@@ -46,7 +55,9 @@ def expand_sweep(sweep: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]
                 raise ValueError(f"get_sweep()[{i}]: expected a dict of overrides, got {point!r}")
             points.append(dict(point))
         return points
-    raise ValueError(f"get_sweep(): expected a dict of axes or a list of override dicts, got {type(sweep).__name__}")
+    raise ValueError(
+        f"get_sweep(): expected a dict of axes or a list of override dicts, got {type(sweep).__name__}"
+    )
 
 
 def run_name(overrides: Mapping[str, Any]) -> str:
@@ -63,7 +74,9 @@ def _format(v: Any) -> str:
     return str(v)
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
     """A copy of ``config`` with the dotted ``overrides`` set; ValueError for a field that does not exist."""
     config = ml_collections.ConfigDict(config.to_dict())
     for key, value in overrides.items():
@@ -97,9 +110,11 @@ def points_for(config_path: str) -> tuple[ml_collections.ConfigDict, list[dict[s
     """(base config, override points) of a config file that defines ``get_sweep``."""
     module, arg = load_config_module(config_path)
     if not callable(getattr(module, "get_sweep", None)):
-        raise ValueError(f"--config={config_path}: {os.path.basename(config_path.partition(':')[0])} defines no "
-                         "get_sweep(arg), so there is nothing to sweep (configs/default.py has one; "
-                         "dakpn_jax/sweep.py documents the format)")
+        raise ValueError(
+            f"--config={config_path}: {os.path.basename(config_path.partition(':')[0])} defines no "
+            "get_sweep(arg), so there is nothing to sweep (configs/default.py has one; "
+            "dakpn_jax/sweep.py documents the format)"
+        )
     return module.get_config(arg), expand_sweep(module.get_sweep(arg))
 
 
@@ -107,8 +122,13 @@ def commands(config_path: str, root: str, points: Sequence[Mapping[str, Any]]) -
     """One ``python -m dakpn_jax.main`` command per point."""
     out = []
     for p in points:
-        args = ["python3", "-m", "dakpn_jax.main", f"--config={config_path}",
-                f"--workdir={os.path.join(root, run_name(p))}"]
+        args = [
+            "python3",
+            "-m",
+            "dakpn_jax.main",
+            f"--config={config_path}",
+            f"--workdir={os.path.join(root, run_name(p))}",
+        ]
         args += [f"--config.{k}={_format(v)}" for k, v in p.items()]
         out.append(" ".join(shlex.quote(a) for a in args))
     return out
@@ -126,7 +146,9 @@ def run_sweep(config_path: str, root: str, *, dry_run: bool = False) -> dict[str
 
     results = {}
     for name, p in zip(names, points):
-        results[name] = trainer.train_and_evaluate(apply_overrides(base, p), os.path.join(root, name))
+        results[name] = trainer.train_and_evaluate(
+            apply_overrides(base, p), os.path.join(root, name)
+        )
         with open(os.path.join(root, "sweep.json"), "w") as f:
             json.dump({"config": config_path, "runs": results}, f, indent=2, sort_keys=True)
     return results

@@ -55,6 +55,7 @@ weights, :func:`kpn_kernels_from_logits`), runs on the same two paths via :func:
 Documented deviations from the paper's code: hue wraps and saturation/value are clipped after the
 affine (the paper's code does neither), and the HSV conversion is exact at sector boundaries.
 """
+
 from __future__ import annotations
 
 import functools
@@ -98,8 +99,10 @@ CPU, bands of 4 to 32 rows timed within the (large) load noise of each other; 16
 def _as_float_array(x, name: str) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name}: expected a floating dtype (images in [0, 1]), got {x.dtype} "
-                         f"with shape {x.shape}")
+        raise ValueError(
+            f"{name}: expected a floating dtype (images in [0, 1]), got {x.dtype} "
+            f"with shape {x.shape}"
+        )
     return x
 
 
@@ -109,7 +112,9 @@ def _check_nhwc(x: jax.Array, name: str, channels: int | None = None) -> None:
     if min(x.shape) < 1:
         raise ValueError(f"{name}: empty dimension in shape {x.shape}")
     if channels is not None and x.shape[-1] != channels:
-        raise ValueError(f"{name}: expected {channels} channels (B, H, W, {channels}), got shape {x.shape}")
+        raise ValueError(
+            f"{name}: expected {channels} channels (B, H, W, {channels}), got shape {x.shape}"
+        )
 
 
 def _check_kernel_size(kernel_size) -> int:
@@ -184,8 +189,10 @@ def kpn_kernels_from_logits(logits: jax.Array, kernel_size: int) -> jax.Array:
     kernel_size = _check_kernel_size(kernel_size)
     logits = _as_float_array(logits, "logits")
     if logits.ndim < 1 or logits.shape[-1] != kernel_size * kernel_size:
-        raise ValueError(f"logits: expected (..., {kernel_size * kernel_size}) for "
-                         f"kernel_size={kernel_size}, got shape {logits.shape}")
+        raise ValueError(
+            f"logits: expected (..., {kernel_size * kernel_size}) for "
+            f"kernel_size={kernel_size}, got shape {logits.shape}"
+        )
     w = jax.nn.softmax(logits, axis=-1)
     return w.reshape(*logits.shape[:-1], kernel_size, kernel_size)
 
@@ -211,19 +218,30 @@ def _patches(xp: jax.Array, kernel_size: int) -> jax.Array:
     b, hp, wp, c = xp.shape
     k = kernel_size
     h, w = hp - k + 1, wp - k + 1
-    cols = jnp.stack([xp[:, :, j:j + w] for j in range(k)], axis=-1)  # (B, H+2r, W, C, K): 2K slices,
-    return jnp.stack([cols[:, i:i + h] for i in range(k)], axis=-2)   # not K^2 (compile time)
+    cols = jnp.stack(
+        [xp[:, :, j : j + w] for j in range(k)], axis=-1
+    )  # (B, H+2r, W, C, K): 2K slices,
+    return jnp.stack([cols[:, i : i + h] for i in range(k)], axis=-2)  # not K^2 (compile time)
 
 
 def _einsum_gaussian(xp, sigma, kernel_size):
     taps = gaussian_taps(sigma, kernel_size)  # (B, H, W, C, K); w(i, j) = taps_i taps_j
-    return jnp.einsum("bhwcij,bhwci,bhwcj->bhwc", _patches(xp, kernel_size), taps, taps,
-                      precision=lax.Precision.HIGHEST)
+    return jnp.einsum(
+        "bhwcij,bhwci,bhwcj->bhwc",
+        _patches(xp, kernel_size),
+        taps,
+        taps,
+        precision=lax.Precision.HIGHEST,
+    )
 
 
 def _einsum_kernels(xp, kernels):
-    return jnp.einsum("bhwcij,bhwcij->bhwc", _patches(xp, kernels.shape[-1]), kernels,
-                      precision=lax.Precision.HIGHEST)
+    return jnp.einsum(
+        "bhwcij,bhwcij->bhwc",
+        _patches(xp, kernels.shape[-1]),
+        kernels,
+        precision=lax.Precision.HIGHEST,
+    )
 
 
 def _gaussian_taps_unnormalised(sigma, r):
@@ -279,12 +297,14 @@ def _shifted_gaussian_core(xp, sigma, moment=False):
 
     def row_offset(i, carry):
         out, mom = carry
-        p = lax.dynamic_slice_in_dim(xp, r + i, h, axis=1) + lax.dynamic_slice_in_dim(xp, r - i, h, axis=1)
-        s = p[:, :, r:r + w]
+        p = lax.dynamic_slice_in_dim(xp, r + i, h, axis=1) + lax.dynamic_slice_in_dim(
+            xp, r - i, h, axis=1
+        )
+        s = p[:, :, r : r + w]
         s2 = jnp.zeros_like(s)
         for j, g in enumerate(taps()):
             if j:
-                t = g * (p[:, :, r - j:r - j + w] + p[:, :, r + j:r + j + w])
+                t = g * (p[:, :, r - j : r - j + w] + p[:, :, r + j : r + j + w])
                 s = s + t
                 if moment:
                     s2 = s2 + float(j * j) * t
@@ -315,7 +335,7 @@ def _shifted_gaussian_adjoint_core(gp, r):
     """
     n2, hp, wp = gp.shape
     h, w = hp - 2 * r, wp - 2 * r
-    ybar, sigma = gp[:n2 // 2], gp[n2 // 2:]
+    ybar, sigma = gp[: n2 // 2], gp[n2 // 2 :]
     g, z = _gaussian_taps_unnormalised(sigma, r)
     ybar = ybar / jnp.square(z)
     # The taps are read at shifted positions below: materialise them once per band, otherwise XLA
@@ -323,7 +343,7 @@ def _shifted_gaussian_adjoint_core(gp, r):
     # A fori_loop over a (not unrolled) for the reason given in _shifted_gaussian_core: the unrolled
     # (r+1)^2 offsets became one scalar loop on XLA:CPU.
     taps = lax.optimization_barrier(jnp.stack(g))  # (r+1, N, h+2r, w+2r)
-    cols = lambda f, o: f[:, :, o:o + w]
+    cols = lambda f, o: f[:, :, o : o + w]
 
     def row_offset(a, out):
         u = ybar * lax.dynamic_index_in_dim(taps, a, 0, keepdims=False)
@@ -333,8 +353,11 @@ def _shifted_gaussian_adjoint_core(gp, r):
             s = s + cols(u, r - b) * cols(taps[b], r - b) + cols(u, r + b) * cols(taps[b], r + b)
         # Vertical: out[y] += R_a[y + r - a] + R_a[y + r + a] (once for a = 0).
         twice = jnp.where(a > 0, 1.0, 0.0).astype(gp.dtype)
-        return (out + lax.dynamic_slice_in_dim(s, r - a, h, axis=1)
-                + twice * lax.dynamic_slice_in_dim(s, r + a, h, axis=1))
+        return (
+            out
+            + lax.dynamic_slice_in_dim(s, r - a, h, axis=1)
+            + twice * lax.dynamic_slice_in_dim(s, r + a, h, axis=1)
+        )
 
     return lax.fori_loop(0, r + 1, row_offset, jnp.zeros((n2 // 2, h, w), gp.dtype))
 
@@ -352,7 +375,7 @@ def _shifted_kernels_core(xp, kernels):
         rows = lax.dynamic_slice_in_dim(xp, i, h, axis=1)  # (B, h, w + 2r, C)
         ki = lax.dynamic_index_in_dim(kernels, i, 0, keepdims=False)
         for j in range(k):
-            acc = acc + ki[j] * rows[:, :, j:j + w]
+            acc = acc + ki[j] * rows[:, :, j : j + w]
         return acc
 
     return lax.fori_loop(0, k, row, jnp.zeros(xp.shape[:1] + (h, w) + xp.shape[3:], xp.dtype))
@@ -436,8 +459,10 @@ def _resolve_impl(impl: str, *, fused: bool = False) -> str:
     if impl == "auto":
         return "pallas" if fused and jax.default_backend() in PALLAS_AUTO_BACKENDS else "shifted"
     if impl == "pallas" and not fused:
-        raise ValueError("impl: 'pallas' is the fused kernel of translate() only; use 'shifted' or "
-                         "'einsum' for local_gaussian_blur / apply_local_kernels")
+        raise ValueError(
+            "impl: 'pallas' is the fused kernel of translate() only; use 'shifted' or "
+            "'einsum' for local_gaussian_blur / apply_local_kernels"
+        )
     return impl
 
 
@@ -477,8 +502,9 @@ def _planar_blur(x, sigma, r):
     return jnp.moveaxis(out.reshape(b, c, h, w), 1, -1)
 
 
-def local_gaussian_blur(x: jax.Array, sigma: jax.Array, *, kernel_size: int = DEFAULT_KERNEL_SIZE,
-                        impl: str = "auto") -> jax.Array:
+def local_gaussian_blur(
+    x: jax.Array, sigma: jax.Array, *, kernel_size: int = DEFAULT_KERNEL_SIZE, impl: str = "auto"
+) -> jax.Array:
     """Per-pixel, per-channel normalised Gaussian blur with edge padding (docs/METHOD.md §1 step 4d).
 
     Args:
@@ -496,8 +522,10 @@ def local_gaussian_blur(x: jax.Array, sigma: jax.Array, *, kernel_size: int = DE
     sigma = _as_float_array(sigma, "sigma")
     _check_nhwc(x, "x")
     if sigma.ndim != 4 or sigma.shape[:3] != x.shape[:3] or sigma.shape[3] not in (1, x.shape[3]):
-        raise ValueError(f"sigma: expected shape {x.shape} (or {x.shape[:3] + (1,)}) to match x, "
-                         f"got {sigma.shape}")
+        raise ValueError(
+            f"sigma: expected shape {x.shape} (or {x.shape[:3] + (1,)}) to match x, "
+            f"got {sigma.shape}"
+        )
     kernel_size = _check_kernel_size(kernel_size)
     impl = _resolve_impl(_check_impl(impl))
     return _blur(x, sigma, kernel_size, impl)
@@ -530,10 +558,17 @@ def apply_local_kernels(x: jax.Array, kernels: jax.Array, *, impl: str = "auto")
     shape = kernels.shape
     if kernels.ndim == 5:
         kernels = kernels[:, :, :, None]
-    if (kernels.ndim != 6 or kernels.shape[:3] != x.shape[:3] or kernels.shape[3] not in (1, x.shape[3])
-            or kernels.shape[4] != kernels.shape[5] or kernels.shape[5] % 2 == 0):
-        raise ValueError(f"kernels: expected (B, H, W, K, K) or (B, H, W, C, K, K) with K odd and "
-                         f"(B, H, W, C) = {x.shape}, got shape {shape}")
+    if (
+        kernels.ndim != 6
+        or kernels.shape[:3] != x.shape[:3]
+        or kernels.shape[3] not in (1, x.shape[3])
+        or kernels.shape[4] != kernels.shape[5]
+        or kernels.shape[5] % 2 == 0
+    ):
+        raise ValueError(
+            f"kernels: expected (B, H, W, K, K) or (B, H, W, C, K, K) with K odd and "
+            f"(B, H, W, C) = {x.shape}, got shape {shape}"
+        )
     impl = _resolve_impl(_check_impl(impl))
     return _apply_kernels(x, kernels.astype(x.dtype), impl)
 
@@ -556,8 +591,14 @@ def upsample_params(params: jax.Array, height: int, width: int) -> jax.Array:
     return jax.image.resize(params, out_shape, method="bilinear", antialias=False)
 
 
-def noise_field(seed: int, height: int, width: int, *, base_size: tuple[int, int] | None = None,
-                channels: int = 3) -> jax.Array:
+def noise_field(
+    seed: int,
+    height: int,
+    width: int,
+    *,
+    base_size: tuple[int, int] | None = None,
+    channels: int = 3,
+) -> jax.Array:
     """The fixed noise field of the paper: one seeded N(0, 1) field (1, height, width, channels).
 
     Drawn at ``base_size`` (default: the frame size) and resized bilinearly to (height, width), so a
@@ -575,7 +616,9 @@ def noise_field(seed: int, height: int, width: int, *, base_size: tuple[int, int
     return n
 
 
-def sample_noise(key: jax.Array, batch: int, height: int, width: int, channels: int = 3) -> jax.Array:
+def sample_noise(
+    key: jax.Array, batch: int, height: int, width: int, channels: int = 3
+) -> jax.Array:
     """Fresh per-sample N(0, 1) noise (batch, height, width, channels): the non-default option."""
     return jax.random.normal(key, (batch, height, width, channels), jnp.float32)
 
@@ -593,8 +636,14 @@ def color_affine(x: jax.Array, hsv_scale: jax.Array, hsv_bias: jax.Array) -> jax
     return hsv_to_rgb(jnp.concatenate([h, sv], axis=-1))
 
 
-def translate(x: jax.Array, params: jax.Array, noise: jax.Array, *, kernel_size: int = DEFAULT_KERNEL_SIZE,
-                            impl: str = "auto") -> jax.Array:
+def translate(
+    x: jax.Array,
+    params: jax.Array,
+    noise: jax.Array,
+    *,
+    kernel_size: int = DEFAULT_KERNEL_SIZE,
+    impl: str = "auto",
+) -> jax.Array:
     """The DA-KPN translation T(x; theta, n) (docs/METHOD.md §1 steps 3-4; module docstring).
 
     Args:
@@ -614,10 +663,14 @@ def translate(x: jax.Array, params: jax.Array, noise: jax.Array, *, kernel_size:
     _check_nhwc(x, "x", channels=3)
     _check_nhwc(params, "params", channels=NUM_PARAMS)
     if params.shape[0] != x.shape[0]:
-        raise ValueError(f"params: batch {params.shape[0]} (shape {params.shape}) != x batch {x.shape[0]} "
-                         f"(shape {x.shape})")
+        raise ValueError(
+            f"params: batch {params.shape[0]} (shape {params.shape}) != x batch {x.shape[0]} "
+            f"(shape {x.shape})"
+        )
     if noise.ndim != 4 or noise.shape[1:] != x.shape[1:] or noise.shape[0] not in (1, x.shape[0]):
-        raise ValueError(f"noise: expected shape {x.shape} (or batch 1) to match x, got {noise.shape}")
+        raise ValueError(
+            f"noise: expected shape {x.shape} (or batch 1) to match x, got {noise.shape}"
+        )
     kernel_size = _check_kernel_size(kernel_size)
     impl = _resolve_impl(_check_impl(impl), fused=True)
     return _translate(x, params, noise, kernel_size, impl)
@@ -633,9 +686,14 @@ def _xla_translate(kernel_size: int, impl: str):
 def _translate(x, params, noise, kernel_size, impl):
     if impl == "pallas":
         from dakpn_jax.kernels import pallas_translate  # pylint: disable=import-outside-toplevel
-        out = pallas_translate.fused_translate(x.astype(jnp.float32), params.astype(jnp.float32),
-                                               noise.astype(jnp.float32), kernel_size,
-                                               _xla_translate(kernel_size, "shifted"))
+
+        out = pallas_translate.fused_translate(
+            x.astype(jnp.float32),
+            params.astype(jnp.float32),
+            noise.astype(jnp.float32),
+            kernel_size,
+            _xla_translate(kernel_size, "shifted"),
+        )
         return out.astype(x.dtype)
     theta = upsample_params(params.astype(x.dtype), x.shape[1], x.shape[2])
     hsv_scale, hsv_bias, sigma, noise_scale = split_params(theta)

@@ -5,6 +5,7 @@ They live apart from `translation` because `translation` dispatches to the kerne
 (``impl="pallas"``) and the kernel module needs these formulas: with both in `translation` the two
 modules imported each other.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -21,7 +22,9 @@ def rgb_to_hsv_channels(r, g, b):
     c = v - jnp.minimum(jnp.minimum(r, g), b)
     s = jnp.where(v > 0, c / jnp.where(v > 0, v, 1.0), 0.0)
     safe_c = jnp.where(c > 0, c, 1.0)
-    h = jnp.where(v == r, (g - b) / safe_c, jnp.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4))
+    h = jnp.where(
+        v == r, (g - b) / safe_c, jnp.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4)
+    )
     h = jnp.where(c > 0, jnp.mod(h / 6, 1.0), 0.0)
     # mod of a tiny negative number rounds to exactly 1.0 in float32: keep hue in [0, 1).
     h = jnp.where(h >= 1, h - 1, h)

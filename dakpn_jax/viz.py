@@ -1,7 +1,8 @@
 """Pictures: PNG grids of images and colourised label maps.
 
-    save_grid("grid.png", [[synthetic, real, colorize(label)] for ...])
+save_grid("grid.png", [[synthetic, real, colorize(label)] for ...])
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,9 @@ def to_uint8(image, name: str = "image") -> np.ndarray:
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim != 3 or a.shape[-1] not in (1, 3):
-        raise ValueError(f"{name} must have shape (H, W, 3), (H, W, 1) or (H, W), got {np.shape(image)}")
+        raise ValueError(
+            f"{name} must have shape (H, W, 3), (H, W, 1) or (H, W), got {np.shape(image)}"
+        )
     if a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
     if a.dtype == np.uint8:
@@ -39,8 +42,9 @@ def to_uint8(image, name: str = "image") -> np.ndarray:
     raise ValueError(f"{name} must be uint8 or float in [0, 1], got dtype {a.dtype}")
 
 
-def make_grid(rows: Sequence[Sequence[np.ndarray]], *, pad: int = 2, background: int = 255
-              ) -> np.ndarray:
+def make_grid(
+    rows: Sequence[Sequence[np.ndarray]], *, pad: int = 2, background: int = 255
+) -> np.ndarray:
     """Tiles `rows` (a list of lists of pictures) into one uint8 (H_total, W_total, 3) array.
 
     Cells are placed top-left in a grid whose row heights and column widths are the largest picture in
@@ -50,17 +54,22 @@ def make_grid(rows: Sequence[Sequence[np.ndarray]], *, pad: int = 2, background:
         raise ValueError("rows must hold at least one picture, got an empty grid")
     if pad < 0:
         raise ValueError(f"pad must be >= 0, got {pad}")
-    cells = [[to_uint8(im, f"rows[{i}][{j}]") for j, im in enumerate(r)] for i, r in enumerate(rows)]
+    cells = [
+        [to_uint8(im, f"rows[{i}][{j}]") for j, im in enumerate(r)] for i, r in enumerate(rows)
+    ]
     ncols = max(len(r) for r in cells)
     heights = [max((c.shape[0] for c in r), default=0) for r in cells]
     widths = [max((r[j].shape[1] for r in cells if j < len(r)), default=0) for j in range(ncols)]
-    out = np.full((sum(heights) + pad * (len(cells) + 1), sum(widths) + pad * (ncols + 1), 3),
-                  background, np.uint8)
+    out = np.full(
+        (sum(heights) + pad * (len(cells) + 1), sum(widths) + pad * (ncols + 1), 3),
+        background,
+        np.uint8,
+    )
     y = pad
     for r, h in zip(cells, heights):
         x = pad
         for j, c in enumerate(r):
-            out[y:y + c.shape[0], x:x + c.shape[1]] = c
+            out[y : y + c.shape[0], x : x + c.shape[1]] = c
             x += widths[j] + pad
         y += h + pad
     return out
@@ -88,10 +97,17 @@ def save_procedural_preview(path: str, config=None, *, num_rows: int = 4) -> np.
       The grid, uint8 (H_total, W_total, 3).
     """
     from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
+
     source = procedural.make_source("paired-eval", config)
-    if isinstance(num_rows, bool) or not isinstance(num_rows, int) or not 0 < num_rows <= len(source):
-        raise ValueError(f"num_rows must be an int in [1, {len(source)}] (the paired-eval length), "
-                         f"got {num_rows!r}")
+    if (
+        isinstance(num_rows, bool)
+        or not isinstance(num_rows, int)
+        or not 0 < num_rows <= len(source)
+    ):
+        raise ValueError(
+            f"num_rows must be an int in [1, {len(source)}] (the paired-eval length), "
+            f"got {num_rows!r}"
+        )
     rows = []
     for i in range(num_rows):
         ex = source[i]

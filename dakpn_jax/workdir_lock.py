@@ -18,6 +18,7 @@ Re-entry: the same process may take the same lock again (a protocol that trains 
 own directory, a CLI that locks before it routes logs and then calls the library, which locks too);
 only the outermost exit releases it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,10 @@ def _describe_holder(fd: int) -> str:
         info = {}
     if not info:
         return "another process"
-    return (f"process {info.get('pid', '?')} on {info.get('host', '?')} "
-            f"(started {info.get('started', '?')}: {info.get('command', '?')})")
+    return (
+        f"process {info.get('pid', '?')} on {info.get('host', '?')} "
+        f"(started {info.get('started', '?')}: {info.get('command', '?')})"
+    )
 
 
 @contextlib.contextmanager
@@ -82,8 +85,9 @@ def exclusive(workdir: str, *, what: str = "run", process_index: int | None = No
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise ValueError(f"{what}: cannot create the lock file {path} "
-                                 f"({e.__class__.__name__}: {e})") from e
+                raise ValueError(
+                    f"{what}: cannot create the lock file {path} ({e.__class__.__name__}: {e})"
+                ) from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -91,10 +95,14 @@ def exclusive(workdir: str, *, what: str = "run", process_index: int | None = No
                 os.close(fd)
                 raise WorkdirInUse(
                     f"{what}: workdir {os.path.dirname(path)} is in use by {holder}; wait for it to "
-                    f"end, stop it, or use another workdir") from None
-            info = {"pid": os.getpid(), "host": socket.gethostname(),
-                    "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                    "command": " ".join(sys.argv) or sys.executable}
+                    f"end, stop it, or use another workdir"
+                ) from None
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                "command": " ".join(sys.argv) or sys.executable,
+            }
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
             _held[path] = [fd, 1]

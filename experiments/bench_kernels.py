@@ -28,6 +28,7 @@ mode, so it is skipped there). The einsum path runs in row bands (bounded memory
         --sizes 1x1052x1914 --bandwidth_gbs 3350                   # on an H100 SXM
     python3 experiments/bench_kernels.py --grad --sizes 8x128x256 --impls shifted   # training cost
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,6 +61,7 @@ def _floor_bytes(op: str, b: int, h: int, w: int, kernel_size: int) -> int:
     if op == "blur":
         return 3 * frame  # x, sigma, out
     from dakpn_jax.kernels.pallas_translate import bytes_moved
+
     return bytes_moved(b, h, w, _param_size(h, w), kernel_size)["floor"]
 
 
@@ -130,43 +132,75 @@ def _child(impl: str, size: str, kernel_size: int, repeats: int, grad: bool, op:
     # Parity on this device: the largest difference from the shifted path (forward only).
     maxdiff = 0.0
     if impl not in ("shifted", "auto") and not grad:
-        ref_fn = jax.jit(lambda *a: (local_gaussian_blur(*a, kernel_size=kernel_size, impl="shifted")
-                                     if op == "blur" else
-                                     translate(*a, kernel_size=kernel_size, impl="shifted")))
+        ref_fn = jax.jit(
+            lambda *a: (
+                local_gaussian_blur(*a, kernel_size=kernel_size, impl="shifted")
+                if op == "blur"
+                else translate(*a, kernel_size=kernel_size, impl="shifted")
+            )
+        )
         out = fn(x, second, *extra)
         maxdiff = float(jnp.max(jnp.abs(out - ref_fn(x, second, *extra))))
 
     med = statistics.median
-    flops = 2 * kernel_size ** 2 * 3 * b * h * w
+    flops = 2 * kernel_size**2 * 3 * b * h * w
     gflops = flops / med(times) / 1e9
-    mm_gflops = 2 * n ** 3 / med(mm_times) / 1e9
-    cpu_ratio = (flops / med(cpu)) / (2 * n ** 3 / med(mm_cpu))
-    return {"impl": impl, "size": size, "ms": med(times) * 1e3, "ms_min": min(times) * 1e3,
-            "compile_s": compile_s, "gflops": gflops, "rss_before_gb": rss_before, "peak_rss_gb": peak,
-            "matmul_gflops": mm_gflops, "ratio": gflops / mm_gflops, "cpu_ratio": cpu_ratio,
-            "backend": jax.default_backend(), "device_peak_gb": device_peak,
-            "floor_bytes": _floor_bytes(op, b, h, w, kernel_size), "maxdiff": maxdiff}
+    mm_gflops = 2 * n**3 / med(mm_times) / 1e9
+    cpu_ratio = (flops / med(cpu)) / (2 * n**3 / med(mm_cpu))
+    return {
+        "impl": impl,
+        "size": size,
+        "ms": med(times) * 1e3,
+        "ms_min": min(times) * 1e3,
+        "compile_s": compile_s,
+        "gflops": gflops,
+        "rss_before_gb": rss_before,
+        "peak_rss_gb": peak,
+        "matmul_gflops": mm_gflops,
+        "ratio": gflops / mm_gflops,
+        "cpu_ratio": cpu_ratio,
+        "backend": jax.default_backend(),
+        "device_peak_gb": device_peak,
+        "floor_bytes": _floor_bytes(op, b, h, w, kernel_size),
+        "maxdiff": maxdiff,
+    }
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated BxHxW")
     parser.add_argument("--impls", default="einsum,shifted", help="comma-separated paths")
     parser.add_argument("--kernel_size", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--op", default="blur", choices=("blur", "translate"),
-                        help="local_gaussian_blur, or the full translate (needed for impl=pallas)")
-    parser.add_argument("--bandwidth_gbs", type=float, default=0.0,
-                        help="device memory bandwidth in GB/s: print the time as a multiple of the "
-                             "memory-bound floor (bytes moved / bandwidth)")
-    parser.add_argument("--grad", action="store_true",
-                        help="time forward + backward (grad w.r.t. x and sigma) instead of the forward")
+    parser.add_argument(
+        "--op",
+        default="blur",
+        choices=("blur", "translate"),
+        help="local_gaussian_blur, or the full translate (needed for impl=pallas)",
+    )
+    parser.add_argument(
+        "--bandwidth_gbs",
+        type=float,
+        default=0.0,
+        help="device memory bandwidth in GB/s: print the time as a multiple of the "
+        "memory-bound floor (bytes moved / bandwidth)",
+    )
+    parser.add_argument(
+        "--grad",
+        action="store_true",
+        help="time forward + backward (grad w.r.t. x and sigma) instead of the forward",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:  # one measurement, JSON on the last stdout line
-        print(json.dumps(_child(args.impls, args.sizes, args.kernel_size, args.repeats, args.grad, args.op)))
+        print(
+            json.dumps(
+                _child(args.impls, args.sizes, args.kernel_size, args.repeats, args.grad, args.op)
+            )
+        )
         return
 
     k = args.kernel_size
@@ -179,12 +213,17 @@ def main(argv=None):
     r = k // 2
     name = "local_gaussian_blur" if args.op == "blur" else "translate"
     what = f"grad of {name} (forward + backward)" if args.grad else name
-    print(f"{what}, K={k}, float32, {os.cpu_count()} CPU threads visible; median of {args.repeats} calls "
-          f"after a compiling one, each followed by a 2048^3 matmul; load average "
-          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
-    header = (f"{'path':8} {'B x H x W':>12} {'ms/call':>9} {'compile s':>9} {'eff GFLOP/s':>11} "
-              f"{'RSS before':>10} {'peak RSS':>9} {'matmul GFLOP/s':>14} {'ratio':>6} {'cpu ratio':>9} "
-              f"{'device peak':>11} {'|d| vs shifted':>14}" + (f" {'x floor':>8}" if args.bandwidth_gbs else ""))
+    print(
+        f"{what}, K={k}, float32, {os.cpu_count()} CPU threads visible; median of {args.repeats} calls "
+        f"after a compiling one, each followed by a 2048^3 matmul; load average "
+        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}"
+    )
+    header = (
+        f"{'path':8} {'B x H x W':>12} {'ms/call':>9} {'compile s':>9} {'eff GFLOP/s':>11} "
+        f"{'RSS before':>10} {'peak RSS':>9} {'matmul GFLOP/s':>14} {'ratio':>6} {'cpu ratio':>9} "
+        f"{'device peak':>11} {'|d| vs shifted':>14}"
+        + (f" {'x floor':>8}" if args.bandwidth_gbs else "")
+    )
     print(header)
     print("-" * len(header))
     env = dict(os.environ)
@@ -193,40 +232,75 @@ def main(argv=None):
     for size in sizes:
         for impl in impls:
             if impl == "pallas" and args.op != "translate":
-                print(f"{impl:8} {size:>12}   skipped: the pallas kernel is translate-only (--op translate)")
+                print(
+                    f"{impl:8} {size:>12}   skipped: the pallas kernel is translate-only (--op translate)"
+                )
                 continue
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--impls", impl, "--sizes", size,
-                   "--kernel_size", str(k), "--repeats", str(args.repeats), "--op", args.op]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--child",
+                "--impls",
+                impl,
+                "--sizes",
+                size,
+                "--kernel_size",
+                str(k),
+                "--repeats",
+                str(args.repeats),
+                "--op",
+                args.op,
+            ]
             cmd += ["--grad"] if args.grad else []
-            if impl == "pallas":  # never time the interpret mode: ask the child which backend it has
-                probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
-                                       capture_output=True, text=True, env=env)
+            if (
+                impl == "pallas"
+            ):  # never time the interpret mode: ask the child which backend it has
+                probe = subprocess.run(
+                    [sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
                 if probe.stdout.strip() != "gpu":
-                    print(f"{impl:8} {size:>12}   skipped: backend {probe.stdout.strip()!r} would run the "
-                          f"kernel in Pallas interpret mode (GPU only)")
+                    print(
+                        f"{impl:8} {size:>12}   skipped: backend {probe.stdout.strip()!r} would run the "
+                        f"kernel in Pallas interpret mode (GPU only)"
+                    )
                     continue
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
-                print(f"{impl:8} {size:>12}   failed (exit {proc.returncode}): "
-                      f"{proc.stderr.strip().splitlines()[-1:]}")
+                print(
+                    f"{impl:8} {size:>12}   failed (exit {proc.returncode}): "
+                    f"{proc.stderr.strip().splitlines()[-1:]}"
+                )
                 continue
             m = json.loads(proc.stdout.strip().splitlines()[-1])
-            line = (f"{impl:8} {size:>12} {m['ms']:9.1f} {m['compile_s']:9.1f} {m['gflops']:11.2f} "
-                    f"{m['rss_before_gb']:8.2f}GB {m['peak_rss_gb']:7.2f}GB {m['matmul_gflops']:14.1f} "
-                    f"{m['ratio']:6.1%} {m['cpu_ratio']:9.1%} {m['device_peak_gb']:9.2f}GB {m['maxdiff']:14.1e}")
+            line = (
+                f"{impl:8} {size:>12} {m['ms']:9.1f} {m['compile_s']:9.1f} {m['gflops']:11.2f} "
+                f"{m['rss_before_gb']:8.2f}GB {m['peak_rss_gb']:7.2f}GB {m['matmul_gflops']:14.1f} "
+                f"{m['ratio']:6.1%} {m['cpu_ratio']:9.1%} {m['device_peak_gb']:9.2f}GB {m['maxdiff']:14.1e}"
+            )
             if args.bandwidth_gbs:
                 floor_ms = m["floor_bytes"] / (args.bandwidth_gbs * 1e9) * 1e3
                 line += f" {m['ms'] / floor_ms:8.1f}"
             print(line, flush=True)
     if args.grad:
-        print("with --grad, eff GFLOP/s still counts one forward's 2*K^2*3 flops per pixel per call.")
-    print(f"eff GFLOP/s counts 2*K^2*3 = {2 * k * k * 3} flops per pixel for every path; the shifted path "
-          f"executes about {(r + 1) * (5 * r + 4) * 3} ({(r + 1) * (5 * r + 4) / (2 * k * k):.2f}x).")
-    print("'auto' resolves to 'shifted' on every backend for the blur; for translate it picks 'pallas' on "
-          "the backends in dakpn_jax.translation.PALLAS_AUTO_BACKENDS (none yet).")
+        print(
+            "with --grad, eff GFLOP/s still counts one forward's 2*K^2*3 flops per pixel per call."
+        )
+    print(
+        f"eff GFLOP/s counts 2*K^2*3 = {2 * k * k * 3} flops per pixel for every path; the shifted path "
+        f"executes about {(r + 1) * (5 * r + 4) * 3} ({(r + 1) * (5 * r + 4) / (2 * k * k):.2f}x)."
+    )
+    print(
+        "'auto' resolves to 'shifted' on every backend for the blur; for translate it picks 'pallas' on "
+        "the backends in dakpn_jax.translation.PALLAS_AUTO_BACKENDS (none yet)."
+    )
     if args.bandwidth_gbs:
-        print(f"'x floor': ms / (bytes that must move / {args.bandwidth_gbs:g} GB/s); bytes = x, sigma (or "
-              "params and noise) read once and the output written once, float32.")
+        print(
+            f"'x floor': ms / (bytes that must move / {args.bandwidth_gbs:g} GB/s); bytes = x, sigma (or "
+            "params and noise) read once and the output written once, float32."
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ loading included, in one run: after 3 warm-up steps (compilation) each, ``--step
 variant in ``--rounds`` interleaved rounds (so a drifting load on a shared machine hits every
 variant alike), the median over rounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,11 +85,19 @@ class Run:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--translator_workdir", default=None, help="a DA-KPN run (default: train one for 1 step)")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per variant, split over --rounds")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--translator_workdir", default=None, help="a DA-KPN run (default: train one for 1 step)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=30, help="timed steps per variant, split over --rounds"
+    )
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--num_images", type=int, default=64, help="synthetic-train frames (new translator only)")
+    p.add_argument(
+        "--num_images", type=int, default=64, help="synthetic-train frames (new translator only)"
+    )
     p.add_argument("--batch_size", type=int, default=8)
     a = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_on_the_fly_")
@@ -100,18 +109,29 @@ def main() -> None:
     raw, exported = os.path.join(tmp, "raw"), os.path.join(tmp, "export")
     write_raw(tconfig, raw)
     t0 = time.perf_counter()
-    export.export_translated(workdir, exported, split="synthetic-train", batch_size=8, progress=False)
+    export.export_translated(
+        workdir, exported, split="synthetic-train", batch_size=8, progress=False
+    )
     export_s = time.perf_counter() - t0
     h, w = tconfig.data.height, tconfig.data.width
-    n = len(os.listdir(os.path.join(raw, 'images')))
-    print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; frames {h} x {w}; "
-          f"{n} images; translator {workdir} ({tconfig.method})")
+    n = len(os.listdir(os.path.join(raw, "images")))
+    print(
+        f"devices: {jax.device_count()} x {jax.devices()[0].platform}; frames {h} x {w}; "
+        f"{n} images; translator {workdir} ({tconfig.method})"
+    )
     # The export CLI's own path: read + translate + PNG-encode + atomic write, compilation included.
-    print(f"export: {n} frames in {export_s:.1f} s = {n / export_s:.1f} frames/s (batch 8, compile included)")
+    print(
+        f"export: {n} frames in {export_s:.1f} s = {n / export_s:.1f} frames/s (batch 8, compile included)"
+    )
     variants = {
         "export": {"kind": "folder", "root": exported},
         "on_the_fly": {"kind": seg.ON_THE_FLY, "translator_workdir": workdir, "root": raw},
-        "fresh_noise": {"kind": seg.ON_THE_FLY, "translator_workdir": workdir, "root": raw, "fresh_noise": True},
+        "fresh_noise": {
+            "kind": seg.ON_THE_FLY,
+            "translator_workdir": workdir,
+            "root": raw,
+            "fresh_noise": True,
+        },
         "raw": {"kind": "folder", "root": raw},
     }
     runs = {}
@@ -128,14 +148,18 @@ def main() -> None:
         for name, run in runs.items():
             rates[name].append(per_round * run.batch_size / run.steps(per_round))
     for name, r in rates.items():
-        print(f"{name:12s} {np.median(r):8.1f} images/s  (median of {a.rounds} rounds of {per_round} steps; "
-              f"min {min(r):.1f}, max {max(r):.1f})")
+        print(
+            f"{name:12s} {np.median(r):8.1f} images/s  (median of {a.rounds} rounds of {per_round} steps; "
+            f"min {min(r):.1f}, max {max(r):.1f})"
+        )
     for name in ("on_the_fly", "fresh_noise", "raw"):
         ratio = np.median([x / y for x, y in zip(rates[name], rates["export"])])
         print(f"{name} / export = {ratio:.2f} (median over rounds)")
     # The translation alone (whole frames, fixed noise), for scale.
     translate = dakpn_jax.load_translator(workdir)
-    frames = jnp.asarray(np.random.default_rng(0).uniform(size=(a.batch_size, h, w, 3)), jnp.float32)
+    frames = jnp.asarray(
+        np.random.default_rng(0).uniform(size=(a.batch_size, h, w, 3)), jnp.float32
+    )
     labels = jnp.zeros((a.batch_size, h, w), jnp.int32)
     fn = jax.jit(lambda x, y: translate(x, y))
     jax.block_until_ready(fn(frames, labels))
@@ -143,9 +167,14 @@ def main() -> None:
     for _ in range(10):
         out = fn(frames, labels)
     jax.block_until_ready(out)
-    print(f"translate alone: {(time.perf_counter() - t0) / 10 * 1e3:.1f} ms per batch of {a.batch_size} "
-          f"{h} x {w} frames")
-    print(f"(batch {a.batch_size}, crops {tuple(seg_configs.get_config().crop_size)}; files under {tmp})")
+    print(
+        f"translate alone: {(time.perf_counter() - t0) / 10 * 1e3:.1f} ms per batch of {a.batch_size} "
+        f"{h} x {w} frames"
+    )
+    print(
+        f"(batch {a.batch_size}, crops {tuple(seg_configs.get_config().crop_size)}; files under {tmp})"
+    )
+
 
 if __name__ == "__main__":
     main()

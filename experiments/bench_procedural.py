@@ -11,6 +11,7 @@ Per split it renders `--examples` consecutive examples in this one thread and pr
 Then it streams `--batches` batches of synthetic-train through `make_pipeline` (random crop + flip,
 its default read threads) and prints batches/s and examples/s (wall clock).
 """
+
 import argparse
 import os
 import sys
@@ -37,13 +38,21 @@ def main(argv=None):
     parser.add_argument("--examples", type=int, default=200, help="examples rendered per split")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=25, help="pipeline batches timed (0: skip)")
-    parser.add_argument("--preview", default="", help="also write a synthetic | real | label PNG here")
+    parser.add_argument(
+        "--preview", default="", help="also write a synthetic | real | label PNG here"
+    )
     args = parser.parse_args(argv)
 
     n = args.examples
     config = procedural.ProceduralConfig(
-        height=args.height, width=args.width, num_synthetic_train=max(n, args.batch_size * args.batches),
-        num_real_train=n, num_real_labelled=n, num_real_val=n, num_paired_eval=max(n, 4))
+        height=args.height,
+        width=args.width,
+        num_synthetic_train=max(n, args.batch_size * args.batches),
+        num_real_train=n,
+        num_real_labelled=n,
+        num_real_val=n,
+        num_paired_eval=max(n, 4),
+    )
     print(f"procedural benchmark, {config.height} x {config.width}, {n} examples per split")
     for split in procedural.SPLITS:
         source = procedural.make_source(split, config)
@@ -54,15 +63,18 @@ def main(argv=None):
     if args.batches > 0:
         source = procedural.make_source("synthetic-train", config)
         crop = (config.height // 2, config.width // 2)
-        it = pipeline.make_pipeline(source, batch_size=args.batch_size, seed=0, crop_size=crop,
-                                    random_flip=True)
+        it = pipeline.make_pipeline(
+            source, batch_size=args.batch_size, seed=0, crop_size=crop, random_flip=True
+        )
         next(it)
         start = time.perf_counter()
         for _ in range(args.batches):
             next(it)
         dt = time.perf_counter() - start
-        print(f"  pipeline synthetic-train, batch {args.batch_size}, crop {crop}: "
-              f"{args.batches / dt:.1f} batches/s, {args.batches * args.batch_size / dt:.1f} wall ex/s")
+        print(
+            f"  pipeline synthetic-train, batch {args.batch_size}, crop {crop}: "
+            f"{args.batches / dt:.1f} batches/s, {args.batches * args.batch_size / dt:.1f} wall ex/s"
+        )
 
     if args.preview:
         viz.save_procedural_preview(args.preview, config, num_rows=4)

@@ -9,6 +9,7 @@ configs/segmentation.py (or ``--config``), on one device.
     taskset -c 0 python3 experiments/bench_segmenter_step.py       # confined to one core
     python3 experiments/bench_segmenter_step.py --split=real-train-labelled --steps=50
 """
+
 import argparse
 import os
 import sys
@@ -25,7 +26,9 @@ from dakpn_jax.training import segmentation  # noqa: E402
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="configs/segmentation.py", help="config file[:variant]")
-    p.add_argument("--split", default="synthetic-train", help="the labelled split the batches come from")
+    p.add_argument(
+        "--split", default="synthetic-train", help="the labelled split the batches come from"
+    )
     p.add_argument("--steps", type=int, default=30)
     a = p.parse_args()
     path, _, arg = a.config.partition(":")
@@ -49,10 +52,14 @@ def main():
     jax.block_until_ready(metrics)
     step_s = (time.perf_counter() - t) / a.steps
     shapes = {k: tuple(v.shape) for k, v in batch.items()}
-    print(f"segmenter {config.model.name} {dict(config.model.kwargs)}, batch {shapes}, "
-          f"CPU affinity {len(os.sched_getaffinity(0))} core(s), {jax.devices()[0].platform}")
-    print(f"input {1e3 * data_s:.1f} ms/batch | compile + first step {compile_s:.1f} s | "
-          f"train step {1e3 * step_s:.1f} ms ({a.steps} steps)")
+    print(
+        f"segmenter {config.model.name} {dict(config.model.kwargs)}, batch {shapes}, "
+        f"CPU affinity {len(os.sched_getaffinity(0))} core(s), {jax.devices()[0].platform}"
+    )
+    print(
+        f"input {1e3 * data_s:.1f} ms/batch | compile + first step {compile_s:.1f} s | "
+        f"train step {1e3 * step_s:.1f} ms ({a.steps} steps)"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Cases (every method at the same resolution and batch):
   9 blocks) on 1052 x 1914 frames.
 ``--size HxW`` replaces the case's frame size (for a small CPU run).
 """
+
 import argparse
 import importlib.util
 import os
@@ -39,7 +40,9 @@ METHODS = ("dakpn", "cyclegan", "cut")
 
 
 def load_config(name="default", arg=None):
-    spec = importlib.util.spec_from_file_location(f"{name}_config", os.path.join(REPO, "configs", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"{name}_config", os.path.join(REPO, "configs", f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
@@ -59,8 +62,10 @@ def case_config(name: str, batch_size: int, method: str = "dakpn", size: str | N
         else:
             h, w = config.data.height, config.data.width
     elif method in ("cyclegan", "cut"):
-        variant = {"cyclegan": {"benchmark": "benchmark", "paper": "default"},
-                   "cut": {"benchmark": "cut-benchmark", "paper": "cut"}}[method][name]
+        variant = {
+            "cyclegan": {"benchmark": "benchmark", "paper": "default"},
+            "cut": {"benchmark": "cut-benchmark", "paper": "cut"},
+        }[method][name]
         config = load_config(method, variant)
         h, w = (1052, 1914) if name == "paper" else (128, 256)
     else:
@@ -72,8 +77,12 @@ def case_config(name: str, batch_size: int, method: str = "dakpn", size: str | N
             raise ValueError(f"--size: expected HxW, got {size!r}") from None
         if method == "dakpn":  # keep the tile and the low-resolution view inside the frame
             m = config.model
-            m.tile_size = (min(m.tile_size[0], h), min(m.tile_size[1], w)) if m.get("tile_size") else None
-            m.low_size = (min(m.low_size[0], h), min(m.low_size[1], w)) if m.get("low_size") else m.low_size
+            m.tile_size = (
+                (min(m.tile_size[0], h), min(m.tile_size[1], w)) if m.get("tile_size") else None
+            )
+            m.low_size = (
+                (min(m.low_size[0], h), min(m.low_size[1], w)) if m.get("low_size") else m.low_size
+            )
     config.data.height, config.data.width = h, w
     if method != "dakpn":
         config.crop_size = (h, w)  # the same resolution as DA-KPN's frames, not the configs' crops
@@ -91,13 +100,21 @@ def peak_memory_mb() -> float:
 def random_batch(config, rng: np.random.Generator, steps_per_call: int) -> dict:
     b, h, w = config.batch_size, config.data.height, config.data.width
     lead = (steps_per_call, b) if steps_per_call > 1 else (b,)
-    return {"synthetic": rng.random(lead + (h, w, 3), dtype=np.float32),
-            "label": rng.integers(0, 19, lead + (h, w), dtype=np.uint8),
-            "real": rng.random(lead + (h, w, 3), dtype=np.float32)}
+    return {
+        "synthetic": rng.random(lead + (h, w, 3), dtype=np.float32),
+        "label": rng.integers(0, 19, lead + (h, w), dtype=np.uint8),
+        "real": rng.random(lead + (h, w, 3), dtype=np.float32),
+    }
 
 
-def bench(name: str, batch_size: int, steps: int, steps_per_call: int, method: str = "dakpn",
-          size: str | None = None) -> dict:
+def bench(
+    name: str,
+    batch_size: int,
+    steps: int,
+    steps_per_call: int,
+    method: str = "dakpn",
+    size: str | None = None,
+) -> dict:
     """Times ``steps`` train steps of ``method`` in case ``name``; prints and returns the figures."""
     config = case_config(name, batch_size, method, size)
     module = dakpn if method == "dakpn" else training.get_method(method)
@@ -106,8 +123,11 @@ def bench(name: str, batch_size: int, steps: int, steps_per_call: int, method: s
         raise ValueError(f"--batch_size={batch_size} must be divisible by the {mesh.size} devices")
     state = trainer.init_state(module, config, mesh)
     call = trainer.make_call(module.make_train_step(config), mesh, steps_per_call)
-    batch = trainer.to_global(random_batch(config, np.random.default_rng(0), steps_per_call), mesh,
-                              stacked=steps_per_call > 1)
+    batch = trainer.to_global(
+        random_batch(config, np.random.default_rng(0), steps_per_call),
+        mesh,
+        stacked=steps_per_call > 1,
+    )
     t0 = time.perf_counter()
     state, metrics = call(state, batch)
     jax.block_until_ready(metrics)
@@ -120,32 +140,54 @@ def bench(name: str, batch_size: int, steps: int, steps_per_call: int, method: s
     dt = time.perf_counter() - t0
     sps = calls * steps_per_call / dt
     k = f"K={config.model.kernel_size:2d}" if method == "dakpn" else f"ngf={config.model.ngf}"
-    print(f"{name:9s} {method:8s} {config.data.height}x{config.data.width} {k:6s} "
-          f"batch={batch_size:3d} steps_per_call={steps_per_call} devices={mesh.size} | "
-          f"compile+first {compile_s:6.1f} s | {1e3 / sps:9.2f} ms/step | {sps:8.3f} steps/s | "
-          f"{sps * batch_size:8.2f} images/s | peak {peak_memory_mb():8.0f} MB", flush=True)
-    return {"case": name, "method": method, "steps_per_s": sps, "images_per_s": sps * batch_size,
-            "height": config.data.height, "width": config.data.width, "batch_size": batch_size}
+    print(
+        f"{name:9s} {method:8s} {config.data.height}x{config.data.width} {k:6s} "
+        f"batch={batch_size:3d} steps_per_call={steps_per_call} devices={mesh.size} | "
+        f"compile+first {compile_s:6.1f} s | {1e3 / sps:9.2f} ms/step | {sps:8.3f} steps/s | "
+        f"{sps * batch_size:8.2f} images/s | peak {peak_memory_mb():8.0f} MB",
+        flush=True,
+    )
+    return {
+        "case": name,
+        "method": method,
+        "steps_per_s": sps,
+        "images_per_s": sps * batch_size,
+        "height": config.data.height,
+        "width": config.data.width,
+        "batch_size": batch_size,
+    }
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--cases", default="benchmark,paper")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--size", default="", help="HxW frame size replacing the case's (small CPU runs)")
+    p.add_argument(
+        "--size", default="", help="HxW frame size replacing the case's (small CPU runs)"
+    )
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--steps_per_call", type=int, default=1)
     a = p.parse_args()
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
-          f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(
+        f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
+        f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}"
+    )
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     for name in a.cases.split(","):
-        res = {m: bench(name, a.batch_size, a.steps, a.steps_per_call, m, a.size or None) for m in methods}
+        res = {
+            m: bench(name, a.batch_size, a.steps, a.steps_per_call, m, a.size or None)
+            for m in methods
+        }
         for other in ("cyclegan", "cut"):
             if "dakpn" in res and other in res:
-                print(f"{name:9s} DA-KPN : {other} images/s = "
-                      f"{res['dakpn']['images_per_s'] / res[other]['images_per_s']:.2f}", flush=True)
+                print(
+                    f"{name:9s} DA-KPN : {other} images/s = "
+                    f"{res['dakpn']['images_per_s'] / res[other]['images_per_s']:.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ beats the baseline on both.
 The loop is the method module's own pieces (make_iterators, next_batch, the jitted step,
 evaluate) on one device; the generic trainer adds checkpoints, logging and data parallelism.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,19 +65,32 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="default: config.num_train_steps")
     p.add_argument("--eval_every", type=int, default=None, help="default: config.eval_every_steps")
     p.add_argument("--eval_images", type=int, default=None, help="default: config.eval_images")
-    p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
-    p.add_argument("--check", action="store_true", help="exit 1 unless the translator beats the baseline")
-    p.add_argument("--diagnose", action="store_true",
-                   help="at the end, print the paired-view diagnostics against the family ceiling "
-                        "(experiments/dakpn_diagnostics.py's report)")
-    p.add_argument("--ceiling", default="", help="with --diagnose: a ceiling run directory, loaded if it "
-                   "exists, else fitted and saved there (the fit takes minutes on a CPU)")
+    p.add_argument(
+        "--set", action="append", default=[], help="config override key=value (repeatable)"
+    )
+    p.add_argument(
+        "--check", action="store_true", help="exit 1 unless the translator beats the baseline"
+    )
+    p.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="at the end, print the paired-view diagnostics against the family ceiling "
+        "(experiments/dakpn_diagnostics.py's report)",
+    )
+    p.add_argument(
+        "--ceiling",
+        default="",
+        help="with --diagnose: a ceiling run directory, loaded if it "
+        "exists, else fitted and saved there (the fit takes minutes on a CPU)",
+    )
     args = p.parse_args(argv)
 
     config = load_config(args.config)
     for item in args.set:
         apply_override(config, item)
-    with config.unlocked():  # the curve needs PSNR only; --diagnose prints the full diagnostics once, at the end
+    with (
+        config.unlocked()
+    ):  # the curve needs PSNR only; --diagnose prints the full diagnostics once, at the end
         config.eval_diagnostics = False
     steps = args.steps or config.num_train_steps
     every = args.eval_every or config.eval_every_steps
@@ -89,27 +103,43 @@ def main(argv=None) -> int:
     header = f"{'step':>6} {'sec':>6} {'psnr':>7} {'psnr_0':>7} {'col_err':>8} {'col_err_0':>9} {'loss_D':>7} {'loss_G':>7}"
     print(header, flush=True)
     ev = dakpn.evaluate(config, state, max_images=n_eval)
-    print(f"{0:>6} {0:>6} {ev['psnr']:7.2f} {ev['psnr_untranslated']:7.2f} {ev['class_color_err']:8.4f} "
-          f"{ev['class_color_err_untranslated']:9.4f}", flush=True)
+    print(
+        f"{0:>6} {0:>6} {ev['psnr']:7.2f} {ev['psnr_untranslated']:7.2f} {ev['class_color_err']:8.4f} "
+        f"{ev['class_color_err_untranslated']:9.4f}",
+        flush=True,
+    )
     start = time.time()
     for i in range(1, steps + 1):
         state, metrics = step_fn(state, dakpn.next_batch(iterators))
         if i % every == 0 or i == steps:
             ev = dakpn.evaluate(config, state, max_images=n_eval)
-            print(f"{i:>6} {time.time() - start:6.0f} {ev['psnr']:7.2f} {ev['psnr_untranslated']:7.2f} "
-                  f"{ev['class_color_err']:8.4f} {ev['class_color_err_untranslated']:9.4f} "
-                  f"{float(metrics['loss_D']):7.3f} {float(metrics['loss_G']):7.3f}", flush=True)
+            print(
+                f"{i:>6} {time.time() - start:6.0f} {ev['psnr']:7.2f} {ev['psnr_untranslated']:7.2f} "
+                f"{ev['class_color_err']:8.4f} {ev['class_color_err_untranslated']:9.4f} "
+                f"{float(metrics['loss_D']):7.3f} {float(metrics['loss_G']):7.3f}",
+                flush=True,
+            )
     if args.diagnose:
         from dakpn_jax.data.labels import CLASS_NAMES  # pylint: disable=import-outside-toplevel
         from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+
         ceiling = family.cached_ceiling(args.ceiling, config, n_eval)
-        print(family.format_report(dakpn.diagnostics(config, state, max_images=n_eval, ceiling=ceiling),
-                                   CLASS_NAMES), flush=True)
-    better = (ev["psnr"] > ev["psnr_untranslated"]
-              and ev["class_color_err"] < ev["class_color_err_untranslated"])
-    print(f"final: PSNR {ev['psnr_untranslated']:.2f} -> {ev['psnr']:.2f} dB, per-class colour error "
-          f"{ev['class_color_err_untranslated']:.4f} -> {ev['class_color_err']:.4f}: "
-          f"{'improved' if better else 'NOT improved'}", flush=True)
+        print(
+            family.format_report(
+                dakpn.diagnostics(config, state, max_images=n_eval, ceiling=ceiling), CLASS_NAMES
+            ),
+            flush=True,
+        )
+    better = (
+        ev["psnr"] > ev["psnr_untranslated"]
+        and ev["class_color_err"] < ev["class_color_err_untranslated"]
+    )
+    print(
+        f"final: PSNR {ev['psnr_untranslated']:.2f} -> {ev['psnr']:.2f} dB, per-class colour error "
+        f"{ev['class_color_err_untranslated']:.4f} -> {ev['class_color_err']:.4f}: "
+        f"{'improved' if better else 'NOT improved'}",
+        flush=True,
+    )
     return 0 if (better or not args.check) else 1
 
 

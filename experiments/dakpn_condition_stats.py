@@ -8,6 +8,7 @@ real labels, no paired views.
 
     python3 experiments/dakpn_condition_stats.py --segmenter_workdir=/tmp/seg --data_seed=1 --images=64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,26 +42,45 @@ def main(argv=None) -> int:
     def frames(split):
         src = procedural.make_source(split, data)
         items = [src[i] for i in range(args.images)]
-        return (np.stack([it["image"] for it in items]).astype(np.float32) / 255.0,
-                np.stack([it["label"] for it in items]) if "label" in items[0] else None)
+        return (
+            np.stack([it["image"] for it in items]).astype(np.float32) / 255.0,
+            np.stack([it["label"] for it in items]) if "label" in items[0] else None,
+        )
 
     x_syn, y_syn = frames("synthetic-train")
     x_real, _ = frames("real-train")
     stats = {}
     for name, x in (("syn", x_syn), ("real", x_real)):
-        prob = np.concatenate([np.asarray(run(jnp.asarray(x[i:i + 8]))) for i in range(0, len(x), 8)])
+        prob = np.concatenate(
+            [np.asarray(run(jnp.asarray(x[i : i + 8]))) for i in range(0, len(x), 8)]
+        )
         arg = prob.argmax(-1)
         stats[name] = (np.bincount(arg.ravel(), minlength=C) / arg.size, prob.max(-1).mean())
     label_freq = np.bincount(y_syn[y_syn < C].ravel(), minlength=C) / y_syn.size
-    agree = float(np.mean(np.concatenate([np.asarray(run(jnp.asarray(x_syn[i:i + 8]))).argmax(-1)
-                                          for i in range(0, len(x_syn), 8)]) == y_syn))
-    print(f"data seed {args.data_seed}, {args.images} frames per split; segmenter {args.segmenter_workdir}")
-    print(f"segmenter pixel accuracy on synthetic-train {agree:.3f}; mean max-softmax: synthetic "
-          f"{stats['syn'][1]:.3f}, real {stats['real'][1]:.3f}")
+    agree = float(
+        np.mean(
+            np.concatenate(
+                [
+                    np.asarray(run(jnp.asarray(x_syn[i : i + 8]))).argmax(-1)
+                    for i in range(0, len(x_syn), 8)
+                ]
+            )
+            == y_syn
+        )
+    )
+    print(
+        f"data seed {args.data_seed}, {args.images} frames per split; segmenter {args.segmenter_workdir}"
+    )
+    print(
+        f"segmenter pixel accuracy on synthetic-train {agree:.3f}; mean max-softmax: synthetic "
+        f"{stats['syn'][1]:.3f}, real {stats['real'][1]:.3f}"
+    )
     print(f"{'class':<14} {'syn labels':>10} {'seg on syn':>10} {'seg on real':>11}")
     for c in range(C):
         if max(label_freq[c], stats["syn"][0][c], stats["real"][0][c]) > 0:
-            print(f"{CLASS_NAMES[c]:<14} {label_freq[c]:10.3f} {stats['syn'][0][c]:10.3f} {stats['real'][0][c]:11.3f}")
+            print(
+                f"{CLASS_NAMES[c]:<14} {label_freq[c]:10.3f} {stats['syn'][0][c]:10.3f} {stats['real'][0][c]:11.3f}"
+            )
     return 0
 
 

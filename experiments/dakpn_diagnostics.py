@@ -9,6 +9,7 @@ computes everything; this script only composes).
     python3 experiments/dakpn_diagnostics.py --workdir=runs/dakpn --images=128 --ceiling_steps=60
     python3 experiments/dakpn_diagnostics.py --config=configs/default.py     # the untrained init
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,18 +32,23 @@ def main(argv=None) -> int:
     src.add_argument("--config", help="path.py[:variant]: diagnose the untrained initialisation")
     p.add_argument("--images", type=int, default=64, help="paired-eval scenes (the run's data)")
     p.add_argument("--ceiling_steps", type=int, default=40, help="L-BFGS steps of the ceiling fit")
-    p.add_argument("--ceiling", default="", help="a ceiling run directory: loaded if it exists, else "
-                   "fitted and saved there")
+    p.add_argument(
+        "--ceiling",
+        default="",
+        help="a ceiling run directory: loaded if it exists, else fitted and saved there",
+    )
     args = p.parse_args(argv)
 
     if args.workdir:
         from dakpn_jax import inference  # pylint: disable=import-outside-toplevel
+
         t = inference.load_translator(args.workdir)
         if t.method != "dakpn":
             raise SystemExit(f"--workdir={args.workdir}: a {t.method!r} run, not DA-KPN")
         config, state = t.config, t.state
     else:
         from experiments.dakpn_balance import load_config  # pylint: disable=import-outside-toplevel
+
         config = load_config(args.config)
         state = dakpn.init_state(config, jax.random.key(config.seed))
     with config.unlocked():
@@ -51,7 +57,9 @@ def main(argv=None) -> int:
     ceiling = family.cached_ceiling(args.ceiling, config, args.images)
     diag = dakpn.diagnostics(config, state, max_images=args.images, ceiling=ceiling)
     names = CLASS_NAMES if config.model.num_classes == len(CLASS_NAMES) else None
-    print(f"{args.workdir or args.config}: {args.images} paired-eval scenes (data seed {config.data.seed})")
+    print(
+        f"{args.workdir or args.config}: {args.images} paired-eval scenes (data seed {config.data.seed})"
+    )
     print(family.format_report(diag, names))
     return 0
 

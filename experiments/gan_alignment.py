@@ -14,6 +14,7 @@
 Displacement = the integer shift (|s| <= 4 px, per axis) that maximises the correlation of the
 two edge-strength maps over the frame interior (positive: content moved down / right).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def displacement(ref: np.ndarray, out: np.ndarray, axis: int, max_shift: int = 4
     """Shift s with out[.., i + s, ..] best correlated with ref[.., i, ..] over the interior."""
     n = ref.shape[axis]
     inner = np.arange(max_shift, n - max_shift)
-    corr = lambda s: np.corrcoef(np.take(ref, inner, axis=axis).ravel(),
-                                 np.take(out, inner + s, axis=axis).ravel())[0, 1]
+    corr = lambda s: np.corrcoef(
+        np.take(ref, inner, axis=axis).ravel(), np.take(out, inner + s, axis=axis).ravel()
+    )[0, 1]
     return max(range(-max_shift, max_shift + 1), key=corr)
 
 
@@ -57,20 +59,33 @@ def edge_strength(x: np.ndarray) -> np.ndarray:
 def pass_through_generator(ngf=6, n_blocks=2) -> rg.ResnetGenerator:
     g = rg.ResnetGenerator(ngf=ngf, n_blocks=n_blocks, rngs=nnx.Rngs(0))
     nnx.update(g, jax.tree.map(jnp.zeros_like, nnx.state(g, nnx.Param)))
-    stem, head = np.zeros(g.stem.kernel.shape, np.float32), np.zeros(g.head.kernel.shape, np.float32)
+    stem, head = (
+        np.zeros(g.stem.kernel.shape, np.float32),
+        np.zeros(g.head.kernel.shape, np.float32),
+    )
     for c in range(3):
-        stem[3, 3, c, c], stem[3, 3, c, 3 + c] = 1, -1          # HWIO
+        stem[3, 3, c, c], stem[3, 3, c, 3 + c] = 1, -1  # HWIO
         head[3, 3, c, c], head[3, 3, 3 + c, c] = 1, -1
     g.stem.kernel[...], g.head.kernel[...] = jnp.asarray(stem), jnp.asarray(head)
     for conv in g.down:
         k = np.zeros(conv.kernel.shape, np.float32)
         for c in range(3):
-            k[1, 1, c, c], k[1, 1, 3 + c, c], k[1, 1, c, 3 + c], k[1, 1, 3 + c, 3 + c] = 1, -1, -1, 1
+            k[1, 1, c, c], k[1, 1, 3 + c, c], k[1, 1, c, 3 + c], k[1, 1, 3 + c, 3 + c] = (
+                1,
+                -1,
+                -1,
+                1,
+            )
         conv.kernel[...] = jnp.asarray(k)
     for up in g.up:  # PyTorch orientation: taps 1, 2 copy pixel i to 2i and 2i + 1
         k = np.zeros(up.kernel.shape, np.float32)
         for c in range(3):
-            for sign, (i, o) in ((1, (c, c)), (-1, (3 + c, c)), (-1, (c, 3 + c)), (1, (3 + c, 3 + c))):
+            for sign, (i, o) in (
+                (1, (c, c)),
+                (-1, (3 + c, c)),
+                (-1, (c, 3 + c)),
+                (1, (3 + c, 3 + c)),
+            ):
                 k[1:, 1:, i, o] = sign
         up.kernel[...] = jnp.asarray(k)
     return g
@@ -78,7 +93,9 @@ def pass_through_generator(ngf=6, n_blocks=2) -> rg.ResnetGenerator:
 
 def part1():
     r = np.random.default_rng(0)
-    x = np.repeat(np.repeat(r.uniform(-0.9, 0.9, (2, 16, 32, 3)).astype(np.float32), 4, 1), 4, 2)  # 64 x 128
+    x = np.repeat(
+        np.repeat(r.uniform(-0.9, 0.9, (2, 16, 32, 3)).astype(np.float32), 4, 1), 4, 2
+    )  # 64 x 128
     g = pass_through_generator()
     new = np.asarray(g(x))
     # The pre-#12 layer itself, with the same (PyTorch-oriented) weights flipped into its convention.
@@ -93,8 +110,12 @@ def part1():
     print(f"pre-#12 layer (Flax SAME) vs padding (2,1): max |diff| = {same:.1e}")
     print("| generator | displacement of output vs input (rows, cols) px |")
     print("|---|---|")
-    print(f"| pass-through, before #12 (padding (2,1)) | ({displacement(new, old, 1)}, {displacement(new, old, 2)}) |")
-    print(f"| pass-through, after #12 (PyTorch (1,2)) | ({displacement(x, new, 1)}, {displacement(x, new, 2)}) |")
+    print(
+        f"| pass-through, before #12 (padding (2,1)) | ({displacement(new, old, 1)}, {displacement(new, old, 2)}) |"
+    )
+    print(
+        f"| pass-through, after #12 (PyTorch (1,2)) | ({displacement(x, new, 1)}, {displacement(x, new, 2)}) |"
+    )
 
 
 def train_and_measure(steps: int, padding, seed: int = 0):
@@ -121,25 +142,35 @@ def train_and_measure(steps: int, padding, seed: int = 0):
     lb = (edge_strength(labels.astype(np.float64)) > 0).astype(np.float64)  # label boundaries
     e_y, e_x = edge_strength(y), edge_strength(x)
     rg.ConvTranspose2d.padding = ((1, 2), (1, 2))
-    return dict(steps=steps, secs=time.time() - t0, loss_cycle=float(m["loss_cycle"]),
-                out=(displacement(lb, e_y, 1), displacement(lb, e_y, 2)),
-                inp=(displacement(lb, e_x, 1), displacement(lb, e_x, 2)))
+    return dict(
+        steps=steps,
+        secs=time.time() - t0,
+        loss_cycle=float(m["loss_cycle"]),
+        out=(displacement(lb, e_y, 1), displacement(lb, e_y, 2)),
+        inp=(displacement(lb, e_x, 1), displacement(lb, e_x, 2)),
+    )
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=300, help="CycleGAN benchmark steps per run (0: skip part 2)")
+    p.add_argument(
+        "--steps", type=int, default=300, help="CycleGAN benchmark steps per run (0: skip part 2)"
+    )
     a = p.parse_args()
     print(f"jax {jax.__version__}, devices {jax.devices()}")
     part1()
     if a.steps:
-        print("\n| CycleGAN benchmark, steps | transposed conv | G_A(x) edges vs labels (rows, cols) px "
-              "| x edges vs labels | final loss_cycle | train s |")
+        print(
+            "\n| CycleGAN benchmark, steps | transposed conv | G_A(x) edges vs labels (rows, cols) px "
+            "| x edges vs labels | final loss_cycle | train s |"
+        )
         print("|---|---|---|---|---|---|")
         for name, pad in (("before #12 (2,1)", OLD_PADDING), ("after #12 (1,2)", ((1, 2), (1, 2)))):
             r = train_and_measure(a.steps, pad)
-            print(f"| {r['steps']} | {name} | {r['out']} | {r['inp']} | {r['loss_cycle']:.3f} | {r['secs']:.0f} |",
-                  flush=True)
+            print(
+                f"| {r['steps']} | {name} | {r['out']} | {r['inp']} | {r['loss_cycle']:.3f} | {r['secs']:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

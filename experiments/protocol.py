@@ -19,6 +19,7 @@ other seeds, on other machines, add their records to the same directory);
 in DIR from the records alone, without training (records of another protocol config are refused
 with the fields that differ).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,22 +36,33 @@ from dakpn_jax.protocol import run_protocol  # noqa: E402
 
 def main(argv):
     from absl import app, flags  # pylint: disable=import-outside-toplevel
+
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     workdir = os.path.abspath(f.workdir)
     from dakpn_jax.protocol import dryrun, preflight, records  # pylint: disable=import-outside-toplevel
+
     if f.seeds:
         try:
             seeds = tuple(int(s) for s in f.seeds.split(","))
         except ValueError:
-            console.fail("protocol", ValueError(f"--seeds={f.seeds!r}: expected comma-separated integers, e.g. 3,4"))
+            console.fail(
+                "protocol",
+                ValueError(f"--seeds={f.seeds!r}: expected comma-separated integers, e.g. 3,4"),
+            )
         with f.config.unlocked():
             f.config.seeds = seeds
     if f.report_only:
         if not f.results_dir:
-            console.fail("protocol", ValueError("--report_only needs --results_dir (the records to build the report from)"))
+            console.fail(
+                "protocol",
+                ValueError(
+                    "--report_only needs --results_dir (the records to build the report from)"
+                ),
+            )
         from dakpn_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+
         try:  # ValueError covers WorkdirInUse: a run writing this workdir now
             os.makedirs(workdir, exist_ok=True)
             with workdir_lock.exclusive(workdir, what="protocol report"):
@@ -63,12 +75,16 @@ def main(argv):
         if f.results_dir:
             records.check_compatible(f.results_dir, f.config)
         if f.dry_run:
-            print("\n".join(dryrun.lines(f.config, workdir if os.path.isdir(workdir) else None)), flush=True)
+            print(
+                "\n".join(dryrun.lines(f.config, workdir if os.path.isdir(workdir) else None)),
+                flush=True,
+            )
             return
         preflight.check(f.config)
     except ValueError as e:
         console.fail("protocol", e)
     from dakpn_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+
     try:  # one protocol per workdir, locked before anything (protocol.log included) is written there
         with workdir_lock.exclusive(workdir, what="protocol"):
             _run(f, workdir)
@@ -79,16 +95,20 @@ def main(argv):
 def _run(f, workdir):
     import jax  # pylint: disable=import-outside-toplevel
     from dakpn_jax.protocol import layout  # pylint: disable=import-outside-toplevel
+
     log_path = console.route_library_logs(workdir, verbose=f.verbose, filename=layout.LOG).path
     # Every segmenter (and every DA-KPN ablation) compiles the same step for the same shapes: a
     # persistent compilation cache under the workdir compiles each once (and reruns reuse it).
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     from dakpn_jax.training import preemption  # pylint: disable=import-outside-toplevel
+
     print(f"protocol -> {workdir} (library logs: {log_path})", flush=True)
     try:
         out = run_protocol(f.config, workdir, console=True, results_dir=f.results_dir or None)
-    except preemption.Preempted as e:  # the stage in progress was checkpointed; finished ones are kept
+    except (
+        preemption.Preempted
+    ) as e:  # the stage in progress was checkpointed; finished ones are kept
         print(f"preempted: {e}; rerun the same command to continue", file=sys.stderr)
         sys.exit(143)
     _print_tables(out["markdown"], workdir, log_path)
@@ -102,25 +122,50 @@ def _print_tables(text, workdir, log_path):
         print("\n## Paired differences" + comps[1].split("\n## ", 1)[0].rstrip())
     if "\n## Missing" in text:
         print("\n## Missing" + text.split("\n## Missing", 1)[1].split("\n## ", 1)[0].rstrip())
-    print(f"\nFull report: {os.path.join(workdir, 'results.md')} | {os.path.join(workdir, 'results.html')} | "
-          f"{os.path.join(workdir, 'results.json')}; plot miou_vs_n.png, grids grid_seed<k>.png"
-          + (f"; log {log_path}" if log_path else ""))
+    print(
+        f"\nFull report: {os.path.join(workdir, 'results.md')} | {os.path.join(workdir, 'results.html')} | "
+        f"{os.path.join(workdir, 'results.json')}; plot miou_vs_n.png, grids grid_seed<k>.png"
+        + (f"; log {log_path}" if log_path else "")
+    )
 
 
 if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
-    flags.DEFINE_string("workdir", None, "Protocol directory: one folder per stage, results.{md,json,html}, plots.")
-    flags.DEFINE_bool("dry_run", False, "Check data and weights, print every stage with its estimated time and "
-                      "the exports' disk size; run nothing.")
-    flags.DEFINE_string("results_dir", "", "Also write each finished seed's records here (results as data, "
-                        "e.g. results/NAME in the repository); with --report_only, read them.")
-    flags.DEFINE_bool("report_only", False, "Rebuild the report in --workdir from the records in --results_dir; "
-                      "train nothing.")
-    flags.DEFINE_string("seeds", "", "Comma-separated training seeds to run instead of the config's (e.g. 3,4).")
-    flags.DEFINE_bool("verbose", False, "Also show the library's INFO logs on the console (always in DIR/protocol.log).")
-    config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "configs", "protocol.py"),
-                                    "Protocol config, `path.py[:variant]`.", lock_config=True)
+    flags.DEFINE_string(
+        "workdir", None, "Protocol directory: one folder per stage, results.{md,json,html}, plots."
+    )
+    flags.DEFINE_bool(
+        "dry_run",
+        False,
+        "Check data and weights, print every stage with its estimated time and "
+        "the exports' disk size; run nothing.",
+    )
+    flags.DEFINE_string(
+        "results_dir",
+        "",
+        "Also write each finished seed's records here (results as data, "
+        "e.g. results/NAME in the repository); with --report_only, read them.",
+    )
+    flags.DEFINE_bool(
+        "report_only",
+        False,
+        "Rebuild the report in --workdir from the records in --results_dir; train nothing.",
+    )
+    flags.DEFINE_string(
+        "seeds", "", "Comma-separated training seeds to run instead of the config's (e.g. 3,4)."
+    )
+    flags.DEFINE_bool(
+        "verbose",
+        False,
+        "Also show the library's INFO logs on the console (always in DIR/protocol.log).",
+    )
+    config_flags.DEFINE_config_file(
+        "config",
+        os.path.join(_ROOT, "configs", "protocol.py"),
+        "Protocol config, `path.py[:variant]`.",
+        lock_config=True,
+    )
     flags.mark_flags_as_required(["workdir"])
     app.run(main, flags_parser=console.flags_parser("protocol"))

@@ -13,6 +13,7 @@ real-val mIoU of source-only and the oracle (the regimes must stay far apart) an
 the mean and the standard deviation of the paired difference DA-KPN - source-only at N = 0: the
 spread a downstream recipe is to shrink. ``--out`` writes the same figures as JSON (commit it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,22 +35,33 @@ def score_run(pconfig, run_dir: str) -> dict[str, float]:
     from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
     from dakpn_jax.protocol import methods, stages, stats  # pylint: disable=import-outside-toplevel
     from dakpn_jax.training import segmentation, trainer  # pylint: disable=import-outside-toplevel
+
     config, state = trainer.restore_state(run_dir)
     if "ema_params" not in state:
-        raise ValueError(f"{run_dir}: the run kept no averaged weights (config.ema_decay = 0); "
-                         "run the protocol's `recipe` variant")
+        raise ValueError(
+            f"{run_dir}: the run kept no averaged weights (config.ema_decay = 0); "
+            "run the protocol's `recipe` variant"
+        )
     val = segmentation.resized_source(config, sources.make_source(pconfig.data, "real-val"))
     out = {}
     for weights, flip in RECIPES:
         cfg = config.copy_and_resolve_references()
         with cfg.unlocked():
             cfg.eval_flip = flip
-        params = {"params": state["ema_params" if weights == "averaged" else "params"],
-                  "model_state": state["model_state"]}
-        conf = stages.per_image_confusions(segmentation.make_apply_fn(cfg), params, val,
-                                           methods.label_space(pconfig).num_classes,
-                                           batch_size=int(pconfig.eval.batch_size))
-        out[f"{weights}+{'flip' if flip else 'noflip'}"] = 100.0 * float(stats.miou_from_confusion(conf.sum(0)))
+        params = {
+            "params": state["ema_params" if weights == "averaged" else "params"],
+            "model_state": state["model_state"],
+        }
+        conf = stages.per_image_confusions(
+            segmentation.make_apply_fn(cfg),
+            params,
+            val,
+            methods.label_space(pconfig).num_classes,
+            batch_size=int(pconfig.eval.batch_size),
+        )
+        out[f"{weights}+{'flip' if flip else 'noflip'}"] = 100.0 * float(
+            stats.miou_from_confusion(conf.sum(0))
+        )
     return out
 
 
@@ -60,6 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     from dakpn_jax.protocol import layout, methods  # pylint: disable=import-outside-toplevel
+
     path, _, variant = args.config.partition(":")
     pconfig = methods.load_config_file(path, variant or None)
     rows = ("source_only_n0", "dakpn_n0", "oracle")
@@ -78,25 +91,40 @@ def main(argv=None) -> int:
     for weights, flip in RECIPES:
         key = f"{weights}+{'flip' if flip else 'noflip'}"
         diff = np.array([s["dakpn_n0"][key] - s["source_only_n0"][key] for s in per_seed.values()])
-        table[key] = {"source_only": float(np.mean([s["source_only_n0"][key] for s in per_seed.values()])),
-                      "dakpn": float(np.mean([s["dakpn_n0"][key] for s in per_seed.values()])),
-                      "oracle": float(np.mean([s["oracle"][key] for s in per_seed.values()])),
-                      "diff_mean": float(diff.mean()),
-                      "diff_sd": float(diff.std(ddof=1)) if len(diff) > 1 else None}
+        table[key] = {
+            "source_only": float(np.mean([s["source_only_n0"][key] for s in per_seed.values()])),
+            "dakpn": float(np.mean([s["dakpn_n0"][key] for s in per_seed.values()])),
+            "oracle": float(np.mean([s["oracle"][key] for s in per_seed.values()])),
+            "diff_mean": float(diff.mean()),
+            "diff_sd": float(diff.std(ddof=1)) if len(diff) > 1 else None,
+        }
     n = len(per_seed)
-    print(f"{n} seeds ({', '.join(map(str, per_seed))}); segmenter stage CPU seconds: mean {np.mean(cpu_s):.0f} "
-          f"(training + scoring once; flip TTA adds one forward pass per scored image)")
+    print(
+        f"{n} seeds ({', '.join(map(str, per_seed))}); segmenter stage CPU seconds: mean {np.mean(cpu_s):.0f} "
+        f"(training + scoring once; flip TTA adds one forward pass per scored image)"
+    )
     print("| recipe | source-only | DA-KPN | oracle | DA-KPN - source-only: mean | sd over seeds |")
     print("| --- | --- | --- | --- | --- | --- |")
     for key, t in table.items():
         sd = "-" if t["diff_sd"] is None else f"{t['diff_sd']:.1f}"
-        print(f"| {key} | {t['source_only']:.1f} | {t['dakpn']:.1f} | {t['oracle']:.1f} | "
-              f"{t['diff_mean']:+.1f} | {sd} |")
+        print(
+            f"| {key} | {t['source_only']:.1f} | {t['dakpn']:.1f} | {t['oracle']:.1f} | "
+            f"{t['diff_mean']:+.1f} | {sd} |"
+        )
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump({"config": args.config, "seeds": list(per_seed), "per_seed": per_seed, "table": table,
-                       "segmenter_stage_cpu_s_mean": float(np.mean(cpu_s))}, f, indent=1)
+            json.dump(
+                {
+                    "config": args.config,
+                    "seeds": list(per_seed),
+                    "per_seed": per_seed,
+                    "table": table,
+                    "segmenter_stage_cpu_s_mean": float(np.mean(cpu_s)),
+                },
+                f,
+                indent=1,
+            )
         print(f"wrote {args.out}")
     return 0
 

@@ -2,6 +2,7 @@
 
 Thin wrapper over :mod:`dakpn_jax.sweep` (see there for the sweep format).
 """
+
 from dakpn_jax import sweep
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Eight simulated CPU devices for every test process, so the data-parallel tests can compare a 1-device
 mesh (devices[:1]) with an 8-device mesh in one process. Must run before jax is imported.
 """
+
 import os
 
 _flag = "--xla_force_host_platform_device_count=8"
@@ -23,7 +24,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="dakpn-tests-jax-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1.0")
-    atexit.register(shutil.rmtree, _cache, ignore_errors=True)  # the process that made it removes it
+    atexit.register(
+        shutil.rmtree, _cache, ignore_errors=True
+    )  # the process that made it removes it
 
 
 import contextlib  # noqa: E402  (after the XLA_FLAGS set-up above, which must precede jax)
@@ -37,8 +40,12 @@ def persistent_compilation_cache(directory, min_compile_time_secs=0.0):
     share it; the executables are the ones a fresh compilation produces, so results do not change.
     """
     import jax  # pylint: disable=import-outside-toplevel
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
+
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     before = {n: getattr(jax.config, n) for n in names}
     jax.config.update(names[0], str(directory))
     jax.config.update(names[1], min_compile_time_secs)
@@ -66,6 +73,7 @@ def two_domain_batch(seed, n=8, h=32, w=32):
     """A GAN training batch of two visibly different domains: smooth-ish synthetic frames and noisy,
     darker real ones (the synthetic batch reversed), both (n, h, w, 3) float32 in [0, 1]."""
     import numpy as np  # pylint: disable=import-outside-toplevel
+
     r = np.random.default_rng(seed)
     syn = r.random((n, h, w, 3), dtype=np.float32) * 0.5 + 0.25
     real = np.clip(syn[::-1] * 0.8 + 0.1 * r.standard_normal((n, h, w, 3)).astype(np.float32), 0, 1)
@@ -78,6 +86,7 @@ def two_train_steps(module, config):
     ``two_domain_batch(0)`` and ``two_domain_batch(1)``. Tests cache it: compiles and CPU steps are
     the cost."""
     import jax  # pylint: disable=import-outside-toplevel
+
     step = jax.jit(module.make_train_step(config))
     states, metrics = [module.init_state(config, jax.random.key(1))], []
     for i in range(2):
@@ -91,6 +100,7 @@ def values_around_half_levels(below: int, count: int):
     """float32 values stepping one ulp at a time through every uint8 rounding boundary (k + 1/2) / 255,
     k = 0..254: ``count`` consecutive floats per boundary, starting ``below`` ulps beneath it."""
     import numpy as np  # pylint: disable=import-outside-toplevel
+
     vals = []
     for k in range(255):
         v = np.float32((k + 0.5) / 255)
@@ -109,10 +119,12 @@ def values_around_half_levels(below: int, count: int):
 FLOAT64_REL = 1e-8
 # Steps report their metrics as float32: two float64 values within FLOAT64_REL round to float32
 # values at most one ulp apart each way.
-METRIC_REL = FLOAT64_REL + 2 * 2.0 ** -23
+METRIC_REL = FLOAT64_REL + 2 * 2.0**-23
 
 
-def assert_float64_equivalent(a, b, *, rel: float = FLOAT64_REL, depth: int = 2, group=None) -> float:
+def assert_float64_equivalent(
+    a, b, *, rel: float = FLOAT64_REL, depth: int = 2, group=None
+) -> float:
     """Two state pytrees of one structure agree per network: for each group of leaves that share
     their first ``depth`` keys (``['params']['G']``, ``['opt']['D']``, ...), or the same
     ``group(path)`` when given, every leaf is within ``rel * (largest |value| in the group)`` of the
@@ -121,13 +133,15 @@ def assert_float64_equivalent(a, b, *, rel: float = FLOAT64_REL, depth: int = 2,
     exceeds 1)."""
     import jax  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
+
     la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)
     assert len(la) == len(lb), (len(la), len(lb))
     groups = {}
     for (path, x), y in zip(la, lb):
         key = group(path) if group is not None else jax.tree_util.keystr(path[:depth])
         groups.setdefault(key, []).append(
-            (jax.tree_util.keystr(path), np.asarray(x, np.float64), np.asarray(y, np.float64)))
+            (jax.tree_util.keystr(path), np.asarray(x, np.float64), np.asarray(y, np.float64))
+        )
     worst = 0.0
     for leaves in groups.values():
         scale = max((float(np.max(np.abs(x))) for _, x, _ in leaves if x.size), default=0.0)
@@ -160,6 +174,7 @@ def one_and_eight_device_steps_float64(make_train_step, config, states, batches)
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
 
     from tests.float64_method import to_float64  # pylint: disable=import-outside-toplevel
+
     out = []
     with jax.enable_x64(True):
         step = make_train_step(config)
@@ -172,7 +187,9 @@ def one_and_eight_device_steps_float64(make_train_step, config, states, batches)
             s1, m1 = step1(state, batch)
             s8, m8 = step8(jax.device_put(state, rep), jax.device_put(batch, dat))
             assert s8["step"].sharding.is_fully_replicated
-            out.append((jax.device_get(s1), jax.device_get(s8), jax.device_get(m1), jax.device_get(m8)))
+            out.append(
+                (jax.device_get(s1), jax.device_get(s8), jax.device_get(m1), jax.device_get(m8))
+            )
     return out
 
 
@@ -180,6 +197,7 @@ def np_box(x, size):
     """(B, H, W, C) -> (B, h, w, C) box means in float64 (h | H, w | W): the reference of DA-KPN's
     area resize where the cells tile the frame exactly."""
     import numpy as np  # pylint: disable=import-outside-toplevel
+
     b, H, W, C = x.shape
     h, w = size
     return np.asarray(x, np.float64).reshape(b, h, H // h, w, W // w, C).mean(axis=(2, 4))
@@ -190,6 +208,7 @@ def reference_tile_positions(key, batch, frame, tile):
     every legal offset, edges included (the tests' reading of the step's draw)."""
     import jax  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
+
     ki, kj = jax.random.split(key)
     i = np.asarray(jax.random.randint(ki, (batch,), 0, frame[0] - tile[0] + 1))
     j = np.asarray(jax.random.randint(kj, (batch,), 0, frame[1] - tile[1] + 1))
@@ -199,7 +218,10 @@ def reference_tile_positions(key, batch, frame, tile):
 def crop(x, pos, tile):
     """The ``tile``-sized window of each image at its corner ``pos[b]``."""
     import numpy as np  # pylint: disable=import-outside-toplevel
-    return np.stack([np.asarray(x)[b, i:i + tile[0], j:j + tile[1]] for b, (i, j) in enumerate(pos)])
+
+    return np.stack(
+        [np.asarray(x)[b, i : i + tile[0], j : j + tile[1]] for b, (i, j) in enumerate(pos)]
+    )
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -217,15 +239,28 @@ def pytest_xdist_auto_num_workers(config):
 # The longest files first (pytest --durations on the 2-core machines, 2026-12-03): xdist's loadfile
 # scheduler hands files out in collection order, and a five-minute file picked up last leaves the
 # other worker idle at the end. Only the order changes; every test still runs.
-LONGEST_FIRST = ("test_gan_baselines.py", "test_protocol.py", "test_dakpn.py", "test_protocol_real.py",
-                 "test_trainer.py", "test_paper_presets.py", "test_multiprocess.py", "test_inference.py",
-                 "test_vsait.py", "test_cli.py", "test_objectives_cyclegan.py", "test_readme_commands.py")
+LONGEST_FIRST = (
+    "test_gan_baselines.py",
+    "test_protocol.py",
+    "test_dakpn.py",
+    "test_protocol_real.py",
+    "test_trainer.py",
+    "test_paper_presets.py",
+    "test_multiprocess.py",
+    "test_inference.py",
+    "test_vsait.py",
+    "test_cli.py",
+    "test_objectives_cyclegan.py",
+    "test_readme_commands.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
     del config
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+    items.sort(
+        key=lambda item: rank.get(item.path.name, len(rank))
+    )  # stable: file order kept otherwise
 
 
 def official_tree(root, pair):
@@ -234,8 +269,12 @@ def official_tree(root, pair):
     Returns the data-config fields that point at them (``synthetic_dir``, ``real_dir``)."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     import test_datasets as trees  # pylint: disable=import-outside-toplevel
-    syn, real = {"gta5": ("gta5", "cityscapes"), "synthia": ("synthia", "cityscapes"),
-                 "faces": ("face_synthetics", "celebamask_hq")}[pair]
+
+    syn, real = {
+        "gta5": ("gta5", "cityscapes"),
+        "synthia": ("synthia", "cityscapes"),
+        "faces": ("face_synthetics", "celebamask_hq"),
+    }[pair]
     rng = np.random.default_rng(0)
     out = {}
     for field, name in (("synthetic_dir", syn), ("real_dir", real)):
@@ -251,9 +290,13 @@ def procedural_batch(data, n, real_offset=0):
     offset makes the real frames different scenes from the synthetic ones). Images float32 in [0, 1]."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
+
     syn = procedural.make_source("synthetic-train", data)
     real = procedural.make_source("real-train", data)
     items = [syn[i] for i in range(n)]
-    return {"synthetic": np.stack([it["image"] for it in items]).astype(np.float32) / 255.0,
-            "label": np.stack([it["label"] for it in items]),
-            "real": np.stack([real[i + real_offset]["image"] for i in range(n)]).astype(np.float32) / 255.0}
+    return {
+        "synthetic": np.stack([it["image"] for it in items]).astype(np.float32) / 255.0,
+        "label": np.stack([it["label"] for it in items]),
+        "real": np.stack([real[i + real_offset]["image"] for i in range(n)]).astype(np.float32)
+        / 255.0,
+    }

@@ -14,6 +14,7 @@ Use: ``config.method = "tests.float64_method"`` and ``config.float64_of = "<the 
 floating leaf of the wrapped method's state to float64 and the train step casts every floating
 array of the batch; everything else (iterators, evaluation, translators) is the wrapped module's.
 """
+
 from __future__ import annotations
 
 import jax
@@ -22,9 +23,15 @@ import jax.numpy as jnp
 
 def to_float64(tree):
     """Every floating-point leaf of ``tree`` as float64 (needs x64 enabled); other leaves unchanged."""
+
     def cast(x):
         dtype = getattr(x, "dtype", None)
-        return jnp.asarray(x, jnp.float64) if dtype is not None and jnp.issubdtype(dtype, jnp.floating) else x
+        return (
+            jnp.asarray(x, jnp.float64)
+            if dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+            else x
+        )
+
     return jax.tree.map(cast, tree)
 
 
@@ -33,8 +40,11 @@ _last = {}  # the module wrapped last: next_batch(iterators) gets no config to l
 
 def _inner(config):
     from dakpn_jax.training import get_method  # pylint: disable=import-outside-toplevel
+
     if not jax.config.jax_enable_x64:
-        raise ValueError("tests.float64_method needs jax_enable_x64 (jax.enable_x64(True) or JAX_ENABLE_X64=1)")
+        raise ValueError(
+            "tests.float64_method needs jax_enable_x64 (jax.enable_x64(True) or JAX_ENABLE_X64=1)"
+        )
     _last["module"] = get_method(config.float64_of)
     return _last["module"]
 

@@ -1,5 +1,6 @@
 """The training-free controls (dakpn_jax/controls.py, docs/METHOD.md §9) against float64 NumPy references,
 and the spatially uniform DA-KPN (one theta per image)."""
+
 import colorsys
 
 import jax
@@ -16,6 +17,7 @@ def _rand(shape, seed):
 
 # ----------------------------------------------------------------------------- FDA
 
+
 def _spec_mask(H, W, beta):
     """The spec (docs/METHOD.md §9): a centred square of half-width b = floor(beta min(H, W)) around DC, cut
     as the FDA authors' NumPy code does: rows c - b .. c + b and columns likewise of the
@@ -23,7 +25,7 @@ def _spec_mask(H, W, beta):
     b = int(np.floor(beta * min(H, W)))
     shifted = np.zeros((H, W), bool)
     cy, cx = H // 2, W // 2
-    shifted[cy - b:cy + b + 1, cx - b:cx + b + 1] = True
+    shifted[cy - b : cy + b + 1, cx - b : cx + b + 1] = True
     return np.fft.ifftshift(shifted)
 
 
@@ -44,7 +46,9 @@ def test_fda_low_frequency_amplitude_is_the_targets_and_phase_is_kept(beta):
     dphase = np.angle(fo[big] * np.conj(fx[big]))
     np.testing.assert_allclose(dphase, 0.0, atol=2e-3)
     # An independent float64 NumPy FDA gives the same image.
-    want = np.real(np.fft.ifft2(np.where(m, np.abs(fr), np.abs(fx)) * np.exp(1j * np.angle(fx)), axes=(1, 2)))
+    want = np.real(
+        np.fft.ifft2(np.where(m, np.abs(fr), np.abs(fx)) * np.exp(1j * np.angle(fx)), axes=(1, 2))
+    )
     np.testing.assert_allclose(out, want, atol=1e-4)
     clipped = np.asarray(controls.fda(x, ref, beta))
     np.testing.assert_allclose(clipped, np.clip(want, 0, 1), atol=1e-4)
@@ -65,6 +69,7 @@ def test_fda_beta_zero_is_identity_and_bad_beta_is_refused():
 
 # ----------------------------------------------------------------------------- histogram matching
 
+
 def test_histogram_matching_cdf_equals_the_references_at_the_references_values():
     x, ref = _rand((2, 12, 20, 3), 4), _rand((2, 12, 20, 3), 5) ** 2  # continuous: no ties
     out = np.asarray(controls.match_histograms(x, ref))
@@ -75,7 +80,9 @@ def test_histogram_matching_cdf_equals_the_references_at_the_references_values()
             cdf_out = (o[None, :] <= r[:, None]).mean(1)
             np.testing.assert_array_equal(cdf_out, cdf_ref)
             # ... and it is a monotone map of the source: ranks are kept.
-            np.testing.assert_array_equal(np.argsort(x[b, ..., c].ravel()), np.argsort(o, kind="stable"))
+            np.testing.assert_array_equal(
+                np.argsort(x[b, ..., c].ravel()), np.argsort(o, kind="stable")
+            )
 
 
 def test_histogram_matching_other_reference_size_and_ties():
@@ -96,10 +103,11 @@ def test_histogram_matching_other_reference_size_and_ties():
 
 # ----------------------------------------------------------------------------- Reinhard
 
+
 def _lab64(x):
     """Reinhard et al. 2001, eqs. 4 and 6 (float64, written from the paper)."""
     m = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
-    n = np.diag([3 ** -0.5, 6 ** -0.5, 2 ** -0.5]) @ np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]])
+    n = np.diag([3**-0.5, 6**-0.5, 2**-0.5]) @ np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]])
     return np.log10(np.maximum(x.astype(np.float64) @ m.T, 1 / 255)) @ n.T
 
 
@@ -109,10 +117,13 @@ def test_reinhard_matches_the_references_lab_mean_and_std():
     lo, lr = _lab64(out), _lab64(ref)
     np.testing.assert_allclose(lo.mean((1, 2)), lr.mean((1, 2)), atol=2e-4)
     np.testing.assert_allclose(lo.std((1, 2)), lr.std((1, 2)), rtol=2e-3, atol=2e-4)
-    np.testing.assert_allclose(np.asarray(controls.lab_to_rgb(controls.rgb_to_lab(x))), x, atol=2e-5)
+    np.testing.assert_allclose(
+        np.asarray(controls.lab_to_rgb(controls.rgb_to_lab(x))), x, atol=2e-5
+    )
 
 
 # ----------------------------------------------------------------------------- randomisation
+
 
 def _labels(B, H, W, seed):
     rng = np.random.default_rng(seed)
@@ -147,17 +158,25 @@ def test_randomize_never_moves_a_pixel():
     class's theta (colorsys float64 reference): nothing moves, so labels and edges stay exact."""
     B, H, W = 2, 6, 10
     x, y = _rand((B, H, W, 3), 10), _labels(B, H, W, 1)
-    ranges = [(0.8, 1.2), (0.5, 1.1), (0.6, 1.1), (-0.2, 0.2), (-0.1, 0.1), (-0.1, 0.1)] + [(0.0, 0.0)] * 6
+    ranges = [(0.8, 1.2), (0.5, 1.1), (0.6, 1.1), (-0.2, 0.2), (-0.1, 0.1), (-0.1, 0.1)] + [
+        (0.0, 0.0)
+    ] * 6
     keys = jax.vmap(lambda i: jax.random.key_data(jax.random.key(i)))(jnp.arange(B) + 7)
     out = np.asarray(controls.randomize(x, jnp.asarray(y), keys, ranges=ranges, kernel_size=3))
     k_theta = jax.vmap(lambda k: jax.random.split(k)[0])(keys)
-    theta = np.asarray(controls.random_class_params(k_theta, jnp.asarray(y), 19, ranges), np.float64)
+    theta = np.asarray(
+        controls.random_class_params(k_theta, jnp.asarray(y), 19, ranges), np.float64
+    )
     for b in range(B):
         for i in range(H):
             for j in range(W):
                 t = theta[b, i, j]
                 h, s, v = colorsys.rgb_to_hsv(*x[b, i, j].astype(np.float64))
-                hsv = ((t[0] * h + t[3]) % 1.0, np.clip(t[1] * s + t[4], 0, 1), np.clip(t[2] * v + t[5], 0, 1))
+                hsv = (
+                    (t[0] * h + t[3]) % 1.0,
+                    np.clip(t[1] * s + t[4], 0, 1),
+                    np.clip(t[2] * v + t[5], 0, 1),
+                )
                 np.testing.assert_allclose(out[b, i, j], colorsys.hsv_to_rgb(*hsv), atol=2e-4)
 
 
@@ -179,14 +198,17 @@ def test_make_control_is_reproducible_per_frame_and_validates():
 
 # ----------------------------------------------------------------------------- uniform DA-KPN
 
+
 def test_uniform_dakpn_theta_is_constant_over_the_image():
     """configs/default.py:tiny with model.param_size = (1, 1) (the protocol's dakpn_uniform row):
     theta is one vector per image, and the translator applies exactly that constant map."""
     import sys
     from pathlib import Path
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from configs import default
     from dakpn_jax.training import dakpn, gan_common as gc
+
     config = default.get_config("tiny")
     config.model.param_size = (1, 1)
     state = dakpn.init_state(config, jax.random.key(0))
@@ -194,19 +216,23 @@ def test_uniform_dakpn_theta_is_constant_over_the_image():
     leaves, tree = jax.tree.flatten(state["params"]["kpn"])
     keys = jax.random.split(jax.random.key(1), len(leaves))
     state["params"]["kpn"] = jax.tree.unflatten(
-        tree, [l + 0.3 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+        tree, [l + 0.3 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]
+    )
     H, W = config.data.height, config.data.width
     x, y = jnp.asarray(_rand((2, H, W, 3), 12)), jnp.asarray(_labels(2, H, W, 3))
     feats = dakpn.make_feature_fn(config)(x, y, dakpn.grid_for(config, H, W))
-    theta_low = dakpn.predict_params(gc.merge(dakpn.graphdefs(config)["kpn"], state["params"]["kpn"]), feats, x)
+    theta_low = dakpn.predict_params(
+        gc.merge(dakpn.graphdefs(config)["kpn"], state["params"]["kpn"]), feats, x
+    )
     assert theta_low.shape == (2, 1, 1, 12)
     theta = np.asarray(translation.upsample_params(theta_low, H, W))
     np.testing.assert_allclose(theta, np.broadcast_to(theta[:, :1, :1], theta.shape), atol=1e-6)
     assert not np.allclose(theta[0, 0, 0], theta[1, 0, 0])  # one theta per image, not one overall
     out = dakpn.make_translator(config, state)(x, y)
     noise = translation.noise_field(config.model.noise_seed, H, W, base_size=(H, W))
-    want = translation.translate(x, jnp.broadcast_to(theta_low, (2, H, W, 12)), noise,
-                                 kernel_size=config.model.kernel_size)
+    want = translation.translate(
+        x, jnp.broadcast_to(theta_low, (2, H, W, 12)), noise, kernel_size=config.model.kernel_size
+    )
     np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=1e-5)
 
 
@@ -215,8 +241,24 @@ def test_uninformed_randomisation_draws_within_its_generic_ranges():
     about the identity (hue shift +-0.1, saturation and value x [0.6, 1.4], no additive s / v shift,
     sigma <= 1.5 px, noise std <= 0.05); a name resolves to its table, an unknown name is refused."""
     from dakpn_jax import controls as ctl
-    expected = np.array([[1.0, 1.0], [0.6, 1.4], [0.6, 1.4], [-0.1, 0.1], [0.0, 0.0], [0.0, 0.0],
-                         [0.0, 1.5], [0.0, 1.5], [0.0, 1.5], [0.0, 0.05], [0.0, 0.05], [0.0, 0.05]], np.float32)
+
+    expected = np.array(
+        [
+            [1.0, 1.0],
+            [0.6, 1.4],
+            [0.6, 1.4],
+            [-0.1, 0.1],
+            [0.0, 0.0],
+            [0.0, 0.0],
+            [0.0, 1.5],
+            [0.0, 1.5],
+            [0.0, 1.5],
+            [0.0, 0.05],
+            [0.0, 0.05],
+            [0.0, 0.05],
+        ],
+        np.float32,
+    )
     np.testing.assert_array_equal(ctl._ranges("uninformed"), expected)
     labels = jnp.asarray(np.random.default_rng(0).integers(0, 19, (16, 8, 8)))
     keys = jax.vmap(jax.random.key)(jnp.arange(16))

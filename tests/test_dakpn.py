@@ -2,6 +2,7 @@
 
 References are independent float64 NumPy versions of the formulas (module docstrings).
 """
+
 import copy
 
 import jax
@@ -20,6 +21,7 @@ from dakpn_jax.training import dakpn
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def tiny_config(**loss):
     c = default.get_config("tiny")
     c.loss.update(loss)
@@ -31,24 +33,29 @@ def tiny_batch(config, n=None, offset=0):
     syn = procedural.make_source("synthetic-train", config.data)
     real = procedural.make_source("real-train", config.data)
     items = [syn[offset + i] for i in range(n)]
-    return {"synthetic": np.stack([it["image"] for it in items]).astype(np.float32) / 255.0,
-            "label": np.stack([it["label"] for it in items]),
-            "real": np.stack([real[offset + i]["image"] for i in range(n)]).astype(np.float32) / 255.0}
+    return {
+        "synthetic": np.stack([it["image"] for it in items]).astype(np.float32) / 255.0,
+        "label": np.stack([it["label"] for it in items]),
+        "real": np.stack([real[offset + i]["image"] for i in range(n)]).astype(np.float32) / 255.0,
+    }
 
 
 def np_gaussian_blur(x, sigma, K):
     """float64 reference: per-pixel normalised K x K Gaussian, edge padding; x (H, W, C), sigma scalar."""
     r = K // 2
     i = np.arange(-r, r + 1)
-    w = np.exp(-(i[:, None] ** 2 + i[None, :] ** 2) / (2 * sigma ** 2 + translation.BLUR_EPS))
+    w = np.exp(-(i[:, None] ** 2 + i[None, :] ** 2) / (2 * sigma**2 + translation.BLUR_EPS))
     w /= w.sum()
     xp = np.pad(x.astype(np.float64), ((r, r), (r, r), (0, 0)), mode="edge")
     H, W = x.shape[:2]
-    return sum(w[a, b] * xp[a:a + H, b:b + W] for a in range(K) for b in range(K))
+    return sum(w[a, b] * xp[a : a + H, b : b + W] for a in range(K) for b in range(K))
 
 
 def leaves_equal(a, b):
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +67,7 @@ def tiny():
 
 
 # ----------------------------------------------------------------------------- models
+
 
 @pytest.mark.smoke
 @pytest.mark.parametrize("head", ["linear", "deep"])
@@ -75,11 +83,13 @@ def test_kpn_head_starts_identity_like_for_any_features(head, sigma_param):
 
 def test_neighbour_weight_parametrisation_inverse_and_gradient():
     sigma = np.array([0.3, 0.5, 1.0, 2.0, 5.0])
-    t = np.exp(-1.0 / (2 * sigma ** 2))
+    t = np.exp(-1.0 / (2 * sigma**2))
     got = np.asarray(kpn_lib.sigma_from_neighbour_weight(jnp.asarray(t, jnp.float32), 12.0))
     np.testing.assert_allclose(got, sigma, rtol=1e-5)
     # Clipped value, straight-through gradient: below t(SIGMA_MIN) sigma stays at 0.2 px, grad != 0.
-    s, g = jax.value_and_grad(lambda v: kpn_lib.sigma_from_neighbour_weight(v, 12.0))(jnp.float32(0.0))
+    s, g = jax.value_and_grad(lambda v: kpn_lib.sigma_from_neighbour_weight(v, 12.0))(
+        jnp.float32(0.0)
+    )
     np.testing.assert_allclose(float(s), kpn_lib.SIGMA_MIN, rtol=1e-5)
     assert float(g) > 0
     # Why: at sigma = 0.25 px the blurred centre pixel is flat in sigma but linear in t.
@@ -87,13 +97,15 @@ def test_neighbour_weight_parametrisation_inverse_and_gradient():
 
     def centre(v, param):
         sig = kpn_lib.sigma_from_neighbour_weight(v, 12.0) if param == "t" else v
-        return translation.local_gaussian_blur(x, jnp.full((1, 5, 5, 3), sig), kernel_size=5)[0, 2, 2, 0]
+        return translation.local_gaussian_blur(x, jnp.full((1, 5, 5, 3), sig), kernel_size=5)[
+            0, 2, 2, 0
+        ]
 
     g_sigma = jax.grad(centre)(jnp.float32(0.25), "sigma")
-    g_t = jax.grad(centre)(jnp.float32(np.exp(-1 / (2 * 0.25 ** 2))), "t")
+    g_t = jax.grad(centre)(jnp.float32(np.exp(-1 / (2 * 0.25**2))), "t")
     # float64 reference: the centre is t / (sum_i t^(i^2))^2 over |i| <= 2 (c = 0, one neighbour 1).
-    f = lambda t: t / (1 + 2 * t + 2 * t ** 4) ** 2
-    t0, h = np.exp(-1 / (2 * 0.25 ** 2)), 1e-7
+    f = lambda t: t / (1 + 2 * t + 2 * t**4) ** 2
+    t0, h = np.exp(-1 / (2 * 0.25**2)), 1e-7
     np.testing.assert_allclose(float(g_t), (f(t0 + h) - f(t0 - h)) / (2 * h), rtol=1e-3)
     assert abs(float(g_sigma)) < 0.05 * abs(float(g_t))
 
@@ -124,17 +136,29 @@ def test_patchgan_shapes_pyramid_and_downsample():
     out = jax.jit(lambda x: d(x))(jnp.zeros((2, 16, 32, 3)))
     assert [o.shape for o in out] == [(2, 2, 4, 1), (2, 1, 2, 1)]
     convs = nnx.to_pure_dict(nnx.state(d))["discs"][0]["convs"]
-    assert "bias" in convs[0] and "bias" not in convs[1] and "bias" not in convs[2]  # none before a norm
+    assert (
+        "bias" in convs[0] and "bias" not in convs[1] and "bias" not in convs[2]
+    )  # none before a norm
     x = np.random.default_rng(1).uniform(size=(1, 5, 6, 1))
     # 3x3 average, stride 2, padding 1, padded cells not counted.
-    want = np.array([[x[0, max(0, 2 * i - 1):2 * i + 2, max(0, 2 * j - 1):2 * j + 2, 0].mean()
-                      for j in range(3)] for i in range(3)])
-    np.testing.assert_allclose(np.asarray(patchgan.downsample(jnp.asarray(x)))[0, ..., 0], want, atol=1e-6)
+    want = np.array(
+        [
+            [
+                x[0, max(0, 2 * i - 1) : 2 * i + 2, max(0, 2 * j - 1) : 2 * j + 2, 0].mean()
+                for j in range(3)
+            ]
+            for i in range(3)
+        ]
+    )
+    np.testing.assert_allclose(
+        np.asarray(patchgan.downsample(jnp.asarray(x)))[0, ..., 0], want, atol=1e-6
+    )
     with pytest.raises(ValueError, match="too small"):
         d(jnp.zeros((1, 4, 32, 3)))
 
 
 # ----------------------------------------------------------------------------- translation pieces
+
 
 def test_init_translation_is_a_one_pixel_blur_and_identity_without_blur(tiny):
     c, state, _, batch = tiny
@@ -151,15 +175,22 @@ def test_init_translation_is_a_one_pixel_blur_and_identity_without_blur(tiny):
 def test_tile_translation_equals_crop_of_full_frame():
     k = jax.random.split(jax.random.key(3), 4)
     x = jax.random.uniform(k[0], (3, 20, 24, 3))
-    theta = jnp.concatenate([1 + 0.2 * jax.random.normal(k[1], (3, 5, 6, 3)),
-                             0.1 * jax.random.normal(k[1], (3, 5, 6, 3)),
-                             jax.random.uniform(k[2], (3, 5, 6, 3), minval=0.3, maxval=2.0),
-                             0.05 * jax.random.normal(k[3], (3, 5, 6, 3))], axis=-1)
+    theta = jnp.concatenate(
+        [
+            1 + 0.2 * jax.random.normal(k[1], (3, 5, 6, 3)),
+            0.1 * jax.random.normal(k[1], (3, 5, 6, 3)),
+            jax.random.uniform(k[2], (3, 5, 6, 3), minval=0.3, maxval=2.0),
+            0.05 * jax.random.normal(k[3], (3, 5, 6, 3)),
+        ],
+        axis=-1,
+    )
     noise = translation.noise_field(0, 20, 24)
     full = translation.translate(x, theta, noise, kernel_size=7)
     pos = jnp.array([[0, 0], [13, 14], [6, 3]])  # corners touch both borders
     tile = dakpn.translate_tile(x, theta, noise, pos, (7, 10), 7)
-    want = np.stack([np.asarray(full)[b, i:i + 7, j:j + 10] for b, (i, j) in enumerate(np.asarray(pos))])
+    want = np.stack(
+        [np.asarray(full)[b, i : i + 7, j : j + 10] for b, (i, j) in enumerate(np.asarray(pos))]
+    )
     np.testing.assert_allclose(np.asarray(tile), want, atol=1e-6)
 
 
@@ -170,7 +201,7 @@ def test_onehot_features_are_class_fractions():
     for b in range(2):
         for i in range(2):
             for j in range(3):
-                cell = y[b, 4 * i:4 * i + 4, 4 * j:4 * j + 4]
+                cell = y[b, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4]
                 want = [(cell == k).mean() for k in range(5)]
                 np.testing.assert_allclose(got[b, i, j], want, atol=1e-6)
 
@@ -180,17 +211,25 @@ def test_loss_forms_match_numpy(form):
     rng = np.random.default_rng(0)
     r, f = rng.normal(size=(2, 3, 4, 1)) * 3, rng.normal(size=(2, 3, 4, 1)) * 3
     sp = lambda v: np.log1p(np.exp(v))
-    want_d = {"saturating": sp(-r).mean() + sp(f).mean(), "non_saturating": sp(-r).mean() + sp(f).mean(),
-              "lsgan": ((r - 1) ** 2).mean() + (f ** 2).mean(),
-              "hinge": np.maximum(0, 1 - r).mean() + np.maximum(0, 1 + f).mean()}[form]
-    want_g = {"saturating": -sp(f).mean(), "non_saturating": sp(-f).mean(), "lsgan": ((f - 1) ** 2).mean(),
-              "hinge": -f.mean()}[form]
+    want_d = {
+        "saturating": sp(-r).mean() + sp(f).mean(),
+        "non_saturating": sp(-r).mean() + sp(f).mean(),
+        "lsgan": ((r - 1) ** 2).mean() + (f**2).mean(),
+        "hinge": np.maximum(0, 1 - r).mean() + np.maximum(0, 1 + f).mean(),
+    }[form]
+    want_g = {
+        "saturating": -sp(f).mean(),
+        "non_saturating": sp(-f).mean(),
+        "lsgan": ((f - 1) ** 2).mean(),
+        "hinge": -f.mean(),
+    }[form]
     rj, fj = jnp.asarray(r, jnp.float32), jnp.asarray(f, jnp.float32)
     np.testing.assert_allclose(float(dakpn.d_loss(form, rj, fj)), want_d, rtol=1e-5)
     np.testing.assert_allclose(float(dakpn.g_loss(form, fj)), want_g, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- the step
+
 
 @pytest.mark.smoke
 def test_one_step_trains_only_kpn_and_d_and_is_pure(tiny):
@@ -201,11 +240,17 @@ def test_one_step_trains_only_kpn_and_d_and_is_pure(tiny):
     assert set(new) == {"params", "opt", "step", "rng"} and set(new["params"]) == {"kpn", "D"}
     assert int(new["step"]) == 1
     for net in ("kpn", "D"):
-        changed = [not np.array_equal(a, b) for a, b in
-                   zip(jax.tree.leaves(state["params"][net]), jax.tree.leaves(new["params"][net]))]
+        changed = [
+            not np.array_equal(a, b)
+            for a, b in zip(
+                jax.tree.leaves(state["params"][net]), jax.tree.leaves(new["params"][net])
+            )
+        ]
         assert any(changed), net
     # The KPN's output layer gets a gradient from the first step (zero weights, live bias).
-    assert not np.array_equal(state["params"]["kpn"]["out"]["bias"], new["params"]["kpn"]["out"]["bias"])
+    assert not np.array_equal(
+        state["params"]["kpn"]["out"]["bias"], new["params"]["kpn"]["out"]["bias"]
+    )
     again, metrics2 = step(state, batch)  # pure: same inputs, same outputs, bit for bit
     assert leaves_equal(new, again) and leaves_equal(metrics, metrics2)
 
@@ -216,7 +261,9 @@ def test_ablations_pin_components_to_identity_and_freeze_their_outputs():
     theta = np.random.default_rng(0).normal(size=(2, 3, 4, 12)).astype(np.float32)
     ref = theta.copy()
     ref[..., 0:3], ref[..., 3:6], ref[..., 9:12] = 1.0, 0.0, 0.0  # affine -> identity, noise -> 0
-    np.testing.assert_array_equal(np.asarray(dakpn.ablate_params(jnp.asarray(theta), ("affine", "noise"))), ref)
+    np.testing.assert_array_equal(
+        np.asarray(dakpn.ablate_params(jnp.asarray(theta), ("affine", "noise"))), ref
+    )
     np.testing.assert_array_equal(np.asarray(dakpn.ablate_params(jnp.asarray(theta), ())), theta)
     c = tiny_config()
     c.model.ablate = ("affine", "noise")
@@ -242,7 +289,10 @@ def test_step_options_and_frozen_segmenter():
     """One compiled step with the non-default options: frozen-segmenter features, hinge + R1,
     tile view only, deep head, direct sigma, fresh noise, a 2-level instance-norm pyramid, warm-up."""
     c = tiny_config(form="hinge", r1=1.0, d_inputs=("tile",))
-    c.features, c.segmenter_workdir = "segmenter", "/nonexistent"  # never read: the stand-in is given
+    c.features, c.segmenter_workdir = (
+        "segmenter",
+        "/nonexistent",
+    )  # never read: the stand-in is given
     c.model.update(head="deep", hidden=4, noise="fresh", sigma_param="sigma")
     c.model.disc.update(num_D=2, n_layers=1, norm="instance")
     c.optim.update(schedule="cosine", warmup_steps=1)
@@ -272,8 +322,12 @@ def test_segmenter_features_are_frozen_cell_averaged_logits():
     x = jnp.asarray(tiny_batch(c, 2)["synthetic"])
     feats = dakpn.make_feature_fn(c, (apply_fn, seg_params))(x, None, (8, 16))
     logits = np.einsum("bhwc,ck->bhwk", np.asarray(x, np.float64), np.asarray(seg_params["w"]))
-    np.testing.assert_allclose(np.asarray(feats), logits.reshape(2, 8, 4, 16, 4, C).mean(axis=(2, 4)), atol=1e-5)
-    g = jax.grad(lambda p: jnp.sum(dakpn.make_feature_fn(c, (apply_fn, p))(x, None, (8, 16))))(seg_params)
+    np.testing.assert_allclose(
+        np.asarray(feats), logits.reshape(2, 8, 4, 16, 4, C).mean(axis=(2, 4)), atol=1e-5
+    )
+    g = jax.grad(lambda p: jnp.sum(dakpn.make_feature_fn(c, (apply_fn, p))(x, None, (8, 16))))(
+        seg_params
+    )
     assert float(jnp.abs(g["w"]).max()) == 0.0  # stop_gradient: nothing flows into the segmenter
 
 
@@ -288,10 +342,14 @@ def test_bad_config_and_batch_raise():
     step = dakpn.make_train_step(tiny_config())
     batch = tiny_batch(tiny_config(), 2)
     with pytest.raises(ValueError, match="'label'"):
-        step(dakpn.init_state(tiny_config(), jax.random.key(0)), {**batch, "label": batch["label"][:, :4]})
+        step(
+            dakpn.init_state(tiny_config(), jax.random.key(0)),
+            {**batch, "label": batch["label"][:, :4]},
+        )
 
 
 # ----------------------------------------------------------------------------- evaluation
+
 
 def test_evaluate_identity_translator_equals_baseline(tiny):
     c, state, _, _ = tiny
@@ -308,15 +366,25 @@ def test_evaluate_identity_translator_equals_baseline(tiny):
 
 # ----------------------------------------------------------------------------- the authors' choices (issue 15)
 
+
 def _torch_nlayer(ndf=64):
     """pix2pix NLayer PatchGAN written from its layer list (docs/METHOD.md §6), PyTorch."""
     import torch.nn as tnn
+
     return tnn.Sequential(
-        tnn.Conv2d(3, ndf, 4, 2, 1), tnn.LeakyReLU(0.2),
-        tnn.Conv2d(ndf, 2 * ndf, 4, 2, 1, bias=False), tnn.BatchNorm2d(2 * ndf), tnn.LeakyReLU(0.2),
-        tnn.Conv2d(2 * ndf, 4 * ndf, 4, 2, 1, bias=False), tnn.BatchNorm2d(4 * ndf), tnn.LeakyReLU(0.2),
-        tnn.Conv2d(4 * ndf, 8 * ndf, 4, 1, 1, bias=False), tnn.BatchNorm2d(8 * ndf), tnn.LeakyReLU(0.2),
-        tnn.Conv2d(8 * ndf, 1, 4, 1, 1))
+        tnn.Conv2d(3, ndf, 4, 2, 1),
+        tnn.LeakyReLU(0.2),
+        tnn.Conv2d(ndf, 2 * ndf, 4, 2, 1, bias=False),
+        tnn.BatchNorm2d(2 * ndf),
+        tnn.LeakyReLU(0.2),
+        tnn.Conv2d(2 * ndf, 4 * ndf, 4, 2, 1, bias=False),
+        tnn.BatchNorm2d(4 * ndf),
+        tnn.LeakyReLU(0.2),
+        tnn.Conv2d(4 * ndf, 8 * ndf, 4, 1, 1, bias=False),
+        tnn.BatchNorm2d(8 * ndf),
+        tnn.LeakyReLU(0.2),
+        tnn.Conv2d(8 * ndf, 1, 4, 1, 1),
+    )
 
 
 def test_nlayer_patchgan_receptive_field_is_70():
@@ -343,12 +411,17 @@ def test_nlayer_patchgan_equals_pytorch_build():
     rng = np.random.default_rng(0)
     with torch.no_grad():
         for tc, jc in zip(convs, d.convs):
-            tc.weight.copy_(torch.from_numpy(np.asarray(jc.kernel[...]).transpose(3, 2, 0, 1).copy()))
+            tc.weight.copy_(
+                torch.from_numpy(np.asarray(jc.kernel[...]).transpose(3, 2, 0, 1).copy())
+            )
             assert (tc.bias is None) == (jc.bias is None)
             if tc.bias is not None:
                 tc.bias.copy_(torch.from_numpy(np.array(jc.bias[...])))
         for tb, jb in zip(bns, d.norms):  # non-trivial affine parameters, copied both ways
-            scale, bias = rng.uniform(0.5, 1.5, tb.num_features), rng.normal(0, 0.1, tb.num_features)
+            scale, bias = (
+                rng.uniform(0.5, 1.5, tb.num_features),
+                rng.normal(0, 0.1, tb.num_features),
+            )
             jb.scale[...] = jnp.asarray(scale, jnp.float32)
             jb.bias[...] = jnp.asarray(bias, jnp.float32)
             tb.weight.copy_(torch.from_numpy(scale.astype(np.float32)))
@@ -378,14 +451,17 @@ def test_gradient_reversal_grads_equal_the_minimax_objective():
     saturating minimax value V (BCE with logits: 1 real term, 2 fake terms), written here with
     optax's BCE on one shared forward pass."""
     import optax
+
     c = gr_config()
     state = dakpn.init_state(c, jax.random.key(0))
     # Non-zero KPN weights so the KPN gradient flows through the features.
-    state["params"]["kpn"] = jax.tree.map(lambda p: p + 0.01 * jax.random.normal(jax.random.key(5), p.shape),
-                                          state["params"]["kpn"])
+    state["params"]["kpn"] = jax.tree.map(
+        lambda p: p + 0.01 * jax.random.normal(jax.random.key(5), p.shape), state["params"]["kpn"]
+    )
     batch = {k: jnp.asarray(v) for k, v in tiny_batch(c, n=4).items()}
     grads, aux = jax.jit(jax.grad(dakpn.make_gradient_reversal_loss(c), has_aux=True))(
-        state["params"], batch, state["rng"])
+        state["params"], batch, state["rng"]
+    )
 
     x, r = batch["synthetic"], batch["real"]
     dv = dakpn.draw_views(c, state["rng"], x, r)
@@ -394,13 +470,21 @@ def test_gradient_reversal_grads_equal_the_minimax_objective():
     generate = dakpn.make_generate(c)
     gd_d = dakpn.graphdefs(c)["D"]
     th, tw = dv["tile"]
-    x_tile = jnp.stack([x[b, i:i + th, j:j + tw] for b, (i, j) in enumerate(np.asarray(dv["pos"]))])
+    x_tile = jnp.stack(
+        [x[b, i : i + th, j : j + tw] for b, (i, j) in enumerate(np.asarray(dv["pos"]))]
+    )
 
     def value(p_d, p_g):
         fakes, _ = generate(p_g, x, feats, dv["pos"], dv["k_noise"], dv["tile"])
         d = nnx.merge(gd_d, p_d)
-        bce = lambda logits, t: jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, t)))
-        v = bce(d(dv["reals"]["tile"])[0], 1.0) + bce(d(fakes["tile"])[0], 0.0) + bce(d(fakes["low"])[0], 0.0)
+        bce = lambda logits, t: jnp.mean(
+            optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, t))
+        )
+        v = (
+            bce(d(dv["reals"]["tile"])[0], 1.0)
+            + bce(d(fakes["tile"])[0], 0.0)
+            + bce(d(fakes["low"])[0], 0.0)
+        )
         return v, jnp.mean(jnp.square(fakes["tile"] - x_tile))
 
     p_d, p_g = state["params"]["D"], state["params"]["kpn"]
@@ -417,7 +501,9 @@ def test_gradient_reversal_grads_equal_the_minimax_objective():
     for got, want in ((grads["D"], ref_d), (grads["kpn"], ref_g)):
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-7)
-    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ref_g)) > 0  # the check is not vacuous
+    assert (
+        max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ref_g)) > 0
+    )  # the check is not vacuous
 
     # The step: both players take one Adam step from exactly these gradients, simultaneously.
     new, metrics = jax.jit(dakpn.make_train_step(c))(state, batch)

@@ -6,6 +6,7 @@ full disk, a killed copy), which TensorStore reports as ``OUT_OF_RANGE ... OCDBT
 toy method (tests/toy_method.py): its state hashes every consumed example index, so equal states
 mean equal parameters, optimizer states, RNG and data position.
 """
+
 import glob
 import os
 import shutil
@@ -41,13 +42,19 @@ def toy(**overrides):
 
 
 def leaves(state):
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+    return {
+        jax.tree_util.keystr(p): np.asarray(x)
+        for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+    }
 
 
 def array_files(step_dir):
     """The OCDBT data files of a checkpoint's state item (not the manifests or the metadata)."""
-    return sorted(f for f in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
-                  if os.path.isfile(f))
+    return sorted(
+        f
+        for f in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
+        if os.path.isfile(f)
+    )
 
 
 def truncate_arrays(step_dir):
@@ -65,7 +72,9 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous_one_bit_exactly(t
 
     files = array_files(str(damaged / "checkpoints" / "4"))
     assert files
-    sizes_before = {os.path.relpath(f, damaged / "checkpoints" / "4"): os.path.getsize(f) // 3 for f in files}
+    sizes_before = {
+        os.path.relpath(f, damaged / "checkpoints" / "4"): os.path.getsize(f) // 3 for f in files
+    }
     truncate_arrays(str(damaged / "checkpoints" / "4"))
     # The damage is real: restoring step 4 by itself fails inside TensorStore.
     mngr = ckpt.Checkpointer(str(damaged), read_only=True, max_to_keep=None)
@@ -86,7 +95,9 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous_one_bit_exactly(t
     assert len(said) == 1 and "step 4" in said[0] and "resuming from step 2" in said[0], console
     kept = damaged / "checkpoints_damaged" / "4-OUT_OF_RANGE"
     assert kept.is_dir(), os.listdir(damaged / "checkpoints_damaged")
-    assert {os.path.relpath(f, kept): os.path.getsize(f) for f in array_files(str(kept))} == sizes_before
+    assert {
+        os.path.relpath(f, kept): os.path.getsize(f) for f in array_files(str(kept))
+    } == sizes_before
     assert "OUT_OF_RANGE" in (damaged / "checkpoints_damaged" / "4-OUT_OF_RANGE.txt").read_text()
     assert sorted(os.listdir(damaged / "checkpoints")) == sorted(os.listdir(direct / "checkpoints"))
 
@@ -104,8 +115,13 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous_one_bit_exactly(t
 def test_a_different_model_is_not_damage_and_nothing_is_moved(tmp_path):
     trainer.train_and_evaluate(toy(num_train_steps=2), str(tmp_path), progress=False)
     with pytest.raises(ckpt.IncompatibleCheckpoint, match="different model"):
-        trainer.train_and_evaluate(toy(num_train_steps=4, features=8), str(tmp_path), progress=False)
-    assert os.listdir(tmp_path / "checkpoints") == ["2"] and not (tmp_path / "checkpoints_damaged").exists()
+        trainer.train_and_evaluate(
+            toy(num_train_steps=4, features=8), str(tmp_path), progress=False
+        )
+    assert (
+        os.listdir(tmp_path / "checkpoints") == ["2"]
+        and not (tmp_path / "checkpoints_damaged").exists()
+    )
 
 
 def test_cli_workdir_errors_are_one_paragraph(tmp_path):
@@ -113,19 +129,38 @@ def test_cli_workdir_errors_are_one_paragraph(tmp_path):
     checkpoint of another model); an unreadable config.json names the file."""
     trainer.train_and_evaluate(toy(num_train_steps=2), str(tmp_path), progress=False)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    r = subprocess.run([sys.executable, "-m", "dakpn_jax.main", "--config=tests/toy_method.py",
-                        f"--workdir={tmp_path}", "--config.num_train_steps=2", "--config.features=8"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dakpn_jax.main",
+            "--config=tests/toy_method.py",
+            f"--workdir={tmp_path}",
+            "--config.num_train_steps=2",
+            "--config.features=8",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("dakpn: error:") and "different model" in last and "nothing was overwritten" in last
+    assert (
+        last.startswith("dakpn: error:")
+        and "different model" in last
+        and "nothing was overwritten" in last
+    )
     assert " absl] " in (tmp_path / "log.txt").read_text()  # orbax's INFO records went to the file
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json: unreadable"):
         trainer.restore_state(str(tmp_path))
 
 
-def test_processes_agree_a_step_another_process_could_not_restore_is_moved_aside(tmp_path, monkeypatch):
+def test_processes_agree_a_step_another_process_could_not_restore_is_moved_aside(
+    tmp_path, monkeypatch
+):
     """The agreement rule with a simulated peer: this process restores step 4 fine, but the
     allgathered flags say another process could not, so every process must give step 4 up (moved
     aside, reason named) and take step 2, the next one all of them restore."""
@@ -142,10 +177,17 @@ def test_processes_agree_a_step_another_process_could_not_restore_is_moved_aside
     damaged = []
     try:
         step, state, iters = mngr.restore_newest_intact(
-            trainer.abstract_state(toy_method, c, trainer.make_mesh()), on_damaged=lambda *d: damaged.append(d))
+            trainer.abstract_state(toy_method, c, trainer.make_mesh()),
+            on_damaged=lambda *d: damaged.append(d),
+        )
         assert mngr.all_steps() == [2]
     finally:
         mngr.close()
-    assert flags_seen == [True, True] and step == 2 and int(state["step"]) == 2 and set(iters) == {"train"}
+    assert (
+        flags_seen == [True, True]
+        and step == 2
+        and int(state["step"]) == 2
+        and set(iters) == {"train"}
+    )
     assert [d[0] for d in damaged] == [4]
     assert (tmp_path / "checkpoints_damaged" / "4-failed_on_another_process").is_dir()

@@ -2,6 +2,7 @@
 area resizing at non-divisible sizes, the export's uint8 rounding, the augmentation's crop offsets
 and flips, padded evaluation batches, and the PatchGAN / U-Net forward passes composed by hand.
 Every reference is float64 NumPy written from the spec."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,14 +20,16 @@ from conftest import values_around_half_levels
 
 # ----------------------------------------------------------------------------- NumPy layers
 
+
 def random_module(build, seed):
     """The module with every parameter drawn at random (norm scales around 1), built without
     running its initialisers (eager initialisers compile one kernel each: seconds on CPU)."""
     graphdef, abstract = nnx.split(nnx.eval_shape(build))
     rng = np.random.default_rng(seed)
     pure = nnx.to_pure_dict(abstract)
-    fill = lambda path, a: jnp.asarray((1.0 if path[-1].key == "scale" else 0.0) + 0.3 * rng.normal(size=a.shape),
-                                       jnp.float32)
+    fill = lambda path, a: jnp.asarray(
+        (1.0 if path[-1].key == "scale" else 0.0) + 0.3 * rng.normal(size=a.shape), jnp.float32
+    )
     pure = jax.tree_util.tree_map_with_path(fill, pure)
     nnx.replace_by_pure_dict(abstract, pure)
     return nnx.merge(graphdef, abstract), pure
@@ -41,7 +44,9 @@ def np_conv(x, w, b=None, stride=1, pad=0):
     out = np.zeros((x.shape[0], Ho, Wo, w.shape[3]))
     for i in range(kh):
         for j in range(kw):
-            patch = x[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride]
+            patch = x[
+                :, i : i + stride * (Ho - 1) + 1 : stride, j : j + stride * (Wo - 1) + 1 : stride
+            ]
             out += patch @ w[i, j]
     return out if b is None else out + np.asarray(b, np.float64)
 
@@ -69,6 +74,7 @@ def np_area(x, size):
 
 # ----------------------------------------------------------------------------- translator
 
+
 @pytest.mark.parametrize("size", [(5, 7), (13, 6), (4, 24)])
 def test_area_resize_matches_exact_area_average(size):
     x = np.random.default_rng(0).random((2, 16, 24, 3))
@@ -87,8 +93,16 @@ def test_make_translator_at_another_frame_size_with_a_nonzero_kpn():
     kernel[:, 6:9] *= 0.3
     bias = np.array([1.0, 0.95, 1.05, 0.01, 0.0, -0.02, 0.55, 0.6, 0.65, 0.04, 0.05, 0.06])
     # make_translator reads only the KPN head's params (a linear head: one 1x1 conv).
-    state = {"params": {"kpn": {"out": {"kernel": jnp.asarray(kernel[None, None], jnp.float32),
-                                        "bias": jnp.asarray(bias, jnp.float32)}}}}
+    state = {
+        "params": {
+            "kpn": {
+                "out": {
+                    "kernel": jnp.asarray(kernel[None, None], jnp.float32),
+                    "bias": jnp.asarray(bias, jnp.float32),
+                }
+            }
+        }
+    }
     cfg = procedural.ProceduralConfig.from_any(c.data)
     cfg = procedural.ProceduralConfig(**{**cfg.__dict__, "height": 48, "width": 80})
     src = procedural.make_source("synthetic-train", cfg)
@@ -99,11 +113,16 @@ def test_make_translator_at_another_frame_size_with_a_nonzero_kpn():
     onehot = (y[..., None] == np.arange(C)).astype(np.float64)
     feats = onehot.reshape(2, 12, 4, 20, 4, C).mean(axis=(2, 4))
     raw = feats @ kernel + bias
-    lo, hi = np.exp(-1 / (2 * 0.2 ** 2)), np.exp(-1 / (2 * 2.0 ** 2))  # t clipped to sigma in [0.2, (K-1)/2]
+    lo, hi = (
+        np.exp(-1 / (2 * 0.2**2)),
+        np.exp(-1 / (2 * 2.0**2)),
+    )  # t clipped to sigma in [0.2, (K-1)/2]
     theta = raw.copy()
     theta[..., 6:9] = np.sqrt(-1 / (2 * np.log(np.clip(raw[..., 6:9], lo, hi))))
     noise = translation.noise_field(c.model.noise_seed, 48, 80, base_size=(32, 64))
-    want = translation.translate(jnp.asarray(x), jnp.asarray(theta, jnp.float32), noise, kernel_size=K)
+    want = translation.translate(
+        jnp.asarray(x), jnp.asarray(theta, jnp.float32), noise, kernel_size=K
+    )
     got = dakpn.make_translator(c, state)(jnp.asarray(x), jnp.asarray(y))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5)
     assert np.abs(np.asarray(got) - x).mean() > 0.01  # the translation is far from the identity
@@ -111,12 +130,15 @@ def test_make_translator_at_another_frame_size_with_a_nonzero_kpn():
 
 # ----------------------------------------------------------------------------- export
 
+
 def test_to_uint8_rounds_exactly_near_every_half_level():
     """round(clip(x) * 255) computed exactly: float32 values a few ulps around every k + 1/2 and
     outside [0, 1]."""
     vals = values_around_half_levels(below=8, count=16)
     x = np.array(vals + [-0.3, 0.0, 1.0, 1.7, 0.5], np.float32)
-    want = np.floor(np.clip(x.astype(np.float64), 0, 1) * 255 + 0.5)  # ties only at 0.5 -> 127.5 -> 128
+    want = np.floor(
+        np.clip(x.astype(np.float64), 0, 1) * 255 + 0.5
+    )  # ties only at 0.5 -> 127.5 -> 128
     got = export.to_uint8(x)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, want.astype(np.uint8))
@@ -124,10 +146,14 @@ def test_to_uint8_rounds_exactly_near_every_half_level():
 
 # ----------------------------------------------------------------------------- augmentation
 
+
 def test_crops_reach_every_offset_and_flip_half_the_time():
     H, W, h, w, n = 9, 13, 4, 6, 4000
     yy, xx = np.mgrid[:H, :W]
-    example = {"image": np.stack([yy * 20, xx * 15, yy * 0], -1).astype(np.uint8), "label": (yy * W + xx).astype(np.uint8)}
+    example = {
+        "image": np.stack([yy * 20, xx * 15, yy * 0], -1).astype(np.uint8),
+        "label": (yy * W + xx).astype(np.uint8),
+    }
     fn = pipeline.AugmentFn(seed=11, crop_size=(h, w), random_flip=True)
     counts, flips = np.zeros((H - h + 1, W - w + 1), int), 0
     for i in range(n):
@@ -137,7 +163,9 @@ def test_crops_reach_every_offset_and_flip_half_the_time():
         flip = cols[0, 0] > cols[0, -1]
         flips += flip
         counts[rows.min(), cols.min()] += 1
-        assert (out["image"][..., 0] == rows * 20).all() and (out["image"][..., 1] == cols * 15).all()
+        assert (out["image"][..., 0] == rows * 20).all() and (
+            out["image"][..., 1] == cols * 15
+        ).all()
     assert (counts > 0).all(), counts  # offsets 0..H-h x 0..W-w, bottom and right edges included
     expected = n / counts.size
     assert counts.min() > 0.5 * expected and counts.max() < 1.6 * expected, counts
@@ -146,6 +174,7 @@ def test_crops_reach_every_offset_and_flip_half_the_time():
 
 # ----------------------------------------------------------------------------- evaluation
 
+
 def test_padded_evaluation_batches_match_a_numpy_confusion_matrix():
     """5 images, 2 devices x batch 2: the last batch is padded; the pads must not count."""
     c = default.get_config("tiny")
@@ -153,8 +182,15 @@ def test_padded_evaluation_batches_match_a_numpy_confusion_matrix():
     C = 19
     w = np.random.default_rng(0).normal(size=(3, C)).astype(np.float32)
     apply_fn = lambda params, images: jnp.einsum("bhwc,ck->bhwk", images, params["w"])
-    res = segmentation.evaluate_segmenter(apply_fn, {"w": jnp.asarray(w)}, src, C, batch_size=2, max_images=5,
-                                          devices=jax.devices()[:2])
+    res = segmentation.evaluate_segmenter(
+        apply_fn,
+        {"w": jnp.asarray(w)},
+        src,
+        C,
+        batch_size=2,
+        max_images=5,
+        devices=jax.devices()[:2],
+    )
     want = np.zeros((C, C), np.int64)
     for i in range(5):
         x, y = src[i]["image"].astype(np.float64) / 255, src[i]["label"].astype(np.int64)
@@ -167,8 +203,11 @@ def test_padded_evaluation_batches_match_a_numpy_confusion_matrix():
 
 # ----------------------------------------------------------------------------- networks
 
+
 def test_patchgan_forward_is_the_composition_of_its_layers():
-    d, p = random_module(lambda: patchgan.PatchGAN(3, ndf=4, n_layers=3, norm="batch", rngs=nnx.Rngs(0)), 0)
+    d, p = random_module(
+        lambda: patchgan.PatchGAN(3, ndf=4, n_layers=3, norm="batch", rngs=nnx.Rngs(0)), 0
+    )
     rng = np.random.default_rng(0)
     x = rng.random((2, 16, 24, 3)).astype(np.float32)
 
@@ -198,7 +237,9 @@ def test_unet_forward_is_the_composition_of_its_layers():
         b, H, W, ch = h.shape
         g = h.reshape(b, H, W, groups, ch // groups)
         mu, var = g.mean((1, 2, 4), keepdims=True), g.var((1, 2, 4), keepdims=True)
-        return ((g - mu) / np.sqrt(var + eps)).reshape(h.shape) * np.asarray(q["scale"]) + np.asarray(q["bias"])
+        return ((g - mu) / np.sqrt(var + eps)).reshape(h.shape) * np.asarray(
+            q["scale"]
+        ) + np.asarray(q["bias"])
 
     def block(h, q, groups):
         h = np.maximum(gn(np_conv(h, q["conv1"]["kernel"], pad=1), q["norm1"], groups), 0)

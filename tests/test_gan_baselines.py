@@ -3,6 +3,7 @@ references, the in-state image pool, and per method a step test, an exact-resume
 data-parallel equivalence test (1 device vs 8 simulated devices); CUT/FastCUT's logged losses
 recomputed in float64 from the merged modules; the GTA5 -> Cityscapes presets. (The networks
 against PyTorch builds of the published layer lists: tests/test_gan_reference.py.)"""
+
 import sys
 from pathlib import Path
 
@@ -20,12 +21,20 @@ from dakpn_jax.models.gan_discriminator import NLayerDiscriminator
 from dakpn_jax.models.resnet_generator import ResnetGenerator
 from dakpn_jax.training import cut, cyclegan, get_method
 from dakpn_jax.training import gan_common as gc
-from conftest import (FLOAT64_REL, METRIC_REL, assert_float64_equivalent, one_and_eight_device_steps_float64,
-                      two_domain_batch, two_train_steps)
+from conftest import (
+    FLOAT64_REL,
+    METRIC_REL,
+    assert_float64_equivalent,
+    one_and_eight_device_steps_float64,
+    two_domain_batch,
+    two_train_steps,
+)
 
-METHODS = {"cyclegan": (cyclegan, lambda: cyclegan_configs.get_config("tiny")),
-           "cut": (cut, lambda: cut_configs.get_config("cut-tiny")),
-           "fastcut": (cut, lambda: cut_configs.get_config("fastcut-tiny"))}
+METHODS = {
+    "cyclegan": (cyclegan, lambda: cyclegan_configs.get_config("tiny")),
+    "cut": (cut, lambda: cut_configs.get_config("cut-tiny")),
+    "fastcut": (cut, lambda: cut_configs.get_config("fastcut-tiny")),
+}
 
 
 _batch = two_domain_batch
@@ -45,11 +54,14 @@ def _setup(name):
 
 
 def _max_diff(a, b):
-    return max(float(jnp.max(jnp.abs(jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32))))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(
+        float(jnp.max(jnp.abs(jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32))))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 # ----------------------------------------------------------------------------- architecture
+
 
 @pytest.mark.smoke
 def test_published_parameter_counts_and_shapes():
@@ -63,15 +75,27 @@ def test_published_parameter_counts_and_shapes():
     out = jax.eval_shape(lambda x: NLayerDiscriminator(rngs=nnx.Rngs(0))(x), x)
     assert out.shape == (1, 30, 30, 1)  # one score per 70x70 patch
     # Layer 0 is the reflection-padded input (CUT taps its layer list after ReflectionPad2d(3)).
-    feats = jax.eval_shape(lambda x: ResnetGenerator(rngs=nnx.Rngs(0)).encode(x, (0, 4, 8, 12, 16)), x)
-    assert [f.shape for f in feats] == [(1, 262, 262, 3), (1, 128, 128, 128), (1, 64, 64, 256),
-                                        (1, 64, 64, 256), (1, 64, 64, 256)]
+    feats = jax.eval_shape(
+        lambda x: ResnetGenerator(rngs=nnx.Rngs(0)).encode(x, (0, 4, 8, 12, 16)), x
+    )
+    assert [f.shape for f in feats] == [
+        (1, 262, 262, 3),
+        (1, 128, 128, 128),
+        (1, 64, 64, 256),
+        (1, 64, 64, 256),
+        (1, 64, 64, 256),
+    ]
     # CUT's anti-aliased network: conv s1 before the blur pool, so layer 4 is at full resolution.
     aa = lambda: ResnetGenerator(antialias=True, antialias_up=True, init="xavier", rngs=nnx.Rngs(0))
     assert count(nnx.eval_shape(aa)) == 11_378_179
     feats = jax.eval_shape(lambda x: aa().encode(x, (0, 4, 8, 12, 16)), x)
-    assert [f.shape for f in feats] == [(1, 262, 262, 3), (1, 256, 256, 128), (1, 128, 128, 256),
-                                        (1, 64, 64, 256), (1, 64, 64, 256)]
+    assert [f.shape for f in feats] == [
+        (1, 262, 262, 3),
+        (1, 256, 256, 128),
+        (1, 128, 128, 256),
+        (1, 64, 64, 256),
+        (1, 64, 64, 256),
+    ]
     d_aa = lambda: NLayerDiscriminator(antialias=True, init="xavier", rngs=nnx.Rngs(0))
     assert count(nnx.eval_shape(d_aa)) == 2_764_737
     assert jax.eval_shape(lambda x: d_aa()(x), x).shape == (1, 30, 30, 1)
@@ -87,7 +111,11 @@ def test_generator_taps_match_forward_pass():
     x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
     f0, f4, f8, f12, f14 = jax.jit(lambda x: g.encode(x, (0, 4, 8, 12, 14)))(x)
     from dakpn_jax.models.resnet_generator import instance_norm, reflect_pad
-    np.testing.assert_array_equal(f0, np.pad(np.asarray(x), ((0, 0), (3, 3), (3, 3), (0, 0)), mode="reflect"))
+
+    np.testing.assert_array_equal(
+        f0, np.pad(np.asarray(x), ((0, 0), (3, 3), (3, 3), (0, 0)), mode="reflect")
+    )
+
     # Rebuild the taps by hand from the public pieces.
     @jax.jit
     def by_hand(x):
@@ -105,11 +133,16 @@ def test_generator_taps_match_forward_pass():
 
 # ----------------------------------------------------------------------------- losses, schedule, pool
 
+
 def test_lsgan_schedule_and_patch_nce_against_float64():
     r = np.random.default_rng(0)
     pred = r.standard_normal((2, 5, 5, 1)).astype(np.float32)
-    np.testing.assert_allclose(gc.lsgan_loss(pred, True), np.mean((pred.astype(np.float64) - 1) ** 2), rtol=1e-6)
-    np.testing.assert_allclose(gc.lsgan_loss(pred, False), np.mean(pred.astype(np.float64) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(
+        gc.lsgan_loss(pred, True), np.mean((pred.astype(np.float64) - 1) ** 2), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        gc.lsgan_loss(pred, False), np.mean(pred.astype(np.float64) ** 2), rtol=1e-6
+    )
 
     s = gc.linear_decay_schedule(2e-4, 10, 20)
     for step, want in [(0, 2e-4), (10, 2e-4), (15, 1.5e-4), (20, 1e-4), (30, 0.0), (99, 0.0)]:
@@ -123,13 +156,17 @@ def test_lsgan_schedule_and_patch_nce_against_float64():
     tau, want = 0.07, []
     for b in range(2):
         for i in range(6):
-            logits = [q[b, i] @ k[b, i]] + [q[b, i] @ k[b, j] if j != i else -10.0 for j in range(6)]
+            logits = [q[b, i] @ k[b, i]] + [
+                q[b, i] @ k[b, j] if j != i else -10.0 for j in range(6)
+            ]
             logits = np.array(logits) / tau
             want.append(-(logits[0] - np.log(np.sum(np.exp(logits - logits.max()))) - logits.max()))
     got = cut.patch_nce_loss(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32), tau)
     np.testing.assert_allclose(float(got), np.mean(want), rtol=1e-4)
     # Gradient flows only through q (k is the stop-gradient key).
-    gk = jax.grad(lambda k_: cut.patch_nce_loss(jnp.asarray(q, jnp.float32), k_, tau))(jnp.asarray(k, jnp.float32))
+    gk = jax.grad(lambda k_: cut.patch_nce_loss(jnp.asarray(q, jnp.float32), k_, tau))(
+        jnp.asarray(k, jnp.float32)
+    )
     assert float(jnp.max(jnp.abs(gk))) == 0.0
 
 
@@ -145,7 +182,9 @@ def test_image_pool_semantics():
     pool, out = query(pool, first, key)
     assert ids(out) == [1, 2, 3] and int(pool["count"]) == 3
     pool, out = query(pool, 4.0 * jnp.ones((1,) + shape), key)
-    assert ids(out) == [4] and sorted(ids(pool["images"])) == [1, 2, 3, 4] and int(pool["count"]) == 4
+    assert (
+        ids(out) == [4] and sorted(ids(pool["images"])) == [1, 2, 3, 4] and int(pool["count"]) == 4
+    )
     # Once full: each output is the new image or a stored one, and nothing is lost or duplicated:
     # multiset(pool_before + inputs) == multiset(pool_after + outputs).
     swaps, total, nxt = 0, 0, 5
@@ -168,18 +207,25 @@ def test_image_pool_semantics():
 
 # ----------------------------------------------------------------------------- per method
 
+
 @pytest.mark.parametrize("name", list(METHODS))
 def test_step_losses_finite_and_every_network_changes(name):
     mod, config, step, (state, new, _), (metrics, metrics2) = _setup(name)
     assert get_method(config.method) is mod  # the trainer finds the module from the config
-    for k, v in list(metrics.items()) + list(metrics2.items()):  # step 2 too: NaN gradients show there
+    for k, v in list(metrics.items()) + list(
+        metrics2.items()
+    ):  # step 2 too: NaN gradients show there
         assert v.shape == () and np.isfinite(float(v)), (k, v)
-    assert set(new["params"]) == ({"G_A", "G_B", "D_A", "D_B"} if name == "cyclegan" else {"G", "D", "F"})
+    assert set(new["params"]) == (
+        {"G_A", "G_B", "D_A", "D_B"} if name == "cyclegan" else {"G", "D", "F"}
+    )
     for net in new["params"]:
         assert _max_diff(new["params"][net], state["params"][net]) > 0, net
     assert int(new["step"]) == 1 and not np.array_equal(new["rng"], state["rng"])
     if name == "cyclegan":
-        assert int(new["pool"]["A"]["count"]) == config.loss.pool_size  # 8 fakes into a 4-image pool
+        assert (
+            int(new["pool"]["A"]["count"]) == config.loss.pool_size
+        )  # 8 fakes into a 4-image pool
         assert metrics["loss_identity"] > 0 and metrics["loss_cycle"] > 0
     else:
         assert metrics["loss_nce"] > 0
@@ -191,8 +237,11 @@ def test_step_losses_finite_and_every_network_changes(name):
     y = fn(x[:, :18, :30], jnp.zeros((2, 18, 30), jnp.int32))
     assert y.shape == (2, 18, 30, 3) and float(jnp.min(y)) >= 0 and float(jnp.max(y)) <= 1
     # Reference, eagerly: the generator on the frame edge-padded to 20 x 32, cropped back.
-    gd, g = (cyclegan.graphdefs(config)["G"], new["params"]["G_A"]) if name == "cyclegan" else (
-        cut.graphdefs(config)["G"], new["params"]["G"])
+    gd, g = (
+        (cyclegan.graphdefs(config)["G"], new["params"]["G_A"])
+        if name == "cyclegan"
+        else (cut.graphdefs(config)["G"], new["params"]["G"])
+    )
     padded = jnp.pad(x[:, :18, :30], ((0, 0), (0, 2), (0, 2), (0, 0)), mode="edge")
     direct = (gc.merge(gd, g)(2 * padded - 1) + 1) / 2
     np.testing.assert_allclose(y, direct[:, :18, :30], atol=1e-5)
@@ -230,14 +279,16 @@ def test_data_parallel_matches_single_device(name):
     from a full image pool and non-zero Adam moments."""
     mod, config, _, states, _ = _setup(name)
     assert len(jax.devices()) >= 8
-    for s1, s8, m1, m8 in one_and_eight_device_steps_float64(mod.make_train_step, config, states[:2],
-                                                            [_batch(0), _batch(1)]):
+    for s1, s8, m1, m8 in one_and_eight_device_steps_float64(
+        mod.make_train_step, config, states[:2], [_batch(0), _batch(1)]
+    ):
         assert_float64_equivalent(s1, s8)
         for k in m1:
             np.testing.assert_allclose(m8[k], m1[k], rtol=METRIC_REL, atol=FLOAT64_REL, err_msg=k)
 
 
 # ----------------------------------------------------------------------------- CUT objective, recomputed
+
 
 def _nce_float64(q, k, tau):
     """PatchNCE of one layer in float64: q, k (B, P, D); CE over [q.k_i, q.k_j (j != i, -10 on
@@ -292,7 +343,7 @@ def test_cut_objective_recomputed_from_merged_modules(name):
     f64 = lambda x: np.asarray(x, np.float64)
     d0_real, d0_fake = f64(D0(jnp.asarray(b))), f64(D0(jnp.asarray(fake)))
     d1_real, d1_fake = f64(D1(jnp.asarray(b))), f64(D1(jnp.asarray(fake)))
-    want = {"loss_D_real": np.mean((d0_real - 1) ** 2), "loss_D_fake": np.mean(d0_fake ** 2)}
+    want = {"loss_D_real": np.mean((d0_real - 1) ** 2), "loss_D_fake": np.mean(d0_fake**2)}
     want["loss_D"] = 0.5 * (want["loss_D_real"] + want["loss_D_fake"])
     want["loss_G_gan"] = np.mean((d1_fake - 1) ** 2)
 
@@ -304,7 +355,9 @@ def test_cut_objective_recomputed_from_merged_modules(name):
         total = 0.0
         for l, (q, k, kk) in enumerate(zip(fq, fk, gc.split_key(key, len(n.layers)))):
             bb, h, w, c = q.shape
-            ids = np.asarray(jax.random.permutation(jax.random.wrap_key_data(kk), h * w))[: min(n.num_patches, h * w)]
+            ids = np.asarray(jax.random.permutation(jax.random.wrap_key_data(kk), h * w))[
+                : min(n.num_patches, h * w)
+            ]
             qs = _mlp_float64(F0, l, q.reshape(bb, h * w, c)[:, ids])
             ks = _mlp_float64(F0, l, k.reshape(bb, h * w, c)[:, ids])
             total += _nce_float64(qs, ks, n.tau)
@@ -329,7 +382,7 @@ def test_cut_objective_recomputed_from_merged_modules(name):
     # common where D cannot yet tell the two apart - measured here, fakes +7e-5, reals +1.9e-3.)
     assert d1_real.mean() > d0_real.mean()
     assert d1_real.mean() - d1_fake.mean() > d0_real.mean() - d0_fake.mean()
-    assert 0.5 * (np.mean((d1_real - 1) ** 2) + np.mean(d1_fake ** 2)) < want["loss_D"]
+    assert 0.5 * (np.mean((d1_real - 1) ** 2) + np.mean(d1_fake**2)) < want["loss_D"]
 
 
 @pytest.mark.smoke
@@ -337,9 +390,15 @@ def test_gta5_cityscapes_presets():
     """docs/METHOD.md §6: the CycleGAN authors' GTA5 -> Cityscapes settings (scale width 1024, 360 crops,
     identity weight 1, 10 + 10 epochs of 24,966 frames at batch 1); CUT keeps its defaults."""
     c = cyclegan_configs.get_config("gta5_cityscapes")
-    assert c.data.synthetic_size == (int(1024 * 1052 / 1914), 1024) and c.data.real_size == (512, 1024)
+    assert c.data.synthetic_size == (int(1024 * 1052 / 1914), 1024) and c.data.real_size == (
+        512,
+        1024,
+    )
     assert tuple(c.crop_size) == (360, 360) and c.batch_size == 1 and c.loss.lambda_identity == 1.0
-    assert c.optim.constant_steps == c.optim.decay_steps == 10 * 24966 and c.num_train_steps == 20 * 24966
+    assert (
+        c.optim.constant_steps == c.optim.decay_steps == 10 * 24966
+        and c.num_train_steps == 20 * 24966
+    )
     assert c.data.data_dir is None
     c.data.data_dir = "/data/tfds"  # a placeholder: settable (from flags too), typed
     with pytest.raises(TypeError):
@@ -347,6 +406,8 @@ def test_gta5_cityscapes_presets():
     for method, (const, decay) in (("cut", (10, 10)), ("fastcut", (15, 5))):
         k = cut_configs.get_config(f"{method}-gta5_cityscapes")
         d = cut_configs.get_config(method)
-        assert k.model == d.model and k.nce == d.nce and k.model.antialias and k.model.init == "xavier"
+        assert (
+            k.model == d.model and k.nce == d.nce and k.model.antialias and k.model.init == "xavier"
+        )
         assert (k.optim.constant_steps, k.optim.decay_steps) == (const * 24966, decay * 24966)
         assert tuple(k.crop_size) == (360, 360) and k.data.synthetic_size == c.data.synthetic_size

@@ -6,6 +6,7 @@ ResNet generator, CUT's anti-aliased variant and the 70x70 PatchGAN (plain and a
 weights go into the NNX modules through ``dakpn_jax.models.torch_import``; outputs must agree to
 1e-4 in float32. torch is a test-only reference (skipped where it is not installed).
 """
+
 import os
 
 import jax
@@ -26,6 +27,7 @@ TOL = 1e-4
 
 # ----------------------------------------------------------------------------- PyTorch references
 
+
 class BlurDown(nn.Module):
     """Anti-aliased stride 2: reflect-pad 1, per-channel [1,2,1]^T[1,2,1]/16, stride 2."""
 
@@ -35,7 +37,9 @@ class BlurDown(nn.Module):
         self.register_buffer("filt", (torch.outer(f, f) / 16.0)[None, None].repeat(c, 1, 1, 1))
 
     def forward(self, x):
-        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.filt, stride=2, groups=x.shape[1])
+        return F.conv2d(
+            F.pad(x, (1, 1, 1, 1), mode="reflect"), self.filt, stride=2, groups=x.shape[1]
+        )
 
 
 class BlurUp(nn.Module):
@@ -48,16 +52,28 @@ class BlurUp(nn.Module):
         self.register_buffer("filt", (torch.outer(f, f) / 16.0)[None, None].repeat(c, 1, 1, 1))
 
     def forward(self, x):
-        y = F.conv_transpose2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.filt, stride=2, padding=2,
-                               groups=x.shape[1])
+        y = F.conv_transpose2d(
+            F.pad(x, (1, 1, 1, 1), mode="replicate"),
+            self.filt,
+            stride=2,
+            padding=2,
+            groups=x.shape[1],
+        )
         return y[:, :, 1:-1, 1:-1]
 
 
 class ResBlock(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.conv_block = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c), nn.ReLU(),
-                                        nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c))
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(c, c, 3),
+            nn.InstanceNorm2d(c),
+            nn.ReLU(),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(c, c, 3),
+            nn.InstanceNorm2d(c),
+        )
 
     def forward(self, x):
         return x + self.conv_block(x)
@@ -71,18 +87,32 @@ class TorchGenerator(nn.Module):
         super().__init__()
         L = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU()]
         for i in range(2):
-            cin, cout = ngf * 2 ** i, ngf * 2 ** (i + 1)
+            cin, cout = ngf * 2**i, ngf * 2 ** (i + 1)
             if arch == "cut":
-                L += [nn.Conv2d(cin, cout, 3, 1, 1), nn.InstanceNorm2d(cout), nn.ReLU(), BlurDown(cout)]
+                L += [
+                    nn.Conv2d(cin, cout, 3, 1, 1),
+                    nn.InstanceNorm2d(cout),
+                    nn.ReLU(),
+                    BlurDown(cout),
+                ]
             else:
                 L += [nn.Conv2d(cin, cout, 3, 2, 1), nn.InstanceNorm2d(cout), nn.ReLU()]
         L += [ResBlock(ngf * 4) for _ in range(n_blocks)]
         for i in range(2):
             cin, cout = ngf * 2 ** (2 - i), ngf * 2 ** (1 - i)
             if arch == "cut":
-                L += [BlurUp(cin), nn.Conv2d(cin, cout, 3, 1, 1), nn.InstanceNorm2d(cout), nn.ReLU()]
+                L += [
+                    BlurUp(cin),
+                    nn.Conv2d(cin, cout, 3, 1, 1),
+                    nn.InstanceNorm2d(cout),
+                    nn.ReLU(),
+                ]
             else:
-                L += [nn.ConvTranspose2d(cin, cout, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(cout), nn.ReLU()]
+                L += [
+                    nn.ConvTranspose2d(cin, cout, 3, 2, 1, output_padding=1),
+                    nn.InstanceNorm2d(cout),
+                    nn.ReLU(),
+                ]
         L += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
         self.model = nn.Sequential(*L)
 
@@ -106,15 +136,25 @@ class TorchPatchGAN(nn.Module):
     def __init__(self, arch, ndf=64, n_layers=3):
         super().__init__()
         aa = arch == "cut"
-        m = lambda n: min(2 ** n, 8)
-        L = [nn.Conv2d(3, ndf, 4, 1 if aa else 2, 1), nn.LeakyReLU(0.2)] + ([BlurDown(ndf)] if aa else [])
+        m = lambda n: min(2**n, 8)
+        L = [nn.Conv2d(3, ndf, 4, 1 if aa else 2, 1), nn.LeakyReLU(0.2)] + (
+            [BlurDown(ndf)] if aa else []
+        )
         for n in range(1, n_layers):
             c = ndf * m(n)
-            L += [nn.Conv2d(ndf * m(n - 1), c, 4, 1 if aa else 2, 1), nn.InstanceNorm2d(c), nn.LeakyReLU(0.2)]
+            L += [
+                nn.Conv2d(ndf * m(n - 1), c, 4, 1 if aa else 2, 1),
+                nn.InstanceNorm2d(c),
+                nn.LeakyReLU(0.2),
+            ]
             L += [BlurDown(c)] if aa else []
         c = ndf * m(n_layers)
-        L += [nn.Conv2d(ndf * m(n_layers - 1), c, 4, 1, 1), nn.InstanceNorm2d(c), nn.LeakyReLU(0.2),
-              nn.Conv2d(c, 1, 4, 1, 1)]
+        L += [
+            nn.Conv2d(ndf * m(n_layers - 1), c, 4, 1, 1),
+            nn.InstanceNorm2d(c),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 1, 4, 1, 1),
+        ]
         self.model = nn.Sequential(*L)
 
     def forward(self, x):
@@ -127,7 +167,11 @@ def _numpy_sd(module):
 
 def _torch_run(module, x_nhwc):
     with torch.no_grad():
-        return module(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))).numpy().transpose(0, 2, 3, 1)
+        return (
+            module(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
+            .numpy()
+            .transpose(0, 2, 3, 1)
+        )
 
 
 def _count_torch(module):
@@ -143,6 +187,7 @@ def _images(seed, n=2, h=32, w=32):
 
 
 # ----------------------------------------------------------------------------- layers
+
 
 def test_each_transposed_conv_equals_torch_conv_transpose2d():
     """Both up layers of the published generator (256 -> 128, 128 -> 64) against
@@ -172,6 +217,7 @@ def test_each_transposed_conv_equals_torch_conv_transpose2d():
 
 # ----------------------------------------------------------------------------- whole networks
 
+
 @pytest.mark.parametrize("arch", ["cyclegan", "cut"])
 def test_generator_equals_published_torch_network(arch):
     # Published size: the torch reference and the NNX module both have 11,378,179 parameters and
@@ -179,7 +225,10 @@ def test_generator_equals_published_torch_network(arch):
     big = TorchGenerator(arch)
     assert _count_torch(big) == 11_378_179
     kwargs, _ = torch_import.import_generator(_numpy_sd(big), arch)
-    assert _count_nnx(nnx.eval_shape(lambda: ResnetGenerator(**kwargs, rngs=nnx.Rngs(0)))) == 11_378_179
+    assert (
+        _count_nnx(nnx.eval_shape(lambda: ResnetGenerator(**kwargs, rngs=nnx.Rngs(0))))
+        == 11_378_179
+    )
     # Forward at a small width (9 blocks, the published key layout), PyTorch's default init.
     torch.manual_seed(0)
     ref = TorchGenerator(arch, ngf=8, n_blocks=9)
@@ -194,7 +243,10 @@ def test_generator_equals_published_torch_network(arch):
         # PatchNCE taps: CUT's layer ids index the published Sequential (0 = after the reflection pad).
         layers = (0, 4, 8, 12, 16)
         with torch.no_grad():
-            want_f = [t.numpy().transpose(0, 2, 3, 1) for t in ref.taps(torch.from_numpy(x.transpose(0, 3, 1, 2)), layers)]
+            want_f = [
+                t.numpy().transpose(0, 2, 3, 1)
+                for t in ref.taps(torch.from_numpy(x.transpose(0, 3, 1, 2)), layers)
+            ]
         got_f = jax.jit(lambda v: g.encode(v, layers))(x)
         for l, a, b in zip(layers, got_f, want_f):
             assert a.shape == b.shape, (l, a.shape, b.shape)
@@ -206,7 +258,10 @@ def test_patchgan_equals_published_torch_network(arch):
     big = TorchPatchGAN(arch)
     assert _count_torch(big) == 2_764_737
     kwargs, _ = torch_import.import_discriminator(_numpy_sd(big), arch)
-    assert _count_nnx(nnx.eval_shape(lambda: NLayerDiscriminator(**kwargs, rngs=nnx.Rngs(0)))) == 2_764_737
+    assert (
+        _count_nnx(nnx.eval_shape(lambda: NLayerDiscriminator(**kwargs, rngs=nnx.Rngs(0))))
+        == 2_764_737
+    )
     torch.manual_seed(1)
     ref = TorchPatchGAN(arch, ndf=8)
     d = torch_import.load_discriminator(_numpy_sd(ref), arch)
@@ -218,6 +273,7 @@ def test_patchgan_equals_published_torch_network(arch):
 
 
 # ----------------------------------------------------------------------------- label alignment
+
 
 def _pass_through_state_dict(ngf=6, n_blocks=2):
     """Weights (published CycleGAN layout) that make the generator pass images constant on
@@ -231,10 +287,20 @@ def _pass_through_state_dict(ngf=6, n_blocks=2):
         sd["model.1.weight"][c, c, 3, 3], sd["model.1.weight"][3 + c, c, 3, 3] = 1.0, -1.0
         for k in ("model.4.weight", "model.7.weight"):
             w = sd[k]
-            w[c, c, 1, 1], w[c, 3 + c, 1, 1], w[3 + c, c, 1, 1], w[3 + c, 3 + c, 1, 1] = 1, -1, -1, 1
+            w[c, c, 1, 1], w[c, 3 + c, 1, 1], w[3 + c, c, 1, 1], w[3 + c, 3 + c, 1, 1] = (
+                1,
+                -1,
+                -1,
+                1,
+            )
         for k in (f"model.{10 + n_blocks}.weight", f"model.{13 + n_blocks}.weight"):
             w = sd[k]  # (in, out, kh, kw)
-            for sign, (i, o) in ((1, (c, c)), (-1, (3 + c, c)), (-1, (c, 3 + c)), (1, (3 + c, 3 + c))):
+            for sign, (i, o) in (
+                (1, (c, c)),
+                (-1, (3 + c, c)),
+                (-1, (c, 3 + c)),
+                (1, (3 + c, 3 + c)),
+            ):
                 w[i, o, 1:, 1:] = sign
         w = sd[f"model.{17 + n_blocks}.weight"]
         w[c, c, 3, 3], w[c, 3 + c, 3, 3] = 1.0, -1.0
@@ -259,8 +325,9 @@ def displacement(ref, out, axis, max_shift=4):
     maps alone cannot say it: a 4 px cell grid is 4-periodic.)"""
     n = ref.shape[axis]
     inner = np.arange(max_shift, n - max_shift)
-    corr = lambda s: np.corrcoef(np.take(ref, inner, axis=axis).ravel(),
-                                 np.take(out, inner + s, axis=axis).ravel())[0, 1]
+    corr = lambda s: np.corrcoef(
+        np.take(ref, inner, axis=axis).ravel(), np.take(out, inner + s, axis=axis).ravel()
+    )[0, 1]
     return max(range(-max_shift, max_shift + 1), key=corr)
 
 
@@ -289,6 +356,7 @@ def test_label_alignment_pass_through_generator_keeps_every_edge():
 
 # ----------------------------------------------------------------------------- checkpoint import
 
+
 @pytest.mark.parametrize("arch", ["cyclegan", "cut"])
 def test_torch_saved_checkpoint_imports_and_reproduces_torch(arch, tmp_path):
     torch.manual_seed(2)
@@ -302,14 +370,18 @@ def test_torch_saved_checkpoint_imports_and_reproduces_torch(arch, tmp_path):
     # The same tensors as safetensors (no torch needed to read them), with a DataParallel prefix
     # and the InstanceNorm running-stat buffers that checkpoints of old PyTorch versions carry.
     from safetensors.numpy import save_file
+
     sd = {"module." + k: v for k, v in _numpy_sd(ref).items()}
     sd["module.model.2.running_mean"] = np.zeros(4, np.float32)
     sd["module.model.2.num_batches_tracked"] = np.zeros((), np.int64)
     st = str(tmp_path / "g.safetensors")
     save_file(sd, st)
-    np.testing.assert_allclose(np.asarray(torch_import.load_generator(st, arch)(x)), want, atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(torch_import.load_generator(st, arch)(x)), want, atol=TOL, rtol=0
+    )
     # (config, state) for export / make_translator: translates [0, 1] images like the torch net.
     from dakpn_jax.training import get_method
+
     config, state = torch_import.restore_for_export(pth, arch)
     fn = get_method(config.method).make_translator(config, state)
     u = (x + 1) / 2
@@ -319,17 +391,24 @@ def test_torch_saved_checkpoint_imports_and_reproduces_torch(arch, tmp_path):
 
 def test_import_error_lists_every_problem(tmp_path):
     sd = _numpy_sd(TorchGenerator("cyclegan", ngf=4, n_blocks=2))
-    del sd["model.4.bias"]                                 # missing
-    sd["model.7.weight"] = sd["model.7.weight"][:, :3]    # mis-shaped
-    sd["model.99.weight"] = np.zeros((1,), np.float32)     # unexpected
+    del sd["model.4.bias"]  # missing
+    sd["model.7.weight"] = sd["model.7.weight"][:, :3]  # mis-shaped
+    sd["model.99.weight"] = np.zeros((1,), np.float32)  # unexpected
     with pytest.raises(torch_import.CheckpointMismatch) as e:
         torch_import.import_generator(sd, "cyclegan")
     msg = str(e.value)
-    assert "missing (1): model.4.bias" in msg and "model.7.weight: got (16, 3, 3, 3), expected (16, 8, 3, 3)" in msg
+    assert (
+        "missing (1): model.4.bias" in msg
+        and "model.7.weight: got (16, 3, 3, 3), expected (16, 8, 3, 3)" in msg
+    )
     assert "unexpected (1): model.99.weight" in msg
     # A CUT checkpoint is not a CycleGAN one: every layer after the first stage is reported.
-    with pytest.raises(torch_import.CheckpointMismatch, match="(?s)missing .*unexpected .*model.7.filt"):
-        torch_import.import_generator(_numpy_sd(TorchGenerator("cut", ngf=4, n_blocks=2)), "cyclegan")
+    with pytest.raises(
+        torch_import.CheckpointMismatch, match="(?s)missing .*unexpected .*model.7.filt"
+    ):
+        torch_import.import_generator(
+            _numpy_sd(TorchGenerator("cut", ngf=4, n_blocks=2)), "cyclegan"
+        )
     bad = _numpy_sd(TorchGenerator("cut", ngf=4, n_blocks=2))
     bad["model.7.filt"] = np.ones_like(bad["model.7.filt"]) / 9
     with pytest.raises(torch_import.CheckpointMismatch, match="(?s)wrong value .*model.7.filt"):
@@ -360,8 +439,14 @@ def test_export_translates_a_folder_with_an_official_checkpoint(tmp_path):
         Image.fromarray(im).save(root / "images" / f"f{i}.png")
         Image.fromarray(np.full((20, 28), i, np.uint8)).save(root / "labels" / f"f{i}.png")
     out = str(tmp_path / "out")
-    m = export.export_translated(pth, out, input_dir=str(root), batch_size=2, progress=False,
-                                 restored=torch_import.restore_for_export(pth, "cut"))
+    m = export.export_translated(
+        pth,
+        out,
+        input_dir=str(root),
+        batch_size=2,
+        progress=False,
+        restored=torch_import.restore_for_export(pth, "cut"),
+    )
     assert m["complete"] and m["count"] == 2 and m["method"] == "cut"
     # Reference: the torch network on the whole frame (20 x 28, multiples of the stride 4), in
     # [0, 1], rounded to uint8 (1 level of slack for values at a rounding boundary).
@@ -378,14 +463,17 @@ def test_protocol_row_from_an_official_checkpoint(tmp_path):
     a missing file stops the preflight with one message naming the field."""
     from configs import protocol as protocol_configs
     from dakpn_jax.protocol import methods, preflight
+
     torch.manual_seed(4)
     ref = TorchGenerator("cut", ngf=4, n_blocks=2)
     pth = str(tmp_path / "latest_net_G.pth")
     torch.save(ref.state_dict(), pth)
     pconfig = protocol_configs.get_config("tiny")
-    pconfig.translators = {"dakpn": {"kind": "dakpn"},
-                           "cut_official": {"kind": "checkpoint", "arch": "cut", "generator_checkpoint": pth},
-                           "cyclegan_official": {"kind": "checkpoint", "arch": "cyclegan", "generator_checkpoint": ""}}
+    pconfig.translators = {
+        "dakpn": {"kind": "dakpn"},
+        "cut_official": {"kind": "checkpoint", "arch": "cut", "generator_checkpoint": pth},
+        "cyclegan_official": {"kind": "checkpoint", "arch": "cyclegan", "generator_checkpoint": ""},
+    }
     omitted = {}
     ts = methods.build_translators(pconfig, 1, omitted=omitted)
     assert set(ts) == {"dakpn", "cut_official"} and not ts["cut_official"].trained
@@ -395,5 +483,8 @@ def test_protocol_row_from_an_official_checkpoint(tmp_path):
     want = (_torch_run(ref, x) + 1) / 2
     np.testing.assert_allclose(np.asarray(fn((x + 1) / 2, None)), want, atol=TOL, rtol=0)
     pconfig.translators.cut_official.generator_checkpoint = str(tmp_path / "absent.pth")
-    with pytest.raises(ValueError, match=r"config\.translators\.cut_official\.generator_checkpoint=.*absent\.pth.*no such"):
+    with pytest.raises(
+        ValueError,
+        match=r"config\.translators\.cut_official\.generator_checkpoint=.*absent\.pth.*no such",
+    ):
         preflight.check_weights(pconfig)

@@ -17,6 +17,7 @@ What does not count:
   deliberate seam (`dakpn_jax.methods`, the dataset table of `dakpn_jax.data.sources`), which lets
   a dispatcher reach modules that import the base layer beneath it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -36,7 +37,9 @@ def _modules() -> dict[str, str]:
         for f in files:
             if not f.endswith(".py"):
                 continue
-            rel = os.path.relpath(os.path.join(dirpath, f), os.path.dirname(ROOT))[:-3].split(os.sep)
+            rel = os.path.relpath(os.path.join(dirpath, f), os.path.dirname(ROOT))[:-3].split(
+                os.sep
+            )
             if rel[-1] == "__init__":
                 rel = rel[:-1]
             out[".".join(rel)] = os.path.join(dirpath, f)
@@ -68,9 +71,12 @@ def import_graph() -> dict[str, set[str]]:
                 base = node.module or ""
                 if node.level:  # relative: resolve against this module's package
                     pkg = mod.split(".") if is_pkg else mod.split(".")[:-1]
-                    pkg = pkg[:len(pkg) - (node.level - 1)]
+                    pkg = pkg[: len(pkg) - (node.level - 1)]
                     base = ".".join(pkg + ([base] if base else []))
-                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+                names = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                    for a in node.names
+                ]
             for name in names:
                 if name.split(".")[0] != PACKAGE:
                     continue
@@ -140,4 +146,5 @@ def test_no_import_cycles():
     graph = import_graph()
     found = [c for c in cycles(graph) if frozenset(c) not in ALLOWED]
     assert not found, "import cycles in the package:\n" + "\n".join(
-        "  " + " -> ".join(_path(graph, c)) for c in found)
+        "  " + " -> ".join(_path(graph, c)) for c in found
+    )

@@ -1,4 +1,5 @@
 """Confusion matrix and (m)IoU against a plain NumPy bincount / float64 reference."""
+
 import jax
 import numpy as np
 import pytest
@@ -44,7 +45,10 @@ def test_confusion_and_iou_match_numpy_with_ignore_and_absent_classes():
     miou, per = jax.jit(metrics.mean_iou)(conf)
     ref_miou, ref_per = np_iou(ref)
     np.testing.assert_allclose(np.asarray(per), ref_per, rtol=1e-6)  # NaN positions must match too
-    assert np.isnan(np.asarray(per)[[2, 5]]).all() and not np.isnan(np.asarray(per)[[0, 1, 3, 4, 6]]).any()
+    assert (
+        np.isnan(np.asarray(per)[[2, 5]]).all()
+        and not np.isnan(np.asarray(per)[[0, 1, 3, 4, 6]]).any()
+    )
     np.testing.assert_allclose(float(miou), ref_miou, rtol=1e-6)
 
 
@@ -73,7 +77,9 @@ def test_eight_device_sharded_accumulation_equals_numpy():
     c = 19
     mesh = Mesh(np.array(jax.devices()), ("data",))
     spec = NamedSharding(mesh, P("data"))
-    fn = jax.jit(lambda p, l: metrics.confusion_matrix(p, l, c), out_shardings=NamedSharding(mesh, P()))
+    fn = jax.jit(
+        lambda p, l: metrics.confusion_matrix(p, l, c), out_shardings=NamedSharding(mesh, P())
+    )
     total = np.zeros((c, c), np.int64)
     preds, labels = [], []
     for _ in range(3):  # three batches summed on the host in int64

@@ -1,4 +1,5 @@
 """Model score and flip matrix (dakpn_jax/evaluation/model_score.py) against a float64 NumPy reference."""
+
 import numpy as np
 import pytest
 
@@ -11,7 +12,9 @@ def _reference(preds, labels, num_classes):
     """NumPy bincount confusion (255 ignored), IoU (NaN for empty union), mIoU, row-normalised flips."""
     p, y = np.concatenate([a.ravel() for a in preds]), np.concatenate([a.ravel() for a in labels])
     keep = y != 255
-    conf = np.bincount(y[keep] * num_classes + p[keep], minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    conf = np.bincount(y[keep] * num_classes + p[keep], minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
     conf = conf.astype(np.float64)
     tp = np.diag(conf)
     union = conf.sum(0) + conf.sum(1) - tp
@@ -35,7 +38,7 @@ def _data(seed, n=3, h=8, w=12):
     images = r.random((n, h, w, 3)).astype(np.float32)
     labels = r.integers(0, 4, (n, h, w)).astype(np.int32)  # class 4 never labelled
     labels[:, 0, :3] = 255  # ignore pixels
-    labels[:, 1, :] = 3     # class 3 labelled but never predicted (its IoU is 0)
+    labels[:, 1, :] = 3  # class 3 labelled but never predicted (its IoU is 0)
     return images, labels
 
 
@@ -44,8 +47,13 @@ def test_model_score_matches_numpy_reference_with_translation_and_flips():
     batches = [_data(0), _data(1)]
     swap = lambda x: x[..., ::-1]  # a "translator" that repaints: red <-> blue, i.e. class 0 <-> 2
     for translate in (None, swap):
-        got = ms.model_score(_colour_segmenter, batches, C, translate_fn=translate,
-                             class_names=[f"c{i}" for i in range(C)])
+        got = ms.model_score(
+            _colour_segmenter,
+            batches,
+            C,
+            translate_fn=translate,
+            class_names=[f"c{i}" for i in range(C)],
+        )
         preds = []
         for images, _ in batches:
             x = images if translate is None else swap(images)
@@ -78,6 +86,7 @@ def test_model_score_matches_numpy_reference_with_translation_and_flips():
 
 def _bilinear_up2(x):
     """2x bilinear upsampling with half-pixel centres and edge clamping (NumPy, float64)."""
+
     def up(a, axis):
         n = a.shape[axis]
         pos = (np.arange(2 * n) + 0.5) / 2 - 0.5
@@ -87,14 +96,20 @@ def _bilinear_up2(x):
         t = np.where(pos < 0, 0.0, t)
         shape = [1] * a.ndim
         shape[axis] = -1
-        return np.take(a, lo, axis) * (1 - t.reshape(shape)) + np.take(a, hi, axis) * t.reshape(shape)
+        return np.take(a, lo, axis) * (1 - t.reshape(shape)) + np.take(a, hi, axis) * t.reshape(
+            shape
+        )
+
     return up(up(np.asarray(x, np.float64), 1), 2)
 
 
 def test_flip_matrix_rows_and_integer_predictions():
     conf = np.array([[3, 1, 0], [0, 0, 0], [2, 0, 6]])
     np.testing.assert_allclose(ms.flip_matrix(conf), [[0.75, 0.25, 0], [0, 0, 0], [0.25, 0, 0.75]])
-    assert sorted(ms.top_flips(ms.flip_matrix(conf), 5)) == [(0, 1, 0.25), (2, 0, 0.25)]  # ties: any order
+    assert sorted(ms.top_flips(ms.flip_matrix(conf), 5)) == [
+        (0, 1, 0.25),
+        (2, 0, 0.25),
+    ]  # ties: any order
     with pytest.raises(ValueError, match="square"):
         ms.flip_matrix(np.zeros((2, 3)))
     # A segmenter that already returns class ids (B, H, W) is used as is.
@@ -105,7 +120,10 @@ def test_flip_matrix_rows_and_integer_predictions():
 
 def test_sources_and_bad_input():
     images, labels = _data(3, n=5)
-    source = [{"image": (im * 255).astype(np.uint8), "label": lb.astype(np.uint8)} for im, lb in zip(images, labels)]
+    source = [
+        {"image": (im * 255).astype(np.uint8), "label": lb.astype(np.uint8)}
+        for im, lb in zip(images, labels)
+    ]
     batches = list(ms.batches_from_source(source, batch_size=2, max_images=3))
     assert [b[0].shape[0] for b in batches] == [2, 1]
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), labels[:3])

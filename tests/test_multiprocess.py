@@ -4,6 +4,7 @@ Each subprocess runs the real multi-host path of the trainer: distributed init, 
 processes, per-process batches stitched into global arrays, a shared orbax workdir (iterator states
 of both processes in one checkpoint), then restores the final state and writes its own copy.
 """
+
 import json
 import os
 import socket
@@ -63,9 +64,21 @@ def gloo_probe() -> str | None:
     this machine, else why not. Run once per session: it is the only reason to skip."""
     if "result" not in _PROBE:
         address = f"127.0.0.1:{free_port()}"
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-        procs = [subprocess.Popen([sys.executable, "-c", PROBE.format(address=address, pid=pid)], env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid in range(2)]
+        env = {
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        }
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", PROBE.format(address=address, pid=pid)],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for pid in range(2)
+        ]
         why = None
         for p in procs:
             try:
@@ -92,16 +105,34 @@ def run_two_processes(config, tmp_path, export_dir=None, x64=False):
     if why is not None:
         pytest.skip(f"two-process gloo collectives unavailable here ({why})")
     address = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
     if x64:
         env["JAX_ENABLE_X64"] = "1"
     procs = []
     for pid in range(2):
-        code = WORKER.format(repo=REPO, address=address, pid=pid, config=config.to_json(),
-                             workdir=str(tmp_path / "two"), out=str(tmp_path / f"out{pid}.npz"),
-                             export=None if export_dir is None else str(export_dir))
-        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        code = WORKER.format(
+            repo=REPO,
+            address=address,
+            pid=pid,
+            config=config.to_json(),
+            workdir=str(tmp_path / "two"),
+            out=str(tmp_path / f"out{pid}.npz"),
+            export=None if export_dir is None else str(export_dir),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                cwd=REPO,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        )
     outs = []
     for p in procs:
         try:
@@ -117,7 +148,10 @@ def run_two_processes(config, tmp_path, export_dir=None, x64=False):
 
 
 def leaves(state):
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+    return {
+        jax.tree_util.keystr(p): np.asarray(x)
+        for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+    }
 
 
 def as_tree_of(reference, flat):
@@ -128,6 +162,7 @@ def as_tree_of(reference, flat):
 
 # In float64 (tests/float64_method.py): one process and two differ only in summation order, whose
 # float32 round-off depends on the processor; FLOAT64_REL of each network's scale does not.
+
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_eight_devices(tmp_path):
@@ -146,7 +181,9 @@ def test_two_processes_match_one_process_eight_devices(tmp_path):
     assert_float64_equivalent(ref_state, as_tree_of(ref_state, p0))
     assert int(p0["['consumed']"]) == int(ref["['consumed']"])  # same global batches, same order
     # One checkpoint holds both processes' iterator states (3 batches consumed by each).
-    saved = json.loads((tmp_path / "two" / "checkpoints" / "3" / "iterators" / "metadata").read_text())
+    saved = json.loads(
+        (tmp_path / "two" / "checkpoints" / "3" / "iterators" / "metadata").read_text()
+    )
     assert saved == {f"process_{i}-of-2": {"train": {"next_index": 3}} for i in range(2)}
 
 
@@ -163,14 +200,18 @@ def test_dakpn_two_processes_match_one_process_eight_devices(tmp_path):
     config.model.disc.norm = "none"
     config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 2, 2, 0
     config = float64_config(config)
-    (p0, p1), outs = run_two_processes(config, tmp_path, export_dir=tmp_path / "export_two", x64=True)
+    (p0, p1), outs = run_two_processes(
+        config, tmp_path, export_dir=tmp_path / "export_two", x64=True
+    )
     from dakpn_jax import export
+
     with jax.enable_x64(True):
         trainer.train_and_evaluate(config, str(tmp_path / "one"))
         ref_state = jax.device_get(trainer.restore_state(str(tmp_path / "one"))[1])
         # The two-process export is the one-process export of the same checkpoint, file for file.
-        one = export.export_translated(str(tmp_path / "two"), str(tmp_path / "export_one"), batch_size=4,
-                                       progress=False)
+        one = export.export_translated(
+            str(tmp_path / "two"), str(tmp_path / "export_one"), batch_size=4, progress=False
+        )
     ref = leaves(ref_state)
     assert p0.keys() == ref.keys()
     for k in ref:
@@ -179,7 +220,9 @@ def test_dakpn_two_processes_match_one_process_eight_devices(tmp_path):
     manifests = [json.loads(out.split("MANIFEST", 1)[1].splitlines()[0]) for _, out, _ in outs]
     n = config.data.num_synthetic_train
     assert one["complete"] and one["count"] == n
-    assert manifests[0]["complete"] and manifests[0]["count"] == n  # process 0 counted process 1's files
+    assert (
+        manifests[0]["complete"] and manifests[0]["count"] == n
+    )  # process 0 counted process 1's files
     written = json.loads((tmp_path / "export_two" / export.MANIFEST).read_text())
     assert written["complete"] and written["count"] == n
     for sub in ("images", "labels"):

@@ -9,6 +9,7 @@ NumPy losses:
 A = synthetic, B = real, images in [-1, 1]. The batch (4) equals the pool size (configs tiny), so on
 a fresh state the pool is filling and hands the batch's own fakes to D.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,9 @@ B = 4
 def _batch():
     r = np.random.default_rng(0)
     syn = r.random((B, 32, 32, 3), dtype=np.float32) * 0.6 + 0.2
-    real = np.clip(0.7 * syn[::-1] + 0.15 * r.standard_normal((B, 32, 32, 3)).astype(np.float32), 0, 1)
+    real = np.clip(
+        0.7 * syn[::-1] + 0.15 * r.standard_normal((B, 32, 32, 3)).astype(np.float32), 0, 1
+    )
     return {"synthetic": syn, "real": real}
 
 
@@ -44,12 +47,16 @@ def reference(c, params, batch):
     b = jnp.asarray(2.0 * batch["real"] - 1.0)
     fake_b, fake_a = G("G_A")(a), G("G_B")(b)  # A -> B and B -> A
     lam_c, lam_i = c.loss.lambda_cycle, c.loss.lambda_identity
-    out = {"loss_G_gan": lsgan(D("D_A")(fake_b), 1.0) + lsgan(D("D_B")(fake_a), 1.0),
-           "loss_cycle": l1(G("G_B")(fake_b), a) + l1(G("G_A")(fake_a), b),
-           "loss_identity": l1(G("G_A")(b), b) + l1(G("G_B")(a), a),
-           "loss_D_A": 0.5 * (lsgan(D("D_A")(b), 1.0) + lsgan(D("D_A")(fake_b), 0.0)),
-           "loss_D_B": 0.5 * (lsgan(D("D_B")(a), 1.0) + lsgan(D("D_B")(fake_a), 0.0))}
-    out["loss_G"] = out["loss_G_gan"] + lam_c * out["loss_cycle"] + lam_c * lam_i * out["loss_identity"]
+    out = {
+        "loss_G_gan": lsgan(D("D_A")(fake_b), 1.0) + lsgan(D("D_B")(fake_a), 1.0),
+        "loss_cycle": l1(G("G_B")(fake_b), a) + l1(G("G_A")(fake_a), b),
+        "loss_identity": l1(G("G_A")(b), b) + l1(G("G_B")(a), a),
+        "loss_D_A": 0.5 * (lsgan(D("D_A")(b), 1.0) + lsgan(D("D_A")(fake_b), 0.0)),
+        "loss_D_B": 0.5 * (lsgan(D("D_B")(a), 1.0) + lsgan(D("D_B")(fake_a), 0.0)),
+    }
+    out["loss_G"] = (
+        out["loss_G_gan"] + lam_c * out["loss_cycle"] + lam_c * lam_i * out["loss_identity"]
+    )
     return out, {"a": a, "b": b, "fake_a": fake_a, "fake_b": fake_b}
 
 
@@ -57,7 +64,9 @@ def reference(c, params, batch):
 def run():
     c = cyclegan_configs.get_config("tiny")
     assert c.loss.pool_size == B and c.loss.lambda_cycle == 10.0 and c.loss.lambda_identity == 0.5
-    state = jax.jit(lambda k: cyclegan.init_state(c, k))(jax.random.key(3))  # one compile, not one per initialiser
+    state = jax.jit(lambda k: cyclegan.init_state(c, k))(
+        jax.random.key(3)
+    )  # one compile, not one per initialiser
     batch = _batch()
     new_state, metrics = jax.jit(cyclegan.make_train_step(c))(state, batch)
     ref, views = reference(c, state["params"], batch)
@@ -93,7 +102,11 @@ def test_g_step_lowers_the_generator_objective(run):
     """The new generators against the step's starting discriminators (the ones their gradient saw):
     the adversarial term and the whole generator objective fall."""
     c, state, new_state, batch, _, ref, _ = run
-    moved = {**state["params"], "G_A": new_state["params"]["G_A"], "G_B": new_state["params"]["G_B"]}
+    moved = {
+        **state["params"],
+        "G_A": new_state["params"]["G_A"],
+        "G_B": new_state["params"]["G_B"],
+    }
     after, _ = reference(c, moved, batch)
     assert after["loss_G"] < ref["loss_G"]
     assert after["loss_G_gan"] < ref["loss_G_gan"], (ref["loss_G_gan"], after["loss_G_gan"])

@@ -14,6 +14,7 @@ The tile positions and the fresh noise come from the state's key by the step's s
 (4 keys: tile positions, real-tile positions, noise, next state); reproducing them is the only
 piece of the step's bookkeeping the reference shares.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,19 +42,38 @@ def _batch(c):
 
 def _fixed_state(c, seed=0):
     """init_state with a non-trivial KPN output layer: per-class colour, blur and noise."""
-    state = jax.jit(lambda k: dakpn.init_state(c, k))(jax.random.key(seed))  # one compile, not one per initialiser
+    state = jax.jit(lambda k: dakpn.init_state(c, k))(
+        jax.random.key(seed)
+    )  # one compile, not one per initialiser
     out = state["params"]["kpn"]["out"]
     rng = np.random.default_rng(seed)
     kernel = rng.normal(size=out["kernel"].shape) * 0.08
     kernel[..., 6:9] *= 0.5  # the neighbour weight t stays inside its clip range
-    bias = np.array([1.05, 0.9, 1.1, 0.02, -0.03, 0.04,
-                     kpn_lib.neighbour_weight(0.8), kpn_lib.neighbour_weight(1.0), kpn_lib.neighbour_weight(1.3),
-                     0.05, 0.03, 0.07])
-    state["params"]["kpn"]["out"] = {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
+    bias = np.array(
+        [
+            1.05,
+            0.9,
+            1.1,
+            0.02,
+            -0.03,
+            0.04,
+            kpn_lib.neighbour_weight(0.8),
+            kpn_lib.neighbour_weight(1.0),
+            kpn_lib.neighbour_weight(1.3),
+            0.05,
+            0.03,
+            0.07,
+        ]
+    )
+    state["params"]["kpn"]["out"] = {
+        "kernel": jnp.asarray(kernel, jnp.float32),
+        "bias": jnp.asarray(bias, jnp.float32),
+    }
     return state
 
 
 # ----------------------------------------------------------------------------- float64 pieces
+
 
 def bce(logits, target):
     """Binary cross-entropy with logits, float64, mean: -t log s(l) - (1 - t) log(1 - s(l))."""
@@ -62,7 +82,9 @@ def bce(logits, target):
 
 
 def np_onehot_cells(labels, num_classes, size):
-    onehot = (np.asarray(labels)[..., None] == np.arange(num_classes)).astype(np.float64)  # 255 -> zeros
+    onehot = (np.asarray(labels)[..., None] == np.arange(num_classes)).astype(
+        np.float64
+    )  # 255 -> zeros
     return np_box(onehot, size)
 
 
@@ -80,11 +102,16 @@ def reference(c, state, new_state, batch):
     lh, lw = tuple(m.low_size)
     K = m.kernel_size
     keys = jax.random.split(jax.random.wrap_key_data(state["rng"]), 4)
-    pos, pos_real = tile_positions(keys[0], (H, W), (th, tw)), tile_positions(keys[1], r.shape[1:3], (th, tw))
+    pos, pos_real = (
+        tile_positions(keys[0], (H, W), (th, tw)),
+        tile_positions(keys[1], r.shape[1:3], (th, tw)),
+    )
 
     feats = np_onehot_cells(y, m.num_classes, tuple(m.param_size))
     kpn = gc.merge(dakpn.graphdefs(c)["kpn"], state["params"]["kpn"])
-    theta = np.asarray(kpn(jnp.asarray(feats, jnp.float32)), np.float64)  # (B, h, w, 12), sigma decoded
+    theta = np.asarray(
+        kpn(jnp.asarray(feats, jnp.float32)), np.float64
+    )  # (B, h, w, 12), sigma decoded
     if m.noise == "fixed":
         n_full = np.asarray(translation.noise_field(m.noise_seed, H, W))
         n_low = np.asarray(translation.noise_field(m.noise_seed + 1, lh, lw))
@@ -99,14 +126,20 @@ def reference(c, state, new_state, batch):
     theta_low = theta.copy()
     theta_low[..., 6:12] *= s
     x_low = np_box(x, (lh, lw))
-    fakes = {"tile": crop(full, pos, (th, tw)),
-             "low": np.asarray(translation.translate(f32(x_low), f32(theta_low), f32(n_low), kernel_size=K))}
+    fakes = {
+        "tile": crop(full, pos, (th, tw)),
+        "low": np.asarray(
+            translation.translate(f32(x_low), f32(theta_low), f32(n_low), kernel_size=K)
+        ),
+    }
     reals = {"tile": crop(r, pos_real, (th, tw)), "low": np_box(r, (lh, lw))}
     views = tuple(l.d_inputs)
 
     d_old = gc.merge(dakpn.graphdefs(c)["D"], state["params"]["D"])
     d_new = gc.merge(dakpn.graphdefs(c)["D"], new_state["params"]["D"])
-    logits = lambda d, v: [np.asarray(o, np.float64) for o in d(f32(v))]  # one call per input: BN statistics
+    logits = lambda d, v: [
+        np.asarray(o, np.float64) for o in d(f32(v))
+    ]  # one call per input: BN statistics
     out = {}
     for v in views:
         lr_, lf = logits(d_old, reals[v]), logits(d_old, fakes[v])
@@ -115,9 +148,11 @@ def reference(c, state, new_state, batch):
         out[f"D_fake_{v}"] = np.mean([b.mean() for b in lf])
     out["loss_D"] = sum(out[f"loss_D_{v}"] for v in views)
     if l.r1 > 0:
+
         def r1_of(v):
             g = jax.grad(lambda im: sum(jnp.sum(o) for o in d_old(im)))(f32(reals[v]))
             return float(np.mean(np.sum(np.square(np.asarray(g, np.float64)), axis=(1, 2, 3))))
+
         out["r1"] = sum(r1_of(v) for v in views)
         out["loss_D"] += l.r1 / 2 * out["r1"]
     # Generator: saturating minimax (G maximises D's BCE on fakes), against the updated D.
@@ -131,6 +166,7 @@ def reference(c, state, new_state, batch):
 
 
 # ----------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def default_run():
@@ -162,6 +198,7 @@ def _compare(metrics, ref):
 
 # ----------------------------------------------------------------------------- terms
 
+
 def test_default_step_logs_every_term_of_the_paper_objective(default_run):
     c, state, batch, _, _, metrics, ref, views = default_run
     assert {"loss_D_tile", "loss_D_low", "loss_G_adv", "loss_identity"} <= set(metrics)
@@ -169,7 +206,10 @@ def test_default_step_logs_every_term_of_the_paper_objective(default_run):
     # The state is non-trivial: the noise and blur of the fixed KPN change the translation, and the
     # low view differs from the box-averaged frame (so its sigma / noise scaling is exercised).
     assert ref["noise_scale_mean"] > 0.02 and ref["loss_identity"] > 1e-4
-    assert np.abs(views["fakes"]["low"] - np_box(batch["synthetic"], tuple(c.model.low_size))).mean() > 1e-3
+    assert (
+        np.abs(views["fakes"]["low"] - np_box(batch["synthetic"], tuple(c.model.low_size))).mean()
+        > 1e-3
+    )
     # Roles: the real view must be the real frames, not the fakes or the synthetic frames.
     assert abs(ref["D_real_tile"] - ref["D_fake_tile"]) > 1e-5
 
@@ -191,10 +231,14 @@ def test_fixed_noise_is_in_the_objective(default_run):
     c_other = _config()
     c_other.model.noise_seed = 123
     ref_other, _ = reference(c_other, state, new_state, batch)
-    assert abs(ref_other["loss_identity"] - float(metrics["loss_identity"])) > 1e-3 * ref["loss_identity"]
+    assert (
+        abs(ref_other["loss_identity"] - float(metrics["loss_identity"]))
+        > 1e-3 * ref["loss_identity"]
+    )
 
 
 # ----------------------------------------------------------------------------- direction
+
 
 def test_d_step_separates_reals_from_fakes_on_the_batch(default_run):
     """After the D update, on the same views: the real-minus-fake logit gap grows on every view and
@@ -203,12 +247,16 @@ def test_d_step_separates_reals_from_fakes_on_the_batch(default_run):
     an lr-sized shift of either sign for both.)"""
     c, state, batch, _, new_state, _, ref, views = default_run
     gd = dakpn.graphdefs(c)["D"]
-    mean = lambda p, a: float(np.mean([np.mean(o) for o in gc.merge(gd, p)(jnp.asarray(a, jnp.float32))]))
+    mean = lambda p, a: float(
+        np.mean([np.mean(o) for o in gc.merge(gd, p)(jnp.asarray(a, jnp.float32))])
+    )
     for v in ("tile", "low"):
         gap = lambda p: mean(p, views["reals"][v]) - mean(p, views["fakes"][v])
         before, after = gap(state["params"]["D"]), gap(new_state["params"]["D"])
         assert after > before + 1e-4, (v, before, after)
-    judged_by_new_d = dict(state, params={"kpn": state["params"]["kpn"], "D": new_state["params"]["D"]})
+    judged_by_new_d = dict(
+        state, params={"kpn": state["params"]["kpn"], "D": new_state["params"]["D"]}
+    )
     assert reference(c, judged_by_new_d, new_state, batch)[0]["loss_D"] < ref["loss_D"] - 1e-4
 
 

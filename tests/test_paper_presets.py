@@ -1,5 +1,6 @@
 """Issue 15: the authors' (``paper``) and the ``clean`` presets, the l_/r_ flip swap, the
 paper-compatible mIoU. References: hand-made label maps and confusion matrices."""
+
 import importlib.util
 import os
 
@@ -14,13 +15,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name, arg=None):
-    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"_cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
 
 
 # ----------------------------------------------------------------------------- flips
+
 
 class _ListSource:
     def __init__(self, items, flip_label_map=None):
@@ -35,7 +39,9 @@ class _ListSource:
 
 def _flipped_batches(source, n, **kw):
     """(original items, pipeline outputs) of a seeded unshuffled flip-only pipeline."""
-    it = pipeline.make_pipeline(source, batch_size=1, seed=0, shuffle=False, num_epochs=1, random_flip=True, **kw)
+    it = pipeline.make_pipeline(
+        source, batch_size=1, seed=0, shuffle=False, num_epochs=1, random_flip=True, **kw
+    )
     return [next(it) for _ in range(n)]
 
 
@@ -60,16 +66,23 @@ def test_face_flip_swaps_every_left_right_pair():
             continue
         flipped += 1
         np.testing.assert_allclose(img, item["image"][:, ::-1] / 255.0)
-        for left, right in pairs:  # pixels that held l_X hold r_X at the mirrored position, and back
+        for (
+            left,
+            right,
+        ) in pairs:  # pixels that held l_X hold r_X at the mirrored position, and back
             ys, xs = np.nonzero(item["label"] == idx[left])
             assert len(ys) and np.all(lab[ys, W - 1 - xs] == idx[right])
             ys, xs = np.nonzero(item["label"] == idx[right])
             assert np.all(lab[ys, W - 1 - xs] == idx[left])
         sided = {idx[n] for p in pairs for n in p}
         keep = ~np.isin(item["label"][:, ::-1], list(sided))
-        np.testing.assert_array_equal(lab[keep], item["label"][:, ::-1][keep])  # l_lip, skin, 255 stay
+        np.testing.assert_array_equal(
+            lab[keep], item["label"][:, ::-1][keep]
+        )  # l_lip, skin, 255 stay
     assert 0 < flipped < len(items)
-    assert lut[idx["l_lip"]] == idx["l_lip"] and lut[idx["u_lip"]] == idx["u_lip"]  # lower lip is no side
+    assert (
+        lut[idx["l_lip"]] == idx["l_lip"] and lut[idx["u_lip"]] == idx["u_lip"]
+    )  # lower lip is no side
     # The same table from the full 19-class list (faces19) swaps its own ids.
     full = pipeline.flip_label_map(celebamask_hq.CLASSES)
     assert full[celebamask_hq.CLASSES.index("l_eye")] == celebamask_hq.CLASSES.index("r_eye")
@@ -79,10 +92,16 @@ def test_street_flip_keeps_classes():
     names = cityscapes_labels.TRAIN_NAMES
     np.testing.assert_array_equal(pipeline.flip_label_map(names), np.arange(256))
     rng = np.random.default_rng(1)
-    items = [{"image": rng.integers(0, 256, (4, 8, 3), dtype=np.uint8),
-              "label": rng.integers(0, 19, (4, 8)).astype(np.uint8)} for _ in range(6)]
-    out = _flipped_batches(_ListSource(items), len(items),
-                           flip_label_map=pipeline.flip_label_map(names))
+    items = [
+        {
+            "image": rng.integers(0, 256, (4, 8, 3), dtype=np.uint8),
+            "label": rng.integers(0, 19, (4, 8)).astype(np.uint8),
+        }
+        for _ in range(6)
+    ]
+    out = _flipped_batches(
+        _ListSource(items), len(items), flip_label_map=pipeline.flip_label_map(names)
+    )
     n = 0
     for item, b in zip(items, out):
         if not np.allclose(np.asarray(b["image"][0]), item["image"] / 255.0):
@@ -109,13 +128,11 @@ def test_make_source_sets_the_swap_for_faces_only(tmp_path):
 
 # ----------------------------------------------------------------------------- paper mIoU
 
+
 def test_mean_iou_paper_counts_empty_classes_as_one():
     # 4 classes: class 0 IoU 8 / (8 + 2 + 0) = 0.8; class 1 IoU 5 / (5 + 0 + 2) = 5/7;
     # class 2 never labelled, predicted once -> IoU 0; class 3 empty (union 0).
-    conf = np.array([[8, 0, 2, 0],
-                     [0, 5, 0, 0],
-                     [0, 0, 0, 0],
-                     [0, 0, 0, 0]])
+    conf = np.array([[8, 0, 2, 0], [0, 5, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
     conf[1, 2] = 0
     conf[0, 2] = 1
     conf[0, 1] = 1  # class 0: TP 8, FN 2; class 1: TP 5, FP 1; class 2: FP 1
@@ -136,9 +153,14 @@ def test_mean_iou_paper_counts_empty_classes_as_one():
 
 # ----------------------------------------------------------------------------- presets on fixtures
 
-DAKPN_PRESETS = [(b, v) for b in ("gta5_cityscapes", "synthia_cityscapes", "faces") for v in ("paper", "clean")]
-FIXTURES = {"gta5_cityscapes": ("gta5", "cityscapes"), "synthia_cityscapes": ("synthia", "cityscapes"),
-            "faces": ("face_synthetics", "celebamask_hq")}
+DAKPN_PRESETS = [
+    (b, v) for b in ("gta5_cityscapes", "synthia_cityscapes", "faces") for v in ("paper", "clean")
+]
+FIXTURES = {
+    "gta5_cityscapes": ("gta5", "cityscapes"),
+    "synthia_cityscapes": ("synthia", "cityscapes"),
+    "faces": ("face_synthetics", "celebamask_hq"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -156,26 +178,49 @@ def fixture_dirs(tmp_path_factory):
 
 def _point_at_fixtures(c, benchmark, dirs, frame):
     syn, real = FIXTURES[benchmark]
-    c.data.update(synthetic_dir=dirs[syn], real_dir=dirs[real], synthetic_size=frame, real_size=frame,
-                  real_val_size=frame, num_real_labelled=1)
+    c.data.update(
+        synthetic_dir=dirs[syn],
+        real_dir=dirs[real],
+        synthetic_size=frame,
+        real_size=frame,
+        real_val_size=frame,
+        num_real_labelled=1,
+    )
 
 
 def test_dakpn_presets_select_the_authors_choices():
     for benchmark in FIXTURES:
         p, c = load_config(benchmark, "paper"), load_config(benchmark, "clean")
         assert (p.model.disc.arch, p.model.disc.init, p.model.tile_grid, p.model.low_params) == (
-            "nlayer", "torch", "aligned", "unscaled")
+            "nlayer",
+            "torch",
+            "aligned",
+            "unscaled",
+        )
         assert (p.loss.update_rule, p.loss.real_low, p.loss.form, p.random_flip) == (
-            "gradient_reversal", False, "saturating", False)
+            "gradient_reversal",
+            False,
+            "saturating",
+            False,
+        )
         assert p.model.sigma_param == "sigma" and p.optim.lr == p.optim.lr_D == 1e-4
         assert (c.model.disc.arch, c.loss.update_rule, c.loss.real_low, c.random_flip) == (
-            "patchgan", "alternating", True, True)
+            "patchgan",
+            "alternating",
+            True,
+            True,
+        )
         assert load_config(benchmark).to_dict() == c.to_dict()  # default = clean
     g = load_config("gta5_cityscapes", "paper")
-    assert g.data.synthetic_split == "train" and g.data.real_size is None  # trainIds; Cityscapes native
+    assert (
+        g.data.synthetic_split == "train" and g.data.real_size is None
+    )  # trainIds; Cityscapes native
     assert g.segmenter_input_size == (96, 160) and g.segmenter_normalize is False
     assert load_config("gta5_cityscapes", "clean").data.real_size is None  # no 2x domain-scale gap
-    assert load_config("synthia_cityscapes", "clean").data.real_size == (640, 1280)  # SYNTHIA's width
+    assert load_config("synthia_cityscapes", "clean").data.real_size == (
+        640,
+        1280,
+    )  # SYNTHIA's width
     with pytest.raises(ValueError, match="unknown variant"):
         load_config("faces", "tiny")
     # Command-line fields that default to None are placeholders (overridable by flags).
@@ -188,6 +233,7 @@ def test_dakpn_presets_select_the_authors_choices():
 @pytest.mark.parametrize("bench,variant", DAKPN_PRESETS)
 def test_dakpn_preset_runs_two_steps_on_fixtures(bench, variant, fixture_dirs):
     from dakpn_jax.training import dakpn
+
     c = load_config(bench, variant)
     # Tiny sizes, the preset's structure kept (D architecture, tile grid, low view, update rule,
     # augmentation, splits); one-hot features stand in for the FCN-ResNet50 file (tested on its own).
@@ -202,7 +248,12 @@ def test_dakpn_preset_runs_two_steps_on_fixtures(bench, variant, fixture_dirs):
     step = jax.jit(dakpn.make_train_step(c))
     for _ in range(2):
         batch = dakpn.next_batch(its)
-        assert batch["synthetic"].shape == (2, 256, 256, 3) and batch["real"].shape == (2, 256, 256, 3)
+        assert batch["synthetic"].shape == (2, 256, 256, 3) and batch["real"].shape == (
+            2,
+            256,
+            256,
+            3,
+        )
         state, metrics = step(state, batch)
     assert int(state["step"]) == 2
     assert all(np.isfinite(float(v)) for v in metrics.values())
@@ -217,6 +268,7 @@ SEG_BENCH = {"gta5": "gta5_cityscapes", "synthia": "synthia_cityscapes", "faces"
 @pytest.mark.parametrize("arg", SEG_PRESETS)
 def test_segmentation_preset_runs_two_steps_on_fixtures(arg, fixture_dirs):
     from dakpn_jax.training import segmentation
+
     c = load_config("segmentation_real", arg)
     paper = arg.endswith("_paper")
     _point_at_fixtures(c, SEG_BENCH[arg.split("_")[0]], fixture_dirs, (32, 64))
@@ -226,7 +278,9 @@ def test_segmentation_preset_runs_two_steps_on_fixtures(arg, fixture_dirs):
     c.model.name = "unet_small"
     c.model.kwargs = {"features": (4, 8)}
     if not paper:
-        assert dict(c.optim.lr_mult) == {"decode_head": 10.0}  # SegFormer's group; the U-Net has none
+        assert dict(c.optim.lr_mult) == {
+            "decode_head": 10.0
+        }  # SegFormer's group; the U-Net has none
         c.optim.lr_mult = {"head": 10.0}
     if paper:
         c.data.update(image_size=(32, 32), label_size=(8, 8))
@@ -254,6 +308,7 @@ def test_paper_eval_resolution_reports_both_mious(fixture_dirs):
     """The authors' evaluation: 720 x 720 inputs (here 32 x 32) against 180 x 180 labels (8 x 8),
     clean mIoU beside the labelled paper-compatible one."""
     from dakpn_jax.training import segmentation
+
     c = load_config("segmentation_real", "gta5_paper")
     _point_at_fixtures(c, "gta5_cityscapes", fixture_dirs, (32, 64))
     c.model.name = "unet_small"

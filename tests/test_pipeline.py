@@ -1,4 +1,5 @@
 """The grain input pipeline: order, sharding, augmentation alignment, state save/restore."""
+
 import gc
 import json
 
@@ -58,13 +59,19 @@ def test_restoring_state_reproduces_following_batches():
                 np.testing.assert_array_equal(want[k], got[k])
     # A different seed gives another stream.
     other = pipeline.make_pipeline(src, batch_size=3, seed=8, crop_size=(8, 12), random_flip=True)
-    assert _indices(_take(other, 4)) != _indices(_take(pipeline.make_pipeline(
-        src, batch_size=3, seed=7, crop_size=(8, 12), random_flip=True), 4))
+    assert _indices(_take(other, 4)) != _indices(
+        _take(
+            pipeline.make_pipeline(src, batch_size=3, seed=7, crop_size=(8, 12), random_flip=True),
+            4,
+        )
+    )
 
 
 @pytest.mark.smoke
 def test_augmentation_never_misaligns_image_and_label():
-    it = pipeline.make_pipeline(CodedSource(16), batch_size=4, seed=1, crop_size=(7, 9), random_flip=True)
+    it = pipeline.make_pipeline(
+        CodedSource(16), batch_size=4, seed=1, crop_size=(7, 9), random_flip=True
+    )
     offsets, flips = set(), set()
     for batch in _take(it, 12):
         img, lab = batch["image"], batch["label"]
@@ -99,17 +106,25 @@ def test_epochs_are_reshuffled_permutations():
     it = pipeline.make_pipeline(CodedSource(n), batch_size=4, seed=3, num_epochs=3)
     order = sum(_indices(it), [])  # a finite iterator ends
     assert len(order) == 3 * n
-    epochs = [order[k * n:(k + 1) * n] for k in range(3)]
+    epochs = [order[k * n : (k + 1) * n] for k in range(3)]
     for e in epochs:
         assert sorted(e) == list(range(n))
     assert epochs[0] != epochs[1] and epochs[1] != epochs[2] and epochs[0] != list(range(n))
-    plain = pipeline.make_pipeline(CodedSource(n), batch_size=4, seed=3, shuffle=False, num_epochs=1)
+    plain = pipeline.make_pipeline(
+        CodedSource(n), batch_size=4, seed=3, shuffle=False, num_epochs=1
+    )
     assert sum(_indices(plain), []) == list(range(n))
     # drop_remainder: 10 examples in batches of 4 -> 2 batches, or 3 with a short last one.
-    assert [len(b["index"]) for b in pipeline.make_pipeline(
-        CodedSource(10), batch_size=4, seed=0, num_epochs=1)] == [4, 4]
-    assert [len(b["index"]) for b in pipeline.make_pipeline(
-        CodedSource(10), batch_size=4, seed=0, num_epochs=1, drop_remainder=False)] == [4, 4, 2]
+    assert [
+        len(b["index"])
+        for b in pipeline.make_pipeline(CodedSource(10), batch_size=4, seed=0, num_epochs=1)
+    ] == [4, 4]
+    assert [
+        len(b["index"])
+        for b in pipeline.make_pipeline(
+            CodedSource(10), batch_size=4, seed=0, num_epochs=1, drop_remainder=False
+        )
+    ] == [4, 4, 2]
 
 
 def test_shards_split_the_global_stream():
@@ -118,8 +133,10 @@ def test_shards_split_the_global_stream():
     stitches, so per-row randomness in a train step (e.g. tile positions) matches across process counts."""
     kw = dict(seed=5, crop_size=(6, 6), random_flip=True)
     whole = pipeline.make_pipeline(CodedSource(14), batch_size=4, **kw)
-    parts = [pipeline.make_pipeline(CodedSource(14), batch_size=2, shard_index=k, shard_count=2, **kw)
-             for k in range(2)]
+    parts = [
+        pipeline.make_pipeline(CodedSource(14), batch_size=2, shard_index=k, shard_count=2, **kw)
+        for k in range(2)
+    ]
     for _ in range(5):
         g = next(whole)
         p0, p1 = next(parts[0]), next(parts[1])
@@ -127,8 +144,16 @@ def test_shards_split_the_global_stream():
         # ... including the augmentation, which is keyed by the global position.
         np.testing.assert_array_equal(g["image"], np.concatenate([p0["image"], p1["image"]]))
     # Finite epochs: equal shard lengths even when the count does not divide.
-    lens = [len(list(pipeline.make_pipeline(CodedSource(7), batch_size=1, seed=0, shard_index=k,
-                                            shard_count=2, num_epochs=1))) for k in range(2)]
+    lens = [
+        len(
+            list(
+                pipeline.make_pipeline(
+                    CodedSource(7), batch_size=1, seed=0, shard_index=k, shard_count=2, num_epochs=1
+                )
+            )
+        )
+        for k in range(2)
+    ]
     assert lens == [3, 3]
 
 
@@ -148,13 +173,21 @@ def test_worker_processes_match_threads():
             np.testing.assert_array_equal(a[k], b[k])
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(batch_size=0), "batch_size"), (dict(seed=-1), "seed"), (dict(seed=2 ** 32), "seed"),
-    (dict(shard_index=2, shard_count=2), "shard_index"), (dict(shard_count=0), "shard_count"),
-    (dict(num_epochs=0), "num_epochs"), (dict(crop_size=(13, 4)), "crop_size"),
-    (dict(crop_size=(0, 4)), "crop_size"), (dict(crop_size="big"), "crop_size"),
-    (dict(worker_count=-1), "worker_count"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(seed=-1), "seed"),
+        (dict(seed=2**32), "seed"),
+        (dict(shard_index=2, shard_count=2), "shard_index"),
+        (dict(shard_count=0), "shard_count"),
+        (dict(num_epochs=0), "num_epochs"),
+        (dict(crop_size=(13, 4)), "crop_size"),
+        (dict(crop_size=(0, 4)), "crop_size"),
+        (dict(crop_size="big"), "crop_size"),
+        (dict(worker_count=-1), "worker_count"),
+    ],
+)
 def test_bad_arguments_name_the_field(kwargs, field):
     args = dict(batch_size=2, seed=0)
     args.update(kwargs)

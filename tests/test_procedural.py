@@ -3,6 +3,7 @@
 References are independent of the library: Python's colorsys for colour conversion, scipy.ndimage
 for Gaussian blur and erosion, float64 NumPy for statistics.
 """
+
 import colorsys
 import os
 
@@ -16,8 +17,15 @@ from dakpn_jax.data import procedural as P
 
 ndimage = pytest.importorskip("scipy.ndimage")
 
-SMALL = dict(height=64, width=128, num_synthetic_train=40, num_real_train=40, num_real_labelled=40,
-             num_real_val=10, num_paired_eval=8)
+SMALL = dict(
+    height=64,
+    width=128,
+    num_synthetic_train=40,
+    num_real_train=40,
+    num_real_labelled=40,
+    num_real_val=10,
+    num_paired_eval=8,
+)
 
 
 def _cfg(**kw):
@@ -39,6 +47,7 @@ def _circ(a, b):
 # ------------------------------------------------------------------------------------------------
 # Determinism and layout.
 
+
 @pytest.mark.smoke
 def test_same_key_same_bytes_different_indices_differ():
     cfg = _cfg()
@@ -50,15 +59,20 @@ def test_same_key_same_bytes_different_indices_differ():
     # Another seed gives other scenes; splits draw from different streams.
     other = P.make_source("synthetic-train", _cfg(seed=1))[3]["label"]
     assert not np.array_equal(other, P.make_source("synthetic-train", cfg)[3]["label"])
-    assert not np.array_equal(P.make_source("real-val", cfg)[0]["image"],
-                              P.make_source("real-train", cfg)[0]["image"])
+    assert not np.array_equal(
+        P.make_source("real-val", cfg)[0]["image"], P.make_source("real-train", cfg)[0]["image"]
+    )
 
 
 def test_split_contract_shapes_dtypes_and_labelled_prefix():
     cfg = _cfg(num_real_labelled=5)
-    keys = {"synthetic-train": {"image", "label"}, "real-train": {"image"},
-            "real-train-labelled": {"image", "label"}, "real-val": {"image", "label"},
-            "paired-eval": {"synthetic", "real", "label"}}
+    keys = {
+        "synthetic-train": {"image", "label"},
+        "real-train": {"image"},
+        "real-train-labelled": {"image", "label"},
+        "real-val": {"image", "label"},
+        "paired-eval": {"synthetic", "real", "label"},
+    }
     for split, want in keys.items():
         src = P.make_source(split, cfg)
         assert len(src) == cfg.split_length(split)
@@ -69,8 +83,10 @@ def test_split_contract_shapes_dtypes_and_labelled_prefix():
             assert v.shape == ((64, 128) if k == "label" else (64, 128, 3)), (split, k)
     # The labelled subset is the first N of real-train, same images.
     for i in range(5):
-        np.testing.assert_array_equal(P.make_source("real-train-labelled", cfg)[i]["image"],
-                                      P.make_source("real-train", cfg)[i]["image"])
+        np.testing.assert_array_equal(
+            P.make_source("real-train-labelled", cfg)[i]["image"],
+            P.make_source("real-train", cfg)[i]["image"],
+        )
     with pytest.raises(IndexError):
         P.make_source("real-train-labelled", cfg)[5]
     # Paired view: both renderings of one scene; the synthetic one is a synthetic-layout scene.
@@ -92,6 +108,7 @@ def test_labels_use_supported_train_ids_and_street_layout():
 # ------------------------------------------------------------------------------------------------
 # Labels match content.
 
+
 def test_synthetic_colours_follow_the_label():
     """Every synthetic stuff pixel has its class's hue (base +- jitter) and nobody else's."""
     src = P.make_source("synthetic-train", _cfg())
@@ -108,14 +125,21 @@ def test_synthetic_colours_follow_the_label():
             pix = pix[rng.choice(len(pix), size=min(len(pix), 200), replace=False)] / 255.0
             hsv = _rgb_to_hsv(pix)
             # jitter 0.02 + uint8 rounding of low-saturation colours
-            tol = 0.02 + 2.0 / 255 / max(P._BASE_HSV[c, 1] * P._BASE_HSV[c, 2] * 0.85 * 0.65, 1e-3) / 6
+            tol = (
+                0.02
+                + 2.0 / 255 / max(P._BASE_HSV[c, 1] * P._BASE_HSV[c, 2] * 0.85 * 0.65, 1e-3) / 6
+            )
             assert np.abs(_circ(hsv[:, 0], P._BASE_HSV[c, 0])).max() <= tol, L.CLASS_NAMES[c]
     assert seen >= {L.ROAD, L.BUILDING, L.SKY}
     # Nearest base colour classifies stuff pixels: classes are separable in the synthetic domain.
     base_rgb = np.array([colorsys.hsv_to_rgb(*P._BASE_HSV[c]) for c in stuff])
     ex = src[0]
-    mask = np.isin(ex["label"], stuff) & (ex["label"] != L.SKY)  # the sky gradient pales towards grey
-    pred = np.array(stuff)[np.argmin(((ex["image"][mask][:, None] / 255.0 - base_rgb) ** 2).sum(-1), 1)]
+    mask = np.isin(ex["label"], stuff) & (
+        ex["label"] != L.SKY
+    )  # the sky gradient pales towards grey
+    pred = np.array(stuff)[
+        np.argmin(((ex["image"][mask][:, None] / 255.0 - base_rgb) ** 2).sum(-1), 1)
+    ]
     assert (pred == ex["label"][mask]).mean() > 0.97
 
 
@@ -138,6 +162,7 @@ def test_class_subset_and_ignore():
 # ------------------------------------------------------------------------------------------------
 # The domain gap, measured on the same scenes.
 
+
 def test_per_class_colour_shift_on_paired_scenes():
     """Mean colour of class interiors: real = affine(synthetic) as specified, up to white balance,
     exposure and vignetting; and classes land near *other* classes' synthetic colours."""
@@ -157,19 +182,30 @@ def test_per_class_colour_shift_on_paired_scenes():
     for c, (syn, real, n) in sums.items():
         hs, hr = _rgb_to_hsv(syn / n), _rgb_to_hsv(real / n)
         dh, ss, vs = P._REAL_AFFINE[c]
-        if hr[1] > 0.15:  # white balance (+-5 % per channel) makes the hue of near-greys meaningless
+        if (
+            hr[1] > 0.15
+        ):  # white balance (+-5 % per channel) makes the hue of near-greys meaningless
             assert abs(_circ(hr[0], hs[0]) - dh) < 0.035, (L.CLASS_NAMES[c], hs, hr)
         assert abs(hr[1] - ss * hs[1]) < 0.06, (L.CLASS_NAMES[c], hs, hr)
         # exposure and white balance average ~1; vignetting darkens by 0..25 %, ~8 % on average
         assert 0.8 * vs < hr[2] / hs[2] < 1.02 * vs, (L.CLASS_NAMES[c], hs, hr)
     # The trap for source-only training: the real colour of a class is nearest (in RGB) to the
     # synthetic colour of *another* class.
-    stuff = [c for c in P.SUPPORTED_CLASSES if c not in (L.PERSON, L.CAR)]  # those have instance hues
+    stuff = [
+        c for c in P.SUPPORTED_CLASSES if c not in (L.PERSON, L.CAR)
+    ]  # those have instance hues
     base = np.array([colorsys.hsv_to_rgb(*P._BASE_HSV[c]) for c in stuff])
-    for c, looks_like in ((L.SIDEWALK, L.ROAD), (L.ROAD, L.POLE), (L.BUILDING, L.POLE),
-                          (L.VEGETATION, L.TERRAIN), (L.TERRAIN, L.BUILDING)):
+    for c, looks_like in (
+        (L.SIDEWALK, L.ROAD),
+        (L.ROAD, L.POLE),
+        (L.BUILDING, L.POLE),
+        (L.VEGETATION, L.TERRAIN),
+        (L.TERRAIN, L.BUILDING),
+    ):
         real_rgb = np.array(colorsys.hsv_to_rgb(*P._real_affine(P._BASE_HSV[c], np.uint8(c), 1.0)))
-        assert stuff[np.argmin(np.linalg.norm(base - real_rgb, axis=1))] == looks_like, L.CLASS_NAMES[c]
+        assert stuff[np.argmin(np.linalg.norm(base - real_rgb, axis=1))] == looks_like, (
+            L.CLASS_NAMES[c]
+        )
 
 
 class _NoNoise:
@@ -189,9 +225,14 @@ def _flat_scene(h, w, region, colours):
     """A scene of texture-free, unaffected class WALL regions (the renderer's identity class)."""
     cls = np.full((h, w), L.WALL, np.uint8)
     hsv = np.array(colours, np.float32)
-    return P.Scene(label=cls, classes=cls, region=region.astype(np.uint8),
-                   region_class=np.full((len(colours),), L.WALL, np.uint8), region_hsv=hsv,
-                   sky_hsv=np.zeros((h, 3), np.float32))
+    return P.Scene(
+        label=cls,
+        classes=cls,
+        region=region.astype(np.uint8),
+        region_class=np.full((len(colours),), L.WALL, np.uint8),
+        region_hsv=hsv,
+        sky_hsv=np.zeros((h, 3), np.float32),
+    )
 
 
 def test_spatially_varying_blur_matches_spec():
@@ -211,12 +252,13 @@ def test_spatially_varying_blur_matches_spec():
     clean = v[..., None] * wb.astype(np.float64) * (1 - P.VIGNETTE * r2)[..., None]
     sigma = (P.BLUR_SIGMA[0] + P.BLUR_SIGMA[1] * r2) * h / 128
     s_max = sum(P.BLUR_SIGMA) * h / 128
-    blur = lambda s: np.stack([ndimage.gaussian_filter(clean[..., k], s, mode="nearest", truncate=3.0)
-                               for k in range(3)], -1)
+    blur = lambda s: np.stack(
+        [ndimage.gaussian_filter(clean[..., k], s, mode="nearest", truncate=3.0) for k in range(3)],
+        -1,
+    )
     b1, b2 = blur(s_max / 2), blur(s_max)
     t2 = ((2 * sigma / s_max) ** 2)[..., None]
-    ref = np.where(t2 <= 1, (1 - t2) * clean + t2 * b1,
-                   (1 - (t2 - 1) / 3) * b1 + (t2 - 1) / 3 * b2)
+    ref = np.where(t2 <= 1, (1 - t2) * clean + t2 * b1, (1 - (t2 - 1) / 3) * b1 + (t2 - 1) / 3 * b2)
     np.testing.assert_allclose(got, ref, atol=1.5 / 255)
     # Edges are sharper in the centre than in the corners: largest step over the local contrast.
     lum = got.mean(-1)
@@ -230,7 +272,7 @@ def test_sensor_noise_level_matches_spec():
     noisy = P.render_real(scene, np.random.default_rng(9)).astype(np.float64) / 255
     clean = P.render_real(scene, _NoNoise(9)).astype(np.float64) / 255
     resid = noisy - clean
-    expect = np.sqrt(P.NOISE_READ ** 2 + P.NOISE_SHOT * clean)
+    expect = np.sqrt(P.NOISE_READ**2 + P.NOISE_SHOT * clean)
     z = resid / expect
     assert abs(z.mean()) < 0.03
     assert 0.93 < z.std() < 1.07  # uint8 rounding adds ~1/(255 sqrt(12)) in quadrature
@@ -250,11 +292,16 @@ def test_high_frequency_energy_differs_between_renderers():
         interior = ndimage.binary_erosion(lab == L.ROAD, iterations=3)  # one flat region per scene
         boundary = np.zeros_like(lab, bool)
         boundary[:, 1:] = lab[:, 1:] != lab[:, :-1]
-        for im, flat, edge in ((ex["synthetic"], flat_syn, edge_syn), (ex["real"], flat_real, edge_real)):
+        for im, flat, edge in (
+            (ex["synthetic"], flat_syn, edge_syn),
+            (ex["real"], flat_real, edge_real),
+        ):
             flat.append(lap(im)[interior] ** 2)
-            edge.append(np.abs(np.diff(im.astype(np.float64).mean(-1) / 255, axis=1))[boundary[:, 1:]])
+            edge.append(
+                np.abs(np.diff(im.astype(np.float64).mean(-1) / 255, axis=1))[boundary[:, 1:]]
+            )
     flat_syn, flat_real = np.concatenate(flat_syn), np.concatenate(flat_real)
-    busy = 1.0 / 255 ** 2
+    busy = 1.0 / 255**2
     assert (flat_syn > busy).mean() < 0.05 and (flat_real > busy).mean() > 0.5
     # Real edge steps are weaker (blur), although noise adds some high-frequency energy back.
     assert np.concatenate(edge_real).mean() < 0.7 * np.concatenate(edge_syn).mean()
@@ -278,23 +325,39 @@ def test_class_frequency_shift_between_domains():
 # ------------------------------------------------------------------------------------------------
 # Config handling and bad input.
 
+
 def test_configdict_with_extra_fields():
     ml_collections = pytest.importorskip("ml_collections")
-    cd = ml_collections.ConfigDict(dict(name="procedural", seed=2, height=32, width=48,
-                                        num_real_val=3, crop_size=16))
+    cd = ml_collections.ConfigDict(
+        dict(name="procedural", seed=2, height=32, width=48, num_real_val=3, crop_size=16)
+    )
     src = P.make_source("real-val", cd)
     assert len(src) == 3 and src[0]["image"].shape == (32, 48, 3)
     np.testing.assert_array_equal(
-        src[1]["label"], P.make_source("real-val", P.ProceduralConfig(seed=2, height=32, width=48,
-                                                                      num_real_val=3))[1]["label"])
-    assert P.make_source("synthetic-train", {"height": 40, "width": 40})[0]["image"].shape == (40, 40, 3)
+        src[1]["label"],
+        P.make_source("real-val", P.ProceduralConfig(seed=2, height=32, width=48, num_real_val=3))[
+            1
+        ]["label"],
+    )
+    assert P.make_source("synthetic-train", {"height": 40, "width": 40})[0]["image"].shape == (
+        40,
+        40,
+        3,
+    )
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(height=8), "height"), (dict(width=100000), "width"), (dict(classes=()), "classes"),
-    (dict(classes=(L.ROAD, L.TRAIN)), "classes"), (dict(num_real_labelled=50), "num_real_labelled"),
-    (dict(seed=-1), "seed"), (dict(height=64.5), "height"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(height=8), "height"),
+        (dict(width=100000), "width"),
+        (dict(classes=()), "classes"),
+        (dict(classes=(L.ROAD, L.TRAIN)), "classes"),
+        (dict(num_real_labelled=50), "num_real_labelled"),
+        (dict(seed=-1), "seed"),
+        (dict(height=64.5), "height"),
+    ],
+)
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         P.ProceduralConfig(**{**SMALL, **kwargs})
@@ -308,14 +371,15 @@ def test_unknown_split_names_split():
 # ------------------------------------------------------------------------------------------------
 # Pictures.
 
+
 @pytest.mark.smoke
 def test_colorize_uses_cityscapes_palette():
     lab = np.array([[0, 13, 255], [10, 8, 18]], np.uint8)
     out = L.colorize(lab)
     assert out.shape == (2, 3, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[0, 0], (128, 64, 128))  # road
-    np.testing.assert_array_equal(out[0, 1], (0, 0, 142))     # car
-    np.testing.assert_array_equal(out[0, 2], (0, 0, 0))       # ignore
+    np.testing.assert_array_equal(out[0, 1], (0, 0, 142))  # car
+    np.testing.assert_array_equal(out[0, 2], (0, 0, 0))  # ignore
     np.testing.assert_array_equal(out[1, 0], (70, 130, 180))  # sky
     np.testing.assert_array_equal(viz.colorize(lab), out)
     assert len(set(map(tuple, L.PALETTE))) == L.NUM_CLASSES == len(L.CLASS_NAMES)
@@ -366,8 +430,10 @@ def test_gap_hurts_source_only_and_is_mostly_inside_the_translation_family(monke
     def pixels(split, key="image"):
         src = P.make_source(split, cfg)
         ex = [src[i] for i in range(len(src))]
-        return (np.concatenate([e[key].reshape(-1, 3) for e in ex]) / 255.0,
-                np.concatenate([e["label"].ravel() for e in ex]))
+        return (
+            np.concatenate([e[key].reshape(-1, 3) for e in ex]) / 255.0,
+            np.concatenate([e["label"].ravel() for e in ex]),
+        )
 
     def fit_predict(x, y, x_test):
         classes = [c for c in P.SUPPORTED_CLASSES if (y == c).sum() > 10]
@@ -375,13 +441,18 @@ def test_gap_hurts_source_only_and_is_mostly_inside_the_translation_family(monke
         for c in classes:
             d = x_test - x[y == c].mean(0)
             cov = np.cov(x[y == c].T) + 1e-4 * np.eye(3)
-            scores.append(-0.5 * np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)
-                          - 0.5 * np.log(np.linalg.det(cov)))
+            scores.append(
+                -0.5 * np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)
+                - 0.5 * np.log(np.linalg.det(cov))
+            )
         return np.array(classes)[np.argmax(np.stack(scores, 1), 1)]
 
     def miou(pred, y):
-        ious = [((pred == c) & (y == c)).sum() / ((pred == c) | (y == c)).sum()
-                for c in P.SUPPORTED_CLASSES if ((pred == c) | (y == c)).any()]
+        ious = [
+            ((pred == c) & (y == c)).sum() / ((pred == c) | (y == c)).sum()
+            for c in P.SUPPORTED_CLASSES
+            if ((pred == c) | (y == c)).any()
+        ]
         return float(np.mean(ious))
 
     x_val, y_val = pixels("real-val")
@@ -395,8 +466,12 @@ def test_gap_hurts_source_only_and_is_mostly_inside_the_translation_family(monke
     xs, ys = [], []
     for i in range(len(src)):
         scene_seq, render_seq = np.random.SeedSequence([cfg.seed, 1, i]).spawn(2)
-        scene = P.generate_scene(np.random.default_rng(scene_seq), cfg.height, cfg.width, "synthetic")
-        np.testing.assert_array_equal(scene.label, src[i]["label"])  # same scenes as synthetic-train
+        scene = P.generate_scene(
+            np.random.default_rng(scene_seq), cfg.height, cfg.width, "synthetic"
+        )
+        np.testing.assert_array_equal(
+            scene.label, src[i]["label"]
+        )  # same scenes as synthetic-train
         xs.append(P.render_real(scene, np.random.default_rng(render_seq)).reshape(-1, 3) / 255.0)
         ys.append(scene.label.ravel())
     translated = miou(fit_predict(np.concatenate(xs), np.concatenate(ys), x_val), y_val)

@@ -1,4 +1,5 @@
 """The render-once cache of the procedural benchmark: exact, keyed by content, atomic, clear on bad files."""
+
 import glob
 import os
 
@@ -7,8 +8,15 @@ import pytest
 
 from dakpn_jax.data import procedural, procedural_cache, sources
 
-SMALL = dict(height=32, width=64, num_synthetic_train=3, num_real_train=3, num_real_labelled=2,
-             num_real_val=2, num_paired_eval=2)
+SMALL = dict(
+    height=32,
+    width=64,
+    num_synthetic_train=3,
+    num_real_train=3,
+    num_real_labelled=2,
+    num_real_val=2,
+    num_paired_eval=2,
+)
 
 
 def _assert_same(a, b):
@@ -42,7 +50,10 @@ def test_content_changes_change_the_key_and_lengths_do_not(tmp_path):
     for change in (dict(seed=1), dict(height=48), dict(width=96), dict(classes=(0, 2, 10))):
         other = procedural.ProceduralConfig(**{**SMALL, **change})
         assert procedural_cache.cache_key(other) != key, change
-    assert procedural_cache.cache_key(procedural.ProceduralConfig(**{**SMALL, "num_real_val": 7})) == key
+    assert (
+        procedural_cache.cache_key(procedural.ProceduralConfig(**{**SMALL, "num_real_val": 7}))
+        == key
+    )
     # Filled with seed 0, a seed-1 source never serves seed-0 frames.
     s0 = procedural_cache.CachedProceduralSource("real-val", base, str(tmp_path))
     s0[0]

@@ -1,6 +1,7 @@
 """The protocol (dakpn_jax/protocol/, experiments/protocol.py): the tiny variant end to end (every row,
 intervals in results.json, stage reuse), pairing, and the report's numbers against independent
 computations."""
+
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from conftest import persistent_compilation_cache  # noqa: E402
 
 def _tiny():
     from configs import protocol as protocol_configs
+
     return protocol_configs.get_config("tiny")
 
 
@@ -38,21 +40,35 @@ def _run_tiny(tmp_path, monkeypatch):
     report = json.loads((work / "results.json").read_text())
     # Results as data: the records alone rebuild the same rows, intervals and verdicts, no training.
     from dakpn_jax.protocol import records
+
     rebuilt = records.rebuild_report(str(tmp_path / "records"), str(tmp_path / "rebuilt"))
     for part in ("rows", "comparisons", "per_class_iou"):
-        assert json.dumps(rebuilt["summary"][part], sort_keys=True) == json.dumps(out["summary"][part], sort_keys=True), part
+        assert json.dumps(rebuilt["summary"][part], sort_keys=True) == json.dumps(
+            out["summary"][part], sort_keys=True
+        ), part
     rows = {(r["method"], r["n"]) for r in report["summary"]["rows"]}
-    want = {("source_only", 0), ("source_only", 2), ("dakpn", 0), ("dakpn", 2), ("oracle", pconfig.data.num_real_train)}
+    want = {
+        ("source_only", 0),
+        ("source_only", 2),
+        ("dakpn", 0),
+        ("dakpn", 2),
+        ("oracle", pconfig.data.num_real_train),
+    }
     want |= {(name, 0) for name in pconfig.translators if name != "dakpn"}
     assert rows == want
     # Every row against both baselines at its N, with both intervals around the observed mean.
     comps = report["summary"]["comparisons"]
     assert {(c["method"], c["n"], c["baseline"]) for c in comps} == (
-        {(m, n, "source_only") for m, n in rows if m != "source_only"} | {(m, n, "dakpn") for m, n in rows if m != "dakpn"})
+        {(m, n, "source_only") for m, n in rows if m != "source_only"}
+        | {(m, n, "dakpn") for m, n in rows if m != "dakpn"}
+    )
     for c in comps:
         for kind in ("seeds", "seeds_images"):
             ci = c[kind]
-            assert ci["lo"] <= ci["mean"] + 1e-12 and ci["mean"] <= ci["hi"] + 1e-12, (c["key"], kind)
+            assert ci["lo"] <= ci["mean"] + 1e-12 and ci["mean"] <= ci["hi"] + 1e-12, (
+                c["key"],
+                kind,
+            )
             assert math.isclose(ci["half_width"], (ci["hi"] - ci["lo"]) / 2)
         assert c["verdict"].startswith("n/a")  # 2 seeds: intervals, but no claim
         np.testing.assert_allclose(c["seeds"]["mean"], np.mean(c["per_seed"]))
@@ -60,20 +76,32 @@ def _run_tiny(tmp_path, monkeypatch):
     # library's own whole-split evaluation of the trained segmenter.
     from dakpn_jax.data import sources
     from dakpn_jax.training import segmentation
+
     seed0 = report["per_seed"][0]
     conf = np.load(work / "seed0" / "seg_dakpn_n2" / "confusions.npz")["confusions"]
     assert conf.shape == (pconfig.data.num_real_val, 19, 19)
     assert conf.sum() == pconfig.data.num_real_val * pconfig.data.height * pconfig.data.width
-    np.testing.assert_allclose(seed0["segmenters"]["dakpn_n2"]["val"]["miou"], stats.miou_from_confusion(conf.sum(0)))
+    np.testing.assert_allclose(
+        seed0["segmenters"]["dakpn_n2"]["val"]["miou"], stats.miou_from_confusion(conf.sum(0))
+    )
     apply_fn, params = segmentation.load_segmenter(str(work / "seed0" / "seg_dakpn_n2" / "run"))
-    ref = segmentation.evaluate_segmenter(apply_fn, params, sources.make_source(pconfig.data, "real-val"), 19)
+    ref = segmentation.evaluate_segmenter(
+        apply_fn, params, sources.make_source(pconfig.data, "real-val"), 19
+    )
     np.testing.assert_array_equal(ref["confusion"], conf.sum(0))
     # Stage configs are recorded; the translated segmenter trains on the export + N real labels.
     cfg = seed0["segmenters"]["dakpn_n2"]["config"]
     folder, real = cfg["data"]["train_sources"]
-    assert cfg["seed"] == 0 and folder["root"].endswith("export_dakpn/data") and math.isclose(folder["weight"], 0.75)
+    assert (
+        cfg["seed"] == 0
+        and folder["root"].endswith("export_dakpn/data")
+        and math.isclose(folder["weight"], 0.75)
+    )
     assert real == {"kind": "split", "split": "real-train-labelled", "weight": 0.25}
-    assert len(list((Path(folder["root"]) / "images").glob("*.png"))) == pconfig.data.num_synthetic_train
+    assert (
+        len(list((Path(folder["root"]) / "images").glob("*.png")))
+        == pconfig.data.num_synthetic_train
+    )
     ctrl = json.loads((work / "seed0" / "export_fda" / "data" / "manifest.json").read_text())
     assert ctrl["method"] == "control:fda" and ctrl["complete"]
     assert not (work / "seed0" / "translator_fda").exists()  # training-free: no trainer stage
@@ -81,19 +109,28 @@ def _run_tiny(tmp_path, monkeypatch):
     a = methods.override(_cfg(seed0, "source_only_n0"), {})
     b = methods.override(_cfg(seed0, "histogram_n0"), {})
     assert a.seed == b.seed == 0 and a.model == b.model and a.optim == b.optim
-    np.testing.assert_array_equal(segmentation.make_train_source(a).owner, segmentation.make_train_source(b).owner)
+    np.testing.assert_array_equal(
+        segmentation.make_train_source(a).owner, segmentation.make_train_source(b).owner
+    )
     assert _cfg(report["per_seed"][1], "source_only_n0").seed == 1
     # Per-class IoU, the plot, the grids, the self-contained HTML.
     assert set(report["summary"]["per_class_iou"]) == {r["key"] for r in report["summary"]["rows"]}
     text = (work / "results.md").read_text()
-    assert text == out["markdown"] and "| dakpn | 2 |" in text and "| oracle | all |" in text and "verdict" in text
+    assert (
+        text == out["markdown"]
+        and "| dakpn | 2 |" in text
+        and "| oracle | all |" in text
+        and "verdict" in text
+    )
     with Image.open(work / "miou_vs_n.png") as im:
         assert im.size == (640, 400)
     ncols = 2 + len(pconfig.translators) + 1
     with Image.open(work / "grid_seed1.png") as im:  # synthetic | translations | real | label
         assert im.size == (2 + ncols * (pconfig.data.width + 2), 2 + 2 * (pconfig.data.height + 2))
     page = (work / "results.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "http" not in page.replace("http-equiv", "")
+    assert page.count("data:image/png;base64,") == 3 and "http" not in page.replace(
+        "http-equiv", ""
+    )
     assert "<table>" in page and "stage_overrides" in page
     assert set(report["timings"]) == {k for k, _, _ in protocol.plan(pconfig)}
 
@@ -112,6 +149,7 @@ def _run_tiny(tmp_path, monkeypatch):
 
 def _cfg(seed_result, key):
     import ml_collections
+
     return ml_collections.ConfigDict(seed_result["segmenters"][key]["config"])
 
 
@@ -119,15 +157,29 @@ def test_summary_comparisons_and_markdown_numbers():
     pconfig = _tiny()
     pconfig.seeds = (0, 1, 2)
     per_seed = []
-    for s, (src, dk, orc) in enumerate([(0.10, 0.30, 0.40), (0.20, 0.34, 0.50), (0.12, 0.35, 0.42)]):
-        per_seed.append({"seed": s, "skipped": {},
-                         "segmenters": {"source_only_n0": {"final": {"eval/miou": src}},
-                                        "dakpn_n0": {"val": {"miou": dk}}, "oracle": {"val": {"miou": orc}}},
-                         "scores": {"model_score": {"dakpn": {"miou": dk / 2, "top_flips": []}},
-                                    "paired": {"dakpn": {"psnr": 20.0 + s, "ssim": 0.5, "swd": 0.1}}}})
+    for s, (src, dk, orc) in enumerate(
+        [(0.10, 0.30, 0.40), (0.20, 0.34, 0.50), (0.12, 0.35, 0.42)]
+    ):
+        per_seed.append(
+            {
+                "seed": s,
+                "skipped": {},
+                "segmenters": {
+                    "source_only_n0": {"final": {"eval/miou": src}},
+                    "dakpn_n0": {"val": {"miou": dk}},
+                    "oracle": {"val": {"miou": orc}},
+                },
+                "scores": {
+                    "model_score": {"dakpn": {"miou": dk / 2, "top_flips": []}},
+                    "paired": {"dakpn": {"psnr": 20.0 + s, "ssim": 0.5, "swd": 0.1}},
+                },
+            }
+        )
     summary = protocol.summarise(pconfig, per_seed)
     rows = {r["method"]: r for r in summary["rows"]}
-    np.testing.assert_allclose(rows["dakpn"]["miou"], [np.mean([.30, .34, .35]), np.std([.30, .34, .35], ddof=1)])
+    np.testing.assert_allclose(
+        rows["dakpn"]["miou"], [np.mean([0.30, 0.34, 0.35]), np.std([0.30, 0.34, 0.35], ddof=1)]
+    )
     np.testing.assert_allclose(rows["dakpn"]["psnr"], [21.0, 1.0])
     assert "model_score" not in rows["oracle"]
     comps = {(c["method"], c["baseline"]): c for c in summary["comparisons"]}
@@ -170,12 +222,18 @@ def test_one_seed_report_has_no_spread_and_per_class_table_only_present_classes(
     table keeps only classes with labelled pixels in the evaluated split (confusion rows = labels)."""
     from dakpn_jax.data import label_space
     from dakpn_jax.protocol import layout
+
     pconfig = _tiny()
     pconfig.seeds = (0,)
     names = list(label_space.for_data(pconfig.data).class_names)
     C = len(names)
     conf = np.zeros((3, C, C), np.int64)  # 3 images; labels only of classes 0 and 2
-    conf[:, 0, 0], conf[:, 0, 1], conf[:, 2, 2], conf[:, 2, 5] = 50, 10, 40, 5  # 1 and 5 predicted, never labelled
+    conf[:, 0, 0], conf[:, 0, 1], conf[:, 2, 2], conf[:, 2, 5] = (
+        50,
+        10,
+        40,
+        5,
+    )  # 1 and 5 predicted, never labelled
     per_class = {n: None for n in names}
     iou = stats.per_class_iou(conf.sum(0))
     for c in range(C):
@@ -185,24 +243,39 @@ def test_one_seed_report_has_no_spread_and_per_class_table_only_present_classes(
         d = tmp_path / "seed0" / f"seg_{key}"
         d.mkdir(parents=True)
         np.savez_compressed(d / layout.CONFUSIONS, confusions=conf)
-    per_seed = [{"seed": 0, "skipped": {}, "segmenters": {"source_only_n0": seg, "oracle": seg},
-                 "scores": {"model_score": {}, "paired": {"untranslated": {"psnr": 15.0}}}}]
+    per_seed = [
+        {
+            "seed": 0,
+            "skipped": {},
+            "segmenters": {"source_only_n0": seg, "oracle": seg},
+            "scores": {"model_score": {}, "paired": {"untranslated": {"psnr": 15.0}}},
+        }
+    ]
     summary = protocol.summarise(pconfig, per_seed, str(tmp_path))
     rows = {r["method"]: r for r in summary["rows"]}
     assert rows["source_only"]["miou"][1] is None
     text = protocol.markdown(pconfig, summary, per_seed)
-    assert "| source_only | 0 | 30.0 | [" in text and "± 0.0" not in text and "±" not in text.split("##")[0].split("|", 1)[1]
+    assert (
+        "| source_only | 0 | 30.0 | [" in text
+        and "± 0.0" not in text
+        and "±" not in text.split("##")[0].split("|", 1)[1]
+    )
     assert "one seed, so no spread over seeds" in text
-    header = next(line for line in text.splitlines() if line.startswith("| segmenter | ") and names[0] in line)
+    header = next(
+        line for line in text.splitlines() if line.startswith("| segmenter | ") and names[0] in line
+    )
     assert header == f"| segmenter | {names[0]} | {names[2]} |", header
     assert f"left out: {', '.join(n for i, n in enumerate(names) if i not in (0, 2))}." in text
 
 
-@pytest.mark.parametrize("variant", ["default", "decisive", "cpu", "noise", "seeds3", "baselines", "tiny"])
+@pytest.mark.parametrize(
+    "variant", ["default", "decisive", "cpu", "noise", "seeds3", "baselines", "tiny"]
+)
 def test_every_variant_builds_consistent_stage_configs(variant):
     """Every row a variant names builds; an overridden GAN schedule still adds up (constant + decay =
     num_train_steps); every trained stage skips in-training evaluation (the protocol scores it)."""
     from configs import protocol as protocol_configs
+
     pconfig = protocol_configs.get_config(variant)
     assert len(pconfig.seeds) >= 1
     ts = protocol.build_translators(pconfig, 1)
@@ -211,14 +284,35 @@ def test_every_variant_builds_consistent_stage_configs(variant):
             assert t.config.seed == 1 and t.config.data.width == pconfig.data.width, name
             assert t.config.eval_every_steps == 0, name
             if t.kind == "train" and t.spec.get("overrides"):
-                assert t.config.optim.constant_steps + t.config.optim.decay_steps == t.config.num_train_steps, name
+                assert (
+                    t.config.optim.constant_steps + t.config.optim.decay_steps
+                    == t.config.num_train_steps
+                ), name
         else:
             assert t.make_fn is not None and t.config is None
     if variant == "decisive":
-        assert len(pconfig.seeds) >= 5 and tuple(pconfig.n_real) == tuple(pconfig.side_n_real) == (0, 20, 100)
-        assert {"dakpn", "dakpn_no_affine", "dakpn_no_blur", "dakpn_no_noise", "dakpn_uniform", "cyclegan", "cut",
-                "fastcut", "randomize", "histogram", "reinhard", "fda"} <= set(ts)
-    if variant == "default":  # the README main job: headline rows at N = 0, 20, a control, the oracle
+        assert len(pconfig.seeds) >= 5 and tuple(pconfig.n_real) == tuple(pconfig.side_n_real) == (
+            0,
+            20,
+            100,
+        )
+        assert {
+            "dakpn",
+            "dakpn_no_affine",
+            "dakpn_no_blur",
+            "dakpn_no_noise",
+            "dakpn_uniform",
+            "cyclegan",
+            "cut",
+            "fastcut",
+            "randomize",
+            "histogram",
+            "reinhard",
+            "fda",
+        } <= set(ts)
+    if (
+        variant == "default"
+    ):  # the README main job: headline rows at N = 0, 20, a control, the oracle
         assert {"dakpn"} < set(ts) and any(not t.trained for t in ts.values())
         assert tuple(pconfig.n_real) == (0, 20)
         assert ts["dakpn"].config.model.get("param_size") == (16, 32)
@@ -231,13 +325,28 @@ def test_every_variant_builds_consistent_stage_configs(variant):
 def test_a_new_translator_row_is_one_config_line_and_bad_rows_are_refused():
     pconfig = _tiny()
     with pconfig.unlocked():
-        pconfig.translators.fastcut2 = {"kind": "train", "config": "configs/cut.py", "arg": "fastcut-tiny"}
-        pconfig.translators.fda2 = {"kind": "control", "control": "fda", "params": {"beta": 0.05}, "n_real": (0, 2)}
+        pconfig.translators.fastcut2 = {
+            "kind": "train",
+            "config": "configs/cut.py",
+            "arg": "fastcut-tiny",
+        }
+        pconfig.translators.fda2 = {
+            "kind": "control",
+            "control": "fda",
+            "params": {"beta": 0.05},
+            "n_real": (0, 2),
+        }
     ts = protocol.build_translators(pconfig, 0)
     assert ts["fastcut2"].trained and ts["fastcut2"].config.method == "cut"
-    assert methods.n_values(pconfig, "fda2") == (0, 2) and methods.n_values(pconfig, "histogram") == (0,)
+    assert methods.n_values(pconfig, "fda2") == (0, 2) and methods.n_values(
+        pconfig, "histogram"
+    ) == (0,)
     keys = [k for k, _, _ in protocol.plan(pconfig)]
-    assert "seed0/translator_fastcut2" in keys and "seed0/seg_fda2_n2" in keys and "seed0/translator_fda2" not in keys
+    assert (
+        "seed0/translator_fastcut2" in keys
+        and "seed0/seg_fda2_n2" in keys
+        and "seed0/translator_fda2" not in keys
+    )
     with pconfig.unlocked():
         pconfig.translators.bad = {"kind": "nope"}
     with pytest.raises(ValueError, match="kind='nope'"):
@@ -255,12 +364,17 @@ def test_stage_reuses_a_complete_result_and_reruns_one_that_no_longer_covers_the
         def fn(directory):
             calls.append(directory)
             return result
+
         return fn
 
     d = str(tmp_path / "scores")
-    assert protocol.stage(d, make({"model_score": {"a": 1}}), what="scores") == {"model_score": {"a": 1}}
-    covers = lambda wanted: (lambda r: wanted <= set(r["model_score"]))
-    assert protocol.stage(d, make(None), what="scores", still_valid=covers({"a"})) == {"model_score": {"a": 1}}
+    assert protocol.stage(d, make({"model_score": {"a": 1}}), what="scores") == {
+        "model_score": {"a": 1}
+    }
+    covers = lambda wanted: lambda r: wanted <= set(r["model_score"])
+    assert protocol.stage(d, make(None), what="scores", still_valid=covers({"a"})) == {
+        "model_score": {"a": 1}
+    }
     assert len(calls) == 1
     new = {"model_score": {"a": 1, "b": 2}}
     assert protocol.stage(d, make(new), what="scores", still_valid=covers({"a", "b"})) == new
@@ -274,6 +388,7 @@ def test_console_lines_and_log_routing(tmp_path, capsys):
     import logging
     from dakpn_jax import console as project_console
     from dakpn_jax.protocol import console
+
     root = logging.getLogger()
     capsys.readouterr()
     terminal = logging.StreamHandler(sys.stderr)  # stands for the console handler absl installs
@@ -281,7 +396,9 @@ def test_console_lines_and_log_routing(tmp_path, capsys):
     try:
         with project_console.route_library_logs(str(tmp_path), filename="protocol.log") as routing:
             logging.getLogger("dakpn_jax.train").info("step 1/2 | 3 steps/s | ETA 0 | loss 1")
-            with project_console.route_library_logs(str(tmp_path / "stage")):  # a trainer run inside
+            with project_console.route_library_logs(
+                str(tmp_path / "stage")
+            ):  # a trainer run inside
                 pass
             # The inner routing's exit must leave the outer one's console filters in place.
             logging.getLogger("absl").warning("CheckpointManagerOptions.read_only=True")
@@ -290,7 +407,9 @@ def test_console_lines_and_log_routing(tmp_path, capsys):
                 h.flush()
             text = Path(routing.path).read_text()
         assert routing.path == str(tmp_path / "protocol.log")
-        assert "step 1/2" in text and "read_only" in text and "a real warning" in text  # all in the file
+        assert (
+            "step 1/2" in text and "read_only" in text and "a real warning" in text
+        )  # all in the file
         shown = capsys.readouterr().err
         assert "step 1/2" not in shown and "read_only" not in shown and "a real warning" in shown
         assert not terminal.filters  # the routing is undone on exit
@@ -311,13 +430,21 @@ def test_stage_eta_uses_each_kinds_measured_rate():
     run yet; recomputed here from the stage times the reporter recorded."""
     import io
     from dakpn_jax.protocol import console
-    plan = [("seed0/translator_dakpn", 10.0), ("seed0/seg_a_n0", 4.0), ("seed0/seg_b_n0", 4.0),
-            ("seed0/seg_c_n0", 8.0), ("seed0/scores", 2.0)]
+
+    plan = [
+        ("seed0/translator_dakpn", 10.0),
+        ("seed0/seg_a_n0", 4.0),
+        ("seed0/seg_b_n0", 4.0),
+        ("seed0/seg_c_n0", 8.0),
+        ("seed0/scores", 2.0),
+    ]
     rep = console.StageReporter(plan, stream=io.StringIO(), kind_of=console.stage_kind)
     rep.end("seed0/translator_dakpn", "t", rep.start("seed0/translator_dakpn", "t") - 3.0, 0.0)
     t_trans = rep.times["seed0/translator_dakpn"]["wall_s"]
     overall = t_trans / 10.0
-    assert rep.eta() == pytest.approx(overall * (4 + 4 + 8 + 2))  # no segmenter ran: the overall rate
+    assert rep.eta() == pytest.approx(
+        overall * (4 + 4 + 8 + 2)
+    )  # no segmenter ran: the overall rate
     rep.end("seed0/seg_a_n0", "a", rep.start("seed0/seg_a_n0", "a") - 6.0, 0.0)
     t_seg = rep.times["seed0/seg_a_n0"]["wall_s"]
     seg_rate, overall = t_seg / 4.0, (t_trans + t_seg) / 14.0
@@ -327,6 +454,7 @@ def test_stage_eta_uses_each_kinds_measured_rate():
 
 def test_render_cache_gives_the_same_items_and_private_copies():
     from dakpn_jax.data import procedural
+
     cfg = procedural.ProceduralConfig(height=32, width=64, num_real_train=3, num_real_labelled=2)
     plain = procedural.make_source("real-train-labelled", cfg)[1]
     procedural.set_render_cache(10)
@@ -350,15 +478,22 @@ def test_fixed_seeds_pin_one_component_and_vary_the_others():
     pinned translators train with seed 0 in every run seed, the segmenters follow the run seed, and
     the other way round."""
     from configs import protocol as protocol_configs
+
     seg_only = protocol_configs.get_config("variance_segmenter")
     trans_only = protocol_configs.get_config("variance_translator")
     for s in (1, 3):
         ts = protocol.build_translators(seg_only, s)
         assert ts["dakpn"].config.seed == 0 and ts["cyclegan"].config.seed == 0
-        assert methods.role_seed(seg_only, "segmenter", s) == s and methods.role_seed(seg_only, "control", s) == 0
+        assert (
+            methods.role_seed(seg_only, "segmenter", s) == s
+            and methods.role_seed(seg_only, "control", s) == 0
+        )
         ts = protocol.build_translators(trans_only, s)
         assert ts["dakpn"].config.seed == s and ts["cyclegan"].config.seed == s
-        assert methods.role_seed(trans_only, "segmenter", s) == 0 and methods.role_seed(trans_only, "control", s) == s
+        assert (
+            methods.role_seed(trans_only, "segmenter", s) == 0
+            and methods.role_seed(trans_only, "control", s) == s
+        )
     # The default leaves every component on the run's seed.
     default = protocol_configs.get_config("default")
     assert all(methods.role_seed(default, r, 4) == 4 for r in methods.ROLES)
@@ -371,11 +506,20 @@ def test_run_seed_gives_segmenters_the_pinned_seed(tmp_path, monkeypatch):
     segmenter config of run seed 3 has seed 0 and every translator config seed 3 (stages stubbed)."""
     from configs import protocol as protocol_configs
     from dakpn_jax.protocol import stages
+
     pconfig = protocol_configs.get_config("variance_translator")
     seen = {"segmenter": [], "translator": []}
-    monkeypatch.setattr(stages, "stage", lambda directory, fn, **kw: {"root": directory, "model_score": {}, "paired": {}})
-    monkeypatch.setattr(stages, "segmenter", lambda pc, cfg, what, progress=False: seen["segmenter"].append(cfg))
-    monkeypatch.setattr(stages, "train", lambda cfg, what="train", progress=False: seen["translator"].append(cfg))
+    monkeypatch.setattr(
+        stages,
+        "stage",
+        lambda directory, fn, **kw: {"root": directory, "model_score": {}, "paired": {}},
+    )
+    monkeypatch.setattr(
+        stages, "segmenter", lambda pc, cfg, what, progress=False: seen["segmenter"].append(cfg)
+    )
+    monkeypatch.setattr(
+        stages, "train", lambda cfg, what="train", progress=False: seen["translator"].append(cfg)
+    )
     monkeypatch.setattr(stages, "export", lambda *a, **k: None)
     monkeypatch.setattr(stages, "scores", lambda *a, **k: None)
     stages.run_seed(pconfig, 3, str(tmp_path))

@@ -21,6 +21,7 @@ import path (no cwd on ``sys.path``), which is where ``from configs import defau
 README's CycleGAN command builds its config there, and the docstring's tiny DA-KPN command
 really trains 2 steps.
 """
+
 import ast
 import glob
 import os
@@ -32,7 +33,13 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREFIXES = ("python3 -m dakpn_jax", "python -m dakpn_jax", "dakpn ", "python3 experiments/", "python experiments/")
+PREFIXES = (
+    "python3 -m dakpn_jax",
+    "python -m dakpn_jax",
+    "dakpn ",
+    "python3 experiments/",
+    "python experiments/",
+)
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": REPO}
 TIMEOUT = 240
 
@@ -166,10 +173,15 @@ def check_main_in_process(argv, monkeypatch):
     fv = flags.FlagValues()
     cli.define_flags(fv)
     console.prepare_config_imports(args)
-    monkeypatch.setattr(sys, "argv", ["dakpn"] + args)  # config_flags finds the --config.* overrides there
+    monkeypatch.setattr(
+        sys, "argv", ["dakpn"] + args
+    )  # config_flags finds the --config.* overrides there
     fv(["dakpn"] + args)
     import jax
-    return cli.check_config(fv.config, devices=jax.devices()[:1])  # the README's machine: one CPU device
+
+    return cli.check_config(
+        fv.config, devices=jax.devices()[:1]
+    )  # the README's machine: one CPU device
 
 
 @pytest.mark.parametrize("where,command", COMMANDS, ids=[f"{w}:{c[:60]}" for w, c in COMMANDS])
@@ -191,7 +203,9 @@ def test_documented_command_parses(where, command, monkeypatch):
         r = _run(entry_point(argv_of(printed[0]))[1] + ["--check_config"])  # the real CLI, once
         assert r.returncode == 0 and "config OK" in r.stdout, _explain(where, printed[0], r)
     else:
-        target = argv[1:] if argv[1] != "-m" else argv[2:]  # a script path or a module name, then its flags
+        target = (
+            argv[1:] if argv[1] != "-m" else argv[2:]
+        )  # a script path or a module name, then its flags
         r = _run([sys.executable, "-c", PARSE_ONLY] + target)
         assert r.returncode == 0 and "PARSED-OK" in r.stdout, _explain(where, command, r)
 
@@ -237,23 +251,60 @@ def test_console_script_works_from_any_directory(tmp_path):
     r = _run(cyclegan + ["--check_config"], cwd=str(tmp_path), env=env)
     assert r.returncode == 0 and "config OK" in r.stdout, r.stderr[-3000:]
     tiny = absolute(_documented("dakpn ", "configs/default.py:tiny"), tmp_path / "tiny")
-    r = _run(tiny + ["--config.num_train_steps=2", "--config.eval_every_steps=0"], cwd=str(tmp_path), env=env)
+    r = _run(
+        tiny + ["--config.num_train_steps=2", "--config.eval_every_steps=0"],
+        cwd=str(tmp_path),
+        env=env,
+    )
     assert r.returncode == 0 and '"step": 2' in r.stdout, r.stderr[-3000:]
-    assert (tmp_path / "tiny" / "log.txt").exists() and r.stderr.count("\n") == 2, r.stderr  # start, end
+    assert (tmp_path / "tiny" / "log.txt").exists() and r.stderr.count("\n") == 2, (
+        r.stderr
+    )  # start, end
     assert "orbax" not in r.stderr and " absl] " in (tmp_path / "tiny" / "log.txt").read_text()
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["-m", "dakpn_jax.sweep", "--config=configs/segmentation.py", "--workdir=runs/x", "--dry_run"],
-     "defines no get_sweep"),
-    (["-m", "dakpn_jax.sweep", "--config=configs/default.py", "--dry_run"], "--workdir"),
-    (["-m", "dakpn_jax.main", "--config=configs/nope.py", "--workdir=runs/x"], "no such file"),
-    (["-m", "dakpn_jax.main", "--config=configs/default.py"], "--workdir"),
-    (["-m", "dakpn_jax.main", "--config=configs/default.py:nope", "--check_config"], "unknown variant"),
-    (["-m", "dakpn_jax.main", "--config=configs/default.py", "--check_config", "--config.nope=1"], "no field"),
-    (["-m", "dakpn_jax.main", "--config=configs/default.py", "--check_config", "--config.batch_size=0"],
-     "batch_size"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (
+            [
+                "-m",
+                "dakpn_jax.sweep",
+                "--config=configs/segmentation.py",
+                "--workdir=runs/x",
+                "--dry_run",
+            ],
+            "defines no get_sweep",
+        ),
+        (["-m", "dakpn_jax.sweep", "--config=configs/default.py", "--dry_run"], "--workdir"),
+        (["-m", "dakpn_jax.main", "--config=configs/nope.py", "--workdir=runs/x"], "no such file"),
+        (["-m", "dakpn_jax.main", "--config=configs/default.py"], "--workdir"),
+        (
+            ["-m", "dakpn_jax.main", "--config=configs/default.py:nope", "--check_config"],
+            "unknown variant",
+        ),
+        (
+            [
+                "-m",
+                "dakpn_jax.main",
+                "--config=configs/default.py",
+                "--check_config",
+                "--config.nope=1",
+            ],
+            "no field",
+        ),
+        (
+            [
+                "-m",
+                "dakpn_jax.main",
+                "--config=configs/default.py",
+                "--check_config",
+                "--config.batch_size=0",
+            ],
+            "batch_size",
+        ),
+    ],
+)
 def test_user_errors_end_in_one_line(args, needle):
     r = _run([sys.executable] + args)
     lines = r.stderr.strip().splitlines()
@@ -264,6 +315,7 @@ def test_user_errors_end_in_one_line(args, needle):
 
 def _plain_none_fields(c, prefix=""):
     import ml_collections
+
     for k in c.keys():
         raw = c._fields[k]  # a FieldReference for a placeholder, None for a plain None
         if isinstance(raw, ml_collections.ConfigDict):
@@ -277,12 +329,15 @@ def test_no_config_field_is_a_plain_none():
     ("Type NoneType of field ... is not supported for overriding")."""
     sys.path.insert(0, REPO)
     import importlib.util
+
     bad = {}
     for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))):
         spec = importlib.util.spec_from_file_location("_cfg_" + os.path.basename(path)[:-3], path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):  # a shared builder (configs/_dakpn_real.py): its users are checked
+        if not hasattr(
+            module, "get_config"
+        ):  # a shared builder (configs/_dakpn_real.py): its users are checked
             continue
         doc = module.__doc__ or ""
         variants = {None} | set(re.findall(r'``"([\w-]+)"``', doc))

@@ -1,6 +1,7 @@
 """Results as data (dakpn_jax.protocol.records): records written by separate runs merge into one
 report equal to the report of all seeds at once; records of another protocol config are refused
 with the differing field named; a seed lacking a row is left out and listed."""
+
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ KEYS = ("source_only_n0", "dakpn_n0", "oracle")
 
 def _tiny():
     from configs import protocol as protocol_configs
+
     return protocol_configs.get_config("tiny")
 
 
@@ -35,16 +37,31 @@ def _fake_seed(workdir: Path, seed: int, rng) -> tuple[dict, dict]:
         d.mkdir(parents=True)
         np.savez_compressed(d / layout.CONFUSIONS, confusions=conf)
         from dakpn_jax.protocol import stats
+
         total = conf.sum(0)
-        val = {"miou": float(stats.miou_from_confusion(total)), "images": 6,
-               "per_class_iou": {str(c): (None if not np.isfinite(v) else float(v))
-                                 for c, v in enumerate(stats.per_class_iou(total))}}
+        val = {
+            "miou": float(stats.miou_from_confusion(total)),
+            "images": 6,
+            "per_class_iou": {
+                str(c): (None if not np.isfinite(v) else float(v))
+                for c, v in enumerate(stats.per_class_iou(total))
+            },
+        }
         res["segmenters"][key] = {"val": val, "config": {"seed": seed, "row": key}}
-        (d / layout.STAGE_FILE).write_text(json.dumps({"stage": key, "result": res["segmenters"][key],
-                                                       "timing": {"wall_s": 1.0, "cpu_s": 1.5}}))
+        (d / layout.STAGE_FILE).write_text(
+            json.dumps(
+                {
+                    "stage": key,
+                    "result": res["segmenters"][key],
+                    "timing": {"wall_s": 1.0, "cpu_s": 1.5},
+                }
+            )
+        )
         confs[(seed, key)] = conf
-    res["scores"] = {"model_score": {"dakpn": {"miou": 0.2 + 0.01 * seed, "top_flips": []}},
-                     "paired": {"dakpn": {"psnr": 17.0 + seed, "ssim": 0.3, "swd": 0.1, "class_color_err": 0.2}}}
+    res["scores"] = {
+        "model_score": {"dakpn": {"miou": 0.2 + 0.01 * seed, "top_flips": []}},
+        "paired": {"dakpn": {"psnr": 17.0 + seed, "ssim": 0.3, "swd": 0.1, "class_color_err": 0.2}},
+    }
     return res, confs
 
 
@@ -53,7 +70,10 @@ def test_records_of_two_runs_make_the_report_of_all_seeds_and_mixed_configs_are_
     rng = np.random.default_rng(0)
     results = tmp_path / "results"
     per_seed, confs = [], {}
-    for run, seeds in (("run_a", (0, 1)), ("run_b", (2,))):  # two runs, two workdirs, one results dir
+    for run, seeds in (
+        ("run_a", (0, 1)),
+        ("run_b", (2,)),
+    ):  # two runs, two workdirs, one results dir
         pconfig.seeds = seeds
         for s in seeds:
             res, c = _fake_seed(tmp_path / run, s, rng)
@@ -72,16 +92,21 @@ def test_records_of_two_runs_make_the_report_of_all_seeds_and_mixed_configs_are_
         for v in r["segmenters"].values():
             v.pop("config", None)
     direct = report.summarise(pconfig, per_seed, confusions=confs)
-    assert json.dumps(out["summary"]["rows"], sort_keys=True, default=str) == json.dumps(direct["rows"], sort_keys=True, default=str)
-    assert json.dumps(out["summary"]["comparisons"], sort_keys=True, default=str) == \
-        json.dumps(direct["comparisons"], sort_keys=True, default=str)
+    assert json.dumps(out["summary"]["rows"], sort_keys=True, default=str) == json.dumps(
+        direct["rows"], sort_keys=True, default=str
+    )
+    assert json.dumps(out["summary"]["comparisons"], sort_keys=True, default=str) == json.dumps(
+        direct["comparisons"], sort_keys=True, default=str
+    )
     assert (tmp_path / "rebuilt" / layout.RESULTS_HTML).exists() and "3 seed(s)" in out["markdown"]
 
     # Another protocol config: refused before training, with the field that differs named.
     other = _tiny()
     other.eval.model_score_images = 7
     other.seeds = (3,)
-    with pytest.raises(ValueError, match=r"eval\.model_score_images: 4 vs 7|eval\.model_score_images"):
+    with pytest.raises(
+        ValueError, match=r"eval\.model_score_images: 4 vs 7|eval\.model_score_images"
+    ):
         records.check_compatible(str(results), other)
     with pytest.raises(ValueError, match=r"eval\.model_score_images"):
         records.rebuild_report(str(results), str(tmp_path / "x"), pconfig=other)
@@ -108,24 +133,42 @@ def test_a_seed_without_every_row_is_left_out_and_listed(tmp_path):
     (results / "seed1" / "dakpn_n0.json").unlink()
     out = records.rebuild_report(str(results), str(tmp_path / "rebuilt"))
     assert out["missing"] == {1: ["dakpn_n0"]}
-    assert "1 seed(s): [0]" in out["markdown"] and "- seed 1: no record of dakpn_n0" in out["markdown"]
-    assert json.loads((tmp_path / "rebuilt" / layout.RESULTS_JSON).read_text())["missing"] == {"1": ["dakpn_n0"]}
+    assert (
+        "1 seed(s): [0]" in out["markdown"] and "- seed 1: no record of dakpn_n0" in out["markdown"]
+    )
+    assert json.loads((tmp_path / "rebuilt" / layout.RESULTS_JSON).read_text())["missing"] == {
+        "1": ["dakpn_n0"]
+    }
     with pytest.raises(ValueError, match="no protocol records"):
         records.load(str(tmp_path / "empty"))
 
 
 def test_report_only_command_rebuilds_from_records_in_one_line_errors_otherwise(tmp_path):
     import subprocess
+
     root = Path(__file__).resolve().parents[1]
     pconfig = _tiny()
     pconfig.seeds = (0,)
     res, _ = _fake_seed(tmp_path / "run", 0, np.random.default_rng(2))
     records.write_seed(str(tmp_path / "results"), pconfig, str(tmp_path / "run"), res)
-    cmd = [sys.executable, str(root / "experiments" / "protocol.py"), f"--workdir={tmp_path / 'out'}"]
-    p = subprocess.run(cmd + ["--report_only", f"--results_dir={tmp_path / 'results'}"], capture_output=True,
-                       text=True, timeout=300, cwd=str(tmp_path))
+    cmd = [
+        sys.executable,
+        str(root / "experiments" / "protocol.py"),
+        f"--workdir={tmp_path / 'out'}",
+    ]
+    p = subprocess.run(
+        cmd + ["--report_only", f"--results_dir={tmp_path / 'results'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+    )
     assert p.returncode == 0, p.stderr
     assert "| dakpn | 0 |" in p.stdout and (tmp_path / "out" / layout.RESULTS_MD).exists()
     assert not (tmp_path / "out" / "seed0").exists()  # nothing trained
-    p = subprocess.run(cmd + ["--report_only"], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
-    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith("protocol: error: --report_only needs")
+    p = subprocess.run(
+        cmd + ["--report_only"], capture_output=True, text=True, timeout=300, cwd=str(tmp_path)
+    )
+    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith(
+        "protocol: error: --report_only needs"
+    )

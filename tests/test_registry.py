@@ -5,6 +5,7 @@ and, when it is a translator, served by `load_translator`'s route (`inference.TR
 rng and label needs it declares. Forgetting a reader used to pass the protocol and break
 `load_translator`; these checks fail instead.
 """
+
 import ml_collections
 import pytest
 
@@ -30,9 +31,15 @@ def test_every_registered_module_implements_the_contract(name):
 def test_every_translator_method_is_served_by_load_translators_route(name, monkeypatch):
     m = registry.get(name)
     spec = inference.TRANSLATORS[name]
-    assert spec.needs_checkpoint and spec.accepts_rng == m.takes_rng and spec.needs_labels is m.needs_labels
+    assert (
+        spec.needs_checkpoint
+        and spec.accepts_rng == m.takes_rng
+        and spec.needs_labels is m.needs_labels
+    )
     calls = []
-    monkeypatch.setattr(m.load(), "make_translator", lambda config, state: calls.append((config, state)) or "fn")
+    monkeypatch.setattr(
+        m.load(), "make_translator", lambda config, state: calls.append((config, state)) or "fn"
+    )
     assert spec.build("cfg", "state", "/nowhere") == "fn" and calls == [("cfg", "state")]
 
 
@@ -44,7 +51,9 @@ def test_methods_that_are_not_translators_are_not_routes():
 
 
 def test_a_method_registered_later_reaches_every_reader(monkeypatch):
-    monkeypatch.setitem(registry.REGISTRY, "toy", registry.Method("toy", "tests.toy_method", translator=True))
+    monkeypatch.setitem(
+        registry.REGISTRY, "toy", registry.Method("toy", "tests.toy_method", translator=True)
+    )
     assert training.get_method("toy") is toy_method
     assert training.METHODS["toy"] == "tests.toy_method"
     assert "toy" in inference.TRANSLATORS
@@ -68,6 +77,7 @@ def test_register_refuses_a_taken_name_and_a_non_method():
 def test_availability_is_declared_not_special_cased():
     from configs import vsait as vsait_configs
     from dakpn_jax.training import vsait
+
     c = vsait_configs.get_config("benchmark")
     assert registry.get("vsait").is_available(c) == vsait.vsait_available(c)
     assert registry.get("vsait").is_available(c)[0] is False  # no VGG19 weights configured here

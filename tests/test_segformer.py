@@ -5,6 +5,7 @@ from a tiny random config (test-only extras torch + transformers; those tests sk
 The torch-free tests check the published parameter counts, shapes, input validation, training-mode
 behaviour and the converter's errors.
 """
+
 import dataclasses
 import os
 
@@ -20,11 +21,27 @@ from dakpn_jax.models import segformer_convert as conv
 
 # A tiny 4-stage spec that still exercises every piece: sequence reduction 4 and 2, no reduction in
 # the last stage, several heads, two blocks in one stage.
-TINY_HF = dict(num_channels=3, num_encoder_blocks=4, depths=[1, 2, 1, 1], sr_ratios=[4, 2, 2, 1],
-               hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 2, 3, 4], mlp_ratios=[4, 4, 2, 4],
-               patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2], decoder_hidden_size=16, num_labels=5)
-TINY = sf.SegFormerSpec(hidden_sizes=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 3, 4),
-                        sr_ratios=(4, 2, 2, 1), mlp_ratios=(4, 4, 2, 4), decoder_hidden_size=16)
+TINY_HF = dict(
+    num_channels=3,
+    num_encoder_blocks=4,
+    depths=[1, 2, 1, 1],
+    sr_ratios=[4, 2, 2, 1],
+    hidden_sizes=[8, 16, 24, 32],
+    num_attention_heads=[1, 2, 3, 4],
+    mlp_ratios=[4, 4, 2, 4],
+    patch_sizes=[7, 3, 3, 3],
+    strides=[4, 2, 2, 2],
+    decoder_hidden_size=16,
+    num_labels=5,
+)
+TINY = sf.SegFormerSpec(
+    hidden_sizes=(8, 16, 24, 32),
+    depths=(1, 2, 1, 1),
+    num_heads=(1, 2, 3, 4),
+    sr_ratios=(4, 2, 2, 1),
+    mlp_ratios=(4, 4, 2, 4),
+    decoder_hidden_size=16,
+)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, transformers' IMAGENET_DEFAULT_MEAN
@@ -46,7 +63,9 @@ def _model(num_classes=5, seed=0, spec=TINY):
     """A SegFormer with random values and no random-number compilation: its abstract structure
     filled from a NumPy generator (XLA's compile of dozens of threefry initialisers is the slowest
     part of this file otherwise). Positive BatchNorm variances; RNG streams get real keys."""
-    graph, state = nnx.split(nnx.eval_shape(lambda: sf.SegFormer(spec, num_classes, rngs=nnx.Rngs(0))))
+    graph, state = nnx.split(
+        nnx.eval_shape(lambda: sf.SegFormer(spec, num_classes, rngs=nnx.Rngs(0)))
+    )
     rng = np.random.default_rng(seed)
 
     def fill(s):
@@ -74,7 +93,9 @@ def hf(tmp_path_factory):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    model = transformers.SegformerForSemanticSegmentation(transformers.SegformerConfig(**TINY_HF)).eval()
+    model = transformers.SegformerForSemanticSegmentation(
+        transformers.SegformerConfig(**TINY_HF)
+    ).eval()
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point():
@@ -127,15 +148,20 @@ def test_transformers5_names_and_torch_bin(hf, tmp_path):
     torch, _, model, _ = hf
     ours = _model(seed=1)
     report = conv.load_hf_weights(ours, {k: v.numpy() for k, v in model.state_dict().items()})
-    assert not report["initialised"] and report["ignored"] == ["decode_head.batch_norm.num_batches_tracked"]
+    assert not report["initialised"] and report["ignored"] == [
+        "decode_head.batch_norm.num_batches_tracked"
+    ]
     x = _images(X_SHAPE, seed=2)
-    np.testing.assert_allclose(np.asarray(_apply(ours, jnp.asarray(x))), _hf_logits(torch, model, x),
-                               atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(_apply(ours, jnp.asarray(x))), _hf_logits(torch, model, x), atol=1e-4, rtol=1e-4
+    )
 
     torch.save(model.state_dict(), tmp_path / "weights.bin")
     from_bin = _model(seed=2)
     conv.load_hf_weights(from_bin, tmp_path / "weights.bin")
-    jax.tree.map(np.testing.assert_array_equal, nnx.state(from_bin, nnx.Param), nnx.state(ours, nnx.Param))
+    jax.tree.map(
+        np.testing.assert_array_equal, nnx.state(from_bin, nnx.Param), nnx.state(ours, nnx.Param)
+    )
 
 
 def test_encoder_only_import_from_mit_classifier(hf, tmp_path):
@@ -143,14 +169,19 @@ def test_encoder_only_import_from_mit_classifier(hf, tmp_path):
     torch, transformers, _, _ = hf
     torch.manual_seed(1)
     mit = transformers.SegformerForImageClassification(
-        transformers.SegformerConfig(**{**TINY_HF, "num_labels": 7})).eval()
+        transformers.SegformerConfig(**{**TINY_HF, "num_labels": 7})
+    ).eval()
     mit.save_pretrained(tmp_path, safe_serialization=True)
     ours = _model(seed=3)
     decoder_before = jax.tree.map(np.asarray, nnx.state(ours.decode_head, nnx.Param))
     report = conv.load_hf_weights(ours, tmp_path)
     assert report["ignored"] == ["classifier.bias", "classifier.weight"]
-    assert report["initialised"] and all(n.startswith("decode_head.") for n in report["initialised"])
-    jax.tree.map(np.testing.assert_array_equal, decoder_before, nnx.state(ours.decode_head, nnx.Param))
+    assert report["initialised"] and all(
+        n.startswith("decode_head.") for n in report["initialised"]
+    )
+    jax.tree.map(
+        np.testing.assert_array_equal, decoder_before, nnx.state(ours.decode_head, nnx.Param)
+    )
     x = _images(X_SHAPE, seed=4)
     want = [_nhwc(h) for h in _hf_forward(torch, mit.segformer, x).hidden_states]
     got = _encode(ours, jnp.asarray(x))
@@ -158,7 +189,9 @@ def test_encoder_only_import_from_mit_classifier(hf, tmp_path):
     for g, w in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), w, atol=1e-4, rtol=1e-4)
     # The segmenter factory's `pretrained=` path, as the segmentation method builds its graphdef.
-    abstract = nnx.eval_shape(lambda: conv.make_segformer(TINY, 19, rngs=nnx.Rngs(0), pretrained=str(tmp_path)))
+    abstract = nnx.eval_shape(
+        lambda: conv.make_segformer(TINY, 19, rngs=nnx.Rngs(0), pretrained=str(tmp_path))
+    )
     assert abstract.decode_head.classifier.kernel.shape == (16, 19)
 
 
@@ -171,7 +204,9 @@ def test_load_pretrained_other_class_count(hf):
     assert report["initialised"] == ["decode_head.classifier.weight", "decode_head.classifier.bias"]
     np.testing.assert_array_equal(np.asarray(ours.decode_head.classifier.kernel[...]), classifier)
     fuse = model.state_dict()["decode_head.linear_fuse.weight"].numpy()  # (D, 4D, 1, 1)
-    np.testing.assert_array_equal(np.asarray(ours.decode_head.linear_fuse.kernel[...]), fuse[:, :, 0, 0].T)
+    np.testing.assert_array_equal(
+        np.asarray(ours.decode_head.linear_fuse.kernel[...]), fuse[:, :, 0, 0].T
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,11 +231,17 @@ def test_published_parameter_counts():
 
 @pytest.mark.smoke
 def test_shapes_strides_and_validation():
-    model = nnx.eval_shape(lambda: sf.SegFormer("b0", 19, rngs=nnx.Rngs(0)))  # shapes only: no compile
+    model = nnx.eval_shape(
+        lambda: sf.SegFormer("b0", 19, rngs=nnx.Rngs(0))
+    )  # shapes only: no compile
     shape = lambda f, *a: jax.tree.map(lambda t: t.shape, nnx.eval_shape(f, *a))
     x = jax.ShapeDtypeStruct((1, 64, 128, 3), jnp.float32)
     assert shape(lambda m, x: m.encode(x), model, x) == [
-        (1, 16, 32, 32), (1, 8, 16, 64), (1, 4, 8, 160), (1, 2, 4, 256)]
+        (1, 16, 32, 32),
+        (1, 8, 16, 64),
+        (1, 4, 8, 160),
+        (1, 2, 4, 256),
+    ]
     assert shape(lambda m, x: m(x), model, x) == (1, 16, 32, 19)
     with pytest.raises(ValueError, match=r"x has shape \(1, 64, 64\)"):
         model(jax.ShapeDtypeStruct((1, 64, 64), jnp.float32))
@@ -216,7 +257,9 @@ def test_shapes_strides_and_validation():
 
 def test_train_mode_dropout_and_global_batch_norm():
     # No stochastic depth here, so the decoder's BatchNorm input is the eval-mode fused feature.
-    model = _model(spec=dataclasses.replace(TINY, drop_path_rate=0.0, classifier_dropout=0.5), seed=9)
+    model = _model(
+        spec=dataclasses.replace(TINY, drop_path_rate=0.0, classifier_dropout=0.5), seed=9
+    )
     bn0 = model.decode_head.batch_norm
     mean0, var0 = np.asarray(bn0.mean[...], np.float64), np.asarray(bn0.var[...], np.float64)
     x = jnp.asarray(_images((8, 32, 32, 3), seed=3))
@@ -227,7 +270,9 @@ def test_train_mode_dropout_and_global_batch_norm():
         m = nnx.merge(graph, state)
         feats = m.encode(x)
         dh = m.decode_head
-        ups = [sf._resize_bilinear(lin(f), *feats[0].shape[1:3]) for f, lin in zip(feats, dh.linear_c)]
+        ups = [
+            sf._resize_bilinear(lin(f), *feats[0].shape[1:3]) for f, lin in zip(feats, dh.linear_c)
+        ]
         fused = dh.linear_fuse(jnp.concatenate(ups[::-1], -1))
         y1, y2 = m(x, train=True), m(x, train=True)  # the dropout stream advances between calls
         return y1, y2, fused, nnx.state(m, nnx.BatchStat)
@@ -242,10 +287,17 @@ def test_train_mode_dropout_and_global_batch_norm():
     np.testing.assert_allclose(np.asarray(y8), np.asarray(y), atol=1e-4)
     f = np.asarray(fused, np.float64).reshape(-1, fused.shape[-1])
     bn = stats["decode_head"]["batch_norm"]
-    np.testing.assert_allclose(np.asarray(bn["mean"][...]), 0.81 * mean0 + 0.19 * f.mean(0), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(bn["var"][...]), 0.81 * var0 + 0.19 * f.var(0), atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(stats8["decode_head"]["batch_norm"]["mean"][...]),
-                               np.asarray(bn["mean"][...]), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(bn["mean"][...]), 0.81 * mean0 + 0.19 * f.mean(0), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(bn["var"][...]), 0.81 * var0 + 0.19 * f.var(0), atol=1e-5, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(stats8["decode_head"]["batch_norm"]["mean"][...]),
+        np.asarray(bn["mean"][...]),
+        atol=1e-6,
+    )
 
 
 def test_stochastic_depth_drops_whole_samples():
@@ -262,13 +314,18 @@ def test_stochastic_depth_drops_whole_samples():
         return b(t, train=True), attn, ffn
 
     t = jnp.asarray(np.random.default_rng(0).normal(size=(64, 2, 3, 8)).astype(np.float32))
-    out, attn, ffn = (np.asarray(v) if not isinstance(v, list) else [np.asarray(u) for u in v]
-                      for v in run(state, t))
+    out, attn, ffn = (
+        np.asarray(v) if not isinstance(v, list) else [np.asarray(u) for u in v]
+        for v in run(state, t)
+    )
     res = out - np.asarray(t)
     seen = []
     for i in range(64):
-        err = {(a, b): np.abs(res[i] - a * attn[i] - b * ffn[int(a > 0)][i]).max()
-               for a in (0.0, 2.0) for b in (0.0, 2.0)}
+        err = {
+            (a, b): np.abs(res[i] - a * attn[i] - b * ffn[int(a > 0)][i]).max()
+            for a in (0.0, 2.0)
+            for b in (0.0, 2.0)
+        }
         best = min(err, key=err.get)
         assert err[best] < 1e-5, (i, err)
         seen.append(best)
@@ -279,15 +336,27 @@ def test_stochastic_depth_drops_whole_samples():
 
 def test_initialisation_statistics():
     # The library's own initialisation (the other tests fill values from NumPy): published MiT init.
-    spec = sf.SegFormerSpec(hidden_sizes=(32,), depths=(1,), num_heads=(2,), sr_ratios=(2,), mlp_ratios=(4,),
-                            patch_sizes=(7,), strides=(4,), decoder_hidden_size=64)
+    spec = sf.SegFormerSpec(
+        hidden_sizes=(32,),
+        depths=(1,),
+        num_heads=(2,),
+        sr_ratios=(2,),
+        mlp_ratios=(4,),
+        patch_sizes=(7,),
+        strides=(4,),
+        decoder_hidden_size=64,
+    )
     m = sf.SegFormer(spec, 64, rngs=nnx.Rngs(0))
     std = lambda v: float(np.std(np.asarray(v[...], np.float64)))
     blk = m.encoder.block[0][0]
     w = np.asarray(blk.mlp.dense1.kernel[...])
     assert w.shape == (32, 128) and np.abs(w).max() <= 2 * 0.02 + 1e-7  # truncated at 2 std
-    assert std(blk.mlp.dense1.kernel) == pytest.approx(0.02 * 0.8796, rel=0.06)  # std of N(0,1) cut at +-2
-    assert std(m.encoder.patch_embeddings[0].proj.kernel) == pytest.approx((2 / (49 * 32)) ** 0.5, rel=0.06)
+    assert std(blk.mlp.dense1.kernel) == pytest.approx(
+        0.02 * 0.8796, rel=0.06
+    )  # std of N(0,1) cut at +-2
+    assert std(m.encoder.patch_embeddings[0].proj.kernel) == pytest.approx(
+        (2 / (49 * 32)) ** 0.5, rel=0.06
+    )
     assert std(blk.mlp.dwconv.kernel) == pytest.approx((2 / 9) ** 0.5, rel=0.1)
     assert std(m.decode_head.classifier.kernel) == pytest.approx(0.01, rel=0.06)
     for v in (blk.layer_norm_1.scale, m.decode_head.batch_norm.scale, m.decode_head.batch_norm.var):
@@ -315,8 +384,12 @@ def test_converter_round_trip_and_errors():
     assert len(tensors) == len(conv._entries(src))
     dst = _model(seed=6)
     conv.load_hf_weights(dst, tensors)
-    jax.tree.map(np.testing.assert_array_equal, nnx.state(dst, nnx.Param), nnx.state(src, nnx.Param))
-    jax.tree.map(np.testing.assert_array_equal, nnx.state(dst, nnx.BatchStat), nnx.state(src, nnx.BatchStat))
+    jax.tree.map(
+        np.testing.assert_array_equal, nnx.state(dst, nnx.Param), nnx.state(src, nnx.Param)
+    )
+    jax.tree.map(
+        np.testing.assert_array_equal, nnx.state(dst, nnx.BatchStat), nnx.state(src, nnx.BatchStat)
+    )
 
     bad = dict(tensors)
     del bad["segformer.encoder.block.1.1.mlp.dense1.weight"]
@@ -330,11 +403,15 @@ def test_converter_round_trip_and_errors():
     assert "missing (1):\n    encoder.block.1.1.mlp.dense1.weight" in msg
     assert "unexpected (1):\n    encoder.extra.weight" in msg
     assert "decode_head.linear_c.0.proj.weight: checkpoint (16, 9), model expects (16, 8)" in msg
-    np.testing.assert_array_equal(np.asarray(fresh.encoder.layer_norm[0].scale[...]), before)  # untouched
+    np.testing.assert_array_equal(
+        np.asarray(fresh.encoder.layer_norm[0].scale[...]), before
+    )  # untouched
 
     # A different class count: refused unless the classifier is skipped (and left initialised).
     other = _model(num_classes=19, seed=8)
-    with pytest.raises(ValueError, match=r"decode_head.classifier.weight: checkpoint \(5, 16, 1, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"decode_head.classifier.weight: checkpoint \(5, 16, 1, 1\)"
+    ):
         conv.load_hf_weights(other, tensors)
     report = conv.load_hf_weights(other, tensors, skip=("decode_head.classifier",))
     assert report["initialised"] == ["decode_head.classifier.weight", "decode_head.classifier.bias"]
@@ -356,6 +433,7 @@ def test_config_and_file_errors(tmp_path):
 
 def _load_config(name):
     import importlib.util
+
     path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"_test_configs_{name}", path)
     module = importlib.util.module_from_spec(spec)
@@ -369,15 +447,26 @@ def test_paper_recipe_config():
     cfg = _load_config("segformer")
     c = cfg.get_config()
     assert c.method == "segmentation" and c.model.name == "segformer_b5" and c.batch_size == 8
-    assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.poly_power) == ("adamw", 6e-5, 0.01, 1.0)
+    assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.poly_power) == (
+        "adamw",
+        6e-5,
+        0.01,
+        1.0,
+    )
     assert c.num_train_steps == 50 * c.data.num_synthetic_train // 8
     schedule = segmentation.make_schedule(c)  # linear decay 6e-5 -> 0
     for step in (0, c.num_train_steps // 4, c.num_train_steps // 2):
-        assert float(schedule(step)) == pytest.approx(6e-5 * (1 - step / c.num_train_steps), rel=1e-5)
+        assert float(schedule(step)) == pytest.approx(
+            6e-5 * (1 - step / c.num_train_steps), rel=1e-5
+        )
     assert cfg.get_config("b0").model.name == "segformer_b0"
     with pytest.raises(ValueError, match="unknown variant 'b7'"):
         cfg.get_config("b7")
     # The segmentation method builds the tiny variant's SegFormer (abstractly) from these fields.
     tiny = cfg.get_config("tiny")
     model = nnx.eval_shape(lambda: segmentation.build_model(tiny, nnx.Rngs(0)))
-    assert isinstance(model, sf.SegFormer) and model.spec.drop_path_rate == 0.0 and model.num_classes == 19
+    assert (
+        isinstance(model, sf.SegFormer)
+        and model.spec.drop_path_rate == 0.0
+        and model.num_classes == 19
+    )

@@ -1,5 +1,6 @@
 """The protocol's statistics (dakpn_jax/protocol/stats.py): paired bootstrap intervals on synthetic
 data with a known difference, and mIoU from confusion matrices against a direct computation."""
+
 import numpy as np
 import pytest
 

@@ -3,6 +3,7 @@
 Driven by the tiny method in tests/toy_method.py; the DA-KPN method gets the same checks in
 test_trainer_dakpn_* below once its data pipeline exists.
 """
+
 import json
 import os
 import signal
@@ -45,7 +46,10 @@ def toy_config(**overrides):
 
 
 def leaves(state):
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+    return {
+        jax.tree_util.keystr(p): np.asarray(x)
+        for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+    }
 
 
 def global_index_batches(config, n):
@@ -66,8 +70,8 @@ def read_event_tags(path):
     tags, data = {}, open(path, "rb").read()
     pos = 0
     while pos < len(data):
-        (n,) = struct.unpack("<Q", data[pos:pos + 8])
-        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+        (n,) = struct.unpack("<Q", data[pos : pos + 8])
+        event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
         pos += 12 + n + 4
         for v in event.summary.value:
             tags[v.tag] = v.WhichOneof("value")
@@ -87,8 +91,9 @@ def test_one_step_trains_and_writes_run_directory(tmp_path):
     mesh1 = trainer.make_mesh(jax.devices()[:1])
     init = trainer.init_state(toy_method, c, mesh1)
     batch = toy_method.next_batch(toy_method.make_iterators(c))
-    ref, ref_metrics = toy_method.make_train_step(c)(jax.tree.map(np.asarray, init),
-                                                     jax.tree.map(jnp.asarray, batch))
+    ref, ref_metrics = toy_method.make_train_step(c)(
+        jax.tree.map(np.asarray, init), jax.tree.map(jnp.asarray, batch)
+    )
     np.testing.assert_allclose(out["loss"], float(ref_metrics["loss"]), rtol=1e-5)
     cfg, state = trainer.restore_state(str(tmp_path))
     assert cfg.to_dict() == json.loads(c.to_json())
@@ -109,7 +114,9 @@ def test_one_step_trains_and_writes_run_directory(tmp_path):
 def test_eight_devices_match_one_device_and_scan(tmp_path):
     # In float64 (tests/float64_method.py): the three runs differ only in summation order, which is
     # processor-dependent round-off in float32 and ~1e-16 here; FLOAT64_REL is processor-independent.
-    c = float64_config(toy_config(num_train_steps=3, checkpoint_every_steps=100, eval_every_steps=100))
+    c = float64_config(
+        toy_config(num_train_steps=3, checkpoint_every_steps=100, eval_every_steps=100)
+    )
     c3 = c.copy_and_resolve_references()
     c3.steps_per_call = 3
     with jax.enable_x64(True):
@@ -117,7 +124,9 @@ def test_eight_devices_match_one_device_and_scan(tmp_path):
         trainer.train_and_evaluate(c, str(tmp_path / "eight"))
         trainer.train_and_evaluate(c3, str(tmp_path / "scan"))
         one = trainer.restore_state(str(tmp_path / "one"))[1]
-        assert all(v.dtype == np.float64 for k, v in leaves(one).items() if k.startswith("['params']"))
+        assert all(
+            v.dtype == np.float64 for k, v in leaves(one).items() if k.startswith("['params']")
+        )
         for other in ("eight", "scan"):
             got = trainer.restore_state(str(tmp_path / other))[1]
             assert_float64_equivalent(one, got)
@@ -133,7 +142,9 @@ def test_float64_comparison_catches_a_missing_cross_device_reduction():
 
     with jax.enable_x64(True):
         state = float64_method.init_state(c, jax.random.key(0))
-        batch = float64_method.next_batch(float64_method.make_iterators(c, shard_index=0, shard_count=1))
+        batch = float64_method.next_batch(
+            float64_method.make_iterators(c, shard_index=0, shard_count=1)
+        )
         step = jax.jit(float64_method.make_train_step(c))
         full, _ = step(state, batch)
         shard = c.batch_size // 8  # device 0's rows of an 8-device mesh
@@ -166,7 +177,9 @@ def preempted_run(monkeypatch, module, config, workdir, after_steps):
 def test_resume_is_bit_exact(tmp_path, monkeypatch):
     # Killed after step 3 with the last checkpoint at step 2: the resumed run redoes step 3 from the
     # checkpointed data position, so it must consume exactly the batches an uninterrupted run does.
-    c = toy_config(num_train_steps=6, checkpoint_every_steps=2, keep_checkpoints=2, eval_every_steps=100)
+    c = toy_config(
+        num_train_steps=6, checkpoint_every_steps=2, keep_checkpoints=2, eval_every_steps=100
+    )
     preempted_run(monkeypatch, toy_method, c, str(tmp_path / "resumed"), after_steps=3)
     assert ckpt.Checkpointer(str(tmp_path / "resumed"), read_only=True).all_steps() == [2]
     out = trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
@@ -176,14 +189,19 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
     b = leaves(trainer.restore_state(str(tmp_path / "straight"))[1])
     assert a.keys() == b.keys() and any("opt" in k for k in a)
     for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # params, both Adam moments, rng, batches
+        np.testing.assert_array_equal(
+            a[k], b[k], err_msg=k
+        )  # params, both Adam moments, rng, batches
     # The consumed-batch hash equals the hash of the reference index batches.
     h = np.uint32(0)
     for row in global_index_batches(toy_config(), 6):
         for i in row:
             h = np.uint32((int(h) * int(toy_method._HASH_MUL) + int(i) + 1) % (1 << 32))
     assert int(a["['consumed']"]) == int(h)
-    assert ckpt.Checkpointer(str(tmp_path / "straight"), read_only=True).all_steps() == [4, 6]  # keep last 2
+    assert ckpt.Checkpointer(str(tmp_path / "straight"), read_only=True).all_steps() == [
+        4,
+        6,
+    ]  # keep last 2
 
 
 def test_sigterm_checkpoints_the_step_in_progress_and_resume_is_exact(tmp_path, monkeypatch):
@@ -216,21 +234,26 @@ def test_sigterm_checkpoints_the_step_in_progress_and_resume_is_exact(tmp_path, 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     c = toy_config(num_train_steps=6, nan_at_step=3, checkpoint_every_steps=2, eval_every_steps=100)
-    with pytest.raises(FloatingPointError, match=r"metric 'loss' is nan at step 4.*checkpoint is step 2"):
+    with pytest.raises(
+        FloatingPointError, match=r"metric 'loss' is nan at step 4.*checkpoint is step 2"
+    ):
         trainer.train_and_evaluate(c, str(tmp_path))
     assert ckpt.Checkpointer(str(tmp_path), read_only=True).all_steps() == [2]
     _, state = trainer.restore_state(str(tmp_path))
     assert int(state["step"]) == 2 and all(np.isfinite(v).all() for v in leaves(state).values())
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("method", "no_such_method", r"config.method='no_such_method' is unknown"),
-    ("method", "tests.no_such_module", r"config.method='tests.no_such_module': cannot import"),
-    ("batch_size", 12, r"config.batch_size=12 must be divisible by the device count 8"),
-    ("steps_per_call", 0, r"config.steps_per_call must be >= 1, got 0"),
-    ("num_train_steps", -1, r"config.num_train_steps must be >= 0, got -1"),
-    ("seed", "0", r"config.seed must be an int, got '0'"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("method", "no_such_method", r"config.method='no_such_method' is unknown"),
+        ("method", "tests.no_such_module", r"config.method='tests.no_such_module': cannot import"),
+        ("batch_size", 12, r"config.batch_size=12 must be divisible by the device count 8"),
+        ("steps_per_call", 0, r"config.steps_per_call must be >= 1, got 0"),
+        ("num_train_steps", -1, r"config.num_train_steps must be >= 0, got -1"),
+        ("seed", "0", r"config.seed must be an int, got '0'"),
+    ],
+)
 def test_bad_config_is_rejected(tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):
         trainer.train_and_evaluate(toy_config(**{field: value}), str(tmp_path / "w"))
@@ -248,12 +271,18 @@ def test_bad_workdir_is_rejected(tmp_path):
     trainer.train_and_evaluate(toy_config(num_train_steps=1, eval_every_steps=100), str(wd))
 
     def run_state():  # log.txt (append-only diagnostics) and the workdir lock (its holder's PID) aside
-        return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(wd) for f in fs
-                if f != "log.txt" and not f.startswith(".lock.process")}
+        return {
+            os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+            for d, _, fs in os.walk(wd)
+            for f in fs
+            if f != "log.txt" and not f.startswith(".lock.process")
+        }
 
     snapshot = run_state()
     config_text = (wd / "config.json").read_text()
-    with pytest.raises(ValueError, match=r"different model: state leaf '[a-z/0-9]*a/bias' has shape \(4,\).*\(8,\)"):
+    with pytest.raises(
+        ValueError, match=r"different model: state leaf '[a-z/0-9]*a/bias' has shape \(4,\).*\(8,\)"
+    ):
         trainer.train_and_evaluate(toy_config(num_train_steps=2, features=8), str(wd))
     with pytest.raises(ValueError, match=r"different model"):
         trainer.restore_state(str(wd), toy_config(features=8))
@@ -263,7 +292,10 @@ def test_bad_workdir_is_rejected(tmp_path):
 
 def test_check_compatible_names_missing_leaves():
     saved = {"a": jax.ShapeDtypeStruct((2,), jnp.float32)}
-    want = {"a": jax.ShapeDtypeStruct((2,), jnp.float32), "b": jax.ShapeDtypeStruct((1,), jnp.int32)}
+    want = {
+        "a": jax.ShapeDtypeStruct((2,), jnp.float32),
+        "b": jax.ShapeDtypeStruct((1,), jnp.int32),
+    }
     with pytest.raises(ValueError, match=r"missing there \['b'\]"):
         ckpt.check_compatible(saved, want, "ckpt")
     ckpt.check_compatible(want, want, "ckpt")
@@ -277,15 +309,21 @@ def test_metric_averager_and_non_finite_detection():
     avg.update({"loss": np.asarray([2.0, 6.0], np.float32)})  # one steps_per_call=2 call
     assert avg.compute_and_reset() == {"loss": pytest.approx(3.0)}
     assert not avg
-    assert mw.first_non_finite({"a": np.asarray([1.0, 2.0]), "b": np.asarray([0.0, np.inf])}) == ("b", 1)
+    assert mw.first_non_finite({"a": np.asarray([1.0, 2.0]), "b": np.asarray([0.0, np.inf])}) == (
+        "b",
+        1,
+    )
     assert mw.first_non_finite({"a": np.float32(1.0)}) is None
     progress = mw.Progress(total_steps=10, start_step=0)
     progress.mark(1)
     line = progress.report(1, {"loss": 0.5, "acc": 0.25, "loss_D": 2.0})
-    assert line == "step 1/10 | ? steps/s | ETA ? | loss 0.5 loss_D 2 acc 0.25"  # losses first; no speed yet
+    assert (
+        line == "step 1/10 | ? steps/s | ETA ? | loss 0.5 loss_D 2 acc 0.25"
+    )  # losses first; no speed yet
 
 
 # ----------------------------------------------------------------------------- sweep and CLI
+
 
 @pytest.mark.smoke
 def test_sweep_expansion_product_and_points():
@@ -301,23 +339,36 @@ def test_sweep_expansion_product_and_points():
     assert c.lr == 0.5 and c.data.height == 8 and toy_config().lr == 1e-2
     with pytest.raises(ValueError, match=r"sweep override 'lrr': config has no field 'lrr'"):
         sweep.apply_overrides(toy_config(), {"lrr": 0.5})
-    with pytest.raises(ValueError, match=r"sweep override 'datum.height': config has no field 'datum'"):
+    with pytest.raises(
+        ValueError, match=r"sweep override 'datum.height': config has no field 'datum'"
+    ):
         sweep.apply_overrides(toy_config(), {"datum.height": 8})
 
 
 def test_sweep_runs_points_into_named_directories(tmp_path):
     path = os.path.join(REPO, "tests", "toy_method.py")
     cmds = sweep.run_sweep(path + ":sweep", str(tmp_path), dry_run=True)
-    assert list(cmds) == ["lr=0.01,features=4", "lr=0.01,features=8", "lr=0.003,features=4", "lr=0.003,features=8"]
+    assert list(cmds) == [
+        "lr=0.01,features=4",
+        "lr=0.01,features=8",
+        "lr=0.003,features=4",
+        "lr=0.003,features=8",
+    ]
     assert cmds["lr=0.003,features=8"].endswith(
-        f"--workdir={tmp_path}/lr=0.003,features=8 --config.lr=0.003 --config.features=8")
+        f"--workdir={tmp_path}/lr=0.003,features=8 --config.lr=0.003 --config.features=8"
+    )
     cfg_file = tmp_path / "two.py"
-    cfg_file.write_text(f"import sys; sys.path.insert(0, {REPO!r})\n"
-                        "from tests.toy_method import get_config\n"
-                        "def get_sweep(arg):\n    return [{'seed': 1, 'eval_every_steps': 0}, {'seed': 2, 'eval_every_steps': 1}]\n")
+    cfg_file.write_text(
+        f"import sys; sys.path.insert(0, {REPO!r})\n"
+        "from tests.toy_method import get_config\n"
+        "def get_sweep(arg):\n    return [{'seed': 1, 'eval_every_steps': 0}, {'seed': 2, 'eval_every_steps': 1}]\n"
+    )
     out = sweep.run_sweep(str(cfg_file) + ":sweep", str(tmp_path / "root"), dry_run=False)
     assert set(out) == {"seed=1,eval_every_steps=0", "seed=2,eval_every_steps=1"}
-    assert "eval/mse" in out["seed=2,eval_every_steps=1"] and "eval/mse" not in out["seed=1,eval_every_steps=0"]
+    assert (
+        "eval/mse" in out["seed=2,eval_every_steps=1"]
+        and "eval/mse" not in out["seed=1,eval_every_steps=0"]
+    )
     cfg, st = trainer.restore_state(str(tmp_path / "root" / "seed=2,eval_every_steps=1"))
     assert cfg.seed == 2 and cfg.eval_every_steps == 1 and int(st["step"]) == 1
     assert json.loads((tmp_path / "root" / "sweep.json").read_text())["runs"].keys() == out.keys()
@@ -325,9 +376,20 @@ def test_sweep_runs_points_into_named_directories(tmp_path):
 
 @pytest.mark.slow
 def test_main_cli_trains_from_a_config_file(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    cmd = [sys.executable, "-m", "dakpn_jax.main", "--config=tests/toy_method.py", f"--workdir={tmp_path}",
-           "--config.num_train_steps=2", "--config.batch_size=4"]
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "dakpn_jax.main",
+        "--config=tests/toy_method.py",
+        f"--workdir={tmp_path}",
+        "--config.num_train_steps=2",
+        "--config.batch_size=4",
+    ]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     final = json.loads(r.stdout.strip().splitlines()[-1])
@@ -336,6 +398,7 @@ def test_main_cli_trains_from_a_config_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- DA-KPN through the trainer
+
 
 def dakpn_tiny(**overrides):
     path = os.path.join(REPO, "configs", "default.py")
@@ -378,7 +441,11 @@ def test_dakpn_tiny_one_vs_eight_devices_and_exact_resume(tmp_path, monkeypatch)
         assert np.isfinite(eight[k]).all(), k
         np.testing.assert_array_equal(resumed[k], eight[k], err_msg=k)
     for net in ("kpn", "D"):
-        changed = [k for k in eight if k.startswith(f"['params']['{net}']") and not np.array_equal(eight[k], init[k])]
+        changed = [
+            k
+            for k in eight
+            if k.startswith(f"['params']['{net}']") and not np.array_equal(eight[k], init[k])
+        ]
         assert changed, f"{net} parameters did not change"
     assert "['step']" in eight and int(eight["['step']"]) == 3
     assert "train/loss_D" in read_event_tags(mw.event_files(str(tmp_path / "eight"))[0])
@@ -392,6 +459,7 @@ def test_route_library_logs_sends_info_to_the_workdir_file_and_nests(tmp_path, c
     from absl import logging as absl_logging
 
     from dakpn_jax import console
+
     root = pylogging.getLogger()
     handlers_before, level_before = list(root.handlers), root.level
     with console.route_library_logs(str(tmp_path)) as outer:
@@ -399,7 +467,9 @@ def test_route_library_logs_sends_info_to_the_workdir_file_and_nests(tmp_path, c
         pylogging.getLogger("grain").warning("a grain warning")
         with console.route_library_logs(str(tmp_path / "stage")) as inner:
             pylogging.getLogger("orbax").info("inner record")
-        with console.route_library_logs(str(tmp_path)):  # the same file again: no duplicated records
+        with console.route_library_logs(
+            str(tmp_path)
+        ):  # the same file again: no duplicated records
             pylogging.getLogger("orbax").info("same-file record")
         console.say("a console line")
     outer_text, inner_text = open(outer.path).read(), open(inner.path).read()

@@ -1,4 +1,5 @@
 """The DA-KPN translation function against independent float64 NumPy references (docs/METHOD.md §1 steps 3-4)."""
+
 import colorsys
 
 import jax
@@ -26,8 +27,8 @@ def ref_blur(x, sigma, k):
     num, z = np.zeros_like(x), np.zeros_like(x)
     for i in range(-r, r + 1):
         for j in range(-r, r + 1):
-            wt = np.exp(-(i * i + j * j) / (2 * s ** 2 + T.BLUR_EPS))
-            num += wt * xp[:, r + i:r + i + h, r + j:r + j + w]
+            wt = np.exp(-(i * i + j * j) / (2 * s**2 + T.BLUR_EPS))
+            num += wt * xp[:, r + i : r + i + h, r + j : r + j + w]
             z += wt
     return num / z
 
@@ -42,7 +43,7 @@ def ref_kernels(x, kernels):
     r = k // 2
     _, h, w, _ = x.shape
     xp = np.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
-    return sum(kernels[..., i, j] * xp[:, i:i + h, j:j + w] for i in range(k) for j in range(k))
+    return sum(kernels[..., i, j] * xp[:, i : i + h, j : j + w] for i in range(k) for j in range(k))
 
 
 def ref_upsample(p, height, width):
@@ -118,12 +119,17 @@ def test_blur_zero_sigma_is_identity_and_constant_is_preserved():
     rng = np.random.default_rng(1)
     x = rng.random((1, 18, 11, 3), dtype=np.float32)
     for impl in PATHS:
-        np.testing.assert_allclose(T.local_gaussian_blur(x, np.zeros_like(x), kernel_size=5, impl=impl), x,
-                                   atol=1e-6, rtol=0)
+        np.testing.assert_allclose(
+            T.local_gaussian_blur(x, np.zeros_like(x), kernel_size=5, impl=impl),
+            x,
+            atol=1e-6,
+            rtol=0,
+        )
         const = np.full_like(x, 0.3)
         big = np.full_like(x, 5.0)
-        np.testing.assert_allclose(T.local_gaussian_blur(const, big, kernel_size=5, impl=impl), const,
-                                   atol=1e-6, rtol=0)
+        np.testing.assert_allclose(
+            T.local_gaussian_blur(const, big, kernel_size=5, impl=impl), const, atol=1e-6, rtol=0
+        )
 
 
 @pytest.mark.parametrize("impl", PATHS)
@@ -136,19 +142,22 @@ def test_local_kernels_match_numpy(impl, per_channel):
     kernels = T.kpn_kernels_from_logits(rng.normal(size=lead + (k * k,)).astype(np.float32), k)
     assert kernels.shape == lead + (k, k)
     np.testing.assert_allclose(kernels.sum((-2, -1)), 1.0, atol=1e-6)
-    np.testing.assert_allclose(T.apply_local_kernels(x, kernels, impl=impl), ref_kernels(x, kernels),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        T.apply_local_kernels(x, kernels, impl=impl), ref_kernels(x, kernels), atol=1e-5, rtol=0
+    )
 
 
 def test_einsum_path_in_row_bands_is_exact_and_differentiable(monkeypatch):
     """Forced into 3-row bands (a shape no other test uses, so the jit cache cannot hide the patch),
     the banded einsum path matches the float64 reference and the shifted path, forward and reverse
     mode, for both kernel families."""
-    monkeypatch.setattr(T, "EINSUM_BAND_BYTES", 3 * 1 * 10 * 3 * 25 * 4)  # 3 rows of a 1 x . x 10 x 3 frame, K = 5
+    monkeypatch.setattr(
+        T, "EINSUM_BAND_BYTES", 3 * 1 * 10 * 3 * 25 * 4
+    )  # 3 rows of a 1 x . x 10 x 3 frame, K = 5
     rng = np.random.default_rng(14)
     x = rng.random((1, 23, 10, 3), dtype=np.float32)
     sigma = rng.uniform(0.3, 4, x.shape).astype(np.float32)
-    blur = lambda impl: (lambda x, s: T.local_gaussian_blur(x, s, kernel_size=5, impl=impl))
+    blur = lambda impl: lambda x, s: T.local_gaussian_blur(x, s, kernel_size=5, impl=impl)
     np.testing.assert_allclose(blur("einsum")(x, sigma), ref_blur(x, sigma, 5), atol=1e-5, rtol=0)
     ct = rng.normal(size=x.shape).astype(np.float32)
     g_e = jax.vjp(blur("einsum"), x, sigma)[1](ct)
@@ -156,11 +165,14 @@ def test_einsum_path_in_row_bands_is_exact_and_differentiable(monkeypatch):
     for a, b in zip(g_e, g_s):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
     tx = rng.normal(size=x.shape).astype(np.float32)
-    _, jvp_e = jax.jvp(blur("einsum"), (x, sigma), (tx, np.zeros_like(sigma)))  # forward mode still works
+    _, jvp_e = jax.jvp(
+        blur("einsum"), (x, sigma), (tx, np.zeros_like(sigma))
+    )  # forward mode still works
     np.testing.assert_allclose(jvp_e, ref_blur(tx, sigma, 5), atol=1e-5, rtol=0)  # linear in x
     kernels = T.kpn_kernels_from_logits(rng.normal(size=(1, 23, 10, 25)).astype(np.float32), 5)
-    np.testing.assert_allclose(T.apply_local_kernels(x, kernels, impl="einsum"), ref_kernels(x, kernels),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        T.apply_local_kernels(x, kernels, impl="einsum"), ref_kernels(x, kernels), atol=1e-5, rtol=0
+    )
 
 
 def test_gaussian_kernels_through_kpn_path_equal_blur():
@@ -170,8 +182,11 @@ def test_gaussian_kernels_through_kpn_path_equal_blur():
     sigma = rng.uniform(0, 3, x.shape).astype(np.float32)
     taps = T.gaussian_taps(jnp.asarray(sigma), 5)
     kernels = taps[..., :, None] * taps[..., None, :]
-    np.testing.assert_allclose(T.apply_local_kernels(x, kernels, impl="shifted"),
-                               T.local_gaussian_blur(x, sigma, kernel_size=5, impl="shifted"), atol=1e-6)
+    np.testing.assert_allclose(
+        T.apply_local_kernels(x, kernels, impl="shifted"),
+        T.local_gaussian_blur(x, sigma, kernel_size=5, impl="shifted"),
+        atol=1e-6,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,9 +194,22 @@ def test_gaussian_kernels_through_kpn_path_equal_blur():
 
 
 def colour_set(rng):
-    special = [[0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5], [0.2, 0.2, 0.2],
-               [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1],  # pure hues
-               [1, 0.5, 0], [0.3, 0.3, 0.1], [0.1, 0.3, 0.3], [0.3, 0.1, 0.3]]   # ties on the max
+    special = [
+        [0, 0, 0],
+        [1, 1, 1],
+        [0.5, 0.5, 0.5],
+        [0.2, 0.2, 0.2],
+        [1, 0, 0],
+        [1, 1, 0],
+        [0, 1, 0],
+        [0, 1, 1],
+        [0, 0, 1],
+        [1, 0, 1],  # pure hues
+        [1, 0.5, 0],
+        [0.3, 0.3, 0.1],
+        [0.1, 0.3, 0.3],
+        [0.3, 0.1, 0.3],
+    ]  # ties on the max
     return np.concatenate([np.asarray(special, np.float32), rng.random((500, 3), dtype=np.float32)])
 
 
@@ -224,7 +252,9 @@ def test_translate_matches_numpy(impl):
 def test_upsample_params_matches_numpy():
     rng = np.random.default_rng(7)
     p = rng.normal(size=(2, 3, 5, 12)).astype(np.float32)
-    np.testing.assert_allclose(T.upsample_params(p, 7, 16), ref_upsample(p, 7, 16), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        T.upsample_params(p, 7, 16), ref_upsample(p, 7, 16), atol=1e-5, rtol=0
+    )
     assert T.upsample_params(p, 3, 5) is not None and np.array_equal(T.upsample_params(p, 3, 5), p)
 
 
@@ -235,7 +265,9 @@ def test_identity_params_return_input(impl):
     x = x.reshape(1, 18, 13, 3)
     params = np.broadcast_to(np.float32(T.IDENTITY_PARAMS), (1, 4, 3, 12))
     noise = rng.normal(size=x.shape).astype(np.float32)
-    np.testing.assert_allclose(T.translate(x, params, noise, kernel_size=25, impl=impl), x, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        T.translate(x, params, noise, kernel_size=25, impl=impl), x, atol=1e-6, rtol=0
+    )
 
 
 @pytest.mark.parametrize("impl", PATHS)
@@ -249,15 +281,21 @@ def test_locality_of_the_jacobian(impl):
     params = jnp.asarray(random_params(rng, (1, h, w)))  # full resolution: no upsampling coupling
     params = params.at[..., 6:9].set(2.0).at[..., 9:12].set(0.0)
     noise = jnp.zeros_like(x)
-    grad = jax.jit(jax.grad(lambda x, p, py, px: T.translate(x, p, noise, kernel_size=k, impl=impl)[0, py, px]
-                            .sum(), argnums=(0, 1)))
+    grad = jax.jit(
+        jax.grad(
+            lambda x, p, py, px: T.translate(x, p, noise, kernel_size=k, impl=impl)[
+                0, py, px
+            ].sum(),
+            argnums=(0, 1),
+        )
+    )
     for py, px in [(9, 5), (0, 0), (17, 10)]:
         gx, gp = grad(x, params, py, px)
         gx = np.abs(np.asarray(gx[0])).sum(-1)
         g_affine = np.abs(np.asarray(gp[0, ..., 0:6])).sum(-1)
         g_blur = np.abs(np.asarray(gp[0, ..., 6:9])).sum(-1)
         inside = np.zeros((h, w), bool)
-        inside[max(py - r, 0):py + r + 1, max(px - r, 0):px + r + 1] = True
+        inside[max(py - r, 0) : py + r + 1, max(px - r, 0) : px + r + 1] = True
         assert np.all(gx[~inside] == 0) and np.all(g_affine[~inside] == 0)
         assert np.all(gx[inside] > 0)  # sigma = 2: every window pixel contributes
         assert np.count_nonzero(g_blur) == 1 and g_blur[py, px] > 0
@@ -278,13 +316,17 @@ def test_blur_gradients_match_finite_differences():
 def test_shifted_custom_vjp_equals_autodiff_of_einsum(k):
     """The shifted path's hand-written transpose and sigma derivative against plain autodiff."""
     rng = np.random.default_rng(13)
-    x = rng.random((2 if k < 25 else 1, 21, 9, 3), dtype=np.float32)  # 21 rows: two bands with halos
+    x = rng.random(
+        (2 if k < 25 else 1, 21, 9, 3), dtype=np.float32
+    )  # 21 rows: two bands with halos
     sigma = rng.uniform(0, 6, x.shape).astype(np.float32)
     sigma[-1, :2] = 0.0
     ct = rng.normal(size=x.shape).astype(np.float32)
     grads = {}
     for impl in PATHS:
-        _, vjp = jax.vjp(lambda x, s: T.local_gaussian_blur(x, s, kernel_size=k, impl=impl), x, sigma)
+        _, vjp = jax.vjp(
+            lambda x, s: T.local_gaussian_blur(x, s, kernel_size=k, impl=impl), x, sigma
+        )
         grads[impl] = vjp(ct)
     for a, b in zip(grads["shifted"], grads["einsum"]):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
@@ -296,16 +338,26 @@ def test_affine_gradients_match_finite_differences():
     x = jnp.asarray([[0.8, 0.3, 0.1], [0.2, 0.6, 0.4], [0.3, 0.35, 0.7]], jnp.float32)
     scale = jnp.asarray([[1.1, 0.9, 0.8]] * 3, jnp.float32)
     bias = jnp.asarray([[0.05, 0.0, 0.05]] * 3, jnp.float32)
-    check_grads(jax.jit(T.color_affine), (x, scale, bias), order=1, modes=("fwd", "rev"), eps=1e-3, atol=2e-2,
-                rtol=2e-2)
+    check_grads(
+        jax.jit(T.color_affine),
+        (x, scale, bias),
+        order=1,
+        modes=("fwd", "rev"),
+        eps=1e-3,
+        atol=2e-2,
+        rtol=2e-2,
+    )
 
 
 def test_gradients_are_finite_everywhere():
     """Greys, black, white and hue wraps have guarded divisions: gradients are finite, not NaN."""
     c = colour_set(np.random.default_rng(11))[:140].reshape(1, 10, 14, 3)
     params = np.broadcast_to(np.float32(T.IDENTITY_PARAMS), (1, 2, 2, 12)).copy()
-    g = jax.jit(jax.grad(lambda x, p: T.translate(x, p, jnp.zeros_like(x), kernel_size=3).sum(),
-                         argnums=(0, 1)))(jnp.asarray(c), jnp.asarray(params))
+    g = jax.jit(
+        jax.grad(
+            lambda x, p: T.translate(x, p, jnp.zeros_like(x), kernel_size=3).sum(), argnums=(0, 1)
+        )
+    )(jnp.asarray(c), jnp.asarray(params))
     assert all(np.all(np.isfinite(np.asarray(a))) for a in g)
 
 
@@ -326,14 +378,19 @@ def test_full_frame_in_one_call_equals_halo_tiles():
     pad = lambda a: np.pad(a, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
     xp, thetap, noisep = pad(x), pad(theta), pad(noise)
     th, tw = 40, 56
-    tile_fn = jax.jit(lambda x, p, n: T.translate(x, p, n, kernel_size=k, impl="shifted")[:, r:-r, r:-r])
+    tile_fn = jax.jit(
+        lambda x, p, n: T.translate(x, p, n, kernel_size=k, impl="shifted")[:, r:-r, r:-r]
+    )
     for y0, x0 in [(0, 0), (hh - th, ww - tw), (500, 900), (0, ww - tw), (hh - th, 0)]:
-        window = np.s_[:, y0:y0 + th + 2 * r, x0:x0 + tw + 2 * r]
+        window = np.s_[:, y0 : y0 + th + 2 * r, x0 : x0 + tw + 2 * r]
         t = tile_fn(xp[window], thetap[window], noisep[window])
-        np.testing.assert_allclose(out[:, y0:y0 + th, x0:x0 + tw], t, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(out[:, y0 : y0 + th, x0 : x0 + tw], t, atol=1e-5, rtol=0)
     # And one interior tile against the float64 reference of the blur on the same pixels.
-    x1_tile = np.asarray(T.color_affine(x[:, 480:560, 880:980], theta[:, 480:560, 880:980, 0:3],
-                                        theta[:, 480:560, 880:980, 3:6]))
+    x1_tile = np.asarray(
+        T.color_affine(
+            x[:, 480:560, 880:980], theta[:, 480:560, 880:980, 0:3], theta[:, 480:560, 880:980, 3:6]
+        )
+    )
     ref = ref_blur(x1_tile, theta[:, 480:560, 880:980, 6:9], k)[:, r:-r, r:-r]
     ref = np.clip(ref + theta[:, 492:548, 892:968, 9:12] * noise[:, 492:548, 892:968], 0, 1)
     np.testing.assert_allclose(out[:, 492:548, 892:968], ref, atol=1e-5, rtol=0)
@@ -370,13 +427,22 @@ def test_bad_input_raises_value_error_naming_the_shape():
         (lambda: T.translate(x[..., :2], p, x), r"x.*\(1, 8, 9, 2\)"),
         (lambda: T.translate(x, p[..., :9], x), r"params.*\(1, 2, 2, 9\)"),
         (lambda: T.translate(x, p, x[:, :4]), r"noise.*\(1, 4, 9, 3\)"),
-        (lambda: T.translate(x, np.zeros((2, 2, 2, 12), np.float32), x), r"params.*\(2, 2, 2, 12\)"),
-        (lambda: T.apply_local_kernels(x, np.zeros((1, 8, 9, 4, 4), np.float32)),
-         r"kernels.*\(1, 8, 9, 4, 4\)"),
-        (lambda: T.apply_local_kernels(x, np.zeros((1, 8, 9, 3, 5), np.float32)),
-         r"kernels.*\(1, 8, 9, 3, 5\)"),
-        (lambda: T.kpn_kernels_from_logits(np.zeros((1, 8, 9, 24), np.float32), 5),
-         r"logits.*\(1, 8, 9, 24\)"),
+        (
+            lambda: T.translate(x, np.zeros((2, 2, 2, 12), np.float32), x),
+            r"params.*\(2, 2, 2, 12\)",
+        ),
+        (
+            lambda: T.apply_local_kernels(x, np.zeros((1, 8, 9, 4, 4), np.float32)),
+            r"kernels.*\(1, 8, 9, 4, 4\)",
+        ),
+        (
+            lambda: T.apply_local_kernels(x, np.zeros((1, 8, 9, 3, 5), np.float32)),
+            r"kernels.*\(1, 8, 9, 3, 5\)",
+        ),
+        (
+            lambda: T.kpn_kernels_from_logits(np.zeros((1, 8, 9, 24), np.float32), 5),
+            r"logits.*\(1, 8, 9, 24\)",
+        ),
         (lambda: T.rgb_to_hsv(np.zeros((4, 4), np.float32)), r"x.*\(4, 4\)"),
     ]
     for fn, pattern in cases:

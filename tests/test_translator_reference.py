@@ -18,6 +18,7 @@ is Lipschitz in theta with a constant below 10 (hsv_to_rgb: 6 per unit of hue ti
 saturation and value scale by at most |hsv| <= 1; the blur weights move by at most ~2 / sigma per px
 of sigma with sigma >= 0.5; noise_scale multiplies |n| <= 5). So |d out| <= 1e-4 with margin.
 """
+
 import os
 import sys
 
@@ -50,9 +51,14 @@ def _area_weights_f64(n_in: int, n_out: int) -> np.ndarray:
     return w / (n_in / n_out)
 
 
-def _reference_theta(labels: np.ndarray, num_classes: int, grid, kernel: np.ndarray, bias: np.ndarray):
+def _reference_theta(
+    labels: np.ndarray, num_classes: int, grid, kernel: np.ndarray, bias: np.ndarray
+):
     onehot = (labels[..., None] == np.arange(num_classes)).astype(np.float64)  # 255 -> all zeros
-    ah, aw = _area_weights_f64(labels.shape[1], grid[0]), _area_weights_f64(labels.shape[2], grid[1])
+    ah, aw = (
+        _area_weights_f64(labels.shape[1], grid[0]),
+        _area_weights_f64(labels.shape[2], grid[1]),
+    )
     feats = np.einsum("ip,jq,bpqc->bijc", ah, aw, onehot)
     return feats @ kernel + bias, feats
 
@@ -69,10 +75,12 @@ def test_translator_matches_independent_computation_from_kpn_params(frame):
     C = kleaf.shape[-2]
     r = np.random.default_rng(1)
     kernel = r.uniform(-0.3, 0.3, (C, 12))
-    kernel[:, 6:9] = r.uniform(0.0, 0.5, (C, 3))    # sigma in [bias, bias + 0.5]: >= 0.5 px
+    kernel[:, 6:9] = r.uniform(0.0, 0.5, (C, 3))  # sigma in [bias, bias + 0.5]: >= 0.5 px
     kernel[:, 9:12] = r.uniform(0.0, 0.05, (C, 3))  # noise scales of a few per cent
     bias = np.asarray(bleaf, np.float64)
-    assert np.allclose(bias, [1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0])  # the paper's start, sigma0 = 1 px
+    assert np.allclose(
+        bias, [1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0]
+    )  # the paper's start, sigma0 = 1 px
     kpn = _with_kernel(kpn, kernel.reshape(kleaf.shape).astype(np.float32))
     state = {**state, "params": {**state["params"], "kpn": kpn}}
 
@@ -85,18 +93,29 @@ def test_translator_matches_independent_computation_from_kpn_params(frame):
 
     grid = dakpn.grid_for(config, H, W)
     theta, feats = _reference_theta(labels, C, grid, kernel, bias)
-    noise = jnp.broadcast_to(translation.noise_field(config.model.noise_seed, H, W,
-                                                     base_size=dakpn.frame_size(config)), (2, H, W, 3))
+    noise = jnp.broadcast_to(
+        translation.noise_field(config.model.noise_seed, H, W, base_size=dakpn.frame_size(config)),
+        (2, H, W, 3),
+    )
 
     def translate_with(theta_ref):
-        return np.asarray(dk.translate(jnp.asarray(images), jnp.asarray(theta_ref, jnp.float32), noise,
-                                       kernel_size=config.model.kernel_size))
+        return np.asarray(
+            dk.translate(
+                jnp.asarray(images),
+                jnp.asarray(theta_ref, jnp.float32),
+                noise,
+                kernel_size=config.model.kernel_size,
+            )
+        )
 
     want = translate_with(theta)
-    d_theta = (C + 2) * EPS32 * (np.abs(feats).max() * np.abs(kernel).sum(0).max() + np.abs(bias).max())
+    d_theta = (
+        (C + 2) * EPS32 * (np.abs(feats).max() * np.abs(kernel).sum(0).max() + np.abs(bias).max())
+    )
     tol = 10 * d_theta + 4 * EPS32
 
     from dakpn_jax import export
+
     for fn in (dakpn.make_translator(config, state), export.make_translate_fn(config, state)):
         got = np.asarray(fn(jnp.asarray(images), jnp.asarray(labels)))
         err = float(np.max(np.abs(got - want)))
@@ -122,14 +141,31 @@ def test_untrained_translator_is_the_start_translation_at_every_compilation():
     assert not np.any(np.asarray(kernel))  # the paper's start: a zero head
     fn = dakpn.make_translator(config, state)
     r = np.random.default_rng(2)
-    for H, W in [(32, 64), (32, 48), (24, 64), (16, 32), (40, 40), (29, 61), (8, 8), (48, 16), (33, 35), (64, 32)]:
+    for H, W in [
+        (32, 64),
+        (32, 48),
+        (24, 64),
+        (16, 32),
+        (40, 40),
+        (29, 61),
+        (8, 8),
+        (48, 16),
+        (33, 35),
+        (64, 32),
+    ]:
         images = r.random((2, H, W, 3), dtype=np.float32)
         labels = r.integers(0, config.model.num_classes, (2, H, W)).astype(np.int32)
         h, w = dakpn.grid_for(config, H, W)
         theta = jnp.broadcast_to(jnp.asarray(bias, jnp.float32), (2, h, w, 12))
-        noise = jnp.broadcast_to(translation.noise_field(config.model.noise_seed, H, W,
-                                                         base_size=dakpn.frame_size(config)), (2, H, W, 3))
-        want = np.asarray(dk.translate(jnp.asarray(images), theta, noise, kernel_size=config.model.kernel_size))
+        noise = jnp.broadcast_to(
+            translation.noise_field(
+                config.model.noise_seed, H, W, base_size=dakpn.frame_size(config)
+            ),
+            (2, H, W, 3),
+        )
+        want = np.asarray(
+            dk.translate(jnp.asarray(images), theta, noise, kernel_size=config.model.kernel_size)
+        )
         got = np.asarray(fn(jnp.asarray(images), jnp.asarray(labels)))
         err = float(np.max(np.abs(got - want))) if np.all(np.isfinite(got)) else float("inf")
         assert err <= 4 * EPS32, ((H, W), err)
@@ -144,10 +180,13 @@ def _kernel_and_bias(kpn):
 
 def _with_kernel(kpn, kernel):
     return jax.tree_util.tree_map_with_path(
-        lambda p, x: jnp.asarray(kernel) if jax.tree_util.keystr(p).endswith("['kernel']") else x, kpn)
+        lambda p, x: jnp.asarray(kernel) if jax.tree_util.keystr(p).endswith("['kernel']") else x,
+        kpn,
+    )
 
 
 # ----------------------------------------------------------------------------- crop offsets
+
 
 class _CoordSource:
     """A (H, W) frame whose pixels encode their own row and column (image) and row * W + col (label)."""
@@ -159,7 +198,7 @@ class _CoordSource:
         return self.n
 
     def __getitem__(self, i):
-        y, x = np.mgrid[:self.H, :self.W]
+        y, x = np.mgrid[: self.H, : self.W]
         image = np.stack([y, x, np.full_like(y, i % 256)], -1).astype(np.uint8)
         return {"image": image, "label": (y * self.W + x).astype(np.uint8)}
 
@@ -171,18 +210,31 @@ def test_crop_offsets_cover_every_legal_offset_edges_included(frame, crop):
     (H, W), (h, w) = frame, crop
     legal = {(t, l) for t in range(H - h + 1) for l in range(W - w + 1)}
     n = 60 * len(legal)
-    it = pipeline.make_pipeline(_CoordSource(n, H, W), batch_size=10, seed=3, crop_size=crop,
-                                random_flip=False, num_epochs=1, shuffle=False)
+    it = pipeline.make_pipeline(
+        _CoordSource(n, H, W),
+        batch_size=10,
+        seed=3,
+        crop_size=crop,
+        random_flip=False,
+        num_epochs=1,
+        shuffle=False,
+    )
     seen = set()
     for batch in it:
         code = np.round(batch["image"] * 255).astype(np.int64)
         for b in range(code.shape[0]):
             top, left = int(code[b, 0, 0, 0]), int(code[b, 0, 0, 1])
             # The window is the contiguous block at that offset, in image and label alike.
-            np.testing.assert_array_equal(code[b, :, :, 0], top + np.arange(h)[:, None] + 0 * np.arange(w))
-            np.testing.assert_array_equal(code[b, :, :, 1], left + np.arange(w)[None, :] + 0 * np.arange(h)[:, None])
-            np.testing.assert_array_equal(batch["label"][b], ((top + np.arange(h))[:, None] * W
-                                                              + left + np.arange(w)[None, :]).astype(np.uint8))
+            np.testing.assert_array_equal(
+                code[b, :, :, 0], top + np.arange(h)[:, None] + 0 * np.arange(w)
+            )
+            np.testing.assert_array_equal(
+                code[b, :, :, 1], left + np.arange(w)[None, :] + 0 * np.arange(h)[:, None]
+            )
+            np.testing.assert_array_equal(
+                batch["label"][b],
+                ((top + np.arange(h))[:, None] * W + left + np.arange(w)[None, :]).astype(np.uint8),
+            )
             seen.add((top, left))
     # (60 draws each: the chance that a reachable offset never shows is below 9 * (1 - 1/9)^540.)
     assert seen == legal, (sorted(legal - seen), sorted(seen - legal))

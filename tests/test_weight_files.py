@@ -3,6 +3,7 @@
 The files are written here by torch and safetensors themselves, so the reader is checked against
 what those libraries store, not against itself.
 """
+
 import sys
 
 import numpy as np
@@ -16,9 +17,11 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 def _state():
     g = torch.Generator().manual_seed(0)
-    return {"conv.weight": torch.randn(4, 3, 3, 3, generator=g),
-            "bn.running_mean": torch.randn(4, generator=g).half(),
-            "bn.num_batches_tracked": torch.tensor(7, dtype=torch.int64)}
+    return {
+        "conv.weight": torch.randn(4, 3, 3, 3, generator=g),
+        "bn.running_mean": torch.randn(4, generator=g).half(),
+        "bn.num_batches_tracked": torch.tensor(7, dtype=torch.int64),
+    }
 
 
 def _check(got, want):
@@ -27,7 +30,10 @@ def _check(got, want):
         ref = v.float().numpy() if v.is_floating_point() else v.numpy()
         assert got[k].dtype == ref.dtype, k
         np.testing.assert_array_equal(got[k], ref)
-    assert got["bn.running_mean"].dtype == np.float32 and got["bn.num_batches_tracked"].dtype == np.int64
+    assert (
+        got["bn.running_mean"].dtype == np.float32
+        and got["bn.num_batches_tracked"].dtype == np.int64
+    )
 
 
 @pytest.mark.parametrize("wrap", [None, "state_dict", "model"])
@@ -35,7 +41,9 @@ def test_pth_round_trip_and_checkpoint_unwrapping(tmp_path, wrap):
     sd = _state()
     obj = sd if wrap is None else {wrap: sd, "epoch": 3}
     torch.save({**obj, "note": "not a tensor"} if wrap is None else obj, tmp_path / "w.pth")
-    _check(weight_files.read_tensors(str(tmp_path / "w.pth")), sd)  # the non-tensor entry is left out
+    _check(
+        weight_files.read_tensors(str(tmp_path / "w.pth")), sd
+    )  # the non-tensor entry is left out
 
 
 def test_safetensors_round_trip(tmp_path):
@@ -45,8 +53,12 @@ def test_safetensors_round_trip(tmp_path):
 
 
 def test_errors_name_the_file(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match=r"VGG19 weights file .*nope.pth' does not exist \(get it\)"):
-        weight_files.read_tensors(str(tmp_path / "nope.pth"), what="VGG19 weights file", hint="get it")
+    with pytest.raises(
+        FileNotFoundError, match=r"VGG19 weights file .*nope.pth' does not exist \(get it\)"
+    ):
+        weight_files.read_tensors(
+            str(tmp_path / "nope.pth"), what="VGG19 weights file", hint="get it"
+        )
     with pytest.raises(ValueError, match="does not exist"):  # also a ValueError
         weight_files.read_tensors(str(tmp_path / "nope.pth"))
     with pytest.raises(ValueError, match="non-empty path"):

@@ -1,6 +1,7 @@
 """One process per workdir (dakpn_jax.workdir_lock): a second run on a held workdir ends at once with
 one line naming the holder, before it writes anything; a lock left by a SIGKILLed process never
 blocks a rerun; the trainer, the CLI, export and the protocol all take the same lock."""
+
 import os
 import signal
 import subprocess
@@ -15,9 +16,11 @@ if REPO not in sys.path:
 from dakpn_jax import workdir_lock  # noqa: E402
 
 # A holder in another process: takes the lock, says so, then sleeps until killed.
-HOLDER = ("import sys, time\nfrom dakpn_jax import workdir_lock\n"
-          "with workdir_lock.exclusive(sys.argv[1], what='holder', process_index=int(sys.argv[2])):\n"
-          "    print('locked', flush=True)\n    time.sleep(600)\n")
+HOLDER = (
+    "import sys, time\nfrom dakpn_jax import workdir_lock\n"
+    "with workdir_lock.exclusive(sys.argv[1], what='holder', process_index=int(sys.argv[2])):\n"
+    "    print('locked', flush=True)\n    time.sleep(600)\n"
+)
 
 
 @pytest.fixture
@@ -27,8 +30,12 @@ def holder():
 
     def start(workdir, slot=0):
         env = {**os.environ, "PYTHONPATH": REPO}
-        p = subprocess.Popen([sys.executable, "-c", HOLDER, str(workdir), str(slot)], env=env,
-                             stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(workdir), str(slot)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         procs.append(p)
         assert p.stdout.readline().strip() == "locked"
         return p
@@ -63,9 +70,11 @@ def test_reentrant_in_one_process_and_released_after_outermost(tmp_path):
         with workdir_lock.exclusive(tmp_path, process_index=0):
             pass
         # Still held after the inner exit: a child process cannot take it.
-        code = ("import sys\nfrom dakpn_jax import workdir_lock\n"
-                "try:\n    workdir_lock.exclusive(sys.argv[1], process_index=0).__enter__()\n"
-                "except workdir_lock.WorkdirInUse:\n    sys.exit(3)\n")
+        code = (
+            "import sys\nfrom dakpn_jax import workdir_lock\n"
+            "try:\n    workdir_lock.exclusive(sys.argv[1], process_index=0).__enter__()\n"
+            "except workdir_lock.WorkdirInUse:\n    sys.exit(3)\n"
+        )
         env = {**os.environ, "PYTHONPATH": REPO}
         assert subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env).returncode == 3
     assert subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env).returncode == 0
@@ -79,12 +88,25 @@ def test_trainer_and_cli_refuse_a_held_workdir_before_writing(tmp_path, holder):
     with pytest.raises(workdir_lock.WorkdirInUse, match="training"):
         trainer.train_and_evaluate(toy_method.get_config(), str(tmp_path))
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
-    r = subprocess.run([sys.executable, "-m", "dakpn_jax.main", "--config=tests/toy_method.py",
-                        f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dakpn_jax.main",
+            "--config=tests/toy_method.py",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("dakpn: error:") and "in use by process" in last and str(tmp_path) in last
+    assert (
+        last.startswith("dakpn: error:") and "in use by process" in last and str(tmp_path) in last
+    )
     # Neither the library call nor the CLI wrote anything beside the lock file.
     assert sorted(os.listdir(tmp_path)) == [".lock.process0"]
 
@@ -98,8 +120,14 @@ def test_export_and_protocol_honour_the_lock(tmp_path, holder):
     out = tmp_path / "export"
     holder(out)
     with pytest.raises(workdir_lock.WorkdirInUse, match="export"):
-        export.export_translated("unused", str(out), config=default_configs.get_config("tiny"),
-                                 translate_fn=lambda x, y: x, translator_id="identity", split="real-val")
+        export.export_translated(
+            "unused",
+            str(out),
+            config=default_configs.get_config("tiny"),
+            translate_fn=lambda x, y: x,
+            translator_id="identity",
+            split="real-val",
+        )
     assert sorted(os.listdir(out)) == [".lock.process0"]
 
     proto = tmp_path / "protocol"
@@ -108,8 +136,14 @@ def test_export_and_protocol_honour_the_lock(tmp_path, holder):
         run_protocol(protocol_configs.get_config(), str(proto))
     assert sorted(os.listdir(proto)) == [".lock.process0"]
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
-    r = subprocess.run([sys.executable, "experiments/protocol.py", f"--workdir={proto}"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "experiments/protocol.py", f"--workdir={proto}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1].startswith("protocol: error:")
     assert sorted(os.listdir(proto)) == [".lock.process0"]

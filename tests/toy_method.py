@@ -15,6 +15,7 @@ deterministic random images. What makes it useful for testing the loop:
 ``get_config(arg)`` makes it a config file too: ``--config=tests/toy_method.py`` (``arg="sweep"``
 adds a ``get_sweep``-friendly setup).
 """
+
 from __future__ import annotations
 
 import grain
@@ -76,8 +77,13 @@ def init_state(config, rng):
     rng = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
     k_net, rng = jax.random.split(jax.random.wrap_key_data(rng))
     params = nnx.to_pure_dict(nnx.split(Net(config.features, rngs=nnx.Rngs(params=k_net)))[1])
-    return {"params": params, "opt": _tx(config).init(params), "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(rng), "consumed": jnp.zeros((), jnp.uint32)}
+    return {
+        "params": params,
+        "opt": _tx(config).init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.key_data(rng),
+        "consumed": jnp.zeros((), jnp.uint32),
+    }
 
 
 def _apply(config, params, x):
@@ -106,9 +112,16 @@ def make_train_step(config):
         # Order-sensitive hash of the consumed example indices: h <- h * M^B + sum_j M^(B-1-j) (i_j + 1).
         b = idx.shape[0]
         powers = jnp.asarray(_powers(b + 1))  # M^b, M^(b-1), ..., M^0
-        consumed = (state["consumed"] * powers[0] + jnp.sum(powers[1:] * (idx.astype(jnp.uint32) + 1))).astype(jnp.uint32)
-        new = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": jax.random.key_data(rng),
-               "consumed": consumed}
+        consumed = (
+            state["consumed"] * powers[0] + jnp.sum(powers[1:] * (idx.astype(jnp.uint32) + 1))
+        ).astype(jnp.uint32)
+        new = {
+            "params": params,
+            "opt": opt,
+            "step": state["step"] + 1,
+            "rng": jax.random.key_data(rng),
+            "consumed": consumed,
+        }
         metrics = {"loss": loss * poison, "batch_checksum": jnp.sum(idx).astype(jnp.float32)}
         return new, metrics
 
@@ -124,22 +137,35 @@ def _powers(b: int) -> np.ndarray:
 
 
 def example(seed: int, index: int, height: int, width: int) -> np.ndarray:
-    return np.random.default_rng((seed, int(index))).uniform(size=(height, width, 3)).astype(np.float32)
+    return (
+        np.random.default_rng((seed, int(index)))
+        .uniform(size=(height, width, 3))
+        .astype(np.float32)
+    )
 
 
 def make_iterators(config, *, shard_index: int = 0, shard_count: int = 1):
     d = config.data
     if config.batch_size % shard_count:
-        raise ValueError(f"config.batch_size={config.batch_size} not divisible by {shard_count} processes")
+        raise ValueError(
+            f"config.batch_size={config.batch_size} not divisible by {shard_count} processes"
+        )
     b = config.batch_size // shard_count
 
     def load(indices):
-        mine = np.asarray(indices)[shard_index * b:(shard_index + 1) * b]
-        return {"image": np.stack([example(config.seed, i, d.height, d.width) for i in mine]),
-                "index": mine.astype(np.int32)}
+        mine = np.asarray(indices)[shard_index * b : (shard_index + 1) * b]
+        return {
+            "image": np.stack([example(config.seed, i, d.height, d.width) for i in mine]),
+            "index": mine.astype(np.int32),
+        }
 
-    ds = (grain.MapDataset.range(d.num_examples).shuffle(seed=config.seed).repeat(None)
-          .batch(config.batch_size).map(load))
+    ds = (
+        grain.MapDataset.range(d.num_examples)
+        .shuffle(seed=config.seed)
+        .repeat(None)
+        .batch(config.batch_size)
+        .map(load)
+    )
     return {"train": iter(ds.to_iter_dataset())}
 
 

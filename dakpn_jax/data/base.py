@@ -11,6 +11,7 @@ This module imports no dataset module, so the dataset modules (gta5, synthia, ..
 dispatcher `dakpn_jax.data.sources` can all import it without a cycle: the table names the dataset
 modules by string and `dataset_module` imports them on demand.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,6 +43,7 @@ def dataset_module(name: str):
 
 # --------------------------------------------------------------------------- decoding
 
+
 @dataclasses.dataclass(frozen=True)
 class Example:
     """One listed example of an official layout.
@@ -50,6 +52,7 @@ class Example:
     path or a dataset-specific label reference (CelebAMask-HQ: the list of part masks), passed to
     the dataset's ``load_label(label, image_hw)``.
     """
+
     key: str
     image: str
     label: Any
@@ -96,26 +99,33 @@ def read_label_png(path) -> np.ndarray:
     """Raw ids of an 8-bit single-channel (grey or palette-index) label PNG, uint8 (H, W)."""
     with open_image(path, "label") as im:
         if im.mode not in ("L", "P"):
-            raise ValueError(f"{path}: label file has mode {im.mode!r}; expected 8-bit single-channel "
-                             "ids ('L' or palette 'P')")
+            raise ValueError(
+                f"{path}: label file has mode {im.mode!r}; expected 8-bit single-channel "
+                "ids ('L' or palette 'P')"
+            )
         return np.asarray(im)
 
 
 def check_size(label: np.ndarray, image_hw, path) -> np.ndarray:
     """Raises ValueError naming `path` unless label.shape == image_hw."""
     if tuple(label.shape[:2]) != tuple(image_hw):
-        raise ValueError(f"{path}: label size {tuple(label.shape[:2])} (H, W) does not match its "
-                         f"image size {tuple(image_hw)}")
+        raise ValueError(
+            f"{path}: label size {tuple(label.shape[:2])} (H, W) does not match its "
+            f"image size {tuple(image_hw)}"
+        )
     return label
 
 
 # --------------------------------------------------------------------------- base sources
 
+
 def split_names(module, split: str, field: str) -> list[str]:
     parts = [s for s in split.split("+")]
     for s in parts:
         if s not in module.SPLITS:
-            raise ValueError(f"data_config.{field}={split!r}: {module.NAME} has splits {module.SPLITS}")
+            raise ValueError(
+                f"data_config.{field}={split!r}: {module.NAME} has splits {module.SPLITS}"
+            )
     return parts
 
 
@@ -131,20 +141,33 @@ class DirectSource:
     the file's name when it is read.
     """
 
-    def __init__(self, module, root, split: str, *, with_labels: bool = True, on_error: str = "raise",
-                 scan: bool = True):
+    def __init__(
+        self,
+        module,
+        root,
+        split: str,
+        *,
+        with_labels: bool = True,
+        on_error: str = "raise",
+        scan: bool = True,
+    ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"data_config.on_error={on_error!r}: expected 'raise' or 'skip'")
-        self._load_label = module.load_label  # a function pickles (grain workers), a module does not
+        self._load_label = (
+            module.load_label
+        )  # a function pickles (grain workers), a module does not
         self._with_labels = with_labels
         root = os.path.expanduser(os.fspath(root))
         self._examples = []
-        self.skipped: list[tuple[str, str, str]] = []  # (split, key, reason), as prepare's skipped.json
+        self.skipped: list[
+            tuple[str, str, str]
+        ] = []  # (split, key, reason), as prepare's skipped.json
         for s in split_names(module, split, "split"):
             listed = module.list_examples(root, s)
             if scan:
-                listed, skipped = scan_lib.scanned(module, root, s, listed, with_labels=with_labels,
-                                                   on_error=on_error)
+                listed, skipped = scan_lib.scanned(
+                    module, root, s, listed, with_labels=with_labels, on_error=on_error
+                )
                 self.skipped += [(s, k, r) for k, r in skipped]
             self._examples += listed
 

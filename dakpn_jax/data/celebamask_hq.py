@@ -21,6 +21,7 @@ Protocols (this is the face label space; Face Synthetics maps into it): ``faces1
 background (docs/METHOD.md §1 step 8: synthetic backgrounds are random scenery, so background is not scored)
 and renumbers the 18 parts 0..17; ``faces19`` keeps all 19 ids.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,27 @@ LABEL_SPACE = "faces"
 DEFAULT_PROTOCOL = "faces18"
 SPLITS = ("train", "validation", "test")
 
-CLASSES = ("background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear",
-           "r_ear", "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth")
+CLASSES = (
+    "background",
+    "skin",
+    "nose",
+    "eye_g",
+    "l_eye",
+    "r_eye",
+    "l_brow",
+    "r_brow",
+    "l_ear",
+    "r_ear",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "hair",
+    "hat",
+    "ear_r",
+    "neck_l",
+    "neck",
+    "cloth",
+)
 PARTS = CLASSES[1:]  # mask file suffixes, in merge order; part k has class id k + 1
 PROTOCOLS = {"faces19": tuple(range(19)), "faces18": tuple(range(1, 19))}
 _PARTITION = {"0": "train", "1": "validation", "2": "test"}
@@ -60,24 +80,43 @@ def _read_table(path, columns, what):
 def list_examples(root, split: str) -> list[base.Example]:
     """Images of `split` in index order, each with the list of its existing part masks."""
     root = os.fspath(root)
-    images, masks = os.path.join(root, "CelebA-HQ-img"), os.path.join(root, "CelebAMask-HQ-mask-anno")
+    images, masks = (
+        os.path.join(root, "CelebA-HQ-img"),
+        os.path.join(root, "CelebAMask-HQ-mask-anno"),
+    )
     for folder in (images, masks):
         if not os.path.isdir(folder):
-            raise ValueError(f"{folder}: folder is missing (expected the extracted CelebAMask-HQ archive)")
-    partition = dict(_read_table(os.path.join(root, "list_eval_partition.txt"), 2,
-                                 "CelebA's official partition, from the CelebA 'Eval' folder"))
+            raise ValueError(
+                f"{folder}: folder is missing (expected the extracted CelebAMask-HQ archive)"
+            )
+    partition = dict(
+        _read_table(
+            os.path.join(root, "list_eval_partition.txt"),
+            2,
+            "CelebA's official partition, from the CelebA 'Eval' folder",
+        )
+    )
     mapping_path = os.path.join(root, "CelebA-HQ-to-CelebA-mapping.txt")
     examples = []
     for idx, _, orig_file in _read_table(mapping_path, 3, "part of the CelebAMask-HQ archive"):
         if orig_file not in partition:
-            raise ValueError(f"{mapping_path}: {orig_file!r} (image {idx}) is not in list_eval_partition.txt")
+            raise ValueError(
+                f"{mapping_path}: {orig_file!r} (image {idx}) is not in list_eval_partition.txt"
+            )
         if _PARTITION.get(partition[orig_file]) != split:
             continue
         i = int(idx)
         folder = os.path.join(masks, str(i // 2000))
-        parts = [(k + 1, os.path.join(folder, f"{i:05d}_{part}.png")) for k, part in enumerate(PARTS)]
-        examples.append(base.Example(key=str(i), image=os.path.join(images, f"{i}.jpg"),
-                                        label=(f"{folder}/{i:05d}_*.png", tuple(parts))))
+        parts = [
+            (k + 1, os.path.join(folder, f"{i:05d}_{part}.png")) for k, part in enumerate(PARTS)
+        ]
+        examples.append(
+            base.Example(
+                key=str(i),
+                image=os.path.join(images, f"{i}.jpg"),
+                label=(f"{folder}/{i:05d}_*.png", tuple(parts)),
+            )
+        )
     return examples
 
 
@@ -93,7 +132,9 @@ def load_label(ref, image_hw) -> np.ndarray:
             mask_hw = mask.shape
             label = np.zeros(mask_hw, np.uint8)
         elif mask.shape != mask_hw:
-            raise ValueError(f"{path}: mask size {mask.shape} differs from the other masks {mask_hw}")
+            raise ValueError(
+                f"{path}: mask size {mask.shape} differs from the other masks {mask_hw}"
+            )
         label[mask != 0] = class_id
     if label is None:
         raise ValueError(f"{pattern}: no part masks found for this image (image without label)")
@@ -123,8 +164,10 @@ def _mask_upscale(pattern, mask_hw, image_hw) -> int:
     """The integer factor from the part masks' size to the image size; ValueError if there is none."""
     fy, fx = image_hw[0] // mask_hw[0], image_hw[1] // mask_hw[1]
     if fy < 1 or fy != fx or (fy * mask_hw[0], fx * mask_hw[1]) != tuple(image_hw):
-        raise ValueError(f"{pattern}: mask size {mask_hw} is not an integer fraction of its image size "
-                         f"{tuple(image_hw)}")
+        raise ValueError(
+            f"{pattern}: mask size {mask_hw} is not an integer fraction of its image size "
+            f"{tuple(image_hw)}"
+        )
     return fy
 
 
@@ -134,4 +177,3 @@ def _read_mask(path) -> np.ndarray:
         if im.mode in ("1", "L"):
             return np.asarray(im.convert("L"))
         return np.asarray(im.convert("RGB"))[..., 0]
-

@@ -12,6 +12,7 @@ mapped with the official table (`cityscapes_labels`); an image without its label
 its image, a size mismatch, an unreadable file or an id outside the table raises ValueError
 naming the file (``prepare --on_error=skip`` counts and lists such frames instead).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,7 +40,7 @@ def _scan(top, suffix):
         if os.path.isdir(folder):
             for f in os.listdir(folder):
                 if f.endswith(suffix):
-                    found[f[:-len(suffix)]] = os.path.join(folder, f)
+                    found[f[: -len(suffix)]] = os.path.join(folder, f)
     return found
 
 
@@ -60,6 +61,6 @@ def list_examples(root, split: str) -> list[base.Example]:
 def load_label(path, image_hw) -> np.ndarray:
     """uint8 (H, W) train ids of a ``*_gtFine_labelIds.png`` file, checked against the image size."""
     ids = base.read_label_png(path)
-    return base.check_size(cityscapes_labels.map_ids(ids, cityscapes_labels.LABEL_ID_TO_TRAIN_ID, path),
-                              image_hw, path)
-
+    return base.check_size(
+        cityscapes_labels.map_ids(ids, cityscapes_labels.LABEL_ID_TO_TRAIN_ID, path), image_hw, path
+    )

@@ -15,6 +15,7 @@ Protocols. Benchmarks score subsets of the 19 train ids (docs/METHOD.md §1 step
 A protocol keeps the listed train ids, renumbers them contiguously 0..n-1 in train-id order and
 sends everything else to 255, so a segmenter trained under it has exactly n outputs.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,15 +24,40 @@ IGNORE = 255
 
 # (name, label id, train id): cityscapesScripts labels.py, license plate omitted (see above).
 LABELS = (
-    ("unlabeled", 0, 255), ("ego vehicle", 1, 255), ("rectification border", 2, 255),
-    ("out of roi", 3, 255), ("static", 4, 255), ("dynamic", 5, 255), ("ground", 6, 255),
-    ("road", 7, 0), ("sidewalk", 8, 1), ("parking", 9, 255), ("rail track", 10, 255),
-    ("building", 11, 2), ("wall", 12, 3), ("fence", 13, 4), ("guard rail", 14, 255),
-    ("bridge", 15, 255), ("tunnel", 16, 255), ("pole", 17, 5), ("polegroup", 18, 255),
-    ("traffic light", 19, 6), ("traffic sign", 20, 7), ("vegetation", 21, 8), ("terrain", 22, 9),
-    ("sky", 23, 10), ("person", 24, 11), ("rider", 25, 12), ("car", 26, 13), ("truck", 27, 14),
-    ("bus", 28, 15), ("caravan", 29, 255), ("trailer", 30, 255), ("train", 31, 16),
-    ("motorcycle", 32, 17), ("bicycle", 33, 18),
+    ("unlabeled", 0, 255),
+    ("ego vehicle", 1, 255),
+    ("rectification border", 2, 255),
+    ("out of roi", 3, 255),
+    ("static", 4, 255),
+    ("dynamic", 5, 255),
+    ("ground", 6, 255),
+    ("road", 7, 0),
+    ("sidewalk", 8, 1),
+    ("parking", 9, 255),
+    ("rail track", 10, 255),
+    ("building", 11, 2),
+    ("wall", 12, 3),
+    ("fence", 13, 4),
+    ("guard rail", 14, 255),
+    ("bridge", 15, 255),
+    ("tunnel", 16, 255),
+    ("pole", 17, 5),
+    ("polegroup", 18, 255),
+    ("traffic light", 19, 6),
+    ("traffic sign", 20, 7),
+    ("vegetation", 21, 8),
+    ("terrain", 22, 9),
+    ("sky", 23, 10),
+    ("person", 24, 11),
+    ("rider", 25, 12),
+    ("car", 26, 13),
+    ("truck", 27, 14),
+    ("bus", 28, 15),
+    ("caravan", 29, 255),
+    ("trailer", 30, 255),
+    ("train", 31, 16),
+    ("motorcycle", 32, 17),
+    ("bicycle", 33, 18),
 )
 
 # The 19 train classes, in train-id order.
@@ -72,11 +98,15 @@ def map_ids(ids: np.ndarray, table: np.ndarray, path) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.size and int(ids.max()) >= len(table):
         bad = np.unique(ids[ids >= len(table)])
-        raise ValueError(f"{path}: label ids {bad[:10].tolist()} are outside the label table "
-                         f"(valid ids: {np.flatnonzero(table >= 0).tolist()})")
+        raise ValueError(
+            f"{path}: label ids {bad[:10].tolist()} are outside the label table "
+            f"(valid ids: {np.flatnonzero(table >= 0).tolist()})"
+        )
     out = table[ids]
     if (out < 0).any():
         bad = np.unique(ids[out < 0])
-        raise ValueError(f"{path}: label ids {bad[:10].tolist()} are outside the label table "
-                         f"(valid ids: {np.flatnonzero(table >= 0).tolist()})")
+        raise ValueError(
+            f"{path}: label ids {bad[:10].tolist()} are outside the label table "
+            f"(valid ids: {np.flatnonzero(table >= 0).tolist()})"
+        )
     return out.astype(np.uint8)

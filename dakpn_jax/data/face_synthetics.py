@@ -18,6 +18,7 @@ earring and necklace classes never occur in the synthetic labels. Caveat: the ma
 sides by name; that both datasets mean the same side (the subject's or the viewer's left) is
 assumed, not verified here. A horizontal-flip augmentation must swap the l_/r_ classes.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,16 +35,32 @@ SPLITS = ("train",)
 
 # Face Synthetics class id -> (name, CelebAMask-HQ class name or None = ignore).
 CLASSES = {
-    0: ("BACKGROUND", "background"), 1: ("SKIN", "skin"), 2: ("NOSE", "nose"),
-    3: ("RIGHT_EYE", "r_eye"), 4: ("LEFT_EYE", "l_eye"), 5: ("RIGHT_BROW", "r_brow"),
-    6: ("LEFT_BROW", "l_brow"), 7: ("RIGHT_EAR", "r_ear"), 8: ("LEFT_EAR", "l_ear"),
-    9: ("MOUTH_INTERIOR", "mouth"), 10: ("TOP_LIP", "u_lip"), 11: ("BOTTOM_LIP", "l_lip"),
-    12: ("NECK", "neck"), 13: ("HAIR", "hair"), 14: ("BEARD", "hair"), 15: ("CLOTHING", "cloth"),
-    16: ("GLASSES", "eye_g"), 17: ("HEADWEAR", "hat"), 18: ("FACEWEAR", None), 255: ("IGNORE", None),
+    0: ("BACKGROUND", "background"),
+    1: ("SKIN", "skin"),
+    2: ("NOSE", "nose"),
+    3: ("RIGHT_EYE", "r_eye"),
+    4: ("LEFT_EYE", "l_eye"),
+    5: ("RIGHT_BROW", "r_brow"),
+    6: ("LEFT_BROW", "l_brow"),
+    7: ("RIGHT_EAR", "r_ear"),
+    8: ("LEFT_EAR", "l_ear"),
+    9: ("MOUTH_INTERIOR", "mouth"),
+    10: ("TOP_LIP", "u_lip"),
+    11: ("BOTTOM_LIP", "l_lip"),
+    12: ("NECK", "neck"),
+    13: ("HAIR", "hair"),
+    14: ("BEARD", "hair"),
+    15: ("CLOTHING", "cloth"),
+    16: ("GLASSES", "eye_g"),
+    17: ("HEADWEAR", "hat"),
+    18: ("FACEWEAR", None),
+    255: ("IGNORE", None),
 }
 FACE_SYNTHETICS_TO_CELEBAMASK = np.full(256, -1, np.int16)
 for _fid, (_name, _target) in CLASSES.items():
-    FACE_SYNTHETICS_TO_CELEBAMASK[_fid] = 255 if _target is None else celebamask_hq.CLASSES.index(_target)
+    FACE_SYNTHETICS_TO_CELEBAMASK[_fid] = (
+        255 if _target is None else celebamask_hq.CLASSES.index(_target)
+    )
 
 
 def list_examples(root, split: str) -> list[base.Example]:
@@ -51,19 +68,26 @@ def list_examples(root, split: str) -> list[base.Example]:
     del split  # one split
     root = os.fspath(root)
     if not os.path.isdir(root):
-        raise ValueError(f"{root}: folder is missing (expected the extracted Face Synthetics archive)")
+        raise ValueError(
+            f"{root}: folder is missing (expected the extracted Face Synthetics archive)"
+        )
     stems = set()
     for f in os.listdir(root):
         if f.endswith("_seg.png"):
-            stems.add(f[:-len("_seg.png")])
+            stems.add(f[: -len("_seg.png")])
         elif f.endswith(".png"):
-            stems.add(f[:-len(".png")])
-    return [base.Example(key=s, image=os.path.join(root, s + ".png"),
-                            label=os.path.join(root, s + "_seg.png")) for s in sorted(stems)]
+            stems.add(f[: -len(".png")])
+    return [
+        base.Example(
+            key=s, image=os.path.join(root, s + ".png"), label=os.path.join(root, s + "_seg.png")
+        )
+        for s in sorted(stems)
+    ]
 
 
 def load_label(path, image_hw) -> np.ndarray:
     """uint8 (H, W) CelebAMask-HQ class ids of a ``*_seg.png`` file, checked against the image size."""
     ids = base.read_label_png(path)
-    return base.check_size(cityscapes_labels.map_ids(ids, FACE_SYNTHETICS_TO_CELEBAMASK, path), image_hw, path)
-
+    return base.check_size(
+        cityscapes_labels.map_ids(ids, FACE_SYNTHETICS_TO_CELEBAMASK, path), image_hw, path
+    )

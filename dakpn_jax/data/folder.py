@@ -11,6 +11,7 @@ in sorted stem order; ``source.stems[i]`` names item i. Problems raise ``ValueEr
 file: a missing or extra label, two images with one stem, an unreadable file, an image/label size
 mismatch, a colour (RGB) label.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,10 @@ def _index(directory: str, suffixes: Sequence[str], what: str) -> dict[str, str]
         if ext.lower() not in suffixes or stem.startswith("."):
             continue  # not ours (hidden / temporary files included)
         if stem in out:
-            raise ValueError(f"FolderSource: two {what} files share the stem {stem!r}: "
-                             f"{out[stem]!r} and {os.path.join(directory, name)!r}")
+            raise ValueError(
+                f"FolderSource: two {what} files share the stem {stem!r}: "
+                f"{out[stem]!r} and {os.path.join(directory, name)!r}"
+            )
         out[stem] = os.path.join(directory, name)
     return out
 
@@ -49,13 +52,20 @@ def _read(path: str) -> Image.Image:
 class FolderSource:
     """Random-access (grain-compatible) source over `image_dir` [+ `label_dir`] (module docstring)."""
 
-    def __init__(self, image_dir: str, label_dir: str | None = None, *,
-                 image_suffixes: Sequence[str] = (".png", ".jpg", ".jpeg"),
-                 label_suffixes: Sequence[str] = (".png",)):
+    def __init__(
+        self,
+        image_dir: str,
+        label_dir: str | None = None,
+        *,
+        image_suffixes: Sequence[str] = (".png", ".jpg", ".jpeg"),
+        label_suffixes: Sequence[str] = (".png",),
+    ):
         self.image_dir, self.label_dir = image_dir, label_dir
         images = _index(image_dir, image_suffixes, "image")
         if not images:
-            raise ValueError(f"FolderSource: no images with suffix {tuple(image_suffixes)} in {image_dir!r}")
+            raise ValueError(
+                f"FolderSource: no images with suffix {tuple(image_suffixes)} in {image_dir!r}"
+            )
         self.stems = sorted(images)
         self.image_paths = [images[s] for s in self.stems]
         self.label_paths = None
@@ -64,11 +74,15 @@ class FolderSource:
             missing = [s for s in self.stems if s not in labels]
             extra = sorted(set(labels) - set(images))
             if missing:
-                raise ValueError(f"FolderSource: {len(missing)} image(s) have no label in {label_dir!r}, e.g. "
-                                 f"{images[missing[0]]!r} (expected {missing[0]}{label_suffixes[0]})")
+                raise ValueError(
+                    f"FolderSource: {len(missing)} image(s) have no label in {label_dir!r}, e.g. "
+                    f"{images[missing[0]]!r} (expected {missing[0]}{label_suffixes[0]})"
+                )
             if extra:
-                raise ValueError(f"FolderSource: {len(extra)} label(s) have no image in {image_dir!r}, e.g. "
-                                 f"{labels[extra[0]]!r}")
+                raise ValueError(
+                    f"FolderSource: {len(extra)} label(s) have no image in {image_dir!r}, e.g. "
+                    f"{labels[extra[0]]!r}"
+                )
             self.label_paths = [labels[s] for s in self.stems]
 
     def __len__(self) -> int:
@@ -88,10 +102,14 @@ class FolderSource:
         label_path = self.label_paths[index]
         im = _read(label_path)
         if im.mode not in ("L", "P"):
-            raise ValueError(f"FolderSource: label file {label_path!r} has mode {im.mode!r}; expected a "
-                             "single-channel uint8 train-id PNG ('L' or 'P')")
+            raise ValueError(
+                f"FolderSource: label file {label_path!r} has mode {im.mode!r}; expected a "
+                "single-channel uint8 train-id PNG ('L' or 'P')"
+            )
         label = np.asarray(im, np.uint8)
         if label.shape != image.shape[:2]:
-            raise ValueError(f"FolderSource: label {label_path!r} is {label.shape[1]}x{label.shape[0]} but "
-                             f"image {path!r} is {image.shape[1]}x{image.shape[0]} (W x H)")
+            raise ValueError(
+                f"FolderSource: label {label_path!r} is {label.shape[1]}x{label.shape[0]} but "
+                f"image {path!r} is {image.shape[1]}x{image.shape[0]} (W x H)"
+            )
         return {"image": image, "label": label}

@@ -16,6 +16,7 @@ instead). The real set has frames whose label size differs from the image: read 
 ``--config.data.on_error=skip``, is dropped and counted. The domain-adaptation protocol trains on all frames: ``synthetic_split`` defaults to
 ``train+validation+test``.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,26 +41,37 @@ def _require_dir(path):
 def list_examples(root, split: str) -> list[base.Example]:
     """The frames of `split`, in split.mat order, paired with their label files."""
     import scipy.io  # pylint: disable=import-outside-toplevel
+
     root = os.fspath(root)
     for sub in ("images", "labels"):
         _require_dir(os.path.join(root, sub))
     mat_path = os.path.join(root, "split.mat")
     if not os.path.isfile(mat_path):
-        raise ValueError(f"{mat_path}: file is missing (GTA5's official split, from the dataset page)")
+        raise ValueError(
+            f"{mat_path}: file is missing (GTA5's official split, from the dataset page)"
+        )
     try:
         mat = scipy.io.loadmat(mat_path)
     except Exception as e:  # scipy raises several types on corrupt files  # pylint: disable=broad-except
         raise ValueError(f"{mat_path}: unreadable split file ({e})") from e
     if _MAT_KEYS[split] not in mat:
-        raise ValueError(f"{mat_path}: no {_MAT_KEYS[split]!r} entry (has {sorted(k for k in mat if not k.startswith('__'))})")
+        raise ValueError(
+            f"{mat_path}: no {_MAT_KEYS[split]!r} entry (has {sorted(k for k in mat if not k.startswith('__'))})"
+        )
     ids = np.asarray(mat[_MAT_KEYS[split]]).reshape(-1).astype(np.int64)
-    return [base.Example(key=f"{i:05d}", image=os.path.join(root, "images", f"{i:05d}.png"),
-                            label=os.path.join(root, "labels", f"{i:05d}.png")) for i in ids]
+    return [
+        base.Example(
+            key=f"{i:05d}",
+            image=os.path.join(root, "images", f"{i:05d}.png"),
+            label=os.path.join(root, "labels", f"{i:05d}.png"),
+        )
+        for i in ids
+    ]
 
 
 def load_label(path, image_hw) -> np.ndarray:
     """uint8 (H, W) train ids of the label file `path`, checked against the frame size."""
     ids = base.read_label_png(path)
-    return base.check_size(cityscapes_labels.map_ids(ids, cityscapes_labels.LABEL_ID_TO_TRAIN_ID, path),
-                              image_hw, path)
-
+    return base.check_size(
+        cityscapes_labels.map_ids(ids, cityscapes_labels.LABEL_ID_TO_TRAIN_ID, path), image_hw, path
+    )

@@ -21,6 +21,7 @@ A paired view (the same scene rendered in both domains, docs/METHOD.md §2) exis
 benchmark: :func:`has_paired_view` says whether stages that need one (paired PSNR / SSIM / SWD,
 the paired grid) can run.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -40,6 +41,7 @@ class LabelSpace:
     class_names: one name per class id. palette: one (r, g, b) per class id, for label pictures.
     flip_swaps: (i, j) class pairs a horizontal flip exchanges (``l_eye`` <-> ``r_eye``).
     """
+
     name: str
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
@@ -48,11 +50,15 @@ class LabelSpace:
 
     def __post_init__(self):
         if len(self.palette) != len(self.class_names):
-            raise ValueError(f"LabelSpace {self.name!r}: {len(self.palette)} palette colours for "
-                             f"{len(self.class_names)} classes")
+            raise ValueError(
+                f"LabelSpace {self.name!r}: {len(self.palette)} palette colours for "
+                f"{len(self.class_names)} classes"
+            )
         if not len(self.class_names) <= self.ignore_index <= 255:
-            raise ValueError(f"LabelSpace {self.name!r}: ignore_index={self.ignore_index} must lie in "
-                             f"[{len(self.class_names)}, 255] (uint8 labels, above every class id)")
+            raise ValueError(
+                f"LabelSpace {self.name!r}: ignore_index={self.ignore_index} must lie in "
+                f"[{len(self.class_names)}, 255] (uint8 labels, above every class id)"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -76,15 +82,23 @@ class LabelSpace:
 
     def to_dict(self) -> dict:
         """What the report records (plain JSON types)."""
-        return {"name": self.name, "num_classes": self.num_classes, "class_names": list(self.class_names),
-                "ignore_index": self.ignore_index, "flip_swaps": [list(p) for p in self.flip_swaps]}
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "ignore_index": self.ignore_index,
+            "flip_swaps": [list(p) for p in self.flip_swaps],
+        }
 
 
 def side_swaps(class_names) -> tuple[tuple[int, int], ...]:
     """Pairs (i, j) with names ``l_X`` / ``r_X`` (``l_lip``, the lower lip, has no ``r_lip``)."""
     index = {str(n): i for i, n in enumerate(class_names)}
-    return tuple((i, index["r_" + n[2:]]) for n, i in index.items()
-                 if n.startswith("l_") and ("r_" + n[2:]) in index)
+    return tuple(
+        (i, index["r_" + n[2:]])
+        for n, i in index.items()
+        if n.startswith("l_") and ("r_" + n[2:]) in index
+    )
 
 
 def face_palette(count: int) -> tuple[tuple[int, int, int], ...]:
@@ -104,8 +118,11 @@ def _get(config, name, default=None):
 def for_data(data_config) -> LabelSpace:
     """The :class:`LabelSpace` of the sources ``data_config`` describes (module docstring)."""
     from dakpn_jax.data import labels, sources  # pylint: disable=import-outside-toplevel
+
     if _get(data_config, "name", "procedural") == "procedural":
-        return LabelSpace("cityscapes19", tuple(labels.CLASS_NAMES), tuple(map(tuple, labels.PALETTE.tolist())))
+        return LabelSpace(
+            "cityscapes19", tuple(labels.CLASS_NAMES), tuple(map(tuple, labels.PALETTE.tolist()))
+        )
     names = tuple(sources.class_names(data_config))
     syn = sources.dataset_module(_get(data_config, "synthetic", "gta5"))
     protocol = _get(data_config, "label_protocol", None) or syn.DEFAULT_PROTOCOL
@@ -114,6 +131,7 @@ def for_data(data_config) -> LabelSpace:
         palette = tuple(tuple(labels.PALETTE[full.index(n)].tolist()) for n in names)
     else:  # faces: one fixed palette over all CelebAMask-HQ classes, so faces18 and faces19 agree
         from dakpn_jax.data import celebamask_hq  # pylint: disable=import-outside-toplevel
+
         every = face_palette(len(celebamask_hq.CLASSES))
         palette = tuple(every[celebamask_hq.CLASSES.index(n)] for n in names)
     return LabelSpace(protocol, names, palette, IGNORE_INDEX, side_swaps(names))

@@ -3,6 +3,7 @@
 Every dataset in the project (the procedural benchmark, GTA5, SYNTHIA, Cityscapes) speaks these train
 ids: 0..18 for the classes below and ``IGNORE_INDEX = 255`` for "not scored" pixels.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,27 @@ PALETTE = np.array([rgb for _, _, rgb in _TABLE], dtype=np.uint8)
 PALETTE.setflags(write=False)
 
 # Named ids, so scene code reads `ROAD` rather than `0`.
-(ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY,
- PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE) = range(NUM_CLASSES)
+(
+    ROAD,
+    SIDEWALK,
+    BUILDING,
+    WALL,
+    FENCE,
+    POLE,
+    TRAFFIC_LIGHT,
+    TRAFFIC_SIGN,
+    VEGETATION,
+    TERRAIN,
+    SKY,
+    PERSON,
+    RIDER,
+    CAR,
+    TRUCK,
+    BUS,
+    TRAIN,
+    MOTORCYCLE,
+    BICYCLE,
+) = range(NUM_CLASSES)
 
 # 256-entry lookup: every train id to its colour, everything else (255 = ignore, unknown ids) black.
 _LUT = np.zeros((256, 3), dtype=np.uint8)
@@ -48,19 +68,21 @@ _LUT[:NUM_CLASSES] = PALETTE
 
 
 def colorize(label) -> np.ndarray:
-  """Colours a label map with the Cityscapes palette.
+    """Colours a label map with the Cityscapes palette.
 
-  Args:
-    label: integer array (..., H, W) of train ids; 255 (ignore) and any id >= 19 are drawn black.
+    Args:
+      label: integer array (..., H, W) of train ids; 255 (ignore) and any id >= 19 are drawn black.
 
-  Returns:
-    uint8 array (..., H, W, 3).
-  """
-  label = np.asarray(label)
-  if not np.issubdtype(label.dtype, np.integer):
-    raise ValueError(f"label must be an integer array, got dtype {label.dtype}")
-  if label.ndim < 2:
-    raise ValueError(f"label must have shape (..., H, W), got shape {label.shape}")
-  if label.size and (label.min() < 0 or label.max() > 255):
-    raise ValueError(f"label values must lie in [0, 255], got range [{label.min()}, {label.max()}]")
-  return _LUT[label.astype(np.uint8)]
+    Returns:
+      uint8 array (..., H, W, 3).
+    """
+    label = np.asarray(label)
+    if not np.issubdtype(label.dtype, np.integer):
+        raise ValueError(f"label must be an integer array, got dtype {label.dtype}")
+    if label.ndim < 2:
+        raise ValueError(f"label must have shape (..., H, W), got shape {label.shape}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(
+            f"label values must lie in [0, 255], got range [{label.min()}, {label.max()}]"
+        )
+    return _LUT[label.astype(np.uint8)]

@@ -32,6 +32,7 @@ example. Without the argument the source's own ``flip_label_map`` attribute is u
 (`dakpn_jax.data.sources.make_source` sets it for the face label space), so every method that
 flips gets the swap.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -40,7 +41,7 @@ from absl import flags
 import grain
 import numpy as np
 
-_SEED_LIMIT = 2 ** 32  # grain's shuffle seeds are 32-bit
+_SEED_LIMIT = 2**32  # grain's shuffle seeds are 32-bit
 
 
 def flip_label_map(class_names) -> np.ndarray:
@@ -49,7 +50,9 @@ def flip_label_map(class_names) -> np.ndarray:
     the class list (255 = ignore) map to themselves."""
     names = [str(n) for n in class_names]
     if len(names) > 255:
-        raise ValueError(f"flip_label_map: {len(names)} classes do not fit uint8 labels with 255 = ignore")
+        raise ValueError(
+            f"flip_label_map: {len(names)} classes do not fit uint8 labels with 255 = ignore"
+        )
     lut = np.arange(256, dtype=np.uint8)
     index = {n: i for i, n in enumerate(names)}
     for i, n in enumerate(names):
@@ -73,7 +76,9 @@ def _crop_hw(crop_size) -> tuple[int, int] | None:
     try:
         h, w = crop_size
     except (TypeError, ValueError):
-        raise ValueError(f"crop_size must be an int or (height, width), got {crop_size!r}") from None
+        raise ValueError(
+            f"crop_size must be an int or (height, width), got {crop_size!r}"
+        ) from None
     return _positive_int("crop_size[0]", h), _positive_int("crop_size[1]", w)
 
 
@@ -100,8 +105,13 @@ class AugmentFn:
     for every spatial key and for every rerun.
     """
 
-    def __init__(self, seed: int, crop_size: tuple[int, int] | None, random_flip: bool,
-                 flip_label_map: np.ndarray | None = None):
+    def __init__(
+        self,
+        seed: int,
+        crop_size: tuple[int, int] | None,
+        random_flip: bool,
+        flip_label_map: np.ndarray | None = None,
+    ):
         self.seed = seed
         self.crop_size = crop_size
         self.random_flip = random_flip
@@ -124,8 +134,15 @@ class AugmentFn:
         for k in keys:
             window = example[k][rows, cols]
             # Contiguous copies: views would keep the whole frame alive and slow the batch stacking.
-            if flip and self.flip_label_map is not None and window.ndim == 2 and np.issubdtype(window.dtype, np.integer):
-                window = self.flip_label_map[window]  # sided classes swap (a fresh array: no copy needed)
+            if (
+                flip
+                and self.flip_label_map is not None
+                and window.ndim == 2
+                and np.issubdtype(window.dtype, np.integer)
+            ):
+                window = self.flip_label_map[
+                    window
+                ]  # sided classes swap (a fresh array: no copy needed)
             example[k] = np.ascontiguousarray(window[:, ::-1] if flip else window)
         return example
 
@@ -180,14 +197,27 @@ def make_pipeline(
     """
     batch_size = _positive_int("batch_size", batch_size)
     shard_count = _positive_int("shard_count", shard_count)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < _SEED_LIMIT:
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, (int, np.integer))
+        or not 0 <= seed < _SEED_LIMIT
+    ):
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
-    if isinstance(shard_index, bool) or not isinstance(shard_index, (int, np.integer)) or not (
-        0 <= shard_index < shard_count):
-        raise ValueError(f"shard_index must be an int in [0, shard_count={shard_count}), got {shard_index!r}")
+    if (
+        isinstance(shard_index, bool)
+        or not isinstance(shard_index, (int, np.integer))
+        or not (0 <= shard_index < shard_count)
+    ):
+        raise ValueError(
+            f"shard_index must be an int in [0, shard_count={shard_count}), got {shard_index!r}"
+        )
     if num_epochs is not None:
         num_epochs = _positive_int("num_epochs", num_epochs)
-    if isinstance(worker_count, bool) or not isinstance(worker_count, (int, np.integer)) or worker_count < 0:
+    if (
+        isinstance(worker_count, bool)
+        or not isinstance(worker_count, (int, np.integer))
+        or worker_count < 0
+    ):
         raise ValueError(f"worker_count must be a non-negative int, got {worker_count!r}")
     num_threads = _positive_int("num_threads", num_threads)
     prefetch_buffer_size = _positive_int("prefetch_buffer_size", prefetch_buffer_size)
@@ -206,11 +236,17 @@ def make_pipeline(
     # Reseeding per epoch: the shuffle draws a new permutation each epoch.
     ds = ds.repeat(num_epochs)
     if crop is not None or random_flip:
-        lut = flip_label_map if flip_label_map is not None else getattr(source, "flip_label_map", None)
+        lut = (
+            flip_label_map
+            if flip_label_map is not None
+            else getattr(source, "flip_label_map", None)
+        )
         if lut is not None:
             lut = np.asarray(lut)
             if lut.shape != (256,) or lut.dtype != np.uint8:
-                raise ValueError(f"flip_label_map must be a (256,) uint8 lookup table, got {lut.shape} {lut.dtype}")
+                raise ValueError(
+                    f"flip_label_map must be a (256,) uint8 lookup table, got {lut.shape} {lut.dtype}"
+                )
         ds = ds.map_with_index(AugmentFn(int(seed), crop, bool(random_flip), lut))
     # Batch, then shard whole batches: global batch t is the concatenation of the processes' batches
     # t in process order, i.e. process k holds rows [k*b, (k+1)*b) of the one-process batch of n*b,
@@ -222,8 +258,9 @@ def make_pipeline(
         ds = ds[: len(ds) // shard_count * shard_count]
     ds = ds[shard_index::shard_count]
     ds = ds.map(to_float_images)
-    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                   prefetch_buffer_size=prefetch_buffer_size))
+    iter_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+    )
     if worker_count > 0:
         # grain's worker processes read absl flags; outside an absl app (scripts, tests) nobody parsed
         # them, so take their defaults rather than fail. An absl app's own parse still happens later.

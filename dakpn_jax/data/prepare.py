@@ -19,6 +19,7 @@ TensorFlow), serialized by the TFDS `FeaturesDict` and described by
 Images are stored as their original PNG/JPEG bytes (`tfds.features.Image` keeps given bytes as
 they are and decodes with PIL when read), so they come back pixel-exact.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,11 +42,16 @@ def features():
     """The stored features: ``key`` (file stem), ``image`` (original encoded bytes, decoded to
     uint8 (H, W, 3)), ``label`` (PNG, uint8 (H, W, 1), class ids, 255 = ignore)."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    return tfds.features.FeaturesDict({
-        "key": tfds.features.Text(),
-        "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
-        "label": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8, encoding_format="png"),
-    })
+
+    return tfds.features.FeaturesDict(
+        {
+            "key": tfds.features.Text(),
+            "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+            "label": tfds.features.Image(
+                shape=(None, None, 1), dtype=np.uint8, encoding_format="png"
+            ),
+        }
+    )
 
 
 def dataset_dir(data_dir, dataset: str) -> str:
@@ -90,16 +96,23 @@ def _write_split(module, examples, out_dir, split, *, on_error, skipped, progres
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
     num_shards = max(1, -(-len(examples) // EXAMPLES_PER_SHARD))
     jobs = [(module.NAME, ex) for ex in examples]
     results = pool.imap(_record, jobs, chunksize=4) if pool else map(_record, jobs)  # both ordered
     lengths, num_bytes = [], 0
-    bar = tqdm(total=len(examples), desc=f"{module.NAME} {split}", unit=" examples", disable=not progress)
+    bar = tqdm(
+        total=len(examples), desc=f"{module.NAME} {split}", unit=" examples", disable=not progress
+    )
     for shard in range(num_shards):
-        path = os.path.join(out_dir, f"dakpn_{module.NAME}-{split}.array_record-{shard:05d}-of-{num_shards:05d}")
-        writer = array_record_module.ArrayRecordWriter(path, "group_size:1")  # as TFDS: random access
+        path = os.path.join(
+            out_dir, f"dakpn_{module.NAME}-{split}.array_record-{shard:05d}-of-{num_shards:05d}"
+        )
+        writer = array_record_module.ArrayRecordWriter(
+            path, "group_size:1"
+        )  # as TFDS: random access
         count = 0
-        for ex in examples[shard * EXAMPLES_PER_SHARD:(shard + 1) * EXAMPLES_PER_SHARD]:
+        for ex in examples[shard * EXAMPLES_PER_SHARD : (shard + 1) * EXAMPLES_PER_SHARD]:
             record, error = next(results)
             bar.update()
             if error is not None:
@@ -114,13 +127,22 @@ def _write_split(module, examples, out_dir, split, *, on_error, skipped, progres
         lengths.append(count)
     bar.close()
     if not sum(lengths):
-        raise ValueError(f"{module.NAME} split {split!r}: no usable examples "
-                         f"({len(examples)} listed, {len(skipped)} skipped so far)")
+        raise ValueError(
+            f"{module.NAME} split {split!r}: no usable examples "
+            f"({len(examples)} listed, {len(skipped)} skipped so far)"
+        )
     return tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=num_bytes)
 
 
-def prepare(dataset: str, manual_dir, data_dir, *, on_error: str = "raise", num_workers: int = 0,
-            progress: bool = True) -> str:
+def prepare(
+    dataset: str,
+    manual_dir,
+    data_dir,
+    *,
+    on_error: str = "raise",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> str:
     """Prepares `dataset` from the extracted official folder `manual_dir` under `data_dir`.
 
     Returns the dataset directory. An already prepared dataset is left as it is. Writes go to a
@@ -129,6 +151,7 @@ def prepare(dataset: str, manual_dir, data_dir, *, on_error: str = "raise", num_
     output is the same, in the same order.
     """
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
     module = base.dataset_module(dataset)
@@ -145,29 +168,50 @@ def prepare(dataset: str, manual_dir, data_dir, *, on_error: str = "raise", num_
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers={num_workers!r}: expected an int >= 0")
     import multiprocessing  # pylint: disable=import-outside-toplevel
+
     # spawn, not fork: the caller may hold threads (JAX, grain) that fork would copy mid-state.
     pool = multiprocessing.get_context("spawn").Pool(num_workers) if num_workers else None
     skipped, split_infos = [], []
     try:
         for split in module.SPLITS:
             examples = module.list_examples(manual_dir, split)
-            split_infos.append(_write_split(module, examples, tmp, split, on_error=on_error,
-                                            skipped=skipped, progress=progress, pool=pool))
+            split_infos.append(
+                _write_split(
+                    module,
+                    examples,
+                    tmp,
+                    split,
+                    on_error=on_error,
+                    skipped=skipped,
+                    progress=progress,
+                    pool=pool,
+                )
+            )
     finally:
         if pool:
             pool.terminate()
     feats = features()
     tfds.folder_dataset.write_metadata(
-        data_dir=tmp, features=feats, split_infos=split_infos, version=VERSION,
+        data_dir=tmp,
+        features=feats,
+        split_infos=split_infos,
+        version=VERSION,
         check_data=False,  # its check reads through tf.data; `open_prepared` below checks instead
-        description=(module.__doc__ or "").strip(), disable_shuffling=True)
+        description=(module.__doc__ or "").strip(),
+        disable_shuffling=True,
+    )
     if skipped:
         with open(os.path.join(tmp, "skipped.json"), "w") as f:
             json.dump([dict(split=s, key=k, reason=r) for s, k, r in skipped], f, indent=1)
-        print(f"{dataset}: skipped {len(skipped)} malformed pairs (listed in "
-              f"{os.path.join(final, 'skipped.json')})", file=sys.stderr)
+        print(
+            f"{dataset}: skipped {len(skipped)} malformed pairs (listed in "
+            f"{os.path.join(final, 'skipped.json')})",
+            file=sys.stderr,
+        )
     os.rename(tmp, final)
-    open_prepared(data_dir, dataset, module.SPLITS[0])[0]  # fails loudly if TFDS cannot read it back
+    open_prepared(data_dir, dataset, module.SPLITS[0])[
+        0
+    ]  # fails loudly if TFDS cannot read it back
     return final
 
 
@@ -179,14 +223,21 @@ def open_prepared(data_dir, dataset: str, split: str, *, encoded: bool = False):
     decodes with PIL, like the direct reader, so both paths give identical pixels).
     """
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
     if not is_prepared(data_dir, dataset):
         raise ValueError(
             f"data_dir={os.path.expanduser(os.fspath(data_dir))!r}: {dataset} is not prepared there; run "
             f"python -m dakpn_jax.data.prepare --dataset={dataset} --manual_dir=<extracted folder> "
-            f"--data_dir={os.fspath(data_dir)}")
-    decoders = {"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()} if encoded else None
+            f"--data_dir={os.fspath(data_dir)}"
+        )
+    decoders = (
+        {"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()}
+        if encoded
+        else None
+    )
     return tfds.builder_from_directory(dataset_dir(data_dir, dataset)).as_data_source(
-        split=split, decoders=decoders)
+        split=split, decoders=decoders
+    )
 
 
 class PreparedSource:
@@ -203,23 +254,44 @@ class PreparedSource:
         if not 0 <= index < len(self._ds):  # IndexError, as the sequence protocol expects
             raise IndexError(f"index {index} out of range for a source of length {len(self._ds)}")
         ex = self._ds[index]
-        with Image.open(io.BytesIO(ex["image"])) as image, Image.open(io.BytesIO(ex["label"])) as label:
+        with (
+            Image.open(io.BytesIO(ex["image"])) as image,
+            Image.open(io.BytesIO(ex["label"])) as label,
+        ):
             return {"image": np.asarray(image.convert("RGB")), "label": np.asarray(label)}
 
 
 def main(argv=None):
     import argparse  # pylint: disable=import-outside-toplevel
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, choices=sorted(base.DATASETS))
-    parser.add_argument("--manual_dir", required=True, help="folder with the extracted official archives")
-    parser.add_argument("--data_dir", default="~/tensorflow_datasets", help="TFDS data dir to write")
-    parser.add_argument("--on_error", default="raise", choices=ON_ERROR,
-                        help="malformed pairs: fail (default) or skip, count and list them")
-    parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="decoding processes (0: in this process)")
+    parser.add_argument(
+        "--manual_dir", required=True, help="folder with the extracted official archives"
+    )
+    parser.add_argument(
+        "--data_dir", default="~/tensorflow_datasets", help="TFDS data dir to write"
+    )
+    parser.add_argument(
+        "--on_error",
+        default="raise",
+        choices=ON_ERROR,
+        help="malformed pairs: fail (default) or skip, count and list them",
+    )
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="decoding processes (0: in this process)",
+    )
     args = parser.parse_args(argv)
-    path = prepare(args.dataset, args.manual_dir, args.data_dir, on_error=args.on_error,
-                   num_workers=args.num_workers)
+    path = prepare(
+        args.dataset,
+        args.manual_dir,
+        args.data_dir,
+        on_error=args.on_error,
+        num_workers=args.num_workers,
+    )
     module = base.dataset_module(args.dataset)
     sizes = {s: len(open_prepared(args.data_dir, args.dataset, s)) for s in module.SPLITS}
     print(f"{args.dataset}: prepared {sizes} in {path}")

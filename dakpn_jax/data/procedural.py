@@ -65,6 +65,7 @@ Splits (`SPLITS`). ``synthetic-train`` (synthetic renderer, synthetic layouts, l
 scenes); ``paired-eval`` (synthetic layouts rendered by both renderers, for evaluation only: training
 never sees pairs). Splits draw disjoint random streams.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,11 +80,26 @@ NUM_CLASSES = L.NUM_CLASSES  # 19 Cityscapes train ids; the benchmark generates 
 SPLITS = ("synthetic-train", "real-train", "real-train-labelled", "real-val", "paired-eval")
 # Fixed integers (not hash()) so streams are stable across processes and Python versions. real-train
 # and real-train-labelled share a stream: labelled example i *is* real-train example i.
-_SPLIT_STREAM = {"synthetic-train": 1, "real-train": 2, "real-train-labelled": 2, "real-val": 3,
-                 "paired-eval": 4}
+_SPLIT_STREAM = {
+    "synthetic-train": 1,
+    "real-train": 2,
+    "real-train-labelled": 2,
+    "real-val": 3,
+    "paired-eval": 4,
+}
 
-SUPPORTED_CLASSES = (L.ROAD, L.SIDEWALK, L.BUILDING, L.POLE, L.TRAFFIC_SIGN, L.VEGETATION, L.TERRAIN,
-                     L.SKY, L.PERSON, L.CAR)
+SUPPORTED_CLASSES = (
+    L.ROAD,
+    L.SIDEWALK,
+    L.BUILDING,
+    L.POLE,
+    L.TRAFFIC_SIGN,
+    L.VEGETATION,
+    L.TERRAIN,
+    L.SKY,
+    L.PERSON,
+    L.CAR,
+)
 # Scene background that always exists: labelled ignore (255) when left out of `classes`. Every other
 # supported class is simply not generated when left out.
 _BACKGROUND = (L.ROAD, L.BUILDING, L.SKY)
@@ -102,6 +118,7 @@ class ProceduralConfig:
       num_real_labelled: N, the labelled prefix of real-train (<= num_real_train).
       classes: train ids the scenes contain, a non-empty subset of `SUPPORTED_CLASSES`.
     """
+
     seed: int = 0
     height: int = 128
     width: int = 256
@@ -113,26 +130,43 @@ class ProceduralConfig:
     classes: tuple[int, ...] = SUPPORTED_CLASSES
 
     def __post_init__(self):
-        for name in ("seed", "height", "width", "num_synthetic_train", "num_real_train",
-                     "num_real_labelled", "num_real_val", "num_paired_eval"):
+        for name in (
+            "seed",
+            "height",
+            "width",
+            "num_synthetic_train",
+            "num_real_train",
+            "num_real_labelled",
+            "num_real_val",
+            "num_paired_eval",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"ProceduralConfig.{name} must be a non-negative int, got {value!r}")
+                raise ValueError(
+                    f"ProceduralConfig.{name} must be a non-negative int, got {value!r}"
+                )
         for name in ("height", "width"):
             value = getattr(self, name)
             if not MIN_SIZE <= value <= MAX_SIZE:
-                raise ValueError(f"ProceduralConfig.{name}={value} is impossible; expected {MIN_SIZE}..{MAX_SIZE}")
+                raise ValueError(
+                    f"ProceduralConfig.{name}={value} is impossible; expected {MIN_SIZE}..{MAX_SIZE}"
+                )
         if self.num_real_labelled > self.num_real_train:
-            raise ValueError(f"ProceduralConfig.num_real_labelled={self.num_real_labelled} exceeds "
-                             f"num_real_train={self.num_real_train}")
+            raise ValueError(
+                f"ProceduralConfig.num_real_labelled={self.num_real_labelled} exceeds "
+                f"num_real_train={self.num_real_train}"
+            )
         classes = tuple(int(c) for c in self.classes)
         if not classes:
-            raise ValueError("ProceduralConfig.classes is empty; give at least one of "
-                             f"{SUPPORTED_CLASSES}")
+            raise ValueError(
+                f"ProceduralConfig.classes is empty; give at least one of {SUPPORTED_CLASSES}"
+            )
         unknown = sorted(set(classes) - set(SUPPORTED_CLASSES))
         if unknown:
-            raise ValueError(f"ProceduralConfig.classes has unsupported train ids {unknown}; "
-                             f"supported: {SUPPORTED_CLASSES}")
+            raise ValueError(
+                f"ProceduralConfig.classes has unsupported train ids {unknown}; "
+                f"supported: {SUPPORTED_CLASSES}"
+            )
         object.__setattr__(self, "classes", tuple(sorted(set(classes))))
 
     @classmethod
@@ -159,9 +193,13 @@ class ProceduralConfig:
 
     def split_length(self, split: str) -> int:
         _check_split(split)
-        return {"synthetic-train": self.num_synthetic_train, "real-train": self.num_real_train,
-                "real-train-labelled": self.num_real_labelled, "real-val": self.num_real_val,
-                "paired-eval": self.num_paired_eval}[split]
+        return {
+            "synthetic-train": self.num_synthetic_train,
+            "real-train": self.num_real_train,
+            "real-train-labelled": self.num_real_labelled,
+            "real-val": self.num_real_val,
+            "paired-eval": self.num_paired_eval,
+        }[split]
 
 
 def _check_split(split):
@@ -200,10 +238,12 @@ NOISE_READ, NOISE_SHOT = 0.015, 0.003  # std = sqrt(read^2 + shot * x)
 
 # Layout priors: the class-frequency shift between the domains.
 _LAYOUT_PRIORS = {
-    "synthetic": dict(p_vegetation=0.25, skyline=(0.10, 0.35), p_terrain=0.25, cars=4.0, persons=1.0,
-                      poles=1.5),
-    "real": dict(p_vegetation=0.55, skyline=(0.22, 0.48), p_terrain=0.55, cars=2.0, persons=2.5,
-                 poles=3.0),
+    "synthetic": dict(
+        p_vegetation=0.25, skyline=(0.10, 0.35), p_terrain=0.25, cars=4.0, persons=1.0, poles=1.5
+    ),
+    "real": dict(
+        p_vegetation=0.55, skyline=(0.22, 0.48), p_terrain=0.55, cars=2.0, persons=2.5, poles=3.0
+    ),
 }
 
 
@@ -220,6 +260,7 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 # Scene generation.
 
+
 @dataclasses.dataclass
 class Scene:
     """One generated scene: labels plus the synthetic renderer's HSV albedo, stored per region.
@@ -235,6 +276,7 @@ class Scene:
       region_hsv: float32 (R, 3) synthetic HSV albedo of every region, in [0, 1].
       sky_hsv: float32 (H, 3) synthetic HSV of the sky per row (paler and brighter near the horizon).
     """
+
     label: np.ndarray
     classes: np.ndarray
     region: np.ndarray
@@ -274,8 +316,9 @@ def _jitter(rng, hue=None):
     return np.array([dh, rng.uniform(0.85, 1.15), rng.uniform(0.85, 1.15)], np.float32)
 
 
-def generate_scene(rng: np.random.Generator, height: int, width: int, domain: str,
-                   classes=SUPPORTED_CLASSES) -> Scene:
+def generate_scene(
+    rng: np.random.Generator, height: int, width: int, domain: str, classes=SUPPORTED_CLASSES
+) -> Scene:
     """Draws one street scene from the layout prior of `domain` ("synthetic" or "real")."""
     if domain not in _LAYOUT_PRIORS:
         raise ValueError(f"domain={domain!r} is unknown; expected one of {tuple(_LAYOUT_PRIORS)}")
@@ -300,8 +343,9 @@ def generate_scene(rng: np.random.Generator, height: int, width: int, domain: st
         if L.VEGETATION in want and rng.uniform() < prior["p_vegetation"]:
             # Tree crowns: a bumpy top from two random sinusoids.
             t = np.arange(n, dtype=np.float32)
-            bump = (0.04 * H * np.sin(t * rng.uniform(0.2, 0.6) + rng.uniform(0, 6.3))
-                    + 0.02 * H * np.sin(t * rng.uniform(0.8, 1.5) + rng.uniform(0, 6.3)))
+            bump = 0.04 * H * np.sin(
+                t * rng.uniform(0.2, 0.6) + rng.uniform(0, 6.3)
+            ) + 0.02 * H * np.sin(t * rng.uniform(0.8, 1.5) + rng.uniform(0, 6.3))
             tops = top + bump
             cls = L.VEGETATION
         else:
@@ -333,9 +377,16 @@ def generate_scene(rng: np.random.Generator, height: int, width: int, domain: st
 
     # Objects as (bottom row, kind), painted far to near so nearer ones occlude.
     objects = []
-    for kind, rate in (("pole", prior["poles"]), ("car", prior["cars"]), ("person", prior["persons"])):
-        wanted = {"pole": L.POLE in want or L.TRAFFIC_SIGN in want, "car": L.CAR in want,
-                  "person": L.PERSON in want}[kind]
+    for kind, rate in (
+        ("pole", prior["poles"]),
+        ("car", prior["cars"]),
+        ("person", prior["persons"]),
+    ):
+        wanted = {
+            "pole": L.POLE in want or L.TRAFFIC_SIGN in want,
+            "car": L.CAR in want,
+            "person": L.PERSON in want,
+        }[kind]
         if wanted:
             for _ in range(rng.poisson(rate)):
                 far, near = (0.08, 0.75) if kind == "person" else (0.08, 1.0)
@@ -354,51 +405,130 @@ def generate_scene(rng: np.random.Generator, height: int, width: int, domain: st
             ch = cw * rng.uniform(0.5, 0.65)
             cx = rng.uniform(lx + cw / 2, max(lx + cw / 2, rx - cw / 2))
             hue = rng.uniform()
-            _box(cv, H, W, bottom - 0.55 * ch, bottom, cx - cw / 2, cx + cw / 2, L.CAR, _jitter(rng, hue))
+            _box(
+                cv,
+                H,
+                W,
+                bottom - 0.55 * ch,
+                bottom,
+                cx - cw / 2,
+                cx + cw / 2,
+                L.CAR,
+                _jitter(rng, hue),
+            )
             # Cabin, with a darker window band (same label).
-            _box(cv, H, W, bottom - ch, bottom - 0.55 * ch, cx - 0.35 * cw, cx + 0.35 * cw, L.CAR,
-                 _jitter(rng, hue))
+            _box(
+                cv,
+                H,
+                W,
+                bottom - ch,
+                bottom - 0.55 * ch,
+                cx - 0.35 * cw,
+                cx + 0.35 * cw,
+                L.CAR,
+                _jitter(rng, hue),
+            )
             win = _jitter(rng, hue) * np.array([1.0, 0.5, 0.45], np.float32)
-            _box(cv, H, W, bottom - 0.92 * ch, bottom - 0.62 * ch, cx - 0.3 * cw, cx + 0.3 * cw, L.CAR, win)
+            _box(
+                cv,
+                H,
+                W,
+                bottom - 0.92 * ch,
+                bottom - 0.62 * ch,
+                cx - 0.3 * cw,
+                cx + 0.3 * cw,
+                L.CAR,
+                win,
+            )
         else:
             # On a sidewalk (or just beside the road when there is none).
             side = rng.uniform() < 0.5
-            cx = (rng.uniform(lx - wk, lx) if side else rng.uniform(rx, rx + wk)) if wk > 1 else (
-                lx - 1 if side else rx + 1)
+            cx = (
+                (rng.uniform(lx - wk, lx) if side else rng.uniform(rx, rx + wk))
+                if wk > 1
+                else (lx - 1 if side else rx + 1)
+            )
             if kind == "pole":
                 ph = d * rng.uniform(2.0, 3.2)
                 pw = max(1.0, 0.025 * d)
                 if L.POLE in want:
-                    _box(cv, H, W, bottom - ph, bottom, cx - pw / 2, cx + pw / 2, L.POLE, _jitter(rng))
+                    _box(
+                        cv,
+                        H,
+                        W,
+                        bottom - ph,
+                        bottom,
+                        cx - pw / 2,
+                        cx + pw / 2,
+                        L.POLE,
+                        _jitter(rng),
+                    )
                 if L.TRAFFIC_SIGN in want and rng.uniform() < 0.5:
                     s = max(2.0, 0.18 * d)
-                    _box(cv, H, W, bottom - ph, bottom - ph + s, cx - s / 2, cx + s / 2, L.TRAFFIC_SIGN,
-                         _jitter(rng))
+                    _box(
+                        cv,
+                        H,
+                        W,
+                        bottom - ph,
+                        bottom - ph + s,
+                        cx - s / 2,
+                        cx + s / 2,
+                        L.TRAFFIC_SIGN,
+                        _jitter(rng),
+                    )
             else:
                 ph = d * rng.uniform(0.9, 1.2)
                 pw = max(1.0, 0.3 * ph)
                 jit = _jitter(rng, rng.uniform())
                 _box(cv, H, W, bottom - 0.82 * ph, bottom, cx - pw / 2, cx + pw / 2, L.PERSON, jit)
                 head = _jitter(rng, 0.06) * np.array([1.0, 0.6, 1.1], np.float32)  # skin tone
-                _box(cv, H, W, bottom - ph, bottom - 0.8 * ph, cx - pw / 3, cx + pw / 3, L.PERSON, head)
+                _box(
+                    cv,
+                    H,
+                    W,
+                    bottom - ph,
+                    bottom - 0.8 * ph,
+                    cx - pw / 3,
+                    cx + pw / 3,
+                    L.PERSON,
+                    head,
+                )
 
     region_class = np.array(cv.classes, np.uint8)
     jit = np.stack(cv.jitters)
     base = _BASE_HSV[region_class]
-    region_hsv = np.stack([(base[:, 0] + jit[:, 0]) % 1.0, np.clip(base[:, 1] * jit[:, 1], 0.0, 1.0),
-                           np.clip(base[:, 2] * jit[:, 2], 0.0, 1.0)], axis=-1).astype(np.float32)
+    region_hsv = np.stack(
+        [
+            (base[:, 0] + jit[:, 0]) % 1.0,
+            np.clip(base[:, 1] * jit[:, 1], 0.0, 1.0),
+            np.clip(base[:, 2] * jit[:, 2], 0.0, 1.0),
+        ],
+        axis=-1,
+    ).astype(np.float32)
     # Synthetic shading: the sky (region 0) pales and brightens towards the horizon.
     fade = np.clip(ys[:, 0] / max(horizon, 1.0), 0.0, 1.0)
-    sky_hsv = np.stack([np.full((H,), region_hsv[0, 0], np.float32), region_hsv[0, 1] * (1.0 - 0.35 * fade),
-                        np.minimum(1.0, region_hsv[0, 2] * (0.9 + 0.1 * fade))], axis=-1)
+    sky_hsv = np.stack(
+        [
+            np.full((H,), region_hsv[0, 0], np.float32),
+            region_hsv[0, 1] * (1.0 - 0.35 * fade),
+            np.minimum(1.0, region_hsv[0, 2] * (0.9 + 0.1 * fade)),
+        ],
+        axis=-1,
+    )
 
     classes_map = region_class[cv.region]
     label = classes_map.copy()
     for c in _BACKGROUND:
         if c not in want:
             label[classes_map == c] = L.IGNORE_INDEX
-    return Scene(label=label, classes=classes_map, region=cv.region, region_class=region_class,
-                 region_hsv=region_hsv, sky_hsv=sky_hsv.astype(np.float32))
+    return Scene(
+        label=label,
+        classes=classes_map,
+        region=cv.region,
+        region_class=region_class,
+        region_hsv=region_hsv,
+        sky_hsv=sky_hsv.astype(np.float32),
+    )
 
 
 def _box(cv, H, W, top, bottom, x0, x1, cls, jitter):
@@ -410,6 +540,7 @@ def _box(cv, H, W, top, bottom, x0, x1, cls, jitter):
 
 # ---------------------------------------------------------------------------------------------------
 # Renderers.
+
 
 def _paint_rgb(scene: Scene, region_hsv, sky_hsv):
     """Per-pixel RGB from per-region and per-sky-row HSV colours: convert the small tables, then gather."""
@@ -424,8 +555,14 @@ def _paint_rgb(scene: Scene, region_hsv, sky_hsv):
 def _real_affine(hsv, classes, exposure):
     """Step 1 (+ exposure) on HSV colours (..., 3) of the given classes (...)."""
     affine = _REAL_AFFINE[classes]
-    return np.stack([(hsv[..., 0] + affine[..., 0]) % 1.0, np.clip(hsv[..., 1] * affine[..., 1], 0.0, 1.0),
-                     np.clip(hsv[..., 2] * affine[..., 2] * exposure, 0.0, 1.0)], axis=-1)
+    return np.stack(
+        [
+            (hsv[..., 0] + affine[..., 0]) % 1.0,
+            np.clip(hsv[..., 1] * affine[..., 1], 0.0, 1.0),
+            np.clip(hsv[..., 2] * affine[..., 2] * exposure, 0.0, 1.0),
+        ],
+        axis=-1,
+    )
 
 
 def render_synthetic(scene: Scene) -> np.ndarray:
@@ -446,7 +583,9 @@ def render_real(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     rgb *= rng.uniform(*WHITE_BALANCE_RANGE, size=3).astype(np.float32)
 
     # Texture: coarse blotches (8 px cells, bilinear) + fine grain (2 px cells), zero mean, unit-ish std.
-    texture = 0.8 * _upsample_bilinear(rng.standard_normal((H // 8 + 2, W // 8 + 2), np.float32), H, W)
+    texture = 0.8 * _upsample_bilinear(
+        rng.standard_normal((H // 8 + 2, W // 8 + 2), np.float32), H, W
+    )
     fine = rng.standard_normal(((H + 1) // 2, (W + 1) // 2), np.float32)
     texture += 0.6 * np.repeat(np.repeat(fine, 2, axis=0), 2, axis=1)[:H, :W]
     r2 = _radius2(H, W)
@@ -459,7 +598,7 @@ def render_real(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     # Sensor noise, std = sqrt(read^2 + shot * x); in place to avoid frame-sized temporaries.
     std = np.clip(rgb, 0.0, 1.0)
     std *= NOISE_SHOT
-    std += NOISE_READ ** 2
+    std += NOISE_READ**2
     np.sqrt(std, out=std)
     noise = rng.standard_normal(rgb.shape, np.float32)
     noise *= std
@@ -492,10 +631,14 @@ def _radius2(H, W):
 def _upsample_bilinear(a, H, W):
     """Bilinear resize of a small (h, w) grid to (H, W), half-pixel centres, edge clamped."""
     h, w = a.shape
+
     def coords(n_out, n_in):
-        c = np.clip((np.arange(n_out, dtype=np.float32) + 0.5) * (n_in - 2) / n_out + 0.5, 0, n_in - 1)
+        c = np.clip(
+            (np.arange(n_out, dtype=np.float32) + 0.5) * (n_in - 2) / n_out + 0.5, 0, n_in - 1
+        )
         i0 = np.minimum(np.floor(c).astype(np.int64), n_in - 2)
         return i0, (c - i0).astype(np.float32)
+
     y0, fy = coords(H, h)
     x0, fx = coords(W, w)
     top = a[y0][:, x0] * (1 - fx) + a[y0][:, x0 + 1] * fx
@@ -512,12 +655,12 @@ def _gaussian_blur(img, sigma):
     """
     r = max(1, int(np.ceil(3.0 * sigma)))
     t = np.arange(0, r + 1, dtype=np.float32)
-    k = np.exp(-t ** 2 / (2.0 * sigma ** 2))
+    k = np.exp(-(t**2) / (2.0 * sigma**2))
     k /= 2.0 * k.sum() - k[0]
     for axis in (0, 1):
         n = img.shape[axis]
         p = _edge_pad(img, r, axis)
-        take = (lambda a: p[a:a + n]) if axis == 0 else (lambda a: p[:, a:a + n])  # pylint: disable=cell-var-from-loop
+        take = (lambda a: p[a : a + n]) if axis == 0 else (lambda a: p[:, a : a + n])  # pylint: disable=cell-var-from-loop
         out = np.multiply(take(r), k[0])
         tmp = np.empty_like(out)
         for i in range(1, r + 1):
@@ -534,9 +677,9 @@ def _edge_pad(img, r, axis):
         return _edge_pad(img.swapaxes(0, 1), r, 0).swapaxes(0, 1)
     n = img.shape[0]
     p = np.empty((n + 2 * r,) + img.shape[1:], img.dtype)
-    p[r:r + n] = img
+    p[r : r + n] = img
     p[:r] = img[:1]
-    p[r + n:] = img[-1:]
+    p[r + n :] = img[-1:]
     return p
 
 
@@ -574,6 +717,7 @@ def _varying_blur(img, sigma, sigma_max):
 # ---------------------------------------------------------------------------------------------------
 # Random-access sources.
 
+
 class ProceduralSource:
     """A grain random-access source over one split: `len(source)`, `source[i] -> dict of uint8 arrays`.
 
@@ -597,7 +741,9 @@ class ProceduralSource:
     def __getitem__(self, index) -> dict[str, np.ndarray]:
         index = int(index)
         if not 0 <= index < self._len:
-            raise IndexError(f"index {index} out of range for split {self.split!r} of length {self._len}")
+            raise IndexError(
+                f"index {index} out of range for split {self.split!r} of length {self._len}"
+            )
         if _RENDER_CACHE_LIMIT <= 0:
             return self._render(index)
         c = self.config  # an item depends on these fields only (not on the split lengths)
@@ -611,9 +757,13 @@ class ProceduralSource:
 
     def _render(self, index: int) -> dict[str, np.ndarray]:
         c = self.config
-        scene_seq, render_seq = np.random.SeedSequence([c.seed, _SPLIT_STREAM[self.split], index]).spawn(2)
+        scene_seq, render_seq = np.random.SeedSequence(
+            [c.seed, _SPLIT_STREAM[self.split], index]
+        ).spawn(2)
         domain = "synthetic" if self.split in ("synthetic-train", "paired-eval") else "real"
-        scene = generate_scene(np.random.default_rng(scene_seq), c.height, c.width, domain, c.classes)
+        scene = generate_scene(
+            np.random.default_rng(scene_seq), c.height, c.width, domain, c.classes
+        )
         if self.split == "synthetic-train":
             return {"image": render_synthetic(scene), "label": scene.label}
         real = render_real(scene, np.random.default_rng(render_seq))
@@ -634,7 +784,9 @@ def set_render_cache(max_items: int) -> None:
     reads the same splits in a dozen stages renders each example once (128 x 256: ~130 kB each)."""
     global _RENDER_CACHE_LIMIT
     if isinstance(max_items, bool) or not isinstance(max_items, (int, np.integer)) or max_items < 0:
-        raise ValueError(f"set_render_cache: max_items must be a non-negative int, got {max_items!r}")
+        raise ValueError(
+            f"set_render_cache: max_items must be a non-negative int, got {max_items!r}"
+        )
     _RENDER_CACHE_LIMIT = int(max_items)
     if _RENDER_CACHE_LIMIT == 0:
         _RENDER_CACHE.clear()

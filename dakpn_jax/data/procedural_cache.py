@@ -27,6 +27,7 @@ Safety:
   ``ValueError`` naming it, rather than returning garbage; delete the file (or the key directory)
   to re-render. The cache never deletes anything itself.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,9 +45,13 @@ RENDER_VERSION = 1
 
 _CONTENT_FIELDS = ("seed", "height", "width", "classes")
 
-FIELDS = {"synthetic-train": ("image", "label"), "real-train": ("image",),
-          "real-train-labelled": ("image", "label"), "real-val": ("image", "label"),
-          "paired-eval": ("label", "real", "synthetic")}
+FIELDS = {
+    "synthetic-train": ("image", "label"),
+    "real-train": ("image",),
+    "real-train-labelled": ("image", "label"),
+    "real-val": ("image", "label"),
+    "paired-eval": ("label", "real", "synthetic"),
+}
 """The arrays of an example per split, in storage order (uint8: labels (H, W), images (H, W, 3))."""
 
 
@@ -91,13 +96,22 @@ class CachedProceduralSource:
         try:
             os.makedirs(self.directory, exist_ok=True)
         except OSError as e:
-            raise ValueError(f"cache_dir={cache_dir!r}: cannot create {self.directory!r}: {e}") from e
+            raise ValueError(
+                f"cache_dir={cache_dir!r}: cannot create {self.directory!r}: {e}"
+            ) from e
         info = os.path.join(root, "config.json")
         if not os.path.exists(info):  # for humans: what this key renders
             c = self.config
-            text = json.dumps({"render_version": RENDER_VERSION,
-                               **{f: list(c.classes) if f == "classes" else getattr(c, f)
-                                  for f in _CONTENT_FIELDS}}, indent=1)
+            text = json.dumps(
+                {
+                    "render_version": RENDER_VERSION,
+                    **{
+                        f: list(c.classes) if f == "classes" else getattr(c, f)
+                        for f in _CONTENT_FIELDS
+                    },
+                },
+                indent=1,
+            )
             _atomic_write(info, lambda f: f.write(text.encode()))
 
     def __len__(self) -> int:
@@ -116,17 +130,22 @@ class CachedProceduralSource:
     def __getitem__(self, index) -> dict[str, np.ndarray]:
         index = int(index)
         if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for split {self.split!r} of length {len(self)}")
+            raise IndexError(
+                f"index {index} out of range for split {self.split!r} of length {len(self)}"
+            )
         path = self.path(index)
         if os.path.exists(path):
             return self._load(path)
         example = self._source[index]
         shapes = self._shapes()
         if sorted(example) != sorted(k for k, _ in shapes) or any(
-                example[k].dtype != np.uint8 or example[k].shape != shape for k, shape in shapes):
-            raise ValueError(f"procedural cache: the renderer returned "
-                             f"{ {k: (a.shape, str(a.dtype)) for k, a in example.items()} } for {self.split!r}, "
-                             f"expected uint8 {dict(shapes)}; update FIELDS and RENDER_VERSION")
+            example[k].dtype != np.uint8 or example[k].shape != shape for k, shape in shapes
+        ):
+            raise ValueError(
+                f"procedural cache: the renderer returned "
+                f"{ {k: (a.shape, str(a.dtype)) for k, a in example.items()} } for {self.split!r}, "
+                f"expected uint8 {dict(shapes)}; update FIELDS and RENDER_VERSION"
+            )
         flat = np.concatenate([example[k].ravel() for k, _ in shapes])
         _atomic_write(path, lambda f: np.save(f, flat, allow_pickle=False))
         return example
@@ -137,15 +156,19 @@ class CachedProceduralSource:
         try:
             flat = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"procedural cache: cannot read {path!r} ({e}); delete it to re-render") from e
+            raise ValueError(
+                f"procedural cache: cannot read {path!r} ({e}); delete it to re-render"
+            ) from e
         if flat.dtype != np.uint8 or flat.shape != (expected,):
-            raise ValueError(f"procedural cache: {path!r} holds {flat.dtype} {flat.shape}, expected uint8 "
-                             f"({expected},) = {dict(shapes)} for {self.config.height}x{self.config.width} "
-                             f"frames; delete it to re-render")
+            raise ValueError(
+                f"procedural cache: {path!r} holds {flat.dtype} {flat.shape}, expected uint8 "
+                f"({expected},) = {dict(shapes)} for {self.config.height}x{self.config.width} "
+                f"frames; delete it to re-render"
+            )
         example, start = {}, 0
         for k, shape in shapes:
             n = int(np.prod(shape))
-            example[k] = flat[start:start + n].reshape(shape)
+            example[k] = flat[start : start + n].reshape(shape)
             start += n
         return example
 
@@ -162,7 +185,9 @@ def _fill_range(args):
     return hi - lo
 
 
-def fill(split: str, config: Any, cache_dir: str, *, num_workers: int = 1, count: int | None = None) -> int:
+def fill(
+    split: str, config: Any, cache_dir: str, *, num_workers: int = 1, count: int | None = None
+) -> int:
     """Renders the first ``count`` (default: all) examples of ``split`` into the cache; returns the count.
 
     Workers are processes (the renderer holds the GIL); each renders a contiguous range and skips
@@ -173,6 +198,7 @@ def fill(split: str, config: Any, cache_dir: str, *, num_workers: int = 1, count
     if num_workers <= 1 or n < 2:
         return _fill_range((split, source.config, cache_dir, 0, n))
     import multiprocessing  # pylint: disable=import-outside-toplevel
+
     step = -(-n // num_workers)
     ranges = [(split, source.config, cache_dir, lo, min(lo + step, n)) for lo in range(0, n, step)]
     with multiprocessing.get_context("spawn").Pool(len(ranges)) as pool:

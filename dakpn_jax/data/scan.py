@@ -11,6 +11,7 @@ part masks). The ``on_error`` policy is prepare's: ``"raise"`` the first malform
 naming the file, or ``"skip"``: drop it and count it. The kept list keeps the listing order, so
 every process and every rerun keeps the same pairs at the same indices.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,7 +41,9 @@ def file_header(path, what) -> tuple[tuple[int, int], str]:
             tail = f.read()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: unreadable {what} file ({e})") from e
-    if (fmt == "PNG" and not tail.endswith(_PNG_END)) or (fmt == "JPEG" and b"\xff\xd9" not in tail[-4:]):
+    if (fmt == "PNG" and not tail.endswith(_PNG_END)) or (
+        fmt == "JPEG" and b"\xff\xd9" not in tail[-4:]
+    ):
         raise ValueError(f"{path}: truncated {what} file (its {fmt} end marker is missing)")
     return size, mode
 
@@ -49,10 +52,14 @@ def check_label_header(path, image_hw, modes=("L", "P")) -> None:
     """Header checks of a label file: readable, intact end, mode in `modes` (None: any), size == image_hw."""
     hw, mode = file_header(path, "label")
     if modes is not None and mode not in modes:
-        raise ValueError(f"{path}: label file has mode {mode!r}; expected 8-bit single-channel ids "
-                         f"({' or '.join(repr(m) for m in modes)})")
+        raise ValueError(
+            f"{path}: label file has mode {mode!r}; expected 8-bit single-channel ids "
+            f"({' or '.join(repr(m) for m in modes)})"
+        )
     if tuple(hw) != tuple(image_hw):
-        raise ValueError(f"{path}: label size {tuple(hw)} (H, W) does not match its image size {tuple(image_hw)}")
+        raise ValueError(
+            f"{path}: label size {tuple(hw)} (H, W) does not match its image size {tuple(image_hw)}"
+        )
 
 
 def check_example(module, ex, with_labels: bool = True) -> None:
@@ -71,8 +78,14 @@ def check_example(module, ex, with_labels: bool = True) -> None:
         check_label_header(ex.label, image_hw, getattr(module, "LABEL_MODES", ("L", "P")))
 
 
-def scan_examples(module, examples, *, with_labels: bool = True, on_error: str = "raise",
-                  num_threads: int | None = None):
+def scan_examples(
+    module,
+    examples,
+    *,
+    with_labels: bool = True,
+    on_error: str = "raise",
+    num_threads: int | None = None,
+):
     """(kept examples, [(key, reason)] skipped) of a listing, checked with `check_example`.
 
     Header reads are I/O bound, so they run in threads; the result keeps the listing order, so
@@ -111,15 +124,24 @@ def scanned(module, root, split, examples, *, with_labels: bool, on_error: str):
     try:
         kept, skipped = scan_examples(module, examples, with_labels=with_labels, on_error=on_error)
     except ValueError as e:
-        raise ValueError(f"{e} [found by the scan of {module.NAME} {split} in {root} before training; "
-                         "--config.data.on_error=skip skips and counts such pairs, as prepare "
-                         "--on_error=skip does]") from e
+        raise ValueError(
+            f"{e} [found by the scan of {module.NAME} {split} in {root} before training; "
+            "--config.data.on_error=skip skips and counts such pairs, as prepare "
+            "--on_error=skip does]"
+        ) from e
     if skipped:
-        print(f"{module.NAME} {split} ({root}): skipped {len(skipped)} of {len(examples)} malformed pairs "
-              f"(on_error=skip), e.g. {skipped[0][1]}", file=sys.stderr)
-        logging.getLogger("dakpn_jax.data").info("skipped %s %s pairs: %s", module.NAME, split, skipped)
+        print(
+            f"{module.NAME} {split} ({root}): skipped {len(skipped)} of {len(examples)} malformed pairs "
+            f"(on_error=skip), e.g. {skipped[0][1]}",
+            file=sys.stderr,
+        )
+        logging.getLogger("dakpn_jax.data").info(
+            "skipped %s %s pairs: %s", module.NAME, split, skipped
+        )
     if not kept:
-        raise ValueError(f"{module.NAME} split {split!r} in {root}: no usable pairs ({len(examples)} listed, "
-                         f"all malformed, e.g. {skipped[0][1] if skipped else 'none listed'})")
+        raise ValueError(
+            f"{module.NAME} split {split!r} in {root}: no usable pairs ({len(examples)} listed, "
+            f"all malformed, e.g. {skipped[0][1] if skipped else 'none listed'})"
+        )
     _SCAN_CACHE[key] = kept, skipped
     return kept, skipped

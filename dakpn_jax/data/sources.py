@@ -50,6 +50,7 @@ This module is only the dispatcher. The pieces the dataset files share (`Example
 `dakpn_jax.data.prepare`; they are re-exported here under their old names, so
 ``sources.read_image`` and the like keep working.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,14 +58,40 @@ import os
 import numpy as np
 
 from dakpn_jax.data import celebamask_hq, cityscapes_labels
+
 # The base layer's names, re-exported: callers and tests reach them as `sources.<name>`.
-from dakpn_jax.data.base import (DATASETS, DirectSource, Example, View, check_size, dataset_module,
-                                 encode_image, open_image, read_image, read_label_png)
+from dakpn_jax.data.base import (
+    DATASETS,
+    DirectSource,
+    Example,
+    View,
+    check_size,
+    dataset_module,
+    encode_image,
+    open_image,
+    read_image,
+    read_label_png,
+)
 from dakpn_jax.data.prepare import PreparedSource
 
-__all__ = ["DATASETS", "SPLITS", "DirectSource", "Example", "PreparedSource", "View", "check_size",
-           "class_names", "dataset_module", "encode_image", "make_source", "num_classes", "open_image",
-           "preset", "read_image", "read_label_png"]
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "DirectSource",
+    "Example",
+    "PreparedSource",
+    "View",
+    "check_size",
+    "class_names",
+    "dataset_module",
+    "encode_image",
+    "make_source",
+    "num_classes",
+    "open_image",
+    "preset",
+    "read_image",
+    "read_label_png",
+]
 
 SPLITS = ("synthetic-train", "real-train", "real-train-labelled", "real-val", "paired-eval")
 
@@ -78,6 +105,7 @@ def _get(config, name, default=None):
 
 # --------------------------------------------------------------------------- dispatch
 
+
 def _protocols(label_space: str) -> dict:
     if label_space == "cityscapes":
         return cityscapes_labels.PROTOCOLS
@@ -89,16 +117,22 @@ def _resolve(data_config):
     syn = dataset_module(_get(data_config, "synthetic", "gta5"))
     real = dataset_module(_get(data_config, "real", "cityscapes"))
     if syn.ROLE != "synthetic" or real.ROLE != "real":
-        raise ValueError(f"data_config.synthetic={syn.NAME!r} / real={real.NAME!r}: expected a synthetic "
-                         "dataset (gta5, synthia, face_synthetics) and a real one (cityscapes, celebamask_hq)")
+        raise ValueError(
+            f"data_config.synthetic={syn.NAME!r} / real={real.NAME!r}: expected a synthetic "
+            "dataset (gta5, synthia, face_synthetics) and a real one (cityscapes, celebamask_hq)"
+        )
     if syn.LABEL_SPACE != real.LABEL_SPACE:
-        raise ValueError(f"data_config.synthetic={syn.NAME!r} ({syn.LABEL_SPACE} labels) and "
-                         f"real={real.NAME!r} ({real.LABEL_SPACE} labels) have different label spaces")
+        raise ValueError(
+            f"data_config.synthetic={syn.NAME!r} ({syn.LABEL_SPACE} labels) and "
+            f"real={real.NAME!r} ({real.LABEL_SPACE} labels) have different label spaces"
+        )
     protocols = _protocols(syn.LABEL_SPACE)
     protocol = _get(data_config, "label_protocol", None) or syn.DEFAULT_PROTOCOL
     if protocol not in protocols:
-        raise ValueError(f"data_config.label_protocol={protocol!r}: expected one of {sorted(protocols)} "
-                         f"for {syn.LABEL_SPACE} labels")
+        raise ValueError(
+            f"data_config.label_protocol={protocol!r}: expected one of {sorted(protocols)} "
+            f"for {syn.LABEL_SPACE} labels"
+        )
     return syn, real, protocol, protocols[protocol]
 
 
@@ -106,6 +140,7 @@ def num_classes(data_config) -> int:
     """Number of segmentation classes the sources of `data_config` label (19 for procedural)."""
     if _get(data_config, "name", "procedural") == "procedural":
         from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
+
         return procedural.NUM_CLASSES
     return len(_resolve(data_config)[3])
 
@@ -123,12 +158,19 @@ def class_names(data_config) -> tuple[str, ...]:
 def _base(module, data_config, split, field_dir, with_labels=True):
     direct = _get(data_config, field_dir, None)
     if direct:
-        return DirectSource(module, direct, split, with_labels=with_labels,
-                            on_error=_get(data_config, "on_error", None) or "raise")
+        return DirectSource(
+            module,
+            direct,
+            split,
+            with_labels=with_labels,
+            on_error=_get(data_config, "on_error", None) or "raise",
+        )
     data_dir = _get(data_config, "data_dir", None)
     if not data_dir:
-        raise ValueError(f"data_config: set data_dir (prepared TFDS datasets) or {field_dir} (the "
-                         f"extracted official {module.NAME} folder)")
+        raise ValueError(
+            f"data_config: set data_dir (prepared TFDS datasets) or {field_dir} (the "
+            f"extracted official {module.NAME} folder)"
+        )
     return PreparedSource(module, data_dir, split)
 
 
@@ -139,40 +181,74 @@ def make_source(data_config, split: str):
     name = _get(data_config, "name", "procedural")
     if name == "procedural":
         from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
+
         if _get(data_config, "cache_dir", None):  # render once, read from disk (procedural_cache)
             from dakpn_jax.data import procedural_cache  # pylint: disable=import-outside-toplevel
-            return procedural_cache.CachedProceduralSource(split, data_config,
-                                                           _get(data_config, "cache_dir"))
+
+            return procedural_cache.CachedProceduralSource(
+                split, data_config, _get(data_config, "cache_dir")
+            )
         return procedural.make_source(split, data_config)
     if name != "real":
         raise ValueError(f"data_config.name={name!r} is unknown; expected 'procedural' or 'real'")
     syn, real, _, kept = _resolve(data_config)
     lut = cityscapes_labels.protocol_lut(kept)
     flip = None
-    if syn.LABEL_SPACE == "faces":  # sided parts: a flipped label swaps l_/r_ (street classes have no side)
+    if (
+        syn.LABEL_SPACE == "faces"
+    ):  # sided parts: a flipped label swaps l_/r_ (street classes have no side)
         from dakpn_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
         flip = pipeline.flip_label_map(class_names(data_config))
     if split == "paired-eval":
-        raise ValueError("split='paired-eval' exists only for the procedural benchmark (real datasets "
-                         "have no paired view)")
+        raise ValueError(
+            "split='paired-eval' exists only for the procedural benchmark (real datasets "
+            "have no paired view)"
+        )
     if split == "synthetic-train":
-        base = _base(syn, data_config, _get(data_config, "synthetic_split", None) or "+".join(syn.SPLITS),
-                     "synthetic_dir")
-        return View(base, lut=lut, size=_get(data_config, "synthetic_size", None), flip_label_map=flip)
+        base = _base(
+            syn,
+            data_config,
+            _get(data_config, "synthetic_split", None) or "+".join(syn.SPLITS),
+            "synthetic_dir",
+        )
+        return View(
+            base, lut=lut, size=_get(data_config, "synthetic_size", None), flip_label_map=flip
+        )
     size = _get(data_config, "real_size", None)
     if split == "real-val":
-        return View(_base(real, data_config, _get(data_config, "real_val_split", "validation"), "real_dir"),
-                    lut=lut, size=_get(data_config, "real_val_size", size), flip_label_map=flip)
+        return View(
+            _base(real, data_config, _get(data_config, "real_val_split", "validation"), "real_dir"),
+            lut=lut,
+            size=_get(data_config, "real_val_size", size),
+            flip_label_map=flip,
+        )
     if split == "real-train":
-        return View(_base(real, data_config, _get(data_config, "real_train_split", "train"), "real_dir",
-                          with_labels=False), lut=None, size=size)
+        return View(
+            _base(
+                real,
+                data_config,
+                _get(data_config, "real_train_split", "train"),
+                "real_dir",
+                with_labels=False,
+            ),
+            lut=None,
+            size=size,
+        )
     base = _base(real, data_config, _get(data_config, "real_train_split", "train"), "real_dir")
     n, count = len(base), _get(data_config, "num_real_labelled", None)
     if count is None or not 1 <= int(count) <= n:
-        raise ValueError(f"data_config.num_real_labelled={count!r}: must be in [1, {n}] (the size of "
-                         f"{real.NAME} {_get(data_config, 'real_train_split', 'train')})")
-    return View(base, indices=labelled_indices(n, int(count), _get(data_config, "labelled_seed", None)), lut=lut,
-                size=size, flip_label_map=flip)
+        raise ValueError(
+            f"data_config.num_real_labelled={count!r}: must be in [1, {n}] (the size of "
+            f"{real.NAME} {_get(data_config, 'real_train_split', 'train')})"
+        )
+    return View(
+        base,
+        indices=labelled_indices(n, int(count), _get(data_config, "labelled_seed", None)),
+        lut=lut,
+        size=size,
+        flip_label_map=flip,
+    )
 
 
 def labelled_indices(total: int, count: int, seed=None) -> np.ndarray:
@@ -187,7 +263,9 @@ def labelled_indices(total: int, count: int, seed=None) -> np.ndarray:
         raise ValueError(f"labelled_indices: count={count} must be in [1, {total}]")
     if seed is None:
         return np.arange(int(count), dtype=np.int64) * int(total) // int(count)
-    return np.sort(np.random.default_rng(int(seed)).permutation(int(total))[: int(count)]).astype(np.int64)
+    return np.sort(np.random.default_rng(int(seed)).permutation(int(total))[: int(count)]).astype(
+        np.int64
+    )
 
 
 def preset(name: str, data_dir=None):
@@ -198,24 +276,49 @@ def preset(name: str, data_dir=None):
     """
     import ml_collections  # pylint: disable=import-outside-toplevel
     from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
+
     fields = {
-        "gta5_cityscapes": dict(synthetic="gta5", real="cityscapes", label_protocol="cityscapes19",
-                                real_size=(512, 1024)),
-        "synthia_cityscapes": dict(synthetic="synthia", real="cityscapes", label_protocol="synthia16",
-                                   real_size=(512, 1024)),
-        "faces": dict(synthetic="face_synthetics", real="celebamask_hq", label_protocol="faces18",
-                      synthetic_size=(512, 512), real_size=(512, 512), real_val_size=(512, 512)),
+        "gta5_cityscapes": dict(
+            synthetic="gta5",
+            real="cityscapes",
+            label_protocol="cityscapes19",
+            real_size=(512, 1024),
+        ),
+        "synthia_cityscapes": dict(
+            synthetic="synthia",
+            real="cityscapes",
+            label_protocol="synthia16",
+            real_size=(512, 1024),
+        ),
+        "faces": dict(
+            synthetic="face_synthetics",
+            real="celebamask_hq",
+            label_protocol="faces18",
+            synthetic_size=(512, 512),
+            real_size=(512, 512),
+            real_val_size=(512, 512),
+        ),
     }
     if name not in fields:
         raise ValueError(f"preset name={name!r}: expected one of {sorted(fields)}")
     # Unset fields are typed placeholders, so `--config.data.data_dir=DIR` (etc.) works on the
     # command line (a plain None field cannot be overridden by flags).
-    c = ml_collections.ConfigDict(dict(
-        name="real", data_dir=config_dict.placeholder(str), synthetic_dir=config_dict.placeholder(str),
-        real_dir=config_dict.placeholder(str), synthetic_split=config_dict.placeholder(str),
-        real_train_split="train", real_val_split="validation", num_real_labelled=100,
-        synthetic_size=config_dict.placeholder(tuple), real_size=config_dict.placeholder(tuple),
-        real_val_size=config_dict.placeholder(tuple), on_error="raise"))
+    c = ml_collections.ConfigDict(
+        dict(
+            name="real",
+            data_dir=config_dict.placeholder(str),
+            synthetic_dir=config_dict.placeholder(str),
+            real_dir=config_dict.placeholder(str),
+            synthetic_split=config_dict.placeholder(str),
+            real_train_split="train",
+            real_val_split="validation",
+            num_real_labelled=100,
+            synthetic_size=config_dict.placeholder(tuple),
+            real_size=config_dict.placeholder(tuple),
+            real_val_size=config_dict.placeholder(tuple),
+            on_error="raise",
+        )
+    )
     c.update(fields[name])
     if data_dir is not None:
         c.data_dir = os.fspath(data_dir)

@@ -16,6 +16,7 @@ image twice with Pillow's own (C) PNG decoder, once unpacking the big-endian hig
 and once the low bytes (the same data read as little-endian, "RGB;16L"), and recombines them: the
 exact 16-bit samples, with every PNG filter type handled by Pillow.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,15 +31,35 @@ ROLE = "synthetic"
 LABEL_SPACE = "cityscapes"
 DEFAULT_PROTOCOL = "synthia16"
 SPLITS = ("train",)
-LABEL_MODES = None  # 16-bit colour PNGs: PIL reports several modes; sizes are still checked by the scan
+LABEL_MODES = (
+    None  # 16-bit colour PNGs: PIL reports several modes; sizes are still checked by the scan
+)
 
 # SYNTHIA class id -> (name, Cityscapes train id).
 CLASSES = {
-    0: ("void", 255), 1: ("sky", 10), 2: ("building", 2), 3: ("road", 0), 4: ("sidewalk", 1),
-    5: ("fence", 4), 6: ("vegetation", 8), 7: ("pole", 5), 8: ("car", 13), 9: ("traffic sign", 7),
-    10: ("pedestrian", 11), 11: ("bicycle", 18), 12: ("motorcycle", 17), 13: ("parking-slot", 255),
-    14: ("road-work", 255), 15: ("traffic light", 6), 16: ("terrain", 9), 17: ("rider", 12),
-    18: ("truck", 14), 19: ("bus", 15), 20: ("train", 16), 21: ("wall", 3), 22: ("lanemarking", 255),
+    0: ("void", 255),
+    1: ("sky", 10),
+    2: ("building", 2),
+    3: ("road", 0),
+    4: ("sidewalk", 1),
+    5: ("fence", 4),
+    6: ("vegetation", 8),
+    7: ("pole", 5),
+    8: ("car", 13),
+    9: ("traffic sign", 7),
+    10: ("pedestrian", 11),
+    11: ("bicycle", 18),
+    12: ("motorcycle", 17),
+    13: ("parking-slot", 255),
+    14: ("road-work", 255),
+    15: ("traffic light", 6),
+    16: ("terrain", 9),
+    17: ("rider", 12),
+    18: ("truck", 14),
+    19: ("bus", 15),
+    20: ("train", 16),
+    21: ("wall", 3),
+    22: ("lanemarking", 255),
 }
 SYNTHIA_TO_TRAIN_ID = np.full(len(CLASSES), -1, np.int16)
 for _sid, (_name, _tid) in CLASSES.items():
@@ -50,7 +71,11 @@ def _decode(path, rawmode=None) -> np.ndarray:
         with Image.open(path) as im:
             if rawmode is not None:
                 t = im.tile[0]
-                im.tile = [t._replace(args=rawmode) if hasattr(t, "_replace") else (t[0], t[1], t[2], rawmode)]
+                im.tile = [
+                    t._replace(args=rawmode)
+                    if hasattr(t, "_replace")
+                    else (t[0], t[1], t[2], rawmode)
+                ]
             im.load()
             return np.asarray(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -82,14 +107,21 @@ def list_examples(root, split: str) -> list[base.Example]:
     rgb, gt = os.path.join(root, "RGB"), os.path.join(root, "GT", "LABELS")
     for folder in (rgb, gt):
         if not os.path.isdir(folder):
-            raise ValueError(f"{folder}: folder is missing (expected the extracted SYNTHIA-RAND-CITYSCAPES archive)")
-    names = {f for f in os.listdir(rgb) if f.endswith(".png")} | {f for f in os.listdir(gt) if f.endswith(".png")}
-    return [base.Example(key=f[:-4], image=os.path.join(rgb, f), label=os.path.join(gt, f))
-            for f in sorted(names)]
+            raise ValueError(
+                f"{folder}: folder is missing (expected the extracted SYNTHIA-RAND-CITYSCAPES archive)"
+            )
+    names = {f for f in os.listdir(rgb) if f.endswith(".png")} | {
+        f for f in os.listdir(gt) if f.endswith(".png")
+    }
+    return [
+        base.Example(key=f[:-4], image=os.path.join(rgb, f), label=os.path.join(gt, f))
+        for f in sorted(names)
+    ]
 
 
 def load_label(path, image_hw) -> np.ndarray:
     """uint8 (H, W) Cityscapes train ids of a SYNTHIA label file, checked against the frame size."""
     ids = read_class_ids(path)
-    return base.check_size(cityscapes_labels.map_ids(ids, SYNTHIA_TO_TRAIN_ID, path), image_hw, path)
-
+    return base.check_size(
+        cityscapes_labels.map_ids(ids, SYNTHIA_TO_TRAIN_ID, path), image_hw, path
+    )

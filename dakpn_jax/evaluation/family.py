@@ -21,6 +21,7 @@ paired PSNR, the fraction of the dB gap untranslated -> ceiling it closes, per-c
 (RGB, and HSV of that mean colour) of translated / real / ceiling / untranslated images, and the
 per-class learned blur sigma and noise scale next to the ceiling's. All statistics are float64 NumPy.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,18 +44,24 @@ CEILING_FILE = "ceiling.npz"
 
 # ----------------------------------------------------------------------------- data
 
+
 def load_pairs(data_config, max_images: int, *, split: str = "paired-eval") -> dict:
     """The first ``max_images`` scenes of the paired view: ``{"synthetic", "real"}`` float32 (N, H, W, 3)
     in [0, 1] and ``"label"`` int32 (N, H, W). Evaluation-only data: training must never call this."""
     from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+
     source = sources.make_source(data_config, split)
     n = min(len(source), int(max_images))
     if n <= 0:
-        raise ValueError(f"load_pairs: max_images={max_images} and {split} has {len(source)} scenes: need >= 1")
+        raise ValueError(
+            f"load_pairs: max_images={max_images} and {split} has {len(source)} scenes: need >= 1"
+        )
     items = [source[i] for i in range(n)]
-    return {"synthetic": np.stack([it["synthetic"] for it in items]).astype(np.float32) / 255.0,
-            "real": np.stack([it["real"] for it in items]).astype(np.float32) / 255.0,
-            "label": np.stack([it["label"] for it in items]).astype(np.int32)}
+    return {
+        "synthetic": np.stack([it["synthetic"] for it in items]).astype(np.float32) / 255.0,
+        "real": np.stack([it["real"] for it in items]).astype(np.float32) / 255.0,
+        "label": np.stack([it["label"] for it in items]).astype(np.int32),
+    }
 
 
 def _check_pairs(pairs: dict) -> tuple[int, int, int]:
@@ -63,12 +70,15 @@ def _check_pairs(pairs: dict) -> tuple[int, int, int]:
             raise ValueError(f"pairs: missing key '{k}' (have {sorted(pairs)})")
     x, r, y = (np.shape(pairs[k]) for k in ("synthetic", "real", "label"))
     if len(x) != 4 or x[-1] != 3 or r != x or y != x[:3]:
-        raise ValueError(f"pairs: synthetic {x} and real {r} must be one (N, H, W, 3) shape and label {y} "
-                         "(N, H, W)")
+        raise ValueError(
+            f"pairs: synthetic {x} and real {r} must be one (N, H, W, 3) shape and label {y} "
+            "(N, H, W)"
+        )
     return x[:3]
 
 
 # ----------------------------------------------------------------------------- parametrisation
+
 
 def raw_to_theta(raw: jax.Array, sigma_max: float) -> jax.Array:
     """Head-space parameters (..., 12) -> theta: the sigma entries are neighbour weights t (the
@@ -83,14 +93,18 @@ def identity_raw(sigma0: float = 1.0) -> np.ndarray:
     return raw
 
 
-def class_theta_low(kernel, bias, labels, num_classes: int, grid: tuple[int, int], sigma_max: float):
+def class_theta_low(
+    kernel, bias, labels, num_classes: int, grid: tuple[int, int], sigma_max: float
+):
     """The linear head on one-hot fractions: (B, H, W) labels -> theta_low (B, h, w, 12)."""
     from dakpn_jax.training.dakpn_features import onehot_features  # pylint: disable=import-outside-toplevel
+
     feats = onehot_features(jnp.asarray(labels), num_classes, grid)
     return raw_to_theta(jnp.einsum("bhwc,cp->bhwp", feats, kernel) + bias, sigma_max)
 
 
 # ----------------------------------------------------------------------------- the fit
+
 
 @dataclasses.dataclass
 class Ceiling:
@@ -98,6 +112,7 @@ class Ceiling:
     per_pixel ``{"raw": (N, h, w, 12)}``. ``class_theta``: (C, 12) theta per class (per_class: the
     head's output on a pure cell of the class; per_pixel: the class-fraction-weighted mean over
     cells). ``noise_std`` (C, 3) residual std per class; ``psnr`` (N,) of the fit on its pairs."""
+
     mode: str
     num_classes: int
     grid: tuple[int, int]
@@ -115,11 +130,20 @@ class Ceiling:
 
     def theta_low(self, labels) -> jax.Array:
         if self.mode != "per_class":
-            raise ValueError("Ceiling.theta_low: the per_pixel ceiling is tied to its own pairs (no translator)")
+            raise ValueError(
+                "Ceiling.theta_low: the per_pixel ceiling is tied to its own pairs (no translator)"
+            )
         from dakpn_jax.training.dakpn_features import grid_for_frame  # pylint: disable=import-outside-toplevel
+
         grid = grid_for_frame(self.frame, self.grid, *np.shape(labels)[1:3])
-        return class_theta_low(jnp.asarray(self.params["kernel"]), jnp.asarray(self.params["bias"]), labels,
-                               self.num_classes, grid, self.sigma_max)
+        return class_theta_low(
+            jnp.asarray(self.params["kernel"]),
+            jnp.asarray(self.params["bias"]),
+            labels,
+            self.num_classes,
+            grid,
+            self.sigma_max,
+        )
 
 
 def _centre(p):
@@ -127,11 +151,15 @@ def _centre(p):
     about the middle of the [0, 1] range, ``s (v - 0.5) + b'``, where scale and bias are nearly
     uncorrelated (about 0 they are almost collinear for a class of one colour: a badly conditioned
     problem). A linear change of coordinates: the same function class, a better-posed optimisation."""
-    return jax.tree.map(lambda a: jnp.concatenate([a[..., :3], a[..., 3:6] - 0.5 * a[..., :3], a[..., 6:]], -1), p)
+    return jax.tree.map(
+        lambda a: jnp.concatenate([a[..., :3], a[..., 3:6] - 0.5 * a[..., :3], a[..., 6:]], -1), p
+    )
 
 
 def _uncentre(p):
-    return jax.tree.map(lambda a: jnp.concatenate([a[..., :3], a[..., 3:6] + 0.5 * a[..., :3], a[..., 6:]], -1), p)
+    return jax.tree.map(
+        lambda a: jnp.concatenate([a[..., :3], a[..., 3:6] + 0.5 * a[..., :3], a[..., 6:]], -1), p
+    )
 
 
 def _minimise(loss_fn, params, steps: int):
@@ -149,8 +177,15 @@ def _minimise(loss_fn, params, steps: int):
     return jax.jit(lambda p: jax.lax.fori_loop(0, steps, body, (p, opt.init(p)))[0])(params)
 
 
-def fit_ceiling(pairs: dict, *, mode: str = "per_class", num_classes: int = 19, grid=(16, 32),
-                kernel_size: int = 9, steps: int = 100) -> Ceiling:
+def fit_ceiling(
+    pairs: dict,
+    *,
+    mode: str = "per_class",
+    num_classes: int = 19,
+    grid=(16, 32),
+    kernel_size: int = 9,
+    steps: int = 100,
+) -> Ceiling:
     """Fits theta by least squares: min mean (T(x; theta, 0) - real)^2 over all pairs (module docstring).
 
     pairs: :func:`load_pairs`'s dict. grid: the parameter grid (h, w) at the pairs' frame size.
@@ -170,13 +205,17 @@ def fit_ceiling(pairs: dict, *, mode: str = "per_class", num_classes: int = 19, 
 
     if mode == "per_class":
         params = {"kernel": jnp.zeros((num_classes, 12), jnp.float32), "bias": ident}
-        theta_of = lambda p: class_theta_low(p["kernel"], p["bias"], labels, num_classes, grid, smax)
+        theta_of = lambda p: class_theta_low(
+            p["kernel"], p["bias"], labels, num_classes, grid, smax
+        )
     else:
         params = {"raw": jnp.broadcast_to(ident, (n,) + grid + (12,))}
         theta_of = lambda p: raw_to_theta(p["raw"], smax)
     # The noise scale is pinned to 0: it only adds variance to the paired error (module docstring).
     pin = jnp.asarray([1.0] * 9 + [0.0] * 3)
-    fake_of = lambda p: translation.translate(x, theta_of(p) * pin, zero_noise, kernel_size=kernel_size)
+    fake_of = lambda p: translation.translate(
+        x, theta_of(p) * pin, zero_noise, kernel_size=kernel_size
+    )
     loss_fn = lambda q: jnp.mean(jnp.square(fake_of(_centre(q)) - real))
     params = _centre(_minimise(loss_fn, _uncentre(params), int(steps)))
 
@@ -189,13 +228,23 @@ def fit_ceiling(pairs: dict, *, mode: str = "per_class", num_classes: int = 19, 
         class_theta = np.asarray(raw_to_theta(eye @ params["kernel"] + params["bias"], smax))
     else:
         from dakpn_jax.training.dakpn_features import onehot_features  # pylint: disable=import-outside-toplevel
+
         class_theta = class_mean_params(theta, onehot_features(labels, num_classes, grid))
     # A class absent from the pairs got no data: its row is the untouched initialisation, not a fit.
     absent = np.bincount(np.asarray(pairs["label"]).reshape(-1), minlength=256)[:num_classes] == 0
     class_theta = np.where(absent[:, None], np.nan, np.asarray(class_theta, np.float64))
-    return Ceiling(mode=mode, num_classes=num_classes, grid=grid, frame=(H, W), kernel_size=int(kernel_size),
-                   params={k: np.asarray(v) for k, v in params.items()}, class_theta=class_theta,
-                   noise_std=noise_std, psnr=psnr_np(fake, pairs["real"]), loss=float(np.mean(mse)))
+    return Ceiling(
+        mode=mode,
+        num_classes=num_classes,
+        grid=grid,
+        frame=(H, W),
+        kernel_size=int(kernel_size),
+        params={k: np.asarray(v) for k, v in params.items()},
+        class_theta=class_theta,
+        noise_std=noise_std,
+        psnr=psnr_np(fake, pairs["real"]),
+        loss=float(np.mean(mse)),
+    )
 
 
 def class_residual_std(residual: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -221,16 +270,20 @@ def class_mean_params(theta_low, feats) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- as a translator
 
+
 def make_ceiling_translator(ceiling: Ceiling, *, noise: str = "none") -> Callable:
     """Jitted ``fn(images (B, H, W, 3), labels (B, H, W), rng=None) -> (B, H, W, 3)`` of a per-class
     ceiling. ``noise="none"``: noise scale 0 (the paired-MSE optimum); ``"residual"``: noise scale
     = the class's residual std, with fresh N(0, 1) noise per image from ``rng`` (the seeded field
     of seed 0 when rng is None)."""
     if ceiling.mode != "per_class":
-        raise ValueError(f"make_ceiling_translator: mode={ceiling.mode!r}; only per_class is a translator")
+        raise ValueError(
+            f"make_ceiling_translator: mode={ceiling.mode!r}; only per_class is a translator"
+        )
     if noise not in ("none", "residual"):
         raise ValueError(f"make_ceiling_translator: noise={noise!r} must be 'none' or 'residual'")
     from dakpn_jax.training.dakpn_features import onehot_features  # pylint: disable=import-outside-toplevel
+
     std = jnp.asarray(np.nan_to_num(ceiling.noise_std), jnp.float32)
     K, C = ceiling.kernel_size, ceiling.num_classes
 
@@ -240,9 +293,15 @@ def make_ceiling_translator(ceiling: Ceiling, *, noise: str = "none") -> Callabl
         theta = ceiling.theta_low(labels)
         B, H, W = x.shape[:3]
         if noise == "none":
-            return translation.translate(x, theta.at[..., 9:].set(0.0), jnp.zeros((1, H, W, 3)), kernel_size=K)
+            return translation.translate(
+                x, theta.at[..., 9:].set(0.0), jnp.zeros((1, H, W, 3)), kernel_size=K
+            )
         scale = onehot_features(jnp.asarray(labels), C, theta.shape[1:3]) @ std
-        n = translation.noise_field(0, H, W) if rng is None else translation.sample_noise(rng, B, H, W)
+        n = (
+            translation.noise_field(0, H, W)
+            if rng is None
+            else translation.sample_noise(rng, B, H, W)
+        )
         return translation.translate(x, theta.at[..., 9:].set(scale), n, kernel_size=K)
 
     return fn
@@ -253,16 +312,29 @@ def save_ceiling_run(workdir: str, ceiling: Ceiling, data_config, *, noise: str 
     ``dakpn_jax.load_translator(workdir)`` (and export / the protocol) serve the ceiling."""
     import ml_collections  # pylint: disable=import-outside-toplevel
     from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
     if ceiling.mode != "per_class":
         raise ValueError("save_ceiling_run: only the per_class ceiling is a translator")
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
-    meta = {"mode": ceiling.mode, "num_classes": ceiling.num_classes, "grid": list(ceiling.grid),
-            "frame": list(ceiling.frame), "kernel_size": ceiling.kernel_size, "loss": ceiling.loss,
-            "noise": noise, "label": CEILING_LABEL}
+    meta = {
+        "mode": ceiling.mode,
+        "num_classes": ceiling.num_classes,
+        "grid": list(ceiling.grid),
+        "frame": list(ceiling.frame),
+        "kernel_size": ceiling.kernel_size,
+        "loss": ceiling.loss,
+        "noise": noise,
+        "label": CEILING_LABEL,
+    }
     config = ml_collections.ConfigDict({"method": "ceiling", "data": data_config, "ceiling": meta})
-    np.savez(os.path.join(workdir, CEILING_FILE), class_theta=ceiling.class_theta, noise_std=ceiling.noise_std,
-             psnr=ceiling.psnr, **ceiling.params)
+    np.savez(
+        os.path.join(workdir, CEILING_FILE),
+        class_theta=ceiling.class_theta,
+        noise_std=ceiling.noise_std,
+        psnr=ceiling.psnr,
+        **ceiling.params,
+    )
     trainer.save_config(config, workdir)
     return workdir
 
@@ -271,18 +343,29 @@ def load_ceiling(workdir: str, config=None) -> Ceiling:
     """The ceiling saved by :func:`save_ceiling_run` (``config``: its config.json, read when None)."""
     if config is None:
         from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
         config = trainer.load_config(workdir)
     m = config.ceiling
     path = os.path.join(workdir, CEILING_FILE)
     if not os.path.exists(path):
         raise ValueError(f"load_ceiling: {workdir!r} has no {CEILING_FILE} (not a ceiling run?)")
     z = np.load(path)
-    return Ceiling(mode=m.mode, num_classes=int(m.num_classes), grid=tuple(m.grid), frame=tuple(m.frame),
-                   kernel_size=int(m.kernel_size), params={"kernel": z["kernel"], "bias": z["bias"]},
-                   class_theta=z["class_theta"], noise_std=z["noise_std"], psnr=z["psnr"], loss=float(m.loss))
+    return Ceiling(
+        mode=m.mode,
+        num_classes=int(m.num_classes),
+        grid=tuple(m.grid),
+        frame=tuple(m.frame),
+        kernel_size=int(m.kernel_size),
+        params={"kernel": z["kernel"], "bias": z["bias"]},
+        class_theta=z["class_theta"],
+        noise_std=z["noise_std"],
+        psnr=z["psnr"],
+        loss=float(m.loss),
+    )
 
 
 # ----------------------------------------------------------------------------- diagnostics
+
 
 def psnr_np(x, y) -> np.ndarray:
     """(N,) float64 PSNR in dB of images in [0, 1]."""
@@ -293,7 +376,9 @@ def psnr_np(x, y) -> np.ndarray:
 def gap_fraction(psnr: float, untranslated: float, ceiling: float) -> float:
     """Share of the dB gap untranslated -> ceiling closed: (psnr - u) / (ceiling - u)."""
     if not ceiling > untranslated:
-        raise ValueError(f"gap_fraction: ceiling {ceiling:.3f} dB must exceed untranslated {untranslated:.3f} dB")
+        raise ValueError(
+            f"gap_fraction: ceiling {ceiling:.3f} dB must exceed untranslated {untranslated:.3f} dB"
+        )
     return (psnr - untranslated) / (ceiling - untranslated)
 
 
@@ -303,7 +388,9 @@ def class_mean_colours(images, labels, num_classes: int) -> tuple[np.ndarray, np
     x = np.asarray(images, np.float64).reshape(-1, 3)
     keep = y < num_classes
     counts = np.bincount(y[keep], minlength=num_classes).astype(np.float64)
-    sums = np.stack([np.bincount(y[keep], weights=x[keep, c], minlength=num_classes) for c in range(3)], -1)
+    sums = np.stack(
+        [np.bincount(y[keep], weights=x[keep, c], minlength=num_classes) for c in range(3)], -1
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / counts[:, None], counts
 
@@ -324,9 +411,17 @@ def hsv_of(rgb: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(rgb).all(axis=-1, keepdims=True), out, np.nan)
 
 
-def diagnose(translate_fn: Callable, pairs: dict, num_classes: int, *, ceiling_fn: Callable | None = None,
-             class_params: np.ndarray | None = None, ceiling: Ceiling | None = None, batch_size: int = 16,
-             noise_free_fn: Callable | None = None) -> dict:
+def diagnose(
+    translate_fn: Callable,
+    pairs: dict,
+    num_classes: int,
+    *,
+    ceiling_fn: Callable | None = None,
+    class_params: np.ndarray | None = None,
+    ceiling: Ceiling | None = None,
+    batch_size: int = 16,
+    noise_free_fn: Callable | None = None,
+) -> dict:
     """Paired-view diagnostics of ``translate_fn(images, labels) -> images`` (module docstring).
 
     ``ceiling_fn``: the ceiling's translator (default: from ``ceiling``); ``class_params``: (C, 12)
@@ -344,33 +439,57 @@ def diagnose(translate_fn: Callable, pairs: dict, num_classes: int, *, ceiling_f
     if ceiling_fn is None and ceiling is not None:
         ceiling_fn = make_ceiling_translator(ceiling)
     imgs = {"real": pairs["real"], "untranslated": pairs["synthetic"]}
-    for name, fn in (("translated", translate_fn), ("ceiling", ceiling_fn), ("noise_free", noise_free_fn)):
+    for name, fn in (
+        ("translated", translate_fn),
+        ("ceiling", ceiling_fn),
+        ("noise_free", noise_free_fn),
+    ):
         if fn is None:
             continue
-        out = [np.asarray(fn(pairs["synthetic"][i:i + batch_size], pairs["label"][i:i + batch_size]))
-               for i in range(0, n, batch_size)]
+        out = [
+            np.asarray(
+                fn(pairs["synthetic"][i : i + batch_size], pairs["label"][i : i + batch_size])
+            )
+            for i in range(0, n, batch_size)
+        ]
         imgs[name] = np.clip(np.concatenate(out), 0.0, 1.0)
-    res = {f"psnr{'' if k == 'translated' else '_' + k}": float(np.mean(psnr_np(v, pairs["real"])))
-           for k, v in imgs.items() if k != "real"}
+    res = {
+        f"psnr{'' if k == 'translated' else '_' + k}": float(np.mean(psnr_np(v, pairs["real"])))
+        for k, v in imgs.items()
+        if k != "real"
+    }
     if "psnr_ceiling" in res:
         for k in ("", "_noise_free"):
             if f"psnr{k}" in res:
-                res[f"gap_fraction{k}"] = gap_fraction(res[f"psnr{k}"], res["psnr_untranslated"], res["psnr_ceiling"])
+                res[f"gap_fraction{k}"] = gap_fraction(
+                    res[f"psnr{k}"], res["psnr_untranslated"], res["psnr_ceiling"]
+                )
     imgs.pop("noise_free", None)
     means = {k: class_mean_colours(v, pairs["label"], num_classes) for k, v in imgs.items()}
     counts = means["real"][1]
-    params = {"translated": class_params, "ceiling": None if ceiling is None else ceiling.class_theta}
+    params = {
+        "translated": class_params,
+        "ceiling": None if ceiling is None else ceiling.class_theta,
+    }
     classes = {}
     for c in np.flatnonzero(counts > 0):
-        e = {"count": int(counts[c]), "rgb": {k: m[0][c] for k, m in means.items()},
-             "dist": {k: float(np.linalg.norm(m[0][c] - means["real"][0][c])) for k, m in means.items() if k != "real"}}
+        e = {
+            "count": int(counts[c]),
+            "rgb": {k: m[0][c] for k, m in means.items()},
+            "dist": {
+                k: float(np.linalg.norm(m[0][c] - means["real"][0][c]))
+                for k, m in means.items()
+                if k != "real"
+            },
+        }
         e["hsv"] = {k: hsv_of(v[None])[0] for k, v in e["rgb"].items()}
         for k, p in params.items():
             if p is not None:
                 e.setdefault("sigma", {})[k] = float(np.mean(p[c, 6:9]))
                 # The ceiling's noise scale is pinned to 0 by the fit; its residual std stands in.
-                e.setdefault("noise", {})[k] = float(np.mean(np.abs(p[c, 9:12]) if k == "translated"
-                                                             else ceiling.noise_std[c]))
+                e.setdefault("noise", {})[k] = float(
+                    np.mean(np.abs(p[c, 9:12]) if k == "translated" else ceiling.noise_std[c])
+                )
         classes[int(c)] = e
     res["classes"] = classes
     return res
@@ -378,15 +497,27 @@ def diagnose(translate_fn: Callable, pairs: dict, num_classes: int, *, ceiling_f
 
 def colour_regressions(diag: dict) -> list[int]:
     """Classes whose translated mean colour is further from real than the untranslated one."""
-    return [c for c, e in diag["classes"].items() if e["dist"]["translated"] > e["dist"]["untranslated"]]
+    return [
+        c for c, e in diag["classes"].items() if e["dist"]["translated"] > e["dist"]["untranslated"]
+    ]
 
 
 def scalars(diag: dict, class_names=None) -> dict[str, float]:
     """Flat float scalars for TensorBoard: psnr_ceiling, gap_fraction, and per class
     ``colour_dist/<name>``, ``hue/<name>``, ``sigma/<name>``, ``noise/<name>`` of the translation."""
     name = (lambda c: class_names[c].replace(" ", "_")) if class_names is not None else str
-    out = {k: float(v) for k, v in diag.items() if k in ("psnr_ceiling", "gap_fraction", "psnr_untranslated",
-                                                         "psnr_noise_free", "gap_fraction_noise_free")}
+    out = {
+        k: float(v)
+        for k, v in diag.items()
+        if k
+        in (
+            "psnr_ceiling",
+            "gap_fraction",
+            "psnr_untranslated",
+            "psnr_noise_free",
+            "gap_fraction_noise_free",
+        )
+    }
     out["colour_regressions"] = float(len(colour_regressions(diag)))
     for c, e in diag["classes"].items():
         if "translated" not in e["dist"]:
@@ -400,40 +531,69 @@ def scalars(diag: dict, class_names=None) -> dict[str, float]:
 
 
 def ceiling_summary(ceiling: Ceiling) -> str:
-    return json.dumps({"label": CEILING_LABEL, "mode": ceiling.mode, "psnr": float(np.mean(ceiling.psnr)),
-                       "grid": list(ceiling.grid), "kernel_size": ceiling.kernel_size})
+    return json.dumps(
+        {
+            "label": CEILING_LABEL,
+            "mode": ceiling.mode,
+            "psnr": float(np.mean(ceiling.psnr)),
+            "grid": list(ceiling.grid),
+            "kernel_size": ceiling.kernel_size,
+        }
+    )
 
 
 def format_report(diag: dict, class_names=None) -> str:
     """A plain-text table of :func:`diagnose`'s result (what experiments/dakpn_diagnostics.py prints)."""
     name = (lambda c: class_names[c]) if class_names is not None else str
-    lines = [f"paired PSNR {diag['psnr']:.2f} dB | untranslated {diag['psnr_untranslated']:.2f} dB"
-             + (f" | {CEILING_LABEL} {diag['psnr_ceiling']:.2f} dB | fraction of the gap closed "
-                f"{100 * diag['gap_fraction']:.1f}%" if "gap_fraction" in diag else "")]
+    lines = [
+        f"paired PSNR {diag['psnr']:.2f} dB | untranslated {diag['psnr_untranslated']:.2f} dB"
+        + (
+            f" | {CEILING_LABEL} {diag['psnr_ceiling']:.2f} dB | fraction of the gap closed "
+            f"{100 * diag['gap_fraction']:.1f}%"
+            if "gap_fraction" in diag
+            else ""
+        )
+    ]
     if "gap_fraction_noise_free" in diag:
-        lines.append(f"noise-free part (noise scale 0): paired PSNR {diag['psnr_noise_free']:.2f} dB | fraction of "
-                     f"the gap closed {100 * diag['gap_fraction_noise_free']:.1f}%")
+        lines.append(
+            f"noise-free part (noise scale 0): paired PSNR {diag['psnr_noise_free']:.2f} dB | fraction of "
+            f"the gap closed {100 * diag['gap_fraction_noise_free']:.1f}%"
+        )
     regress = colour_regressions(diag)
-    lines.append("classes whose mean colour ends further from real than untranslated: "
-                 + (", ".join(name(c) for c in regress) or "none"))
-    kinds = [k for k in ("translated", "real", "ceiling", "untranslated") if k in next(iter(diag["classes"].values()))["rgb"]]
+    lines.append(
+        "classes whose mean colour ends further from real than untranslated: "
+        + (", ".join(name(c) for c in regress) or "none")
+    )
+    kinds = [
+        k
+        for k in ("translated", "real", "ceiling", "untranslated")
+        if k in next(iter(diag["classes"].values()))["rgb"]
+    ]
     lines.append("")
-    lines.append(f"{'class':<14} {'pixels':>8} " + " ".join(f"{k + ' rgb | hsv':<44}" for k in kinds))
+    lines.append(
+        f"{'class':<14} {'pixels':>8} " + " ".join(f"{k + ' rgb | hsv':<44}" for k in kinds)
+    )
     for c, e in diag["classes"].items():
         cells = []
         for k in kinds:
             rgb, hsv = e["rgb"][k], e["hsv"][k]
             d = f" d={e['dist'][k]:.3f}" if k in e["dist"] else ""
-            cells.append(f"{'(' + ' '.join(f'{v:.2f}' for v in rgb) + ')'} | "
-                         f"{'(' + ' '.join(f'{v:.2f}' for v in hsv) + ')'}{d}".ljust(44))
+            cells.append(
+                f"{'(' + ' '.join(f'{v:.2f}' for v in rgb) + ')'} | "
+                f"{'(' + ' '.join(f'{v:.2f}' for v in hsv) + ')'}{d}".ljust(44)
+            )
         lines.append(f"{name(c):<14} {e['count']:>8} " + " ".join(cells))
     if any("sigma" in e for e in diag["classes"].values()):
         lines.append("")
-        lines.append(f"{'class':<14} {'sigma (px)':>11} {'ceiling':>8} {'|noise|':>8} {'ceil. residual std':>18}")
+        lines.append(
+            f"{'class':<14} {'sigma (px)':>11} {'ceiling':>8} {'|noise|':>8} {'ceil. residual std':>18}"
+        )
         for c, e in diag["classes"].items():
             g = lambda kind, k: f"{e[kind][k]:.3f}" if kind in e and k in e[kind] else "-"
-            lines.append(f"{name(c):<14} {g('sigma', 'translated'):>11} {g('sigma', 'ceiling'):>8} "
-                         f"{g('noise', 'translated'):>8} {g('noise', 'ceiling'):>18}")
+            lines.append(
+                f"{name(c):<14} {g('sigma', 'translated'):>11} {g('sigma', 'ceiling'):>8} "
+                f"{g('noise', 'translated'):>8} {g('noise', 'ceiling'):>18}"
+            )
     return "\n".join(lines)
 
 
@@ -445,16 +605,26 @@ def cached_ceiling(directory: str, config, images: int) -> Ceiling | None:
     if not directory:
         return None
     m = config.model
-    want = {"data": config.data.to_dict(), "images": int(images), "grid": list(m.param_size),
-            "kernel_size": int(m.kernel_size), "num_classes": int(m.num_classes),
-            "steps": int(config.get("eval_ceiling_steps", 40))}
+    want = {
+        "data": config.data.to_dict(),
+        "images": int(images),
+        "grid": list(m.param_size),
+        "kernel_size": int(m.kernel_size),
+        "num_classes": int(m.num_classes),
+        "steps": int(config.get("eval_ceiling_steps", 40)),
+    }
     tag = os.path.join(directory, "fit.json")
     if os.path.exists(tag):
         with open(tag) as f:
             if json.load(f) == json.loads(json.dumps(want)):
                 return load_ceiling(directory)
-    ceiling = fit_ceiling(load_pairs(config.data, images), num_classes=want["num_classes"], grid=tuple(want["grid"]),
-                          kernel_size=want["kernel_size"], steps=want["steps"])
+    ceiling = fit_ceiling(
+        load_pairs(config.data, images),
+        num_classes=want["num_classes"],
+        grid=tuple(want["grid"]),
+        kernel_size=want["kernel_size"],
+        steps=want["steps"],
+    )
     save_ceiling_run(directory, ceiling, config.data)
     with open(tag, "w") as f:
         json.dump(want, f)

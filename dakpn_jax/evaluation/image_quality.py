@@ -27,6 +27,7 @@ blur/sharpness and sensor noise and texture (fine levels) - while being blind to
 translator cannot score by moving content. Being local it does not detect semantic flips; the
 model score (``model_score.py``) does.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -46,13 +47,13 @@ def psnr(x: jax.Array, y: jax.Array, max_val: float = 1.0) -> jax.Array:
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
     _check_pair(x, y, "psnr")
     mse = jnp.mean(jnp.square(x - y), axis=(1, 2, 3))
-    return 10.0 * jnp.log10(max_val ** 2 / mse)
+    return 10.0 * jnp.log10(max_val**2 / mse)
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
     """1-D Gaussian taps ``exp(-i^2 / (2 sigma^2))``, i = -(size-1)/2 .. (size-1)/2, normalised to sum 1."""
     i = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    g = np.exp(-(i ** 2) / (2 * sigma ** 2))
+    g = np.exp(-(i**2) / (2 * sigma**2))
     return (g / g.sum()).astype(np.float32)
 
 
@@ -64,19 +65,43 @@ def _filter_valid(x, taps):
     dn = ("NHWC", "HWIO", "NHWC")
     kh = jnp.tile(t.reshape(k, 1, 1, 1), (1, 1, 1, c))
     kw = jnp.tile(t.reshape(1, k, 1, 1), (1, 1, 1, c))
-    x = jax.lax.conv_general_dilated(x, kh, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c,
-                                     precision=jax.lax.Precision.HIGHEST)
-    return jax.lax.conv_general_dilated(x, kw, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c,
-                                        precision=jax.lax.Precision.HIGHEST)
+    x = jax.lax.conv_general_dilated(
+        x,
+        kh,
+        (1, 1),
+        "VALID",
+        dimension_numbers=dn,
+        feature_group_count=c,
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    return jax.lax.conv_general_dilated(
+        x,
+        kw,
+        (1, 1),
+        "VALID",
+        dimension_numbers=dn,
+        feature_group_count=c,
+        precision=jax.lax.Precision.HIGHEST,
+    )
 
 
-def ssim(x: jax.Array, y: jax.Array, max_val: float = 1.0, *, window_size: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> jax.Array:
+def ssim(
+    x: jax.Array,
+    y: jax.Array,
+    max_val: float = 1.0,
+    *,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> jax.Array:
     """Mean SSIM per image (see module docstring): x, y (B, H, W, C), H, W >= window_size -> (B,)."""
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
     _check_pair(x, y, "ssim")
     if min(x.shape[1], x.shape[2]) < window_size:
-        raise ValueError(f"ssim: images {x.shape} smaller than the {window_size}x{window_size} window")
+        raise ValueError(
+            f"ssim: images {x.shape} smaller than the {window_size}x{window_size} window"
+        )
     taps = gaussian_window(window_size, sigma)
     c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
     mx, my = _filter_valid(x, taps), _filter_valid(y, taps)
@@ -129,15 +154,25 @@ def _patches(level, rng, per_image, size):
 def sliced_wasserstein_1d(a: jax.Array, b: jax.Array, directions: jax.Array) -> jax.Array:
     """Mean over directions of W1 between the projected sets: a, b (N, D), directions (D, P) unit columns."""
     if a.shape != b.shape or a.ndim != 2 or directions.shape[0] != a.shape[1]:
-        raise ValueError(f"sliced_wasserstein_1d: a {a.shape}, b {b.shape}, directions {directions.shape} mismatch")
+        raise ValueError(
+            f"sliced_wasserstein_1d: a {a.shape}, b {b.shape}, directions {directions.shape} mismatch"
+        )
     pa = jnp.sort(a @ directions, axis=0)
     pb = jnp.sort(b @ directions, axis=0)
     return jnp.mean(jnp.abs(pa - pb))
 
 
-def sliced_wasserstein(x: jax.Array, y: jax.Array, rng: jax.Array, *, num_levels: int | None = None,
-                       patch_size: int = 7, patches_per_image: int = 128, num_projections: int = 512,
-                       min_size: int = 16) -> dict[str, jax.Array]:
+def sliced_wasserstein(
+    x: jax.Array,
+    y: jax.Array,
+    rng: jax.Array,
+    *,
+    num_levels: int | None = None,
+    patch_size: int = 7,
+    patches_per_image: int = 128,
+    num_projections: int = 512,
+    min_size: int = 16,
+) -> dict[str, jax.Array]:
     """SWD between image sets x (N, H, W, 3) and y (M, H', W', 3) (see module docstring).
 
     ``rng`` (typed key) picks patch positions and projections; the same key gives the same
@@ -146,17 +181,26 @@ def sliced_wasserstein(x: jax.Array, y: jax.Array, rng: jax.Array, *, num_levels
     ``{"swd": mean over levels, "swd_level0": finest, ...}`` (scalars)."""
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
     if x.ndim != 4 or y.ndim != 4 or x.shape[-1] != y.shape[-1]:
-        raise ValueError(f"sliced_wasserstein: x {x.shape} and y {y.shape} must be (N, H, W, C) image sets")
+        raise ValueError(
+            f"sliced_wasserstein: x {x.shape} and y {y.shape} must be (N, H, W, C) image sets"
+        )
     side = min(x.shape[1], x.shape[2], y.shape[1], y.shape[2])
     if num_levels is None:
         num_levels = max(1, int(np.floor(np.log2(side / min_size))) + 1)
     if side / 2 ** (num_levels - 1) < patch_size:
-        raise ValueError(f"sliced_wasserstein: {num_levels} levels of {side}-px images leave the coarsest "
-                         f"level smaller than the {patch_size}-px patches")
+        raise ValueError(
+            f"sliced_wasserstein: {num_levels} levels of {side}-px images leave the coarsest "
+            f"level smaller than the {patch_size}-px patches"
+        )
     out, keys = {}, jax.random.split(rng, num_levels)
-    for i, (lx, ly, k) in enumerate(zip(laplacian_pyramid(x, num_levels), laplacian_pyramid(y, num_levels), keys)):
+    for i, (lx, ly, k) in enumerate(
+        zip(laplacian_pyramid(x, num_levels), laplacian_pyramid(y, num_levels), keys)
+    ):
         kx, ky, kd, ks = jax.random.split(k, 4)
-        da, db = _patches(lx, kx, patches_per_image, patch_size), _patches(ly, ky, patches_per_image, patch_size)
+        da, db = (
+            _patches(lx, kx, patches_per_image, patch_size),
+            _patches(ly, ky, patches_per_image, patch_size),
+        )
         n = min(da.shape[0], db.shape[0])
         ka, kb = jax.random.split(ks)
         da, db = jax.random.permutation(ka, da)[:n], jax.random.permutation(kb, db)[:n]
@@ -174,7 +218,10 @@ def sliced_wasserstein(x: jax.Array, y: jax.Array, rng: jax.Array, *, num_levels
 
 # ------------------------------------------------------------------ paired-view driver
 
-def class_color_stats(images: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+
+def class_color_stats(
+    images: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-class mean RGB (C, 3) float64 over all pixels of each class, and pixel counts (C,).
 
     Label values >= ``num_classes`` (ignore pixels) are left out."""
@@ -183,20 +230,36 @@ def class_color_stats(images: np.ndarray, labels: np.ndarray, num_classes: int) 
     flat_x = images.reshape(-1, 3)[valid].astype(np.float64)
     flat_y = flat_y[valid]
     counts = np.bincount(flat_y, minlength=num_classes).astype(np.float64)
-    sums = np.stack([np.bincount(flat_y, weights=flat_x[:, c], minlength=num_classes) for c in range(3)], -1)
+    sums = np.stack(
+        [np.bincount(flat_y, weights=flat_x[:, c], minlength=num_classes) for c in range(3)], -1
+    )
     return sums / np.maximum(counts, 1)[:, None], counts
 
 
 # The driver below calls these compiled: one compilation per shape instead of hundreds of op-by-op
 # dispatches (the main job's scores stage spent most of its 57 s on those). Same formulas.
 _psnr_ssim = jax.jit(lambda x, y: (psnr(x, y), ssim(x, y)))
-_sliced_wasserstein = jax.jit(sliced_wasserstein, static_argnames=(
-    "num_levels", "patch_size", "patches_per_image", "num_projections", "min_size"))
+_sliced_wasserstein = jax.jit(
+    sliced_wasserstein,
+    static_argnames=(
+        "num_levels",
+        "patch_size",
+        "patches_per_image",
+        "num_projections",
+        "min_size",
+    ),
+)
 
 
-def evaluate_paired_source(translate_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], source, *,
-                           batch_size: int = 8, max_images: int | None = None, seed: int = 0,
-                           num_classes: int | None = None) -> dict[str, float]:
+def evaluate_paired_source(
+    translate_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    source,
+    *,
+    batch_size: int = 8,
+    max_images: int | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> dict[str, float]:
     """Scores a translator on a paired source (items ``{"synthetic", "real", "label"}``, uint8).
 
     ``translate_fn(images float32 [0, 1] (B, H, W, 3), labels int32 (B, H, W)) -> (B, H, W, 3)``
@@ -212,18 +275,24 @@ def evaluate_paired_source(translate_fn: Callable[[np.ndarray, np.ndarray], np.n
     if n == 0:
         raise ValueError("evaluate_paired_source: the paired source is empty")
     ps, ss, fakes, reals = [], [], [], []
-    colour = {k: [np.zeros((num_classes or 0, 3)), np.zeros(num_classes or 0)] for k in ("fake", "real")}
+    colour = {
+        k: [np.zeros((num_classes or 0, 3)), np.zeros(num_classes or 0)] for k in ("fake", "real")
+    }
     for start in range(0, n, batch_size):
         items = [source[i] for i in range(start, min(n, start + batch_size))]
         for k in ("synthetic", "real", "label"):
             if k not in items[0]:
-                raise ValueError(f"evaluate_paired_source: source items need key '{k}' (have {sorted(items[0])})")
+                raise ValueError(
+                    f"evaluate_paired_source: source items need key '{k}' (have {sorted(items[0])})"
+                )
         syn = np.stack([it["synthetic"] for it in items]).astype(np.float32) / 255.0
         real = np.stack([it["real"] for it in items]).astype(np.float32) / 255.0
         label = np.stack([it["label"] for it in items]).astype(np.int32)
         fake = np.clip(np.asarray(translate_fn(syn, label), np.float32), 0.0, 1.0)
         if fake.shape != real.shape:
-            raise ValueError(f"evaluate_paired_source: translate_fn returned {fake.shape}, expected {real.shape}")
+            raise ValueError(
+                f"evaluate_paired_source: translate_fn returned {fake.shape}, expected {real.shape}"
+            )
         p, s = _psnr_ssim(fake, real)
         ps.append(np.asarray(p))
         ss.append(np.asarray(s))
@@ -238,7 +307,9 @@ def evaluate_paired_source(translate_fn: Callable[[np.ndarray, np.ndarray], np.n
     if num_classes:
         present = colour["real"][1] > 0
         mean = {k: s[present] / c[present, None] for k, (s, c) in colour.items()}
-        out["class_color_err"] = float(np.mean(np.linalg.norm(mean["fake"] - mean["real"], axis=-1)))
+        out["class_color_err"] = float(
+            np.mean(np.linalg.norm(mean["fake"] - mean["real"], axis=-1))
+        )
     swd = _sliced_wasserstein(np.concatenate(fakes), np.concatenate(reals), jax.random.key(seed))
     out.update({k: float(v) for k, v in swd.items()})
     return out

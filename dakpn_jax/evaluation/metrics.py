@@ -19,6 +19,7 @@ per-device partial counts itself (the result is one replicated (C, C) array on e
 batches, sum on the host in int64 (`np.asarray(conf, np.int64)`): jitted counts are int32 (x64 is off
 by default), which is exact for fewer than 2**31 pixels per call but not for a whole large dataset.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,26 +42,45 @@ def confusion_matrix(pred, label, num_classes: int, ignore_index: int = IGNORE_I
       are not counted (under jit nothing can raise on data values, so out-of-range ids are dropped
       rather than silently wrapped into another class).
     """
-    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"confusion_matrix: num_classes must be a positive int, got {num_classes!r}")
+    if (
+        not isinstance(num_classes, (int, np.integer))
+        or isinstance(num_classes, bool)
+        or num_classes < 1
+    ):
+        raise ValueError(
+            f"confusion_matrix: num_classes must be a positive int, got {num_classes!r}"
+        )
     num_classes = int(num_classes)
     pred, label = jnp.asarray(pred), jnp.asarray(label)
     if pred.shape != label.shape:
         raise ValueError(f"confusion_matrix: pred shape {pred.shape} != label shape {label.shape}")
     for name, x in (("pred", pred), ("label", label)):
         if not jnp.issubdtype(x.dtype, jnp.integer):
-            raise ValueError(f"confusion_matrix: {name} must be an integer array (class ids), got dtype {x.dtype}")
+            raise ValueError(
+                f"confusion_matrix: {name} must be an integer array (class ids), got dtype {x.dtype}"
+            )
     if pred.size >= 2**31:
-        raise ValueError(f"confusion_matrix: {pred.size} pixels in one call overflow int32 counts; "
-                         "split the batch and sum the confusions on the host in int64")
+        raise ValueError(
+            f"confusion_matrix: {pred.size} pixels in one call overflow int32 counts; "
+            "split the batch and sum the confusions on the host in int64"
+        )
     count_dtype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
     # int32 arithmetic: uint8 labels would overflow in label * C + pred.
     pred, label = pred.astype(jnp.int32).ravel(), label.astype(jnp.int32).ravel()
-    valid = ((label != ignore_index) & (label >= 0) & (label < num_classes)
-             & (pred >= 0) & (pred < num_classes))
+    valid = (
+        (label != ignore_index)
+        & (label >= 0)
+        & (label < num_classes)
+        & (pred >= 0)
+        & (pred < num_classes)
+    )
     index = jnp.where(valid, label * num_classes + pred, 0)
     # Scatter-add of the valid mask (a bincount); invalid pixels add 0 to bin 0.
-    counts = jnp.zeros((num_classes * num_classes,), count_dtype).at[index].add(valid.astype(count_dtype))
+    counts = (
+        jnp.zeros((num_classes * num_classes,), count_dtype)
+        .at[index]
+        .add(valid.astype(count_dtype))
+    )
     return counts.reshape(num_classes, num_classes)
 
 
@@ -79,13 +99,17 @@ def mean_iou(confusion) -> tuple[jax.Array, jax.Array]:
         confusion = np.asarray(confusion, np.float64)  # exact int64 -> float before jnp sees it
     conf = jnp.asarray(confusion).astype(jnp.float32)
     if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
-        raise ValueError(f"mean_iou: confusion must be a square (C, C) matrix, got shape {conf.shape}")
+        raise ValueError(
+            f"mean_iou: confusion must be a square (C, C) matrix, got shape {conf.shape}"
+        )
     tp = jnp.diagonal(conf)
     union = conf.sum(axis=0) + conf.sum(axis=1) - tp
     present = union > 0
     per_class = jnp.where(present, tp / jnp.where(present, union, 1.0), jnp.nan)
     count = present.sum()
-    miou = jnp.where(count > 0, jnp.where(present, per_class, 0.0).sum() / jnp.maximum(count, 1), jnp.nan)
+    miou = jnp.where(
+        count > 0, jnp.where(present, per_class, 0.0).sum() / jnp.maximum(count, 1), jnp.nan
+    )
     return miou, per_class
 
 

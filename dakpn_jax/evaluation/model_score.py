@@ -15,6 +15,7 @@ excluded; ``evaluation.metrics.confusion_matrix``):
                    the fraction of class-c pixels that the real-domain segmenter calls k;
                    the diagonal is the per-class recall, off-diagonal mass is flipping.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -36,12 +37,16 @@ def predict_labels(segment_fn: Callable, images, label_shape: tuple[int, int]) -
     h, w = label_shape
     if out.ndim == 4:
         if out.shape[1:3] != (h, w):
-            out = jax.image.resize(out, (out.shape[0], h, w, out.shape[3]), method="bilinear", antialias=False)
+            out = jax.image.resize(
+                out, (out.shape[0], h, w, out.shape[3]), method="bilinear", antialias=False
+            )
         return jnp.argmax(out, axis=-1).astype(jnp.int32)
     if out.ndim == 3 and out.shape[1:] == (h, w) and jnp.issubdtype(out.dtype, jnp.integer):
         return out.astype(jnp.int32)
-    raise ValueError(f"model_score: segment_fn returned {out.shape} {out.dtype}; expected logits (B, H', W', C) "
-                     f"or integer predictions (B, {h}, {w})")
+    raise ValueError(
+        f"model_score: segment_fn returned {out.shape} {out.dtype}; expected logits (B, H', W', C) "
+        f"or integer predictions (B, {h}, {w})"
+    )
 
 
 def flip_matrix(confusion) -> np.ndarray:
@@ -53,7 +58,9 @@ def flip_matrix(confusion) -> np.ndarray:
     return np.divide(n, rows, out=np.zeros_like(n), where=rows > 0)
 
 
-def top_flips(flip, k: int = 5, class_names: Sequence[str] | None = None, min_fraction: float = 0.0) -> list:
+def top_flips(
+    flip, k: int = 5, class_names: Sequence[str] | None = None, min_fraction: float = 0.0
+) -> list:
     """The ``k`` largest off-diagonal cells: ``[(label, predicted, fraction), ...]`` (names if given)."""
     f = np.array(flip, np.float64)
     np.fill_diagonal(f, -1.0)
@@ -77,8 +84,14 @@ def _iou(confusion) -> tuple[float, np.ndarray]:
     return float(miou), np.asarray(per, np.float64)
 
 
-def model_score(segment_fn: Callable, images_and_labels, num_classes: int, *,
-                translate_fn: Callable | None = None, class_names: Sequence[str] | None = None) -> dict:
+def model_score(
+    segment_fn: Callable,
+    images_and_labels,
+    num_classes: int,
+    *,
+    translate_fn: Callable | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict:
     """Model score over an iterable of ``(images (B, H, W, 3) float [0, 1], labels (B, H, W) int)``.
 
     ``translate_fn`` (optional, [0,1] -> [0,1], same shape) is applied to the images first; None
@@ -90,34 +103,64 @@ def model_score(segment_fn: Callable, images_and_labels, num_classes: int, *,
         images = jnp.asarray(images, jnp.float32)
         labels = jnp.asarray(labels).astype(jnp.int32)
         if images.ndim != 4 or labels.shape != images.shape[:3]:
-            raise ValueError(f"model_score: images {images.shape} and labels {labels.shape} must be "
-                             f"(B, H, W, 3) and (B, H, W)")
+            raise ValueError(
+                f"model_score: images {images.shape} and labels {labels.shape} must be "
+                f"(B, H, W, 3) and (B, H, W)"
+            )
         if translate_fn is not None:
             images = jnp.asarray(translate_fn(images), jnp.float32)
         pred = predict_labels(segment_fn, images, labels.shape[1:])
-        conf += np.asarray(metrics.confusion_matrix(pred, labels, num_classes, ignore_index=IGNORE_INDEX), np.int64)
+        conf += np.asarray(
+            metrics.confusion_matrix(pred, labels, num_classes, ignore_index=IGNORE_INDEX), np.int64
+        )
     miou, per = _iou(conf)
     flip = flip_matrix(conf)
-    return {"miou": miou, "per_class_iou": per, "confusion": conf, "flip": flip,
-            "top_flips": top_flips(flip, 5, class_names, min_fraction=0.0), "pixels": int(conf.sum())}
+    return {
+        "miou": miou,
+        "per_class_iou": per,
+        "confusion": conf,
+        "flip": flip,
+        "top_flips": top_flips(flip, 5, class_names, min_fraction=0.0),
+        "pixels": int(conf.sum()),
+    }
 
 
-def batches_from_source(source, *, batch_size: int = 8, max_images: int | None = None, image_key: str = "image"):
+def batches_from_source(
+    source, *, batch_size: int = 8, max_images: int | None = None, image_key: str = "image"
+):
     """Yield ``(images float32 [0,1], labels int32)`` batches from an image-label source (uint8
     items with ``image_key`` and ``"label"``, e.g. synthetic-train, or ``"synthetic"`` of paired-eval)."""
     n = len(source) if max_images is None else min(len(source), max_images)
     for start in range(0, n, batch_size):
         items = [source[i] for i in range(start, min(n, start + batch_size))]
         if image_key not in items[0] or "label" not in items[0]:
-            raise ValueError(f"batches_from_source: items need '{image_key}' and 'label' (have {sorted(items[0])})")
-        yield (np.stack([it[image_key] for it in items]).astype(np.float32) / 255.0,
-               np.stack([it["label"] for it in items]).astype(np.int32))
+            raise ValueError(
+                f"batches_from_source: items need '{image_key}' and 'label' (have {sorted(items[0])})"
+            )
+        yield (
+            np.stack([it[image_key] for it in items]).astype(np.float32) / 255.0,
+            np.stack([it["label"] for it in items]).astype(np.int32),
+        )
 
 
-def score_source(segment_fn: Callable, source, num_classes: int, *, translate_fn: Callable | None = None,
-                 batch_size: int = 8, max_images: int | None = None, image_key: str = "image",
-                 class_names: Sequence[str] | None = None) -> dict:
+def score_source(
+    segment_fn: Callable,
+    source,
+    num_classes: int,
+    *,
+    translate_fn: Callable | None = None,
+    batch_size: int = 8,
+    max_images: int | None = None,
+    image_key: str = "image",
+    class_names: Sequence[str] | None = None,
+) -> dict:
     """:func:`model_score` over a labelled source (see :func:`batches_from_source`)."""
-    return model_score(segment_fn, batches_from_source(source, batch_size=batch_size, max_images=max_images,
-                                                       image_key=image_key),
-                       num_classes, translate_fn=translate_fn, class_names=class_names)
+    return model_score(
+        segment_fn,
+        batches_from_source(
+            source, batch_size=batch_size, max_images=max_images, image_key=image_key
+        ),
+        num_classes,
+        translate_fn=translate_fn,
+        class_names=class_names,
+    )

@@ -37,6 +37,7 @@ Gradient: :func:`fused_translate` has a custom VJP: the fused kernel computes th
 and the backward is the VJP of the XLA path given as ``reference`` (e.g. the "shifted" path), which
 recomputes its own forward (so a training step costs one fused forward plus the XLA backward).
 """
+
 from __future__ import annotations
 
 import functools
@@ -97,8 +98,19 @@ def _param(p_ref, b, ry, rx, c: int):
     return top * (1 - wy) + bot * wy
 
 
-def _kernel(x_ref, p_ref, n_ref, o_ref, s_ref, *, r: int, th: int, tw: int, shared_noise: bool,
-            barrier: bool):
+def _kernel(
+    x_ref,
+    p_ref,
+    n_ref,
+    o_ref,
+    s_ref,
+    *,
+    r: int,
+    th: int,
+    tw: int,
+    shared_noise: bool,
+    barrier: bool,
+):
     _, height, width, _ = x_ref.shape
     ph, pw = p_ref.shape[1:3]
     b = pl.program_id(0)
@@ -167,10 +179,16 @@ def _kernel(x_ref, p_ref, n_ref, o_ref, s_ref, *, r: int, th: int, tw: int, shar
             g, step = jnp.full_like(d, 0.5), q
             for j in range(r + 1):
                 cp, cm = xc + r + j, xc + r - j
-                t = (s_ref[b, rows_p, cp, c] + s_ref[b, rows_p, cm, c]
-                     + s_ref[b, rows_m, cp, c] + s_ref[b, rows_m, cm, c])
+                t = (
+                    s_ref[b, rows_p, cp, c]
+                    + s_ref[b, rows_p, cm, c]
+                    + s_ref[b, rows_m, cp, c]
+                    + s_ref[b, rows_m, cm, c]
+                )
                 s = s + g * t
-                g = g * step * (2.0 if j == 0 else 1.0)  # a_0 = 1/2, a_j = 1: undo the half after j = 0
+                g = (
+                    g * step * (2.0 if j == 0 else 1.0)
+                )  # a_0 = 1/2, a_j = 1: undo the half after j = 0
                 step = step * q2
             return acc + gi * s
 
@@ -182,8 +200,15 @@ def _kernel(x_ref, p_ref, n_ref, o_ref, s_ref, *, r: int, th: int, tw: int, shar
     lax.fori_loop(0, 3, channel, 0)
 
 
-def fused_translate_forward(x, params, noise, *, kernel_size: int, tile=(TILE_ROWS, TILE_COLS),
-                            interpret: bool | None = None):
+def fused_translate_forward(
+    x,
+    params,
+    noise,
+    *,
+    kernel_size: int,
+    tile=(TILE_ROWS, TILE_COLS),
+    interpret: bool | None = None,
+):
     """Forward value of the translation by the fused kernel (no gradient; see :func:`fused_translate`).
 
     Args:
@@ -195,33 +220,55 @@ def fused_translate_forward(x, params, noise, *, kernel_size: int, tile=(TILE_RO
         (B, H, W, 3) float32 in [0, 1].
     """
     if not available():
-        raise RuntimeError("impl='pallas' needs jax.experimental.pallas (pallas_call, program_id); "
-                           f"this jax {jax.__version__} does not provide it")
+        raise RuntimeError(
+            "impl='pallas' needs jax.experimental.pallas (pallas_call, program_id); "
+            f"this jax {jax.__version__} does not provide it"
+        )
     th, tw = (int(t) for t in tile)
     if th < 1 or tw < 1 or (th * tw) & (th * tw - 1):
         raise ValueError(f"tile: expected (TH, TW) >= 1 with TH * TW a power of two, got {tile!r}")
     interpret = default_interpret() if interpret is None else bool(interpret)
     if not interpret and (plgpu is None or not hasattr(plgpu, "debug_barrier")):
-        raise RuntimeError(f"impl='pallas' on GPU needs jax.experimental.pallas.triton.debug_barrier; this "
-                           f"jax {jax.__version__} does not provide it (run with interpret=True)")
+        raise RuntimeError(
+            f"impl='pallas' on GPU needs jax.experimental.pallas.triton.debug_barrier; this "
+            f"jax {jax.__version__} does not provide it (run with interpret=True)"
+        )
     bsz, height, width, _ = x.shape
     r = kernel_size // 2
-    kernel = functools.partial(_kernel, r=r, th=th, tw=tw, shared_noise=noise.shape[0] == 1,
-                               barrier=not interpret)
-    out_shape = (jax.ShapeDtypeStruct(x.shape, jnp.float32),
-                 jax.ShapeDtypeStruct((bsz, height + 2 * r, width + 2 * r, 3), jnp.float32))
+    kernel = functools.partial(
+        _kernel, r=r, th=th, tw=tw, shared_noise=noise.shape[0] == 1, barrier=not interpret
+    )
+    out_shape = (
+        jax.ShapeDtypeStruct(x.shape, jnp.float32),
+        jax.ShapeDtypeStruct((bsz, height + 2 * r, width + 2 * r, 3), jnp.float32),
+    )
     kwargs = {}
     if not interpret and plgpu is not None:
-        params_cls = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
+        params_cls = getattr(plgpu, "CompilerParams", None) or getattr(
+            plgpu, "TritonCompilerParams"
+        )
         kwargs["compiler_params"] = params_cls(num_warps=4, num_stages=1)
-    call = pl.pallas_call(kernel, out_shape=out_shape, grid=(bsz, pl.cdiv(height, th), pl.cdiv(width, tw)),
-                          interpret=interpret, name="dakpn_fused_translate", **kwargs)
+    call = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(bsz, pl.cdiv(height, th), pl.cdiv(width, tw)),
+        interpret=interpret,
+        name="dakpn_fused_translate",
+        **kwargs,
+    )
     out, _ = call(x.astype(jnp.float32), params.astype(jnp.float32), noise.astype(jnp.float32))
     return out
 
 
-def fused_translate(x, params, noise, kernel_size: int, reference, tile=(TILE_ROWS, TILE_COLS),
-                    interpret: bool | None = None):
+def fused_translate(
+    x,
+    params,
+    noise,
+    kernel_size: int,
+    reference,
+    tile=(TILE_ROWS, TILE_COLS),
+    interpret: bool | None = None,
+):
     """The translation with the fused forward and ``reference``'s VJP (reverse mode only).
 
     ``reference(x, params, noise)`` is a differentiable XLA implementation of the same function
@@ -232,11 +279,15 @@ def fused_translate(x, params, noise, kernel_size: int, reference, tile=(TILE_RO
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _fused(x, params, noise, kernel_size, reference, tile, interpret):
-    return fused_translate_forward(x, params, noise, kernel_size=kernel_size, tile=tile, interpret=interpret)
+    return fused_translate_forward(
+        x, params, noise, kernel_size=kernel_size, tile=tile, interpret=interpret
+    )
 
 
 def _fused_fwd(x, params, noise, kernel_size, reference, tile, interpret):
-    out = fused_translate_forward(x, params, noise, kernel_size=kernel_size, tile=tile, interpret=interpret)
+    out = fused_translate_forward(
+        x, params, noise, kernel_size=kernel_size, tile=tile, interpret=interpret
+    )
     return out, (x, params, noise)
 
 
@@ -248,7 +299,9 @@ def _fused_bwd(kernel_size, reference, tile, interpret, res, ct):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def bytes_moved(batch: int, height: int, width: int, param_size: tuple[int, int], kernel_size: int) -> dict:
+def bytes_moved(
+    batch: int, height: int, width: int, param_size: tuple[int, int], kernel_size: int
+) -> dict:
     """DRAM bytes of one call: the floor (x, params, noise read once; out written once) and this kernel's
     (plus the staging write). For the memory-bound floor of experiments/bench_kernels.py."""
     px = batch * height * width

@@ -33,6 +33,7 @@ As a segmenter: ``make_segmenter("fcn_resnet50", C, rngs=..., weights=PATH, aux=
 normalize=True)``; ``model(x, train)`` returns the main logits (the aux head's output is
 :meth:`FCNResNet50.forward_with_aux`; the segmentation method trains the main head only).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -48,13 +49,24 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 LAYERS = ((64, 3, 1, False), (128, 4, 2, False), (256, 6, 2, True), (512, 3, 2, True))
 """(width, blocks, stride, dilate) of layer1..layer4: a dilated layer keeps stride 1, doubles the dilation."""
-_KAIMING = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's ResNet conv init
+_KAIMING = nnx.initializers.variance_scaling(
+    2.0, "fan_out", "normal"
+)  # torchvision's ResNet conv init
 
 
 def _conv(cin, cout, k, *, stride=1, dilation=1, bias=False, rngs):
     p = dilation * (k // 2)
-    return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
-                    kernel_dilation=(dilation, dilation), use_bias=bias, kernel_init=_KAIMING, rngs=rngs)
+    return nnx.Conv(
+        cin,
+        cout,
+        (k, k),
+        strides=(stride, stride),
+        padding=((p, p), (p, p)),
+        kernel_dilation=(dilation, dilation),
+        use_bias=bias,
+        kernel_init=_KAIMING,
+        rngs=rngs,
+    )
 
 
 def _bn(c, *, rngs):
@@ -81,7 +93,9 @@ class Bottleneck(nnx.Module):
         self.conv2 = _conv(width, width, 3, stride=stride, dilation=dilation, rngs=rngs)
         self.bn2 = _bn(width, rngs=rngs)
         self.conv3, self.bn3 = _conv(width, cout, 1, rngs=rngs), _bn(cout, rngs=rngs)
-        self.downsample = Downsample(cin, cout, stride, rngs=rngs) if (stride != 1 or cin != cout) else None
+        self.downsample = (
+            Downsample(cin, cout, stride, rngs=rngs) if (stride != 1 or cin != cout) else None
+        )
 
     def __call__(self, x, train):
         ra = not train
@@ -103,14 +117,18 @@ class ResNet50Backbone(nnx.Module):
             if dilate:
                 dilation, stride = dilation * stride, 1
             layer = [Bottleneck(cin, width, stride=stride, dilation=previous, rngs=rngs)]
-            layer += [Bottleneck(4 * width, width, dilation=dilation, rngs=rngs) for _ in range(blocks - 1)]
+            layer += [
+                Bottleneck(4 * width, width, dilation=dilation, rngs=rngs)
+                for _ in range(blocks - 1)
+            ]
             setattr(self, f"layer{i}", nnx.List(layer))
             cin = 4 * width
 
     def __call__(self, x, train):
         h = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
-        h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                                  ((0, 0), (1, 1), (1, 1), (0, 0)))
+        h = jax.lax.reduce_window(
+            h, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+        )
         for block in self.layer1:
             h = block(h, train)
         for block in self.layer2:
@@ -141,14 +159,25 @@ class FCNHead(nnx.Module):
 class FCNResNet50(nnx.Module):
     """(B, H, W, 3) in [0, 1] -> logits (B, H, W, num_classes) (module docstring)."""
 
-    def __init__(self, num_classes: int, *, aux: bool = False, normalize: bool = True, dropout: float = 0.1,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        aux: bool = False,
+        normalize: bool = True,
+        dropout: float = 0.1,
+        rngs: nnx.Rngs,
+    ):
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"FCNResNet50: num_classes must be a positive int, got {num_classes!r}")
+            raise ValueError(
+                f"FCNResNet50: num_classes must be a positive int, got {num_classes!r}"
+            )
         self.num_classes, self.normalize = num_classes, bool(normalize)
         self.backbone = ResNet50Backbone(rngs=rngs)
         self.classifier = FCNHead(2048, num_classes, dropout=dropout, rngs=rngs)
-        self.aux_classifier = FCNHead(1024, num_classes, dropout=dropout, rngs=rngs) if aux else None
+        self.aux_classifier = (
+            FCNHead(1024, num_classes, dropout=dropout, rngs=rngs) if aux else None
+        )
 
     def forward_with_aux(self, x, train: bool = False):
         """(main logits, aux logits or None), both (B, H, W, C)."""
@@ -169,6 +198,7 @@ class FCNResNet50(nnx.Module):
 
 # ----------------------------------------------------------------------------- weights
 
+
 def torch_entries(model: FCNResNet50) -> dict[str, tuple[nnx.Variable, bool]]:
     """torchvision state-dict key -> (the model's variable, is a conv kernel), for every tensor."""
     out: dict[str, tuple[nnx.Variable, bool]] = {}
@@ -179,7 +209,12 @@ def torch_entries(model: FCNResNet50) -> dict[str, tuple[nnx.Variable, bool]]:
             out[prefix + ".bias"] = (c.bias, False)
 
     def bn(prefix, b):
-        for t, n in (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"), ("running_var", "var")):
+        for t, n in (
+            ("weight", "scale"),
+            ("bias", "bias"),
+            ("running_mean", "mean"),
+            ("running_var", "var"),
+        ):
             out[f"{prefix}.{t}"] = (getattr(b, n), False)
 
     bb = model.backbone
@@ -208,15 +243,24 @@ def _torch_shape(var: nnx.Variable, is_kernel: bool) -> tuple[int, ...]:
     return (shape[3], shape[2], shape[0], shape[1]) if is_kernel else shape
 
 
-def load_state_dict(model: FCNResNet50, state_dict: Mapping[str, Any], *, source: str = "state dict",
-                    load_classifier: bool = True) -> dict:
+def load_state_dict(
+    model: FCNResNet50,
+    state_dict: Mapping[str, Any],
+    *,
+    source: str = "state dict",
+    load_classifier: bool = True,
+) -> dict:
     """Copies a torchvision-layout state dict into ``model`` in place.
 
     ``load_classifier=False`` leaves ``classifier.4`` / ``aux_classifier.4`` (the class-count
     dependent 1x1 convs) at their initialisation and ignores those tensors (fine-tuning to another
     label set). Raises ValueError naming ``source`` and listing every missing, unexpected and
     shape-mismatched tensor. Returns ``{"loaded": [keys], "skipped": [keys]}``."""
-    tensors = {str(k): np.asarray(v) for k, v in state_dict.items() if not str(k).endswith("num_batches_tracked")}
+    tensors = {
+        str(k): np.asarray(v)
+        for k, v in state_dict.items()
+        if not str(k).endswith("num_batches_tracked")
+    }
     entries = torch_entries(model)
     skipped = []
     if model.aux_classifier is None:
@@ -230,14 +274,26 @@ def load_state_dict(model: FCNResNet50, state_dict: Mapping[str, Any], *, source
         tensors.pop(k, None)
     missing = sorted(set(entries) - set(tensors))
     unexpected = sorted(set(tensors) - set(entries))
-    mismatched = [f"{k}: file {tensors[k].shape} vs model {_torch_shape(*entries[k])}" for k in sorted(entries)
-                  if k in tensors and tuple(tensors[k].shape) != _torch_shape(*entries[k])]
+    mismatched = [
+        f"{k}: file {tensors[k].shape} vs model {_torch_shape(*entries[k])}"
+        for k in sorted(entries)
+        if k in tensors and tuple(tensors[k].shape) != _torch_shape(*entries[k])
+    ]
     if missing or unexpected or mismatched:
-        parts = [f"{name} ({len(v)}): {v}" for name, v in (("missing", missing), ("unexpected", unexpected),
-                                                            ("mismatched", mismatched)) if v]
-        raise ValueError(f"{source}: not a torchvision fcn_resnet50 state dict for this model "
-                         f"(num_classes={model.num_classes}, aux={model.aux_classifier is not None}); "
-                         + "; ".join(parts))
+        parts = [
+            f"{name} ({len(v)}): {v}"
+            for name, v in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("mismatched", mismatched),
+            )
+            if v
+        ]
+        raise ValueError(
+            f"{source}: not a torchvision fcn_resnet50 state dict for this model "
+            f"(num_classes={model.num_classes}, aux={model.aux_classifier is not None}); "
+            + "; ".join(parts)
+        )
     for k, (var, is_kernel) in entries.items():
         value = tensors[k].astype(np.float32)
         var[...] = jnp.asarray(value.transpose(2, 3, 1, 0) if is_kernel else value)
@@ -250,8 +306,15 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     return weight_files.read_tensors(path, what="FCN-ResNet50 weights file")
 
 
-def from_pretrained(path: str, num_classes: int, *, aux: bool | None = None, normalize: bool = True,
-                    load_classifier: bool = True, rngs: nnx.Rngs | None = None) -> FCNResNet50:
+def from_pretrained(
+    path: str,
+    num_classes: int,
+    *,
+    aux: bool | None = None,
+    normalize: bool = True,
+    load_classifier: bool = True,
+    rngs: nnx.Rngs | None = None,
+) -> FCNResNet50:
     """An FCNResNet50 with the weights of ``path``; ``aux=None``: built with the aux head iff the
     file has ``aux_classifier.*`` tensors."""
     tensors = read_state_dict(path)
@@ -275,4 +338,11 @@ def load_frozen(path: str, num_classes: int, *, normalize: bool = True):
     return apply_fn, state
 
 
-__all__ = ["FCNResNet50", "load_state_dict", "read_state_dict", "from_pretrained", "load_frozen", "torch_entries"]
+__all__ = [
+    "FCNResNet50",
+    "load_state_dict",
+    "read_state_dict",
+    "from_pretrained",
+    "load_frozen",
+    "torch_entries",
+]

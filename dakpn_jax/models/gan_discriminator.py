@@ -24,6 +24,7 @@ A 256 x 256 input still gives 30 x 30 scores; the parameters are the same (2,764
 Why not ``models/patchgan.py`` (DA-KPN's): that one follows the DA-KPN paper (BatchNorm, its own
 multi-scale use); the baselines must match *their* published discriminator, instance norm included.
 """
+
 from __future__ import annotations
 
 import jax
@@ -35,18 +36,35 @@ from dakpn_jax.models.resnet_generator import blur_downsample, instance_norm, ma
 class NLayerDiscriminator(nnx.Module):
     """PatchGAN: (B, H, W, in_channels) in [-1, 1] -> (B, h, w, 1) real/fake scores (logits)."""
 
-    def __init__(self, in_channels: int = 3, *, ndf: int = 64, n_layers: int = 3, antialias: bool = False,
-                 init: str = "normal", init_gain: float = 0.02, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        *,
+        ndf: int = 64,
+        n_layers: int = 3,
+        antialias: bool = False,
+        init: str = "normal",
+        init_gain: float = 0.02,
+        rngs: nnx.Rngs,
+    ):
         if n_layers < 1 or ndf < 1:
             raise ValueError(f"NLayerDiscriminator: ndf={ndf}, n_layers={n_layers} invalid")
-        m = lambda n: min(2 ** n, 8)
+        m = lambda n: min(2**n, 8)
         kinit = make_init(init, init_gain)
         self.antialias = bool(antialias)
         s2 = 1 if self.antialias else 2
 
         def conv(cin, cout, stride):
-            return nnx.Conv(cin, cout, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                            kernel_init=kinit, bias_init=nnx.initializers.zeros, rngs=rngs)
+            return nnx.Conv(
+                cin,
+                cout,
+                (4, 4),
+                strides=(stride, stride),
+                padding=((1, 1), (1, 1)),
+                kernel_init=kinit,
+                bias_init=nnx.initializers.zeros,
+                rngs=rngs,
+            )
 
         convs = [conv(in_channels, ndf, s2)]
         convs += [conv(ndf * m(n - 1), ndf * m(n), s2) for n in range(1, n_layers)]
@@ -60,8 +78,10 @@ class NLayerDiscriminator(nnx.Module):
             raise ValueError(f"NLayerDiscriminator: input must be (B, H, W, C), got {x.shape}")
         min_size = 2 ** (self.n_layers + 2)
         if min(x.shape[1], x.shape[2]) < min_size:
-            raise ValueError(f"NLayerDiscriminator: input {x.shape} too small for n_layers="
-                             f"{self.n_layers}; H and W must be >= {min_size}")
+            raise ValueError(
+                f"NLayerDiscriminator: input {x.shape} too small for n_layers="
+                f"{self.n_layers}; H and W must be >= {min_size}"
+            )
         h = x
         for i, conv in enumerate(self.convs):
             h = conv(h)

@@ -27,6 +27,7 @@ pixel's derivative in sigma is ~50 times smaller than in t below).
   gradient passes as if it were not), so a t pushed outside the range can always come back.
   The bias starts at ``t(s0) = exp(-1/2) ~= 0.607`` for s0 = 1 px: the same initial translation.
 """
+
 from __future__ import annotations
 
 import jax
@@ -38,7 +39,9 @@ NUM_PARAMS = 12
 HSV_SCALE, HSV_BIAS, SIGMA, NOISE_SCALE = slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12)
 SIGMA_PARAMS = ("sigma", "neighbour_weight")
 HEADS = ("linear", "deep")
-SIGMA_MIN = 0.2  # px; t(0.2) = exp(-12.5) ~= 4e-6: the blur is an exact identity in float32 below it
+SIGMA_MIN = (
+    0.2  # px; t(0.2) = exp(-12.5) ~= 4e-6: the blur is an exact identity in float32 below it
+)
 
 
 def identity_params(sigma0: float = 1.0) -> np.ndarray:
@@ -72,8 +75,17 @@ class KPNHead(nnx.Module):
         a natural choice; beyond it the window truncates the Gaussian anyway).
     """
 
-    def __init__(self, in_features: int, *, head: str = "linear", hidden: int = 32, sigma0: float = 1.0,
-                 sigma_param: str = "sigma", sigma_max: float = 12.0, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        head: str = "linear",
+        hidden: int = 32,
+        sigma0: float = 1.0,
+        sigma_param: str = "sigma",
+        sigma_max: float = 12.0,
+        rngs: nnx.Rngs,
+    ):
         if head not in HEADS:
             raise ValueError(f"KPNHead: head={head!r} must be one of {HEADS}")
         if sigma_param not in SIGMA_PARAMS:
@@ -81,8 +93,15 @@ class KPNHead(nnx.Module):
         if in_features < 1 or hidden < 1:
             raise ValueError(f"KPNHead: in_features={in_features} and hidden={hidden} must be >= 1")
         if not SIGMA_MIN < sigma0 < sigma_max:
-            raise ValueError(f"KPNHead: sigma0={sigma0} must lie in ({SIGMA_MIN}, sigma_max={sigma_max})")
-        self.in_features, self.head, self.sigma_param, self.sigma_max = in_features, head, sigma_param, sigma_max
+            raise ValueError(
+                f"KPNHead: sigma0={sigma0} must lie in ({SIGMA_MIN}, sigma_max={sigma_max})"
+            )
+        self.in_features, self.head, self.sigma_param, self.sigma_max = (
+            in_features,
+            head,
+            sigma_param,
+            sigma_max,
+        )
         bias = identity_params(sigma0)
         if sigma_param == "neighbour_weight":
             bias[SIGMA] = neighbour_weight(sigma0)
@@ -93,18 +112,27 @@ class KPNHead(nnx.Module):
             self.conv2 = conv3(hidden, hidden)
             out_in = hidden
         # Zero weights + identity-like bias: the translation starts the same for every pixel.
-        self.out = nnx.Conv(out_in, NUM_PARAMS, (1, 1), kernel_init=nnx.initializers.zeros,
-                            bias_init=lambda key, shape, dtype=jnp.float32: jnp.asarray(bias, dtype),
-                            rngs=rngs)
+        self.out = nnx.Conv(
+            out_in,
+            NUM_PARAMS,
+            (1, 1),
+            kernel_init=nnx.initializers.zeros,
+            bias_init=lambda key, shape, dtype=jnp.float32: jnp.asarray(bias, dtype),
+            rngs=rngs,
+        )
 
     def __call__(self, features: jax.Array, image: jax.Array | None = None) -> jax.Array:
         if features.ndim != 4 or features.shape[-1] != self.in_features:
-            raise ValueError(f"KPNHead: features must be (B, h, w, {self.in_features}), got {features.shape}")
+            raise ValueError(
+                f"KPNHead: features must be (B, h, w, {self.in_features}), got {features.shape}"
+            )
         h = features.astype(jnp.float32)
         if self.head == "deep":
             if image is None or image.shape[:3] != features.shape[:3] or image.shape[-1] != 3:
-                raise ValueError(f"KPNHead(head='deep'): image must be (B, h, w, 3) matching features "
-                                 f"{features.shape}, got {None if image is None else image.shape}")
+                raise ValueError(
+                    f"KPNHead(head='deep'): image must be (B, h, w, 3) matching features "
+                    f"{features.shape}, got {None if image is None else image.shape}"
+                )
             h = jnp.concatenate([h, image.astype(jnp.float32)], axis=-1)
             h = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(h))))
         raw = self.out(h)
@@ -119,5 +147,11 @@ def default_sigma_max(kernel_size: int) -> float:
     return max(1.5, (kernel_size - 1) / 2)
 
 
-__all__ = ["KPNHead", "identity_params", "neighbour_weight", "sigma_from_neighbour_weight", "NUM_PARAMS",
-           "default_sigma_max"]
+__all__ = [
+    "KPNHead",
+    "identity_params",
+    "neighbour_weight",
+    "sigma_from_neighbour_weight",
+    "NUM_PARAMS",
+    "default_sigma_max",
+]

@@ -42,6 +42,7 @@ PyTorch's default Conv2d init, weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_i
 fan_in = c_in * 4 * 4 (kaiming-uniform with a = sqrt(5)); BatchNorm scale 1, bias 0.
 ``init="normal"``: N(0, 0.02) weights (pix2pix's ``init_weights``), zero biases.
 """
+
 from __future__ import annotations
 
 import jax
@@ -59,7 +60,11 @@ _TORCH_KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uni
 def _torch_bias_init(fan_in: int):
     """PyTorch's Conv2d default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / float(fan_in) ** 0.5
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+        key, shape, dtype, -bound, bound
+    )
+
+
 _EPS = 1e-5
 
 
@@ -86,20 +91,38 @@ class Norm(nnx.Module):
 class PatchGAN(nnx.Module):
     """(B, H, W, in_channels) in [0, 1] -> (B, H / 2^n_layers, W / 2^n_layers, 1) logits."""
 
-    def __init__(self, in_channels: int = 3, *, ndf: int = 64, n_layers: int = 3, norm: str = "batch",
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        *,
+        ndf: int = 64,
+        n_layers: int = 3,
+        norm: str = "batch",
+        rngs: nnx.Rngs,
+    ):
         if n_layers < 1 or ndf < 1:
             raise ValueError(f"PatchGAN: ndf={ndf} and n_layers={n_layers} must be >= 1")
         if norm not in NORMS:
             raise ValueError(f"PatchGAN: norm={norm!r} must be one of {NORMS}")
-        m = lambda n: min(2 ** n, 8)
+        m = lambda n: min(2**n, 8)
         chans = [in_channels] + [ndf * m(n) for n in range(n_layers)]
         # No conv bias in front of a norm: the norm removes it, so its gradient is 0 up to round-off,
         # which Adam would blow up into lr-sized random steps (and break 1-vs-N-device equality).
-        self.convs = nnx.List([
-            nnx.Conv(chans[i], chans[i + 1], (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                     use_bias=(i == 0 or norm == "none"), kernel_init=_INIT, rngs=rngs)
-            for i in range(n_layers)])
+        self.convs = nnx.List(
+            [
+                nnx.Conv(
+                    chans[i],
+                    chans[i + 1],
+                    (4, 4),
+                    strides=(2, 2),
+                    padding=((1, 1), (1, 1)),
+                    use_bias=(i == 0 or norm == "none"),
+                    kernel_init=_INIT,
+                    rngs=rngs,
+                )
+                for i in range(n_layers)
+            ]
+        )
         self.norms = nnx.List([Norm(chans[i + 1], norm) for i in range(1, n_layers)])
         self.out = nnx.Conv(chans[-1], 1, (3, 3), padding="SAME", kernel_init=_INIT, rngs=rngs)
         self.n_layers = n_layers
@@ -107,10 +130,12 @@ class PatchGAN(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4:
             raise ValueError(f"PatchGAN: input must be (B, H, W, C), got {x.shape}")
-        min_size = 2 ** self.n_layers
+        min_size = 2**self.n_layers
         if min(x.shape[1], x.shape[2]) < min_size:
-            raise ValueError(f"PatchGAN: input {x.shape} too small for n_layers={self.n_layers}; "
-                             f"H and W must be >= {min_size}")
+            raise ValueError(
+                f"PatchGAN: input {x.shape} too small for n_layers={self.n_layers}; "
+                f"H and W must be >= {min_size}"
+            )
         h = jax.nn.leaky_relu(self.convs[0](x), 0.2)
         for conv, norm in zip(self.convs[1:], self.norms):
             h = jax.nn.leaky_relu(norm(conv(h)), 0.2)
@@ -120,23 +145,32 @@ class PatchGAN(nnx.Module):
 def downsample(x: jax.Array) -> jax.Array:
     """pix2pixHD's pyramid step: 3x3 average pool, stride 2, padding 1, padded cells not counted.
     (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C)."""
-    pool = lambda v: jax.lax.reduce_window(v, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 2, 2, 1),
-                                           ((0, 0), (1, 1), (1, 1), (0, 0)))
+    pool = lambda v: jax.lax.reduce_window(
+        v, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    )
     return pool(x) / pool(jnp.ones_like(x[..., :1]))
 
 
 class NLayerPatchGAN(nnx.Module):
     """The authors' 70 x 70 NLayer PatchGAN (module docstring): (B, H, W, C) -> (B, H/8-2, W/8-2, 1)."""
 
-    def __init__(self, in_channels: int = 3, *, ndf: int = 64, n_layers: int = 3, norm: str = "batch",
-                 init: str = "torch", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        *,
+        ndf: int = 64,
+        n_layers: int = 3,
+        norm: str = "batch",
+        init: str = "torch",
+        rngs: nnx.Rngs,
+    ):
         if n_layers < 1 or ndf < 1:
             raise ValueError(f"NLayerPatchGAN: ndf={ndf} and n_layers={n_layers} must be >= 1")
         if norm not in NORMS:
             raise ValueError(f"NLayerPatchGAN: norm={norm!r} must be one of {NORMS}")
         if init not in INITS:
             raise ValueError(f"NLayerPatchGAN: init={init!r} must be one of {INITS}")
-        m = lambda n: min(2 ** n, 8)
+        m = lambda n: min(2**n, 8)
         chans = [in_channels] + [ndf * m(n) for n in range(n_layers + 1)] + [1]
         strides = [2] * n_layers + [1, 1]
 
@@ -147,8 +181,16 @@ class NLayerPatchGAN(nnx.Module):
                 kw = dict(kernel_init=_TORCH_KERNEL_INIT, bias_init=_torch_bias_init(cin * 16))
             else:
                 kw = dict(kernel_init=_INIT, bias_init=nnx.initializers.zeros)
-            return nnx.Conv(cin, cout, (4, 4), strides=(strides[i],) * 2, padding=((1, 1), (1, 1)),
-                            use_bias=not normed, rngs=rngs, **kw)
+            return nnx.Conv(
+                cin,
+                cout,
+                (4, 4),
+                strides=(strides[i],) * 2,
+                padding=((1, 1), (1, 1)),
+                use_bias=not normed,
+                rngs=rngs,
+                **kw,
+            )
 
         self.convs = nnx.List([conv(i) for i in range(len(strides))])
         self.norms = nnx.List([Norm(chans[i + 1], norm) for i in range(1, len(strides) - 1)])
@@ -159,8 +201,10 @@ class NLayerPatchGAN(nnx.Module):
             raise ValueError(f"NLayerPatchGAN: input must be (B, H, W, C), got {x.shape}")
         min_size = 2 ** (self.n_layers + 2)
         if min(x.shape[1], x.shape[2]) < min_size:
-            raise ValueError(f"NLayerPatchGAN: input {x.shape} too small for n_layers={self.n_layers}; "
-                             f"H and W must be >= {min_size}")
+            raise ValueError(
+                f"NLayerPatchGAN: input {x.shape} too small for n_layers={self.n_layers}; "
+                f"H and W must be >= {min_size}"
+            )
         h = jax.nn.leaky_relu(self.convs[0](x), 0.2)
         for conv, norm in zip(self.convs[1:-1], self.norms):
             h = jax.nn.leaky_relu(norm(conv(h)), 0.2)
@@ -173,8 +217,18 @@ class PatchGANPyramid(nnx.Module):
     ``arch="patchgan"`` (default): :class:`PatchGAN`; ``"nlayer"``: :class:`NLayerPatchGAN` (the
     authors' 70 x 70 D, ``init`` selects its initialisation)."""
 
-    def __init__(self, in_channels: int = 3, *, num_D: int = 1, ndf: int = 64, n_layers: int = 3,
-                 norm: str = "batch", arch: str = "patchgan", init: str = "normal", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        *,
+        num_D: int = 1,
+        ndf: int = 64,
+        n_layers: int = 3,
+        norm: str = "batch",
+        arch: str = "patchgan",
+        init: str = "normal",
+        rngs: nnx.Rngs,
+    ):
         if num_D < 1:
             raise ValueError(f"PatchGANPyramid: num_D={num_D} must be >= 1")
         if arch not in ARCHS:
@@ -182,8 +236,9 @@ class PatchGANPyramid(nnx.Module):
         if arch == "patchgan":
             build = lambda: PatchGAN(in_channels, ndf=ndf, n_layers=n_layers, norm=norm, rngs=rngs)
         else:
-            build = lambda: NLayerPatchGAN(in_channels, ndf=ndf, n_layers=n_layers, norm=norm, init=init,
-                                           rngs=rngs)
+            build = lambda: NLayerPatchGAN(
+                in_channels, ndf=ndf, n_layers=n_layers, norm=norm, init=init, rngs=rngs
+            )
         self.discs = nnx.List([build() for _ in range(num_D)])
 
     def __call__(self, x: jax.Array) -> list[jax.Array]:

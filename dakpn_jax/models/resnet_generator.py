@@ -53,6 +53,7 @@ Parameter layout: convs are ``nnx.Conv`` (kernel (kh, kw, in, out)); :class:`Con
 its kernel in PyTorch's orientation, ``kernel[h, w, i, o] = torch_weight[i, o, h, w]``
 (``dakpn_jax.models.torch_import`` maps official checkpoints onto these modules).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -74,7 +75,7 @@ def make_init(kind: str = "normal", gain: float = 0.02):
     if kind == "normal":
         return nnx.initializers.normal(gain)
     if kind == "xavier":
-        return nnx.initializers.variance_scaling(gain ** 2, "fan_avg", "normal")
+        return nnx.initializers.variance_scaling(gain**2, "fan_avg", "normal")
     raise ValueError(f"init={kind!r} must be one of {INITS}")
 
 
@@ -118,8 +119,9 @@ def blur_downsample(x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     f = jnp.asarray(_DOWN_1D, x.dtype) / 4.0
     k = jnp.broadcast_to(jnp.outer(f, f)[:, :, None, None], (3, 3, 1, c))
-    return jax.lax.conv_general_dilated(reflect_pad(x, 1), k, (2, 2), "VALID", dimension_numbers=_DN,
-                                        feature_group_count=c)
+    return jax.lax.conv_general_dilated(
+        reflect_pad(x, 1), k, (2, 2), "VALID", dimension_numbers=_DN, feature_group_count=c
+    )
 
 
 def _upsample_axis(x: jax.Array, axis: int) -> jax.Array:
@@ -130,7 +132,7 @@ def _upsample_axis(x: jax.Array, axis: int) -> jax.Array:
     nxt = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), last], axis=axis)
     even, odd = 0.25 * prev + 0.75 * x, 0.75 * x + 0.25 * nxt
     y = jnp.stack([even, odd], axis=axis + 1)
-    return y.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1:])
+    return y.reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1 :])
 
 
 def blur_upsample(x: jax.Array) -> jax.Array:
@@ -167,14 +169,23 @@ class ConvTranspose2d(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel[...][::-1, ::-1].astype(x.dtype)
-        y = jax.lax.conv_general_dilated(x, k, (1, 1), self.padding, lhs_dilation=(2, 2),
-                                         dimension_numbers=_DN)
+        y = jax.lax.conv_general_dilated(
+            x, k, (1, 1), self.padding, lhs_dilation=(2, 2), dimension_numbers=_DN
+        )
         return y + self.bias[...].astype(x.dtype)
 
 
 def _conv(cin, cout, k, *, init, rngs, stride=1, padding="VALID"):
-    return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding=padding,
-                    kernel_init=init, bias_init=nnx.initializers.zeros, rngs=rngs)
+    return nnx.Conv(
+        cin,
+        cout,
+        (k, k),
+        strides=(stride, stride),
+        padding=padding,
+        kernel_init=init,
+        bias_init=nnx.initializers.zeros,
+        rngs=rngs,
+    )
 
 
 class ResnetBlock(nnx.Module):
@@ -205,25 +216,57 @@ class ResnetGenerator(nnx.Module):
       init, init_gain: kernel initialisation (:func:`make_init`).
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, *, ngf: int = 64,
-                 n_blocks: int = 9, n_down: int = 2, antialias: bool = False, antialias_up: bool = False,
-                 init: str = "normal", init_gain: float = 0.02, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        *,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        n_down: int = 2,
+        antialias: bool = False,
+        antialias_up: bool = False,
+        init: str = "normal",
+        init_gain: float = 0.02,
+        rngs: nnx.Rngs,
+    ):
         if ngf < 1 or n_blocks < 0 or n_down < 0:
-            raise ValueError(f"ResnetGenerator: ngf={ngf}, n_blocks={n_blocks}, n_down={n_down} invalid")
+            raise ValueError(
+                f"ResnetGenerator: ngf={ngf}, n_blocks={n_blocks}, n_down={n_down} invalid"
+            )
         kinit = make_init(init, init_gain)
         self.n_down, self.n_blocks = n_down, n_blocks
         self.antialias, self.antialias_up = bool(antialias), bool(antialias_up)
         self.stem = _conv(in_channels, ngf, 7, init=kinit, rngs=rngs)
         s_down = 1 if self.antialias else 2
-        self.down = nnx.List([_conv(ngf * 2 ** i, ngf * 2 ** (i + 1), 3, stride=s_down, padding=((1, 1), (1, 1)),
-                                    init=kinit, rngs=rngs) for i in range(n_down)])
-        c = ngf * 2 ** n_down
+        self.down = nnx.List(
+            [
+                _conv(
+                    ngf * 2**i,
+                    ngf * 2 ** (i + 1),
+                    3,
+                    stride=s_down,
+                    padding=((1, 1), (1, 1)),
+                    init=kinit,
+                    rngs=rngs,
+                )
+                for i in range(n_down)
+            ]
+        )
+        c = ngf * 2**n_down
         self.blocks = nnx.List([ResnetBlock(c, init=kinit, rngs=rngs) for _ in range(n_blocks)])
         chans = [(ngf * 2 ** (n_down - i), ngf * 2 ** (n_down - i - 1)) for i in range(n_down)]
         if self.antialias_up:
-            self.up = nnx.List([_conv(ci, co, 3, padding=((1, 1), (1, 1)), init=kinit, rngs=rngs) for ci, co in chans])
+            self.up = nnx.List(
+                [
+                    _conv(ci, co, 3, padding=((1, 1), (1, 1)), init=kinit, rngs=rngs)
+                    for ci, co in chans
+                ]
+            )
         else:
-            self.up = nnx.List([ConvTranspose2d(ci, co, kernel_init=kinit, rngs=rngs) for ci, co in chans])
+            self.up = nnx.List(
+                [ConvTranspose2d(ci, co, kernel_init=kinit, rngs=rngs) for ci, co in chans]
+            )
         self.head = _conv(ngf, out_channels, 7, init=kinit, rngs=rngs)
 
     @property
@@ -232,20 +275,27 @@ class ResnetGenerator(nnx.Module):
         return 4 * (self.n_down + 1) + self.n_blocks
 
     def _check(self, x):
-        f = 2 ** self.n_down
+        f = 2**self.n_down
         if x.ndim != 4 or x.shape[1] % f or x.shape[2] % f or min(x.shape[1], x.shape[2]) <= 3 * f:
-            raise ValueError(f"ResnetGenerator: input shape {x.shape} must be (B, H, W, C) with H, W "
-                             f"divisible by {f} and > {3 * f}")
+            raise ValueError(
+                f"ResnetGenerator: input shape {x.shape} must be (B, H, W, C) with H, W "
+                f"divisible by {f} and > {3 * f}"
+            )
 
     def _tap_index(self, layers: Sequence[int]):
         for l in layers:
-            ok = l == 0 or (l % 4 == 0 and 0 < l <= 4 * self.n_down) or (
-                4 * (self.n_down + 1) <= l < self.num_layers)
+            ok = (
+                l == 0
+                or (l % 4 == 0 and 0 < l <= 4 * self.n_down)
+                or (4 * (self.n_down + 1) <= l < self.num_layers)
+            )
             if not ok:
-                raise ValueError(f"ResnetGenerator: nce layer {l} is not a tap of this generator "
-                                 f"(n_down={self.n_down}, n_blocks={self.n_blocks}); valid: 0, "
-                                 f"{[4 * (i + 1) for i in range(self.n_down)]}, "
-                                 f"{4 * (self.n_down + 1)}..{self.num_layers - 1}")
+                raise ValueError(
+                    f"ResnetGenerator: nce layer {l} is not a tap of this generator "
+                    f"(n_down={self.n_down}, n_blocks={self.n_blocks}); valid: 0, "
+                    f"{[4 * (i + 1) for i in range(self.n_down)]}, "
+                    f"{4 * (self.n_down + 1)}..{self.num_layers - 1}"
+                )
 
     def _down(self, i, h):
         """Down stage i: returns (conv output before its norm, stage output)."""

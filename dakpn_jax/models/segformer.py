@@ -36,6 +36,7 @@ biased batch variance (flax), not the unbiased one (factor n / (n - 1), n = B * 
 Initialisation follows the published MiT: Linear weights truncated-normal(0.02) and zero bias,
 convs normal(0, sqrt(2 / fan_out)) (fan_out = k * k * out / groups), LayerNorm/BatchNorm 1 and 0.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,6 +61,7 @@ class SegFormerSpec:
     drop_path_rate: stochastic-depth rate of the last block; block k of K gets ``rate * k / (K - 1)``.
     classifier_dropout: dropout before the decoder's classifier.
     """
+
     hidden_sizes: tuple[int, ...]
     depths: tuple[int, ...]
     num_heads: tuple[int, ...] = (1, 2, 5, 8)
@@ -76,18 +78,23 @@ class SegFormerSpec:
         for f in ("depths", "num_heads", "sr_ratios", "mlp_ratios", "patch_sizes", "strides"):
             v = getattr(self, f)
             if len(v) != n:
-                raise ValueError(f"SegFormerSpec.{f}={v} must have one entry per stage "
-                                 f"(len(hidden_sizes)={n})")
+                raise ValueError(
+                    f"SegFormerSpec.{f}={v} must have one entry per stage (len(hidden_sizes)={n})"
+                )
             if any(int(e) < 1 for e in v) and f != "depths":
                 raise ValueError(f"SegFormerSpec.{f}={v} must be positive")
         if n < 1 or any(d < 0 for d in self.depths):
-            raise ValueError(f"SegFormerSpec: hidden_sizes={self.hidden_sizes}, depths={self.depths} invalid")
+            raise ValueError(
+                f"SegFormerSpec: hidden_sizes={self.hidden_sizes}, depths={self.depths} invalid"
+            )
         for c, h in zip(self.hidden_sizes, self.num_heads):
             if c % h:
                 raise ValueError(f"SegFormerSpec: hidden size {c} not divisible by num_heads {h}")
         if not (0.0 <= self.drop_path_rate < 1.0 and 0.0 <= self.classifier_dropout < 1.0):
-            raise ValueError(f"SegFormerSpec: drop_path_rate={self.drop_path_rate}, "
-                             f"classifier_dropout={self.classifier_dropout} must be in [0, 1)")
+            raise ValueError(
+                f"SegFormerSpec: drop_path_rate={self.drop_path_rate}, "
+                f"classifier_dropout={self.classifier_dropout} must be in [0, 1)"
+            )
 
 
 _MIT_WIDE = (64, 128, 320, 512)
@@ -109,7 +116,9 @@ def get_spec(variant: str | SegFormerSpec) -> SegFormerSpec:
         return variant
     name = variant if str(variant).startswith("segformer_") else f"segformer_{variant}"
     if name not in SEGFORMER_VARIANTS:
-        raise ValueError(f"SegFormer: unknown variant={variant!r}; known: {sorted(SEGFORMER_VARIANTS)}")
+        raise ValueError(
+            f"SegFormer: unknown variant={variant!r}; known: {sorted(SEGFORMER_VARIANTS)}"
+        )
     return SEGFORMER_VARIANTS[name]
 
 
@@ -131,8 +140,15 @@ class OverlapPatchEmbed(nnx.Module):
 
     def __init__(self, cin: int, cout: int, patch_size: int, stride: int, *, rngs: nnx.Rngs):
         p = patch_size // 2
-        self.proj = nnx.Conv(cin, cout, (patch_size, patch_size), strides=(stride, stride),
-                             padding=((p, p), (p, p)), kernel_init=_conv_init(patch_size, cout), rngs=rngs)
+        self.proj = nnx.Conv(
+            cin,
+            cout,
+            (patch_size, patch_size),
+            strides=(stride, stride),
+            padding=((p, p), (p, p)),
+            kernel_init=_conv_init(patch_size, cout),
+            rngs=rngs,
+        )
         self.layer_norm = _layer_norm(cout, rngs=rngs)
 
     def __call__(self, x):
@@ -152,8 +168,15 @@ class EfficientSelfAttention(nnx.Module):
         self.key = _linear(dim, dim, rngs=rngs)
         self.value = _linear(dim, dim, rngs=rngs)
         if sr_ratio > 1:
-            self.sr = nnx.Conv(dim, dim, (sr_ratio, sr_ratio), strides=(sr_ratio, sr_ratio),
-                               padding="VALID", kernel_init=_conv_init(sr_ratio, dim), rngs=rngs)
+            self.sr = nnx.Conv(
+                dim,
+                dim,
+                (sr_ratio, sr_ratio),
+                strides=(sr_ratio, sr_ratio),
+                padding="VALID",
+                kernel_init=_conv_init(sr_ratio, dim),
+                rngs=rngs,
+            )
             self.sr_norm = _layer_norm(dim, rngs=rngs)
         else:
             self.sr = self.sr_norm = None
@@ -163,7 +186,9 @@ class EfficientSelfAttention(nnx.Module):
         b, h, w, c = x.shape
         kv = x if self.sr is None else self.sr_norm(self.sr(x))
         heads = lambda t: t.reshape(b, -1, self.num_heads, c // self.num_heads)  # (B, T, heads, d)
-        out = jax.nn.dot_product_attention(heads(self.query(x)), heads(self.key(kv)), heads(self.value(kv)))
+        out = jax.nn.dot_product_attention(
+            heads(self.query(x)), heads(self.key(kv)), heads(self.value(kv))
+        )
         return self.proj(out.reshape(b, h, w, c))
 
 
@@ -172,8 +197,15 @@ class MixFFN(nnx.Module):
 
     def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
         self.dense1 = _linear(dim, hidden, rngs=rngs)
-        self.dwconv = nnx.Conv(hidden, hidden, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=hidden,
-                               kernel_init=_conv_init(3, hidden, groups=hidden), rngs=rngs)
+        self.dwconv = nnx.Conv(
+            hidden,
+            hidden,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            feature_group_count=hidden,
+            kernel_init=_conv_init(3, hidden, groups=hidden),
+            rngs=rngs,
+        )
         self.dense2 = _linear(hidden, dim, rngs=rngs)
 
     def __call__(self, x):
@@ -187,8 +219,16 @@ class Block(nnx.Module):
     and scales the kept ones by 1 / (1 - drop_path): a Dropout whose mask is shared over (H, W, C).
     """
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float,
-                 *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int,
+        mlp_ratio: int,
+        drop_path: float,
+        *,
+        rngs: nnx.Rngs,
+    ):
         self.layer_norm_1 = _layer_norm(dim, rngs=rngs)
         self.attention = EfficientSelfAttention(dim, num_heads, sr_ratio, rngs=rngs)
         self.layer_norm_2 = _layer_norm(dim, rngs=rngs)
@@ -208,14 +248,29 @@ class MixTransformer(nnx.Module):
         total = sum(spec.depths)
         rates = [spec.drop_path_rate * k / max(total - 1, 1) for k in range(total)]
         cins = (in_channels,) + tuple(spec.hidden_sizes[:-1])
-        self.patch_embeddings = nnx.List([
-            OverlapPatchEmbed(cin, c, k, s, rngs=rngs)
-            for cin, c, k, s in zip(cins, spec.hidden_sizes, spec.patch_sizes, spec.strides)])
+        self.patch_embeddings = nnx.List(
+            [
+                OverlapPatchEmbed(cin, c, k, s, rngs=rngs)
+                for cin, c, k, s in zip(cins, spec.hidden_sizes, spec.patch_sizes, spec.strides)
+            ]
+        )
         blocks, start = [], 0
         for i, depth in enumerate(spec.depths):
-            blocks.append(nnx.List([
-                Block(spec.hidden_sizes[i], spec.num_heads[i], spec.sr_ratios[i], spec.mlp_ratios[i],
-                      rates[start + j], rngs=rngs) for j in range(depth)]))
+            blocks.append(
+                nnx.List(
+                    [
+                        Block(
+                            spec.hidden_sizes[i],
+                            spec.num_heads[i],
+                            spec.sr_ratios[i],
+                            spec.mlp_ratios[i],
+                            rates[start + j],
+                            rngs=rngs,
+                        )
+                        for j in range(depth)
+                    ]
+                )
+            )
             start += depth
         self.block = nnx.List(blocks)
         self.layer_norm = nnx.List([_layer_norm(c, rngs=rngs) for c in spec.hidden_sizes])
@@ -247,10 +302,14 @@ class AllMLPDecoder(nnx.Module):
         n = len(spec.hidden_sizes)
         self.linear_c = nnx.List([_linear(c, d, rngs=rngs) for c in spec.hidden_sizes])
         # 1x1 convs are Linears over the channel axis.
-        self.linear_fuse = nnx.Linear(n * d, d, use_bias=False, kernel_init=_conv_init(1, d), rngs=rngs)
+        self.linear_fuse = nnx.Linear(
+            n * d, d, use_bias=False, kernel_init=_conv_init(1, d), rngs=rngs
+        )
         self.batch_norm = nnx.BatchNorm(d, momentum=0.9, epsilon=1e-5, rngs=rngs)
         self.dropout = nnx.Dropout(spec.classifier_dropout, rngs=rngs)
-        self.classifier = nnx.Linear(d, num_classes, kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
+        self.classifier = nnx.Linear(
+            d, num_classes, kernel_init=nnx.initializers.normal(0.01), rngs=rngs
+        )
 
     def __call__(self, feats: Sequence[jax.Array], *, train: bool = False):
         h0, w0 = feats[0].shape[1:3]
@@ -271,7 +330,9 @@ class SegFormer(nnx.Module):
       **overrides: SegFormerSpec fields replacing the variant's (e.g. ``drop_path_rate=0.0``).
     """
 
-    def __init__(self, variant: str | SegFormerSpec, num_classes: int, *, rngs: nnx.Rngs, **overrides):
+    def __init__(
+        self, variant: str | SegFormerSpec, num_classes: int, *, rngs: nnx.Rngs, **overrides
+    ):
         spec = get_spec(variant)
         if overrides:
             bad = set(overrides) - {f.name for f in dataclasses.fields(SegFormerSpec)}
@@ -286,13 +347,17 @@ class SegFormer(nnx.Module):
 
     def _check(self, x):
         if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"SegFormer: x has shape {x.shape}; expected (B, H, W, 3) float in [0, 1]")
+            raise ValueError(
+                f"SegFormer: x has shape {x.shape}; expected (B, H, W, 3) float in [0, 1]"
+            )
         h, w = x.shape[1:3]
         for i, (s, r) in enumerate(zip(self.spec.strides, self.spec.sr_ratios)):
             h, w = (h - 1) // s + 1, (w - 1) // s + 1
             if min(h, w) < r:
-                raise ValueError(f"SegFormer: x spatial size {x.shape[1:3]} too small: stage {i} is "
-                                 f"{h}x{w} tokens, fewer than its sequence-reduction ratio {r} per side")
+                raise ValueError(
+                    f"SegFormer: x spatial size {x.shape[1:3]} too small: stage {i} is "
+                    f"{h}x{w} tokens, fewer than its sequence-reduction ratio {r} per side"
+                )
 
     def encode(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
         """Encoder features of images x (B, H, W, 3) in [0, 1]: [(B, H_i, W_i, C_i)] for each stage

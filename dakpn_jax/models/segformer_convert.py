@@ -16,6 +16,7 @@ Layout changes: Linear ``(out, in)`` -> ``(in, out)``; Conv2d ``(out, in/groups,
 ``(kh, kw, in/groups, out)``; 1x1 Conv2d ``(out, in, 1, 1)`` -> Linear ``(in, out)``; LayerNorm and
 BatchNorm ``weight`` -> ``scale``; BatchNorm ``running_mean/var`` -> ``mean/var``.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,7 @@ def canonical_name(key: str) -> str:
     ``encoder.block.0.1.attention.self.query.weight`` or ``decode_head.linear_fuse.weight``."""
     for prefix in ("segformer.", "model."):
         if key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     for pat, rep in _V5_TO_V4:
         key = re.sub(pat, rep, key)
     return key
@@ -74,8 +75,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
         for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
             if os.path.exists(os.path.join(path, name)):
                 return read_checkpoint(os.path.join(path, name))
-        raise ValueError(f"checkpoint directory {path!r} holds none of model.safetensors, "
-                         "model.safetensors.index.json, pytorch_model.bin")
+        raise ValueError(
+            f"checkpoint directory {path!r} holds none of model.safetensors, "
+            "model.safetensors.index.json, pytorch_model.bin"
+        )
     if path.endswith(".index.json"):
         if not os.path.isfile(path):
             raise weight_files.WeightFileMissing(f"checkpoint index {path!r} does not exist")
@@ -83,10 +86,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         out = {}
         for shard in shards:
-            out.update(weight_files.read_tensors(os.path.join(os.path.dirname(path), shard),
-                                                 what="checkpoint shard"))
+            out.update(
+                weight_files.read_tensors(
+                    os.path.join(os.path.dirname(path), shard), what="checkpoint shard"
+                )
+            )
         return out
-    return weight_files.read_tensors(path, what="checkpoint", hint="a file or a save_pretrained directory")
+    return weight_files.read_tensors(
+        path, what="checkpoint", hint="a file or a save_pretrained directory"
+    )
 
 
 def spec_from_hf_config(config: Mapping | str | os.PathLike) -> tuple[SegFormerSpec, int]:
@@ -102,18 +110,25 @@ def spec_from_hf_config(config: Mapping | str | os.PathLike) -> tuple[SegFormerS
     if config.get("model_type", "segformer") != "segformer":
         raise ValueError(f"config: model_type={config.get('model_type')!r} is not 'segformer'")
     if config.get("num_channels", 3) != 3 or config.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"config: num_channels={config.get('num_channels')}, "
-                         f"hidden_act={config.get('hidden_act')!r} unsupported (3, 'gelu')")
+        raise ValueError(
+            f"config: num_channels={config.get('num_channels')}, "
+            f"hidden_act={config.get('hidden_act')!r} unsupported (3, 'gelu')"
+        )
     if config.get("reshape_last_stage", True) is False:
         raise ValueError("config: reshape_last_stage=False is unsupported")
     t = lambda k, d: tuple(int(v) for v in config.get(k, d))
     spec = SegFormerSpec(
-        hidden_sizes=t("hidden_sizes", (32, 64, 160, 256)), depths=t("depths", (2, 2, 2, 2)),
-        num_heads=t("num_attention_heads", (1, 2, 5, 8)), sr_ratios=t("sr_ratios", (8, 4, 2, 1)),
-        mlp_ratios=t("mlp_ratios", (4, 4, 4, 4)), patch_sizes=t("patch_sizes", (7, 3, 3, 3)),
-        strides=t("strides", (4, 2, 2, 2)), decoder_hidden_size=int(config.get("decoder_hidden_size", 256)),
+        hidden_sizes=t("hidden_sizes", (32, 64, 160, 256)),
+        depths=t("depths", (2, 2, 2, 2)),
+        num_heads=t("num_attention_heads", (1, 2, 5, 8)),
+        sr_ratios=t("sr_ratios", (8, 4, 2, 1)),
+        mlp_ratios=t("mlp_ratios", (4, 4, 4, 4)),
+        patch_sizes=t("patch_sizes", (7, 3, 3, 3)),
+        strides=t("strides", (4, 2, 2, 2)),
+        decoder_hidden_size=int(config.get("decoder_hidden_size", 256)),
         drop_path_rate=float(config.get("drop_path_rate", 0.1)),
-        classifier_dropout=float(config.get("classifier_dropout_prob", 0.1)))
+        classifier_dropout=float(config.get("classifier_dropout_prob", 0.1)),
+    )
     labels = config.get("id2label")
     num_labels = len(labels) if labels else int(config.get("num_labels", 2))
     return spec, num_labels
@@ -123,11 +138,11 @@ def spec_from_hf_config(config: Mapping | str | os.PathLike) -> tuple[SegFormerS
 # The name map
 
 
-def _linear_t(w):       # (out, in) or 1x1 conv (out, in, 1, 1) -> (in, out)
+def _linear_t(w):  # (out, in) or 1x1 conv (out, in, 1, 1) -> (in, out)
     return w.reshape(w.shape[0], -1).T
 
 
-def _conv_t(w):         # (out, in/g, kh, kw) -> (kh, kw, in/g, out)
+def _conv_t(w):  # (out, in/g, kh, kw) -> (kh, kw, in/g, out)
     return w.transpose(2, 3, 1, 0)
 
 
@@ -135,7 +150,9 @@ def _same(w):
     return w
 
 
-def _inverse_shape(kind: Callable, shape: tuple[int, ...], one_by_one: bool = False) -> tuple[int, ...]:
+def _inverse_shape(
+    kind: Callable, shape: tuple[int, ...], one_by_one: bool = False
+) -> tuple[int, ...]:
     """The checkpoint shape that ``kind`` maps onto the model shape ``shape``."""
     if kind is _linear_t:
         return (shape[1], shape[0], 1, 1) if one_by_one else (shape[1], shape[0])
@@ -199,8 +216,13 @@ def _listing(items: list[str], limit: int = 20) -> str:
     return "".join(f"\n    {s}" for s in items[:limit]) + more
 
 
-def load_hf_weights(model: SegFormer, checkpoint: str | os.PathLike | Mapping[str, np.ndarray], *,
-                    encoder_only: bool = False, skip: Iterable[str] = ()) -> dict[str, list[str]]:
+def load_hf_weights(
+    model: SegFormer,
+    checkpoint: str | os.PathLike | Mapping[str, np.ndarray],
+    *,
+    encoder_only: bool = False,
+    skip: Iterable[str] = (),
+) -> dict[str, list[str]]:
     """Copy a Hugging Face SegFormer/MiT checkpoint into ``model`` in place.
 
     Args:
@@ -264,28 +286,33 @@ def load_hf_weights(model: SegFormer, checkpoint: str | os.PathLike | Mapping[st
             f"{', encoder only' if not with_decoder else ''}):"
             f"\n  missing ({len(missing)}):{_listing(missing)}"
             f"\n  unexpected ({len(unexpected)}):{_listing(unexpected)}"
-            f"\n  shape mismatch ({len(mismatched)}):{_listing(mismatched)}")
+            f"\n  shape mismatch ({len(mismatched)}):{_listing(mismatched)}"
+        )
     for name, var, value in plan:
         var.set_value(jnp.asarray(value, dtype=var.dtype))
     return {"loaded": [p[0] for p in plan], "initialised": initialised, "ignored": sorted(ignored)}
 
 
-def load_pretrained(model: SegFormer, checkpoint: str | os.PathLike | Mapping[str, np.ndarray]
-                    ) -> dict[str, list[str]]:
+def load_pretrained(
+    model: SegFormer, checkpoint: str | os.PathLike | Mapping[str, np.ndarray]
+) -> dict[str, list[str]]:
     """Start-of-training import: the encoder always, the decoder when the checkpoint has one, and
     its classifier only when its class count equals the model's (otherwise left as initialised, the
     usual fine-tuning from ADE20K/Cityscapes models to another label set). Returns the report of
     :func:`load_hf_weights`."""
     tensors = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
-    classifier = {canonical_name(k): v for k, v in tensors.items()}.get("decode_head.classifier.weight")
+    classifier = {canonical_name(k): v for k, v in tensors.items()}.get(
+        "decode_head.classifier.weight"
+    )
     skip = ()
     if classifier is not None and classifier.shape[0] != model.num_classes:
         skip = ("decode_head.classifier",)
     return load_hf_weights(model, tensors, skip=skip)
 
 
-def make_segformer(name: str, num_classes: int, *, rngs: nnx.Rngs, pretrained: str | None = None,
-                   **overrides) -> SegFormer:
+def make_segformer(
+    name: str, num_classes: int, *, rngs: nnx.Rngs, pretrained: str | None = None, **overrides
+) -> SegFormer:
     """Factory used by ``models.segmenter.make_segmenter`` for ``"segformer_b0"``..``"segformer_b5"``.
 
     ``pretrained``: a local Hugging Face SegFormer/MiT checkpoint (file or ``save_pretrained``
@@ -300,9 +327,14 @@ def make_segformer(name: str, num_classes: int, *, rngs: nnx.Rngs, pretrained: s
     return model
 
 
-def load_hf_segformer(path: str | os.PathLike, *, num_classes: int | None = None,
-                      rngs: nnx.Rngs | None = None, encoder_only: bool = False,
-                      **overrides) -> SegFormer:
+def load_hf_segformer(
+    path: str | os.PathLike,
+    *,
+    num_classes: int | None = None,
+    rngs: nnx.Rngs | None = None,
+    encoder_only: bool = False,
+    **overrides,
+) -> SegFormer:
     """Build a SegFormer from a ``save_pretrained`` directory (config.json + weights) and load it.
 
     ``num_classes`` different from the checkpoint's label count re-initialises the classifier
@@ -316,7 +348,11 @@ def load_hf_segformer(path: str | os.PathLike, *, num_classes: int | None = None
     skip = ("decode_head.classifier",) if num_classes != num_labels else ()
     tensors = read_checkpoint(path)
     build = lambda r: SegFormer(spec, num_classes, rngs=r, **overrides)
-    if encoder_only or skip or not any(canonical_name(k).startswith("decode_head.") for k in tensors):
+    if (
+        encoder_only
+        or skip
+        or not any(canonical_name(k).startswith("decode_head.") for k in tensors)
+    ):
         model = build(rngs)  # some tensors stay as initialised
     else:
         # Every weight comes from the checkpoint: build the structure abstractly (random
@@ -325,8 +361,16 @@ def load_hf_segformer(path: str | os.PathLike, *, num_classes: int | None = None
         model = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
         streams = nnx.state(model, nnx.RngState)
         keys = iter(jax.random.split(rngs.params(), len(jax.tree.leaves(streams))))
-        nnx.update(model, jax.tree.map(
-            lambda s: next(keys) if jax.dtypes.issubdtype(s.dtype, jax.dtypes.prng_key)
-            else jnp.zeros(s.shape, s.dtype), streams))
+        nnx.update(
+            model,
+            jax.tree.map(
+                lambda s: (
+                    next(keys)
+                    if jax.dtypes.issubdtype(s.dtype, jax.dtypes.prng_key)
+                    else jnp.zeros(s.shape, s.dtype)
+                ),
+                streams,
+            ),
+        )
     load_hf_weights(model, tensors, encoder_only=encoder_only, skip=skip)
     return model

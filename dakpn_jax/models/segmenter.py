@@ -11,6 +11,7 @@ the caller resizes logits bilinearly to the label size. Input normalisation is t
   file), ``load_classifier`` (False: keep the class-count dependent 1x1 convs at init), ``aux``,
   ``normalize`` (ImageNet mean/std, default True), ``dropout``.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -59,16 +60,28 @@ class UNetSmall(nnx.Module):
     2^(L-1) and the logits are cropped back, so the output is (B, H, W, num_classes).
     """
 
-    def __init__(self, num_classes: int, *, features: Sequence[int] = (16, 32, 64, 128), rngs: nnx.Rngs):
+    def __init__(
+        self, num_classes: int, *, features: Sequence[int] = (16, 32, 64, 128), rngs: nnx.Rngs
+    ):
         features = tuple(int(f) for f in features)
         if not features or min(features) < 1:
-            raise ValueError(f"UNetSmall: features must be a non-empty sequence of positive ints, got {features}")
+            raise ValueError(
+                f"UNetSmall: features must be a non-empty sequence of positive ints, got {features}"
+            )
         self.num_classes = num_classes
         self.levels = len(features)
-        self.down = nnx.List([ConvBlock(c_in, c_out, rngs=rngs)
-                              for c_in, c_out in zip((3,) + features[:-1], features)])
-        self.up = nnx.List([ConvBlock(features[l + 1] + features[l], features[l], rngs=rngs)
-                            for l in reversed(range(self.levels - 1))])
+        self.down = nnx.List(
+            [
+                ConvBlock(c_in, c_out, rngs=rngs)
+                for c_in, c_out in zip((3,) + features[:-1], features)
+            ]
+        )
+        self.up = nnx.List(
+            [
+                ConvBlock(features[l + 1] + features[l], features[l], rngs=rngs)
+                for l in reversed(range(self.levels - 1))
+            ]
+        )
         self.head = nnx.Conv(features[0], num_classes, (1, 1), rngs=rngs)
 
     def __call__(self, x, train: bool = False):
@@ -78,7 +91,9 @@ class UNetSmall(nnx.Module):
         b, h, w, _ = x.shape
         m = 2 ** (self.levels - 1)
         ph, pw = -h % m, -w % m
-        x = jnp.pad(x.astype(jnp.float32) * 2.0 - 1.0, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+        x = jnp.pad(
+            x.astype(jnp.float32) * 2.0 - 1.0, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge"
+        )
         skips = []
         for l, block in enumerate(self.down):
             x = block(x)
@@ -100,14 +115,23 @@ def make_segmenter(name: str, num_classes: int, *, rngs: nnx.Rngs, **kwargs) -> 
         return UNetSmall(num_classes, rngs=rngs, **kwargs)
     if name in SEGFORMER_NAMES:
         from dakpn_jax.models import segformer_convert  # pylint: disable=import-outside-toplevel
+
         return segformer_convert.make_segformer(name, num_classes, rngs=rngs, **kwargs)
     if name == "fcn_resnet50":
         from dakpn_jax.models import fcn_resnet50  # pylint: disable=import-outside-toplevel
+
         kwargs = dict(kwargs)
-        weights, load_classifier = kwargs.pop("weights", None), bool(kwargs.pop("load_classifier", True))
+        weights, load_classifier = (
+            kwargs.pop("weights", None),
+            bool(kwargs.pop("load_classifier", True)),
+        )
         model = fcn_resnet50.FCNResNet50(num_classes, rngs=rngs, **kwargs)
         if weights:
-            fcn_resnet50.load_state_dict(model, fcn_resnet50.read_state_dict(weights), source=str(weights),
-                                         load_classifier=load_classifier)
+            fcn_resnet50.load_state_dict(
+                model,
+                fcn_resnet50.read_state_dict(weights),
+                source=str(weights),
+                load_classifier=load_classifier,
+            )
         return model
     raise ValueError(f"make_segmenter: name={name!r} is unknown; expected one of {NAMES}")

@@ -51,6 +51,7 @@ Use: ``load_generator(path, "cut")`` -> NNX module; :func:`import_generator` -> 
 pure-dict params); :func:`restore_for_export` -> (config, state) for ``dakpn_jax.export`` and the
 method modules' ``make_translator``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,6 +76,7 @@ class CheckpointMismatch(ValueError):
 
 # ----------------------------------------------------------------------------- reading files
 
+
 def load_tensors(path: str) -> dict[str, np.ndarray]:
     """Tensors of a ``.pth``/``.pt`` (needs torch) or ``.safetensors`` file as float32/int numpy arrays."""
     return weight_files.read_tensors(path, what="torch_import: checkpoint file")
@@ -90,10 +92,12 @@ def file_sha256(path: str) -> str:
 
 # ----------------------------------------------------------------------------- layouts
 
+
 @dataclasses.dataclass(frozen=True)
 class _Spec:
     """One expected tensor: where it goes (path in the NNX pure dict; None = a fixed constant to
     check), its PyTorch shape, how to convert it."""
+
     path: tuple | None
     shape: tuple
     kind: str  # "conv" | "convT" | "bias" | "filt"
@@ -110,8 +114,16 @@ def _filt(specs, key, channels, filt):
     specs[f"{key}.filt"] = _Spec(None, (channels, 1) + filt.shape, "filt", filt)
 
 
-def generator_layout(arch: str, *, ngf: int, n_blocks: int, n_down: int = 2, in_channels: int = 3,
-                     out_channels: int = 3, dropout: bool = False) -> tuple[dict[str, _Spec], set[str]]:
+def generator_layout(
+    arch: str,
+    *,
+    ngf: int,
+    n_blocks: int,
+    n_down: int = 2,
+    in_channels: int = 3,
+    out_channels: int = 3,
+    dropout: bool = False,
+) -> tuple[dict[str, _Spec], set[str]]:
     """(expected tensors by key, keys of the IN positions) of the published ``model`` Sequential."""
     if arch not in ARCHS:
         raise ValueError(f"torch_import: arch={arch!r} must be one of {ARCHS}")
@@ -122,13 +134,13 @@ def generator_layout(arch: str, *, ngf: int, n_blocks: int, n_down: int = 2, in_
     norms.add("model.2")
     i = 4
     for d in range(n_down):
-        cin, cout = ngf * 2 ** d, ngf * 2 ** (d + 1)
+        cin, cout = ngf * 2**d, ngf * 2 ** (d + 1)
         _conv(specs, f"model.{i}", ("down", d), cout, cin, 3)
         norms.add(f"model.{i + 1}")
         if aa:
             _filt(specs, f"model.{i + 3}", cout, BLUR_DOWN)
         i += 4 if aa else 3
-    c = ngf * 2 ** n_down
+    c = ngf * 2**n_down
     second = 6 if dropout else 5
     for k in range(n_blocks):
         _conv(specs, f"model.{i}.conv_block.1", ("blocks", k, "conv1"), c, c, 3)
@@ -150,13 +162,14 @@ def generator_layout(arch: str, *, ngf: int, n_blocks: int, n_down: int = 2, in_
     return specs, norms
 
 
-def discriminator_layout(arch: str, *, ndf: int, n_layers: int = 3, in_channels: int = 3
-                         ) -> tuple[dict[str, _Spec], set[str]]:
+def discriminator_layout(
+    arch: str, *, ndf: int, n_layers: int = 3, in_channels: int = 3
+) -> tuple[dict[str, _Spec], set[str]]:
     """(expected tensors, IN keys) of the published PatchGAN ``model`` Sequential."""
     if arch not in ARCHS:
         raise ValueError(f"torch_import: arch={arch!r} must be one of {ARCHS}")
     aa = arch == "cut"
-    m = lambda n: min(2 ** n, 8)
+    m = lambda n: min(2**n, 8)
     specs: dict[str, _Spec] = {}
     norms: set[str] = set()
     _conv(specs, "model.0", ("convs", 0), ndf, in_channels, 4)
@@ -179,13 +192,16 @@ def discriminator_layout(arch: str, *, ndf: int, n_layers: int = 3, in_channels:
 
 # ----------------------------------------------------------------------------- matching
 
+
 def _strip_prefix(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if tensors and all(k.startswith("module.") for k in tensors):
-        return {k[len("module."):]: v for k, v in tensors.items()}
+        return {k[len("module.") :]: v for k, v in tensors.items()}
     return dict(tensors)
 
 
-def _match(tensors: Mapping[str, np.ndarray], specs: dict[str, _Spec], norms: set[str], what: str) -> dict:
+def _match(
+    tensors: Mapping[str, np.ndarray], specs: dict[str, _Spec], norms: set[str], what: str
+) -> dict:
     """Pure-dict params from ``tensors``; raises CheckpointMismatch listing every problem."""
     missing = [k for k in specs if k not in tensors]
     unexpected, shapes, values = [], [], []
@@ -199,11 +215,17 @@ def _match(tensors: Mapping[str, np.ndarray], specs: dict[str, _Spec], norms: se
         if tuple(np.shape(v)) != s.shape:
             shapes.append(f"{k}: got {tuple(np.shape(v))}, expected {s.shape}")
         elif s.kind == "filt" and not np.allclose(np.asarray(v, np.float64), s.value, atol=1e-6):
-            values.append(f"{k}: not the fixed blur filter {s.value[0].tolist()}... (a different anti-aliasing)")
+            values.append(
+                f"{k}: not the fixed blur filter {s.value[0].tolist()}... (a different anti-aliasing)"
+            )
     if missing or unexpected or shapes or values:
         lines = [f"torch_import: the state dict does not fit {what}:"]
-        for name, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes),
-                            ("wrong value", values)):
+        for name, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("mis-shaped", shapes),
+            ("wrong value", values),
+        ):
             if items:
                 lines.append(f"  {name} ({len(items)}): " + "; ".join(items))
         raise CheckpointMismatch("\n".join(lines))
@@ -224,21 +246,36 @@ def _match(tensors: Mapping[str, np.ndarray], specs: dict[str, _Spec], norms: se
 
 
 def _block_indices(tensors) -> list[int]:
-    return sorted({int(m.group(1)) for k in tensors for m in [re.match(r"model\.(\d+)\.conv_block\.", k)] if m})
+    return sorted(
+        {
+            int(m.group(1))
+            for k in tensors
+            for m in [re.match(r"model\.(\d+)\.conv_block\.", k)]
+            if m
+        }
+    )
 
 
 def infer_generator_size(tensors: Mapping[str, np.ndarray]) -> dict:
     """``ngf``, ``n_blocks``, ``in_channels``, ``out_channels``, ``dropout`` read from a state dict."""
     tensors = _strip_prefix(tensors)
     if "model.1.weight" not in tensors or np.ndim(tensors["model.1.weight"]) != 4:
-        raise CheckpointMismatch("torch_import: no 4-d 'model.1.weight' (the first conv of the published "
-                                 f"ResNet generator); keys: {sorted(tensors)[:8]}...")
+        raise CheckpointMismatch(
+            "torch_import: no 4-d 'model.1.weight' (the first conv of the published "
+            f"ResNet generator); keys: {sorted(tensors)[:8]}..."
+        )
     ngf, cin = np.shape(tensors["model.1.weight"])[:2]
-    convs = [k for k in tensors if re.fullmatch(r"model\.\d+\.weight", k) and np.ndim(tensors[k]) == 4]
+    convs = [
+        k for k in tensors if re.fullmatch(r"model\.\d+\.weight", k) and np.ndim(tensors[k]) == 4
+    ]
     last = max(convs, key=lambda k: int(k.split(".")[1]))
-    return dict(ngf=int(ngf), n_blocks=len(_block_indices(tensors)), in_channels=int(cin),
-                out_channels=int(np.shape(tensors[last])[0]),
-                dropout=any(re.match(r"model\.\d+\.conv_block\.6\.weight$", k) for k in tensors))
+    return dict(
+        ngf=int(ngf),
+        n_blocks=len(_block_indices(tensors)),
+        in_channels=int(cin),
+        out_channels=int(np.shape(tensors[last])[0]),
+        dropout=any(re.match(r"model\.\d+\.conv_block\.6\.weight$", k) for k in tensors),
+    )
 
 
 def import_generator(source, arch: str, *, n_down: int = 2) -> tuple[dict, dict]:
@@ -250,11 +287,20 @@ def import_generator(source, arch: str, *, n_down: int = 2) -> tuple[dict, dict]
     tensors = _strip_prefix(load_tensors(source) if isinstance(source, str) else source)
     size = infer_generator_size(tensors)
     specs, norms = generator_layout(arch, n_down=n_down, **size)
-    what = (f"the {arch} ResNet generator (ngf={size['ngf']}, n_blocks={size['n_blocks']}, n_down={n_down}) "
-            f"in {name}")
+    what = (
+        f"the {arch} ResNet generator (ngf={size['ngf']}, n_blocks={size['n_blocks']}, n_down={n_down}) "
+        f"in {name}"
+    )
     params = _match(tensors, specs, norms, what)
-    kwargs = dict(in_channels=size["in_channels"], out_channels=size["out_channels"], ngf=size["ngf"],
-                  n_blocks=size["n_blocks"], n_down=n_down, antialias=arch == "cut", antialias_up=arch == "cut")
+    kwargs = dict(
+        in_channels=size["in_channels"],
+        out_channels=size["out_channels"],
+        ngf=size["ngf"],
+        n_blocks=size["n_blocks"],
+        n_down=n_down,
+        antialias=arch == "cut",
+        antialias_up=arch == "cut",
+    )
     return kwargs, params
 
 
@@ -263,16 +309,21 @@ def import_discriminator(source, arch: str, *, n_layers: int = 3) -> tuple[dict,
     name = source if isinstance(source, str) else "the state dict"
     tensors = _strip_prefix(load_tensors(source) if isinstance(source, str) else source)
     if "model.0.weight" not in tensors or np.ndim(tensors["model.0.weight"]) != 4:
-        raise CheckpointMismatch(f"torch_import: no 4-d 'model.0.weight' (the PatchGAN's first conv) in {name}")
+        raise CheckpointMismatch(
+            f"torch_import: no 4-d 'model.0.weight' (the PatchGAN's first conv) in {name}"
+        )
     ndf, cin = (int(v) for v in np.shape(tensors["model.0.weight"])[:2])
     specs, norms = discriminator_layout(arch, ndf=ndf, n_layers=n_layers, in_channels=cin)
-    params = _match(tensors, specs, norms, f"the {arch} PatchGAN (ndf={ndf}, n_layers={n_layers}) in {name}")
+    params = _match(
+        tensors, specs, norms, f"the {arch} PatchGAN (ndf={ndf}, n_layers={n_layers}) in {name}"
+    )
     return dict(in_channels=cin, ndf=ndf, n_layers=n_layers, antialias=arch == "cut"), params
 
 
 def _as_jax(params):
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
     return jax.tree.map(jnp.asarray, params)
 
 
@@ -280,6 +331,7 @@ def load_generator(source, arch: str, *, n_down: int = 2):
     """The NNX :class:`ResnetGenerator` with the checkpoint's weights (input/output in [-1, 1])."""
     from flax import nnx  # pylint: disable=import-outside-toplevel
     from dakpn_jax.models.resnet_generator import ResnetGenerator  # pylint: disable=import-outside-toplevel
+
     kwargs, params = import_generator(source, arch, n_down=n_down)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: ResnetGenerator(**kwargs, rngs=nnx.Rngs(0))))
     return nnx.merge(graphdef, _as_jax(params))
@@ -289,6 +341,7 @@ def load_discriminator(source, arch: str, *, n_layers: int = 3):
     """The NNX :class:`NLayerDiscriminator` with the checkpoint's weights."""
     from flax import nnx  # pylint: disable=import-outside-toplevel
     from dakpn_jax.models.gan_discriminator import NLayerDiscriminator  # pylint: disable=import-outside-toplevel
+
     kwargs, params = import_discriminator(source, arch, n_layers=n_layers)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: NLayerDiscriminator(**kwargs, rngs=nnx.Rngs(0))))
     return nnx.merge(graphdef, _as_jax(params))
@@ -302,20 +355,34 @@ def restore_for_export(path: str, arch: str):
     manifests name the weights; it has no ``data`` (translate a folder dataset)."""
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import ml_collections  # pylint: disable=import-outside-toplevel
+
     if arch not in ARCHS:
         raise ValueError(f"torch_import: arch={arch!r} must be one of {ARCHS}")
     kwargs, params = import_generator(path, arch)
     if (kwargs["in_channels"], kwargs["out_channels"]) != (3, 3):
-        raise CheckpointMismatch(f"torch_import: {path!r} maps {kwargs['in_channels']} -> "
-                                 f"{kwargs['out_channels']} channels; translation needs RGB -> RGB")
+        raise CheckpointMismatch(
+            f"torch_import: {path!r} maps {kwargs['in_channels']} -> "
+            f"{kwargs['out_channels']} channels; translation needs RGB -> RGB"
+        )
     c = ml_collections.ConfigDict()
     c.method = arch
-    c.model = ml_collections.ConfigDict(dict(
-        ngf=kwargs["ngf"], n_blocks=kwargs["n_blocks"], n_down=kwargs["n_down"], ndf=64, n_layers_d=3,
-        antialias=kwargs["antialias"], antialias_up=kwargs["antialias_up"], antialias_d=arch == "cut",
-        init="xavier" if arch == "cut" else "normal", init_gain=0.02))
-    c.imported_from = ml_collections.ConfigDict(dict(path=os.path.abspath(path), sha256=file_sha256(path),
-                                                     arch=arch))
+    c.model = ml_collections.ConfigDict(
+        dict(
+            ngf=kwargs["ngf"],
+            n_blocks=kwargs["n_blocks"],
+            n_down=kwargs["n_down"],
+            ndf=64,
+            n_layers_d=3,
+            antialias=kwargs["antialias"],
+            antialias_up=kwargs["antialias_up"],
+            antialias_d=arch == "cut",
+            init="xavier" if arch == "cut" else "normal",
+            init_gain=0.02,
+        )
+    )
+    c.imported_from = ml_collections.ConfigDict(
+        dict(path=os.path.abspath(path), sha256=file_sha256(path), arch=arch)
+    )
     slot = "G_A" if arch == "cyclegan" else "G"
     state = {"params": {slot: _as_jax(params)}, "step": jnp.zeros((), jnp.int32)}
     return c, state

@@ -26,6 +26,7 @@ torch) or a ``.safetensors`` file with the same tensor names (``features.<i>.wei
 and ``features.<i>.bias``), and :func:`params_from_state_dict` converts it to this module's pure
 parameter dict, listing every missing, unexpected or mis-shaped tensor in one error.
 """
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -38,10 +39,24 @@ from flax import nnx
 from dakpn_jax.models import weight_files
 
 # (torchvision index, in channels / 64, out channels / 64) of every conv up to conv5_2 (index 30).
-CONVS = ((0, None, 1), (2, 1, 1), (5, 1, 2), (7, 2, 2), (10, 2, 4), (12, 4, 4), (14, 4, 4), (16, 4, 4),
-         (19, 4, 8), (21, 8, 8), (23, 8, 8), (25, 8, 8), (28, 8, 8), (30, 8, 8))
+CONVS = (
+    (0, None, 1),
+    (2, 1, 1),
+    (5, 1, 2),
+    (7, 2, 2),
+    (10, 2, 4),
+    (12, 4, 4),
+    (14, 4, 4),
+    (16, 4, 4),
+    (19, 4, 8),
+    (21, 8, 8),
+    (23, 8, 8),
+    (25, 8, 8),
+    (28, 8, 8),
+    (30, 8, 8),
+)
 ALL_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)  # the full features
-POOL_AFTER = (2, 7, 16, 25)            # conv indices followed by the 2x2 max-pool (4, 9, 18, 27)
+POOL_AFTER = (2, 7, 16, 25)  # conv indices followed by the 2x2 max-pool (4, 9, 18, 27)
 TAPS = {"relu1_2": 2, "relu2_2": 7, "relu3_2": 12, "relu4_2": 21, "conv5_2": 30}
 TAP_ORDER = ("relu1_2", "relu2_2", "relu3_2", "relu4_2", "conv5_2")
 TAP_STRIDES = (1, 2, 4, 8, 16)
@@ -71,10 +86,20 @@ class VGG19Features(nnx.Module):
             raise ValueError(f"VGG19Features: width={width} must be >= 1")
         self.width = width
         init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
-        self.convs = nnx.List([
-            nnx.Conv(3 if cin is None else cin * width, cout * width, (3, 3), padding=((1, 1), (1, 1)),
-                     kernel_init=init, bias_init=nnx.initializers.zeros, rngs=rngs)
-            for _, cin, cout in CONVS])
+        self.convs = nnx.List(
+            [
+                nnx.Conv(
+                    3 if cin is None else cin * width,
+                    cout * width,
+                    (3, 3),
+                    padding=((1, 1), (1, 1)),
+                    kernel_init=init,
+                    bias_init=nnx.initializers.zeros,
+                    rngs=rngs,
+                )
+                for _, cin, cout in CONVS
+            ]
+        )
 
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
         """x (B, H, W, 3) -> {tap name: (B, H/s, W/s, C)} for the five taps (see module docstring)."""
@@ -98,6 +123,7 @@ class VGG19Features(nnx.Module):
 
 # ----------------------------------------------------------------------------- weights
 
+
 def expected_shapes(width: int = 64) -> dict[str, tuple[int, ...]]:
     """torchvision tensor name -> shape, for the convs this module uses (up to features.30)."""
     shapes = {}
@@ -113,12 +139,18 @@ def _ignored(name: str) -> bool:
     if name.startswith("classifier."):
         return True
     parts = name.split(".")
-    return (len(parts) == 3 and parts[0] == "features" and parts[1].isdigit()
-            and int(parts[1]) in (32, 34) and parts[2] in ("weight", "bias"))
+    return (
+        len(parts) == 3
+        and parts[0] == "features"
+        and parts[1].isdigit()
+        and int(parts[1]) in (32, 34)
+        and parts[2] in ("weight", "bias")
+    )
 
 
-def params_from_state_dict(state_dict: Mapping[str, np.ndarray], *, width: int = 64,
-                           source: str = "state dict") -> dict:
+def params_from_state_dict(
+    state_dict: Mapping[str, np.ndarray], *, width: int = 64, source: str = "state dict"
+) -> dict:
     """torchvision-layout tensors -> the pure parameter dict of :class:`VGG19Features`.
 
     Conv weights (out, in, kh, kw) become (kh, kw, in, out). Raises ``ValueError`` naming
@@ -129,11 +161,16 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], *, width: int =
     have = {k: np.asarray(v) for k, v in state_dict.items()}
     missing = sorted(set(want) - set(have), key=_natural)
     unexpected = sorted((k for k in have if k not in want and not _ignored(k)), key=_natural)
-    misshaped = [f"{k}: {tuple(have[k].shape)} (expected {want[k]})" for k in sorted(want, key=_natural)
-                 if k in have and tuple(have[k].shape) != want[k]]
+    misshaped = [
+        f"{k}: {tuple(have[k].shape)} (expected {want[k]})"
+        for k in sorted(want, key=_natural)
+        if k in have and tuple(have[k].shape) != want[k]
+    ]
     if missing or unexpected or misshaped:
-        lines = [f"VGG19 weights from {source} do not match torchvision's vgg19 features "
-                 f"(width {width}):"]
+        lines = [
+            f"VGG19 weights from {source} do not match torchvision's vgg19 features "
+            f"(width {width}):"
+        ]
         if missing:
             lines.append(f"  missing ({len(missing)}): {', '.join(missing)}")
         if unexpected:
@@ -156,8 +193,10 @@ def _natural(name: str):
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """Tensors of a local ``.pth``/``.pt`` (torch pickle; needs torch) or ``.safetensors`` file as numpy."""
     return weight_files.read_tensors(
-        path, what="VGG19 weights file",
-        hint="expected torchvision's vgg19-dcbb9e9d.pth or a .safetensors file with the same tensor names")
+        path,
+        what="VGG19 weights file",
+        hint="expected torchvision's vgg19-dcbb9e9d.pth or a .safetensors file with the same tensor names",
+    )
 
 
 def load_torchvision_state_dict(path: str, *, width: int = 64) -> dict:

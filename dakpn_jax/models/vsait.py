@@ -43,6 +43,7 @@ parameters (per image, so data parallelism needs no cross-device statistics). In
 with gain 0.2 and zero biases for G (§8); M's W1 and the discriminator use the same initialiser
 (§8 does not name theirs), M's W2 = 0, b2 = 1.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,6 +68,7 @@ def xavier_normal(gain: float = 0.2):
 
 # ----------------------------------------------------------------------------- fixed blurs
 
+
 def gaussian_taps(n: int, sigma: float = 1.0) -> np.ndarray:
     """Normalised 1-D Gaussian of ``n`` taps centred on the middle (half-integer offsets for even n)."""
     x = np.arange(n, dtype=np.float64) - (n - 1) / 2
@@ -74,13 +76,21 @@ def gaussian_taps(n: int, sigma: float = 1.0) -> np.ndarray:
     return w / w.sum()
 
 
-def _depthwise(x: jax.Array, taps: np.ndarray, *, stride: int = 1, padding, lhs_dilation=(1, 1)) -> jax.Array:
+def _depthwise(
+    x: jax.Array, taps: np.ndarray, *, stride: int = 1, padding, lhs_dilation=(1, 1)
+) -> jax.Array:
     c = x.shape[-1]
     k = np.outer(taps, taps).astype(np.float32)
     kernel = jnp.asarray(np.broadcast_to(k[:, :, None, None], k.shape + (1, c)))  # HWIO, groups = C
     return jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), (stride, stride), padding, lhs_dilation=lhs_dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+        x,
+        kernel.astype(x.dtype),
+        (stride, stride),
+        padding,
+        lhs_dilation=lhs_dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c,
+    )
 
 
 def blur_down(x: jax.Array) -> jax.Array:
@@ -96,9 +106,17 @@ def blur_up(x: jax.Array) -> jax.Array:
 
 # ----------------------------------------------------------------------------- generator
 
+
 def _conv(cin, cout, k, *, rngs, padding="VALID", gain=0.2):
-    return nnx.Conv(cin, cout, (k, k), padding=padding, kernel_init=xavier_normal(gain),
-                    bias_init=nnx.initializers.zeros, rngs=rngs)
+    return nnx.Conv(
+        cin,
+        cout,
+        (k, k),
+        padding=padding,
+        kernel_init=xavier_normal(gain),
+        bias_init=nnx.initializers.zeros,
+        rngs=rngs,
+    )
 
 
 class _ResBlock(nnx.Module):
@@ -118,26 +136,58 @@ class VSAITGenerator(nnx.Module):
     Args: ngf (64 published), n_blocks (9), n_down (2), gain of the Xavier-normal init (0.2).
     """
 
-    def __init__(self, *, ngf: int = 64, n_blocks: int = 9, n_down: int = 2, gain: float = 0.2,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        n_down: int = 2,
+        gain: float = 0.2,
+        rngs: nnx.Rngs,
+    ):
         if ngf < 1 or n_blocks < 0 or n_down < 0:
-            raise ValueError(f"VSAITGenerator: ngf={ngf}, n_blocks={n_blocks}, n_down={n_down} invalid")
+            raise ValueError(
+                f"VSAITGenerator: ngf={ngf}, n_blocks={n_blocks}, n_down={n_down} invalid"
+            )
         self.n_down = n_down
         pad1 = ((1, 1), (1, 1))
         self.stem = _conv(3, ngf, 7, rngs=rngs, gain=gain)
-        self.down = nnx.List([_conv(ngf * 2 ** i, ngf * 2 ** (i + 1), 3, padding=pad1, rngs=rngs, gain=gain)
-                              for i in range(n_down)])
-        c = ngf * 2 ** n_down
+        self.down = nnx.List(
+            [
+                _conv(ngf * 2**i, ngf * 2 ** (i + 1), 3, padding=pad1, rngs=rngs, gain=gain)
+                for i in range(n_down)
+            ]
+        )
+        c = ngf * 2**n_down
         self.blocks = nnx.List([_ResBlock(c, gain=gain, rngs=rngs) for _ in range(n_blocks)])
-        self.up = nnx.List([_conv(ngf * 2 ** (n_down - i), ngf * 2 ** (n_down - i - 1), 3, padding=pad1,
-                                  rngs=rngs, gain=gain) for i in range(n_down)])
+        self.up = nnx.List(
+            [
+                _conv(
+                    ngf * 2 ** (n_down - i),
+                    ngf * 2 ** (n_down - i - 1),
+                    3,
+                    padding=pad1,
+                    rngs=rngs,
+                    gain=gain,
+                )
+                for i in range(n_down)
+            ]
+        )
         self.head = _conv(ngf, 3, 7, rngs=rngs, gain=gain)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        f = 2 ** self.n_down
-        if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] % f or x.shape[2] % f or min(x.shape[1:3]) < max(2 * f, 4):
-            raise ValueError(f"VSAITGenerator: input shape {x.shape} must be (B, H, W, 3) with H, W "
-                             f"divisible by {f} and >= {max(2 * f, 4)}")
+        f = 2**self.n_down
+        if (
+            x.ndim != 4
+            or x.shape[-1] != 3
+            or x.shape[1] % f
+            or x.shape[2] % f
+            or min(x.shape[1:3]) < max(2 * f, 4)
+        ):
+            raise ValueError(
+                f"VSAITGenerator: input shape {x.shape} must be (B, H, W, 3) with H, W "
+                f"divisible by {f} and >= {max(2 * f, 4)}"
+            )
         h = jax.nn.relu(instance_norm(self.stem(reflect_pad(x, 3))))
         for conv in self.down:
             h = blur_down(jax.nn.relu(instance_norm(conv(h))))
@@ -150,9 +200,12 @@ class VSAITGenerator(nnx.Module):
 
 # ----------------------------------------------------------------------------- hypervectors
 
+
 def feature_dim(vgg_width: int = 64) -> int:
     """Length of f_p: sum over taps of (16 / stride)^2 * channels (31,232 at the published width)."""
-    return sum((CELL // s) ** 2 * c for s, c in zip(vgg19.TAP_STRIDES, vgg19.tap_channels(vgg_width)))
+    return sum(
+        (CELL // s) ** 2 * c for s, c in zip(vgg19.TAP_STRIDES, vgg19.tap_channels(vgg_width))
+    )
 
 
 def cell_features(taps: dict) -> jax.Array:
@@ -160,14 +213,18 @@ def cell_features(taps: dict) -> jax.Array:
     x0 = taps[vgg19.TAP_ORDER[0]]
     b, h, w = x0.shape[:3]
     if h % CELL or w % CELL:
-        raise ValueError(f"hypervectors: image size {h} x {w} must be divisible by the cell size {CELL}")
+        raise ValueError(
+            f"hypervectors: image size {h} x {w} must be divisible by the cell size {CELL}"
+        )
     hc, wc = h // CELL, w // CELL
     parts = []
     for name, s in zip(vgg19.TAP_ORDER, vgg19.TAP_STRIDES):
         t = taps[name]
         k = CELL // s
         if t.shape[1:3] != (hc * k, wc * k):
-            raise ValueError(f"hypervectors: tap {name} has size {t.shape[1:3]}, expected {(hc * k, wc * k)}")
+            raise ValueError(
+                f"hypervectors: tap {name} has size {t.shape[1:3]}, expected {(hc * k, wc * k)}"
+            )
         c = t.shape[-1]
         t = t.reshape(b, hc, k, wc, k, c).transpose(0, 1, 3, 2, 4, 5)
         parts.append(t.reshape(b, hc, wc, k * k * c))
@@ -184,9 +241,11 @@ def projection(key: jax.Array, dim: int, feat_dim: int) -> jax.Array:
 def project(f: jax.Array, r: jax.Array) -> jax.Array:
     """h[..., j] = <R_j, f> / (||f|| ||R_j|| + 1e-5): f (..., F), R (D, F) -> (..., D)."""
     if f.shape[-1] != r.shape[1]:
-        raise ValueError(f"hypervectors: features have {f.shape[-1]} values per cell, projection {r.shape}")
+        raise ValueError(
+            f"hypervectors: features have {f.shape[-1]} values per cell, projection {r.shape}"
+        )
     r = jax.lax.stop_gradient(r)
-    r_norm = jnp.sqrt(jnp.sum(r * r, axis=1))                                   # (D,)
+    r_norm = jnp.sqrt(jnp.sum(r * r, axis=1))  # (D,)
     # max(., tiny) keeps the gradient of the norm finite at f = 0 (value unchanged otherwise).
     f_norm = jnp.sqrt(jnp.maximum(jnp.sum(f * f, axis=-1, keepdims=True), 1e-30))  # (..., 1)
     return jnp.einsum("...f,df->...d", f, r) / (f_norm * r_norm + _EPS)
@@ -199,12 +258,17 @@ def hypervectors(vgg: nnx.Module, images: jax.Array, r: jax.Array) -> jax.Array:
 
 # ----------------------------------------------------------------------------- M and D
 
+
 class MappingNetwork(nnx.Module):
     """M(v) = tanh(W2 relu(W1 v + b1) + b2) on the last axis; W2 = 0, b2 = 1 at init."""
 
     def __init__(self, dim: int = DIM, *, gain: float = 0.2, rngs: nnx.Rngs):
-        self.l1 = nnx.Linear(dim, dim, kernel_init=xavier_normal(gain), bias_init=nnx.initializers.zeros, rngs=rngs)
-        self.l2 = nnx.Linear(dim, dim, kernel_init=nnx.initializers.zeros, bias_init=nnx.initializers.ones, rngs=rngs)
+        self.l1 = nnx.Linear(
+            dim, dim, kernel_init=xavier_normal(gain), bias_init=nnx.initializers.zeros, rngs=rngs
+        )
+        self.l2 = nnx.Linear(
+            dim, dim, kernel_init=nnx.initializers.zeros, bias_init=nnx.initializers.ones, rngs=rngs
+        )
 
     def __call__(self, v: jax.Array) -> jax.Array:
         return jnp.tanh(self.l2(jax.nn.relu(self.l1(v))))
@@ -214,8 +278,9 @@ class HypervectorDiscriminator(nnx.Module):
     """Per-cell score: (..., D) -> (..., 1); D -> hidden -> hidden -> 1, LeakyReLU 0.2, no norm."""
 
     def __init__(self, dim: int = DIM, hidden: int = 1024, *, gain: float = 0.2, rngs: nnx.Rngs):
-        lin = lambda i, o: nnx.Linear(i, o, kernel_init=xavier_normal(gain), bias_init=nnx.initializers.zeros,
-                                      rngs=rngs)
+        lin = lambda i, o: nnx.Linear(
+            i, o, kernel_init=xavier_normal(gain), bias_init=nnx.initializers.zeros, rngs=rngs
+        )
         self.l1, self.l2, self.l3 = lin(dim, hidden), lin(hidden, hidden), lin(hidden, 1)
 
     def __call__(self, h: jax.Array) -> jax.Array:

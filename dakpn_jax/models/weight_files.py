@@ -16,6 +16,7 @@ are left out, so an importer reports them as missing if it needs them.
 Errors are :class:`WeightFileError` (a ``ValueError``) naming the file; a missing file is also a
 ``FileNotFoundError``, a .pth without torch also an ``ImportError``.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,10 @@ from typing import Mapping
 import numpy as np
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-CONVERT_HINT = ("convert it once where torch is installed: "
-                "safetensors.torch.save_file(torch.load(p, map_location='cpu'), p + '.safetensors')")
+CONVERT_HINT = (
+    "convert it once where torch is installed: "
+    "safetensors.torch.save_file(torch.load(p, map_location='cpu'), p + '.safetensors')"
+)
 
 
 class WeightFileError(ValueError):
@@ -50,22 +53,29 @@ def read_tensors(path, *, what: str = "weights file", hint: str = "") -> dict[st
         raise WeightFileError(f"{what}: expected a non-empty path, got {path!r}")
     path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
-        raise WeightFileMissing(f"{what} {path!r} does not exist{' (' + hint + ')' if hint else ''}")
+        raise WeightFileMissing(
+            f"{what} {path!r} does not exist{' (' + hint + ')' if hint else ''}"
+        )
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
         try:
             tensors = dict(load_file(path))
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise WeightFileError(f"{what} {path!r}: cannot read it as safetensors ({e})") from e
-        return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
-                for k, v in tensors.items()}
+        return {
+            k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+            for k, v in tensors.items()
+        }
     if not path.endswith(TORCH_SUFFIXES):
         raise WeightFileError(f"{what} {path!r}: expected a .pth, .pt, .bin or .safetensors file")
     try:
         import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-        raise TorchNeeded(f"{what} {path!r} is a PyTorch file; reading it needs torch, which is not a "
-                          f"dependency of dakpn_jax. Install torch, or {CONVERT_HINT}") from e
+        raise TorchNeeded(
+            f"{what} {path!r} is a PyTorch file; reading it needs torch, which is not a "
+            f"dependency of dakpn_jax. Install torch, or {CONVERT_HINT}"
+        ) from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle / zip errors of a damaged or non-torch file
@@ -75,10 +85,14 @@ def read_tensors(path, *, what: str = "weights file", hint: str = "") -> dict[st
             obj = obj[key]
             break
     if not isinstance(obj, Mapping):
-        raise WeightFileError(f"{what} {path!r} holds a {type(obj).__name__}, not a state dict "
-                              "(name -> tensor)")
-    return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy()
-            for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        raise WeightFileError(
+            f"{what} {path!r} holds a {type(obj).__name__}, not a state dict (name -> tensor)"
+        )
+    return {
+        k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy()
+        for k, v in obj.items()
+        if isinstance(v, torch.Tensor)
+    }
 
 
 __all__ = ["read_tensors", "WeightFileError", "WeightFileMissing", "TorchNeeded"]

@@ -8,6 +8,7 @@ export, ...), or over all stages run so far for a kind not yet run: a kind's own
 planned costs' ratios between kinds were calibrated on one CPU and differ on another. While a stage trains, the trainer draws its own live bar
 (on a terminal only) and writes its start / end lines to the log file instead of the console.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,14 +19,21 @@ def _fmt_s(seconds: float) -> str:
     if not seconds == seconds or seconds == float("inf"):  # NaN / inf
         return "?"
     s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    return (
+        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
 
 
 def stage_kind(key: str) -> str:
     """Stage key ``seed0/seg_dakpn_n20`` -> profile group ``segmenter``."""
     name = key.split("/", 1)[-1]
-    for prefix, kind in (("seg_", "segmenter"), ("translator_", "translator"), ("export_", "export"),
-                         ("scores", "scores"), ("feature_segmenter", "feature segmenter")):
+    for prefix, kind in (
+        ("seg_", "segmenter"),
+        ("translator_", "translator"),
+        ("export_", "export"),
+        ("scores", "scores"),
+        ("feature_segmenter", "feature segmenter"),
+    ):
         if name.startswith(prefix):
             return kind
     return name
@@ -35,7 +43,9 @@ class StageReporter:
     """Start / end lines for a planned list of stages ``[(key, cost), ...]`` (cost: relative
     expected seconds, e.g. training steps x frame pixels; only ratios matter)."""
 
-    def __init__(self, plan: list[tuple[str, float]], stream=None, enabled: bool = True, kind_of=None):
+    def __init__(
+        self, plan: list[tuple[str, float]], stream=None, enabled: bool = True, kind_of=None
+    ):
         self.costs = {k: max(float(c), 1e-9) for k, c in plan}
         self.kind_of = kind_of or (lambda key: key)
         self.kind_rates: dict[str, list[float]] = {}  # kind -> [seconds, cost units] of stages run
@@ -69,8 +79,10 @@ class StageReporter:
             k[1] += self.costs.get(key, 0.0)
         self.times[key] = {"wall_s": dt, "cpu_s": cpu_s, "reused": reused}
         tag = "reused" if reused else f"done in {dt:.0f} s (cpu {cpu_s:.0f} s)"
-        self._print(f"[{self._index(key)}/{len(self.order)}] {what}: {tag} | elapsed "
-                    f"{_fmt_s(time.perf_counter() - self.t0)} | ETA {_fmt_s(self.eta())}")
+        self._print(
+            f"[{self._index(key)}/{len(self.order)}] {what}: {tag} | elapsed "
+            f"{_fmt_s(time.perf_counter() - self.t0)} | ETA {_fmt_s(self.eta())}"
+        )
 
     def eta(self) -> float:
         """Seconds left: each unfinished stage's cost times its kind's measured seconds per cost

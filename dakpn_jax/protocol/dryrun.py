@@ -23,6 +23,7 @@ Disk: each export holds every synthetic-train image (RGB PNG) and its label (8-b
 already exported is measured (``du``); otherwise the uncompressed size (H x W x 4 bytes per image)
 bounds it from above (lossless PNG of rendered frames is typically 40 to 70 % of that).
 """
+
 from __future__ import annotations
 
 import os
@@ -57,6 +58,7 @@ def _du(path: str) -> int:
 def frame_size(pconfig) -> tuple[int, int]:
     """(H, W) of the synthetic-train frames the exports hold (the first frame, after resizing)."""
     from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+
     d = pconfig.data
     if d.get("name", "procedural") == "procedural":
         return int(d.height), int(d.width)
@@ -89,19 +91,31 @@ def estimate(pconfig, workdir: str | None = None) -> dict:
     for s in pconfig.seeds:
         for name, t in methods.build_translators(pconfig, int(s)).items():
             if t.trained and t.config.get("method") == "dakpn":
-                dakpn_steps[f"seed{int(s)}/translator_{name}"] = (int(t.config.num_train_steps), int(t.config.batch_size))
+                dakpn_steps[f"seed{int(s)}/translator_{name}"] = (
+                    int(t.config.num_train_steps),
+                    int(t.config.batch_size),
+                )
     rows = []
     for key, what, c in plan:
         kind = report.stage_kind(key)
         if key in timed:
             rows.append(dict(key=key, what=what, cost=c, seconds=timed[key], rule="measured"))
         elif kind in rate and rate[kind][1] > 0:
-            rows.append(dict(key=key, what=what, cost=c, seconds=c * rate[kind][0] / rate[kind][1],
-                             rule=f"measured {kind} rate"))
+            rows.append(
+                dict(
+                    key=key,
+                    what=what,
+                    cost=c,
+                    seconds=c * rate[kind][0] / rate[kind][1],
+                    rule=f"measured {kind} rate",
+                )
+            )
         elif key in dakpn_steps:
             steps, batch = dakpn_steps[key]
             per = H100_DAKPN_S_PER_STEP * (h * w / H100_DAKPN_PIXELS) * (batch / H100_DAKPN_BATCH)
-            rows.append(dict(key=key, what=what, cost=c, seconds=steps * per, rule="H100 DA-KPN step"))
+            rows.append(
+                dict(key=key, what=what, cost=c, seconds=steps * per, rule="H100 DA-KPN step")
+            )
         else:
             rows.append(dict(key=key, what=what, cost=c, seconds=c * default, rule="CPU profile"))
     n_export = counts["synthetic-train"]
@@ -111,9 +125,18 @@ def estimate(pconfig, workdir: str | None = None) -> dict:
         if report.stage_kind(key) == "export":
             path = os.path.join(workdir, key, "data") if workdir else None
             done = path is not None and os.path.isdir(path) and key in timed
-            exports[key] = {"bytes": _du(path) if done else per_export, "rule": "measured" if done else "upper bound"}
-    return {"stages": rows, "total_s": sum(r["seconds"] for r in rows), "exports": exports, "counts": counts,
-            "frame": (h, w), "images_per_export": n_export}
+            exports[key] = {
+                "bytes": _du(path) if done else per_export,
+                "rule": "measured" if done else "upper bound",
+            }
+    return {
+        "stages": rows,
+        "total_s": sum(r["seconds"] for r in rows),
+        "exports": exports,
+        "counts": counts,
+        "frame": (h, w),
+        "images_per_export": n_export,
+    }
 
 
 def lines(pconfig, workdir: str | None = None) -> list[str]:
@@ -121,20 +144,28 @@ def lines(pconfig, workdir: str | None = None) -> list[str]:
     e = estimate(pconfig, workdir)
     space = methods.label_space(pconfig)
     c = e["counts"]
-    out = [f"dry run: {len(e['stages'])} stages over {len(pconfig.seeds)} seed(s); label space {space.name} "
-           f"({space.num_classes} classes); images: synthetic-train {c['synthetic-train']}, real-train "
-           f"{c['real-train']}, real-val {c['real-val']}; frames {e['frame'][0]} x {e['frame'][1]}"]
+    out = [
+        f"dry run: {len(e['stages'])} stages over {len(pconfig.seeds)} seed(s); label space {space.name} "
+        f"({space.num_classes} classes); images: synthetic-train {c['synthetic-train']}, real-train "
+        f"{c['real-train']}, real-val {c['real-val']}; frames {e['frame'][0]} x {e['frame'][1]}"
+    ]
     width = len(str(len(e["stages"])))
     for i, r in enumerate(e["stages"], 1):
-        out.append(f"[{i:>{width}}/{len(e['stages'])}] {r['what']}: ~{_fmt(r['seconds'])} ({r['rule']})")
-    out.append(f"estimated time: ~{_fmt(e['total_s'])} (rules: measured = this stage's stage.json in the workdir; "
-               "measured <kind> rate = seconds per cost unit of completed stages of that kind in the workdir; "
-               "H100 DA-KPN step = 23.35 ms at 1052 x 1914, batch 8 (docs/RESULTS.md) scaled by pixels and batch; "
-               "CPU profile = the 2-core CPU calibration scaled by frame pixels, an upper-bound guess for an "
-               "accelerator)")
+        out.append(
+            f"[{i:>{width}}/{len(e['stages'])}] {r['what']}: ~{_fmt(r['seconds'])} ({r['rule']})"
+        )
+    out.append(
+        f"estimated time: ~{_fmt(e['total_s'])} (rules: measured = this stage's stage.json in the workdir; "
+        "measured <kind> rate = seconds per cost unit of completed stages of that kind in the workdir; "
+        "H100 DA-KPN step = 23.35 ms at 1052 x 1914, batch 8 (docs/RESULTS.md) scaled by pixels and batch; "
+        "CPU profile = the 2-core CPU calibration scaled by frame pixels, an upper-bound guess for an "
+        "accelerator)"
+    )
     total = sum(x["bytes"] for x in e["exports"].values())
-    out.append(f"exports: {len(e['exports'])} folders (one per translator row and seed, shared by every N), "
-               f"{e['images_per_export']} images each: {_bytes(total)} in all "
-               f"({'measured where exported, else ' if any(x['rule'] == 'measured' for x in e['exports'].values()) else ''}"
-               "uncompressed upper bound: H x W x (3 + 1) bytes per image)")
+    out.append(
+        f"exports: {len(e['exports'])} folders (one per translator row and seed, shared by every N), "
+        f"{e['images_per_export']} images each: {_bytes(total)} in all "
+        f"({'measured where exported, else ' if any(x['rule'] == 'measured' for x in e['exports'].values()) else ''}"
+        "uncompressed upper bound: H x W x (3 + 1) bytes per image)"
+    )
     return out

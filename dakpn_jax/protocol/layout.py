@@ -22,6 +22,7 @@ name stages by it.
 This module imports nothing else of the protocol, so every other protocol module can read the layout
 without import cycles.
 """
+
 from __future__ import annotations
 
 import json

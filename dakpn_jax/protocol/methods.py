@@ -32,6 +32,7 @@ Kinds (:data:`KINDS`, extend with :func:`register_kind`):
 A kind is ``build(pconfig, spec, seed) -> Translator``: either ``trained=True`` with the stage
 config to train, or ``trained=False`` with ``make_fn(pconfig, seed) -> translate_fn``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,16 +52,22 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 # ----------------------------------------------------------------------------- config files
 
+
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """``get_config(arg)`` of a config file: an absolute path, else relative to the working
     directory, else to the repository root (configs/ of a source checkout)."""
-    candidates = [path] if os.path.isabs(path) else [os.path.abspath(path), os.path.join(_REPO, path)]
+    candidates = (
+        [path] if os.path.isabs(path) else [os.path.abspath(path), os.path.join(_REPO, path)]
+    )
     full = next((p for p in candidates if os.path.exists(p)), None)
     if full is None:
         raise ValueError(f"config file {path!r} not found (looked at {candidates})")
-    spec = importlib.util.spec_from_file_location(f"_protocol_cfg_{os.path.basename(path)[:-3]}", full)
+    spec = importlib.util.spec_from_file_location(
+        f"_protocol_cfg_{os.path.basename(path)[:-3]}", full
+    )
     module = importlib.util.module_from_spec(spec)
     import sys  # pylint: disable=import-outside-toplevel
+
     # Config files import configs.default etc.: the repository root is on sys.path while the file
     # runs and get_config builds, then taken off again (a user's own `configs` package is not
     # shadowed afterwards; the modules already imported stay in sys.modules).
@@ -80,10 +87,16 @@ def override(config: ml_collections.ConfigDict, overrides) -> ml_collections.Con
     out = copy.deepcopy(config)
     with out.unlocked():
         for key, value in dict(overrides or {}).items():
-            if hasattr(value, "items") and key in out and isinstance(out[key], ml_collections.ConfigDict):
+            if (
+                hasattr(value, "items")
+                and key in out
+                and isinstance(out[key], ml_collections.ConfigDict)
+            ):
                 out[key] = override(out[key], value)
             else:
-                out[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+                out[key] = (
+                    value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+                )
     return out
 
 
@@ -101,26 +114,31 @@ def _quiet(pconfig):
 
 # ----------------------------------------------------------------------------- translators
 
+
 @dataclasses.dataclass
 class Translator:
     name: str
     kind: str
     trained: bool
-    config: ml_collections.ConfigDict | None = None    # stage config (trained kinds)
-    make_fn: Callable | None = None                     # (pconfig, seed) -> translate_fn (training-free)
+    config: ml_collections.ConfigDict | None = None  # stage config (trained kinds)
+    make_fn: Callable | None = None  # (pconfig, seed) -> translate_fn (training-free)
     spec: dict = dataclasses.field(default_factory=dict)
 
     @property
     def uses_segmenter_features(self) -> bool:
         """Needs the protocol's feature segmenter: frozen-segmenter features and no weights file
         (``segmenter_weights``, e.g. the paper preset's FCN-ResNet50) that provides them."""
-        return (self.trained and self.config.get("features", "onehot") == "segmenter"
-                and not self.config.get("segmenter_weights", None))
+        return (
+            self.trained
+            and self.config.get("features", "onehot") == "segmenter"
+            and not self.config.get("segmenter_weights", None)
+        )
 
 
 def label_space(pconfig):
     """The protocol data's `dakpn_jax.data.label_space.LabelSpace` (classes of every stage)."""
     from dakpn_jax.data import label_space as spaces  # pylint: disable=import-outside-toplevel
+
     return spaces.for_data(pconfig.data)
 
 
@@ -153,12 +171,17 @@ def dakpn_config(pconfig, seed: int, extra=None) -> ml_collections.ConfigDict:
 
 
 def _build_dakpn(pconfig, spec, seed):
-    return dict(trained=True, config=dakpn_config(pconfig, role_seed(pconfig, "translator", seed), spec.get("overrides")))
+    return dict(
+        trained=True,
+        config=dakpn_config(pconfig, role_seed(pconfig, "translator", seed), spec.get("overrides")),
+    )
 
 
 def _build_train(pconfig, spec, seed):
     if not spec.get("config"):
-        raise ValueError(f"translator spec {spec}: kind 'train' needs 'config' (a config file path)")
+        raise ValueError(
+            f"translator spec {spec}: kind 'train' needs 'config' (a config file path)"
+        )
     c = load_config_file(spec["config"], spec.get("arg"))
     c = override(override(with_data(c, pconfig), _quiet(pconfig)), spec.get("overrides"))
     method = registry.REGISTRY.get(c.get("method"))
@@ -169,27 +192,39 @@ def _build_train(pconfig, spec, seed):
     ok, why = method.is_available(c) if method is not None else (True, "")
     if not ok:
         return dict(omit=why)
-    return dict(trained=True, config=override(_with_classes(c, pconfig), {"seed": role_seed(pconfig, "translator", seed)}))
+    return dict(
+        trained=True,
+        config=override(
+            _with_classes(c, pconfig), {"seed": role_seed(pconfig, "translator", seed)}
+        ),
+    )
 
 
 def control_reference(pconfig) -> np.ndarray:
     """(P, H, W, 3) uint8: the first ``eval.control_pool`` real-train frames, the controls' pool of
     "random real training images"."""
     from dakpn_jax import controls  # pylint: disable=import-outside-toplevel
+
     return controls.reference_pool(pconfig.data, int(pconfig.eval.get("control_pool", 64)))
 
 
 def _build_control(pconfig, spec, seed):
     from dakpn_jax import controls  # pylint: disable=import-outside-toplevel
+
     name = spec.get("control")
     if name not in controls.CONTROLS:
-        raise ValueError(f"translator spec {spec}: 'control' must be one of {controls.CONTROLS}, got {name!r}")
+        raise ValueError(
+            f"translator spec {spec}: 'control' must be one of {controls.CONTROLS}, got {name!r}"
+        )
     params = dict(spec.get("params", {}) or {})
     params.setdefault("num_classes", label_space(pconfig).num_classes)  # per-class randomisation
 
     def make_fn(pc, s):
         ref = None if name == "randomize" else control_reference(pc)
-        return controls.make_control(name, reference=ref, seed=role_seed(pc, "control", s), **params)
+        return controls.make_control(
+            name, reference=ref, seed=role_seed(pc, "control", s), **params
+        )
+
     return dict(trained=False, make_fn=make_fn)
 
 
@@ -200,17 +235,23 @@ def _build_checkpoint(pconfig, spec, seed):
     `dakpn_jax.models.torch_import`. Omitted with its reason when no file is given. The same
     weights serve every seed: only the segmenters vary."""
     from dakpn_jax.models import torch_import  # pylint: disable=import-outside-toplevel
+
     del seed
     path, arch = spec.get("generator_checkpoint"), spec.get("arch")
     if arch not in torch_import.ARCHS:
-        raise ValueError(f"translator spec {spec}: kind 'checkpoint' needs arch in {torch_import.ARCHS}, got {arch!r}")
+        raise ValueError(
+            f"translator spec {spec}: kind 'checkpoint' needs arch in {torch_import.ARCHS}, got {arch!r}"
+        )
     if not path:
-        return dict(omit=f"no official {arch} generator checkpoint given (generator_checkpoint=PATH)")
+        return dict(
+            omit=f"no official {arch} generator checkpoint given (generator_checkpoint=PATH)"
+        )
 
     def make_fn(pc, s):
         del pc, s
         config, state = torch_import.restore_for_export(path, arch)
         return registry.method_module(config.method).make_translator(config, state)
+
     return dict(trained=False, make_fn=make_fn)
 
 
@@ -225,30 +266,56 @@ def _build_ceiling(pconfig, spec, seed):
     is deterministic)."""
     from dakpn_jax.data import label_space as spaces  # pylint: disable=import-outside-toplevel
     from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+
     if not spaces.has_paired_view(pconfig.data):
-        return dict(omit="the family ceiling is fitted on paired views, which this data does not have")
+        return dict(
+            omit="the family ceiling is fitted on paired views, which this data does not have"
+        )
     params = dict(spec.get("params", {}) or {})
     unknown = set(params) - {"fit_images", "steps", "noise"}
     if unknown:
-        raise ValueError(f"translator spec {spec}: unknown ceiling params {sorted(unknown)} "
-                         "(fit_images, steps, noise)")
+        raise ValueError(
+            f"translator spec {spec}: unknown ceiling params {sorted(unknown)} "
+            "(fit_images, steps, noise)"
+        )
 
     def make_fn(pc, s):
         del s
         m = dakpn_config(pc, 0).model
         n = int(params.get("fit_images", pc.eval.paired_images))
-        key = json.dumps([pc.data.to_dict(), n, int(params.get("steps", 40)), int(m.kernel_size),
-                          list(m.param_size), int(m.num_classes)], sort_keys=True, default=str)
+        key = json.dumps(
+            [
+                pc.data.to_dict(),
+                n,
+                int(params.get("steps", 40)),
+                int(m.kernel_size),
+                list(m.param_size),
+                int(m.num_classes),
+            ],
+            sort_keys=True,
+            default=str,
+        )
         if key not in _CEILINGS:
             pairs = family.load_pairs(pc.data, n)
-            _CEILINGS[key] = family.fit_ceiling(pairs, num_classes=int(m.num_classes), grid=tuple(m.param_size),
-                                                kernel_size=int(m.kernel_size), steps=int(params.get("steps", 40)))
+            _CEILINGS[key] = family.fit_ceiling(
+                pairs,
+                num_classes=int(m.num_classes),
+                grid=tuple(m.param_size),
+                kernel_size=int(m.kernel_size),
+                steps=int(params.get("steps", 40)),
+            )
         return family.make_ceiling_translator(_CEILINGS[key], noise=params.get("noise", "none"))
+
     return dict(trained=False, make_fn=make_fn)
 
 
-KINDS: dict[str, Callable] = {"dakpn": _build_dakpn, "train": _build_train, "control": _build_control,
-                              "ceiling": _build_ceiling, "checkpoint": _build_checkpoint}
+KINDS: dict[str, Callable] = {
+    "dakpn": _build_dakpn,
+    "train": _build_train,
+    "control": _build_control,
+    "ceiling": _build_ceiling,
+    "checkpoint": _build_checkpoint,
+}
 
 
 def register_kind(name: str, build: Callable) -> None:
@@ -270,7 +337,9 @@ def build_translators(pconfig, seed: int, omitted: dict | None = None) -> dict[s
         spec = _spec_dict(spec)
         kind = spec.get("kind")
         if kind not in KINDS:
-            raise ValueError(f"config.translators.{name}.kind={kind!r} is unknown; expected one of {sorted(KINDS)}")
+            raise ValueError(
+                f"config.translators.{name}.kind={kind!r} is unknown; expected one of {sorted(KINDS)}"
+            )
         built = KINDS[kind](pconfig, spec, seed)
         if "omit" in built:
             if omitted is not None:
@@ -289,7 +358,10 @@ def n_values(pconfig, name: str) -> tuple[int, ...]:
         default = pconfig.get("side_n_real", pconfig.n_real)
     spec = pconfig.translators.get(name) if name in pconfig.translators else None
     ns = spec.get("n_real", None) if spec is not None else None
-    out = [int(n) if int(n) >= 0 else real_train_count(pconfig) for n in (default if ns is None else ns)]
+    out = [
+        int(n) if int(n) >= 0 else real_train_count(pconfig)
+        for n in (default if ns is None else ns)
+    ]
     return tuple(dict.fromkeys(out))  # "all" may equal a listed N on small data: one segmenter each
 
 
@@ -300,14 +372,20 @@ def _count(pconfig, split: str) -> int:
     """Images of a split of the protocol's data (real folders are listed and scanned once per
     process; the procedural benchmark's counts are config fields)."""
     import json  # pylint: disable=import-outside-toplevel
+
     d = pconfig.data
     if d.get("name", "procedural") == "procedural":
-        field = {"synthetic-train": "num_synthetic_train", "real-train": "num_real_train",
-                 "real-val": "num_real_val", "paired-eval": "num_paired_eval"}[split]
+        field = {
+            "synthetic-train": "num_synthetic_train",
+            "real-train": "num_real_train",
+            "real-val": "num_real_val",
+            "paired-eval": "num_paired_eval",
+        }[split]
         return int(d[field])
     key = json.dumps([split, d.to_dict()], sort_keys=True, default=str)
     if key not in _COUNTS:
         from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
+
         _COUNTS[key] = len(sources.make_source(d, split))
     return _COUNTS[key]
 
@@ -322,6 +400,7 @@ def synthetic_train_count(pconfig) -> int:
 
 
 # ----------------------------------------------------------------------------- segmenters
+
 
 def segmenter_config(pconfig, spec, seed: int, train_sources: list, **data_fields):
     """A downstream (or feature) segmenter's stage config: ``spec.config`` (default
@@ -355,5 +434,10 @@ def segmenter_sources(pconfig, base: dict, n: int) -> tuple[list, dict]:
     f = float(pconfig.real_fraction)
     if not 0.0 < f < 1.0:
         raise ValueError(f"config.real_fraction={f} must lie in (0, 1)")
-    return ([{**base, "weight": 1.0 - f}, {"kind": "split", "split": "real-train-labelled", "weight": f}],
-            {"num_real_labelled": int(n)})
+    return (
+        [
+            {**base, "weight": 1.0 - f},
+            {"kind": "split", "split": "real-train-labelled", "weight": f},
+        ],
+        {"num_real_labelled": int(n)},
+    )

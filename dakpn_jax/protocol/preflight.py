@@ -15,11 +15,18 @@ prints as one line (`dakpn_jax.console.fail`).
   paper's SegFormer-B5 starts from ImageNet MiT-B5, FCN-ResNet50 from torchvision weights) must
   name its weights file.
 """
+
 from __future__ import annotations
 
 import os
 
-WEIGHT_FIELDS = ("pretrained", "weights", "vgg_weights", "segmenter_weights", "generator_checkpoint")
+WEIGHT_FIELDS = (
+    "pretrained",
+    "weights",
+    "vgg_weights",
+    "segmenter_weights",
+    "generator_checkpoint",
+)
 _DATA_DIRS = ("data_dir", "synthetic_dir", "real_dir")
 
 
@@ -37,7 +44,9 @@ def _walk(tree, path):
 def check_weights(pconfig) -> None:
     scorer = pconfig.get("eval", {}).get("model_score_workdir", None)
     if scorer and not os.path.isdir(os.path.expanduser(scorer)):
-        raise ValueError(f"config.eval.model_score_workdir={scorer!r}: no such folder (a segmentation run)")
+        raise ValueError(
+            f"config.eval.model_score_workdir={scorer!r}: no such folder (a segmentation run)"
+        )
     for path, value in _walk(pconfig.to_dict(), "config"):
         if value and not os.path.exists(os.path.expanduser(value)):
             raise ValueError(f"{path}={value!r}: no such weights file")
@@ -53,13 +62,18 @@ def check_weights(pconfig) -> None:
         field = "weights" if fcn else "pretrained"
         if not kwargs.get(field):
             where = "model" if spec.get("model", None) else "overrides.model"
-            what = "torchvision FCN-ResNet50 weights" if fcn else "ImageNet MiT-B5 (SegFormer) weights"
-            raise ValueError(f"config.{name}.{where}.kwargs.{field} is not set: the {name} segmenters start from "
-                             f"local {what}; set --config.{name}.{where}.kwargs.{field}=PATH")
+            what = (
+                "torchvision FCN-ResNet50 weights" if fcn else "ImageNet MiT-B5 (SegFormer) weights"
+            )
+            raise ValueError(
+                f"config.{name}.{where}.kwargs.{field} is not set: the {name} segmenters start from "
+                f"local {what}; set --config.{name}.{where}.kwargs.{field}=PATH"
+            )
 
 
 def _needs_feature_segmenter(pconfig) -> bool:
     from dakpn_jax.protocol import methods  # pylint: disable=import-outside-toplevel
+
     try:
         ts = methods.build_translators(pconfig, int(pconfig.seeds[0]), omitted={})
     except ValueError:
@@ -70,6 +84,7 @@ def _needs_feature_segmenter(pconfig) -> bool:
 def check_data(pconfig) -> dict:
     """{split: image count} of the protocol data, after its folders were found."""
     from dakpn_jax.protocol import methods  # pylint: disable=import-outside-toplevel
+
     d = pconfig.data
     if d.get("name", "procedural") == "real":
         for field in _DATA_DIRS:
@@ -77,11 +92,15 @@ def check_data(pconfig) -> dict:
             if value and not os.path.isdir(os.path.expanduser(value)):
                 raise ValueError(f"config.data.{field}={value!r}: no such folder")
         if not any(d.get(f, None) for f in _DATA_DIRS):
-            raise ValueError("config.data.data_dir is not set: give --config.data.data_dir=DIR (prepared TFDS "
-                             "datasets) or --config.data.synthetic_dir and --config.data.real_dir (the extracted "
-                             "official folders)")
-    return {split: methods._count(pconfig, split)  # pylint: disable=protected-access
-            for split in ("synthetic-train", "real-train", "real-val")}
+            raise ValueError(
+                "config.data.data_dir is not set: give --config.data.data_dir=DIR (prepared TFDS "
+                "datasets) or --config.data.synthetic_dir and --config.data.real_dir (the extracted "
+                "official folders)"
+            )
+    return {
+        split: methods._count(pconfig, split)  # pylint: disable=protected-access
+        for split in ("synthetic-train", "real-train", "real-val")
+    }
 
 
 def check(pconfig) -> dict:

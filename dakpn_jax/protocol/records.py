@@ -19,6 +19,7 @@ html from the records alone, without training.
 Size: a segmenter record holds the non-zero entries of its (I, C, C) confusions, a few kB to a few
 tens of kB for 100 to 200 real-val images of the embedded benchmark.
 """
+
 from __future__ import annotations
 
 import glob
@@ -54,10 +55,22 @@ def code_commit() -> str | None:
     """The git commit of the code that made a record (``+dirty`` with local changes), or None."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("+dirty" if dirty else "")
@@ -67,7 +80,9 @@ def _write_json(path: str, tree) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(tree, f, indent=None, sort_keys=True, default=layout.json_default, separators=(",", ":"))
+        json.dump(
+            tree, f, indent=None, sort_keys=True, default=layout.json_default, separators=(",", ":")
+        )
         f.write("\n")
     os.replace(tmp, path)
 
@@ -104,9 +119,17 @@ def write_seed(results_dir: str, pconfig, workdir: str, seed_result: dict) -> li
         directory = os.path.join(workdir, layout.segmenter_key(seed, key))
         conf = layout.load_confusions(directory)
         stage = layout.read_stage(directory) or {}
-        rec = {**base, "kind": "segmenter", "key": key, "index": index, "val": res.get("val"), "final": res.get("final"),
-               "stage_config": config_hash(res.get("config") or {}), "timing": stage.get("timing"),
-               "confusions": None if conf is None else sparse_confusions(conf)}
+        rec = {
+            **base,
+            "kind": "segmenter",
+            "key": key,
+            "index": index,
+            "val": res.get("val"),
+            "final": res.get("final"),
+            "stage_config": config_hash(res.get("config") or {}),
+            "timing": stage.get("timing"),
+            "confusions": None if conf is None else sparse_confusions(conf),
+        }
         path = os.path.join(results_dir, layout.seed_dir(seed), f"{key}.json")
         _check_same_protocol(path, phash, results_dir)
         _write_json(path, rec)
@@ -114,8 +137,14 @@ def write_seed(results_dir: str, pconfig, workdir: str, seed_result: dict) -> li
     scores = seed_result.get("scores")
     if scores is not None:
         stage = layout.read_stage(os.path.join(workdir, layout.scores_key(seed))) or {}
-        rec = {**base, "kind": "scores", "result": scores, "timing": stage.get("timing"),
-               "skipped": seed_result.get("skipped", {}), "oracle_n": seed_result.get("oracle_n")}
+        rec = {
+            **base,
+            "kind": "scores",
+            "result": scores,
+            "timing": stage.get("timing"),
+            "skipped": seed_result.get("skipped", {}),
+            "oracle_n": seed_result.get("oracle_n"),
+        }
         path = os.path.join(results_dir, layout.seed_dir(seed), "scores.json")
         _check_same_protocol(path, phash, results_dir)
         _write_json(path, rec)
@@ -129,8 +158,10 @@ def _check_same_protocol(path: str, phash: str, results_dir: str) -> None:
     with open(path) as f:
         old = json.load(f).get("protocol")
     if old != phash:
-        raise ValueError(f"{path}: a record of another protocol config is there already "
-                         f"({describe_difference(results_dir, old, phash)}); write to another --results_dir")
+        raise ValueError(
+            f"{path}: a record of another protocol config is there already "
+            f"({describe_difference(results_dir, old, phash)}); write to another --results_dir"
+        )
 
 
 def _flatten(tree, prefix="") -> dict:
@@ -176,9 +207,15 @@ def check_compatible(results_dir: str, pconfig) -> None:
             other = json.load(f).get("protocol")
         if other != h:
             stored = _stored_config(results_dir, other)
-            why = difference(stored, mine) if stored is not None else f"its config {other} is not stored"
-            raise ValueError(f"--results_dir={results_dir}: {p} was made with another protocol config "
-                             f"({why}); give another --results_dir or the same config")
+            why = (
+                difference(stored, mine)
+                if stored is not None
+                else f"its config {other} is not stored"
+            )
+            raise ValueError(
+                f"--results_dir={results_dir}: {p} was made with another protocol config "
+                f"({why}); give another --results_dir or the same config"
+            )
 
 
 def load(results_dir: str, expected_keys: list[str] | None = None) -> dict:
@@ -191,7 +228,9 @@ def load(results_dir: str, expected_keys: list[str] | None = None) -> dict:
     fields that differ)."""
     paths = sorted(glob.glob(os.path.join(results_dir, "seed*", "*.json")))
     if not paths:
-        raise ValueError(f"{results_dir}: no protocol records (seed<k>/*.json) to build a report from")
+        raise ValueError(
+            f"{results_dir}: no protocol records (seed<k>/*.json) to build a report from"
+        )
     recs = []
     for p in paths:
         with open(p) as f:
@@ -200,14 +239,18 @@ def load(results_dir: str, expected_keys: list[str] | None = None) -> dict:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{p}: not a protocol record ({e})") from e
         if r.get("format") != FORMAT or "protocol" not in r or "seed" not in r:
-            raise ValueError(f"{p}: not a protocol record of format {FORMAT} (fields format, protocol, seed)")
+            raise ValueError(
+                f"{p}: not a protocol record of format {FORMAT} (fields format, protocol, seed)"
+            )
         recs.append((p, r))
     hashes = sorted({r["protocol"] for _, r in recs})
     if len(hashes) > 1:
         first = next(p for p, r in recs if r["protocol"] == hashes[0])
         other = next(p for p, r in recs if r["protocol"] == hashes[1])
-        raise ValueError(f"{results_dir}: records of different protocol configs cannot make one table "
-                         f"({first} and {other}: {describe_difference(results_dir, hashes[0], hashes[1])})")
+        raise ValueError(
+            f"{results_dir}: records of different protocol configs cannot make one table "
+            f"({first} and {other}: {describe_difference(results_dir, hashes[0], hashes[1])})"
+        )
     with open(os.path.join(results_dir, "configs", f"{hashes[0]}.json")) as f:
         protocol_config = json.load(f)
     seeds: dict[int, dict] = {}
@@ -215,8 +258,10 @@ def load(results_dir: str, expected_keys: list[str] | None = None) -> dict:
     # Rows in the order the run made them (the report's row order), not the files' order.
     recs.sort(key=lambda pr: (pr[1].get("kind") != "segmenter", pr[1].get("index", 0)))
     for _, r in recs:
-        s = seeds.setdefault(int(r["seed"]), {"seed": int(r["seed"]), "translators": {}, "segmenters": {},
-                                              "skipped": {}})
+        s = seeds.setdefault(
+            int(r["seed"]),
+            {"seed": int(r["seed"]), "translators": {}, "segmenters": {}, "skipped": {}},
+        )
         if r["kind"] == "segmenter":
             s["segmenters"][r["key"]] = {k: r[k] for k in ("val", "final") if r.get(k) is not None}
             if r.get("confusions") is not None:
@@ -238,8 +283,13 @@ def load(results_dir: str, expected_keys: list[str] | None = None) -> dict:
         s["segmenters"] = {k: s["segmenters"][k] for k in expected_keys}
         s.setdefault("scores", {})
         complete.append(s)
-    return {"protocol_config": protocol_config, "per_seed": complete, "confusions": confusions,
-            "missing": missing, "records": len(recs)}
+    return {
+        "protocol_config": protocol_config,
+        "per_seed": complete,
+        "confusions": confusions,
+        "missing": missing,
+        "records": len(recs),
+    }
 
 
 def rebuild_report(results_dir: str, workdir: str, pconfig=None) -> dict:
@@ -248,16 +298,24 @@ def rebuild_report(results_dir: str, workdir: str, pconfig=None) -> dict:
     were made with (seeds aside); by default the records' own config is used. Returns
     `report.write_report`'s dict plus ``"missing"``."""
     import ml_collections  # pylint: disable=import-outside-toplevel
+
     loaded = load(results_dir)
-    if pconfig is not None and config_hash(protocol_fields(pconfig)) != config_hash(loaded["protocol_config"]):
-        raise ValueError(f"{results_dir}: the records were made with another protocol config "
-                         f"({difference(loaded['protocol_config'], protocol_fields(pconfig))})")
+    if pconfig is not None and config_hash(protocol_fields(pconfig)) != config_hash(
+        loaded["protocol_config"]
+    ):
+        raise ValueError(
+            f"{results_dir}: the records were made with another protocol config "
+            f"({difference(loaded['protocol_config'], protocol_fields(pconfig))})"
+        )
     if not loaded["per_seed"]:
-        raise ValueError(f"{results_dir}: no seed has a record of every row (missing: {loaded['missing']})")
+        raise ValueError(
+            f"{results_dir}: no seed has a record of every row (missing: {loaded['missing']})"
+        )
     pc = ml_collections.ConfigDict(loaded["protocol_config"])
     with pc.unlocked():
         pc.seeds = tuple(r["seed"] for r in loaded["per_seed"])
     os.makedirs(workdir, exist_ok=True)
-    out = report.write_report(pc, workdir, loaded["per_seed"], confusions=loaded["confusions"],
-                              missing=loaded["missing"])
+    out = report.write_report(
+        pc, workdir, loaded["per_seed"], confusions=loaded["confusions"], missing=loaded["missing"]
+    )
     return {**out, "missing": loaded["missing"]}

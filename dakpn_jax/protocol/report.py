@@ -7,6 +7,7 @@ results.json holds ``summary.rows`` (per segmenter row: ``miou`` = [mean, std] o
 paired difference, ``verdict``), ``per_class_iou``, ``noise_floor`` (half-widths achieved),
 ``timings`` (per stage wall / CPU seconds), the protocol config and every seed's stage results.
 """
+
 from __future__ import annotations
 
 import base64
@@ -68,8 +69,11 @@ def seg_miou(r: dict, key: str):
 def _boot(pconfig) -> dict:
     b = pconfig.get("bootstrap", None)
     b = b.to_dict() if hasattr(b, "to_dict") else dict(b or {})
-    return {"num_resamples": int(b.get("num_resamples", 2000)), "level": float(b.get("level", 0.95)),
-            "seed": int(b.get("seed", 0))}
+    return {
+        "num_resamples": int(b.get("num_resamples", 2000)),
+        "level": float(b.get("level", 0.95)),
+        "seed": int(b.get("seed", 0)),
+    }
 
 
 def _confusions(workdir, per_seed, key, given=None):
@@ -80,13 +84,17 @@ def _confusions(workdir, per_seed, key, given=None):
     elif workdir is None:
         return None
     else:
-        cs = [load_confusions(os.path.join(workdir, layout.segmenter_key(r["seed"], key))) for r in per_seed]
+        cs = [
+            load_confusions(os.path.join(workdir, layout.segmenter_key(r["seed"], key)))
+            for r in per_seed
+        ]
     if any(c is None for c in cs) or len({c.shape for c in cs}) != 1:
         return None
     return np.stack(cs)
 
 
 # ----------------------------------------------------------------------------- summary
+
 
 def oracle_n(pconfig, per_seed) -> int:
     """The oracle's real-train image count as the run recorded it (real data: the listed folder),
@@ -97,12 +105,17 @@ def oracle_n(pconfig, per_seed) -> int:
 
 def label_space_line(pconfig) -> str:
     from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
+
     space = label_space.for_data(pconfig.data)
-    return (f"Label space: {space.name}, {space.num_classes} classes ({', '.join(space.class_names)}), "
-            f"ignore index {space.ignore_index}.")
+    return (
+        f"Label space: {space.name}, {space.num_classes} classes ({', '.join(space.class_names)}), "
+        f"ignore index {space.ignore_index}."
+    )
 
 
-def summarise(pconfig, per_seed: list[dict], workdir: str | None = None, confusions: dict | None = None) -> dict:
+def summarise(
+    pconfig, per_seed: list[dict], workdir: str | None = None, confusions: dict | None = None
+) -> dict:
     """Rows ``{method, n, key, miou: (mean, std), miou_ci, model_score, psnr, ssim, swd,
     class_color_err}`` over seeds, the paired comparisons and per-class IoU."""
     boot = _boot(pconfig)
@@ -111,15 +124,22 @@ def summarise(pconfig, per_seed: list[dict], workdir: str | None = None, confusi
     for key in keys:
         method, score_key = method_and_score_key(key)
         n = oracle_n(pconfig, per_seed) if key == "oracle" else int(key.rsplit("_n", 1)[1])
-        row = {"method": method, "n": n, "key": key, "miou": _mean_std([seg_miou(r, key) for r in per_seed]),
-               "miou_per_seed": [seg_miou(r, key) for r in per_seed]}
+        row = {
+            "method": method,
+            "n": n,
+            "key": key,
+            "miou": _mean_std([seg_miou(r, key) for r in per_seed]),
+            "miou_per_seed": [seg_miou(r, key) for r in per_seed],
+        }
         confs[key] = _confusions(workdir, per_seed, key, confusions)
         if confs[key] is not None:
             row["miou_ci"] = stats.bootstrap_miou(confs[key], **boot)
         elif len(per_seed) > 1:
             row["miou_ci"] = stats.bootstrap_mean(row["miou_per_seed"], **boot)
         if method != "oracle":
-            row["model_score"] = _mean_std([_dig(r, ("scores", "model_score", score_key, "miou")) for r in per_seed])
+            row["model_score"] = _mean_std(
+                [_dig(r, ("scores", "model_score", score_key, "miou")) for r in per_seed]
+            )
             for m in ("psnr", "ssim", "swd", "class_color_err"):
                 row[m] = _mean_std([_dig(r, ("scores", "paired", score_key, m)) for r in per_seed])
         rows.append(row)
@@ -131,11 +151,17 @@ def summarise(pconfig, per_seed: list[dict], workdir: str | None = None, confusi
             per_class[key] = {c: _mean_std([v[c] for v in vals])[0] for c in vals[0]}
     hw = [c["seeds_images"]["half_width"] for c in comparisons if c.get("seeds_images")]
     hws = [c["seeds"]["half_width"] for c in comparisons if c.get("seeds") and c["seeds"]["n"] > 1]
-    noise = {"seeds": len(per_seed),
-             "val_images": int(next((v.shape[1] for v in confs.values() if v is not None), 0)),
-             "half_width_seeds_images": {"median": float(np.median(hw)), "max": float(np.max(hw))} if hw else None,
-             "half_width_seeds": {"median": float(np.median(hws)), "max": float(np.max(hws))} if hws else None,
-             "oracle_seed_std": next((r["miou"][1] for r in rows if r["method"] == "oracle"), None)}
+    noise = {
+        "seeds": len(per_seed),
+        "val_images": int(next((v.shape[1] for v in confs.values() if v is not None), 0)),
+        "half_width_seeds_images": {"median": float(np.median(hw)), "max": float(np.max(hw))}
+        if hw
+        else None,
+        "half_width_seeds": {"median": float(np.median(hws)), "max": float(np.max(hws))}
+        if hws
+        else None,
+        "oracle_seed_std": next((r["miou"][1] for r in rows if r["method"] == "oracle"), None),
+    }
     # Classes with labelled pixels in the evaluated split (confusion rows are labels): the per-class
     # table shows only these (an absent class has IoU 0 or none, which says nothing about it).
     known = [c for c in confs.values() if c is not None]
@@ -145,8 +171,13 @@ def summarise(pconfig, per_seed: list[dict], workdir: str | None = None, confusi
         counts = known[0].sum(axis=(0, 1, 3))
         if names is not None and len(names) == counts.shape[0]:
             present = [name for name, k in zip(names, counts) if k > 0]
-    return {"rows": rows, "comparisons": comparisons, "per_class_iou": per_class, "noise_floor": noise,
-            "present_classes": present}
+    return {
+        "rows": rows,
+        "comparisons": comparisons,
+        "per_class_iou": per_class,
+        "noise_floor": noise,
+        "present_classes": present,
+    }
 
 
 def compare(pconfig, per_seed, rows, confs, boot) -> list[dict]:
@@ -163,19 +194,33 @@ def compare(pconfig, per_seed, rows, confs, boot) -> list[dict]:
                 continue
             a, b = r["miou_per_seed"], by_key[bkey]["miou_per_seed"]
             pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-            entry = {"method": r["method"], "n": r["n"], "key": r["key"], "baseline": base, "baseline_key": bkey,
-                     "seeds": stats.paired_bootstrap([x for x, _ in pairs], [y for _, y in pairs], **boot),
-                     "per_seed": [x - y for x, y in pairs]}
+            entry = {
+                "method": r["method"],
+                "n": r["n"],
+                "key": r["key"],
+                "baseline": base,
+                "baseline_key": bkey,
+                "seeds": stats.paired_bootstrap(
+                    [x for x, _ in pairs], [y for _, y in pairs], **boot
+                ),
+                "per_seed": [x - y for x, y in pairs],
+            }
             if confs.get(r["key"]) is not None and confs.get(bkey) is not None:
-                entry["seeds_images"] = stats.paired_bootstrap_confusions(confs[r["key"]], confs[bkey], **boot)
+                entry["seeds_images"] = stats.paired_bootstrap_confusions(
+                    confs[r["key"]], confs[bkey], **boot
+                )
             primary = entry.get("seeds_images") or entry["seeds"]
-            entry["verdict"] = (stats.verdict(primary) if len(pairs) >= MIN_SEEDS_FOR_VERDICT
-                                else f"n/a ({len(pairs)} seed(s) < {MIN_SEEDS_FOR_VERDICT})")
+            entry["verdict"] = (
+                stats.verdict(primary)
+                if len(pairs) >= MIN_SEEDS_FOR_VERDICT
+                else f"n/a ({len(pairs)} seed(s) < {MIN_SEEDS_FOR_VERDICT})"
+            )
             out.append(entry)
     return out
 
 
 # ----------------------------------------------------------------------------- markdown
+
 
 def _ci(c, scale=100.0, digits=1) -> str:
     if not c or not np.isfinite(c.get("lo", np.nan)):
@@ -199,45 +244,80 @@ def markdown(pconfig, summary: dict, per_seed: list[dict], timings: dict | None 
     seeds = list(pconfig.seeds)
     level = int(round(100 * _boot(pconfig)["level"]))
     spread = "mean ± std over seeds" if len(per_seed) > 1 else "one seed, so no spread over seeds"
-    lines = [f"# Protocol results ({len(seeds)} seed(s): {seeds})", "",
-             f"real-val mIoU: {spread}, and [{level}% bootstrap interval of the mean over seeds "
-             "and real-val images].", "", label_space_line(pconfig), "",
-             "| method | N real labels | real-val mIoU (%) | interval | model score mIoU (%) | PSNR (dB) | SSIM | SWD "
-             "| class colour err |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Protocol results ({len(seeds)} seed(s): {seeds})",
+        "",
+        f"real-val mIoU: {spread}, and [{level}% bootstrap interval of the mean over seeds "
+        "and real-val images].",
+        "",
+        label_space_line(pconfig),
+        "",
+        "| method | N real labels | real-val mIoU (%) | interval | model score mIoU (%) | PSNR (dB) | SSIM | SWD "
+        "| class colour err |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in summary["rows"]:
         g = lambda k, s=1.0, d=1: _fmt(*r[k], scale=s, digits=d) if k in r else "-"
         n = "all" if r["method"] == "oracle" else str(r["n"])
         ci = r.get("miou_ci")
-        ci_s = f"[{100 * ci['lo']:.1f}, {100 * ci['hi']:.1f}]" if ci and np.isfinite(ci["lo"]) else "-"
-        lines.append(f"| {_row_label(pconfig, r['method'])} | {n} | {g('miou', 100)} | {ci_s} | {g('model_score', 100)} "
-                     f"| {g('psnr', 1, 2)} | {g('ssim', 1, 3)} | {g('swd', 1, 3)} | {g('class_color_err', 1, 3)} |")
-    lines += ["", "Model score: the oracle segmenter (all real-train labels) labels each (translated) synthetic "
-              "set; mIoU against the synthetic labels. PSNR / SSIM against the real rendering of the same "
-              "scene (paired-eval); SWD: Laplacian-pyramid sliced Wasserstein distance to the real images "
-              "(lower is closer); class colour err: mean over classes of the distance between a class's "
-              "mean RGB in the translated and in the real images (paired-eval).", ""]
+        ci_s = (
+            f"[{100 * ci['lo']:.1f}, {100 * ci['hi']:.1f}]" if ci and np.isfinite(ci["lo"]) else "-"
+        )
+        lines.append(
+            f"| {_row_label(pconfig, r['method'])} | {n} | {g('miou', 100)} | {ci_s} | {g('model_score', 100)} "
+            f"| {g('psnr', 1, 2)} | {g('ssim', 1, 3)} | {g('swd', 1, 3)} | {g('class_color_err', 1, 3)} |"
+        )
+    lines += [
+        "",
+        "Model score: the oracle segmenter (all real-train labels) labels each (translated) synthetic "
+        "set; mIoU against the synthetic labels. PSNR / SSIM against the real rendering of the same "
+        "scene (paired-eval); SWD: Laplacian-pyramid sliced Wasserstein distance to the real images "
+        "(lower is closer); class colour err: mean over classes of the distance between a class's "
+        "mean RGB in the translated and in the real images (paired-eval).",
+        "",
+    ]
     comps = summary.get("comparisons", [])
     if comps:
-        lines += [f"## Paired differences (mIoU points, method - baseline; mean [{level}% bootstrap interval])", "",
-                  "Same seed = same segmenter initialisation and data order; same real-val images. Verdict from the "
-                  "interval over seeds and images; a difference is claimed only where it excludes 0, and only "
-                  f"with at least {MIN_SEEDS_FOR_VERDICT} seeds.", "",
-                  "| method | N | baseline | over seeds | over seeds + val images | sd over seeds | verdict |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## Paired differences (mIoU points, method - baseline; mean [{level}% bootstrap interval])",
+            "",
+            "Same seed = same segmenter initialisation and data order; same real-val images. Verdict from the "
+            "interval over seeds and images; a difference is claimed only where it excludes 0, and only "
+            f"with at least {MIN_SEEDS_FOR_VERDICT} seeds.",
+            "",
+            "| method | N | baseline | over seeds | over seeds + val images | sd over seeds | verdict |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for c in comps:
             n = "all" if c["method"] == "oracle" else str(c["n"])
-            seeds_ci = _ci(c["seeds"]) if c["seeds"]["n"] > 1 else (
-                f"{100 * c['seeds']['mean']:+.1f} (1 seed)" if np.isfinite(c["seeds"]["mean"]) else "-")
-            lines.append(f"| {_row_label(pconfig, c['method'])} | {n} | {c['baseline']} (N={c['baseline_key'].rsplit('_n', 1)[1]}) "
-                         f"| {seeds_ci} | {_ci(c.get('seeds_images'))} | {_sd(c['per_seed'])} | {c['verdict']} |")
+            seeds_ci = (
+                _ci(c["seeds"])
+                if c["seeds"]["n"] > 1
+                else (
+                    f"{100 * c['seeds']['mean']:+.1f} (1 seed)"
+                    if np.isfinite(c["seeds"]["mean"])
+                    else "-"
+                )
+            )
+            lines.append(
+                f"| {_row_label(pconfig, c['method'])} | {n} | {c['baseline']} (N={c['baseline_key'].rsplit('_n', 1)[1]}) "
+                f"| {seeds_ci} | {_ci(c.get('seeds_images'))} | {_sd(c['per_seed'])} | {c['verdict']} |"
+            )
         nf = summary.get("noise_floor", {})
         if nf.get("half_width_seeds_images"):
             h = nf["half_width_seeds_images"]
-            lines += ["", f"Interval half-width achieved ({nf['seeds']} seed(s), {nf['val_images']} real-val images, "
-                      f"seeds + images): median {100 * h['median']:.1f}, max {100 * h['max']:.1f} mIoU points"
-                      + (f"; over seeds only: median {100 * nf['half_width_seeds']['median']:.1f}, max "
-                         f"{100 * nf['half_width_seeds']['max']:.1f}" if nf.get("half_width_seeds") else "") + "."]
+            lines += [
+                "",
+                f"Interval half-width achieved ({nf['seeds']} seed(s), {nf['val_images']} real-val images, "
+                f"seeds + images): median {100 * h['median']:.1f}, max {100 * h['max']:.1f} mIoU points"
+                + (
+                    f"; over seeds only: median {100 * nf['half_width_seeds']['median']:.1f}, max "
+                    f"{100 * nf['half_width_seeds']['max']:.1f}"
+                    if nf.get("half_width_seeds")
+                    else ""
+                )
+                + ".",
+            ]
         lines.append("")
     pc = summary.get("per_class_iou", {})
     if pc:
@@ -246,40 +326,66 @@ def markdown(pconfig, summary: dict, per_seed: list[dict], timings: dict | None 
             classes = [c for c in next(iter(pc.values())) if c in present]
             absent = [c for c in next(iter(pc.values())) if c not in present]
         else:  # no per-image confusions: the classes some row has an IoU for
-            classes = [c for c in next(iter(pc.values())) if any(np.isfinite(v[c]) for v in pc.values() if v[c] is not None)]
+            classes = [
+                c
+                for c in next(iter(pc.values()))
+                if any(np.isfinite(v[c]) for v in pc.values() if v[c] is not None)
+            ]
             absent = []
         lines += ["## Per-class IoU (%), mean over seeds", ""]
         if absent:
-            lines += [f"Classes with no labelled pixel in the evaluated split are left out: {', '.join(absent)}.", ""]
+            lines += [
+                f"Classes with no labelled pixel in the evaluated split are left out: {', '.join(absent)}.",
+                "",
+            ]
         lines += [
-                  "| segmenter | " + " | ".join(classes) + " |", "| --- |" + " --- |" * len(classes)]
+            "| segmenter | " + " | ".join(classes) + " |",
+            "| --- |" + " --- |" * len(classes),
+        ]
         for key, v in pc.items():
-            lines.append(f"| {key} | " + " | ".join("-" if v[c] is None or not np.isfinite(v[c]) else f"{100 * v[c]:.0f}"
-                                                     for c in classes) + " |")
+            lines.append(
+                f"| {key} | "
+                + " | ".join(
+                    "-" if v[c] is None or not np.isfinite(v[c]) else f"{100 * v[c]:.0f}"
+                    for c in classes
+                )
+                + " |"
+            )
         lines.append("")
     if len(per_seed) > 1:  # the spread behind every mean ± std above
-        lines += ["Per seed: real-val mIoU (%) / model score mIoU (%):", "",
-                  "| segmenter | " + " | ".join(f"seed {r['seed']}" for r in per_seed) + " |",
-                  "| --- |" + " --- |" * len(per_seed)]
+        lines += [
+            "Per seed: real-val mIoU (%) / model score mIoU (%):",
+            "",
+            "| segmenter | " + " | ".join(f"seed {r['seed']}" for r in per_seed) + " |",
+            "| --- |" + " --- |" * len(per_seed),
+        ]
         for key in per_seed[0]["segmenters"]:
             _, score_key = method_and_score_key(key)
             cells = []
             for r in per_seed:
                 miou = seg_miou(r, key)
                 ms = _dig(r, ("scores", "model_score", score_key, "miou"))
-                cells.append(("-" if miou is None else f"{100 * miou:.1f}") + ("" if ms is None else f" / {100 * ms:.1f}"))
+                cells.append(
+                    ("-" if miou is None else f"{100 * miou:.1f}")
+                    + ("" if ms is None else f" / {100 * ms:.1f}")
+                )
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
         lines.append("")
     names = list(_dig(per_seed[0], ("scores", "model_score")) or {})
     if names:
-        lines.append("Largest label flips (label -> oracle prediction, fraction of the label's pixels), per seed:")
+        lines.append(
+            "Largest label flips (label -> oracle prediction, fraction of the label's pixels), per seed:"
+        )
         lines.append("")
         for name in names:
             per = []
             for r in per_seed:
                 s = _dig(r, ("scores", "model_score", name))
                 if s:
-                    per.append(f"seed {r['seed']}: " + ", ".join(f"{a}->{b} {f:.2f}" for a, b, f in s["top_flips"][:3]))
+                    per.append(
+                        f"seed {r['seed']}: "
+                        + ", ".join(f"{a}->{b} {f:.2f}" for a, b, f in s["top_flips"][:3])
+                    )
             lines.append(f"- {name}: " + "; ".join(per))
         lines.append("")
     if timings:
@@ -303,29 +409,43 @@ def profile(timings: dict) -> dict:
 def profile_lines(timings: dict) -> list[str]:
     prof = profile(timings)
     wall = sum(v["wall_s"] for v in prof.values()) or 1.0
-    lines = ["## Stage times (as measured when each stage ran; process CPU seconds count both cores)", "",
-             "| stage kind | stages | wall (s) | share | CPU (s) |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "## Stage times (as measured when each stage ran; process CPU seconds count both cores)",
+        "",
+        "| stage kind | stages | wall (s) | share | CPU (s) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for kind, v in sorted(prof.items(), key=lambda kv: -kv[1]["wall_s"]):
-        lines.append(f"| {kind} | {v['count']} | {v['wall_s']:.0f} | {100 * v['wall_s'] / wall:.0f}% | {v['cpu_s']:.0f} |")
+        lines.append(
+            f"| {kind} | {v['count']} | {v['wall_s']:.0f} | {100 * v['wall_s'] / wall:.0f}% | {v['cpu_s']:.0f} |"
+        )
     return lines + [""]
 
 
 # ----------------------------------------------------------------------------- html
 
+
 def _md_to_html(md: str) -> str:
     """The subset of markdown the report writes: headings, pipe tables, bullet lists, paragraphs."""
     out, table, items = [], None, None
-    flush_items = lambda: (out.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
-                           if items else None)
+    flush_items = lambda: (
+        out.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+        if items
+        else None
+    )
     for line in md.splitlines() + [""]:
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if set("".join(cells)) <= set("- "):
                 continue
             if table is None:
-                table = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>"]
+                table = [
+                    "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>"
+                ]
             else:
-                table.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+                table.append(
+                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+                )
             continue
         if table is not None:
             out.append("".join(table) + "</table>")
@@ -353,18 +473,27 @@ def _img_tag(path: str, alt: str) -> str:
 def write_html(path: str, text: str, images: list[tuple[str, str]], configs: dict) -> None:
     """A self-contained page (no external files, scripts or fonts): the report's tables, the
     images embedded as base64 PNG, and the configs as JSON."""
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #bbb;padding:2px 6px}"
-             "th{background:#eee}tr:nth-child(even) td{background:#fafafa}img{max-width:100%;image-rendering:pixelated}"
-             "pre{background:#f4f4f4;padding:.5em;overflow:auto;font-size:12px}figure{margin:1em 0}")
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #bbb;padding:2px 6px}"
+        "th{background:#eee}tr:nth-child(even) td{background:#fafafa}img{max-width:100%;image-rendering:pixelated}"
+        "pre{background:#f4f4f4;padding:.5em;overflow:auto;font-size:12px}figure{margin:1em 0}"
+    )
     body = _md_to_html(text)
     figs = [_img_tag(p, alt) for p, alt in images if os.path.exists(p)]
     head, sep, rest = body.partition("</table>")  # the figures right under the main table
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>dakpn-jax protocol results</title>",
-             f"<style>{style}</style></head><body>", head + sep, *figs, rest]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>dakpn-jax protocol results</title>",
+        f"<style>{style}</style></head><body>",
+        head + sep,
+        *figs,
+        rest,
+    ]
     for name, cfg in configs.items():
-        parts.append(f"<details><summary>{html.escape(name)}</summary><pre>"
-                     f"{html.escape(json.dumps(cfg, indent=1, sort_keys=True, default=json_default))}</pre></details>")
+        parts.append(
+            f"<details><summary>{html.escape(name)}</summary><pre>"
+            f"{html.escape(json.dumps(cfg, indent=1, sort_keys=True, default=json_default))}</pre></details>"
+        )
     parts.append("</body></html>")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -374,17 +503,31 @@ def write_html(path: str, text: str, images: list[tuple[str, str]], configs: dic
 
 # ----------------------------------------------------------------------------- all of it
 
-def write_report(pconfig, workdir: str, per_seed: list[dict], timings: dict | None = None,
-                 confusions: dict | None = None, missing: dict | None = None) -> dict:
+
+def write_report(
+    pconfig,
+    workdir: str,
+    per_seed: list[dict],
+    timings: dict | None = None,
+    confusions: dict | None = None,
+    missing: dict | None = None,
+) -> dict:
     """Writes results.{json,md,html}, the plot and the grids into ``workdir``. ``confusions``:
     per-image confusions by (seed, row key) instead of the workdir's stages (a report rebuilt from
     records); ``missing``: {seed: [row keys]} of seeds left out for lack of rows (listed)."""
     summary = summarise(pconfig, per_seed, workdir, confusions)
     from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
-    report = {"protocol_config": pconfig.to_dict(), "seeds": list(pconfig.seeds), "summary": summary,
-              "label_space": label_space.for_data(pconfig.data).to_dict(),
-              "timings": timings or {}, "profile": profile(timings or {}), "per_seed": per_seed,
-              "missing": {str(k): v for k, v in (missing or {}).items()}}
+
+    report = {
+        "protocol_config": pconfig.to_dict(),
+        "seeds": list(pconfig.seeds),
+        "summary": summary,
+        "label_space": label_space.for_data(pconfig.data).to_dict(),
+        "timings": timings or {},
+        "profile": profile(timings or {}),
+        "per_seed": per_seed,
+        "missing": {str(k): v for k, v in (missing or {}).items()},
+    }
     tmp = os.path.join(workdir, layout.RESULTS_JSON + ".tmp")
     with open(tmp, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True, default=json_default)
@@ -393,7 +536,8 @@ def write_report(pconfig, workdir: str, per_seed: list[dict], timings: dict | No
     if missing:
         text += "\n## Missing\n\n" + "".join(
             f"- seed {s}: no record of {', '.join(keys)}; the seed is left out of every table\n"
-            for s, keys in sorted(missing.items()))
+            for s, keys in sorted(missing.items())
+        )
     with open(os.path.join(workdir, layout.RESULTS_MD), "w") as f:
         f.write(text)
     plot_miou_vs_n(summary, os.path.join(workdir, layout.PLOT))

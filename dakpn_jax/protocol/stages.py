@@ -20,6 +20,7 @@ its checkpoint):
 Pairing: a seed's segmenters share ``config.seed`` (initialisation, data order); see `stats`.
 Stage timings (wall and process CPU seconds) are stored in every ``stage.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,16 +37,25 @@ from dakpn_jax.protocol.console import StageReporter, stage_kind
 
 log = logging.getLogger("dakpn_jax.protocol")
 STAGE_FILE = layout.STAGE_FILE  # protocol.STAGE_FILE, as before
-NO_PAIRED_VIEW = ("this data has no paired view (the same scene in both domains), so paired PSNR / SSIM / SWD, "
-                  "class colour error and the paired grid are not computed; the model score (the oracle segmenter "
-                  "of this run on each translated set) and real-val mIoU are")
+NO_PAIRED_VIEW = (
+    "this data has no paired view (the same scene in both domains), so paired PSNR / SSIM / SWD, "
+    "class colour error and the paired grid are not computed; the model score (the oracle segmenter "
+    "of this run on each translated set) and real-val mIoU are"
+)
 
 
 # ----------------------------------------------------------------------------- one stage
 
-def stage(directory: str, fn: Callable[[str], dict], *, what: str,
-          still_valid: Callable[[dict], bool] | None = None, key: str | None = None,
-          reporter: StageReporter | None = None) -> dict:
+
+def stage(
+    directory: str,
+    fn: Callable[[str], dict],
+    *,
+    what: str,
+    still_valid: Callable[[dict], bool] | None = None,
+    key: str | None = None,
+    reporter: StageReporter | None = None,
+) -> dict:
     """Runs ``fn(directory) -> result`` unless ``directory/stage.json`` says it is complete (and
     ``still_valid(result)``, when given: a stage that summarises other stages reruns when the
     config has grown, e.g. the scores once a translator was added). The marker is written
@@ -68,7 +78,9 @@ def stage(directory: str, fn: Callable[[str], dict], *, what: str,
     wall0 = time.perf_counter()
     result = fn(directory)
     timing = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - c0}
-    text = json.dumps({"stage": what, "result": result, "timing": timing}, indent=1, default=layout.json_default)
+    text = json.dumps(
+        {"stage": what, "result": result, "timing": timing}, indent=1, default=layout.json_default
+    )
     tmp = marker + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
@@ -80,41 +92,72 @@ def stage(directory: str, fn: Callable[[str], dict], *, what: str,
 
 def train(config, what: str = "train", *, progress: bool = False) -> Callable[[str], dict]:
     """A trainer stage; ``progress``: the trainer's live bar (the protocol's console run)."""
+
     def run(workdir):
         from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
         # The trainer's own start/end lines would double the protocol's per-stage lines: to the log.
-        final = trainer.train_and_evaluate(config, os.path.join(workdir, "run"), desc=what,
-                                           progress=progress, announce=False)
+        final = trainer.train_and_evaluate(
+            config, os.path.join(workdir, "run"), desc=what, progress=progress, announce=False
+        )
         return {"final": {k: float(v) for k, v in final.items()}, "config": config.to_dict()}
+
     return run
 
 
-def export(pconfig, translator: methods.Translator, translator_dir: str | None, seed: int) -> Callable[[str], dict]:
+def export(
+    pconfig, translator: methods.Translator, translator_dir: str | None, seed: int
+) -> Callable[[str], dict]:
     """Synthetic-train translated to ``directory/data`` (a trained run's checkpoint, or a control)."""
+
     def run(directory):
         from dakpn_jax import export as exporter  # pylint: disable=import-outside-toplevel
+
         out = os.path.join(directory, "data")
         bs = int(pconfig.eval.batch_size)
         if translator.trained:
-            m = exporter.export_translated(os.path.join(translator_dir, "run"), out, split="synthetic-train",
-                                           batch_size=bs, progress=False)
+            m = exporter.export_translated(
+                os.path.join(translator_dir, "run"),
+                out,
+                split="synthetic-train",
+                batch_size=bs,
+                progress=False,
+            )
         else:
             import ml_collections  # pylint: disable=import-outside-toplevel
-            cfg = ml_collections.ConfigDict({"data": pconfig.data.to_dict(), "seed": seed,
-                                             "control": dict(translator.spec)})
-            m = exporter.export_translated(None, out, split="synthetic-train", config=cfg, batch_size=bs,
-                                           progress=False, translate_fn=translator.make_fn(pconfig, seed),
-                                           translator_id=f"{translator.kind}:{translator.spec.get('control', translator.name)}")
+
+            cfg = ml_collections.ConfigDict(
+                {"data": pconfig.data.to_dict(), "seed": seed, "control": dict(translator.spec)}
+            )
+            m = exporter.export_translated(
+                None,
+                out,
+                split="synthetic-train",
+                config=cfg,
+                batch_size=bs,
+                progress=False,
+                translate_fn=translator.make_fn(pconfig, seed),
+                translator_id=f"{translator.kind}:{translator.spec.get('control', translator.name)}",
+            )
         if not m["complete"]:
             raise RuntimeError(f"export to {out} is incomplete ({m['count']} files)")
         return {"root": out, "count": m["count"]}
+
     return run
 
 
 # ----------------------------------------------------------------------------- segmenters
 
-def per_image_confusions(apply_fn, params, source, num_classes: int, *, batch_size: int = 16,
-                         max_images: int | None = None) -> np.ndarray:
+
+def per_image_confusions(
+    apply_fn,
+    params,
+    source,
+    num_classes: int,
+    *,
+    batch_size: int = 16,
+    max_images: int | None = None,
+) -> np.ndarray:
     """(I, C, C) int64 confusion matrix of each image of a labelled source (rows labels)."""
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -123,25 +166,34 @@ def per_image_confusions(apply_fn, params, source, num_classes: int, *, batch_si
     @jax.jit
     def conf(p, images, labels):
         pred = jnp.argmax(apply_fn(p, images), axis=-1)
-        return jax.vmap(lambda a, b: metrics.confusion_matrix(a[None], b[None], num_classes))(pred, labels)
+        return jax.vmap(lambda a, b: metrics.confusion_matrix(a[None], b[None], num_classes))(
+            pred, labels
+        )
 
     n = len(source) if max_images is None else min(len(source), int(max_images))
     out = []
     for s in range(0, n, batch_size):
         items = [source[i] for i in range(s, min(n, s + batch_size))]
         pad = batch_size - len(items)
-        images = np.stack([it["image"] for it in items] + [items[-1]["image"]] * pad).astype(np.float32) / 255.0
-        labels = np.stack([it["label"] for it in items] + [items[-1]["label"]] * pad).astype(np.int32)
+        images = (
+            np.stack([it["image"] for it in items] + [items[-1]["image"]] * pad).astype(np.float32)
+            / 255.0
+        )
+        labels = np.stack([it["label"] for it in items] + [items[-1]["label"]] * pad).astype(
+            np.int32
+        )
         out.append(np.asarray(conf(params, images, labels), np.int64)[: len(items)])
     return np.concatenate(out)
 
 
 def segmenter(pconfig, config, what: str, *, progress: bool = False) -> Callable[[str], dict]:
     """Trains a segmenter, then scores it on real-val image by image (``confusions.npz``)."""
+
     def run(directory):
         from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
         from dakpn_jax.protocol import stats  # pylint: disable=import-outside-toplevel
         from dakpn_jax.training import segmentation  # pylint: disable=import-outside-toplevel
+
         space = methods.label_space(pconfig)
         res = train(config, what, progress=progress)(directory)
         apply_fn, params = segmentation.load_segmenter(os.path.join(directory, "run"))
@@ -151,32 +203,50 @@ def segmenter(pconfig, config, what: str, *, progress: bool = False) -> Callable
         if label_size is not None:
             apply_fn = segmentation.make_apply_fn(config, label_size=label_size)
         val = segmentation.resized_source(config, sources.make_source(pconfig.data, "real-val"))
-        conf = per_image_confusions(apply_fn, params, val, space.num_classes, batch_size=int(pconfig.eval.batch_size))
+        conf = per_image_confusions(
+            apply_fn, params, val, space.num_classes, batch_size=int(pconfig.eval.batch_size)
+        )
         tmp = os.path.join(directory, "confusions.tmp.npz")
         np.savez_compressed(tmp, confusions=conf)
         os.replace(tmp, os.path.join(directory, layout.CONFUSIONS))
         total = conf.sum(0)
         per = stats.per_class_iou(total)
-        res["val"] = {"miou": float(stats.miou_from_confusion(total)), "images": int(conf.shape[0]),
-                      "per_class_iou": {space.class_names[c]: (None if not np.isfinite(v) else float(v))
-                                        for c, v in enumerate(per)}}
+        res["val"] = {
+            "miou": float(stats.miou_from_confusion(total)),
+            "images": int(conf.shape[0]),
+            "per_class_iou": {
+                space.class_names[c]: (None if not np.isfinite(v) else float(v))
+                for c, v in enumerate(per)
+            },
+        }
         n = int(config.data.get("num_real_labelled", 0) or 0)
         if config.data.get("name", "procedural") == "real" and any(
-                s.get("split") == "real-train-labelled" for s in config.data.train_sources):
+            s.get("split") == "real-train-labelled" for s in config.data.train_sources
+        ):
             # The labelled subset's rule and indices, so the run can be checked and redrawn.
             seed = config.data.get("labelled_seed", None)
             idx = sources.labelled_indices(methods.real_train_count(pconfig), n, seed)
-            res["labelled_subset"] = {"n": n, "seed": seed, "indices": idx.tolist(),
-                                      "rule": "evenly spaced over the sorted real-train list" if seed is None
-                                      else "first n of a seeded permutation of real-train (numpy PCG64)"}
+            res["labelled_subset"] = {
+                "n": n,
+                "seed": seed,
+                "indices": idx.tolist(),
+                "rule": "evenly spaced over the sorted real-train list"
+                if seed is None
+                else "first n of a seeded permutation of real-train (numpy PCG64)",
+            }
         return res
+
     return run
 
 
 # ----------------------------------------------------------------------------- scores
 
-def scores(pconfig, seg_oracle_dir: str, exports: dict, translate_fns: Callable[[], dict]) -> Callable[[str], dict]:
+
+def scores(
+    pconfig, seg_oracle_dir: str, exports: dict, translate_fns: Callable[[], dict]
+) -> Callable[[str], dict]:
     """Model score of every translated set (and untranslated) + paired-eval PSNR/SSIM/SWD + grid."""
+
     def run(directory):
         import jax  # pylint: disable=import-outside-toplevel
         from dakpn_jax.data import sources  # pylint: disable=import-outside-toplevel
@@ -187,29 +257,46 @@ def scores(pconfig, seg_oracle_dir: str, exports: dict, translate_fns: Callable[
 
         # The run's oracle labels the translated sets, unless eval.model_score_workdir names another
         # segmentation run (e.g. the paper's: an FCN-ResNet50 trained on all of Cityscapes).
-        scorer = pconfig.eval.get("model_score_workdir", None) or os.path.join(seg_oracle_dir, "run")
+        scorer = pconfig.eval.get("model_score_workdir", None) or os.path.join(
+            seg_oracle_dir, "run"
+        )
         apply_fn, params = segmentation.load_segmenter(scorer)
         segment = jax.jit(apply_fn)
         segment_fn = lambda images: segment(params, images)
         e = pconfig.eval
         sets = {"untranslated": sources.make_source(pconfig.data, "synthetic-train")}
         for name, exp in exports.items():
-            sets[name] = FolderSource(os.path.join(exp["root"], "images"), os.path.join(exp["root"], "labels"))
+            sets[name] = FolderSource(
+                os.path.join(exp["root"], "images"), os.path.join(exp["root"], "labels")
+            )
         space = methods.label_space(pconfig)
         out = {"model_score": {}, "paired": {}, "model_score_segmenter": scorer}
         for name, src in sets.items():
-            s = model_score.score_source(segment_fn, src, space.num_classes, batch_size=int(e.batch_size),
-                                         max_images=int(e.model_score_images), class_names=space.class_names)
-            out["model_score"][name] = {k: s[k] for k in ("miou", "per_class_iou", "flip", "top_flips", "pixels")}
+            s = model_score.score_source(
+                segment_fn,
+                src,
+                space.num_classes,
+                batch_size=int(e.batch_size),
+                max_images=int(e.model_score_images),
+                class_names=space.class_names,
+            )
+            out["model_score"][name] = {
+                k: s[k] for k in ("miou", "per_class_iou", "flip", "top_flips", "pixels")
+            }
         fns = {"untranslated": lambda x, y: x, **translate_fns()}
         if label_space.has_paired_view(pconfig.data):
             paired = sources.make_source(pconfig.data, "paired-eval")
             for name, fn in fns.items():
                 out["paired"][name] = image_quality.evaluate_paired_source(
-                    fn, paired, batch_size=int(e.batch_size), max_images=int(e.paired_images),
-                    num_classes=space.num_classes)
+                    fn,
+                    paired,
+                    batch_size=int(e.batch_size),
+                    max_images=int(e.paired_images),
+                    num_classes=space.num_classes,
+                )
         out["grid_columns"] = grid(pconfig, fns, os.path.join(directory, layout.GRID))
         return out
+
     return run
 
 
@@ -218,6 +305,7 @@ def grid(pconfig, fns: dict, path: str) -> list[str]:
     without a paired view, synthetic-train frames and no real column. Returns the column names."""
     from dakpn_jax import viz  # pylint: disable=import-outside-toplevel
     from dakpn_jax.data import label_space, sources  # pylint: disable=import-outside-toplevel
+
     paired = label_space.has_paired_view(pconfig.data)
     src = sources.make_source(pconfig.data, "paired-eval" if paired else "synthetic-train")
     space = methods.label_space(pconfig)
@@ -230,12 +318,18 @@ def grid(pconfig, fns: dict, path: str) -> list[str]:
         row = [syn] + [np.asarray(fn(x, y))[0] for k, fn in fns.items() if k != "untranslated"]
         rows.append(row + ([it["real"]] if paired else []) + [space.colorize(it["label"])])
     viz.save_grid(path, rows)
-    return ["synthetic"] + [k for k in fns if k != "untranslated"] + (["real"] if paired else []) + ["label"]
+    return (
+        ["synthetic"]
+        + [k for k in fns if k != "untranslated"]
+        + (["real"] if paired else [])
+        + ["label"]
+    )
 
 
 def _translate_fns(pconfig, translators: dict, tdirs: dict, seed: int) -> dict:
     from dakpn_jax import export as exporter  # pylint: disable=import-outside-toplevel
     from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
     fns = {}
     for name, t in translators.items():
         if t.trained:
@@ -247,6 +341,7 @@ def _translate_fns(pconfig, translators: dict, tdirs: dict, seed: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- plan
+
 
 def _steps(c) -> float:
     return float(c.num_train_steps) * float(c.batch_size)
@@ -269,20 +364,45 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
             if t.trained:
                 method = registry.REGISTRY.get(t.config.get("method"))
                 w = method.cost if method is not None else 4.5
-                out.append((layout.translator_key(s, name), f"seed {s}: train translator {name}", w * _steps(t.config)))
-            out.append((layout.export_key(s, name), f"seed {s}: export {name}", 0.5 * methods.synthetic_train_count(pconfig)))
+                out.append(
+                    (
+                        layout.translator_key(s, name),
+                        f"seed {s}: train translator {name}",
+                        w * _steps(t.config),
+                    )
+                )
+            out.append(
+                (
+                    layout.export_key(s, name),
+                    f"seed {s}: export {name}",
+                    0.5 * methods.synthetic_train_count(pconfig),
+                )
+            )
         for name in ["source_only", *ts]:
             for n in methods.n_values(pconfig, name):
-                out.append((layout.segmenter_key(s, layout.segmenter_name(name, n)), f"seed {s}: segmenter {name}, N={n}",
-                            seg_cost))
+                out.append(
+                    (
+                        layout.segmenter_key(s, layout.segmenter_name(name, n)),
+                        f"seed {s}: segmenter {name}, N={n}",
+                        seg_cost,
+                    )
+                )
         out.append((layout.segmenter_key(s, "oracle"), f"seed {s}: segmenter oracle", seg_cost))
         if pconfig.eval.get("scores", True):
-            out.append((layout.scores_key(s), f"seed {s}: model score, paired scores, grid",
-                        3.0 * (len(ts) + 1) * (int(pconfig.eval.model_score_images) + int(pconfig.eval.paired_images))))
+            out.append(
+                (
+                    layout.scores_key(s),
+                    f"seed {s}: model score, paired scores, grid",
+                    3.0
+                    * (len(ts) + 1)
+                    * (int(pconfig.eval.model_score_images) + int(pconfig.eval.paired_images)),
+                )
+            )
     return out
 
 
 # ----------------------------------------------------------------------------- one seed
+
 
 def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = None) -> dict:
     """All stages for one seed under ``root`` (``WORKDIR/seed<k>``, :mod:`layout`); returns the
@@ -292,36 +412,62 @@ def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = Non
     for name, why in res["skipped"].items():
         log.warning("seed %d: row %s omitted: %s", seed, name, why)
     from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
+
     paired = label_space.has_paired_view(pconfig.data)
     if not paired:
         res["skipped"]["paired scores"] = NO_PAIRED_VIEW
     progress = reporter is not None
-    key_dir = lambda key: os.path.join(root, key.split("/", 1)[1])  # a stage key's directory under root
+    key_dir = lambda key: os.path.join(
+        root, key.split("/", 1)[1]
+    )  # a stage key's directory under root
 
     if any(t.uses_segmenter_features for t in translators.values()):
-        src, _ = methods.segmenter_sources(pconfig, {"kind": "split", "split": "synthetic-train"}, 0)
-        fcfg = methods.segmenter_config(pconfig, methods.feature_segmenter_spec(pconfig),
-                                        methods.role_seed(pconfig, "translator", seed), src)
+        src, _ = methods.segmenter_sources(
+            pconfig, {"kind": "split", "split": "synthetic-train"}, 0
+        )
+        fcfg = methods.segmenter_config(
+            pconfig,
+            methods.feature_segmenter_spec(pconfig),
+            methods.role_seed(pconfig, "translator", seed),
+            src,
+        )
         fkey = layout.feature_segmenter_key(seed)
         fdir = key_dir(fkey)
-        res["feature_segmenter"] = stage(fdir, train(fcfg, "feature segmenter", progress=progress),
-                                         what=f"seed {seed}: feature segmenter", key=fkey, reporter=reporter)
+        res["feature_segmenter"] = stage(
+            fdir,
+            train(fcfg, "feature segmenter", progress=progress),
+            what=f"seed {seed}: feature segmenter",
+            key=fkey,
+            reporter=reporter,
+        )
         for t in translators.values():
             if t.uses_segmenter_features:
-                t.config = methods.override(t.config, {"segmenter_workdir": os.path.join(fdir, "run")})
+                t.config = methods.override(
+                    t.config, {"segmenter_workdir": os.path.join(fdir, "run")}
+                )
 
     tdirs, exports = {}, {}
     for name, t in translators.items():
         if t.trained:
             tkey = layout.translator_key(seed, name)
             tdirs[name] = key_dir(tkey)
-            res["translators"][name] = stage(tdirs[name], train(t.config, name, progress=progress),
-                                             what=f"seed {seed}: train translator {name}", key=tkey, reporter=reporter)
+            res["translators"][name] = stage(
+                tdirs[name],
+                train(t.config, name, progress=progress),
+                what=f"seed {seed}: train translator {name}",
+                key=tkey,
+                reporter=reporter,
+            )
         else:
             res["translators"][name] = {"control": t.spec}
         ekey = layout.export_key(seed, name)
-        exports[name] = stage(key_dir(ekey), export(pconfig, t, tdirs.get(name), seed),
-                              what=f"seed {seed}: export {name}", key=ekey, reporter=reporter)
+        exports[name] = stage(
+            key_dir(ekey),
+            export(pconfig, t, tdirs.get(name), seed),
+            what=f"seed {seed}: export {name}",
+            key=ekey,
+            reporter=reporter,
+        )
 
     seg = pconfig.segmentation
     bases = {"source_only": {"kind": "split", "split": "synthetic-train"}}
@@ -329,31 +475,51 @@ def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = Non
     for name, base in bases.items():
         for n in methods.n_values(pconfig, name):
             src, fields = methods.segmenter_sources(pconfig, base, int(n))
-            cfg = methods.segmenter_config(pconfig, seg, methods.role_seed(pconfig, "segmenter", seed), src, **fields)
+            cfg = methods.segmenter_config(
+                pconfig, seg, methods.role_seed(pconfig, "segmenter", seed), src, **fields
+            )
             key = layout.segmenter_name(name, n)
             skey = layout.segmenter_key(seed, key)
             what = f"seed {seed}: segmenter {name}, N={n}"
-            res["segmenters"][key] = stage(key_dir(skey), segmenter(pconfig, cfg, f"seg {key}", progress=progress),
-                                           what=what, key=skey, reporter=reporter)
+            res["segmenters"][key] = stage(
+                key_dir(skey),
+                segmenter(pconfig, cfg, f"seg {key}", progress=progress),
+                what=what,
+                key=skey,
+                reporter=reporter,
+            )
     oracle_n = methods.real_train_count(pconfig)
     res["oracle_n"] = oracle_n
-    cfg = methods.segmenter_config(pconfig, seg, methods.role_seed(pconfig, "segmenter", seed),
-                                   [{"kind": "split", "split": "real-train-labelled"}],
-                                   num_real_labelled=oracle_n)
+    cfg = methods.segmenter_config(
+        pconfig,
+        seg,
+        methods.role_seed(pconfig, "segmenter", seed),
+        [{"kind": "split", "split": "real-train-labelled"}],
+        num_real_labelled=oracle_n,
+    )
     okey = layout.segmenter_key(seed, "oracle")
     odir = key_dir(okey)
-    res["segmenters"]["oracle"] = stage(odir, segmenter(pconfig, cfg, "seg oracle", progress=progress),
-                                        what=f"seed {seed}: segmenter oracle", key=okey, reporter=reporter)
+    res["segmenters"]["oracle"] = stage(
+        odir,
+        segmenter(pconfig, cfg, "seg oracle", progress=progress),
+        what=f"seed {seed}: segmenter oracle",
+        key=okey,
+        reporter=reporter,
+    )
     if not pconfig.eval.get("scores", True):  # e.g. the noise-floor variant: segmenters only
         res["scores"] = {}
         return res
     wanted = {"untranslated", *exports}
-    res["scores"] = stage(key_dir(layout.scores_key(seed)),
-                          scores(pconfig, odir, exports, lambda: _translate_fns(pconfig, translators, tdirs, seed)),
-                          what=f"seed {seed}: model score, paired scores, grid", key=layout.scores_key(seed),
-                          reporter=reporter,
-                          still_valid=lambda r: wanted <= set(r["model_score"]) and (
-                              not paired or wanted <= set(r["paired"])))
+    res["scores"] = stage(
+        key_dir(layout.scores_key(seed)),
+        scores(pconfig, odir, exports, lambda: _translate_fns(pconfig, translators, tdirs, seed)),
+        what=f"seed {seed}: model score, paired scores, grid",
+        key=layout.scores_key(seed),
+        reporter=reporter,
+        still_valid=lambda r: (
+            wanted <= set(r["model_score"]) and (not paired or wanted <= set(r["paired"]))
+        ),
+    )
     return res
 
 
@@ -369,7 +535,10 @@ def collect_timings(workdir: str, pconfig) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 
-def run_protocol(pconfig, workdir: str, *, console: bool = False, results_dir: str | None = None) -> dict:
+
+def run_protocol(
+    pconfig, workdir: str, *, console: bool = False, results_dir: str | None = None
+) -> dict:
     """Runs (or reuses) every stage for every seed, writes the report (results.{json,md,html},
     miou_vs_n.png, grid_seed<k>.png); returns ``{"summary", "markdown", "report"}``.
 
@@ -379,30 +548,47 @@ def run_protocol(pconfig, workdir: str, *, console: bool = False, results_dir: s
     if not pconfig.seeds:
         raise ValueError("config.seeds is empty; give at least one training seed")
     if not pconfig.translators.get("dakpn") and "dakpn" in tuple(pconfig.get("compare_to", ())):
-        raise ValueError("config.compare_to names 'dakpn' but config.translators has no 'dakpn' row")
+        raise ValueError(
+            "config.compare_to names 'dakpn' but config.translators has no 'dakpn' row"
+        )
     from dakpn_jax.protocol import preflight  # pylint: disable=import-outside-toplevel
+
     preflight.check(pconfig)  # a missing folder or weights file stops here, before any stage
     if results_dir:
-        records.check_compatible(results_dir, pconfig)  # records of another config: stop before training
+        records.check_compatible(
+            results_dir, pconfig
+        )  # records of another config: stop before training
     os.makedirs(workdir, exist_ok=True)
     # One protocol per workdir; its trainer and export stages lock their own subdirectories too.
     with workdir_lock.exclusive(workdir, what="protocol"):
         return _run_protocol_locked(pconfig, workdir, console=console, results_dir=results_dir)
 
 
-def _run_protocol_locked(pconfig, workdir: str, *, console: bool, results_dir: str | None = None) -> dict:
+def _run_protocol_locked(
+    pconfig, workdir: str, *, console: bool, results_dir: str | None = None
+) -> dict:
     p = plan(pconfig)
-    reporter = StageReporter([(key, cost) for key, _, cost in p], enabled=console,
-                             kind_of=stage_kind) if console else None
+    reporter = (
+        StageReporter([(key, cost) for key, _, cost in p], enabled=console, kind_of=stage_kind)
+        if console
+        else None
+    )
     from dakpn_jax.data import procedural  # pylint: disable=import-outside-toplevel
+
     # Render each benchmark example once per run, not once per stage that reads it.
     procedural.set_render_cache(int(pconfig.eval.get("render_cache", 0)))
     try:
         per_seed = []
         for s in pconfig.seeds:
-            per_seed.append(run_seed(pconfig, int(s), os.path.join(workdir, layout.seed_dir(s)), reporter))
-            if results_dir:  # a seed's records as soon as it is done: a long run is kept seed by seed
+            per_seed.append(
+                run_seed(pconfig, int(s), os.path.join(workdir, layout.seed_dir(s)), reporter)
+            )
+            if (
+                results_dir
+            ):  # a seed's records as soon as it is done: a long run is kept seed by seed
                 records.write_seed(results_dir, pconfig, workdir, per_seed[-1])
     finally:
         procedural.set_render_cache(0)
-    return report.write_report(pconfig, workdir, per_seed, timings=collect_timings(workdir, pconfig))
+    return report.write_report(
+        pconfig, workdir, per_seed, timings=collect_timings(workdir, pconfig)
+    )

@@ -18,12 +18,19 @@ Two bootstrap intervals of the mean difference (percentile method, ``num_resampl
 
 A difference is claimed (:func:`verdict`) only where the interval excludes 0.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bootstrap_mean", "miou_from_confusion", "paired_bootstrap", "paired_bootstrap_confusions",
-           "per_class_iou", "verdict"]
+__all__ = [
+    "bootstrap_mean",
+    "miou_from_confusion",
+    "paired_bootstrap",
+    "paired_bootstrap_confusions",
+    "per_class_iou",
+    "verdict",
+]
 
 
 def miou_from_confusion(confusion) -> np.ndarray:
@@ -68,11 +75,23 @@ def bootstrap_mean(x, *, num_resamples: int = 10000, level: float = 0.95, seed: 
     x = np.asarray(x, np.float64).reshape(-1)
     x = x[np.isfinite(x)]
     if x.size == 0:
-        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "half_width": float("nan"), "n": 0}
+        return {
+            "mean": float("nan"),
+            "lo": float("nan"),
+            "hi": float("nan"),
+            "half_width": float("nan"),
+            "n": 0,
+        }
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, x.size, (int(num_resamples), x.size))
     lo, hi = _interval(x[idx].mean(1), level)
-    return {"mean": float(x.mean()), "lo": lo, "hi": hi, "half_width": (hi - lo) / 2, "n": int(x.size)}
+    return {
+        "mean": float(x.mean()),
+        "lo": lo,
+        "hi": hi,
+        "half_width": (hi - lo) / 2,
+        "n": int(x.size),
+    }
 
 
 def paired_bootstrap(a, b, **kw) -> dict:
@@ -80,12 +99,22 @@ def paired_bootstrap(a, b, **kw) -> dict:
     over seeds (:func:`bootstrap_mean` of a - b). Pairs where either value is missing are dropped."""
     a, b = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
     if a.shape != b.shape:
-        raise ValueError(f"paired_bootstrap: a {a.shape} and b {b.shape} must be paired (same length)")
+        raise ValueError(
+            f"paired_bootstrap: a {a.shape} and b {b.shape} must be paired (same length)"
+        )
     return bootstrap_mean(a - b, **kw)
 
 
-def paired_bootstrap_confusions(conf_a, conf_b, *, num_resamples: int = 2000, level: float = 0.95,
-                                seed: int = 0, resample_seeds: bool = True, resample_images: bool = True) -> dict:
+def paired_bootstrap_confusions(
+    conf_a,
+    conf_b,
+    *,
+    num_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    resample_seeds: bool = True,
+    resample_images: bool = True,
+) -> dict:
     """Two-level paired bootstrap of mean_s [mIoU(sum_i A[s, i]) - mIoU(sum_i B[s, i])].
 
     conf_a, conf_b: per-image confusion matrices (S, I, C, C) of methods A and B (same seeds, same
@@ -95,14 +124,18 @@ def paired_bootstrap_confusions(conf_a, conf_b, *, num_resamples: int = 2000, le
     _check_level(level, num_resamples)
     a, b = np.asarray(conf_a, np.float64), np.asarray(conf_b, np.float64)
     if a.shape != b.shape or a.ndim != 4 or a.shape[-1] != a.shape[-2]:
-        raise ValueError(f"paired_bootstrap_confusions: conf_a {a.shape} and conf_b {b.shape} must both be (S, I, C, C)")
+        raise ValueError(
+            f"paired_bootstrap_confusions: conf_a {a.shape} and conf_b {b.shape} must both be (S, I, C, C)"
+        )
     S, I, C, _ = a.shape
     observed = float(np.mean(miou_from_confusion(a.sum(1)) - miou_from_confusion(b.sum(1))))
     rng = np.random.default_rng(seed)
     R = int(num_resamples)
     # Image weights: counts of each image in a resample (R, I); summed confusions by one matmul.
     if resample_images:
-        w = np.stack([np.bincount(rng.integers(0, I, I), minlength=I) for _ in range(R)]).astype(np.float64)
+        w = np.stack([np.bincount(rng.integers(0, I, I), minlength=I) for _ in range(R)]).astype(
+            np.float64
+        )
     else:
         w = np.ones((R, I))
     fa = _resampled_sums(w, a)
@@ -112,7 +145,14 @@ def paired_bootstrap_confusions(conf_a, conf_b, *, num_resamples: int = 2000, le
         pick = rng.integers(0, S, (R, S))
         d = np.take_along_axis(d, pick, axis=1)
     lo, hi = _interval(d.mean(1), level)
-    return {"mean": observed, "lo": lo, "hi": hi, "half_width": (hi - lo) / 2, "n_seeds": S, "n_images": I}
+    return {
+        "mean": observed,
+        "lo": lo,
+        "hi": hi,
+        "half_width": (hi - lo) / 2,
+        "n_seeds": S,
+        "n_images": I,
+    }
 
 
 def _resampled_sums(w: np.ndarray, conf: np.ndarray) -> np.ndarray:
@@ -145,10 +185,18 @@ def bootstrap_miou(conf, *, num_resamples: int = 2000, level: float = 0.95, seed
         raise ValueError(f"bootstrap_miou: conf must be (S, I, C, C), got {a.shape}")
     S, I, C, _ = a.shape
     rng = np.random.default_rng(seed)
-    w = np.stack([np.bincount(rng.integers(0, I, I), minlength=I) for _ in range(int(num_resamples))]).astype(np.float64)
+    w = np.stack(
+        [np.bincount(rng.integers(0, I, I), minlength=I) for _ in range(int(num_resamples))]
+    ).astype(np.float64)
     m = miou_from_confusion(_resampled_sums(w, a))
     if S > 1:
         m = np.take_along_axis(m, rng.integers(0, S, m.shape), axis=1)
     lo, hi = _interval(m.mean(1), level)
-    return {"mean": float(np.mean(miou_from_confusion(a.sum(1)))), "lo": lo, "hi": hi, "half_width": (hi - lo) / 2,
-            "n_seeds": S, "n_images": I}
+    return {
+        "mean": float(np.mean(miou_from_confusion(a.sum(1)))),
+        "lo": lo,
+        "hi": hi,
+        "half_width": (hi - lo) / 2,
+        "n_seeds": S,
+        "n_images": I,
+    }

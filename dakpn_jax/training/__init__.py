@@ -6,6 +6,7 @@ init_state, make_train_step, make_iterators, next_batch, ...) is registered once
 access so a method registered later shows up. A dotted module path is accepted too, so tests and
 users can plug in their own method without registering it.
 """
+
 import types
 
 from dakpn_jax import registry

@@ -30,6 +30,7 @@ before trying the next, so all of them resume from the same step. Caveat: orbax'
 a cross-process barrier, so a failure that only some processes see (a host-local read error)
 makes the others wait at that barrier until its timeout, after which they agree on the failure.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,16 +65,20 @@ def gather_iterator_states(states: Mapping[str, Any]) -> dict[str, Any]:
     lengths = multihost_utils.process_allgather(np.asarray([len(payload)], np.int32))
     size = int(np.max(lengths))
     buf = np.zeros((size,), np.uint8)
-    buf[:len(payload)] = np.frombuffer(payload, np.uint8)
+    buf[: len(payload)] = np.frombuffer(payload, np.uint8)
     every = np.asarray(multihost_utils.process_allgather(buf)).reshape(jax.process_count(), size)
-    return {_process_key(i): json.loads(bytes(every[i, :int(np.ravel(lengths)[i])]).decode())
-            for i in range(jax.process_count())}
+    return {
+        _process_key(i): json.loads(bytes(every[i, : int(np.ravel(lengths)[i])]).decode())
+        for i in range(jax.process_count())
+    }
 
 
 def abstract_like(state: PyTree) -> PyTree:
     """ShapeDtypeStructs (with shardings where known) of a state or an ``eval_shape`` result."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-                        state)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        state,
+    )
 
 
 def _key_name(k) -> str:
@@ -86,8 +91,13 @@ def _key_name(k) -> str:
 
 def _paths_shapes(tree: PyTree) -> dict[str, tuple[tuple[int, ...], str]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(_key_name(k) for k in p): (tuple(x.shape), str(np.dtype(x.dtype)) if hasattr(x, "dtype") else "?")
-            for p, x in flat}
+    return {
+        "/".join(_key_name(k) for k in p): (
+            tuple(x.shape),
+            str(np.dtype(x.dtype)) if hasattr(x, "dtype") else "?",
+        )
+        for p, x in flat
+    }
 
 
 class IncompatibleCheckpoint(ValueError):
@@ -100,28 +110,45 @@ def check_compatible(saved: PyTree, expected: PyTree, where: str) -> None:
     a, b = _paths_shapes(saved), _paths_shapes(expected)
     missing, extra = sorted(set(b) - set(a)), sorted(set(a) - set(b))
     if missing or extra:
-        raise IncompatibleCheckpoint(f"{where} holds a checkpoint of a different model: state leaves missing there "
-                         f"{missing[:5]}, unexpected there {extra[:5]}. Use another --workdir or the "
-                         "config it was trained with; nothing was overwritten.")
+        raise IncompatibleCheckpoint(
+            f"{where} holds a checkpoint of a different model: state leaves missing there "
+            f"{missing[:5]}, unexpected there {extra[:5]}. Use another --workdir or the "
+            "config it was trained with; nothing was overwritten."
+        )
     for k in sorted(b):
         (sa, da), (sb, db) = a[k], b[k]
         if sa != sb or (da != "?" and da != db):
-            raise IncompatibleCheckpoint(f"{where} holds a checkpoint of a different model: state leaf '{k}' has shape {sa} "
-                             f"dtype {da} there but the config gives shape {sb} dtype {db}. Use another "
-                             "--workdir or the config it was trained with; nothing was overwritten.")
+            raise IncompatibleCheckpoint(
+                f"{where} holds a checkpoint of a different model: state leaf '{k}' has shape {sa} "
+                f"dtype {da} there but the config gives shape {sb} dtype {db}. Use another "
+                "--workdir or the config it was trained with; nothing was overwritten."
+            )
 
 
 class Checkpointer:
     """Thin wrapper over ``ocp.CheckpointManager`` for (state, iterator states) pairs."""
 
-    def __init__(self, workdir: str, *, max_to_keep: int | None = 3, async_save: bool = True,
-                 read_only: bool = False):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        max_to_keep: int | None = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self._read_only = read_only
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                               enable_async_checkpointing=async_save, read_only=read_only)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=not read_only,
+            enable_async_checkpointing=async_save,
+            read_only=read_only,
+        )
         # Explicit handlers, so a fresh manager can read item metadata before any save/restore call.
-        handlers = {"state": ocp.StandardCheckpointHandler(), "iterators": ocp.JsonCheckpointHandler()}
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "iterators": ocp.JsonCheckpointHandler(),
+        }
         self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
@@ -135,13 +162,17 @@ class Checkpointer:
         meta = self._mngr.item_metadata(step)
         saved = meta["state"]
         if saved is None:
-            raise ValueError(f"{self.directory}/{step}: checkpoint has no 'state' item (unreadable metadata)")
+            raise ValueError(
+                f"{self.directory}/{step}: checkpoint has no 'state' item (unreadable metadata)"
+            )
         check_compatible(saved, abstract_state, f"{self.directory}/{step}")
 
     def save(self, step: int, state: PyTree, iterator_states: Mapping[str, Any]) -> None:
         """Asynchronous save of ``state`` and every process's iterator states at ``step``."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  iterators=ocp.args.JsonSave(gather_iterator_states(iterator_states)))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            iterators=ocp.args.JsonSave(gather_iterator_states(iterator_states)),
+        )
         self._mngr.save(int(step), args=args, force=True)
 
     def restore(self, step: int, abstract_state: PyTree, *, with_iterators: bool = True):
@@ -155,12 +186,19 @@ class Checkpointer:
         per_process = out["iterators"] or {}
         key = _process_key()
         if key not in per_process:
-            raise IncompatibleCheckpoint(f"{self.directory}/{step}: no data-iterator state for {key} (saved for "
-                             f"{sorted(per_process)}); resume with the process count it was saved with")
+            raise IncompatibleCheckpoint(
+                f"{self.directory}/{step}: no data-iterator state for {key} (saved for "
+                f"{sorted(per_process)}); resume with the process count it was saved with"
+            )
         return out["state"], per_process[key]
 
-    def restore_newest_intact(self, abstract_state: PyTree, *, with_iterators: bool = True,
-                              on_damaged: Callable[[int, str, str], None] | None = None):
+    def restore_newest_intact(
+        self,
+        abstract_state: PyTree,
+        *,
+        with_iterators: bool = True,
+        on_damaged: Callable[[int, str, str], None] | None = None,
+    ):
         """(step, state, iterator states) of the newest checkpoint that restores, or None if none is left.
 
         Damaged steps are moved aside (module docstring; a read-only checkpointer only skips them)
@@ -180,7 +218,11 @@ class Checkpointer:
             if _everyone_succeeded(error is None):
                 return step, state, iters
             reason = _reason(error) if error is not None else "failed_on_another_process"
-            moved = "(left in place: read-only)" if self._read_only else self._move_aside(step, reason, error)
+            moved = (
+                "(left in place: read-only)"
+                if self._read_only
+                else self._move_aside(step, reason, error)
+            )
             if on_damaged is not None and jax.process_index() == 0:
                 on_damaged(step, str(error)[:500] if error is not None else reason, moved)
         return None
@@ -200,7 +242,8 @@ class Checkpointer:
                 target = root / f"{step}-{reason}-{n}"
             (root / f"{target.name}.txt").write_text(
                 f"checkpoint step {step} could not be restored and was moved here from "
-                f"{self.directory}/{step}\n\n{type(error).__name__ if error else ''}: {error}\n")
+                f"{self.directory}/{step}\n\n{type(error).__name__ if error else ''}: {error}\n"
+            )
             epath.Path(self.directory, str(step)).rename(target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -232,7 +275,6 @@ def _reason(error: BaseException) -> str:
     when the message starts with one, else the exception type."""
     m = re.match(r"\s*([A-Z][A-Z_]{3,})\s*:", str(error))
     return m.group(1) if m else re.sub(r"[^A-Za-z0-9_]+", "_", type(error).__name__)
-
 
 
 def _quiet_closed_loop_callbacks() -> None:

@@ -36,6 +36,7 @@ num_patches, tau, lambda_nce, nce_idt, flip_equivariance, mlp_dim. State::
 Metrics: loss_G (= lambda_GAN loss_G_gan + lambda_NCE * NCE term), loss_G_gan, loss_nce,
 loss_nce_idt (unweighted), loss_D, loss_D_real, loss_D_fake (D's at its pre-update parameters), lr.
 """
+
 from __future__ import annotations
 
 import functools
@@ -67,10 +68,19 @@ class PatchSampleMLP(nnx.Module):
     """F: one 2-layer MLP per tapped layer, ``h / (||h|| + 1e-7)`` with ``h = W2 relu(W1 v + b1) + b2``;
     in_channels[l] -> dim. ``init``/``init_gain``: ``resnet_generator.make_init`` (CUT: xavier, 0.02)."""
 
-    def __init__(self, in_channels, dim: int = 256, *, init: str = "normal", init_gain: float = 0.02,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels,
+        dim: int = 256,
+        *,
+        init: str = "normal",
+        init_gain: float = 0.02,
+        rngs: nnx.Rngs,
+    ):
         init = make_init(init, init_gain)
-        lin = lambda i, o: nnx.Linear(i, o, kernel_init=init, bias_init=nnx.initializers.zeros, rngs=rngs)
+        lin = lambda i, o: nnx.Linear(
+            i, o, kernel_init=init, bias_init=nnx.initializers.zeros, rngs=rngs
+        )
         self.mlps = nnx.List([nnx.List([lin(c, dim), lin(dim, dim)]) for c in in_channels])
 
     def __call__(self, feats):
@@ -100,27 +110,37 @@ def patch_nce_loss(q: jax.Array, k: jax.Array, tau: float) -> jax.Array:
     if q.shape != k.shape or q.ndim != 3:
         raise ValueError(f"patch_nce_loss: q {q.shape} and k {k.shape} must both be (B, P, D)")
     k = jax.lax.stop_gradient(k)
-    pos = jnp.sum(q * k, axis=-1, keepdims=True)                       # (B, P, 1)
-    neg = jnp.einsum("bpd,bqd->bpq", q, k)                             # (B, P, P)
+    pos = jnp.sum(q * k, axis=-1, keepdims=True)  # (B, P, 1)
+    neg = jnp.einsum("bpd,bqd->bpq", q, k)  # (B, P, P)
     eye = jnp.eye(q.shape[1], dtype=bool)
     neg = jnp.where(eye, _MASK, neg)
     logits = jnp.concatenate([pos, neg], axis=-1) / tau
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros(logits.shape[:-1], jnp.int32)))
+    return jnp.mean(
+        optax.softmax_cross_entropy_with_integer_labels(
+            logits, jnp.zeros(logits.shape[:-1], jnp.int32)
+        )
+    )
 
 
 def _feature_channels(config):
     # Shape evaluation only: no weights are materialised.
     h, w, _ = gc.train_image_shape(config)
-    shapes = jax.eval_shape(lambda x: gc.make_generator(config, nnx.Rngs(0)).encode(x, config.nce.layers),
-                            jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32))
+    shapes = jax.eval_shape(
+        lambda x: gc.make_generator(config, nnx.Rngs(0)).encode(x, config.nce.layers),
+        jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32),
+    )
     return [s.shape[-1] for s in shapes]
 
 
 def _builders(config):
     chans = _feature_channels(config)
-    return {"G": functools.partial(gc.make_generator, config),
-            "D": functools.partial(gc.make_discriminator, config),
-            "F": lambda rngs: PatchSampleMLP(chans, config.nce.mlp_dim, rngs=rngs, **gc.init_args(config.model))}
+    return {
+        "G": functools.partial(gc.make_generator, config),
+        "D": functools.partial(gc.make_discriminator, config),
+        "F": lambda rngs: PatchSampleMLP(
+            chans, config.nce.mlp_dim, rngs=rngs, **gc.init_args(config.model)
+        ),
+    }
 
 
 def graphdefs(config) -> dict:
@@ -131,10 +151,17 @@ def init_state(config, rng) -> dict:
     """Fresh CUT/FastCUT state (see module docstring) from a (typed or raw) key."""
     rng = gc.key_data(rng)
     *keys, rng = gc.split_key(rng, 4)
-    params = {name: gc.init_network(build, k)[1] for (name, build), k in zip(_builders(config).items(), keys)}
+    params = {
+        name: gc.init_network(build, k)[1]
+        for (name, build), k in zip(_builders(config).items(), keys)
+    }
     tx = gc.make_optimizer(config)
-    return {"params": params, "opt": {k: tx.init(v) for k, v in params.items()},
-            "step": jnp.zeros((), jnp.int32), "rng": rng}
+    return {
+        "params": params,
+        "opt": {k: tx.init(v) for k, v in params.items()},
+        "step": jnp.zeros((), jnp.int32),
+        "rng": rng,
+    }
 
 
 def make_train_step(config):
@@ -144,7 +171,9 @@ def make_train_step(config):
     n = config.nce
     layers, lam_nce, tau = list(n.layers), float(n.lambda_nce), float(n.tau)
     lam_gan = float(config.loss.get("lambda_gan", 1.0))
-    schedule = gc.linear_decay_schedule(config.optim.lr, config.optim.constant_steps, config.optim.decay_steps)
+    schedule = gc.linear_decay_schedule(
+        config.optim.lr, config.optim.constant_steps, config.optim.decay_steps
+    )
 
     def nce(G, F, src, tgt, flipped, key):
         feat_q = G.encode(tgt, layers)
@@ -166,7 +195,11 @@ def make_train_step(config):
         fake_b = out[: a.shape[0]]
         gan = gc.lsgan_loss(D(fake_b), True)
         loss_nce = nce(G, F, a, fake_b, flipped, k_a) if lam_nce > 0 else jnp.zeros(())
-        loss_idt = nce(G, F, b, out[a.shape[0]:], flipped, k_b) if (lam_nce > 0 and n.nce_idt) else jnp.zeros(())
+        loss_idt = (
+            nce(G, F, b, out[a.shape[0] :], flipped, k_b)
+            if (lam_nce > 0 and n.nce_idt)
+            else jnp.zeros(())
+        )
         both = (loss_nce + loss_idt) / 2 if n.nce_idt else loss_nce
         loss = lam_gan * gan + lam_nce * both
         return loss, {"loss_G_gan": gan, "loss_nce": loss_nce, "loss_nce_idt": loss_idt}
@@ -176,20 +209,35 @@ def make_train_step(config):
         a, b = to_signed(batch["synthetic"]), to_signed(batch["real"])
         p = state["params"]
         k_flip, k_a, k_b, rng = gc.split_key(state["rng"], 4)
-        flipped = (jax.random.uniform(jax.random.wrap_key_data(k_flip)) < 0.5) if n.flip_equivariance else jnp.bool_(False)
+        flipped = (
+            (jax.random.uniform(jax.random.wrap_key_data(k_flip)) < 0.5)
+            if n.flip_equivariance
+            else jnp.bool_(False)
+        )
         # 1. D steps on the fakes of the current G (published order: D first).
         fake_b = gc.merge(gd["G"], p["G"])(generator_input(a, b, flipped))[: a.shape[0]]
-        (loss_d, (d_real, d_fake)), d_grads = gc.discriminator_grads(gd["D"], p["D"], b, fake_b, has_aux=True)
+        (loss_d, (d_real, d_fake)), d_grads = gc.discriminator_grads(
+            gd["D"], p["D"], b, fake_b, has_aux=True
+        )
         new_p, new_opt = {}, {}
         new_p["D"], new_opt["D"] = gc.apply_updates(tx, p["D"], d_grads, state["opt"]["D"])
         # 2. G and F step against the updated D (the loss recomputes the same fakes, with gradients).
         gf = {"G": p["G"], "F": p["F"]}
         (loss_g, m), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-            gf, new_p["D"], a, b, flipped, k_a, k_b)
+            gf, new_p["D"], a, b, flipped, k_a, k_b
+        )
         for name in ("G", "F"):
-            new_p[name], new_opt[name] = gc.apply_updates(tx, p[name], grads[name], state["opt"][name])
-        metrics = {"loss_G": loss_g, **m, "loss_D": loss_d, "loss_D_real": d_real, "loss_D_fake": d_fake,
-                   "lr": schedule(state["step"])}
+            new_p[name], new_opt[name] = gc.apply_updates(
+                tx, p[name], grads[name], state["opt"][name]
+            )
+        metrics = {
+            "loss_G": loss_g,
+            **m,
+            "loss_D": loss_d,
+            "loss_D_real": d_real,
+            "loss_D_fake": d_fake,
+            "lr": schedule(state["step"]),
+        }
         new_state = {"params": new_p, "opt": new_opt, "step": state["step"] + 1, "rng": rng}
         return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
@@ -213,4 +261,6 @@ def summaries(config, state, batch) -> dict:
 
 def evaluate(config, state) -> dict:
     """Paired-view PSNR / SSIM / SWD of G on the benchmark (``config.eval_images`` images)."""
-    return gc.evaluate_paired(config, make_translator(config, state), max_images=config.get("eval_images", 64))
+    return gc.evaluate_paired(
+        config, make_translator(config, state), max_images=config.get("eval_images", 64)
+    )

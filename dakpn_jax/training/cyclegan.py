@@ -19,6 +19,7 @@ pure and resume is exact. State::
     {"params": {"G_A", "G_B", "D_A", "D_B"}, "opt": {"G", "D"},
      "pool": {"A": pool, "B": pool}, "step": int32, "rng": uint32[2]}
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,7 +36,10 @@ next_batch = gc.next_batch
 
 
 def _builders(config):
-    return (functools.partial(gc.make_generator, config), functools.partial(gc.make_discriminator, config))
+    return (
+        functools.partial(gc.make_generator, config),
+        functools.partial(gc.make_discriminator, config),
+    )
 
 
 def graphdefs(config) -> dict:
@@ -49,15 +53,24 @@ def init_state(config, rng) -> dict:
     rng = gc.key_data(rng)
     k_ga, k_gb, k_da, k_db, rng = gc.split_key(rng, 5)
     g, d = _builders(config)
-    params = {"G_A": gc.init_network(g, k_ga)[1], "G_B": gc.init_network(g, k_gb)[1],
-              "D_A": gc.init_network(d, k_da)[1], "D_B": gc.init_network(d, k_db)[1]}
+    params = {
+        "G_A": gc.init_network(g, k_ga)[1],
+        "G_B": gc.init_network(g, k_gb)[1],
+        "D_A": gc.init_network(d, k_da)[1],
+        "D_B": gc.init_network(d, k_db)[1],
+    }
     tx = gc.make_optimizer(config)
     shape = gc.train_image_shape(config)
     return {
         "params": params,
-        "opt": {"G": tx.init({"G_A": params["G_A"], "G_B": params["G_B"]}),
-                "D": tx.init({"D_A": params["D_A"], "D_B": params["D_B"]})},
-        "pool": {"A": gc.pool_init(config.loss.pool_size, shape), "B": gc.pool_init(config.loss.pool_size, shape)},
+        "opt": {
+            "G": tx.init({"G_A": params["G_A"], "G_B": params["G_B"]}),
+            "D": tx.init({"D_A": params["D_A"], "D_B": params["D_B"]}),
+        },
+        "pool": {
+            "A": gc.pool_init(config.loss.pool_size, shape),
+            "B": gc.pool_init(config.loss.pool_size, shape),
+        },
         "step": jnp.zeros((), jnp.int32),
         "rng": rng,
     }
@@ -68,7 +81,9 @@ def make_train_step(config):
     gd = graphdefs(config)
     tx = gc.make_optimizer(config)
     lam_cyc, lam_idt = float(config.loss.lambda_cycle), float(config.loss.lambda_identity)
-    schedule = gc.linear_decay_schedule(config.optim.lr, config.optim.constant_steps, config.optim.decay_steps)
+    schedule = gc.linear_decay_schedule(
+        config.optim.lr, config.optim.constant_steps, config.optim.decay_steps
+    )
 
     def generator_loss(gp, dp, a, b):
         G_A, G_B = gc.merge(gd["G"], gp["G_A"]), gc.merge(gd["G"], gp["G_B"])
@@ -78,7 +93,11 @@ def make_train_step(config):
         cycle = gc.l1(G_B(fake_b), a) + gc.l1(G_A(fake_a), b)
         idt = gc.l1(G_A(b), b) + gc.l1(G_B(a), a) if lam_idt > 0 else jnp.zeros(())
         loss = gan + lam_cyc * cycle + lam_cyc * lam_idt * idt
-        return loss, (fake_a, fake_b, {"loss_G_gan": gan, "loss_cycle": cycle, "loss_identity": idt})
+        return loss, (
+            fake_a,
+            fake_b,
+            {"loss_G_gan": gan, "loss_cycle": cycle, "loss_identity": idt},
+        )
 
     def train_step(state, batch):
         gc.check_batch(batch)
@@ -88,7 +107,9 @@ def make_train_step(config):
         dp = {"D_A": p["D_A"], "D_B": p["D_B"]}
         k_pa, k_pb, rng = gc.split_key(state["rng"], 3)
 
-        (loss_g, (fake_a, fake_b, m)), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(gp, dp, a, b)
+        (loss_g, (fake_a, fake_b, m)), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(
+            gp, dp, a, b
+        )
         pool_b, fake_b = gc.pool_query(state["pool"]["B"], jax.lax.stop_gradient(fake_b), k_pb)
         pool_a, fake_a = gc.pool_query(state["pool"]["A"], jax.lax.stop_gradient(fake_a), k_pa)
         loss_da, g_da = gc.discriminator_grads(gd["D"], dp["D_A"], b, fake_b)
@@ -96,10 +117,20 @@ def make_train_step(config):
 
         gp, opt_g = gc.apply_updates(tx, gp, g_grads, state["opt"]["G"])
         dp, opt_d = gc.apply_updates(tx, dp, {"D_A": g_da, "D_B": g_db}, state["opt"]["D"])
-        new_state = {"params": {**gp, **dp}, "opt": {"G": opt_g, "D": opt_d},
-                     "pool": {"A": pool_a, "B": pool_b}, "step": state["step"] + 1, "rng": rng}
-        metrics = {"loss_G": loss_g, **m, "loss_D_A": loss_da, "loss_D_B": loss_db,
-                   "lr": schedule(state["step"])}
+        new_state = {
+            "params": {**gp, **dp},
+            "opt": {"G": opt_g, "D": opt_d},
+            "pool": {"A": pool_a, "B": pool_b},
+            "step": state["step"] + 1,
+            "rng": rng,
+        }
+        metrics = {
+            "loss_G": loss_g,
+            **m,
+            "loss_D_A": loss_da,
+            "loss_D_B": loss_db,
+            "lr": schedule(state["step"]),
+        }
         return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
     return train_step
@@ -110,10 +141,14 @@ def make_translate_fn(config, state, direction: str = "AtoB"):
     synthetic -> real with G_A (``"AtoB"``, what export and the protocol use) or real -> synthetic
     with G_B."""
     if direction not in ("AtoB", "BtoA"):
-        raise ValueError(f"make_translate_fn: direction must be 'AtoB' or 'BtoA', got {direction!r}")
+        raise ValueError(
+            f"make_translate_fn: direction must be 'AtoB' or 'BtoA', got {direction!r}"
+        )
     gd = graphdefs(config)["G"]
     params = state["params"]["G_A" if direction == "AtoB" else "G_B"]
-    run = jax.jit(lambda p, x: gc.translate_with(gd, p, x, config.model.n_down))  # weights as an argument
+    run = jax.jit(
+        lambda p, x: gc.translate_with(gd, p, x, config.model.n_down)
+    )  # weights as an argument
     return lambda x: run(params, x)
 
 
@@ -134,4 +169,6 @@ def summaries(config, state, batch) -> dict:
 
 def evaluate(config, state) -> dict:
     """Paired-view PSNR / SSIM / SWD of G_A on the benchmark (``config.eval_images`` images)."""
-    return gc.evaluate_paired(config, make_translator(config, state), max_images=config.get("eval_images", 64))
+    return gc.evaluate_paired(
+        config, make_translator(config, state), max_images=config.get("eval_images", 64)
+    )

@@ -46,6 +46,7 @@ State::
 
     {"params": {"kpn", "D"}, "opt": {"kpn", "D"}, "step": int32, "rng": uint32[2]}
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,49 +58,119 @@ import numpy as np
 
 from dakpn_jax import translation
 from dakpn_jax.training import gan_common as gc
+
 # The names below were defined in this module before the split; they stay importable from it
 # (dakpn.area_resize, dakpn.draw_views, ...), so callers did not change. complete_saved_config is
 # the method's hook for run configs saved before a field existed (trainer.load_config calls it).
 from dakpn_jax.training.dakpn_config import (  # noqa: F401
-    ABLATIONS, D_CONDITION_FAKE, D_CONDITION_PROBS, D_CONDITIONS, FEATURES, GRID_CELLS, LOSS_FORMS,
-    LOW_PARAMS, NOISE, SAVED_CONFIG_DEFAULTS, SCHEDULES, TILE_GRIDS, UPDATES, VIEWS, _pair, ablation_of,
-    check_config, complete_saved_config, frame_size, grid_for, low_size, needs_segmenter, param_size, tile_size)
+    ABLATIONS,
+    D_CONDITION_FAKE,
+    D_CONDITION_PROBS,
+    D_CONDITIONS,
+    FEATURES,
+    GRID_CELLS,
+    LOSS_FORMS,
+    LOW_PARAMS,
+    NOISE,
+    SAVED_CONFIG_DEFAULTS,
+    SCHEDULES,
+    TILE_GRIDS,
+    UPDATES,
+    VIEWS,
+    _pair,
+    ablation_of,
+    check_config,
+    complete_saved_config,
+    frame_size,
+    grid_for,
+    low_size,
+    needs_segmenter,
+    param_size,
+    tile_size,
+)
 from dakpn_jax.training.dakpn_features import (  # noqa: F401
-    _area_weights, area_resize, grid_for_frame, onehot_features)
+    _area_weights,
+    area_resize,
+    grid_for_frame,
+    onehot_features,
+)
 from dakpn_jax.training.dakpn_losses import (  # noqa: F401
-    _conds, _crop, _levels_mean, aligned_positions, d_loss, d_loss_fake, d_loss_real,
-    discriminator_loss, draw_views, g_loss, generator_loss, grad_reverse, low_res_params, r1_penalty,
-    random_positions, translate_tile, with_condition)
+    _conds,
+    _crop,
+    _levels_mean,
+    aligned_positions,
+    d_loss,
+    d_loss_fake,
+    d_loss_real,
+    discriminator_loss,
+    draw_views,
+    g_loss,
+    generator_loss,
+    grad_reverse,
+    low_res_params,
+    r1_penalty,
+    random_positions,
+    translate_tile,
+    with_condition,
+)
 from dakpn_jax.training.dakpn_networks import (  # noqa: F401
-    ablate_params, component_lr_scale, d_in_channels, graphdefs, make_discriminator, make_kpn,
-    make_optimizers, make_schedule, predict_params)
+    ablate_params,
+    component_lr_scale,
+    d_in_channels,
+    graphdefs,
+    make_discriminator,
+    make_kpn,
+    make_optimizers,
+    make_schedule,
+    predict_params,
+)
 from dakpn_jax.training.dakpn_segmenter import (  # noqa: F401
-    load_segmenter, make_condition_fn, make_feature_fn, make_segmenter_probs)
+    load_segmenter,
+    make_condition_fn,
+    make_feature_fn,
+    make_segmenter_probs,
+)
 
 
 # ----------------------------------------------------------------------------- state
+
 
 def init_state(config, rng) -> dict:
     """Fresh state (see module docstring) from a typed or raw key."""
     check_config(config)
     k_kpn, k_d, rng = gc.split_key(gc.key_data(rng), 3)
-    params = {"kpn": gc.init_network(functools.partial(make_kpn, config), k_kpn)[1],
-              "D": gc.init_network(functools.partial(make_discriminator, config), k_d)[1]}
+    params = {
+        "kpn": gc.init_network(functools.partial(make_kpn, config), k_kpn)[1],
+        "D": gc.init_network(functools.partial(make_discriminator, config), k_d)[1],
+    }
     tx = make_optimizers(config)
-    return {"params": params, "opt": {k: tx[k].init(params[k]) for k in params},
-            "step": jnp.zeros((), jnp.int32), "rng": rng}
+    return {
+        "params": params,
+        "opt": {k: tx[k].init(params[k]) for k in params},
+        "step": jnp.zeros((), jnp.int32),
+        "rng": rng,
+    }
 
 
 # ----------------------------------------------------------------------------- step
+
 
 def check_batch(batch: dict) -> None:
     for k in ("synthetic", "label", "real"):
         if k not in batch:
             raise ValueError(f"DA-KPN batch: missing key '{k}' (have {sorted(batch)})")
     x, y, r = batch["synthetic"], batch["label"], batch["real"]
-    if x.ndim != 4 or x.shape[-1] != 3 or r.ndim != 4 or r.shape[-1] != 3 or r.shape[0] != x.shape[0]:
-        raise ValueError(f"DA-KPN batch: 'synthetic' {x.shape} and 'real' {r.shape} must be (B, H, W, 3) and "
-                         "(B, H', W', 3) (the real frames may have another size)")
+    if (
+        x.ndim != 4
+        or x.shape[-1] != 3
+        or r.ndim != 4
+        or r.shape[-1] != 3
+        or r.shape[0] != x.shape[0]
+    ):
+        raise ValueError(
+            f"DA-KPN batch: 'synthetic' {x.shape} and 'real' {r.shape} must be (B, H, W, 3) and "
+            "(B, H', W', 3) (the real frames may have another size)"
+        )
     if y.shape != x.shape[:3]:
         raise ValueError(f"DA-KPN batch: 'label' {y.shape} must be (B, H, W) = {x.shape[:3]}")
 
@@ -132,10 +203,14 @@ def make_generate(config) -> Callable:
             k1, k2 = jax.random.split(k_noise)
             n_full = translation.sample_noise(k1, x.shape[0], *frame)
             n_low = translation.sample_noise(k2, x.shape[0], *low)
-        fakes = {"tile": translate_tile(x, theta, n_full, pos, tile, K, impl)}  # also the identity term's
+        fakes = {
+            "tile": translate_tile(x, theta, n_full, pos, tile, K, impl)
+        }  # also the identity term's
         if "low" in views:
             theta_l = theta if unscaled else low_res_params(theta, frame, low)
-            fakes["low"] = translation.translate(area_resize(x, low), theta_l, n_low, kernel_size=K, impl=impl)
+            fakes["low"] = translation.translate(
+                area_resize(x, low), theta_l, n_low, kernel_size=K, impl=impl
+            )
         return fakes, theta
 
     return generate
@@ -168,10 +243,23 @@ def make_gradient_reversal_loss(config, *, segmenter=None) -> Callable:
         # check_config), the KPN ascends the fake part. V is summed part by part, as this rule always
         # did, so its numbers keep their last bits (the first return is the same sum, view by view).
         reversed_fakes = {v: grad_reverse(fakes[v]) for v in views}
-        _, out, (v_real, v_fake) = discriminator_loss(d, dv["reals"], reversed_fakes, conds, form="saturating",
-                                                      views=views, r1=0.0, fakes_first=True)
+        _, out, (v_real, v_fake) = discriminator_loss(
+            d,
+            dv["reals"],
+            reversed_fakes,
+            conds,
+            form="saturating",
+            views=views,
+            r1=0.0,
+            fakes_first=True,
+        )
         idt = jnp.mean(jnp.square(fakes["tile"] - _crop(x, dv["pos"], dv["tile"])))
-        out.update(loss_D=v_real + v_fake, loss_G=-v_fake + w_idt * idt, loss_G_adv=-v_fake, loss_identity=idt)
+        out.update(
+            loss_D=v_real + v_fake,
+            loss_G=-v_fake + w_idt * idt,
+            loss_G_adv=-v_fake,
+            loss_identity=idt,
+        )
         return v_real + v_fake + w_idt * idt, {**out, "theta": theta, "rng": dv["rng"]}
 
     return loss_fn
@@ -201,13 +289,21 @@ def make_train_step(config, *, segmenter=None) -> Callable:
     generate = make_generate(config)
 
     def d_objective(d_params, reals, fakes, conds):
-        loss, out, _ = discriminator_loss(gc.merge(gd["D"], d_params), reals, fakes, conds, form=form,
-                                          views=views, r1=w_r1)
+        loss, out, _ = discriminator_loss(
+            gc.merge(gd["D"], d_params), reals, fakes, conds, form=form, views=views, r1=w_r1
+        )
         return loss, out
 
     def g_objective(fakes, d_params, x_tile, conds):
-        return generator_loss(gc.merge(gd["D"], d_params), fakes, x_tile, conds, form=form, views=views,
-                              identity=w_idt)
+        return generator_loss(
+            gc.merge(gd["D"], d_params),
+            fakes,
+            x_tile,
+            conds,
+            form=form,
+            views=views,
+            identity=w_idt,
+        )
 
     def train_step(state, batch):
         check_batch(batch)
@@ -217,28 +313,48 @@ def make_train_step(config, *, segmenter=None) -> Callable:
         dv = draw_views(config, state["rng"], x, r)
         pos, reals, tile = dv["pos"], dv["reals"], dv["tile"]
         feats = feature_fn(x, y, grid)
-        conds = condition_fn(x, y, r, dv) if condition_fn is not None else None  # constants for both players
+        conds = (
+            condition_fn(x, y, r, dv) if condition_fn is not None else None
+        )  # constants for both players
         params = state["params"]
 
         # The translation once, with its pullback for the G update.
-        (fakes, theta), pullback = jax.vjp(lambda p: generate(p, x, feats, pos, dv["k_noise"], tile), params["kpn"])
+        (fakes, theta), pullback = jax.vjp(
+            lambda p: generate(p, x, feats, pos, dv["k_noise"], tile), params["kpn"]
+        )
         const_fakes = jax.lax.stop_gradient(fakes)
 
         # 1. D update against the current translation.
-        (loss_d, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(params["D"], reals, const_fakes, conds)
+        (loss_d, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
+            params["D"], reals, const_fakes, conds
+        )
         d_params, opt_d = gc.apply_updates(tx["D"], params["D"], d_grads, state["opt"]["D"])
 
         # 2. G (KPN head) update against the updated D.
         (loss_g, g_aux), fake_grads = jax.value_and_grad(g_objective, has_aux=True)(
-            const_fakes, d_params, _crop(x, pos, tile), conds)
+            const_fakes, d_params, _crop(x, pos, tile), conds
+        )
         (kpn_grads,) = pullback((fake_grads, jnp.zeros_like(theta)))
-        kpn_params, opt_k = gc.apply_updates(tx["kpn"], params["kpn"], kpn_grads, state["opt"]["kpn"])
+        kpn_params, opt_k = gc.apply_updates(
+            tx["kpn"], params["kpn"], kpn_grads, state["opt"]["kpn"]
+        )
 
-        new_state = {"params": {"kpn": kpn_params, "D": d_params}, "opt": {"kpn": opt_k, "D": opt_d},
-                     "step": state["step"] + 1, "rng": dv["rng"]}
+        new_state = {
+            "params": {"kpn": kpn_params, "D": d_params},
+            "opt": {"kpn": opt_k, "D": opt_d},
+            "step": state["step"] + 1,
+            "rng": dv["rng"],
+        }
         _, _, sigma, noise_scale = translation.split_params(theta)
-        metrics = {"loss_D": loss_d, "loss_G": loss_g, **d_aux, **g_aux, "lr": lr_schedule(state["step"]),
-                   "sigma_mean": jnp.mean(sigma), "noise_scale_mean": jnp.mean(jnp.abs(noise_scale))}
+        metrics = {
+            "loss_D": loss_d,
+            "loss_G": loss_g,
+            **d_aux,
+            **g_aux,
+            "lr": lr_schedule(state["step"]),
+            "sigma_mean": jnp.mean(sigma),
+            "noise_scale_mean": jnp.mean(jnp.abs(noise_scale)),
+        }
         return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
     return train_step
@@ -256,18 +372,25 @@ def _make_gradient_reversal_step(config, segmenter) -> Callable:
         grads, aux = grad_fn(state["params"], batch, state["rng"])
         params, opt = {}, {}
         for k in ("kpn", "D"):
-            params[k], opt[k] = gc.apply_updates(tx[k], state["params"][k], grads[k], state["opt"][k])
+            params[k], opt[k] = gc.apply_updates(
+                tx[k], state["params"][k], grads[k], state["opt"][k]
+            )
         theta = aux.pop("theta")
         new_state = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": aux.pop("rng")}
         _, _, sigma, noise_scale = translation.split_params(theta)
-        metrics = {**aux, "lr": lr_schedule(state["step"]), "sigma_mean": jnp.mean(sigma),
-                   "noise_scale_mean": jnp.mean(jnp.abs(noise_scale))}
+        metrics = {
+            **aux,
+            "lr": lr_schedule(state["step"]),
+            "sigma_mean": jnp.mean(sigma),
+            "noise_scale_mean": jnp.mean(jnp.abs(noise_scale)),
+        }
         return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
     return train_step
 
 
 # ----------------------------------------------------------------------------- data
+
 
 def make_iterators(config, *, shard_index: int = 0, shard_count: int = 1) -> dict:
     """Unpaired full-frame streams ``{"synthetic": synthetic-train (image, label), "real": real-train}``
@@ -280,11 +403,15 @@ def make_iterators(config, *, shard_index: int = 0, shard_count: int = 1) -> dic
 def next_batch(iterators: dict) -> dict:
     """``{"synthetic": (b, H, W, 3) float32, "label": (b, H, W) uint8, "real": (b, H, W, 3) float32}``."""
     syn = next(iterators["synthetic"])
-    return {"synthetic": np.asarray(syn["image"], np.float32), "label": np.asarray(syn["label"], np.uint8),
-            "real": np.asarray(next(iterators["real"])["image"], np.float32)}
+    return {
+        "synthetic": np.asarray(syn["image"], np.float32),
+        "label": np.asarray(syn["label"], np.uint8),
+        "real": np.asarray(next(iterators["real"])["image"], np.float32),
+    }
 
 
 # ----------------------------------------------------------------------------- inference
+
 
 def make_translator(config, state, *, segmenter=None) -> Callable:
     """Jitted ``translate_fn(images (B, H, W, 3) in [0, 1], labels (B, H, W) int, rng=None) -> (B, H, W, 3)``
@@ -310,8 +437,11 @@ def make_translator(config, state, *, segmenter=None) -> Callable:
         x = images.astype(jnp.float32)
         feats = feature_fn(x, labels, grid_for(config, H, W))
         theta = predict_params(gc.merge(kpn_gd, params), feats, x, ablation_of(config))
-        noise = (translation.noise_field(m.noise_seed, H, W, base_size=base) if rng is None
-                 else translation.sample_noise(rng, x.shape[0], H, W))
+        noise = (
+            translation.noise_field(m.noise_seed, H, W, base_size=base)
+            if rng is None
+            else translation.sample_noise(rng, x.shape[0], H, W)
+        )
         return translation.translate(x, theta, noise, kernel_size=m.kernel_size, impl=m.impl)
 
     def translate_fn(images, labels, rng=None):
@@ -334,16 +464,22 @@ def summaries(config, state, batch) -> dict:
     x, y = jnp.asarray(batch["synthetic"][:1], jnp.float32), jnp.asarray(batch["label"][:1])
     fake = fn(x, y)
     feats = make_feature_fn(config)(x, y, grid_for(config, *x.shape[1:3]))
-    theta = predict_params(gc.merge(graphdefs(config)["kpn"], state["params"]["kpn"]), feats, x,
-                           ablation_of(config))
+    theta = predict_params(
+        gc.merge(graphdefs(config)["kpn"], state["params"]["kpn"]), feats, x, ablation_of(config)
+    )
     real = jnp.asarray(batch["real"][:1], jnp.float32)
-    return {"translation": np.asarray(jnp.concatenate([x[0], fake[0], real[0]], axis=1)),
-            "params": np.asarray(_param_maps(theta[0], x.shape[1:3]))}
+    return {
+        "translation": np.asarray(jnp.concatenate([x[0], fake[0], real[0]], axis=1)),
+        "params": np.asarray(_param_maps(theta[0], x.shape[1:3])),
+    }
 
 
 # ----------------------------------------------------------------------------- evaluation
 
-def evaluate(config, state, *, translate_fn=None, max_images: int | None = None, batch_size: int = 8) -> dict:
+
+def evaluate(
+    config, state, *, translate_fn=None, max_images: int | None = None, batch_size: int = 8
+) -> dict:
     """Paired-view scores on the benchmark's ``paired-eval`` split (``config.eval_images`` images),
     for the translation and, as ``<key>_untranslated``, for the untranslated synthetic images:
 
@@ -369,8 +505,11 @@ def evaluate(config, state, *, translate_fn=None, max_images: int | None = None,
     if config.eval_diagnostics:
         from dakpn_jax.data.labels import CLASS_NAMES  # pylint: disable=import-outside-toplevel
         from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+
         names = CLASS_NAMES if config.model.num_classes == len(CLASS_NAMES) else None
-        out.update(family.scalars(diagnostics(config, state, translate_fn=fn, max_images=limit), names))
+        out.update(
+            family.scalars(diagnostics(config, state, translate_fn=fn, max_images=limit), names)
+        )
     return out
 
 
@@ -383,20 +522,28 @@ def class_params_of(config, state, images, labels) -> np.ndarray:
     """(C, 12) the translator's per-class theta: theta_low averaged over the grid cells, weighted by
     each class's area fraction in the cell (`family.class_mean_params`)."""
     from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+
     x = jnp.asarray(images, jnp.float32)
-    onehot = onehot_features(jnp.asarray(labels), config.model.num_classes, grid_for(config, *x.shape[1:3]))
+    onehot = onehot_features(
+        jnp.asarray(labels), config.model.num_classes, grid_for(config, *x.shape[1:3])
+    )
     feats = make_feature_fn(config)(x, jnp.asarray(labels), onehot.shape[1:3])
-    theta = predict_params(gc.merge(graphdefs(config)["kpn"], state["params"]["kpn"]), feats, x, ablation_of(config))
+    theta = predict_params(
+        gc.merge(graphdefs(config)["kpn"], state["params"]["kpn"]), feats, x, ablation_of(config)
+    )
     return family.class_mean_params(theta, onehot)
 
 
-def diagnostics(config, state, *, translate_fn=None, max_images: int | None = None, ceiling=None) -> dict:
+def diagnostics(
+    config, state, *, translate_fn=None, max_images: int | None = None, ceiling=None
+) -> dict:
     """`dakpn_jax.evaluation.family.diagnose` of this run on the first ``max_images`` (default
     ``config.eval_images``) paired-eval scenes, against the per-class family ceiling (an oracle
     fitted on those pairs with ``config.eval_ceiling_steps`` L-BFGS steps, default 40; fitted once
     per process and data; or ``ceiling``, a `family.Ceiling` fitted before, e.g. loaded with
     ``family.load_ceiling``). Evaluation only: the pairs never reach a training step."""
     from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+
     n = int(max_images or config.eval_images)
     m = config.model
     data_key = (config.data.to_json(sort_keys=True), n)
@@ -408,9 +555,14 @@ def diagnostics(config, state, *, translate_fn=None, max_images: int | None = No
     if ceiling is not None:
         _CEILINGS[fit_key] = ceiling
     if fit_key not in _CEILINGS:
-        _CEILINGS[fit_key] = family.fit_ceiling(pairs, num_classes=m.num_classes, grid=param_size(config),
-                                                kernel_size=m.kernel_size, steps=steps)
-    wrap = lambda f: (lambda x, y: f(jnp.asarray(x), jnp.asarray(y)))
+        _CEILINGS[fit_key] = family.fit_ceiling(
+            pairs,
+            num_classes=m.num_classes,
+            grid=param_size(config),
+            kernel_size=m.kernel_size,
+            steps=steps,
+        )
+    wrap = lambda f: lambda x, y: f(jnp.asarray(x), jnp.asarray(y))
     noise_free = None
     if translate_fn is None:  # the run's own translator, and the same with the noise component off
         quiet = config.copy_and_resolve_references()
@@ -419,5 +571,11 @@ def diagnostics(config, state, *, translate_fn=None, max_images: int | None = No
         noise_free = wrap(make_translator(quiet, state))
     fn = translate_fn or make_translator(config, state)
     params = class_params_of(config, state, pairs["synthetic"], pairs["label"])
-    return family.diagnose(wrap(fn), pairs, m.num_classes, ceiling=_CEILINGS[fit_key], class_params=params,
-                           noise_free_fn=noise_free)
+    return family.diagnose(
+        wrap(fn),
+        pairs,
+        m.num_classes,
+        ceiling=_CEILINGS[fit_key],
+        class_params=params,
+        noise_free_fn=noise_free,
+    )

@@ -24,6 +24,7 @@ keep the project's path (`dakpn_jax.training.dakpn`):
                                                                 un-normalised
   ===========================  ===============================  ===================================
 """
+
 from __future__ import annotations
 
 from dakpn_jax.training.dakpn_features import grid_for_frame
@@ -156,15 +157,18 @@ def check_config(config) -> None:
     """ValueError naming the field when a switch has a value outside its enumeration, or two
     switches do not fit together."""
     m, l = config.model, config.loss
-    checks = [("features", config.features, FEATURES),
-              ("loss.form", l.form, LOSS_FORMS), ("model.noise", m.noise, NOISE),
-              ("optim.schedule", config.optim.schedule, SCHEDULES),
-              ("loss.update_rule", l.update_rule, UPDATES),
-              ("model.tile_grid", m.tile_grid, TILE_GRIDS),
-              ("model.low_params", m.low_params, LOW_PARAMS),
-              ("loss.d_condition", l.d_condition, D_CONDITIONS),
-              ("loss.d_condition_fake", l.d_condition_fake, D_CONDITION_FAKE),
-              ("loss.d_condition_probs", l.d_condition_probs, D_CONDITION_PROBS)]
+    checks = [
+        ("features", config.features, FEATURES),
+        ("loss.form", l.form, LOSS_FORMS),
+        ("model.noise", m.noise, NOISE),
+        ("optim.schedule", config.optim.schedule, SCHEDULES),
+        ("loss.update_rule", l.update_rule, UPDATES),
+        ("model.tile_grid", m.tile_grid, TILE_GRIDS),
+        ("model.low_params", m.low_params, LOW_PARAMS),
+        ("loss.d_condition", l.d_condition, D_CONDITIONS),
+        ("loss.d_condition_fake", l.d_condition_fake, D_CONDITION_FAKE),
+        ("loss.d_condition_probs", l.d_condition_probs, D_CONDITION_PROBS),
+    ]
     for name, value, allowed in checks:
         if value not in allowed:
             raise ValueError(f"config.{name}={value!r} must be one of {allowed}")
@@ -174,14 +178,22 @@ def check_config(config) -> None:
     if m.kernel_size < 1 or m.kernel_size % 2 == 0:
         raise ValueError(f"config.model.kernel_size={m.kernel_size} must be a positive odd int")
     ablation_of(config)
-    for name, used in (("features", config.features == "segmenter"),
-                       ("loss.d_condition", l.d_condition == "segmenter")):
+    for name, used in (
+        ("features", config.features == "segmenter"),
+        ("loss.d_condition", l.d_condition == "segmenter"),
+    ):
         if used and not config.segmenter_workdir and not config.segmenter_weights:
-            raise ValueError(f"config.{name}='segmenter' needs config.segmenter_workdir (a segmentation run) or "
-                             "config.segmenter_weights (a torchvision-layout FCN-ResNet50 .pth / .safetensors)")
+            raise ValueError(
+                f"config.{name}='segmenter' needs config.segmenter_workdir (a segmentation run) or "
+                "config.segmenter_weights (a torchvision-layout FCN-ResNet50 .pth / .safetensors)"
+            )
     if l.update_rule == "gradient_reversal":
         if l.form != "saturating" or float(l.r1) > 0:
-            raise ValueError(f"config.loss.update_rule='gradient_reversal' is the saturating minimax objective: it "
-                             f"needs loss.form='saturating' (got {l.form!r}) and loss.r1=0 (got {l.r1})")
+            raise ValueError(
+                f"config.loss.update_rule='gradient_reversal' is the saturating minimax objective: it "
+                f"needs loss.form='saturating' (got {l.form!r}) and loss.r1=0 (got {l.r1})"
+            )
     if not l.real_low and "tile" not in views:
-        raise ValueError("config.loss.real_low=False needs 'tile' in loss.d_inputs (D needs a real view)")
+        raise ValueError(
+            "config.loss.real_low=False needs 'tile' in loss.d_inputs (D needs a real view)"
+        )

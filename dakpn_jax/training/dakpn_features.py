@@ -2,6 +2,7 @@
 step 1). Pure array functions with no config: the trainer (`dakpn_jax.training.dakpn`) and the
 family ceiling (`dakpn_jax.evaluation.family`) build features here, so they agree cell for cell.
 """
+
 from __future__ import annotations
 
 import jax
@@ -28,19 +29,28 @@ def area_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
         return x
     if H % h == 0 and W % w == 0:
         return x.reshape(B, h, H // h, w, W // w, C).mean(axis=(2, 4))
-    return jnp.einsum("ip,jq,bpqc->bijc", _area_weights(H, h), _area_weights(W, w), x,
-                      precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum(
+        "ip,jq,bpqc->bijc",
+        _area_weights(H, h),
+        _area_weights(W, w),
+        x,
+        precision=jax.lax.Precision.HIGHEST,
+    )
 
 
 def onehot_features(labels: jax.Array, num_classes: int, size: tuple[int, int]) -> jax.Array:
     """Labels (B, H, W) int (255 = ignore) -> class fractions (B, h, w, C) per parameter cell."""
     if labels.ndim != 3:
         raise ValueError(f"labels must be (B, H, W), got {labels.shape}")
-    onehot = jax.nn.one_hot(labels.astype(jnp.int32), num_classes, dtype=jnp.float32)  # 255 -> zeros
+    onehot = jax.nn.one_hot(
+        labels.astype(jnp.int32), num_classes, dtype=jnp.float32
+    )  # 255 -> zeros
     return area_resize(onehot, size)
 
 
-def grid_for_frame(frame: tuple[int, int], grid: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+def grid_for_frame(
+    frame: tuple[int, int], grid: tuple[int, int], height: int, width: int
+) -> tuple[int, int]:
     """``grid`` (defined at the training ``frame`` size) scaled to a (height, width) frame."""
     (H, W), (ph, pw) = frame, grid
     return max(1, round(ph * height / H)), max(1, round(pw * width / W))

@@ -32,6 +32,7 @@ resolution. A view without a real counterpart (``loss.real_low = False``) has a 
 :func:`grad_reverse` is the gradient-reversal layer of the authors' update rule
 (``loss.update_rule = "gradient_reversal"``, `dakpn_jax.training.dakpn`).
 """
+
 from __future__ import annotations
 
 import jax
@@ -49,7 +50,9 @@ from dakpn_jax.training.dakpn_features import area_resize
 
 def _crop(x: jax.Array, pos: jax.Array, size: tuple[int, int]) -> jax.Array:
     """Per-image crops: x (B, H, W, C), pos (B, 2) top-left -> (B, size[0], size[1], C)."""
-    return jax.vmap(lambda im, p: jax.lax.dynamic_slice(im, (p[0], p[1], 0), size + (im.shape[-1],)))(x, pos)
+    return jax.vmap(
+        lambda im, p: jax.lax.dynamic_slice(im, (p[0], p[1], 0), size + (im.shape[-1],))
+    )(x, pos)
 
 
 def random_positions(key, batch: int, frame: tuple[int, int], tile: tuple[int, int]) -> jax.Array:
@@ -81,7 +84,7 @@ def translate_tile(x, theta_low, noise, pos, tile, kernel_size: int, impl: str =
     noise = jnp.broadcast_to(noise, (B,) + noise.shape[1:])
     xs, ts, ns = (_crop(pad(a), pos, size) for a in (x, theta, noise))
     out = translation.translate(xs, ts, ns, kernel_size=kernel_size, impl=impl)
-    return out[:, r:r + tile[0], r:r + tile[1]]
+    return out[:, r : r + tile[0], r : r + tile[1]]
 
 
 def low_res_params(theta_low: jax.Array, frame: tuple[int, int], low: tuple[int, int]) -> jax.Array:
@@ -99,13 +102,17 @@ def draw_views(config, rng, x: jax.Array, r: jax.Array) -> dict:
     B, frame = x.shape[0], x.shape[1:3]
     tile = tile_size(config, frame)
     if min(r.shape[1] - tile[0], r.shape[2] - tile[1]) < 0:
-        raise ValueError(f"DA-KPN batch: real frames {r.shape[1:3]} are smaller than the tile {tile}")
+        raise ValueError(
+            f"DA-KPN batch: real frames {r.shape[1:3]} are smaller than the tile {tile}"
+        )
     k_pos, k_real, k_noise, rng = gc.split_key(rng, 4)
     wrap = jax.random.wrap_key_data
     if config.model.tile_grid == "aligned":
         if tile[0] * GRID_CELLS > frame[0] or tile[1] * GRID_CELLS > frame[1]:
-            raise ValueError(f"config.model.tile_grid='aligned': {GRID_CELLS} x {GRID_CELLS} tiles of {tile} "
-                             f"do not fit the frame {frame}")
+            raise ValueError(
+                f"config.model.tile_grid='aligned': {GRID_CELLS} x {GRID_CELLS} tiles of {tile} "
+                f"do not fit the frame {frame}"
+            )
         pos = aligned_positions(wrap(k_pos), B, tile)
     else:
         pos = random_positions(wrap(k_pos), B, frame, tile)
@@ -114,10 +121,18 @@ def draw_views(config, rng, x: jax.Array, r: jax.Array) -> dict:
     reals = {"tile": _crop(r, real_pos, tile)}
     if "low" in views and config.loss.real_low:
         reals["low"] = area_resize(r, low_size(config))
-    return {"pos": pos, "real_pos": real_pos, "reals": reals, "k_noise": wrap(k_noise), "tile": tile, "rng": rng}
+    return {
+        "pos": pos,
+        "real_pos": real_pos,
+        "reals": reals,
+        "k_noise": wrap(k_noise),
+        "tile": tile,
+        "rng": rng,
+    }
 
 
 # ----------------------------------------------------------------------------- what D sees
+
 
 def with_condition(image: jax.Array, cond: jax.Array | None) -> jax.Array:
     """D's input: the image, or ``concat(image, cond)`` on the channel axis."""
@@ -142,6 +157,7 @@ _grad_reverse.defvjp(lambda x: (x, None), lambda _, g: (jax.tree.map(jnp.negativ
 
 
 # ----------------------------------------------------------------------------- losses
+
 
 def d_loss(form: str, real: jax.Array, fake: jax.Array) -> jax.Array:
     """Discriminator loss on logits (see module docstring), mean over elements."""
@@ -201,8 +217,17 @@ def r1_penalty(d: nnx.Module, real: jax.Array, cond: jax.Array | None = None) ->
     return jnp.mean(jnp.sum(jnp.square(grads), axis=(1, 2, 3)))
 
 
-def discriminator_loss(d: nnx.Module, reals: dict, fakes: dict, conds: dict | None, *, form: str,
-                       views: tuple[str, ...], r1: float, fakes_first: bool = False):
+def discriminator_loss(
+    d: nnx.Module,
+    reals: dict,
+    fakes: dict,
+    conds: dict | None,
+    *,
+    form: str,
+    views: tuple[str, ...],
+    r1: float,
+    fakes_first: bool = False,
+):
     """D's objective, the one both update rules use: ``(loss, metrics, (real_part, fake_part))``.
 
     ``loss = sum_v loss_D_<v> (+ r1 / 2 * sum_v R1 at the real view)``, ``loss_D_<v>`` the
@@ -241,17 +266,31 @@ def discriminator_loss(d: nnx.Module, reals: dict, fakes: dict, conds: dict | No
         fake_part = fake_part + fake_term
     loss = sum(out[f"loss_D_{v}"] for v in views)
     if r1 > 0:
-        out["r1"] = sum(r1_penalty(d, reals[v], _conds(conds, "real", v)) for v in views if v in reals)
+        out["r1"] = sum(
+            r1_penalty(d, reals[v], _conds(conds, "real", v)) for v in views if v in reals
+        )
         loss = loss + 0.5 * r1 * out["r1"]
     return loss, out, (real_part, fake_part)
 
 
-def generator_loss(d: nnx.Module, fakes: dict, x_tile: jax.Array, conds: dict | None, *, form: str,
-                   views: tuple[str, ...], identity: float) -> tuple[jax.Array, dict]:
+def generator_loss(
+    d: nnx.Module,
+    fakes: dict,
+    x_tile: jax.Array,
+    conds: dict | None,
+    *,
+    form: str,
+    views: tuple[str, ...],
+    identity: float,
+) -> tuple[jax.Array, dict]:
     """G's objective in the alternating step: the ``form``'s adversarial loss on D's logits for each
     fake view plus ``identity * MSE(fake tile, synthetic tile)``; ``(loss, {"loss_G_adv",
     "loss_identity"})``."""
-    adv = sum(_levels_mean(lambda a: g_loss(form, a), d(with_condition(fakes[v], _conds(conds, "fake", v))))
-              for v in views)
+    adv = sum(
+        _levels_mean(
+            lambda a: g_loss(form, a), d(with_condition(fakes[v], _conds(conds, "fake", v)))
+        )
+        for v in views
+    )
     idt = jnp.mean(jnp.square(fakes["tile"] - x_tile))
     return adv + identity * idt, {"loss_G_adv": adv, "loss_identity": idt}

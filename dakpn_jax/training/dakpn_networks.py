@@ -1,5 +1,6 @@
 """DA-KPN's two networks and their optimisers: the KPN head that predicts theta, the PatchGAN
 discriminator D, Adam for each with its schedule, and theta with ablated components pinned."""
+
 from __future__ import annotations
 
 import functools
@@ -21,8 +22,15 @@ from dakpn_jax.training.dakpn_features import area_resize
 
 def make_kpn(config, rngs: nnx.Rngs) -> KPNHead:
     m = config.model
-    return KPNHead(m.num_classes, head=m.head, hidden=m.hidden, sigma0=m.sigma0, sigma_param=m.sigma_param,
-                   sigma_max=default_sigma_max(m.kernel_size), rngs=rngs)
+    return KPNHead(
+        m.num_classes,
+        head=m.head,
+        hidden=m.hidden,
+        sigma0=m.sigma0,
+        sigma_param=m.sigma_param,
+        sigma_max=default_sigma_max(m.kernel_size),
+        rngs=rngs,
+    )
 
 
 def d_in_channels(config) -> int:
@@ -32,13 +40,23 @@ def d_in_channels(config) -> int:
 
 def make_discriminator(config, rngs: nnx.Rngs) -> PatchGANPyramid:
     d = config.model.disc
-    return PatchGANPyramid(d_in_channels(config), num_D=d.num_D, ndf=d.ndf, n_layers=d.n_layers, norm=d.norm,
-                           arch=d.arch, init=d.init, rngs=rngs)
+    return PatchGANPyramid(
+        d_in_channels(config),
+        num_D=d.num_D,
+        ndf=d.ndf,
+        n_layers=d.n_layers,
+        norm=d.norm,
+        arch=d.arch,
+        init=d.init,
+        rngs=rngs,
+    )
 
 
 def graphdefs(config) -> dict:
-    return {"kpn": gc.graphdef_of(functools.partial(make_kpn, config)),
-            "D": gc.graphdef_of(functools.partial(make_discriminator, config))}
+    return {
+        "kpn": gc.graphdef_of(functools.partial(make_kpn, config)),
+        "D": gc.graphdef_of(functools.partial(make_discriminator, config)),
+    }
 
 
 def ablate_params(theta: jax.Array, ablate: tuple[str, ...]) -> jax.Array:
@@ -55,8 +73,9 @@ def ablate_params(theta: jax.Array, ablate: tuple[str, ...]) -> jax.Array:
     return theta * keep + identity * (1.0 - keep)
 
 
-def predict_params(kpn: KPNHead, features: jax.Array, images: jax.Array,
-                   ablate: tuple[str, ...] = ()) -> jax.Array:
+def predict_params(
+    kpn: KPNHead, features: jax.Array, images: jax.Array, ablate: tuple[str, ...] = ()
+) -> jax.Array:
     """theta_low (B, h, w, 12); the deep head also sees the frame area-resized to the grid;
     ``ablate`` pins components to the identity (``ablate_params``)."""
     image_low = area_resize(images, features.shape[1:3]) if kpn.head == "deep" else None
@@ -64,6 +83,7 @@ def predict_params(kpn: KPNHead, features: jax.Array, images: jax.Array,
 
 
 # ----------------------------------------------------------------------------- optimisers
+
 
 def make_schedule(config, lr: float) -> optax.Schedule:
     """``constant``, ``cosine`` (to 0 at num_train_steps) or ``linear`` (to 0), after a linear
@@ -93,7 +113,9 @@ def component_lr_scale(config) -> np.ndarray | None:
         return None
     s = tuple(float(v) for v in s)
     if len(s) != 3 or min(s) < 0:
-        raise ValueError(f"config.optim.kpn_lr_scale={s!r} must be three multipliers >= 0 (affine, blur, noise)")
+        raise ValueError(
+            f"config.optim.kpn_lr_scale={s!r} must be three multipliers >= 0 (affine, blur, noise)"
+        )
     return None if s == (1.0, 1.0, 1.0) else np.repeat(np.asarray(s, np.float32), [6, 3, 3])
 
 

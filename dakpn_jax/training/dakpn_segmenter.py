@@ -23,6 +23,7 @@ tile's for the fakes, the real tile's for the real one) and area-resized to ``lo
 view; it passes through ``stop_gradient`` and the segmenter's params are constants of the step.
 Works with both update rules; R1 is the gradient w.r.t. the image channels only.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -42,9 +43,12 @@ def load_segmenter(config):
     weights = config.segmenter_weights
     if weights:
         from dakpn_jax.models import fcn_resnet50  # pylint: disable=import-outside-toplevel
-        return fcn_resnet50.load_frozen(weights, config.model.num_classes,
-                                        normalize=bool(config.segmenter_normalize))
+
+        return fcn_resnet50.load_frozen(
+            weights, config.model.num_classes, normalize=bool(config.segmenter_normalize)
+        )
     from dakpn_jax.training import segmentation  # only needed for segmenter features
+
     return segmentation.load_segmenter(config.segmenter_workdir)
 
 
@@ -63,11 +67,17 @@ def make_feature_fn(config, segmenter=None) -> Callable:
     def features(images, labels, size):
         del labels
         if in_size:  # the authors' export script: the frame resized to 96 x 160 first
-            images = jax.image.resize(images, (images.shape[0], *_pair(in_size, "segmenter_input_size"), 3),
-                                      method="linear", antialias=True)
+            images = jax.image.resize(
+                images,
+                (images.shape[0], *_pair(in_size, "segmenter_input_size"), 3),
+                method="linear",
+                antialias=True,
+            )
         logits = jax.lax.stop_gradient(apply_fn(seg_params, images).astype(jnp.float32))
         if logits.shape[-1] != C:
-            raise ValueError(f"segmenter logits have {logits.shape[-1]} classes, config.model.num_classes={C}")
+            raise ValueError(
+                f"segmenter logits have {logits.shape[-1]} classes, config.model.num_classes={C}"
+            )
         return area_resize(logits, size)
 
     return features
@@ -87,13 +97,21 @@ def make_segmenter_probs(config, segmenter) -> Callable:
         B, H, W, _ = images.shape
         x = images
         if in_size:
-            x = jax.image.resize(x, (B, *_pair(in_size, "segmenter_input_size"), 3), method="linear", antialias=True)
+            x = jax.image.resize(
+                x, (B, *_pair(in_size, "segmenter_input_size"), 3), method="linear", antialias=True
+            )
         logits = apply_fn(seg_params, x).astype(jnp.float32)
         if logits.shape[-1] != C:
-            raise ValueError(f"segmenter logits have {logits.shape[-1]} classes, config.model.num_classes={C}")
+            raise ValueError(
+                f"segmenter logits have {logits.shape[-1]} classes, config.model.num_classes={C}"
+            )
         if logits.shape[1:3] != (H, W):
             logits = jax.image.resize(logits, (B, H, W, C), method="linear")
-        p = jax.nn.one_hot(jnp.argmax(logits, axis=-1), C, dtype=jnp.float32) if hard else jax.nn.softmax(logits)
+        p = (
+            jax.nn.one_hot(jnp.argmax(logits, axis=-1), C, dtype=jnp.float32)
+            if hard
+            else jax.nn.softmax(logits)
+        )
         return jax.lax.stop_gradient(p)
 
     return probs
@@ -111,7 +129,9 @@ def make_condition_fn(config, segmenter=None) -> Callable | None:
         return None
     l = config.loss
     C = config.model.num_classes
-    probs = make_segmenter_probs(config, segmenter if segmenter is not None else load_segmenter(config))
+    probs = make_segmenter_probs(
+        config, segmenter if segmenter is not None else load_segmenter(config)
+    )
     low = low_size(config)
     views = tuple(l.d_inputs)
 
@@ -122,7 +142,10 @@ def make_condition_fn(config, segmenter=None) -> Callable | None:
         else:
             s_fake = probs(x)
         s_real = probs(r)
-        out = {"fake": {"tile": _crop(s_fake, dv["pos"], tile)}, "real": {"tile": _crop(s_real, dv["real_pos"], tile)}}
+        out = {
+            "fake": {"tile": _crop(s_fake, dv["pos"], tile)},
+            "real": {"tile": _crop(s_real, dv["real_pos"], tile)},
+        }
         if "low" in views:
             out["fake"]["low"] = area_resize(s_fake, low)
             if "low" in dv["reals"]:

@@ -8,6 +8,7 @@ network parameters are stored as pure dicts (``nnx.to_pure_dict``) and merged ba
 modules inside the jitted step with the static graphdef rebuilt from the config. Keys are stored
 as raw ``uint32[2]`` key data (checkpointable by orbax) and wrapped where used.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -26,6 +27,7 @@ PyTree = Any
 
 # ----------------------------------------------------------------------------- keys
 
+
 def key_data(rng: jax.Array) -> jax.Array:
     """Raw uint32 key data of a typed or raw key (what the state stores)."""
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
@@ -41,6 +43,7 @@ def split_key(raw: jax.Array, n: int) -> list[jax.Array]:
 
 # ----------------------------------------------------------------------------- networks
 
+
 def init_args(m) -> dict:
     """``init`` / ``init_gain`` of ``config.model`` (default: CycleGAN's N(0, 0.02))."""
     return dict(init=m.get("init", "normal"), init_gain=float(m.get("init_gain", 0.02)))
@@ -50,16 +53,30 @@ def make_generator(config, rngs: nnx.Rngs) -> ResnetGenerator:
     """ResNet generator from ``config.model`` (ngf, n_blocks, n_down; optional antialias,
     antialias_up, init, init_gain: CycleGAN's network when absent)."""
     m = config.model
-    return ResnetGenerator(3, 3, ngf=m.ngf, n_blocks=m.n_blocks, n_down=m.n_down,
-                           antialias=m.get("antialias", False), antialias_up=m.get("antialias_up", False),
-                           rngs=rngs, **init_args(m))
+    return ResnetGenerator(
+        3,
+        3,
+        ngf=m.ngf,
+        n_blocks=m.n_blocks,
+        n_down=m.n_down,
+        antialias=m.get("antialias", False),
+        antialias_up=m.get("antialias_up", False),
+        rngs=rngs,
+        **init_args(m),
+    )
 
 
 def make_discriminator(config, rngs: nnx.Rngs) -> NLayerDiscriminator:
     """70x70 PatchGAN from ``config.model`` (ndf, n_layers_d; optional antialias_d, init, init_gain)."""
     m = config.model
-    return NLayerDiscriminator(3, ndf=m.ndf, n_layers=m.n_layers_d, antialias=m.get("antialias_d", False),
-                               rngs=rngs, **init_args(m))
+    return NLayerDiscriminator(
+        3,
+        ndf=m.ndf,
+        n_layers=m.n_layers_d,
+        antialias=m.get("antialias_d", False),
+        rngs=rngs,
+        **init_args(m),
+    )
 
 
 def init_network(build: Callable[[nnx.Rngs], nnx.Module], rng: jax.Array):
@@ -81,6 +98,7 @@ def merge(graphdef, params: PyTree) -> nnx.Module:
 
 # ----------------------------------------------------------------------------- losses
 
+
 def lsgan_loss(pred: jax.Array, target_is_real: bool) -> jax.Array:
     """Least-squares GAN loss (Mao et al. 2017): ``mean((D(x) - t)^2)``, t = 1 for real, 0 for fake."""
     t = 1.0 if target_is_real else 0.0
@@ -92,7 +110,9 @@ def l1(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.mean(jnp.abs(a - b))
 
 
-def discriminator_terms(d: nnx.Module, real: jax.Array, fake: jax.Array) -> tuple[jax.Array, jax.Array]:
+def discriminator_terms(
+    d: nnx.Module, real: jax.Array, fake: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """``(LSGAN(D(real), 1), LSGAN(D(fake), 0))``, fake treated as a constant."""
     return lsgan_loss(d(real), True), lsgan_loss(d(jax.lax.stop_gradient(fake)), False)
 
@@ -103,17 +123,22 @@ def discriminator_loss(d: nnx.Module, real: jax.Array, fake: jax.Array) -> jax.A
     return 0.5 * (l_real + l_fake)
 
 
-def discriminator_grads(graphdef, params: PyTree, real: jax.Array, fake: jax.Array, *, has_aux: bool = False):
+def discriminator_grads(
+    graphdef, params: PyTree, real: jax.Array, fake: jax.Array, *, has_aux: bool = False
+):
     """(loss, grads) of :func:`discriminator_loss` w.r.t. the discriminator's params; with
     ``has_aux`` ((loss, (loss_real, loss_fake)), grads)."""
+
     def f(p):
         l_real, l_fake = discriminator_terms(merge(graphdef, p), real, fake)
         return 0.5 * (l_real + l_fake), (l_real, l_fake)
+
     (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
     return ((loss, aux), grads) if has_aux else (loss, grads)
 
 
 # ----------------------------------------------------------------------------- optimiser
+
 
 def linear_decay_schedule(lr: float, constant_steps: int, decay_steps: int) -> optax.Schedule:
     """``lr`` for ``constant_steps``, then linear to 0 over ``decay_steps``:
@@ -124,7 +149,9 @@ def linear_decay_schedule(lr: float, constant_steps: int, decay_steps: int) -> o
     step, so it is smooth and independent of the dataset size.
     """
     if constant_steps < 0 or decay_steps < 0:
-        raise ValueError(f"linear_decay_schedule: constant_steps={constant_steps}, decay_steps={decay_steps} must be >= 0")
+        raise ValueError(
+            f"linear_decay_schedule: constant_steps={constant_steps}, decay_steps={decay_steps} must be >= 0"
+        )
 
     def schedule(step):
         s = jnp.asarray(step, jnp.float32)
@@ -137,8 +164,12 @@ def linear_decay_schedule(lr: float, constant_steps: int, decay_steps: int) -> o
 def make_optimizer(config) -> optax.GradientTransformation:
     """Adam(lr, b1, b2, eps) on the linear-decay schedule (published: 2e-4, (0.5, 0.999), 1e-8)."""
     o = config.optim
-    return optax.adam(linear_decay_schedule(o.lr, o.constant_steps, o.decay_steps), b1=o.b1, b2=o.b2,
-                      eps=o.get("eps", 1e-8))
+    return optax.adam(
+        linear_decay_schedule(o.lr, o.constant_steps, o.decay_steps),
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.get("eps", 1e-8),
+    )
 
 
 def apply_updates(tx, params, grads, opt_state):
@@ -148,12 +179,17 @@ def apply_updates(tx, params, grads, opt_state):
 
 # ----------------------------------------------------------------------------- image pool
 
+
 def pool_init(pool_size: int, image_shape: tuple[int, int, int]) -> dict:
     """An empty image pool: ``{"images": (pool_size, H, W, C) float32, "count": int32}``."""
     if pool_size < 0 or len(image_shape) != 3:
-        raise ValueError(f"pool_init: pool_size={pool_size} must be >= 0 and image_shape={image_shape} (H, W, C)")
-    return {"images": jnp.zeros((pool_size,) + tuple(image_shape), jnp.float32),
-            "count": jnp.zeros((), jnp.int32)}
+        raise ValueError(
+            f"pool_init: pool_size={pool_size} must be >= 0 and image_shape={image_shape} (H, W, C)"
+        )
+    return {
+        "images": jnp.zeros((pool_size,) + tuple(image_shape), jnp.float32),
+        "count": jnp.zeros((), jnp.int32),
+    }
 
 
 def pool_query(pool: dict, images: jax.Array, rng: jax.Array) -> tuple[dict, jax.Array]:
@@ -194,16 +230,21 @@ def pool_query(pool: dict, images: jax.Array, rng: jax.Array) -> tuple[dict, jax
 
 # ----------------------------------------------------------------------------- data
 
+
 def check_batch(batch: dict, keys=("synthetic", "real")) -> None:
     for k in keys:
         if k not in batch:
             raise ValueError(f"GAN baseline batch: missing key '{k}' (have {sorted(batch)})")
         x = batch[k]
         if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"GAN baseline batch['{k}']: expected (B, H, W, 3) images, got {x.shape}")
+            raise ValueError(
+                f"GAN baseline batch['{k}']: expected (B, H, W, 3) images, got {x.shape}"
+            )
     if batch[keys[0]].shape != batch[keys[1]].shape:
-        raise ValueError(f"GAN baseline batch: '{keys[0]}' {batch[keys[0]].shape} and '{keys[1]}' "
-                         f"{batch[keys[1]].shape} must have the same shape (crop both domains alike)")
+        raise ValueError(
+            f"GAN baseline batch: '{keys[0]}' {batch[keys[0]].shape} and '{keys[1]}' "
+            f"{batch[keys[1]].shape} must have the same shape (crop both domains alike)"
+        )
 
 
 def train_image_shape(config) -> tuple[int, int, int]:
@@ -221,24 +262,34 @@ def make_iterators(config, *, shard_index: int = 0, shard_count: int = 1) -> dic
     from dakpn_jax.data import pipeline, sources  # data side only; the step never needs it
 
     if config.batch_size % shard_count:
-        raise ValueError(f"config.batch_size={config.batch_size} not divisible by process count {shard_count}")
+        raise ValueError(
+            f"config.batch_size={config.batch_size} not divisible by process count {shard_count}"
+        )
     out = {}
     for name, split, offset in (("synthetic", "synthetic-train", 0), ("real", "real-train", 1)):
         out[name] = pipeline.make_pipeline(
-            sources.make_source(config.data, split), batch_size=config.batch_size // shard_count,
-            seed=config.seed + offset, shard_index=shard_index, shard_count=shard_count, shuffle=True,
+            sources.make_source(config.data, split),
+            batch_size=config.batch_size // shard_count,
+            seed=config.seed + offset,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            shuffle=True,
             crop_size=tuple(config.crop_size) if config.get("crop_size") else None,
-            random_flip=config.get("random_flip", True))
+            random_flip=config.get("random_flip", True),
+        )
     return out
 
 
 def next_batch(iterators: dict) -> dict:
     """One per-process batch: ``{"synthetic": (b, h, w, 3), "real": (b, h, w, 3)}`` float32 in [0, 1]."""
-    return {"synthetic": np.asarray(next(iterators["synthetic"])["image"], np.float32),
-            "real": np.asarray(next(iterators["real"])["image"], np.float32)}
+    return {
+        "synthetic": np.asarray(next(iterators["synthetic"])["image"], np.float32),
+        "real": np.asarray(next(iterators["real"])["image"], np.float32),
+    }
 
 
 # ----------------------------------------------------------------------------- inference
+
 
 def translate_with(graphdef, params, images: jax.Array, n_down: int) -> jax.Array:
     """Generator as a [0,1] -> [0,1] translator: ``(G(2x - 1) + 1) / 2``; images (B, H, W, 3).
@@ -249,7 +300,7 @@ def translate_with(graphdef, params, images: jax.Array, n_down: int) -> jax.Arra
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"translate: images must be (B, H, W, 3), got {images.shape}")
     h, w = images.shape[1:3]
-    f = 2 ** n_down
+    f = 2**n_down
     size = lambda n: max(-(-n // f) * f, 4 * f)  # a multiple of f, > 3 f (the reflection pads)
     x = to_signed(images.astype(jnp.float32))
     x = jnp.pad(x, ((0, 0), (0, size(h) - h), (0, size(w) - w), (0, 0)), mode="edge")
@@ -264,14 +315,20 @@ def make_translator(graphdef, params, n_down: int):
     return lambda images, labels=None: run(params, images)
 
 
-def evaluate_paired(config, translate_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
-                    max_images: int | None = None, batch_size: int = 8,
-                    num_classes: int | None = None) -> dict[str, float]:
+def evaluate_paired(
+    config,
+    translate_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    max_images: int | None = None,
+    batch_size: int = 8,
+    num_classes: int | None = None,
+) -> dict[str, float]:
     """Paired-view PSNR / SSIM / SWD (+ ``class_color_err`` with ``num_classes``) of
     ``translate_fn(images, labels)`` on the benchmark's paired-eval split."""
     from dakpn_jax.data import sources
     from dakpn_jax.evaluation import image_quality
 
     source = sources.make_source(config.data, "paired-eval")
-    return image_quality.evaluate_paired_source(translate_fn, source, batch_size=batch_size,
-                                                max_images=max_images, num_classes=num_classes)
+    return image_quality.evaluate_paired_source(
+        translate_fn, source, batch_size=batch_size, max_images=max_images, num_classes=num_classes
+    )

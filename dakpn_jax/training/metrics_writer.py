@@ -3,6 +3,7 @@
 TensorBoard files are written with tensorboardX (no TensorFlow) under ``workdir/tensorboard`` by the
 primary process only, so a multi-host run produces one set of curves.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,7 +58,9 @@ class SummaryWriter:
     def __init__(self, logdir: str):
         self._writer = None
         if jax.process_index() == 0:
-            from tensorboardX import SummaryWriter as _TBWriter  # import here: only the primary writes
+            from tensorboardX import (
+                SummaryWriter as _TBWriter,
+            )  # import here: only the primary writes
 
             self._writer = _TBWriter(logdir=logdir)
 
@@ -74,7 +77,9 @@ class SummaryWriter:
         for k, img in images.items():
             img = np.asarray(img, np.float32)
             if img.ndim != 3 or img.shape[-1] not in (1, 3):
-                raise ValueError(f"summaries()['{k}']: expected an (H, W, 3) image, got shape {img.shape}")
+                raise ValueError(
+                    f"summaries()['{k}']: expected an (H, W, 3) image, got shape {img.shape}"
+                )
             self._writer.add_image(k, np.clip(img, 0.0, 1.0), int(step), dataformats="HWC")
 
     def flush(self) -> None:
@@ -122,4 +127,6 @@ class Progress:
 def event_files(workdir: str) -> list[str]:
     """TensorBoard event files under ``workdir/tensorboard`` (for tests and tools)."""
     root = os.path.join(workdir, "tensorboard")
-    return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.startswith("events.out"))
+    return sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.startswith("events.out")
+    )

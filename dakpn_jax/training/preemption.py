@@ -18,6 +18,7 @@ save (a collective save that one host skips hangs the others):
   the watch closes. Signal handlers can only be installed from the main thread; elsewhere the
   watch is inert (and says so in the log).
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,9 @@ class Preempted(RuntimeError):
     """The run stopped on a preemption notice after checkpointing ``step``; rerun to resume."""
 
     def __init__(self, step: int, directory: str):
-        super().__init__(f"preempted: saved step {step} in {directory}; rerun the same command to resume")
+        super().__init__(
+            f"preempted: saved step {step} in {directory}; rerun the same command to resume"
+        )
         self.step = step
 
 
@@ -60,6 +63,7 @@ class PreemptionWatch:
         self._calls += 1
         if self._sync:
             from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
             return bool(multihost_utils.reached_preemption_sync_point(self._calls))
         return self._flag.is_set()
 
@@ -67,4 +71,3 @@ class PreemptionWatch:
         if self._previous is not None:
             signal.signal(self._signum, self._previous)
             self._previous = None
-

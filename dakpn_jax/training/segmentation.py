@@ -45,6 +45,7 @@ whole split (batches sharded over all devices, summed in int64 on the host), the
 classes present (`dakpn_jax.evaluation.metrics`). `load_segmenter(workdir)` gives a trained model
 to other stages (DA-KPN's frozen features, the model score).
 """
+
 from __future__ import annotations
 
 import functools
@@ -71,6 +72,7 @@ IGNORE_INDEX = label_table.IGNORE_INDEX
 
 # ----------------------------------------------------------------------------- model
 
+
 def _num_classes(config) -> int:
     return int(config.model.get("num_classes", label_table.NUM_CLASSES))
 
@@ -83,7 +85,9 @@ def build_model(config, rngs: nnx.Rngs) -> nnx.Module:
 
 def graphdef(config):
     """(static graphdef, abstract RNG-stream state) of the segmenter; shape evaluation only."""
-    gd, _, rngs, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param, nnx.RngState, ...)
+    gd, _, rngs, _ = nnx.split(
+        nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0))), nnx.Param, nnx.RngState, ...
+    )
     return gd, nnx.to_pure_dict(rngs)
 
 
@@ -92,12 +96,18 @@ def _rng_streams(template, key: jax.Array):
     count 0. The state never stores them (typed keys are not checkpointable); the per-step key comes
     from ``state["rng"]``."""
     leaves, treedef = jax.tree.flatten(template)
-    fresh = [jax.random.fold_in(key, i) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else jnp.zeros(x.shape, x.dtype)
-             for i, x in enumerate(leaves)]
+    fresh = [
+        jax.random.fold_in(key, i)
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+        else jnp.zeros(x.shape, x.dtype)
+        for i, x in enumerate(leaves)
+    ]
     return jax.tree.unflatten(treedef, fresh)
 
 
-def apply_model(gd, variables: dict, images: jax.Array, *, train: bool = False, size=None, rng=None):
+def apply_model(
+    gd, variables: dict, images: jax.Array, *, train: bool = False, size=None, rng=None
+):
     """Logits (B, H', W', C) of ``images`` (B, H, W, 3) in [0, 1], resized bilinearly to ``size``
     = (H', W') (default: the input's H, W). ``gd`` is `graphdef`'s pair; ``rng`` (typed key) drives
     dropout-like layers when ``train``. Returns (logits, updated non-parameter variables)."""
@@ -132,14 +142,15 @@ def cross_entropy(logits: jax.Array, label: jax.Array) -> tuple[jax.Array, jax.A
 
 # ----------------------------------------------------------------------------- optimiser
 
+
 def make_schedule(config) -> optax.Schedule:
     """Linear warmup 0 -> lr over ``warmup_steps``, then over T = num_train_steps - warmup_steps:
 
-        constant: lr
-        poly:     lr_end + (lr - lr_end) * (1 - t / T) ** poly_power
-        poly_per_epoch: the same with t and T in whole epochs, t = floor(step / steps_per_epoch)
-                  (``optim.steps_per_epoch``; the authors' per-epoch scheduler step)
-        cosine:   lr_end + (lr - lr_end) * (1 + cos(pi t / T)) / 2,     lr_end = end_lr_ratio * lr
+    constant: lr
+    poly:     lr_end + (lr - lr_end) * (1 - t / T) ** poly_power
+    poly_per_epoch: the same with t and T in whole epochs, t = floor(step / steps_per_epoch)
+              (``optim.steps_per_epoch``; the authors' per-epoch scheduler step)
+    cosine:   lr_end + (lr - lr_end) * (1 + cos(pi t / T)) / 2,     lr_end = end_lr_ratio * lr
     """
     o = config.optim
     lr, warmup = float(o.lr), int(o.get("warmup_steps", 0))
@@ -153,7 +164,9 @@ def make_schedule(config) -> optax.Schedule:
     elif kind == "poly_per_epoch":
         spe = int(o.get("steps_per_epoch", 0) or 0)
         if spe < 1:
-            raise ValueError(f"config.optim.schedule='poly_per_epoch' needs optim.steps_per_epoch >= 1, got {spe}")
+            raise ValueError(
+                f"config.optim.schedule='poly_per_epoch' needs optim.steps_per_epoch >= 1, got {spe}"
+            )
         epochs, power = max(1, -(-decay_steps // spe)), float(o.get("poly_power", 1.0))
 
         def main(step):
@@ -162,8 +175,10 @@ def make_schedule(config) -> optax.Schedule:
     elif kind == "cosine":
         main = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
     else:
-        raise ValueError(f"config.optim.schedule={kind!r} is unknown; expected constant, poly, poly_per_epoch "
-                         "or cosine")
+        raise ValueError(
+            f"config.optim.schedule={kind!r} is unknown; expected constant, poly, poly_per_epoch "
+            "or cosine"
+        )
     if warmup <= 0:
         return main
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
@@ -180,12 +195,17 @@ def scale_by_top_level(multipliers: dict[str, float]) -> optax.GradientTransform
     def init(params):
         missing = sorted(set(multipliers) - set(params))
         if missing:
-            raise ValueError(f"config.optim.lr_mult names {missing}, which are not top-level parameter "
-                             f"groups of the model ({sorted(params)})")
+            raise ValueError(
+                f"config.optim.lr_mult names {missing}, which are not top-level parameter "
+                f"groups of the model ({sorted(params)})"
+            )
         return optax.EmptyState()
 
     def update(updates, state, params=None):  # pylint: disable=unused-argument
-        return {k: jax.tree.map(lambda u, m=multipliers.get(k, 1.0): u * m, v) for k, v in updates.items()}, state
+        return {
+            k: jax.tree.map(lambda u, m=multipliers.get(k, 1.0): u * m, v)
+            for k, v in updates.items()
+        }, state
 
     return optax.GradientTransformation(init, update)
 
@@ -196,7 +216,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
     multipliers last (``optim.lr_mult``: :func:`scale_by_top_level`)."""
     o = config.optim
     name = o.get("name", "adamw")
-    kw = dict(b1=float(o.get("b1", 0.9)), b2=float(o.get("b2", 0.999)), eps=float(o.get("eps", 1e-8)))
+    kw = dict(
+        b1=float(o.get("b1", 0.9)), b2=float(o.get("b2", 0.999)), eps=float(o.get("eps", 1e-8))
+    )
     if name == "adam":
         tx = optax.adam(make_schedule(config), **kw)
     elif name == "adamw":
@@ -206,7 +228,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
         if on not in ("matrices", "all"):
             raise ValueError(f"config.optim.weight_decay_on={on!r} must be 'matrices' or 'all'")
         mask = None if on == "all" else (lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))
-        tx = optax.adamw(make_schedule(config), weight_decay=float(o.get("weight_decay", 0.0)), mask=mask, **kw)
+        tx = optax.adamw(
+            make_schedule(config), weight_decay=float(o.get("weight_decay", 0.0)), mask=mask, **kw
+        )
     else:
         raise ValueError(f"config.optim.name={name!r} is unknown; expected 'adam' or 'adamw'")
     clip = float(o.get("grad_clip", 0.0) or 0.0)
@@ -218,8 +242,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 # ----------------------------------------------------------------------------- method contract
 
+
 def _key_data(rng: jax.Array) -> jax.Array:
-    return jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else jnp.asarray(rng, jnp.uint32)
+    return (
+        jax.random.key_data(rng)
+        if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+        else jnp.asarray(rng, jnp.uint32)
+    )
 
 
 def init_state(config, rng) -> dict:
@@ -229,8 +258,13 @@ def init_state(config, rng) -> dict:
     model = build_model(config, nnx.Rngs(k_init))
     _, params, _, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
     params = nnx.to_pure_dict(params)
-    state = {"params": params, "model_state": nnx.to_pure_dict(rest), "opt": make_optimizer(config).init(params),
-             "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(k_next)}
+    state = {
+        "params": params,
+        "model_state": nnx.to_pure_dict(rest),
+        "opt": make_optimizer(config).init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.key_data(k_next),
+    }
     if _ema_decay(config) > 0:
         state["ema_params"] = jax.tree.map(jnp.copy, params)
     return state
@@ -250,8 +284,14 @@ def make_train_step(config) -> Callable:
     images_seen = make_on_the_fly_fn(config)  # None without a translated_on_the_fly source
 
     def loss_fn(params, model_state, images, label, rng):
-        logits, model_state = apply_model(gd, {"params": params, "model_state": model_state}, images,
-                                          train=True, size=label.shape[1:3], rng=rng)
+        logits, model_state = apply_model(
+            gd,
+            {"params": params, "model_state": model_state},
+            images,
+            train=True,
+            size=label.shape[1:3],
+            rng=rng,
+        )
         loss, acc = cross_entropy(logits, label)
         return loss, (model_state, acc)
 
@@ -263,21 +303,39 @@ def make_train_step(config) -> Callable:
         if label.ndim != 3 or label.shape[0] != images.shape[0]:
             # Labels may be smaller than the images (the authors' 180 x 180 labels for 720 x 720
             # inputs): the logits are resized to the label size, a no-op at the model's stride.
-            raise ValueError(f"segmentation batch: label {label.shape} must be (B, h, w) with B = images "
-                             f"{images.shape}[0]")
-        if images_seen is not None and "otf_translate" in batch:  # (absent if that source was empty)
+            raise ValueError(
+                f"segmentation batch: label {label.shape} must be (B, h, w) with B = images "
+                f"{images.shape}[0]"
+            )
+        if (
+            images_seen is not None and "otf_translate" in batch
+        ):  # (absent if that source was empty)
             # Own key (folded off the step key), so runs without this source keep their key sequence.
-            images = images_seen(batch, jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), _NOISE_STREAM))
+            images = images_seen(
+                batch, jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), _NOISE_STREAM)
+            )
         k_model, k_next = jax.random.split(jax.random.wrap_key_data(state["rng"]))
         (loss, (model_state, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], state["model_state"], images, label, k_model)
+            state["params"], state["model_state"], images, label, k_model
+        )
         updates, opt = tx.update(grads, state["opt"], state["params"])
-        new = {"params": optax.apply_updates(state["params"], updates), "model_state": model_state,
-               "opt": opt, "step": state["step"] + 1, "rng": jax.random.key_data(k_next)}
+        new = {
+            "params": optax.apply_updates(state["params"], updates),
+            "model_state": model_state,
+            "opt": opt,
+            "step": state["step"] + 1,
+            "rng": jax.random.key_data(k_next),
+        }
         if ema_decay > 0:
-            new["ema_params"] = optax.incremental_update(new["params"], state["ema_params"], 1.0 - ema_decay)
-        metrics = {"loss": loss, "pixel_accuracy": acc, "grad_norm": optax.tree.norm(grads),
-                   "lr": schedule(state["step"])}
+            new["ema_params"] = optax.incremental_update(
+                new["params"], state["ema_params"], 1.0 - ema_decay
+            )
+        metrics = {
+            "loss": loss,
+            "pixel_accuracy": acc,
+            "grad_norm": optax.tree.norm(grads),
+            "lr": schedule(state["step"]),
+        }
         return new, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
     return train_step
@@ -294,7 +352,9 @@ class MixedSource:
 
     def __init__(self, sources, weights, seed: int = 0):
         if len(sources) != len(weights) or not sources:
-            raise ValueError(f"MixedSource: need one weight per source, got {len(sources)} and {len(weights)}")
+            raise ValueError(
+                f"MixedSource: need one weight per source, got {len(sources)} and {len(weights)}"
+            )
         w = np.asarray(weights, np.float64)
         if not np.all(np.isfinite(w)) or np.any(w <= 0):
             raise ValueError(f"MixedSource: weights must be positive, got {list(weights)}")
@@ -318,8 +378,10 @@ class MixedSource:
         index = int(index)
         item = self.sources[self.owner[index]][int(self.rank[index])]
         if "label" not in item:
-            raise ValueError(f"MixedSource: {self.sources[self.owner[index]]!r} item has no 'label' "
-                             "(segmentation needs labelled sources)")
+            raise ValueError(
+                f"MixedSource: {self.sources[self.owner[index]]!r} item has no 'label' "
+                "(segmentation needs labelled sources)"
+            )
         return {"image": item["image"], "label": item["label"]}
 
 
@@ -327,31 +389,42 @@ def make_train_source(config):
     """The MixedSource of ``config.data.train_sources`` (see configs/segmentation.py)."""
     from dakpn_jax.data import sources as data_sources  # pylint: disable=import-outside-toplevel
     from dakpn_jax.data.folder import FolderSource  # pylint: disable=import-outside-toplevel
-    specs = list(config.data.get("train_sources", None) or [{"kind": "split", "split": "synthetic-train"}])
+
+    specs = list(
+        config.data.get("train_sources", None) or [{"kind": "split", "split": "synthetic-train"}]
+    )
     built, weights, translated = [], [], []
     for i, spec in enumerate(specs):
         spec = dict(spec)
         kind = spec.get("kind", "split")
         if kind == "split":
             if "split" not in spec:
-                raise ValueError(f"config.data.train_sources[{i}]={spec}: kind 'split' needs a 'split' name")
+                raise ValueError(
+                    f"config.data.train_sources[{i}]={spec}: kind 'split' needs a 'split' name"
+                )
             src = data_sources.make_source(config.data, spec["split"])
         elif kind == "folder":
             root = spec.get("root")
             if not root:
-                raise ValueError(f"config.data.train_sources[{i}]: kind 'folder' needs a 'root' directory")
+                raise ValueError(
+                    f"config.data.train_sources[{i}]: kind 'folder' needs a 'root' directory"
+                )
             src = FolderSource(os.path.join(root, "images"), os.path.join(root, "labels"))
         elif kind == ON_THE_FLY:
             src = _on_the_fly_base(config, spec, i)
         else:
-            raise ValueError(f"config.data.train_sources[{i}].kind={kind!r} is unknown; expected 'split', "
-                             f"'folder' or {ON_THE_FLY!r}")
+            raise ValueError(
+                f"config.data.train_sources[{i}].kind={kind!r} is unknown; expected 'split', "
+                f"'folder' or {ON_THE_FLY!r}"
+            )
         if len(src) == 0:
             log.info("train source %d (%s) is empty; dropped from the mix", i, spec)
             continue
         if "label" not in src[0]:  # fail here, not inside a grain reader thread
-            raise ValueError(f"config.data.train_sources[{i}]={spec}: items have no 'label' "
-                             f"(keys {sorted(src[0])}); segmentation needs labelled sources")
+            raise ValueError(
+                f"config.data.train_sources[{i}]={spec}: items have no 'label' "
+                f"(keys {sorted(src[0])}); segmentation needs labelled sources"
+            )
         built.append(src)
         weights.append(spec.get("weight"))
         translated.append(kind == ON_THE_FLY)
@@ -359,7 +432,9 @@ def make_train_source(config):
         raise ValueError(f"config.data.train_sources={specs}: every source is empty")
     given = [w is not None for w in weights]
     if any(given) and not all(given):
-        raise ValueError(f"config.data.train_sources={specs}: give a 'weight' for every source or for none")
+        raise ValueError(
+            f"config.data.train_sources={specs}: give a 'weight' for every source or for none"
+        )
     weights = weights if all(given) else [len(s) for s in built]  # no weights: plain concatenation
     mixed = MixedSource(built, weights, seed=int(config.seed))
     if not any(translated):
@@ -382,14 +457,20 @@ def _on_the_fly_spec(config) -> dict | None:
         return None
     for i, s in found:
         if not s.get("translator_workdir"):
-            raise ValueError(f"config.data.train_sources[{i}]: kind {ON_THE_FLY!r} needs a 'translator_workdir'")
+            raise ValueError(
+                f"config.data.train_sources[{i}]: kind {ON_THE_FLY!r} needs a 'translator_workdir'"
+            )
         if not isinstance(s.get("fresh_noise", False), bool):
-            raise ValueError(f"config.data.train_sources[{i}].fresh_noise must be a bool, got {s['fresh_noise']!r}")
+            raise ValueError(
+                f"config.data.train_sources[{i}].fresh_noise must be a bool, got {s['fresh_noise']!r}"
+            )
     workdirs = sorted({os.path.abspath(s["translator_workdir"]) for _, s in found})
     noise = sorted({bool(s.get("fresh_noise", False)) for _, s in found})
     if len(workdirs) > 1 or len(noise) > 1:
-        raise ValueError(f"config.data.train_sources: the {ON_THE_FLY!r} sources must share one translator_workdir "
-                         f"and one fresh_noise setting, got {workdirs} / {noise}")
+        raise ValueError(
+            f"config.data.train_sources: the {ON_THE_FLY!r} sources must share one translator_workdir "
+            f"and one fresh_noise setting, got {workdirs} / {noise}"
+        )
     return {"translator_workdir": workdirs[0], "fresh_noise": noise[0]}
 
 
@@ -397,12 +478,17 @@ def _on_the_fly_base(config, spec: dict, i: int):
     """The untranslated labelled source of a translated_on_the_fly entry (its 'split' or 'root')."""
     from dakpn_jax.data import sources as data_sources  # pylint: disable=import-outside-toplevel
     from dakpn_jax.data.folder import FolderSource  # pylint: disable=import-outside-toplevel
+
     workdir = spec.get("translator_workdir")
     if not workdir or not os.path.isdir(workdir):
-        raise ValueError(f"config.data.train_sources[{i}]: kind {ON_THE_FLY!r} needs 'translator_workdir', an "
-                         f"existing translator run directory, got {workdir!r}")
+        raise ValueError(
+            f"config.data.train_sources[{i}]: kind {ON_THE_FLY!r} needs 'translator_workdir', an "
+            f"existing translator run directory, got {workdir!r}"
+        )
     if spec.get("root"):
-        return FolderSource(os.path.join(spec["root"], "images"), os.path.join(spec["root"], "labels"))
+        return FolderSource(
+            os.path.join(spec["root"], "images"), os.path.join(spec["root"], "labels")
+        )
     return data_sources.make_source(config.data, spec.get("split", "synthetic-train"))
 
 
@@ -423,9 +509,13 @@ class OnTheFlyMix:
     """
 
     def __init__(self, mixed: MixedSource, translated, *, with_geometry: bool):
-        self.mixed, self.translated, self.with_geometry = mixed, [bool(t) for t in translated], with_geometry
+        self.mixed, self.translated, self.with_geometry = (
+            mixed,
+            [bool(t) for t in translated],
+            with_geometry,
+        )
         self.frame_hw = tuple(mixed[0]["label"].shape)
-        self.index_dtype = np.int16 if max(self.frame_hw) < 2 ** 15 else np.int32
+        self.index_dtype = np.int16 if max(self.frame_hw) < 2**15 else np.int32
 
     def __len__(self) -> int:
         return len(self.mixed)
@@ -436,9 +526,11 @@ class OnTheFlyMix:
         k = int(self.mixed.owner[index])
         H, W = item["label"].shape
         if (H, W) != self.frame_hw:
-            raise ValueError(f"{ON_THE_FLY}: item {index} of train source {self.mixed.sources[k]!r} is {H}x{W}, "
-                             f"the first item {self.frame_hw[0]}x{self.frame_hw[1]} (H x W); every source of a mix "
-                             "with on-the-fly translation must have one frame size")
+            raise ValueError(
+                f"{ON_THE_FLY}: item {index} of train source {self.mixed.sources[k]!r} is {H}x{W}, "
+                f"the first item {self.frame_hw[0]}x{self.frame_hw[1]} (H x W); every source of a mix "
+                "with on-the-fly translation must have one frame size"
+            )
         out = {"image": item["image"], "label": item["label"]}
         if self.with_geometry:  # broadcast views: no memory until the pipeline crops them
             out["otf_rows"] = np.broadcast_to(np.arange(H, dtype=self.index_dtype)[:, None], (H, W))
@@ -456,9 +548,11 @@ def _geometry_keys(b: dict) -> dict:
     """Pipeline batch of OnTheFlyMix items -> the step's ``otf_*`` keys: ``otf_frame`` (B,H,W,3) uint8,
     ``otf_frame_label`` (B,H,W) uint8, ``otf_top``/``otf_left`` (B,) int32, ``otf_flip``/``otf_translate`` (B,) bool."""
     n = len(b["label"])
-    out = {"otf_frame": np.asarray(b["otf_frame"][:, 0], np.uint8),
-           "otf_frame_label": np.asarray(b["otf_frame_label"][:, 0], np.uint8),
-           "otf_translate": np.asarray(b["otf_translate"], bool).reshape(n)}
+    out = {
+        "otf_frame": np.asarray(b["otf_frame"][:, 0], np.uint8),
+        "otf_frame_label": np.asarray(b["otf_frame_label"][:, 0], np.uint8),
+        "otf_translate": np.asarray(b["otf_translate"], bool).reshape(n),
+    }
     if "otf_rows" in b:
         c0, c1 = b["otf_cols"][:, 0, 0].astype(np.int32), b["otf_cols"][:, 0, -1].astype(np.int32)
         out["otf_top"] = b["otf_rows"][:, 0, 0].astype(np.int32)
@@ -480,7 +574,8 @@ def on_the_fly_images(translate: Callable, batch: dict, rng=None) -> jax.Array:
     out = jnp.clip(translate(frames, batch["otf_frame_label"], rng=rng), 0.0, 1.0)
     h, w = batch["image"].shape[1:3]
     crop = jax.vmap(lambda im, t, l: jax.lax.dynamic_slice(im, (t, l, 0), (h, w, 3)))(
-        out, batch["otf_top"], batch["otf_left"])
+        out, batch["otf_top"], batch["otf_left"]
+    )
     crop = jnp.where(batch["otf_flip"][:, None, None, None], crop[:, :, ::-1], crop)
     return jnp.where(batch["otf_translate"][:, None, None, None], crop, batch["image"])
 
@@ -492,10 +587,13 @@ def make_on_the_fly_fn(config) -> Callable | None:
     if spec is None:
         return None
     from dakpn_jax.inference import load_translator  # pylint: disable=import-outside-toplevel
+
     translator = load_translator(spec["translator_workdir"])
     if spec["fresh_noise"] and not translator.accepts_rng:
-        raise ValueError(f"config.data.train_sources: fresh_noise=True but the {translator.method!r} translator "
-                         f"of {translator.workdir} has no noise input")
+        raise ValueError(
+            f"config.data.train_sources: fresh_noise=True but the {translator.method!r} translator "
+            f"of {translator.workdir} has no noise input"
+        )
     fresh = spec["fresh_noise"]
     return lambda batch, key: on_the_fly_images(translator, batch, key if fresh else None)
 
@@ -504,24 +602,42 @@ def make_iterators(config, *, shard_index: int = 0, shard_count: int = 1) -> dic
     """``{"train": ...}``: per-process batches of ``config.batch_size // shard_count`` (random crops
     of ``config.crop_size`` and flips) from the mixed training source."""
     from dakpn_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
     if config.batch_size % shard_count:
-        raise ValueError(f"config.batch_size={config.batch_size} not divisible by the process count {shard_count}")
+        raise ValueError(
+            f"config.batch_size={config.batch_size} not divisible by the process count {shard_count}"
+        )
     crop = config.get("crop_size", None)
     image_size, label_size = _size(config.data, "image_size"), _size(config.data, "label_size")
-    if label_size is not None and label_size != image_size and (crop or config.get("random_flip", True)):
-        raise ValueError(f"config.data.label_size={label_size} differs from image_size={image_size}: crops "
-                         "and flips act on the image's size only; set crop_size=None and random_flip=False")
-    return {"train": pipeline.make_pipeline(
-        resized_source(config, make_train_source(config)), batch_size=config.batch_size // shard_count, seed=int(config.seed),
-        shard_index=shard_index, shard_count=shard_count, shuffle=True,
-        crop_size=tuple(crop) if crop else None, random_flip=bool(config.get("random_flip", True)),
-        flip_label_map=_flip_label_map(config))}
+    if (
+        label_size is not None
+        and label_size != image_size
+        and (crop or config.get("random_flip", True))
+    ):
+        raise ValueError(
+            f"config.data.label_size={label_size} differs from image_size={image_size}: crops "
+            "and flips act on the image's size only; set crop_size=None and random_flip=False"
+        )
+    return {
+        "train": pipeline.make_pipeline(
+            resized_source(config, make_train_source(config)),
+            batch_size=config.batch_size // shard_count,
+            seed=int(config.seed),
+            shard_index=shard_index,
+            shard_count=shard_count,
+            shuffle=True,
+            crop_size=tuple(crop) if crop else None,
+            random_flip=bool(config.get("random_flip", True)),
+            flip_label_map=_flip_label_map(config),
+        )
+    }
 
 
 def _flip_label_map(config):
     """The l_/r_ swap table of the config's label space (None for street scenes and the procedural
     benchmark: their classes have no side), so flips of any mixed source (exports included) swap."""
     from dakpn_jax.data import pipeline, sources as data_sources  # pylint: disable=import-outside-toplevel
+
     if config.data.get("name", "procedural") != "real":
         return None
     lut = pipeline.flip_label_map(data_sources.class_names(config.data))
@@ -545,11 +661,15 @@ def summaries(config, state, batch) -> dict:
     variables = {"params": state["params"], "model_state": state["model_state"]}
     pred = np.asarray(_predict(make_apply_fn(config), variables, images))[0].astype(np.uint8)
     colour = lambda y: label_table.colorize(y).astype(np.float32) / 255.0
-    return {"segmentation": np.concatenate([images[0], colour(np.asarray(batch["label"][0])), colour(pred)],
-                                           axis=1)}
+    return {
+        "segmentation": np.concatenate(
+            [images[0], colour(np.asarray(batch["label"][0])), colour(pred)], axis=1
+        )
+    }
 
 
 # ----------------------------------------------------------------------------- evaluation
+
 
 @functools.partial(jax.jit, static_argnums=0)
 def _predict(apply_fn, params, images):
@@ -561,8 +681,16 @@ def _confusion(apply_fn, num_classes, params, images, label):
     return seg_metrics.confusion_matrix(_predict(apply_fn, params, images), label, num_classes)
 
 
-def evaluate_segmenter(apply_fn: Callable, params: PyTree, source, num_classes: int, *, batch_size: int = 16,
-                       max_images: int | None = None, devices=None) -> dict:
+def evaluate_segmenter(
+    apply_fn: Callable,
+    params: PyTree,
+    source,
+    num_classes: int,
+    *,
+    batch_size: int = 16,
+    max_images: int | None = None,
+    devices=None,
+) -> dict:
     """Confusion matrix and IoU of a segmenter over a labelled source, whole frames.
 
     ``apply_fn(params, images (B,H,W,3) float32 [0,1]) -> logits (B,H,W,C)`` (`load_segmenter`'s;
@@ -575,18 +703,24 @@ def evaluate_segmenter(apply_fn: Callable, params: PyTree, source, num_classes: 
     mesh = Mesh(np.asarray(devices), ("data",))
     n = len(source) if max_images is None else min(len(source), int(max_images))
     if n <= 0:
-        raise ValueError(f"evaluate_segmenter: source {source!r} has no images to score (max_images={max_images})")
+        raise ValueError(
+            f"evaluate_segmenter: source {source!r} has no images to score (max_images={max_images})"
+        )
     n_proc, proc = jax.process_count(), jax.process_index()
     gb = -(-int(batch_size) // len(devices)) * len(devices)
     lb = gb // n_proc
     shard = NamedSharding(mesh, P("data"))
     # Replicated beside the sharded batch, via this process's host copy (multi-host safe: the input
     # may be a single-device view or a global replicated array).
-    host = jax.tree.map(lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x), params)
+    host = jax.tree.map(
+        lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x), params
+    )
     params = jax.device_put(host, NamedSharding(mesh, P()))
     total = np.zeros((num_classes, num_classes), np.int64)
     h, w = source[0]["label"].shape
-    ih, iw = source[0]["image"].shape[:2]  # = (h, w) unless the labels are kept smaller (data.label_size)
+    ih, iw = source[0]["image"].shape[
+        :2
+    ]  # = (h, w) unless the labels are kept smaller (data.label_size)
     for start in range(0, n, gb):
         images = np.zeros((lb, ih, iw, 3), np.float32)
         label = np.full((lb, h, w), IGNORE_INDEX, np.uint8)
@@ -595,8 +729,10 @@ def evaluate_segmenter(apply_fn: Callable, params: PyTree, source, num_classes: 
             if i < n:
                 item = source[i]
                 if item["label"].shape != (h, w) or item["image"].shape[:2] != (ih, iw):
-                    raise ValueError(f"evaluate_segmenter: item {i} label {item['label'].shape} differs from "
-                                     f"item 0 {(h, w)}; the eval source must have one frame size")
+                    raise ValueError(
+                        f"evaluate_segmenter: item {i} label {item['label'].shape} differs from "
+                        f"item 0 {(h, w)}; the eval source must have one frame size"
+                    )
                 images[j], label[j] = item["image"].astype(np.float32) / 255.0, item["label"]
         g_images = jax.make_array_from_process_local_data(shard, images)
         g_label = jax.make_array_from_process_local_data(shard, label)
@@ -619,7 +755,11 @@ def make_apply_fn(config, label_size=None) -> Callable:
     model = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
     flip = bool(config.get("eval_flip", False))
     swap = _flip_label_map(config) if flip else None
-    key = json.dumps([model, label_size, flip, None if swap is None else swap.tolist()], sort_keys=True, default=str)
+    key = json.dumps(
+        [model, label_size, flip, None if swap is None else swap.tolist()],
+        sort_keys=True,
+        default=str,
+    )
     if key not in _APPLY_FNS:
         gd = graphdef(config)
 
@@ -629,12 +769,14 @@ def make_apply_fn(config, label_size=None) -> Callable:
         if not flip:
             _APPLY_FNS[key] = logits
         else:
+
             def flip_averaged(params, images):
                 z = logits(params, images)
                 zf = logits(params, jnp.asarray(images)[:, :, ::-1])[:, :, ::-1]
                 if swap is not None:  # channel c of the mirrored prediction is class swap[c] here
                     zf = zf[..., np.argsort(swap[: z.shape[-1]])]
                 return 0.5 * (z + zf)
+
             _APPLY_FNS[key] = flip_averaged
     return _APPLY_FNS[key]
 
@@ -663,9 +805,13 @@ class ResizedSource:
 
     def __getitem__(self, index):
         from PIL import Image  # pylint: disable=import-outside-toplevel
+
         item = self.source[index]
         out = {"image": item["image"], "label": item["label"]}
-        for key, size, method in (("image", self.image_size, Image.BILINEAR), ("label", self.label_size, Image.NEAREST)):
+        for key, size, method in (
+            ("image", self.image_size, Image.BILINEAR),
+            ("label", self.label_size, Image.NEAREST),
+        ):
             if size is not None and out[key].shape[:2] != size:
                 out[key] = np.asarray(Image.fromarray(out[key]).resize(size[::-1], method))
         return out
@@ -683,18 +829,26 @@ def resized_source(config, source):
 def evaluate(config, state) -> dict[str, float]:
     """mIoU over ``config.data.eval_split`` (default real-val) and per-class IoU (present classes)."""
     from dakpn_jax.data import sources as data_sources  # pylint: disable=import-outside-toplevel
+
     split = config.data.get("eval_split", "real-val")
     source = resized_source(config, data_sources.make_source(config.data, split))
     params = scoring_params(state)
-    res = evaluate_segmenter(make_apply_fn(config, label_size=_size(config.data, "label_size")), params, source,
-                             _num_classes(config),
-                             batch_size=int(config.get("eval_batch_size", 16)),
-                             max_images=config.get("eval_images", None))
+    res = evaluate_segmenter(
+        make_apply_fn(config, label_size=_size(config.data, "label_size")),
+        params,
+        source,
+        _num_classes(config),
+        batch_size=int(config.get("eval_batch_size", 16)),
+        max_images=config.get("eval_images", None),
+    )
     out = {"miou": res["miou"]}
     # The authors' convention beside it, clearly named: an empty class counts as IoU 1 (inflated).
     out["miou_paper_empty_as_1"] = float(seg_metrics.mean_iou_paper(res["confusion"])[0])
     from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
-    names = label_space.for_data(config.data).class_names  # the data's classes (16 for SYNTHIA, faces, ...)
+
+    names = label_space.for_data(
+        config.data
+    ).class_names  # the data's classes (16 for SYNTHIA, faces, ...)
     for c, iou in enumerate(res["per_class_iou"]):
         if np.isfinite(iou):
             out[f"iou/{names[c] if c < len(names) else c}"] = float(iou)
@@ -708,8 +862,11 @@ def load_segmenter(workdir: str) -> tuple[Callable, PyTree]:
     (bilinearly resized to the input size) is pure and jittable.
     """
     from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
     config, state = trainer.restore_state(workdir)
     if config.get("method") != "segmentation":
-        raise ValueError(f"load_segmenter: workdir={workdir!r} holds a {config.get('method')!r} run, "
-                         "not a 'segmentation' run")
+        raise ValueError(
+            f"load_segmenter: workdir={workdir!r} holds a {config.get('method')!r} run, "
+            "not a 'segmentation' run"
+        )
     return make_apply_fn(config), scoring_params(state)

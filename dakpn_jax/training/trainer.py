@@ -45,6 +45,7 @@ Preemption (``preemption.py``): on SIGTERM the loop finishes the current call, c
 step and raises ``Preempted``; ``dakpn_jax.main`` exits with status 143, the shell's code for a
 SIGTERM-ended job, so a scheduler restarts it and the restart resumes.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,15 +71,25 @@ from dakpn_jax.training import preemption
 log = logging.getLogger("dakpn_jax.train")
 PyTree = Any
 
-_REQUIRED_INT = ("seed", "batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps",
-                 "eval_every_steps")
+_REQUIRED_INT = (
+    "seed",
+    "batch_size",
+    "num_train_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "eval_every_steps",
+)
 _METHOD_FUNCTIONS = ("init_state", "make_train_step", "make_iterators", "next_batch")
 
 
 # ----------------------------------------------------------------------------- setup
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
     """``jax.distributed.initialize`` once per process (a no-op when already initialised).
 
     No arguments: auto-detection (Cloud TPU VM slices, SLURM, Open MPI). GPU clusters without such a
@@ -86,8 +97,15 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     """
     if jax.distributed.is_initialized():
         return
-    kwargs = {k: v for k, v in (("coordinator_address", coordinator_address), ("num_processes", num_processes),
-                                ("process_id", process_id)) if v is not None}
+    kwargs = {
+        k: v
+        for k, v in (
+            ("coordinator_address", coordinator_address),
+            ("num_processes", num_processes),
+            ("process_id", process_id),
+        )
+        if v is not None
+    }
     jax.distributed.initialize(**kwargs)
 
 
@@ -106,7 +124,9 @@ def validate_config(config, mesh: Mesh) -> types.ModuleType:
     method = get_method(config.method)
     missing_fns = [f for f in _METHOD_FUNCTIONS if not callable(getattr(method, f, None))]
     if missing_fns:
-        raise ValueError(f"config.method={config.method!r}: module {method.__name__} lacks {missing_fns}")
+        raise ValueError(
+            f"config.method={config.method!r}: module {method.__name__} lacks {missing_fns}"
+        )
     for name in _REQUIRED_INT + ("steps_per_call", "keep_checkpoints", "summary_every_steps"):
         if name in _REQUIRED_INT and name not in config:
             raise ValueError(f"config.{name} is missing (required by the trainer)")
@@ -122,8 +142,10 @@ def validate_config(config, mesh: Mesh) -> types.ModuleType:
             raise ValueError(f"config.{name} must be >= 1, got {v}")
     n_dev, n_proc = mesh.devices.size, jax.process_count()
     if config.batch_size % n_dev or config.batch_size % n_proc:
-        raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the device count {n_dev} "
-                         f"and the process count {n_proc} (global batch, split over the 'data' axis)")
+        raise ValueError(
+            f"config.batch_size={config.batch_size} must be divisible by the device count {n_dev} "
+            f"and the process count {n_proc} (global batch, split over the 'data' axis)"
+        )
     return method
 
 
@@ -139,7 +161,9 @@ def check_workdir(workdir: str) -> str:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise ValueError(f"workdir={workdir!r} is not a writable directory ({e.__class__.__name__}: {e})") from e
+        raise ValueError(
+            f"workdir={workdir!r} is not a writable directory ({e.__class__.__name__}: {e})"
+        ) from e
     return workdir
 
 
@@ -161,9 +185,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         with open(path) as f:
             config = ml_collections.ConfigDict(json.load(f))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"{path}: unreadable run config ({e.__class__.__name__}: {e}). The file is written "
-                         "atomically, so it was changed or damaged by something else; restore it, or pass "
-                         "the config explicitly (restore_state(workdir, config)).") from e
+        raise ValueError(
+            f"{path}: unreadable run config ({e.__class__.__name__}: {e}). The file is written "
+            "atomically, so it was changed or damaged by something else; restore it, or pass "
+            "the config explicitly (restore_state(workdir, config))."
+        ) from e
     return complete_saved_config(config)
 
 
@@ -181,6 +207,7 @@ def complete_saved_config(config: ml_collections.ConfigDict) -> ml_collections.C
 
 # ----------------------------------------------------------------------------- state and step
 
+
 def _replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
@@ -190,8 +217,10 @@ def abstract_state(method, config, mesh: Mesh) -> PyTree:
     shapes = jax.eval_shape(lambda rng: method.init_state(config, rng), jax.random.key(0))
     for path, x in jax.tree_util.tree_flatten_with_path(shapes)[0]:
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            raise ValueError(f"{method.__name__}.init_state: state{jax.tree_util.keystr(path)} is a typed PRNG key; "
-                             "store jax.random.key_data(key) (uint32) so it can be checkpointed")
+            raise ValueError(
+                f"{method.__name__}.init_state: state{jax.tree_util.keystr(path)} is a typed PRNG key; "
+                "store jax.random.key_data(key) (uint32) so it can be checkpointed"
+            )
     rep = _replicated(mesh)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
 
@@ -221,7 +250,11 @@ def init_state(method, config, mesh: Mesh) -> PyTree:
 
 @jax.jit
 def _all_finite(state: PyTree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(state)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
@@ -234,21 +267,34 @@ def make_call(train_step: Callable, mesh: Mesh, steps: int) -> Callable:
     """
     rep = _replicated(mesh)
     if steps == 1:
-        return jax.jit(train_step, in_shardings=(rep, NamedSharding(mesh, P("data"))),
-                       out_shardings=(rep, rep), donate_argnums=0)
+        return jax.jit(
+            train_step,
+            in_shardings=(rep, NamedSharding(mesh, P("data"))),
+            out_shardings=(rep, rep),
+            donate_argnums=0,
+        )
 
     def multi(state, batches):
         return jax.lax.scan(train_step, state, batches)
 
-    return jax.jit(multi, in_shardings=(rep, NamedSharding(mesh, P(None, "data"))),
-                   out_shardings=(rep, rep), donate_argnums=0)
+    return jax.jit(
+        multi,
+        in_shardings=(rep, NamedSharding(mesh, P(None, "data"))),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
 
 
-def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh, stacked: bool) -> dict[str, jax.Array]:
+def to_global(
+    local_batch: Mapping[str, np.ndarray], mesh: Mesh, stacked: bool
+) -> dict[str, jax.Array]:
     """Per-process numpy batches -> global arrays sharded over the mesh's "data" axis (dim 0, or dim 1
     for a (steps, b, ...) stack)."""
     sharding = NamedSharding(mesh, P(None, "data") if stacked else P("data"))
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local_batch.items()
+    }
 
 
 def _host_scalars(tree: PyTree) -> dict[str, np.ndarray]:
@@ -268,10 +314,17 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 # ----------------------------------------------------------------------------- the loop
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       devices: Sequence[jax.Device] | None = None, verbose: bool | None = None,
-                       progress: bool = True, desc: str | None = None,
-                       announce: bool = True) -> dict[str, float]:
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+    verbose: bool | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+    announce: bool = True,
+) -> dict[str, float]:
     """Trains ``config.method`` to ``config.num_train_steps`` under ``workdir`` (resuming if possible).
 
     Args:
@@ -300,32 +353,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if verbose is None:
         verbose = bool(config.get("log_to_console", False))
     # One process per workdir (per host slot): a second launch ends here, before it writes anything.
-    with workdir_lock.exclusive(workdir, what="training"), \
-            console.route_library_logs(workdir, verbose=verbose) as logs:
+    with (
+        workdir_lock.exclusive(workdir, what="training"),
+        console.route_library_logs(workdir, verbose=verbose) as logs,
+    ):
         keep = config.get("keep_checkpoints", 3)
-        checkpointer = ckpt.Checkpointer(workdir, max_to_keep=None if keep is None else int(keep),
-                                         async_save=bool(config.get("async_checkpoints", True)))
+        checkpointer = ckpt.Checkpointer(
+            workdir,
+            max_to_keep=None if keep is None else int(keep),
+            async_save=bool(config.get("async_checkpoints", True)),
+        )
         watch = preemption.PreemptionWatch()
         try:
-            return _train(method, config, workdir, mesh, checkpointer, watch,
-                          ui=dict(progress=progress, desc=desc or str(config.method), log=logs.path,
-                                  announce=announce))
+            return _train(
+                method,
+                config,
+                workdir,
+                mesh,
+                checkpointer,
+                watch,
+                ui=dict(
+                    progress=progress,
+                    desc=desc or str(config.method),
+                    log=logs.path,
+                    announce=announce,
+                ),
+            )
         finally:
             watch.close()
             checkpointer.close()
 
 
-def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpointer,
-           watch: preemption.PreemptionWatch, ui: Mapping[str, Any]) -> dict[str, float]:
+def _train(
+    method,
+    config,
+    workdir: str,
+    mesh: Mesh,
+    checkpointer: ckpt.Checkpointer,
+    watch: preemption.PreemptionWatch,
+    ui: Mapping[str, Any],
+) -> dict[str, float]:
     steps_per_call = int(config.get("steps_per_call", 1))
     total = int(config.num_train_steps)
     every_log, every_ckpt = int(config.log_every_steps), int(config.checkpoint_every_steps)
     every_eval = int(config.eval_every_steps)
-    every_summary = int(config.get("summary_every_steps", None) if config.get("summary_every_steps", None)
-                        is not None else every_eval)
+    every_summary = int(
+        config.get("summary_every_steps", None)
+        if config.get("summary_every_steps", None) is not None
+        else every_eval
+    )
 
     abstract = abstract_state(method, config, mesh)
-    iterators = method.make_iterators(config, shard_index=jax.process_index(), shard_count=jax.process_count())
+    iterators = method.make_iterators(
+        config, shard_index=jax.process_index(), shard_count=jax.process_count()
+    )
     desc, t_start = ui["desc"], time.perf_counter()
     damaged: list[tuple[int, str, str]] = []
     # Compatibility is checked before anything is written; damaged steps are moved aside.
@@ -333,8 +414,10 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
     if found is not None:
         start, state, iter_states = found
         if set(iter_states) != set(iterators):
-            raise ValueError(f"{checkpointer.directory}/{start}: iterator states for {sorted(iter_states)} but "
-                             f"{method.__name__}.make_iterators gives {sorted(iterators)}")
+            raise ValueError(
+                f"{checkpointer.directory}/{start}: iterator states for {sorted(iter_states)} but "
+                f"{method.__name__}.make_iterators gives {sorted(iterators)}"
+            )
         for name, it in iterators.items():
             it.set_state(iter_states[name])
         log.info("Resumed from %s at step %d", checkpointer.directory, start)
@@ -343,38 +426,54 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
         state = init_state(method, config, mesh)
     if damaged:
         for d_step, reason, moved in damaged:
-            log.info("checkpoint step %d cannot be restored (%s); moved to %s", d_step, reason, moved)
+            log.info(
+                "checkpoint step %d cannot be restored (%s); moved to %s", d_step, reason, moved
+            )
         steps = ", ".join(str(d[0]) for d in damaged)
-        console.say(f"{desc}: checkpoint step {steps} in {checkpointer.directory} is damaged "
-                    f"({os.path.basename(damaged[0][2]).split('-', 1)[-1]}); moved to {os.path.dirname(damaged[0][2])}; "
-                    + (f"resuming from step {start}, the newest intact one" if found is not None
-                       else "no intact checkpoint is left, starting from step 0"))
+        console.say(
+            f"{desc}: checkpoint step {steps} in {checkpointer.directory} is damaged "
+            f"({os.path.basename(damaged[0][2]).split('-', 1)[-1]}); moved to {os.path.dirname(damaged[0][2])}; "
+            + (
+                f"resuming from step {start}, the newest intact one"
+                if found is not None
+                else "no intact checkpoint is left, starting from step 0"
+            )
+        )
     save_config(config, workdir)
     total_s = f"step {start} -> {total}" if start else f"{total} steps"
     announce = console.say if ui.get("announce", True) else log.info
-    announce(f"{desc}: {'resuming' if start else 'training'} {config.method}, {total_s}, in {workdir} "
-                f"(log: {ui['log']})")
+    announce(
+        f"{desc}: {'resuming' if start else 'training'} {config.method}, {total_s}, in {workdir} "
+        f"(log: {ui['log']})"
+    )
 
     train_step = method.make_train_step(config)
     calls: dict[int, Callable] = {}
     writer = mw.SummaryWriter(os.path.join(workdir, "tensorboard"))
     averager, progress = mw.MetricAverager(), mw.Progress(total, start)
-    has_eval, has_summaries = callable(getattr(method, "evaluate", None)), callable(getattr(method, "summaries", None))
+    has_eval, has_summaries = (
+        callable(getattr(method, "evaluate", None)),
+        callable(getattr(method, "summaries", None)),
+    )
     final: dict[str, float] = {}
     step, last_saved, last_eval = start, start, None
     bar = console.progress_bar(total, start, desc, enabled=ui["progress"] and start < total)
 
     def save(at: int, st: PyTree) -> None:
         if not bool(np.asarray(_all_finite(st).addressable_data(0))):
-            raise FloatingPointError(f"step {at}: the state holds NaN/Inf; not saving it (the last good "
-                                     f"checkpoint stays at step {checkpointer.latest_step()})")
+            raise FloatingPointError(
+                f"step {at}: the state holds NaN/Inf; not saving it (the last good "
+                f"checkpoint stays at step {checkpointer.latest_step()})"
+            )
         checkpointer.save(at, st, {k: it.get_state() for k, it in iterators.items()})
 
     try:
         while step < total:
             k = min(steps_per_call, total - step)
             local = [method.next_batch(iterators) for _ in range(k)]
-            batch = local[0] if k == 1 else {key: np.stack([b[key] for b in local]) for key in local[0]}
+            batch = (
+                local[0] if k == 1 else {key: np.stack([b[key] for b in local]) for key in local[0]}
+            )
             if k not in calls:
                 calls[k] = make_call(train_step, mesh, k)
             state, metrics = calls[k](state, to_global(batch, mesh, stacked=k > 1))
@@ -388,13 +487,17 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
                 raise FloatingPointError(
                     f"metric '{name}' is {np.asarray(host[name]).reshape(-1)[pos]} at step {before + pos + 1} "
                     f"(config.method={config.method!r}); stopping. The last good checkpoint is step "
-                    f"{checkpointer.latest_step()} in {checkpointer.directory}")
+                    f"{checkpointer.latest_step()} in {checkpointer.directory}"
+                )
             averager.update(host)
             if before == start:
                 progress.mark(step)  # the first call includes compilation: time the rest
             if _crossed(before, step, every_log) or step == total:
                 train_metrics = averager.compute_and_reset()
-                final = {**{k2: v for k2, v in final.items() if k2.startswith("eval/")}, **train_metrics}
+                final = {
+                    **{k2: v for k2, v in final.items() if k2.startswith("eval/")},
+                    **train_metrics,
+                }
                 writer.scalars(step, train_metrics, "train/")
                 line = progress.report(step, train_metrics, max_keys=4)
                 bar.set_postfix_str(line.split(" | ", 3)[-1], refresh=False)
@@ -403,11 +506,16 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
             if has_summaries and _crossed(before, step, every_summary):
                 writer.images(step, method.summaries(config, _local_view(state), local[-1]))
             if has_eval and every_eval and (_crossed(before, step, every_eval) or step == total):
-                ev = {f"eval/{k2}": float(v) for k2, v in method.evaluate(config, _local_view(state)).items()}
+                ev = {
+                    f"eval/{k2}": float(v)
+                    for k2, v in method.evaluate(config, _local_view(state)).items()
+                }
                 writer.scalars(step, ev)
                 final.update(ev)
                 last_eval = step
-                log.info("step %d eval: %s", step, " ".join(f"{k2} {v:.4g}" for k2, v in ev.items()))
+                log.info(
+                    "step %d eval: %s", step, " ".join(f"{k2} {v:.4g}" for k2, v in ev.items())
+                )
             if _crossed(before, step, every_ckpt) or step == total:
                 save(step, state)
                 last_saved = step
@@ -417,8 +525,15 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
                 checkpointer.wait()
                 log.warning("preempted: saved step %d in %s", step, checkpointer.directory)
                 raise preemption.Preempted(step, checkpointer.directory)
-        if has_eval and every_eval and last_eval is None and start == total:  # resumed a finished run
-            final.update({f"eval/{k2}": float(v) for k2, v in method.evaluate(config, _local_view(state)).items()})
+        if (
+            has_eval and every_eval and last_eval is None and start == total
+        ):  # resumed a finished run
+            final.update(
+                {
+                    f"eval/{k2}": float(v)
+                    for k2, v in method.evaluate(config, _local_view(state)).items()
+                }
+            )
         if last_saved != step:
             save(step, state)
         checkpointer.wait()
@@ -426,17 +541,28 @@ def _train(method, config, workdir: str, mesh: Mesh, checkpointer: ckpt.Checkpoi
         bar.close()
         writer.close()
     final["step"] = step
-    shown = {k2: v for k2, v in final.items() if k2.startswith("eval/")} or \
-        {k2: v for k2, v in final.items() if k2.startswith("loss")}
-    announce(f"{desc}: done at step {step} in {console.format_duration(time.perf_counter() - t_start)}"
-                + (f" ({progress.steps_per_sec:.3g} steps/s)" if np.isfinite(progress.steps_per_sec) else "")
-                + "".join(f", {k2} {v:.4g}" for k2, v in list(shown.items())[:4])
-                + f"; checkpoints in {checkpointer.directory}")
+    shown = {k2: v for k2, v in final.items() if k2.startswith("eval/")} or {
+        k2: v for k2, v in final.items() if k2.startswith("loss")
+    }
+    announce(
+        f"{desc}: done at step {step} in {console.format_duration(time.perf_counter() - t_start)}"
+        + (
+            f" ({progress.steps_per_sec:.3g} steps/s)"
+            if np.isfinite(progress.steps_per_sec)
+            else ""
+        )
+        + "".join(f", {k2} {v:.4g}" for k2, v in list(shown.items())[:4])
+        + f"; checkpoints in {checkpointer.directory}"
+    )
     return final
 
 
-def restore_state(workdir: str, config: ml_collections.ConfigDict | None = None, *,
-                  devices: Sequence[jax.Device] | None = None) -> tuple[ml_collections.ConfigDict, PyTree]:
+def restore_state(
+    workdir: str,
+    config: ml_collections.ConfigDict | None = None,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+) -> tuple[ml_collections.ConfigDict, PyTree]:
     """(config, state) of the latest checkpoint in ``workdir``, the state replicated over ``devices``.
 
     ``config`` defaults to ``workdir/config.json``; a given config must describe the same model
@@ -452,16 +578,26 @@ def restore_state(workdir: str, config: ml_collections.ConfigDict | None = None,
     checkpointer = ckpt.Checkpointer(workdir, read_only=True, max_to_keep=None)
     try:
         if checkpointer.latest_step() is None:
-            raise ValueError(f"workdir={workdir!r} holds no checkpoint under {checkpointer.directory}")
+            raise ValueError(
+                f"workdir={workdir!r} holds no checkpoint under {checkpointer.directory}"
+            )
         abstract = abstract_state(method, config, mesh)
         # Read-only: a damaged newest step is skipped (and named), not moved; training moves it.
         found = checkpointer.restore_newest_intact(
-            abstract, with_iterators=False,
-            on_damaged=lambda s, reason, _: log.warning("%s/%d cannot be restored (%s); using an older step",
-                                                        checkpointer.directory, s, reason))
+            abstract,
+            with_iterators=False,
+            on_damaged=lambda s, reason, _: log.warning(
+                "%s/%d cannot be restored (%s); using an older step",
+                checkpointer.directory,
+                s,
+                reason,
+            ),
+        )
         if found is None:
-            raise ValueError(f"workdir={workdir!r}: no checkpoint under {checkpointer.directory} can be "
-                             "restored (all damaged)")
+            raise ValueError(
+                f"workdir={workdir!r}: no checkpoint under {checkpointer.directory} can be "
+                "restored (all damaged)"
+            )
         state = found[1]
     finally:
         checkpointer.close()

@@ -45,6 +45,7 @@ State::
     {"params": {"G", "M", "D"}, "opt": {"GM", "D"},
      "frozen": {"vgg": VGG19 params, "proj_key": uint32[2]}, "step": int32, "rng": uint32[2]}
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,6 +71,7 @@ _PUBLISHED_VGG_WIDTH = 64
 
 # ----------------------------------------------------------------------------- availability
 
+
 def vsait_available(config) -> tuple[bool, str]:
     """(True, "") when ``config`` describes a real VSAIT: ImageNet VGG19 weights configured, the
     file present and the published VGG width; otherwise (False, why) - a protocol should then omit
@@ -79,17 +81,23 @@ def vsait_available(config) -> tuple[bool, str]:
         return False, "config.model is missing"
     path = m.get("vgg_weights")
     if not path:
-        return False, ("no ImageNet VGG19 weights configured (set config.model.vgg_weights to a local "
-                       "torchvision vgg19-dcbb9e9d.pth or .safetensors); VSAIT with random VGG features "
-                       "is not VSAIT")
+        return False, (
+            "no ImageNet VGG19 weights configured (set config.model.vgg_weights to a local "
+            "torchvision vgg19-dcbb9e9d.pth or .safetensors); VSAIT with random VGG features "
+            "is not VSAIT"
+        )
     if not os.path.isfile(path):
         return False, f"config.model.vgg_weights={path!r} does not exist"
     if int(m.get("vgg_width", _PUBLISHED_VGG_WIDTH)) != _PUBLISHED_VGG_WIDTH:
-        return False, f"config.model.vgg_width={m.vgg_width} is not the published 64 (test-only VGG)"
+        return (
+            False,
+            f"config.model.vgg_width={m.vgg_width} is not the published 64 (test-only VGG)",
+        )
     return True, ""
 
 
 # ----------------------------------------------------------------------------- networks
+
 
 def _feat_dim(config) -> int:
     return vm.feature_dim(int(config.model.get("vgg_width", _PUBLISHED_VGG_WIDTH)))
@@ -99,10 +107,14 @@ def _builders(config) -> dict:
     m = config.model
     gain = float(m.get("gain", 0.2))
     return {
-        "G": lambda rngs: vm.VSAITGenerator(ngf=m.ngf, n_blocks=m.n_blocks, n_down=m.n_down, gain=gain, rngs=rngs),
+        "G": lambda rngs: vm.VSAITGenerator(
+            ngf=m.ngf, n_blocks=m.n_blocks, n_down=m.n_down, gain=gain, rngs=rngs
+        ),
         "M": lambda rngs: vm.MappingNetwork(m.hv_dim, gain=gain, rngs=rngs),
         "D": lambda rngs: vm.HypervectorDiscriminator(m.hv_dim, m.d_hidden, gain=gain, rngs=rngs),
-        "vgg": lambda rngs: vgg19.VGG19Features(width=int(m.get("vgg_width", _PUBLISHED_VGG_WIDTH)), rngs=rngs),
+        "vgg": lambda rngs: vgg19.VGG19Features(
+            width=int(m.get("vgg_width", _PUBLISHED_VGG_WIDTH)), rngs=rngs
+        ),
     }
 
 
@@ -116,16 +128,21 @@ def _vgg_params(config):
     width = int(m.get("vgg_width", _PUBLISHED_VGG_WIDTH))
     if m.get("vgg_weights"):
         if width != _PUBLISHED_VGG_WIDTH:
-            raise ValueError(f"config.model.vgg_width={width}: pretrained VGG19 weights need the published 64")
+            raise ValueError(
+                f"config.model.vgg_width={width}: pretrained VGG19 weights need the published 64"
+            )
         return vgg19.load_torchvision_state_dict(m.vgg_weights, width=width)
     if not m.get("allow_random_vgg", False):
         raise ValueError(
             "VSAIT needs ImageNet-pretrained VGG19 features: set --config.model.vgg_weights=/path/to/"
             "vgg19-dcbb9e9d.pth (torchvision's file, or a .safetensors with the same tensor names). "
             "Nothing is downloaded. (config.model.allow_random_vgg=True runs with random VGG weights "
-            "for tests only; that is not VSAIT.)")
-    msg = ("VSAIT is running with RANDOM VGG19 weights (config.model.allow_random_vgg=True): for tests "
-           "and CPU smoke runs only - its results are not VSAIT's and must not be reported as such")
+            "for tests only; that is not VSAIT.)"
+        )
+    msg = (
+        "VSAIT is running with RANDOM VGG19 weights (config.model.allow_random_vgg=True): for tests "
+        "and CPU smoke runs only - its results are not VSAIT's and must not be reported as such"
+    )
     log.warning("!" * 20 + " " + msg)
     warnings.warn(msg, stacklevel=3)
     # Drawn with NumPy from config.seed (a static int: the same values under eval_shape and eagerly,
@@ -138,17 +155,20 @@ def make_optimizers(config) -> dict:
     o = config.optim
 
     def tx(lr):
-        return optax.chain(optax.add_decayed_weights(o.weight_decay),
-                           optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
-                           optax.scale_by_learning_rate(schedule(config, lr)))
+        return optax.chain(
+            optax.add_decayed_weights(o.weight_decay),
+            optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+            optax.scale_by_learning_rate(schedule(config, lr)),
+        )
 
     return {"GM": tx(o.lr_G), "D": tx(o.lr_D)}
 
 
 def schedule(config, lr: float) -> optax.Schedule:
     """``lr * 0.5 ** floor(step / config.optim.halve_every)``."""
-    return optax.exponential_decay(lr, transition_steps=int(config.optim.halve_every), decay_rate=0.5,
-                                   staircase=True)
+    return optax.exponential_decay(
+        lr, transition_steps=int(config.optim.halve_every), decay_rate=0.5, staircase=True
+    )
 
 
 def init_state(config, rng) -> dict:
@@ -157,16 +177,26 @@ def init_state(config, rng) -> dict:
     k_g, k_m, k_d, k_proj, rng = gc.split_key(rng, 5)
     vgg = _vgg_params(config)  # first: a missing weights file fails before any other work
     b = _builders(config)
-    params = {"G": gc.init_network(b["G"], k_g)[1], "M": gc.init_network(b["M"], k_m)[1],
-              "D": gc.init_network(b["D"], k_d)[1]}
+    params = {
+        "G": gc.init_network(b["G"], k_g)[1],
+        "M": gc.init_network(b["M"], k_m)[1],
+        "D": gc.init_network(b["D"], k_d)[1],
+    }
     tx = make_optimizers(config)
-    return {"params": params,
-            "opt": {"GM": tx["GM"].init({"G": params["G"], "M": params["M"]}), "D": tx["D"].init(params["D"])},
-            "frozen": {"vgg": vgg, "proj_key": k_proj},
-            "step": jnp.zeros((), jnp.int32), "rng": rng}
+    return {
+        "params": params,
+        "opt": {
+            "GM": tx["GM"].init({"G": params["G"], "M": params["M"]}),
+            "D": tx["D"].init(params["D"]),
+        },
+        "frozen": {"vgg": vgg, "proj_key": k_proj},
+        "step": jnp.zeros((), jnp.int32),
+        "rng": rng,
+    }
 
 
 # ----------------------------------------------------------------------------- losses
+
 
 def cosine(a: jax.Array, b: jax.Array) -> jax.Array:
     """cos over the last axis: <a, b> / max(||a|| ||b||, 1e-8)."""
@@ -212,8 +242,11 @@ def make_train_step(config):
     def d_loss(dp, hf, vm_, hy):
         D = gc.merge(gd["D"], dp)
         t_img, t_map, t_real = hinge_fake(D(hf)), hinge_fake(D(vm_)), hinge_real(D(hy))
-        return (t_img + t_map + t_real) / 3.0, {"loss_D_fake_img": t_img, "loss_D_fake_map": t_map,
-                                               "loss_D_real": t_real}
+        return (t_img + t_map + t_real) / 3.0, {
+            "loss_D_fake_img": t_img,
+            "loss_D_fake_map": t_map,
+            "loss_D_real": t_real,
+        }
 
     def train_step(state, batch):
         gc.check_batch(batch)
@@ -233,16 +266,29 @@ def make_train_step(config):
         (loss_d, m_d), d_grads = jax.value_and_grad(d_loss, has_aux=True)(p["D"], hf1, vm1, hy)
         dp, opt_d = gc.apply_updates(tx["D"], p["D"], d_grads, state["opt"]["D"])
 
-        new_state = {"params": {"G": gm["G"], "M": gm["M"], "D": dp}, "opt": {"GM": opt_gm, "D": opt_d},
-                     "frozen": state["frozen"], "step": state["step"] + 1, "rng": state["rng"]}
-        metrics = {"loss_G": loss_g, **m_g, "loss_D": loss_d, **m_d, "lr_G": lr_g(state["step"]),
-                   "lr_D": lr_d(state["step"]), "vgg_pretrained": pretrained}
+        new_state = {
+            "params": {"G": gm["G"], "M": gm["M"], "D": dp},
+            "opt": {"GM": opt_gm, "D": opt_d},
+            "frozen": state["frozen"],
+            "step": state["step"] + 1,
+            "rng": state["rng"],
+        }
+        metrics = {
+            "loss_G": loss_g,
+            **m_g,
+            "loss_D": loss_d,
+            **m_d,
+            "lr_G": lr_g(state["step"]),
+            "lr_D": lr_d(state["step"]),
+            "vgg_pretrained": pretrained,
+        }
         return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
     return train_step
 
 
 # ----------------------------------------------------------------------------- inference
+
 
 def make_translator(config, state):
     """Shared contract: jitted ``translate_fn(images (B,H,W,3) [0,1], labels) -> (B,H,W,3)`` with G at
@@ -259,4 +305,6 @@ def summaries(config, state, batch) -> dict:
 
 def evaluate(config, state) -> dict:
     """Paired-view PSNR / SSIM / SWD of G on the benchmark (``config.eval_images`` images)."""
-    return gc.evaluate_paired(config, make_translator(config, state), max_images=config.get("eval_images", 64))
+    return gc.evaluate_paired(
+        config, make_translator(config, state), max_images=config.get("eval_images", 64)
+    )
