@@ -16,10 +16,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # slower, but these steps are tiny. Numbers move only by float32 reassociation, which every
 # tolerance is derived to cover (equivalence tests compare in float64). DAKPN_TEST_XLA_OPT=default
 # keeps XLA's defaults (what users run; .ci/run's smoke subset uses it).
-if os.environ.get("DAKPN_TEST_XLA_OPT", "low") != "default":
-    for _opt in ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"):
-        if _opt.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
-            os.environ["XLA_FLAGS"] = (os.environ["XLA_FLAGS"] + " " + _opt).strip()
+# Subprocesses that set their own XLA_FLAGS add XLA_OPT_FLAGS to them: a process compiled at
+# another effort can differ from this one by more than round-off (transcendental functions).
+XLA_OPT_FLAGS = (
+    ""
+    if os.environ.get("DAKPN_TEST_XLA_OPT", "low") == "default"
+    else "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+)
+for _opt in XLA_OPT_FLAGS.split():
+    if _opt.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ["XLA_FLAGS"] + " " + _opt).strip()
 
 # One persistent compilation cache for the whole session (every xdist worker inherits the variable
 # from the controller, which loads this file first): many files compile the same tiny steps (the

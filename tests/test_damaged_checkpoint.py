@@ -23,7 +23,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from tests import toy_method  # noqa: E402
-from conftest import persistent_compilation_cache  # noqa: E402
+from conftest import XLA_OPT_FLAGS, persistent_compilation_cache  # noqa: E402
 
 from dakpn_jax.training import checkpoint as ckpt  # noqa: E402
 from dakpn_jax.training import trainer  # noqa: E402
@@ -128,7 +128,7 @@ def test_cli_workdir_errors_are_one_paragraph(tmp_path):
     """Unrecoverable workdir states: through the CLI one `dakpn: error:` line, no traceback (a
     checkpoint of another model); an unreadable config.json names the file."""
     trainer.train_and_evaluate(toy(num_train_steps=2), str(tmp_path), progress=False)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": XLA_OPT_FLAGS}
     r = subprocess.run(
         [
             sys.executable,

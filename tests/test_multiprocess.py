@@ -22,7 +22,7 @@ if REPO not in sys.path:
 from tests import toy_method  # noqa: E402
 
 from dakpn_jax.training import trainer  # noqa: E402
-from conftest import assert_float64_equivalent, float64_config  # noqa: E402
+from conftest import XLA_OPT_FLAGS, assert_float64_equivalent, float64_config  # noqa: E402
 
 WORKER = r"""
 import os, sys, json
@@ -67,7 +67,7 @@ def gloo_probe() -> str | None:
         env = {
             **os.environ,
             "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {XLA_OPT_FLAGS}",
         }
         procs = [
             subprocess.Popen(
@@ -108,7 +108,7 @@ def run_two_processes(config, tmp_path, export_dir=None, x64=False):
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {XLA_OPT_FLAGS}",
     }
     if x64:
         env["JAX_ENABLE_X64"] = "1"

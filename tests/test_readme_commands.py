@@ -32,6 +32,8 @@ import sys
 
 import pytest
 
+from conftest import XLA_OPT_FLAGS
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIXES = (
     "python3 -m dakpn_jax",
@@ -40,7 +42,7 @@ PREFIXES = (
     "python3 experiments/",
     "python experiments/",
 )
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": REPO}
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": XLA_OPT_FLAGS, "PYTHONPATH": REPO}
 TIMEOUT = 240
 
 # Stops a script at its flag parsing: absl.app.run and argparse parse, then exit 0 with a marker.

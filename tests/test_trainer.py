@@ -28,7 +28,12 @@ from dakpn_jax.training import checkpoint as ckpt  # noqa: E402
 from dakpn_jax.training import metrics_writer as mw  # noqa: E402
 from dakpn_jax.training import preemption  # noqa: E402
 from dakpn_jax.training import trainer  # noqa: E402
-from conftest import assert_float64_equivalent, float64_config, persistent_compilation_cache  # noqa: E402
+from conftest import (  # noqa: E402
+    XLA_OPT_FLAGS,
+    assert_float64_equivalent,
+    float64_config,
+    persistent_compilation_cache,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -379,7 +384,7 @@ def test_main_cli_trains_from_a_config_file(tmp_path):
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {XLA_OPT_FLAGS}",
     }
     cmd = [
         sys.executable,
