@@ -144,12 +144,9 @@ def make_translate_fn(config, state, direction: str = "AtoB"):
         raise ValueError(
             f"make_translate_fn: direction must be 'AtoB' or 'BtoA', got {direction!r}"
         )
-    gd = graphdefs(config)["G"]
     params = state["params"]["G_A" if direction == "AtoB" else "G_B"]
-    run = jax.jit(
-        lambda p, x: gc.translate_with(gd, p, x, config.model.n_down)
-    )  # weights as an argument
-    return lambda x: run(params, x)
+    translate = gc.make_translator(graphdefs(config)["G"], params, config.model.n_down)
+    return lambda x: translate(x)
 
 
 def make_translator(config, state):
