@@ -37,13 +37,14 @@ Deviations from the published CUT that remain (all variants):
 
 import ml_collections
 
-from configs.cyclegan import (
-    CITYSCAPES_SCALE_WIDTH_1024,
-    GTA5_SCALE_WIDTH_1024,
-    GTA5_TRAIN_IMAGES,
-    data_config,
-    real_data_config,
-)
+from dakpn_jax import config_files
+
+_cyclegan = config_files.sibling(__file__, "cyclegan")  # shared data fields and frame sizes
+CITYSCAPES_SCALE_WIDTH_1024 = _cyclegan.CITYSCAPES_SCALE_WIDTH_1024
+GTA5_SCALE_WIDTH_1024 = _cyclegan.GTA5_SCALE_WIDTH_1024
+GTA5_TRAIN_IMAGES = _cyclegan.GTA5_TRAIN_IMAGES
+data_config = _cyclegan.data_config
+real_data_config = _cyclegan.real_data_config
 
 VARIANTS = ("default", "gta5_cityscapes", "benchmark", "tiny")
 

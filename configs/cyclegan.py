@@ -30,9 +30,9 @@ CITYSCAPES_SCALE_WIDTH_1024 = (512, 1024)
 
 def data_config(height=128, width=256, **overrides):
     """The procedural benchmark's fields (``configs/default.py``: ``ProceduralConfig`` defaults)."""
-    from configs import default  # pylint: disable=import-outside-toplevel
+    from dakpn_jax import config_files  # pylint: disable=import-outside-toplevel
 
-    return default.data_config(height, width, **overrides)
+    return config_files.sibling(__file__, "default").data_config(height, width, **overrides)
 
 
 def real_data_config(name: str, **fields):

@@ -16,19 +16,14 @@ Shared: parameter grid 64 x 64 (H/8), low view 64 x 64, tiles 64 x 64, K = 25, l
 outputs), 64-filter BatchNorm D, saturating / BCE loss, identity weight 1, Adam 1e-4, batch 8.
 """
 
-import importlib.util
-import os
+from dakpn_jax import config_files
 
 TRAIN_IMAGES = 100000
 FRAME = (512, 512)
 
 
 def _presets():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_dakpn_real.py")
-    spec = importlib.util.spec_from_file_location("_dakpn_configs__dakpn_real", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_files.sibling(__file__, "_dakpn_real")
 
 
 def get_config(arg=None):

@@ -25,19 +25,14 @@ Launch (features: a torchvision-layout FCN-ResNet50 file, or a segmentation run)
         --config.data.data_dir=TFDS_DIR --config.segmenter_workdir=SEG_WORKDIR
 """
 
-import importlib.util
-import os
+from dakpn_jax import config_files
 
 TRAIN_IMAGES = 24966
 FRAME = (1052, 1914)
 
 
 def _presets():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_dakpn_real.py")
-    spec = importlib.util.spec_from_file_location("_dakpn_configs__dakpn_real", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_files.sibling(__file__, "_dakpn_real")
 
 
 def get_config(arg=None):

@@ -73,7 +73,9 @@ Fields:
 import ml_collections
 from ml_collections import config_dict
 
-from configs.default import data_config
+from dakpn_jax import config_files
+
+data_config = config_files.sibling(__file__, "default").data_config
 
 
 def _cd(**kw):

@@ -89,9 +89,9 @@ def _data(bench):
 
 
 def _load(path, arg):
-    from dakpn_jax.protocol import methods  # pylint: disable=import-outside-toplevel
+    from dakpn_jax import config_files  # pylint: disable=import-outside-toplevel
 
-    return methods.load_config_file(path, arg)
+    return config_files.load_config_file(path, arg)
 
 
 def get_config(arg=None):

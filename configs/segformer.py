@@ -28,24 +28,20 @@ by skipping weight decay on every 1-D parameter (biases, norm scales); the MiT h
 position parameters.
 """
 
-import importlib.util
 import math
-import os
 
 import ml_collections
 from ml_collections import config_dict
+
+from dakpn_jax import config_files
 
 EPOCHS = 50
 VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
 
 
 def _segmentation_config(arg=None):
-    """configs/segmentation.py's get_config, loaded from its path (``configs`` need not be a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "segmentation.py")
-    spec = importlib.util.spec_from_file_location("_dakpn_configs_segmentation", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    """configs/segmentation.py's get_config, loaded from its path (``configs`` is not a package)."""
+    return config_files.sibling(__file__, "segmentation").get_config(arg)
 
 
 def get_config(arg=None):

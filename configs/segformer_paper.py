@@ -5,13 +5,9 @@ inputs, 180 x 180 labels against the stride-4 logits, no augmentation, AdamW 6e-
 0.01 on all parameters, polynomial decay stepped per epoch over 50 epochs, batch 8).
 """
 
-import importlib.util
-import os
+from dakpn_jax import config_files
 
 
 def get_config(arg=None):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "segmentation_real.py")
-    spec = importlib.util.spec_from_file_location("_dakpn_configs_segmentation_real", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_files.sibling(__file__, "segmentation_real")
     return module.get_config(f"{arg or 'gta5'}_paper")

@@ -30,12 +30,12 @@ Steps: 50 epochs of the synthetic set's size at batch 8 (``num_train_steps``, an
 ``optim.steps_per_epoch`` for the per-epoch schedule); set both when the training mix differs.
 """
 
-import importlib.util
 import math
-import os
 
 import ml_collections
 from ml_collections import config_dict
+
+from dakpn_jax import config_files
 
 EPOCHS = 50
 BENCHMARKS = {  # name: (data preset, classes, synthetic frames, native synthetic frame)
@@ -46,11 +46,7 @@ BENCHMARKS = {  # name: (data preset, classes, synthetic frames, native syntheti
 
 
 def _segmentation_config(arg=None):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "segmentation.py")
-    spec = importlib.util.spec_from_file_location("_dakpn_configs_segmentation", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_files.sibling(__file__, "segmentation").get_config(arg)
 
 
 def get_config(arg=None):

@@ -16,19 +16,14 @@ SYNTHIA count is not in their code); ``clean``: flips, 100 epochs of the 9,400 f
 Launch: as configs/gta5_cityscapes.py, with a 16-class segmenter.
 """
 
-import importlib.util
-import os
+from dakpn_jax import config_files
 
 TRAIN_IMAGES = 9400
 FRAME = (760, 1280)
 
 
 def _presets():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_dakpn_real.py")
-    spec = importlib.util.spec_from_file_location("_dakpn_configs__dakpn_real", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_files.sibling(__file__, "_dakpn_real")
 
 
 def get_config(arg=None):

@@ -37,8 +37,9 @@ def get_config(arg=None):
         c.data.synthetic_size = (256, 512)
         c.data.real_size = (256, 512)
     else:
-        from configs.default import data_config  # pylint: disable=import-outside-toplevel
+        from dakpn_jax import config_files  # pylint: disable=import-outside-toplevel
 
+        data_config = config_files.sibling(__file__, "default").data_config
         c.data = data_config(128, 256) if arg == "benchmark" else data_config(32, 64)
     c.crop_size = (256, 256)
     c.random_flip = True

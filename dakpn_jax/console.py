@@ -252,25 +252,6 @@ def _flag_value(argv, name: str) -> str | None:
     return value
 
 
-def prepare_config_imports(argv, flag: str = "config") -> None:
-    """Makes a config file's sibling imports (``from configs import default``) independent of the cwd.
-
-    ``python -m`` puts the current directory on ``sys.path``, so config files importing their
-    siblings as ``configs.x`` work from the repository root; the installed ``dakpn`` script does
-    not, so they would fail with ``ModuleNotFoundError: No module named 'configs'``. This puts the
-    folder *above* the config file's folder first on ``sys.path`` (for ``.../repo/configs/x.py``:
-    ``.../repo``), so the import resolves next to the file, from any working directory.
-    """
-    value = _flag_value(argv, flag)
-    if not value:
-        return
-    path = value.split(":", 1)[0]
-    if os.path.isfile(path):
-        root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-        if root not in sys.path:
-            sys.path.insert(0, root)
-
-
 def fail(prog: str, message: str, code: int = 2) -> None:
     """One ``prog: error: message`` line on stderr and exit ``code`` (user errors: no traceback)."""
     message = " ".join(str(message).split())  # one line

@@ -182,9 +182,8 @@ def _train(argv):
 
 
 def run():
-    """Console-script entry point (``dakpn``); works from any directory (see
-    `console.prepare_config_imports`)."""
-    console.prepare_config_imports(sys.argv)
+    """Console-script entry point (``dakpn``); works from any directory (config files load their
+    siblings by path: `dakpn_jax.config_files`)."""
     flags.mark_flags_as_required(["config"])
     if "--check_config" not in sys.argv and not any(
         a.startswith("--check_config=") for a in sys.argv

@@ -22,7 +22,6 @@ checkpoint); ``ROOT/sweep.json`` collects their final metrics. ``--dry_run`` pri
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -97,13 +96,9 @@ def load_config_module(config_path: str):
     path, _, arg = config_path.partition(":")
     if not os.path.isfile(path):
         raise ValueError(f"--config={config_path!r}: no such file {path!r}")
-    from dakpn_jax import console  # pylint: disable=import-outside-toplevel
+    from dakpn_jax import config_files  # pylint: disable=import-outside-toplevel
 
-    console.prepare_config_imports([f"--config={config_path}"])  # sibling imports, from any cwd
-    spec = importlib.util.spec_from_file_location("_sweep_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, (arg or None)
+    return config_files.load_module(path), (arg or None)
 
 
 def points_for(config_path: str) -> tuple[ml_collections.ConfigDict, list[dict[str, Any]]]:

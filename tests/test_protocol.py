@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -204,17 +205,38 @@ def test_summary_comparisons_and_markdown_numbers():
         protocol.load_config_file("configs/nope.py")
 
 
-def test_load_config_file_leaves_sys_path_as_it_was(monkeypatch):
-    """A config file that imports configs.default loads; afterwards sys.path is what it was (the
-    repository root is not left in front of a user's own packages)."""
-    repo = str(Path(__file__).resolve().parent.parent)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != repo])
-    for name in ("configs", "configs.default"):  # imported afresh, through the path it adds
-        monkeypatch.delitem(sys.modules, name, raising=False)
+def test_every_config_file_loads_without_the_repository_on_sys_path(monkeypatch):
+    """Config files load their siblings by path (`dakpn_jax.config_files`): every file of configs/
+    builds its default config with neither the repository root nor the working directory on
+    sys.path and any ``import configs`` refused, and leaves sys.path and sys.modules without a
+    ``configs`` module (a user's own ``configs`` package is never shadowed)."""
+    import importlib.abc
+
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.setattr(
+        sys,
+        "path",
+        [p for p in sys.path if os.path.abspath(p or ".") not in (str(repo), os.getcwd())],
+    )
+    for name in [m for m in sys.modules if m == "configs" or m.startswith("configs.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+    class RefuseConfigs(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname == "configs" or fullname.startswith("configs."):
+                raise AssertionError(f"a config file imported {fullname!r}")
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [RefuseConfigs()] + sys.meta_path)
     before = list(sys.path)
-    config = protocol.load_config_file("configs/cyclegan.py", "tiny")
-    assert config.method == "cyclegan"
+    files = sorted(f for f in (repo / "configs").glob("*.py") if not f.name.startswith("_"))
+    assert len(files) >= 10, files
+    for f in files:
+        config = protocol.load_config_file(str(f))
+        assert isinstance(config, ml_collections.ConfigDict), f
+    assert protocol.load_config_file("configs/cut.py", "fastcut-tiny").method == "cut"
     assert sys.path == before
+    assert not [m for m in sys.modules if m == "configs" or m.startswith("configs.")]
 
 
 def test_one_seed_report_has_no_spread_and_per_class_table_only_present_classes(tmp_path):

@@ -168,13 +168,11 @@ def check_main_in_process(argv, monkeypatch):
     definitions on fresh FlagValues, the same config-import path, the same validation."""
     from absl import flags
 
-    from dakpn_jax import console
     from dakpn_jax import main as cli
 
     args = argv[3:] if argv[1:3] == ["-m", "dakpn_jax.main"] else argv[1:]
     fv = flags.FlagValues()
     cli.define_flags(fv)
-    console.prepare_config_imports(args)
     monkeypatch.setattr(
         sys, "argv", ["dakpn"] + args
     )  # config_flags finds the --config.* overrides there

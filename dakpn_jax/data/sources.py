@@ -117,9 +117,11 @@ def _resolve(data_config):
     syn = dataset_module(_get(data_config, "synthetic", "gta5"))
     real = dataset_module(_get(data_config, "real", "cityscapes"))
     if syn.ROLE != "synthetic" or real.ROLE != "real":
+        roles = {n: dataset_module(n).ROLE for n in DATASETS}  # the registry, not a list kept here
         raise ValueError(
             f"data_config.synthetic={syn.NAME!r} / real={real.NAME!r}: expected a synthetic "
-            "dataset (gta5, synthia, face_synthetics) and a real one (cityscapes, celebamask_hq)"
+            f"dataset ({', '.join(n for n, r in roles.items() if r == 'synthetic')}) and a real "
+            f"one ({', '.join(n for n, r in roles.items() if r == 'real')})"
         )
     if syn.LABEL_SPACE != real.LABEL_SPACE:
         raise ValueError(

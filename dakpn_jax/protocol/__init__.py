@@ -1,8 +1,8 @@
 """The evaluation protocol as a library (docs/METHOD.md §1 step 8, §9): stages, statistics, report.
 
     from dakpn_jax import protocol
-    from configs import protocol as protocol_configs
-    out = protocol.run_protocol(protocol_configs.get_config("tiny"), "runs/p")
+    pconfig = protocol.load_config_file("configs/protocol.py", "tiny")
+    out = protocol.run_protocol(pconfig, "runs/p")
 
 Modules: `methods` (translator rows as data, the registry of kinds, stage configs), `layout` (the
 run directory: every stage's folder and file), `stages` (one folder per stage, reused when

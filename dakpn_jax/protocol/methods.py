@@ -37,49 +37,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import json
-import os
 from typing import Callable
 
 import ml_collections
 import numpy as np
 
 from dakpn_jax import registry
-
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-# ----------------------------------------------------------------------------- config files
-
-
-def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """``get_config(arg)`` of a config file: an absolute path, else relative to the working
-    directory, else to the repository root (configs/ of a source checkout)."""
-    candidates = (
-        [path] if os.path.isabs(path) else [os.path.abspath(path), os.path.join(_REPO, path)]
-    )
-    full = next((p for p in candidates if os.path.exists(p)), None)
-    if full is None:
-        raise ValueError(f"config file {path!r} not found (looked at {candidates})")
-    spec = importlib.util.spec_from_file_location(
-        f"_protocol_cfg_{os.path.basename(path)[:-3]}", full
-    )
-    module = importlib.util.module_from_spec(spec)
-    import sys  # pylint: disable=import-outside-toplevel
-
-    # Config files import configs.default etc.: the repository root is on sys.path while the file
-    # runs and get_config builds, then taken off again (a user's own `configs` package is not
-    # shadowed afterwards; the modules already imported stay in sys.modules).
-    added = _REPO not in sys.path
-    if added:
-        sys.path.insert(0, _REPO)
-    try:
-        spec.loader.exec_module(module)
-        return module.get_config(arg)
-    finally:
-        if added and _REPO in sys.path:
-            sys.path.remove(_REPO)
+from dakpn_jax.config_files import load_config_file
 
 
 def override(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:

@@ -133,7 +133,7 @@ def _scale_output_channels(vec: np.ndarray) -> optax.GradientTransformation:
 
 def make_optimizers(config) -> dict:
     """Adam for the KPN head (``optim.lr``, paper 1e-4; per component ``optim.kpn_lr_scale``) and D
-    (``optim.lr_D``, default the same)."""
+    (``optim.lr_D``; configs/default.py sets 1e-4 against the head's 3e-4)."""
     o = config.optim
     lr_d = o.lr_D
     adam = lambda lr: optax.adam(make_schedule(config, lr), b1=o.b1, b2=o.b2, eps=o.eps)
