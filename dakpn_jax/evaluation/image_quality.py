@@ -63,26 +63,18 @@ def _filter_valid(x, taps):
     k = len(taps)
     t = jnp.asarray(taps)
     dn = ("NHWC", "HWIO", "NHWC")
-    kh = jnp.tile(t.reshape(k, 1, 1, 1), (1, 1, 1, c))
-    kw = jnp.tile(t.reshape(1, k, 1, 1), (1, 1, 1, c))
-    x = jax.lax.conv_general_dilated(
-        x,
-        kh,
-        (1, 1),
-        "VALID",
-        dimension_numbers=dn,
-        feature_group_count=c,
-        precision=jax.lax.Precision.HIGHEST,
-    )
-    return jax.lax.conv_general_dilated(
-        x,
-        kw,
-        (1, 1),
-        "VALID",
-        dimension_numbers=dn,
-        feature_group_count=c,
-        precision=jax.lax.Precision.HIGHEST,
-    )
+    for shape in ((k, 1, 1, 1), (1, k, 1, 1)):  # along H, then along W
+        kernel = jnp.tile(t.reshape(shape), (1, 1, 1, c))
+        x = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (1, 1),
+            "VALID",
+            dimension_numbers=dn,
+            feature_group_count=c,
+            precision=jax.lax.Precision.HIGHEST,
+        )
+    return x
 
 
 def ssim(
