@@ -207,7 +207,13 @@ def test_uniform_dakpn_theta_is_constant_over_the_image():
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from configs import default
-    from dakpn_jax.training import dakpn, gan_common as gc
+    from dakpn_jax.training import (
+        dakpn,
+        gan_common as gc,
+        dakpn_config,
+        dakpn_networks,
+        dakpn_segmenter,
+    )
 
     config = default.get_config("tiny")
     config.model.param_size = (1, 1)
@@ -220,9 +226,9 @@ def test_uniform_dakpn_theta_is_constant_over_the_image():
     )
     H, W = config.data.height, config.data.width
     x, y = jnp.asarray(_rand((2, H, W, 3), 12)), jnp.asarray(_labels(2, H, W, 3))
-    feats = dakpn.make_feature_fn(config)(x, y, dakpn.grid_for(config, H, W))
-    theta_low = dakpn.predict_params(
-        gc.merge(dakpn.graphdefs(config)["kpn"], state["params"]["kpn"]), feats, x
+    feats = dakpn_segmenter.make_feature_fn(config)(x, y, dakpn_config.grid_for(config, H, W))
+    theta_low = dakpn_networks.predict_params(
+        gc.merge(dakpn_networks.graphdefs(config)["kpn"], state["params"]["kpn"]), feats, x
     )
     assert theta_low.shape == (2, 1, 1, 12)
     theta = np.asarray(translation.upsample_params(theta_low, H, W))

@@ -16,7 +16,14 @@ from dakpn_jax import translation
 from dakpn_jax.data import procedural
 from dakpn_jax.models import kpn as kpn_lib
 from dakpn_jax.models import patchgan
-from dakpn_jax.training import dakpn
+from dakpn_jax.training import (
+    dakpn,
+    dakpn_config,
+    dakpn_features,
+    dakpn_losses,
+    dakpn_networks,
+    dakpn_segmenter,
+)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -187,7 +194,7 @@ def test_tile_translation_equals_crop_of_full_frame():
     noise = translation.noise_field(0, 20, 24)
     full = translation.translate(x, theta, noise, kernel_size=7)
     pos = jnp.array([[0, 0], [13, 14], [6, 3]])  # corners touch both borders
-    tile = dakpn.translate_tile(x, theta, noise, pos, (7, 10), 7)
+    tile = dakpn_losses.translate_tile(x, theta, noise, pos, (7, 10), 7)
     want = np.stack(
         [np.asarray(full)[b, i : i + 7, j : j + 10] for b, (i, j) in enumerate(np.asarray(pos))]
     )
@@ -197,7 +204,7 @@ def test_tile_translation_equals_crop_of_full_frame():
 def test_onehot_features_are_class_fractions():
     y = np.random.default_rng(0).integers(0, 4, size=(2, 8, 12))
     y[0, :2, :3] = 255
-    got = np.asarray(dakpn.onehot_features(jnp.asarray(y), 5, (2, 3)))
+    got = np.asarray(dakpn_features.onehot_features(jnp.asarray(y), 5, (2, 3)))
     for b in range(2):
         for i in range(2):
             for j in range(3):
@@ -206,7 +213,7 @@ def test_onehot_features_are_class_fractions():
                 np.testing.assert_allclose(got[b, i, j], want, atol=1e-6)
 
 
-@pytest.mark.parametrize("form", dakpn.LOSS_FORMS)
+@pytest.mark.parametrize("form", dakpn_config.LOSS_FORMS)
 def test_loss_forms_match_numpy(form):
     rng = np.random.default_rng(0)
     r, f = rng.normal(size=(2, 3, 4, 1)) * 3, rng.normal(size=(2, 3, 4, 1)) * 3
@@ -224,8 +231,8 @@ def test_loss_forms_match_numpy(form):
         "hinge": -f.mean(),
     }[form]
     rj, fj = jnp.asarray(r, jnp.float32), jnp.asarray(f, jnp.float32)
-    np.testing.assert_allclose(float(dakpn.d_loss(form, rj, fj)), want_d, rtol=1e-5)
-    np.testing.assert_allclose(float(dakpn.g_loss(form, fj)), want_g, rtol=1e-5)
+    np.testing.assert_allclose(float(dakpn_losses.d_loss(form, rj, fj)), want_d, rtol=1e-5)
+    np.testing.assert_allclose(float(dakpn_losses.g_loss(form, fj)), want_g, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -262,9 +269,11 @@ def test_ablations_pin_components_to_identity_and_freeze_their_outputs():
     ref = theta.copy()
     ref[..., 0:3], ref[..., 3:6], ref[..., 9:12] = 1.0, 0.0, 0.0  # affine -> identity, noise -> 0
     np.testing.assert_array_equal(
-        np.asarray(dakpn.ablate_params(jnp.asarray(theta), ("affine", "noise"))), ref
+        np.asarray(dakpn_networks.ablate_params(jnp.asarray(theta), ("affine", "noise"))), ref
     )
-    np.testing.assert_array_equal(np.asarray(dakpn.ablate_params(jnp.asarray(theta), ())), theta)
+    np.testing.assert_array_equal(
+        np.asarray(dakpn_networks.ablate_params(jnp.asarray(theta), ())), theta
+    )
     c = tiny_config()
     c.model.ablate = ("affine", "noise")
     state = dakpn.init_state(c, jax.random.key(0))
@@ -320,14 +329,14 @@ def test_segmenter_features_are_frozen_cell_averaged_logits():
     C = c.model.num_classes
     apply_fn, seg_params = stand_in_segmenter(C)
     x = jnp.asarray(tiny_batch(c, 2)["synthetic"])
-    feats = dakpn.make_feature_fn(c, (apply_fn, seg_params))(x, None, (8, 16))
+    feats = dakpn_segmenter.make_feature_fn(c, (apply_fn, seg_params))(x, None, (8, 16))
     logits = np.einsum("bhwc,ck->bhwk", np.asarray(x, np.float64), np.asarray(seg_params["w"]))
     np.testing.assert_allclose(
         np.asarray(feats), logits.reshape(2, 8, 4, 16, 4, C).mean(axis=(2, 4)), atol=1e-5
     )
-    g = jax.grad(lambda p: jnp.sum(dakpn.make_feature_fn(c, (apply_fn, p))(x, None, (8, 16))))(
-        seg_params
-    )
+    g = jax.grad(
+        lambda p: jnp.sum(dakpn_segmenter.make_feature_fn(c, (apply_fn, p))(x, None, (8, 16)))
+    )(seg_params)
     assert float(jnp.abs(g["w"]).max()) == 0.0  # stop_gradient: nothing flows into the segmenter
 
 
@@ -464,11 +473,13 @@ def test_gradient_reversal_grads_equal_the_minimax_objective():
     )
 
     x, r = batch["synthetic"], batch["real"]
-    dv = dakpn.draw_views(c, state["rng"], x, r)
+    dv = dakpn_losses.draw_views(c, state["rng"], x, r)
     assert set(dv["reals"]) == {"tile"}  # no real low view
-    feats = dakpn.onehot_features(batch["label"], c.model.num_classes, dakpn.param_size(c))
+    feats = dakpn_features.onehot_features(
+        batch["label"], c.model.num_classes, dakpn_config.param_size(c)
+    )
     generate = dakpn.make_generate(c)
-    gd_d = dakpn.graphdefs(c)["D"]
+    gd_d = dakpn_networks.graphdefs(c)["D"]
     th, tw = dv["tile"]
     x_tile = jnp.stack(
         [x[b, i : i + th, j : j + tw] for b, (i, j) in enumerate(np.asarray(dv["pos"]))]
@@ -517,17 +528,17 @@ def test_gradient_reversal_grads_equal_the_minimax_objective():
 
 
 def test_aligned_tile_grid_positions():
-    pos = np.asarray(dakpn.aligned_positions(jax.random.key(0), 512, (131, 239)))
+    pos = np.asarray(dakpn_losses.aligned_positions(jax.random.key(0), 512, (131, 239)))
     assert set(np.unique(pos[:, 0])) == {131 * i for i in range(8)}
     assert set(np.unique(pos[:, 1])) == {239 * j for j in range(8)}
     c = tiny_config()
     c.model.update(tile_grid="aligned", tile_size=None)  # H/8 x W/8 = 4 x 8 tiles of 32 x 64 frames
     x = jnp.zeros((3, 32, 64, 3))
-    dv = dakpn.draw_views(c, jax.random.key_data(jax.random.key(1)), x, x)
+    dv = dakpn_losses.draw_views(c, jax.random.key_data(jax.random.key(1)), x, x)
     assert dv["tile"] == (4, 8) and np.all(np.asarray(dv["pos"]) % np.array([4, 8]) == 0)
     c.model.tile_size = (8, 16)
     with pytest.raises(ValueError, match="aligned"):
-        dakpn.draw_views(c, jax.random.key_data(jax.random.key(1)), x, x)
+        dakpn_losses.draw_views(c, jax.random.key_data(jax.random.key(1)), x, x)
 
 
 def test_gradient_reversal_rejects_other_loss_forms():
@@ -549,7 +560,7 @@ def test_segmenter_features_on_the_resized_unnormalised_frame():
         seen.append(images.shape)
         return jnp.broadcast_to(images[..., :1] * params, images.shape[:3] + (c.model.num_classes,))
 
-    feats = dakpn.make_feature_fn(c, segmenter=(apply_fn, jnp.float32(2.0)))
+    feats = dakpn_segmenter.make_feature_fn(c, segmenter=(apply_fn, jnp.float32(2.0)))
     x = jnp.ones((2, 32, 64, 3)) * 0.25
     out = feats(x, None, (8, 16))
     assert seen == [(2, 16, 32, 3)] and out.shape == (2, 8, 16, c.model.num_classes)

@@ -15,7 +15,14 @@ import pytest
 
 from configs import default
 from conftest import crop, np_box, procedural_batch, reference_tile_positions
-from dakpn_jax.training import dakpn
+from dakpn_jax.training import (
+    dakpn,
+    dakpn_config,
+    dakpn_features,
+    dakpn_losses,
+    dakpn_networks,
+    dakpn_segmenter,
+)
 from dakpn_jax.training import gan_common as gc
 
 B = 4
@@ -93,8 +100,10 @@ def test_condition_maps_against_numpy(fake, probs):
     seg = _segmenter(c.model.num_classes)
     batch = {k: jnp.asarray(v) for k, v in _batch(c).items()}
     rng = jax.random.key_data(jax.random.key(3))
-    dv = dakpn.draw_views(c, rng, batch["synthetic"], batch["real"])
-    got = dakpn.make_condition_fn(c, seg)(batch["synthetic"], batch["label"], batch["real"], dv)
+    dv = dakpn_losses.draw_views(c, rng, batch["synthetic"], batch["real"])
+    got = dakpn_segmenter.make_condition_fn(c, seg)(
+        batch["synthetic"], batch["label"], batch["real"], dv
+    )
     want, reals, pos = reference_maps(c, rng, jax.device_get(batch), np.asarray(seg[1]["w"]))
     np.testing.assert_array_equal(np.asarray(dv["pos"]), pos)
     np.testing.assert_allclose(np.asarray(dv["reals"]["tile"]), reals["tile"], atol=0)
@@ -128,12 +137,14 @@ def test_step_feeds_d_the_conditioned_views(condition, rule):
 
     maps, reals, pos = reference_maps(_config(), state["rng"], batch, np.asarray(seg[1]["w"]))
     x = jnp.asarray(batch["synthetic"])
-    feats = dakpn.onehot_features(jnp.asarray(batch["label"]), C, dakpn.param_size(c))
-    dv = dakpn.draw_views(c, state["rng"], x, jnp.asarray(batch["real"]))
+    feats = dakpn_features.onehot_features(
+        jnp.asarray(batch["label"]), C, dakpn_config.param_size(c)
+    )
+    dv = dakpn_losses.draw_views(c, state["rng"], x, jnp.asarray(batch["real"]))
     fakes, _ = dakpn.make_generate(c)(
         state["params"]["kpn"], x, feats, jnp.asarray(pos), dv["k_noise"], dv["tile"]
     )
-    d = gc.merge(dakpn.graphdefs(c)["D"], state["params"]["D"])
+    d = gc.merge(dakpn_networks.graphdefs(c)["D"], state["params"]["D"])
     cat = (
         (lambda im, s: np.concatenate([np.asarray(im, np.float64), s], -1))
         if condition != "none"
@@ -177,13 +188,13 @@ def test_condition_is_frozen_and_outside_the_state():
     assert jax.tree.structure(s2) == jax.tree.structure(state) and set(s2["params"]) == {"kpn", "D"}
     assert "r1" in m1 and all(np.isfinite(float(v)) for v in list(m1.values()) + list(m2.values()))
     np.testing.assert_array_equal(np.asarray(seg_params["w"]), kept)
-    dv = dakpn.draw_views(
+    dv = dakpn_losses.draw_views(
         c, state["rng"], jnp.asarray(batch["synthetic"]), jnp.asarray(batch["real"])
     )
     g = jax.grad(
         lambda p: sum(
             jnp.sum(m)
-            for side in dakpn.make_condition_fn(c, (seg_fn, p))(
+            for side in dakpn_segmenter.make_condition_fn(c, (seg_fn, p))(
                 jnp.asarray(batch["synthetic"]),
                 jnp.asarray(batch["label"]),
                 jnp.asarray(batch["real"]),

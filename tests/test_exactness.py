@@ -14,7 +14,7 @@ from dakpn_jax import export, translation
 from dakpn_jax.data import pipeline, procedural
 from dakpn_jax.models import patchgan
 from dakpn_jax.models.segmenter import UNetSmall
-from dakpn_jax.training import dakpn, segmentation
+from dakpn_jax.training import dakpn, segmentation, dakpn_features
 from conftest import values_around_half_levels
 
 
@@ -78,7 +78,7 @@ def np_area(x, size):
 @pytest.mark.parametrize("size", [(5, 7), (13, 6), (4, 24)])
 def test_area_resize_matches_exact_area_average(size):
     x = np.random.default_rng(0).random((2, 16, 24, 3))
-    got = np.asarray(dakpn.area_resize(jnp.asarray(x, jnp.float32), size))
+    got = np.asarray(dakpn_features.area_resize(jnp.asarray(x, jnp.float32), size))
     np.testing.assert_allclose(got, np_area(x, size), atol=1e-6)
 
 

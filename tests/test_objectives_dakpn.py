@@ -24,7 +24,7 @@ from configs import default
 from conftest import crop, np_box, procedural_batch, reference_tile_positions
 from dakpn_jax import translation
 from dakpn_jax.models import kpn as kpn_lib
-from dakpn_jax.training import dakpn
+from dakpn_jax.training import dakpn, dakpn_networks
 from dakpn_jax.training import gan_common as gc
 
 B = 4
@@ -108,7 +108,7 @@ def reference(c, state, new_state, batch):
     )
 
     feats = np_onehot_cells(y, m.num_classes, tuple(m.param_size))
-    kpn = gc.merge(dakpn.graphdefs(c)["kpn"], state["params"]["kpn"])
+    kpn = gc.merge(dakpn_networks.graphdefs(c)["kpn"], state["params"]["kpn"])
     theta = np.asarray(
         kpn(jnp.asarray(feats, jnp.float32)), np.float64
     )  # (B, h, w, 12), sigma decoded
@@ -135,8 +135,8 @@ def reference(c, state, new_state, batch):
     reals = {"tile": crop(r, pos_real, (th, tw)), "low": np_box(r, (lh, lw))}
     views = tuple(l.d_inputs)
 
-    d_old = gc.merge(dakpn.graphdefs(c)["D"], state["params"]["D"])
-    d_new = gc.merge(dakpn.graphdefs(c)["D"], new_state["params"]["D"])
+    d_old = gc.merge(dakpn_networks.graphdefs(c)["D"], state["params"]["D"])
+    d_new = gc.merge(dakpn_networks.graphdefs(c)["D"], new_state["params"]["D"])
     logits = lambda d, v: [
         np.asarray(o, np.float64) for o in d(f32(v))
     ]  # one call per input: BN statistics
@@ -246,7 +246,7 @@ def test_d_step_separates_reals_from_fakes_on_the_batch(default_run):
     gradient mean(s(l_real)) - 1 + mean(s(l_fake)), ~0 at chance, which Adam's first step turns into
     an lr-sized shift of either sign for both.)"""
     c, state, batch, _, new_state, _, ref, views = default_run
-    gd = dakpn.graphdefs(c)["D"]
+    gd = dakpn_networks.graphdefs(c)["D"]
     mean = lambda p, a: float(
         np.mean([np.mean(o) for o in gc.merge(gd, p)(jnp.asarray(a, jnp.float32))])
     )

@@ -35,7 +35,7 @@ from configs import default as default_configs  # noqa: E402
 import dakpn_jax as dk  # noqa: E402
 from dakpn_jax import translation  # noqa: E402
 from dakpn_jax.data import pipeline  # noqa: E402
-from dakpn_jax.training import dakpn  # noqa: E402
+from dakpn_jax.training import dakpn, dakpn_config  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -91,10 +91,12 @@ def test_translator_matches_independent_computation_from_kpn_params(frame):
     labels = np.concatenate([labels, labels[:, ::-1, ::-1]])  # a second, rotated frame
     images = r.random((2, H, W, 3), dtype=np.float32)
 
-    grid = dakpn.grid_for(config, H, W)
+    grid = dakpn_config.grid_for(config, H, W)
     theta, feats = _reference_theta(labels, C, grid, kernel, bias)
     noise = jnp.broadcast_to(
-        translation.noise_field(config.model.noise_seed, H, W, base_size=dakpn.frame_size(config)),
+        translation.noise_field(
+            config.model.noise_seed, H, W, base_size=dakpn_config.frame_size(config)
+        ),
         (2, H, W, 3),
     )
 
@@ -155,11 +157,11 @@ def test_untrained_translator_is_the_start_translation_at_every_compilation():
     ]:
         images = r.random((2, H, W, 3), dtype=np.float32)
         labels = r.integers(0, config.model.num_classes, (2, H, W)).astype(np.int32)
-        h, w = dakpn.grid_for(config, H, W)
+        h, w = dakpn_config.grid_for(config, H, W)
         theta = jnp.broadcast_to(jnp.asarray(bias, jnp.float32), (2, h, w, 12))
         noise = jnp.broadcast_to(
             translation.noise_field(
-                config.model.noise_seed, H, W, base_size=dakpn.frame_size(config)
+                config.model.noise_seed, H, W, base_size=dakpn_config.frame_size(config)
             ),
             (2, H, W, 3),
         )

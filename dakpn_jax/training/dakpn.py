@@ -19,8 +19,7 @@ unpaired real frames r (B, H', W', 3) (any size), all float32 in [0, 1]:
 Where things are: `dakpn_config` (the switches, their checks, the sizes; the authors' choices
 table), `dakpn_networks` (KPN, D, optimisers), `dakpn_features` (label features, area resampling),
 `dakpn_segmenter` (segmenter features, conditioned D), `dakpn_losses` (views, loss forms, R1,
-gradient reversal), this module (state, the two update rules, data, inference, evaluation). Every
-public name of those modules is importable from this one, as before the split.
+gradient reversal), this module (state, the two update rules, data, inference, evaluation).
 
 Noise: ``config.model.noise = "fixed"`` (paper): one seeded N(0, 1) field at the training frame
 size (``translation.noise_field``); the tile uses the crop at the tile's position, the low view a
@@ -59,64 +58,34 @@ import numpy as np
 from dakpn_jax import translation
 from dakpn_jax.training import gan_common as gc
 
-# The names below were defined in this module before the split; they stay importable from it
-# (dakpn.area_resize, dakpn.draw_views, ...), so callers did not change. complete_saved_config is
-# the method's hook for run configs saved before a field existed (trainer.load_config calls it).
-from dakpn_jax.training.dakpn_config import (  # noqa: F401
-    ABLATIONS,
-    D_CONDITION_FAKE,
-    D_CONDITION_PROBS,
-    D_CONDITIONS,
-    FEATURES,
-    GRID_CELLS,
-    LOSS_FORMS,
-    LOW_PARAMS,
-    NOISE,
-    SAVED_CONFIG_DEFAULTS,
-    SCHEDULES,
-    TILE_GRIDS,
-    UPDATES,
-    VIEWS,
-    _pair,
+# The pieces of the step live in the dakpn_* modules (module docstring); import a name from
+# the module that defines it.
+# The trainer's hook for run configs saved before a field existed (trainer.load_config looks it up
+# on the method module): re-exported explicitly.
+from dakpn_jax.training.dakpn_config import complete_saved_config as complete_saved_config
+from dakpn_jax.training.dakpn_config import (
     ablation_of,
     check_config,
-    complete_saved_config,
     frame_size,
     grid_for,
     low_size,
     needs_segmenter,
     param_size,
-    tile_size,
 )
-from dakpn_jax.training.dakpn_features import (  # noqa: F401
-    _area_weights,
+from dakpn_jax.training.dakpn_features import (
     area_resize,
-    grid_for_frame,
     onehot_features,
 )
-from dakpn_jax.training.dakpn_losses import (  # noqa: F401
-    _conds,
+from dakpn_jax.training.dakpn_losses import (
     _crop,
-    _levels_mean,
-    aligned_positions,
-    d_loss,
-    d_loss_fake,
-    d_loss_real,
     discriminator_loss,
     draw_views,
-    g_loss,
     generator_loss,
     grad_reverse,
     low_res_params,
-    r1_penalty,
-    random_positions,
     translate_tile,
-    with_condition,
 )
-from dakpn_jax.training.dakpn_networks import (  # noqa: F401
-    ablate_params,
-    component_lr_scale,
-    d_in_channels,
+from dakpn_jax.training.dakpn_networks import (
     graphdefs,
     make_discriminator,
     make_kpn,
@@ -124,11 +93,10 @@ from dakpn_jax.training.dakpn_networks import (  # noqa: F401
     make_schedule,
     predict_params,
 )
-from dakpn_jax.training.dakpn_segmenter import (  # noqa: F401
+from dakpn_jax.training.dakpn_segmenter import (
     load_segmenter,
     make_condition_fn,
     make_feature_fn,
-    make_segmenter_probs,
 )
 
 
