@@ -303,7 +303,17 @@ def get_config(arg=None):
         c.n_real = c.side_n_real = (0,)
         c.translators = _cd(dakpn=_cd(kind="dakpn"))
         c.fixed_seeds.translator = 0
-        c.segmentation = _seg(150, ema_decay=0.97, eval_flip=True)
+        # The training-side knobs, explicit so the command line can set each (the values are
+        # configs/segmentation.py's): --config.segmentation.overrides.model.kwargs.input_stride=2
+        # --config.segmentation.overrides.num_train_steps=300 etc.
+        c.segmentation = _seg(
+            150,
+            ema_decay=0.97,
+            eval_flip=True,
+            model=_cd(kwargs=_cd(features=(16, 32, 64), input_stride=1)),
+            crop_size=(64, 128),
+            batch_size=8,
+        )
         c.eval.scores = False
     elif arg == "tiny":
         c.seeds = (0, 1)

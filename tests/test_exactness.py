@@ -225,13 +225,10 @@ def test_patchgan_forward_is_the_composition_of_its_layers():
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_unet_forward_is_the_composition_of_its_layers():
-    """Two levels (4, 8 filters) on a 7 x 9 input: edge-pad to 8 x 10, [-1, 1], blocks of
-    (3x3 conv, GroupNorm, ReLU) x 2, 2x2 max pool, nearest 2x upsampling, skip concatenation,
-    1x1 head, crop back."""
-    m, p = random_module(lambda: UNetSmall(3, features=(4, 8), rngs=nnx.Rngs(0)), 2)
-    rng = np.random.default_rng(2)
-    x = rng.random((2, 7, 9, 3)).astype(np.float32)
+def np_unet_two_levels(h0, p):
+    """float64 NumPy UNetSmall(features=(4, 8)) on an already padded, [-1, 1]-mapped input:
+    blocks of (3x3 conv, GroupNorm, ReLU) x 2, 2x2 max pool, nearest 2x upsampling, skip
+    concatenation, 1x1 head."""
 
     def gn(h, q, groups, eps=1e-6):  # flax GroupNorm default epsilon
         b, H, W, ch = h.shape
@@ -245,12 +242,56 @@ def test_unet_forward_is_the_composition_of_its_layers():
         h = np.maximum(gn(np_conv(h, q["conv1"]["kernel"], pad=1), q["norm1"], groups), 0)
         return np.maximum(gn(np_conv(h, q["conv2"]["kernel"], pad=1), q["norm2"], groups), 0)
 
-    h0 = np.pad(x.astype(np.float64) * 2 - 1, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+    b, H, W, _ = h0.shape
     s0 = block(h0, p["down"][0], 2)  # 4 channels: 2 groups of 2
-    pooled = s0.reshape(2, 4, 2, 5, 2, 4).max(axis=(2, 4))
+    pooled = s0.reshape(b, H // 2, 2, W // 2, 2, 4).max(axis=(2, 4))
     h1 = block(pooled, p["down"][1], 4)  # 8 channels: 4 groups of 2
     up = h1.repeat(2, axis=1).repeat(2, axis=2)
     h2 = block(np.concatenate([up, s0], -1), p["up"][0], 2)
-    want = np_conv(h2, p["head"]["kernel"], p["head"]["bias"])[:, :7, :9]
+    return np_conv(h2, p["head"]["kernel"], p["head"]["bias"])
+
+
+def test_unet_forward_is_the_composition_of_its_layers():
+    """Two levels (4, 8 filters) on a 7 x 9 input: edge-pad to 8 x 10, [-1, 1], the two-level
+    U-Net, crop back."""
+    m, p = random_module(lambda: UNetSmall(3, features=(4, 8), rngs=nnx.Rngs(0)), 2)
+    rng = np.random.default_rng(2)
+    x = rng.random((2, 7, 9, 3)).astype(np.float32)
+    h0 = np.pad(x.astype(np.float64) * 2 - 1, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+    want = np_unet_two_levels(h0, p)[:, :7, :9]
     got = np.asarray(jax.jit(lambda v: m(v))(jnp.asarray(x)))
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def np_upsample2_bilinear(z):
+    """2x bilinear upsampling with half-pixel centres (output i samples input (i + 0.5) / 2 - 0.5,
+    clamped at the edges), float64, over axes 1 and 2 of (B, H, W, C)."""
+    for axis in (1, 2):
+        n = z.shape[axis]
+        src = (np.arange(2 * n) + 0.5) / 2 - 0.5
+        i0 = np.floor(src).astype(int)
+        t = src - i0
+        lo, hi = np.clip(i0, 0, n - 1), np.clip(i0 + 1, 0, n - 1)
+        shape = [1] * z.ndim
+        shape[axis] = 2 * n
+        t = t.reshape(shape)
+        z = np.take(z, lo, axis=axis) * (1 - t) + np.take(z, hi, axis=axis) * t
+    return z
+
+
+def test_unet_input_stride_pools_the_input_and_upsamples_the_logits():
+    """input_stride 2 on a 7 x 9 input: edge-pad to 8 x 12 (a multiple of 2 x 2^(L-1)), [-1, 1],
+    2 x 2 average pooling to 4 x 6, the same two-level U-Net, bilinear 2x upsampling of the
+    logits, crop back to 7 x 9. Same parameters as input_stride 1 (the stride adds none)."""
+    m, p = random_module(lambda: UNetSmall(3, features=(4, 8), input_stride=2, rngs=nnx.Rngs(0)), 2)
+    rng = np.random.default_rng(3)
+    x = rng.random((2, 7, 9, 3)).astype(np.float32)
+    h0 = np.pad(x.astype(np.float64) * 2 - 1, ((0, 0), (0, 1), (0, 3), (0, 0)), mode="edge")
+    pooled = h0.reshape(2, 4, 2, 6, 2, 3).mean(axis=(2, 4))
+    want = np_upsample2_bilinear(np_unet_two_levels(pooled, p))[:, :7, :9]
+    got = np.asarray(jax.jit(lambda v: m(v))(jnp.asarray(x)))
+    assert got.shape == (2, 7, 9, 3)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="input_stride"):
+            UNetSmall(3, features=(4, 8), input_stride=bad, rngs=nnx.Rngs(0))
