@@ -70,11 +70,14 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="configs/protocol.py:recipe")
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--out", default="")
+    ap.add_argument("--seeds", default="", help="e.g. 0,1,2 (default: the config's seeds)")
     args = ap.parse_args(argv)
     from dakpn_jax.protocol import layout, methods  # pylint: disable=import-outside-toplevel
 
     path, _, variant = args.config.partition(":")
     pconfig = methods.load_config_file(path, variant or None)
+    if args.seeds:
+        pconfig.seeds = tuple(int(s) for s in args.seeds.split(","))
     rows = ("source_only_n0", "dakpn_n0", "oracle")
     per_seed, cpu_s = {}, []
     for seed in pconfig.seeds:
@@ -87,6 +90,19 @@ def main(argv=None) -> int:
     if not per_seed:
         print("no complete seed")
         return 1
+    # The training recipe, from the first segmenter's saved config (every segmenter shares it).
+    first = os.path.join(args.workdir, layout.segmenter_key(next(iter(per_seed)), rows[0]), "run")
+    from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
+    seg = trainer.load_config(first)
+    per_seed_recipe = {
+        "model": seg.model.to_dict(),
+        "crop_size": seg.crop_size,
+        "batch_size": seg.batch_size,
+        "num_train_steps": seg.num_train_steps,
+        "optim": {k: seg.optim[k] for k in ("lr", "warmup_steps", "schedule")},
+    }
+    print(f"recipe: {per_seed_recipe}")
     table = {}
     for weights, flip in RECIPES:
         key = f"{weights}+{'flip' if flip else 'noflip'}"
@@ -117,6 +133,7 @@ def main(argv=None) -> int:
             json.dump(
                 {
                     "config": args.config,
+                    "recipe": per_seed_recipe,
                     "seeds": list(per_seed),
                     "per_seed": per_seed,
                     "table": table,
