@@ -95,14 +95,14 @@ def main(argv=None) -> int:
     from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
 
     seg = trainer.load_config(first)
-    per_seed_recipe = {
+    recipe = {
         "model": seg.model.to_dict(),
         "crop_size": seg.crop_size,
         "batch_size": seg.batch_size,
         "num_train_steps": seg.num_train_steps,
         "optim": {k: seg.optim[k] for k in ("lr", "warmup_steps", "schedule")},
     }
-    print(f"recipe: {per_seed_recipe}")
+    print(f"recipe: {recipe}")
     table = {}
     for weights, flip in RECIPES:
         key = f"{weights}+{'flip' if flip else 'noflip'}"
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
             json.dump(
                 {
                     "config": args.config,
-                    "recipe": per_seed_recipe,
+                    "recipe": recipe,
                     "seeds": list(per_seed),
                     "per_seed": per_seed,
                     "table": table,

@@ -71,7 +71,8 @@ def main(argv=None) -> int:
         "DA-KPN - source-only | sd | sd^2 x CPU s | oracle - DA-KPN sd |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, entry in merged(paths).items():
+    recipes = merged(paths)
+    for name, entry in recipes.items():
         seeds = list(entry["per_seed"].values())
         cpu = float(np.mean(entry["cpu"]))
         for weights in ("trained", "averaged"):
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
                 f"{col['oracle'].mean():.1f} | {diff.mean():+.1f} | {sd:.1f} | {sd**2 * cpu:.0f} | "
                 f"{gap.std(ddof=1) if len(gap) > 1 else float('nan'):.1f} |"
             )
-    print("records: " + "; ".join(f for e in merged(paths).values() for f in e["files"]))
+    print("records: " + "; ".join(f for e in recipes.values() for f in e["files"]))
     return 0
 
 
