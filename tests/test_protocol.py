@@ -544,6 +544,46 @@ def test_run_seed_gives_segmenters_the_pinned_seed(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(stages, "export", lambda *a, **k: None)
     monkeypatch.setattr(stages, "scores", lambda *a, **k: None)
-    stages.run_seed(pconfig, 3, str(tmp_path))
+    stages.run_seed(pconfig, 3, str(tmp_path / "seed3"))
     assert len(seen["segmenter"]) == 1 + 2 * 4 and {c.seed for c in seen["segmenter"]} == {0}
     assert seen["translator"] and {c.seed for c in seen["translator"]} == {3}
+
+
+def test_pinned_translators_are_trained_and_exported_once_in_the_pinned_seeds_folder(
+    tmp_path, monkeypatch
+):
+    """With the translators and controls pinned to seed 0 (variance_segmenter), run seed 3's
+    translator and export stages are seed 0's folders (reused, not retrained), its segmenters and
+    scores its own; the plan lists each pinned stage once over all seeds."""
+    from configs import protocol as protocol_configs
+    from dakpn_jax.protocol import stages
+
+    pconfig = protocol_configs.get_config("variance_segmenter")
+    dirs = []
+
+    def fake_stage(directory, fn, **kw):
+        dirs.append(os.path.relpath(directory, tmp_path))
+        return {"root": directory, "model_score": {}, "paired": {}}
+
+    monkeypatch.setattr(stages, "stage", fake_stage)
+    for name in ("segmenter", "train", "export", "scores"):
+        monkeypatch.setattr(stages, name, lambda *a, **k: None)
+    stages.run_seed(pconfig, 3, str(tmp_path / "seed3"))
+    rows = set(protocol.build_translators(pconfig, 3))
+    trans = {d for d in dirs if "/translator_" in d or "/export_" in d}
+    assert trans and {d.split("/")[0] for d in trans} == {"seed0"}
+    assert {d.split("/", 1)[1] for d in trans if "/export_" in d} == {f"export_{r}" for r in rows}
+    rest = [d for d in dirs if d not in trans]
+    assert rest and {d.split("/")[0] for d in rest} == {"seed3"}
+
+    keys = [k for k, _, _ in stages.plan(pconfig)]
+    assert len(keys) == len(set(keys))
+    assert {k.split("/")[0] for k in keys if "/export_" in k} == {"seed0"}
+    seeds = [int(s) for s in pconfig.seeds]
+    assert sum(k.endswith("/seg_oracle") for k in keys) == len(seeds) > 1
+    # Unpinned (the default), every seed keeps its own translators.
+    default = protocol_configs.get_config("default")
+    keys = [k for k, _, _ in stages.plan(default)]
+    assert {k.split("/")[0] for k in keys if "/export_" in k} == {
+        f"seed{int(s)}" for s in default.seeds
+    }

@@ -343,6 +343,14 @@ def _translate_fns(pconfig, translators: dict, tdirs: dict, seed: int) -> dict:
 # ----------------------------------------------------------------------------- plan
 
 
+def stage_seed(pconfig, translator: methods.Translator, seed: int) -> int:
+    """The seed folder of a row's translator and export stages: its role's seed
+    (`methods.role_seed`), so that a component pinned by ``config.fixed_seeds`` is trained and
+    exported once, in the pinned seed's folder, and reused by every run seed."""
+    role = "translator" if translator.trained else "control"
+    return methods.role_seed(pconfig, role, seed)
+
+
 def _steps(c) -> float:
     return float(c.num_train_steps) * float(c.batch_size)
 
@@ -359,22 +367,26 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
         s = int(s)
         ts = methods.build_translators(pconfig, s)
         if any(t.uses_segmenter_features for t in ts.values()):
-            out.append((layout.feature_segmenter_key(s), f"seed {s}: feature segmenter", seg_cost))
+            fs = methods.role_seed(pconfig, "translator", s)
+            out.append(
+                (layout.feature_segmenter_key(fs), f"seed {fs}: feature segmenter", seg_cost)
+            )
         for name, t in ts.items():
+            ts_ = stage_seed(pconfig, t, s)
             if t.trained:
                 method = registry.REGISTRY.get(t.config.get("method"))
                 w = method.cost if method is not None else 4.5
                 out.append(
                     (
-                        layout.translator_key(s, name),
-                        f"seed {s}: train translator {name}",
+                        layout.translator_key(ts_, name),
+                        f"seed {ts_}: train translator {name}",
                         w * _steps(t.config),
                     )
                 )
             out.append(
                 (
-                    layout.export_key(s, name),
-                    f"seed {s}: export {name}",
+                    layout.export_key(ts_, name),
+                    f"seed {ts_}: export {name}",
                     0.5 * methods.synthetic_train_count(pconfig),
                 )
             )
@@ -398,7 +410,8 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
                     * (int(pconfig.eval.model_score_images) + int(pconfig.eval.paired_images)),
                 )
             )
-    return out
+    seen: set[str] = set()  # a pinned component's stages are listed (and run) once
+    return [row for row in out if not (row[0] in seen or seen.add(row[0]))]
 
 
 # ----------------------------------------------------------------------------- one seed
@@ -417,9 +430,9 @@ def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = Non
     if not paired:
         res["skipped"]["paired scores"] = NO_PAIRED_VIEW
     progress = reporter is not None
-    key_dir = lambda key: os.path.join(
-        root, key.split("/", 1)[1]
-    )  # a stage key's directory under root
+    # A stage key's directory: keys are WORKDIR-relative (``seed<k>/...``), and a pinned
+    # component's key names the pinned seed's folder, not this seed's.
+    key_dir = lambda key: os.path.join(os.path.dirname(os.path.normpath(root)), key)
 
     if any(t.uses_segmenter_features for t in translators.values()):
         src, _ = methods.segmenter_sources(
@@ -431,12 +444,13 @@ def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = Non
             methods.role_seed(pconfig, "translator", seed),
             src,
         )
-        fkey = layout.feature_segmenter_key(seed)
+        fseed = methods.role_seed(pconfig, "translator", seed)
+        fkey = layout.feature_segmenter_key(fseed)
         fdir = key_dir(fkey)
         res["feature_segmenter"] = stage(
             fdir,
             train(fcfg, "feature segmenter", progress=progress),
-            what=f"seed {seed}: feature segmenter",
+            what=f"seed {fseed}: feature segmenter",
             key=fkey,
             reporter=reporter,
         )
@@ -448,23 +462,24 @@ def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = Non
 
     tdirs, exports = {}, {}
     for name, t in translators.items():
+        ts = stage_seed(pconfig, t, seed)
         if t.trained:
-            tkey = layout.translator_key(seed, name)
+            tkey = layout.translator_key(ts, name)
             tdirs[name] = key_dir(tkey)
             res["translators"][name] = stage(
                 tdirs[name],
                 train(t.config, name, progress=progress),
-                what=f"seed {seed}: train translator {name}",
+                what=f"seed {ts}: train translator {name}",
                 key=tkey,
                 reporter=reporter,
             )
         else:
             res["translators"][name] = {"control": t.spec}
-        ekey = layout.export_key(seed, name)
+        ekey = layout.export_key(ts, name)
         exports[name] = stage(
             key_dir(ekey),
-            export(pconfig, t, tdirs.get(name), seed),
-            what=f"seed {seed}: export {name}",
+            export(pconfig, t, tdirs.get(name), ts),
+            what=f"seed {ts}: export {name}",
             key=ekey,
             reporter=reporter,
         )
