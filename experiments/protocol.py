@@ -18,6 +18,13 @@ other seeds, on other machines, add their records to the same directory);
 ``--report_only --results_dir=results/NAME --workdir=DIR`` rebuilds every table, the plot and the html
 in DIR from the records alone, without training (records of another protocol config are refused
 with the fields that differ).
+
+Several hosts (a TPU slice: the same command on every worker with ``--multihost``; a GPU cluster:
+``--coordinator_address=host0:1234 --num_processes=N --process_id=i``): every host runs every
+stage (trainers and exports are SPMD / sharded), process 0 decides which stages are reused and
+writes every marker, the report and the records (`dakpn_jax.protocol.hosts`). DIR must be on a
+filesystem that all hosts share. Process 0 prints the stage lines and logs to DIR/protocol.log,
+process k to DIR/protocol.process<k>.log.
 """
 
 from __future__ import annotations
@@ -40,6 +47,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
+    # Distributed setup must come before anything touches the jax backend.
+    if f.multihost or f.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        from dakpn_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
+        trainer.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
     workdir = os.path.abspath(f.workdir)
     from dakpn_jax.protocol import dryrun, preflight, records  # pylint: disable=import-outside-toplevel
 
@@ -94,9 +106,11 @@ def main(argv):
 
 def _run(f, workdir):
     import jax  # pylint: disable=import-outside-toplevel
-    from dakpn_jax.protocol import layout  # pylint: disable=import-outside-toplevel
+    from dakpn_jax.protocol import hosts, layout  # pylint: disable=import-outside-toplevel
 
-    log_path = console.route_library_logs(workdir, verbose=f.verbose, filename=layout.LOG).path
+    writer = hosts.is_writer()
+    log_name = layout.LOG if writer else f"protocol.process{jax.process_index()}.log"
+    log_path = console.route_library_logs(workdir, verbose=f.verbose, filename=log_name).path
     # Every segmenter (and every DA-KPN ablation) compiles the same step for the same shapes: a
     # persistent compilation cache under the workdir compiles each once (and reruns reuse it).
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
@@ -105,13 +119,14 @@ def _run(f, workdir):
 
     print(f"protocol -> {workdir} (library logs: {log_path})", flush=True)
     try:
-        out = run_protocol(f.config, workdir, console=True, results_dir=f.results_dir or None)
+        out = run_protocol(f.config, workdir, console=writer, results_dir=f.results_dir or None)
     except (
         preemption.Preempted
     ) as e:  # the stage in progress was checkpointed; finished ones are kept
         print(f"preempted: {e}; rerun the same command to continue", file=sys.stderr)
         sys.exit(143)
-    _print_tables(out["markdown"], workdir, log_path)
+    if writer:
+        _print_tables(out["markdown"], workdir, log_path)
 
 
 def _print_tables(text, workdir, log_path):
@@ -161,6 +176,14 @@ if __name__ == "__main__":
         False,
         "Also show the library's INFO logs on the console (always in DIR/protocol.log).",
     )
+    flags.DEFINE_bool(
+        "multihost",
+        False,
+        "jax.distributed.initialize() with auto-detection (Cloud TPU VM slices, SLURM, Open MPI).",
+    )
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (GPU clusters).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+    flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
     config_flags.DEFINE_config_file(
         "config",
         os.path.join(_ROOT, "configs", "protocol.py"),

@@ -231,3 +231,162 @@ def test_dakpn_two_processes_match_one_process_eight_devices(tmp_path):
         for name in names:
             a = (tmp_path / "export_one" / sub / name).read_bytes()
             assert a == (tmp_path / "export_two" / sub / name).read_bytes(), f"{sub}/{name}"
+
+
+STAGE_WORKER = r"""
+import json, os, sys
+sys.path.insert(0, {repo!r})
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize({address!r}, num_processes=2, process_id={pid})
+from dakpn_jax.protocol import hosts, stages
+root = {root!r}  # each process its own folder: what one host's local disk would be
+ran = []
+def fn(directory):
+    ran.append(directory)
+    return {{"value": {pid}, "dir": directory}}
+first = stages.stage(os.path.join(root, "a"), fn, what="stage a")
+second = stages.stage(os.path.join(root, "a"), fn, what="stage a again")
+big = hosts.broadcast_json({{"text": "x" * (3000 + {pid})}} if {pid} == 0 else None)
+print("RESULT", json.dumps({{"first": first, "second": second, "ran": len(ran),
+                            "big": len(big["text"]), "writer": hosts.is_writer()}}))
+"""
+
+
+def test_protocol_stage_on_two_hosts_one_decision_one_writer(tmp_path):
+    """Two real processes (jax.distributed, gloo) run `protocol.stages.stage` over their own
+    folders, as hosts with local disks would: both run the stage once and return process 0's
+    result; only process 0 writes the marker; on the second call process 1 reuses the stage
+    although its own folder has no marker (process 0 decided)."""
+    why = gloo_probe()
+    if why is not None:
+        pytest.skip(f"two-process gloo collectives unavailable here ({why})")
+    address = f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {XLA_OPT_FLAGS}",
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                STAGE_WORKER.format(
+                    repo=REPO, address=address, pid=pid, root=str(tmp_path / f"host{pid}")
+                ),
+            ],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for pid in range(2)
+    ]
+    res = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-4000:]
+        res.append(json.loads(out.split("RESULT", 1)[1].splitlines()[0]))
+    want = {"value": 0, "dir": str(tmp_path / "host0" / "a")}
+    for pid, r in enumerate(res):
+        assert r["first"] == want and r["second"] == want, (pid, r)
+        assert r["ran"] == 1, (pid, r)  # ran once, then reused on process 0's word
+        assert r["writer"] == (pid == 0)
+        assert r["big"] == 3000  # process 0's payload, longer than any fixed buffer
+    marker = json.loads((tmp_path / "host0" / "a" / "stage.json").read_text())
+    assert marker["result"] == want
+    assert not (tmp_path / "host1" / "a" / "stage.json").exists()
+
+
+PROTOCOL_WORKER = r"""
+import json, sys
+sys.path.insert(0, {repo!r})
+import jax
+if {nproc} > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize({address!r}, num_processes={nproc}, process_id={pid})
+import ml_collections
+from dakpn_jax.protocol import run_protocol
+config = ml_collections.ConfigDict(json.loads({config!r}))
+out = run_protocol(config, {workdir!r}, results_dir={results!r})
+print("RESULT", json.dumps(out["summary"]["rows"], sort_keys=True, default=str))
+"""
+
+
+def _protocol_processes(config, workdir, results, nproc, devices):
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {XLA_OPT_FLAGS}",
+    }
+    address = f"127.0.0.1:{free_port()}"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                PROTOCOL_WORKER.format(
+                    repo=REPO,
+                    address=address,
+                    nproc=nproc,
+                    pid=pid,
+                    config=config.to_json(),
+                    workdir=str(workdir),
+                    results=str(results),
+                ),
+            ],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for pid in range(nproc)
+    ]
+    rows = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-4000:]
+        rows.append(out.split("RESULT", 1)[1].splitlines()[0])
+    return rows
+
+
+@pytest.mark.slow
+def test_protocol_on_two_hosts_equals_one_host_and_process_zero_alone_writes(tmp_path):
+    """A minimal protocol (source-only, a training-free control, the oracle, the scores stage) on
+    two processes x 4 devices sharing one workdir gives the one-process x 8 devices table exactly
+    (every segmenter trains SPMD across both; the control's export is sharded), both processes
+    return it, and the report and the records are written once, by process 0 (its lock slot is
+    the only other file of process 1)."""
+    why = gloo_probe()
+    if why is not None:
+        pytest.skip(f"two-process gloo collectives unavailable here ({why})")
+    from configs import protocol as protocol_configs
+
+    config = protocol_configs.get_config("tiny")
+    config.seeds = (0,)
+    config.translators = {"reinhard": config.translators.reinhard.to_dict()}
+    config.headline = config.compare_to = ("source_only", "reinhard")
+    config.n_real = config.side_n_real = (0,)
+    one = _protocol_processes(config, tmp_path / "one", tmp_path / "rec_one", 1, 8)
+    two = _protocol_processes(config, tmp_path / "two", tmp_path / "rec_two", 2, 4)
+    assert two[0] == two[1] == one[0]
+    rows = json.loads(one[0])
+    assert {r["key"] for r in rows} == {"source_only_n0", "reinhard_n0", "oracle"}
+    for name in ("results.json", "results.md", "grid_seed0.png"):
+        assert (tmp_path / "two" / name).exists()
+    a = json.loads((tmp_path / "one" / "results.json").read_text())["summary"]["rows"]
+    b = json.loads((tmp_path / "two" / "results.json").read_text())["summary"]["rows"]
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    # The records of the two-process run are those of the one-process run, written once.
+    recs = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*.json"))
+    assert recs(tmp_path / "rec_two") == recs(tmp_path / "rec_one")
+    # Only process 0's files: the stage markers and confusions exist once, and process 1 left
+    # nothing but its lock slot.
+    assert sorted(p.name for p in (tmp_path / "two").glob(".lock*")) == [
+        ".lock.process0",
+        ".lock.process1",
+    ]
+    assert not list((tmp_path / "two").rglob("*.tmp*"))

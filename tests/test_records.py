@@ -99,6 +99,18 @@ def test_records_of_two_runs_make_the_report_of_all_seeds_and_mixed_configs_are_
         direct["comparisons"], sort_keys=True, default=str
     )
     assert (tmp_path / "rebuilt" / layout.RESULTS_HTML).exists() and "3 seed(s)" in out["markdown"]
+    # A host other than process 0 of a multi-host run (write=False) gets the same report and
+    # writes nothing.
+    quiet = tmp_path / "not_writer"
+    quiet.mkdir()
+    same = report.write_report(
+        pconfig, str(tmp_path / "rebuilt"), per_seed, confusions=confs, write=False
+    )
+    mine = report.write_report(pconfig, str(quiet), per_seed, confusions=confs, write=False)
+    assert not any(quiet.iterdir()) and mine["markdown"] == same["markdown"]
+    assert json.dumps(mine["summary"]["rows"], sort_keys=True, default=str) == json.dumps(
+        direct["rows"], sort_keys=True, default=str
+    )
 
     # Another protocol config: refused before training, with the field that differs named.
     other = _tiny()

@@ -511,10 +511,12 @@ def write_report(
     timings: dict | None = None,
     confusions: dict | None = None,
     missing: dict | None = None,
+    write: bool = True,
 ) -> dict:
     """Writes results.{json,md,html}, the plot and the grids into ``workdir``. ``confusions``:
     per-image confusions by (seed, row key) instead of the workdir's stages (a report rebuilt from
-    records); ``missing``: {seed: [row keys]} of seeds left out for lack of rows (listed)."""
+    records); ``missing``: {seed: [row keys]} of seeds left out for lack of rows (listed);
+    ``write=False``: only the returned report (the hosts of a multi-host run other than process 0)."""
     summary = summarise(pconfig, per_seed, workdir, confusions)
     from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
 
@@ -528,16 +530,19 @@ def write_report(
         "per_seed": per_seed,
         "missing": {str(k): v for k, v in (missing or {}).items()},
     }
-    tmp = os.path.join(workdir, layout.RESULTS_JSON + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1, sort_keys=True, default=json_default)
-    os.replace(tmp, os.path.join(workdir, layout.RESULTS_JSON))
     text = markdown(pconfig, summary, per_seed, timings)
     if missing:
         text += "\n## Missing\n\n" + "".join(
             f"- seed {s}: no record of {', '.join(keys)}; the seed is left out of every table\n"
             for s, keys in sorted(missing.items())
         )
+    out = {"summary": summary, "markdown": text, "report": report}
+    if not write:
+        return out
+    tmp = os.path.join(workdir, layout.RESULTS_JSON + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True, default=json_default)
+    os.replace(tmp, os.path.join(workdir, layout.RESULTS_JSON))
     with open(os.path.join(workdir, layout.RESULTS_MD), "w") as f:
         f.write(text)
     plot_miou_vs_n(summary, os.path.join(workdir, layout.PLOT))
@@ -558,4 +563,4 @@ def write_report(
         if key in r0.get("segmenters", {}):
             configs[f"seed {r0['seed']}: segmenter {key}"] = r0["segmenters"][key].get("config")
     write_html(os.path.join(workdir, layout.RESULTS_HTML), text, images, configs)
-    return {"summary": summary, "markdown": text, "report": report}
+    return out

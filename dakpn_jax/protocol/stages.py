@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dakpn_jax import registry, workdir_lock
-from dakpn_jax.protocol import layout, methods, records, report
+from dakpn_jax.protocol import hosts, layout, methods, records, report
 from dakpn_jax.protocol.console import StageReporter, stage_kind
 
 log = logging.getLogger("dakpn_jax.protocol")
@@ -63,14 +63,23 @@ def stage(
     (None: silent), told about the stage under ``key``."""
     marker = os.path.join(directory, STAGE_FILE)
     rep, key = reporter, key or directory
-    done = layout.read_stage(directory)
-    if done is not None:
-        if still_valid is None or still_valid(done["result"]):
-            log.info("reuse %s (%s)", what, directory)
-            if rep is not None:
-                rep.end(key, what, time.perf_counter(), 0.0, reused=True)
-            return done["result"]
-        log.info("rerun %s: its stored result does not cover this config (%s)", what, directory)
+    # Several hosts: process 0 decides from its marker and sends the stored result (`hosts`).
+    reuse = None
+    if hosts.is_writer():
+        done = layout.read_stage(directory)
+        if done is not None:
+            if still_valid is None or still_valid(done["result"]):
+                reuse = done["result"]
+            else:
+                log.info(
+                    "rerun %s: its stored result does not cover this config (%s)", what, directory
+                )
+    reuse = hosts.broadcast_json(reuse)
+    if reuse is not None:
+        log.info("reuse %s (%s)", what, directory)
+        if rep is not None:
+            rep.end(key, what, time.perf_counter(), 0.0, reused=True)
+        return reuse
     os.makedirs(directory, exist_ok=True)
     log.info("run %s (%s)", what, directory)
     t0 = rep.start(key, what) if rep is not None else time.perf_counter()
@@ -81,13 +90,18 @@ def stage(
     text = json.dumps(
         {"stage": what, "result": result, "timing": timing}, indent=1, default=layout.json_default
     )
-    tmp = marker + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, marker)  # complete only once the marker exists
+    if hosts.is_writer():
+        tmp = marker + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, marker)  # complete only once the marker exists
+    # Every host returns process 0's result (what a reusing run reads back, so both report alike),
+    # once the marker is written.
+    result = hosts.broadcast_json(json.loads(text)["result"])
+    hosts.barrier(f"dakpn_protocol_stage:{what}")
     if rep is not None:
         rep.end(key, what, t0, timing["cpu_s"])
-    return json.loads(text)["result"]  # what a reusing run reads back, so both report alike
+    return result
 
 
 def train(config, what: str = "train", *, progress: bool = False) -> Callable[[str], dict]:
@@ -206,9 +220,10 @@ def segmenter(pconfig, config, what: str, *, progress: bool = False) -> Callable
         conf = per_image_confusions(
             apply_fn, params, val, space.num_classes, batch_size=int(pconfig.eval.batch_size)
         )
-        tmp = os.path.join(directory, "confusions.tmp.npz")
-        np.savez_compressed(tmp, confusions=conf)
-        os.replace(tmp, os.path.join(directory, layout.CONFUSIONS))
+        if hosts.is_writer():
+            tmp = os.path.join(directory, "confusions.tmp.npz")
+            np.savez_compressed(tmp, confusions=conf)
+            os.replace(tmp, os.path.join(directory, layout.CONFUSIONS))
         total = conf.sum(0)
         per = stats.per_class_iou(total)
         res["val"] = {
@@ -317,7 +332,8 @@ def grid(pconfig, fns: dict, path: str) -> list[str]:
         y = it["label"][None].astype(np.int32)
         row = [syn] + [np.asarray(fn(x, y))[0] for k, fn in fns.items() if k != "untranslated"]
         rows.append(row + ([it["real"]] if paired else []) + [space.colorize(it["label"])])
-    viz.save_grid(path, rows)
+    if hosts.is_writer():
+        viz.save_grid(path, rows)
     return (
         ["synthetic"]
         + [k for k in fns if k != "untranslated"]
@@ -599,11 +615,13 @@ def _run_protocol_locked(
                 run_seed(pconfig, int(s), os.path.join(workdir, layout.seed_dir(s)), reporter)
             )
             if (
-                results_dir
+                results_dir and hosts.is_writer()
             ):  # a seed's records as soon as it is done: a long run is kept seed by seed
                 records.write_seed(results_dir, pconfig, workdir, per_seed[-1])
     finally:
         procedural.set_render_cache(0)
-    return report.write_report(
-        pconfig, workdir, per_seed, timings=collect_timings(workdir, pconfig)
-    )
+    # Timings from process 0's markers, the report written by process 0 only (`hosts`).
+    timings = hosts.broadcast_json(collect_timings(workdir, pconfig) if hosts.is_writer() else None)
+    out = report.write_report(pconfig, workdir, per_seed, timings=timings, write=hosts.is_writer())
+    hosts.barrier("dakpn_protocol_report")
+    return out
