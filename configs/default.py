@@ -116,6 +116,10 @@ def get_config(arg=None):
     c.loss.d_condition = "none"
     c.loss.d_condition_fake = "labels"  # the fakes' map: "labels" (synthetic one-hot) or "segmenter" (on the untranslated frame)
     c.loss.d_condition_probs = "hard"  # segmenter maps: "hard" (one-hot argmax) or "soft" (softmax)
+    # Per-class weights of the fake terms (dakpn_losses.fake_weight_maps): () off (the paper); one
+    # weight per class, e.g. pi_real(c) / pi_synthetic(c) from `dakpn_jax.training.class_weights`,
+    # presents the fakes to D at the real class frequencies.
+    c.loss.class_weights = ()
     c.optim = ml_collections.ConfigDict(
         dict(
             lr=3e-4,

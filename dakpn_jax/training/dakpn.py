@@ -80,6 +80,7 @@ from dakpn_jax.training.dakpn_losses import (
     _crop,
     discriminator_loss,
     draw_views,
+    fake_weight_maps,
     generator_loss,
     grad_reverse,
     low_res_params,
@@ -253,16 +254,25 @@ def make_train_step(config, *, segmenter=None) -> Callable:
     condition_fn = make_condition_fn(config, segmenter)
     form, views = l.form, tuple(l.d_inputs)
     w_idt, w_r1 = float(l.identity), float(l.r1)
+    class_w = tuple(l.get("class_weights", ()) or ())
+    class_w = jnp.asarray(class_w, jnp.float32) if class_w else None
     grid = param_size(config)
     generate = make_generate(config)
 
-    def d_objective(d_params, reals, fakes, conds):
+    def d_objective(d_params, reals, fakes, conds, fw):
         loss, out, _ = discriminator_loss(
-            gc.merge(gd["D"], d_params), reals, fakes, conds, form=form, views=views, r1=w_r1
+            gc.merge(gd["D"], d_params),
+            reals,
+            fakes,
+            conds,
+            form=form,
+            views=views,
+            r1=w_r1,
+            fake_weights=fw,
         )
         return loss, out
 
-    def g_objective(fakes, d_params, x_tile, conds):
+    def g_objective(fakes, d_params, x_tile, conds, fw):
         return generator_loss(
             gc.merge(gd["D"], d_params),
             fakes,
@@ -271,6 +281,7 @@ def make_train_step(config, *, segmenter=None) -> Callable:
             form=form,
             views=views,
             identity=w_idt,
+            fake_weights=fw,
         )
 
     def train_step(state, batch):
@@ -291,16 +302,17 @@ def make_train_step(config, *, segmenter=None) -> Callable:
             lambda p: generate(p, x, feats, pos, dv["k_noise"], tile), params["kpn"]
         )
         const_fakes = jax.lax.stop_gradient(fakes)
+        fw = None if class_w is None else fake_weight_maps(class_w, y, pos, tile)
 
         # 1. D update against the current translation.
         (loss_d, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
-            params["D"], reals, const_fakes, conds
+            params["D"], reals, const_fakes, conds, fw
         )
         d_params, opt_d = gc.apply_updates(tx["D"], params["D"], d_grads, state["opt"]["D"])
 
         # 2. G (KPN head) update against the updated D.
         (loss_g, g_aux), fake_grads = jax.value_and_grad(g_objective, has_aux=True)(
-            const_fakes, d_params, _crop(x, pos, tile), conds
+            const_fakes, d_params, _crop(x, pos, tile), conds, fw
         )
         (kpn_grads,) = pullback((fake_grads, jnp.zeros_like(theta)))
         kpn_params, opt_k = gc.apply_updates(

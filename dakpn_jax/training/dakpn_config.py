@@ -193,6 +193,19 @@ def check_config(config) -> None:
                 f"config.loss.update_rule='gradient_reversal' is the saturating minimax objective: it "
                 f"needs loss.form='saturating' (got {l.form!r}) and loss.r1=0 (got {l.r1})"
             )
+    cw = tuple(l.get("class_weights", ()) or ())
+    if cw:
+        nc = int(config.model.num_classes)
+        if len(cw) != nc or not all(float(w) >= 0 for w in cw) or not any(float(w) > 0 for w in cw):
+            raise ValueError(
+                f"config.loss.class_weights: {len(cw)} weights; needs one non-negative weight per "
+                f"class (model.num_classes={nc}), not all zero"
+            )
+        if l.update_rule != "alternating":
+            raise ValueError(
+                "config.loss.class_weights needs loss.update_rule='alternating' (the gradient "
+                "reversal rule is the authors' unweighted objective)"
+            )
     if not l.real_low and "tile" not in views:
         raise ValueError(
             "config.loss.real_low=False needs 'tile' in loss.d_inputs (D needs a real view)"

@@ -24,6 +24,12 @@ views in ``d_inputs`` (both by default)::
     lsgan           (l_real - 1)^2 + l_fake^2           (l_fake - 1)^2
     hinge           relu(1 - l_real) + relu(1 + l_fake)  -l_fake
 
+With ``loss.class_weights`` (one weight w_c per class, :func:`fake_weight_maps`), each fake
+logit's term is weighted by the mean w_c of the synthetic pixels under it, and the fake terms are
+weighted means (sum w l / sum w) instead of means: D then sees the fakes at class frequencies pi_f(c)
+w_c, so weights pi_r(c) / pi_f(c) present the fakes at the real frequencies, and a D that only
+judges colours can no longer tell the domains apart by class frequencies (docs/METHOD.md §5).
+
 plus ``r1 / 2 * E|grad_r D(r)|^2`` for D (optional), and for G ``identity * MSE(T(x_tile),
 x_tile)`` (paper: 1). The paper's D formula has one real term; every view here gets its own real
 counterpart (real tile, resized real frame), otherwise the low view alone would separate by
@@ -205,6 +211,58 @@ def g_loss(form: str, fake: jax.Array) -> jax.Array:
     raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
 
 
+def _d_fake_elements(form: str, fake: jax.Array) -> jax.Array:
+    """The elementwise fake term of :func:`d_loss_fake` (its mean is d_loss_fake)."""
+    if form in ("saturating", "non_saturating"):
+        return jax.nn.softplus(fake)
+    if form == "lsgan":
+        return jnp.square(fake)
+    if form == "hinge":
+        return jax.nn.relu(1.0 + fake)
+    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
+
+
+def _g_elements(form: str, fake: jax.Array) -> jax.Array:
+    """The elementwise term of :func:`g_loss` (its mean is g_loss)."""
+    if form == "saturating":
+        return -jax.nn.softplus(fake)
+    if form == "non_saturating":
+        return jax.nn.softplus(-fake)
+    if form == "lsgan":
+        return jnp.square(fake - 1.0)
+    if form == "hinge":
+        return -fake
+    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
+
+
+def fake_weight_maps(
+    class_weights: jax.Array, labels: jax.Array, pos: jax.Array, tile: tuple[int, int]
+) -> dict:
+    """Per-pixel weights of the fake views: ``{"tile": (B, th, tw), "low": (B, H, W)}``, w_c of each
+    synthetic pixel's class (1 for ignored pixels), the tile's cropped at its position.
+    ``class_weights`` (C,), ``labels`` (B, H, W) int."""
+    c = class_weights.shape[0]
+    valid = (labels >= 0) & (labels < c)
+    w = jnp.where(valid, class_weights[jnp.clip(labels, 0, c - 1)], 1.0).astype(jnp.float32)
+    return {"tile": _crop(w[..., None], pos, tile)[..., 0], "low": w}
+
+
+def _weighted_mean(values: jax.Array, wmap: jax.Array) -> jax.Array:
+    """sum w l / sum w over a level's logits ``values`` (B, h, w, 1): ``wmap`` (B, H, W) pixel weights
+    averaged over each logit's share of the view (an antialiased resize to h x w)."""
+    b, h, w_ = values.shape[:3]
+    wl = jax.image.resize(wmap, (b, h, w_), "linear", antialias=True)
+    wl = jnp.maximum(wl, 0.0)[..., None]
+    return jnp.sum(wl * values) / jnp.maximum(jnp.sum(wl), 1e-12)
+
+
+def _fake_term(elements, logits: list, wmap) -> jax.Array:
+    """Mean over pyramid levels of the (weighted, with ``wmap``) mean of ``elements(level)``."""
+    if wmap is None:
+        return _levels_mean(lambda a: jnp.mean(elements(a)), logits)
+    return sum(_weighted_mean(elements(a.astype(jnp.float32)), wmap) for a in logits) / len(logits)
+
+
 def _levels_mean(fn, *logits: list) -> jax.Array:
     """Mean over pyramid levels of ``fn(level logits, ...)``."""
     return sum(fn(*(a.astype(jnp.float32) for a in ls)) for ls in zip(*logits)) / len(logits[0])
@@ -227,6 +285,7 @@ def discriminator_loss(
     views: tuple[str, ...],
     r1: float,
     fakes_first: bool = False,
+    fake_weights: dict | None = None,
 ):
     """D's objective, the one both update rules use: ``(loss, metrics, (real_part, fake_part))``.
 
@@ -245,7 +304,10 @@ def discriminator_loss(
     ``fakes_first``: D judges each view's fake before its real. It changes no value, only the order
     in which D's gradient contributions are summed, and so the last bits of every later number:
     each rule keeps the order it had when it had its own copy of this function (alternating: real
-    first; gradient reversal: fake first)."""
+    first; gradient reversal: fake first).
+
+    ``fake_weights``: per-pixel weights of each fake view (:func:`fake_weight_maps`); the fake
+    terms are then weighted means. None: plain means (the default, bit for bit)."""
     out, real_part, fake_part = {}, 0.0, 0.0
     for v in views:
         judge = lambda side, images, v=v: d(with_condition(images, _conds(conds, side, v)))
@@ -255,9 +317,16 @@ def discriminator_loss(
         else:
             lr_ = judge("real", reals[v]) if v in reals else None
             lf = judge("fake", fakes[v])
-        fake_term = _levels_mean(lambda b: d_loss_fake(form, b), lf)
-        if lr_ is not None:
+        wmap = None if fake_weights is None else fake_weights[v]
+        if wmap is None:
+            fake_term = _levels_mean(lambda b: d_loss_fake(form, b), lf)
+        else:
+            fake_term = _fake_term(lambda b: _d_fake_elements(form, b), lf, wmap)
+        if lr_ is not None and wmap is None:
             out[f"loss_D_{v}"] = _levels_mean(lambda a, b: d_loss(form, a, b), lr_, lf)
+        elif lr_ is not None:
+            out[f"loss_D_{v}"] = _levels_mean(lambda a: d_loss_real(form, a), lr_) + fake_term
+        if lr_ is not None:
             out[f"D_real_{v}"] = _levels_mean(jnp.mean, lr_)
             real_part = real_part + _levels_mean(lambda a: d_loss_real(form, a), lr_)
         else:  # loss.real_low=False: a fake-only term (the authors' low view)
@@ -282,15 +351,18 @@ def generator_loss(
     form: str,
     views: tuple[str, ...],
     identity: float,
+    fake_weights: dict | None = None,
 ) -> tuple[jax.Array, dict]:
     """G's objective in the alternating step: the ``form``'s adversarial loss on D's logits for each
     fake view plus ``identity * MSE(fake tile, synthetic tile)``; ``(loss, {"loss_G_adv",
-    "loss_identity"})``."""
-    adv = sum(
-        _levels_mean(
-            lambda a: g_loss(form, a), d(with_condition(fakes[v], _conds(conds, "fake", v)))
-        )
-        for v in views
-    )
+    "loss_identity"})``. ``fake_weights``: as in :func:`discriminator_loss`."""
+
+    def adv_of(v):
+        logits = d(with_condition(fakes[v], _conds(conds, "fake", v)))
+        if fake_weights is None:
+            return _levels_mean(lambda a: g_loss(form, a), logits)
+        return _fake_term(lambda a: _g_elements(form, a), logits, fake_weights[v])
+
+    adv = sum(adv_of(v) for v in views)
     idt = jnp.mean(jnp.square(fakes["tile"] - x_tile))
     return adv + identity * idt, {"loss_G_adv": adv, "loss_identity": idt}
