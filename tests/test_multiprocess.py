@@ -100,21 +100,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(config, tmp_path, export_dir=None, x64=False):
-    why = gloo_probe()
-    if why is not None:
-        pytest.skip(f"two-process gloo collectives unavailable here ({why})")
-    address = f"127.0.0.1:{free_port()}"
+def launch(codes, devices: int, *, x64: bool = False, timeout: int = 300) -> list[str]:
+    """Runs one Python process per source in ``codes`` (each with ``devices`` CPU devices) and
+    returns their stdouts; every one must exit 0 (collectives work here, see the probe, so any
+    failure is the code's). Kills them all if one times out."""
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {XLA_OPT_FLAGS}",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {XLA_OPT_FLAGS}",
     }
     if x64:
         env["JAX_ENABLE_X64"] = "1"
-    procs = []
-    for pid in range(2):
-        code = WORKER.format(
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for code in codes
+    ]
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        outs.append((p.returncode, out, err))
+    for rc, out, err in outs:
+        assert rc == 0, err[-4000:]
+    return [out for _, out, _ in outs]
+
+
+def needs_gloo():
+    why = gloo_probe()
+    if why is not None:
+        pytest.skip(f"two-process gloo collectives unavailable here ({why})")
+
+
+def run_two_processes(config, tmp_path, export_dir=None, x64=False):
+    needs_gloo()
+    address = f"127.0.0.1:{free_port()}"
+    codes = [
+        WORKER.format(
             repo=REPO,
             address=address,
             pid=pid,
@@ -123,27 +155,9 @@ def run_two_processes(config, tmp_path, export_dir=None, x64=False):
             out=str(tmp_path / f"out{pid}.npz"),
             export=None if export_dir is None else str(export_dir),
         )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", code],
-                cwd=REPO,
-                env=env,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-        )
-    outs = []
-    for p in procs:
-        try:
-            out, err = p.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        outs.append((p.returncode, out, err))
-    for rc, out, err in outs:
-        assert rc == 0, err[-4000:]  # collectives work here (probe): any failure is the code's
+        for pid in range(2)
+    ]
+    outs = [(0, out, "") for out in launch(codes, 4, x64=x64)]
     return [dict(np.load(tmp_path / f"out{pid}.npz")) for pid in range(2)], outs
 
 
@@ -258,37 +272,13 @@ def test_protocol_stage_on_two_hosts_one_decision_one_writer(tmp_path):
     folders, as hosts with local disks would: both run the stage once and return process 0's
     result; only process 0 writes the marker; on the second call process 1 reuses the stage
     although its own folder has no marker (process 0 decided)."""
-    why = gloo_probe()
-    if why is not None:
-        pytest.skip(f"two-process gloo collectives unavailable here ({why})")
+    needs_gloo()
     address = f"127.0.0.1:{free_port()}"
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {XLA_OPT_FLAGS}",
-    }
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                STAGE_WORKER.format(
-                    repo=REPO, address=address, pid=pid, root=str(tmp_path / f"host{pid}")
-                ),
-            ],
-            cwd=REPO,
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+    codes = [
+        STAGE_WORKER.format(repo=REPO, address=address, pid=pid, root=str(tmp_path / f"host{pid}"))
         for pid in range(2)
     ]
-    res = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err[-4000:]
-        res.append(json.loads(out.split("RESULT", 1)[1].splitlines()[0]))
+    res = [json.loads(out.split("RESULT", 1)[1].splitlines()[0]) for out in launch(codes, 1)]
     want = {"value": 0, "dir": str(tmp_path / "host0" / "a")}
     for pid, r in enumerate(res):
         assert r["first"] == want and r["second"] == want, (pid, r)
@@ -316,41 +306,22 @@ print("RESULT", json.dumps(out["summary"]["rows"], sort_keys=True, default=str))
 
 
 def _protocol_processes(config, workdir, results, nproc, devices):
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {XLA_OPT_FLAGS}",
-    }
     address = f"127.0.0.1:{free_port()}"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                PROTOCOL_WORKER.format(
-                    repo=REPO,
-                    address=address,
-                    nproc=nproc,
-                    pid=pid,
-                    config=config.to_json(),
-                    workdir=str(workdir),
-                    results=str(results),
-                ),
-            ],
-            cwd=REPO,
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+    codes = [
+        PROTOCOL_WORKER.format(
+            repo=REPO,
+            address=address,
+            nproc=nproc,
+            pid=pid,
+            config=config.to_json(),
+            workdir=str(workdir),
+            results=str(results),
         )
         for pid in range(nproc)
     ]
-    rows = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-4000:]
-        rows.append(out.split("RESULT", 1)[1].splitlines()[0])
-    return rows
+    return [
+        out.split("RESULT", 1)[1].splitlines()[0] for out in launch(codes, devices, timeout=600)
+    ]
 
 
 @pytest.mark.slow
@@ -360,9 +331,7 @@ def test_protocol_on_two_hosts_equals_one_host_and_process_zero_alone_writes(tmp
     (every segmenter trains SPMD across both; the control's export is sharded), both processes
     return it, and the report and the records are written once, by process 0 (its lock slot is
     the only other file of process 1)."""
-    why = gloo_probe()
-    if why is not None:
-        pytest.skip(f"two-process gloo collectives unavailable here ({why})")
+    needs_gloo()
     from configs import protocol as protocol_configs
 
     config = protocol_configs.get_config("tiny")
