@@ -177,6 +177,13 @@ def test_dry_run_and_one_line_errors(tmp_path):
     assert sum(ln.startswith("[") for ln in lines) == len(protocol.plan(c))
     assert any("train translator dakpn_paper" in ln and "(H100 DA-KPN step)" in ln for ln in lines)
     assert lines[-1].startswith("exports: 27 folders")  # 9 rows (no VSAIT) x 3 seeds
+    # Translators and controls pinned to seed 0: each trained and exported once, for every seed.
+    pinned = c.copy_and_resolve_references()
+    pinned.fixed_seeds.translator = pinned.fixed_seeds.control = 0
+    lines = dryrun.lines(pinned)
+    assert lines[-1].startswith("exports: 9 folders")
+    trains = [ln for ln in lines if "train translator" in ln]
+    assert trains and all("seed 0: train translator" in ln for ln in trains)
     cmd = [
         sys.executable,
         str(ROOT / "experiments" / "protocol.py"),
