@@ -9,6 +9,11 @@ beats the baseline on both.
     python experiments/dakpn_balance.py --config=configs/default.py:fast --steps=400 --check
     python experiments/dakpn_balance.py --set loss.form=lsgan --set optim.lr=3e-4
     python experiments/dakpn_balance.py --eval_images=64 --diagnose   # + gap to the family ceiling
+    python experiments/dakpn_balance.py --eval_images=64 --diagnose --ceiling=DIR --start_at_ceiling
+
+``--start_at_ceiling`` (a diagnosis, never a method: the start sees paired data) starts the linear
+KPN head at the family ceiling's fit (``--ceiling``), so the run shows whether the adversarial
+objective keeps the right translation or moves away from it, and where to.
 
 The loop is the method module's own pieces (make_iterators, next_batch, the jitted step,
 evaluate) on one device; the generic trainer adds checkpoints, logging and data parallelism.
@@ -83,7 +88,15 @@ def main(argv=None) -> int:
         help="with --diagnose: a ceiling run directory, loaded if it "
         "exists, else fitted and saved there (the fit takes minutes on a CPU)",
     )
+    p.add_argument(
+        "--start_at_ceiling",
+        action="store_true",
+        help="diagnosis only: start the linear KPN head at the ceiling's per-class fit (--ceiling; "
+        "fitted first when absent) instead of the identity",
+    )
     args = p.parse_args(argv)
+    if args.start_at_ceiling and not args.ceiling:
+        p.error("--start_at_ceiling needs --ceiling=DIR")
 
     config = load_config(args.config)
     for item in args.set:
@@ -97,6 +110,18 @@ def main(argv=None) -> int:
     n_eval = args.eval_images or config.eval_images
 
     state = dakpn.init_state(config, jax.random.key(config.seed))
+    if args.start_at_ceiling:
+        import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+        from dakpn_jax.evaluation import family  # pylint: disable=import-outside-toplevel
+
+        fit = family.cached_ceiling(args.ceiling, config, args.eval_images or config.eval_images)
+        out = state["params"]["kpn"]["out"]
+        if config.model.head != "linear" or out["kernel"].shape[2:] != fit.params["kernel"].shape:
+            raise ValueError(
+                "--start_at_ceiling needs the linear head of the ceiling's class count"
+            )
+        out["kernel"] = jnp.asarray(fit.params["kernel"], jnp.float32).reshape(out["kernel"].shape)
+        out["bias"] = jnp.asarray(fit.params["bias"], jnp.float32)
     step_fn = jax.jit(dakpn.make_train_step(config), donate_argnums=0)
     iterators = dakpn.make_iterators(config)
 
