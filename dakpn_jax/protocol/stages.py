@@ -60,7 +60,9 @@ def stage(
     ``still_valid(result)``, when given: a stage that summarises other stages reruns when the
     config has grown, e.g. the scores once a translator was added). The marker is written
     atomically, with the stage's wall and CPU seconds. ``reporter``: the run's console lines
-    (None: silent), told about the stage under ``key``."""
+    (None: silent), told about the stage under ``key``. Several hosts (`hosts`): every host runs
+    ``fn``; process 0 alone decides reuse and writes the marker, and every host returns its result.
+    """
     marker = os.path.join(directory, STAGE_FILE)
     rep, key = reporter, key or directory
     # Several hosts: process 0 decides from its marker and sends the stored result (`hosts`).
