@@ -1,10 +1,17 @@
 """DA-KPN on the embedded procedural benchmark (128 x 256 frames). ``get_config(arg)`` with arg:
 
-- ``None`` / ``"default"``: trains on this CPU in a few minutes (600 steps) and improves the
+- ``None`` / ``"default"``: trains on this CPU in a few minutes (1200 steps) and improves the
   paired-eval PSNR and the per-class colours over the untranslated images
-  (``python experiments/dakpn_balance.py --check`` prints the curve and checks it; measured on 32
-  paired-eval images: PSNR 14.96 -> 16.96 / 19.19 / 18.98 / 18.89 dB at steps 150 / 300 / 450 / 600,
-  per-class mean-colour error 0.277 -> 0.105; 4-5 min on a shared 2-core CPU).
+  (``python experiments/dakpn_balance.py --check`` prints the curve and checks it). Measured on 64
+  paired-eval scenes, fraction of the paired-PSNR gap to the family ceiling closed (its noise-free
+  part in brackets), data seeds 0 / 1 / 2, training seed 0: 62.1% (71.5%) / 52.9% (65.1%) / 60.2%
+  (69.8%), 20.27 / 19.59 / 20.14 dB; training seed 1: 56.7 / 56.2 / 58.4%. The 600-step schedule
+  of before: 44.0 / 34.1 / 47.9% and 48.7 / 48.6 / 51.2%, so 1200 steps gain 7 to 19 points in
+  each of the 6 pairs (docs/notes/issue23.md, fifth session; about 3 min on a 2-core CPU). The
+  mid-schedule PSNR dips (17.98 dB at step 600 of 1200 on data seed 0) and the low-rate end of the
+  cosine decay is where the per-class colours settle. A translator that adds noise like the real
+  rendering's cannot close more than about 64% of the with-noise gap (the ceiling with its residual
+  noise), so the noise-free part is the fair measure.
   Paper choices kept: one-hot label features, linear 1x1 KPN head with identity-like init,
   PatchGAN (3 layers, BatchNorm) on an H/8 x W/8 full-resolution tile + the whole low-resolution
   frame, saturating loss, identity MSE weight 1, Adam, batch 8.
@@ -132,7 +139,7 @@ def get_config(arg=None):
             kpn_lr_scale=(1.0, 1.0, 1.0),
         )
     )  # (affine, blur, noise) x lr
-    c.num_train_steps = 600
+    c.num_train_steps = 1200  # issue 23: 600 -> 1200 closes 7 to 19 more points of the gap
     c.steps_per_call = 1
     c.log_every_steps = 50
     c.checkpoint_every_steps = 300

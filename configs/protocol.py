@@ -231,7 +231,7 @@ def get_config(arg=None):
         # from real labels (the oracle; N = 20, 100) are far from trained at 150 (oracle 30 against 50).
         c.seeds = tuple(range(10))
         c.data.update(num_real_val=200)
-        c.dakpn = _cd(variant="default", overrides=_cd())  # 600 steps
+        c.dakpn = _cd(variant="default", overrides=_cd())  # 1200 steps
         c.translators = everything()
         c.translators.cyclegan = ml_collections.ConfigDict(_gan("configs/cyclegan.py", "benchmark"))
         c.translators.cut = ml_collections.ConfigDict(_gan("configs/cut.py", "cut-benchmark"))
