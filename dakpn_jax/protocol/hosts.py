@@ -36,7 +36,7 @@ def is_writer() -> bool:
     """True on the one process that writes shared files (process 0; always with one process)."""
     import jax  # pylint: disable=import-outside-toplevel
 
-    return jax.process_count() == 1 or jax.process_index() == 0
+    return _count() == 1 or jax.process_index() == 0
 
 
 def barrier(tag: str) -> None:

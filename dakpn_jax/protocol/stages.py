@@ -390,21 +390,21 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
                 (layout.feature_segmenter_key(fs), f"seed {fs}: feature segmenter", seg_cost)
             )
         for name, t in ts.items():
-            ts_ = stage_seed(pconfig, t, s)
+            tseed = stage_seed(pconfig, t, s)
             if t.trained:
                 method = registry.REGISTRY.get(t.config.get("method"))
                 w = method.cost if method is not None else 4.5
                 out.append(
                     (
-                        layout.translator_key(ts_, name),
-                        f"seed {ts_}: train translator {name}",
+                        layout.translator_key(tseed, name),
+                        f"seed {tseed}: train translator {name}",
                         w * _steps(t.config),
                     )
                 )
             out.append(
                 (
-                    layout.export_key(ts_, name),
-                    f"seed {ts_}: export {name}",
+                    layout.export_key(tseed, name),
+                    f"seed {tseed}: export {name}",
                     0.5 * methods.synthetic_train_count(pconfig),
                 )
             )
@@ -456,13 +456,10 @@ def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = Non
         src, _ = methods.segmenter_sources(
             pconfig, {"kind": "split", "split": "synthetic-train"}, 0
         )
-        fcfg = methods.segmenter_config(
-            pconfig,
-            methods.feature_segmenter_spec(pconfig),
-            methods.role_seed(pconfig, "translator", seed),
-            src,
-        )
         fseed = methods.role_seed(pconfig, "translator", seed)
+        fcfg = methods.segmenter_config(
+            pconfig, methods.feature_segmenter_spec(pconfig), fseed, src
+        )
         fkey = layout.feature_segmenter_key(fseed)
         fdir = key_dir(fkey)
         res["feature_segmenter"] = stage(
@@ -480,24 +477,24 @@ def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = Non
 
     tdirs, exports = {}, {}
     for name, t in translators.items():
-        ts = stage_seed(pconfig, t, seed)
+        tseed = stage_seed(pconfig, t, seed)
         if t.trained:
-            tkey = layout.translator_key(ts, name)
+            tkey = layout.translator_key(tseed, name)
             tdirs[name] = key_dir(tkey)
             res["translators"][name] = stage(
                 tdirs[name],
                 train(t.config, name, progress=progress),
-                what=f"seed {ts}: train translator {name}",
+                what=f"seed {tseed}: train translator {name}",
                 key=tkey,
                 reporter=reporter,
             )
         else:
             res["translators"][name] = {"control": t.spec}
-        ekey = layout.export_key(ts, name)
+        ekey = layout.export_key(tseed, name)
         exports[name] = stage(
             key_dir(ekey),
-            export(pconfig, t, tdirs.get(name), ts),
-            what=f"seed {ts}: export {name}",
+            export(pconfig, t, tdirs.get(name), tseed),
+            what=f"seed {tseed}: export {name}",
             key=ekey,
             reporter=reporter,
         )

@@ -189,30 +189,16 @@ def d_loss_real(form: str, real: jax.Array) -> jax.Array:
 
 def d_loss_fake(form: str, fake: jax.Array) -> jax.Array:
     """The fake half of :func:`d_loss` (a view with no real counterpart)."""
-    if form in ("saturating", "non_saturating"):
-        return jnp.mean(jax.nn.softplus(fake))
-    if form == "lsgan":
-        return jnp.mean(jnp.square(fake))
-    if form == "hinge":
-        return jnp.mean(jax.nn.relu(1.0 + fake))
-    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
+    return jnp.mean(_d_fake_elements(form, fake))
 
 
 def g_loss(form: str, fake: jax.Array) -> jax.Array:
     """Generator adversarial loss on D's logits for fakes, mean over elements."""
-    if form == "saturating":
-        return -jnp.mean(jax.nn.softplus(fake))
-    if form == "non_saturating":
-        return jnp.mean(jax.nn.softplus(-fake))
-    if form == "lsgan":
-        return jnp.mean(jnp.square(fake - 1.0))
-    if form == "hinge":
-        return -jnp.mean(fake)
-    raise ValueError(f"loss form={form!r} must be one of {LOSS_FORMS}")
+    return jnp.mean(_g_elements(form, fake))
 
 
 def _d_fake_elements(form: str, fake: jax.Array) -> jax.Array:
-    """The elementwise fake term of :func:`d_loss_fake` (its mean is d_loss_fake)."""
+    """The elementwise fake term of :func:`d_loss` (``d_loss_fake`` is its mean)."""
     if form in ("saturating", "non_saturating"):
         return jax.nn.softplus(fake)
     if form == "lsgan":
@@ -223,7 +209,7 @@ def _d_fake_elements(form: str, fake: jax.Array) -> jax.Array:
 
 
 def _g_elements(form: str, fake: jax.Array) -> jax.Array:
-    """The elementwise term of :func:`g_loss` (its mean is g_loss)."""
+    """The elementwise term of the generator's adversarial loss (``g_loss`` is its mean)."""
     if form == "saturating":
         return -jax.nn.softplus(fake)
     if form == "non_saturating":
