@@ -44,6 +44,9 @@ Variants:
   --config.seeds="(0,1,2,3,4,5,6,7)"``). ``experiments/recipe_rescore.py`` scores each segmenter
   with and without the averaged weights and flip TTA and prints the paired-difference spread of
   each recipe (docs/RESULTS.md has the table and each run's command).
+- ``family``: issue 23's downstream check of the 1200-step default: DA-KPN at 1200, 600 and 300 steps,
+  the same-family randomisation, source-only and the family ceiling (oracle), N = 0, 5 seeds, the
+  segmenters of ``cpu``, 64 paired scenes; records in results/family.
 - ``tiny``: seconds per stage, for tests: one row of every kind (DA-KPN, the uniform DA-KPN,
   FastCUT, all four training-free controls, the family ceiling), 2 seeds, so every interval is computed.
 
@@ -164,6 +167,7 @@ VARIANTS = (
     "variance_segmenter",
     "variance_translator",
     "recipe",
+    "family",
     "tiny",
 )
 
@@ -331,6 +335,31 @@ def get_config(arg=None):
             batch_size=8,
         )
         c.eval.scores = False
+    elif arg == "family":
+        # Issue 23's downstream check of the 1200-step default: DA-KPN at its three step budgets
+        # (1200, the default; 600, the default before; 300, the main job's ``fast``) against the
+        # same-family randomisation, source-only and the family ceiling (an oracle), N = 0, 5 paired
+        # seeds, the segmenters, real-val split and paired scenes of ``cpu`` / ``decisive`` (300
+        # steps, 200 images; 64 paired scenes for the paired PSNR and the ceiling's fit).
+        c.seeds = (0, 1, 2, 3, 4)
+        c.data.update(num_real_val=200, num_paired_eval=64)
+        c.dakpn = _cd(variant="default", overrides=_cd())  # 1200 steps
+        c.translators = _cd(
+            dakpn=_cd(kind="dakpn"),
+            dakpn_600steps=_cd(
+                kind="dakpn", overrides=_cd(num_train_steps=600, checkpoint_every_steps=600)
+            ),
+            dakpn_fast=_cd(
+                kind="dakpn",  # configs/default.py:fast is the default at 300 steps
+                overrides=_cd(num_train_steps=300, checkpoint_every_steps=300),
+                label="dakpn_fast (the main job's, 300 steps)",
+            ),
+            randomize=ml_collections.ConfigDict(CONTROLS["randomize"]),
+            ceiling=ml_collections.ConfigDict(CEILING),
+        )
+        c.n_real = c.side_n_real = (0,)
+        c.segmentation = _seg(300, **_recipe())
+        c.eval.update(paired_images=64)
     elif arg == "tiny":
         c.seeds = (0, 1)
         c.data = data_config(
