@@ -172,10 +172,19 @@ def test_dry_run_and_one_line_errors(tmp_path):
     c.segmentation.overrides.model.kwargs.pretrained = str(weights)
     counts = preflight.check(c)
     assert counts == {"synthetic-train": 3, "real-train": 4, "real-val": 2}
-    lines = dryrun.lines(c)
+    lines = dryrun.lines(c, backend="gpu")
     assert lines[0].startswith("dry run: ") and "synthia13 (13 classes)" in lines[0]
     assert sum(ln.startswith("[") for ln in lines) == len(protocol.plan(c))
     assert any("train translator dakpn_paper" in ln and "(H100 DA-KPN step)" in ln for ln in lines)
+    # On a CPU backend the H100 rule does not apply: DA-KPN is priced by the CPU profile, at
+    # 0.027 s per (step x batch) unit scaled by the frame's pixels (module docstring, rule 4).
+    cpu = dryrun.estimate(c, backend="cpu")
+    h, w = dryrun.frame_size(c)
+    dakpn_rows = [r for r in cpu["stages"] if "train translator dakpn_paper" in r["what"]]
+    assert dakpn_rows and all(r["rule"] == "CPU profile" for r in dakpn_rows)
+    for r in dakpn_rows:
+        assert r["seconds"] == pytest.approx(r["cost"] * 0.027 * h * w / (128 * 256), rel=1e-9)
+    lines = dryrun.lines(c)
     assert lines[-1].startswith("exports: 27 folders")  # 9 rows (no VSAIT) x 3 seeds
     # Translators and controls pinned to seed 0: each trained and exported once, for every seed.
     pinned = c.copy_and_resolve_references()

@@ -11,10 +11,11 @@ Time per stage, in order of preference:
    training steps x batch, images exported or scored); so run one short stage on the target
    machine (e.g. ``--config.seeds='(0,)'`` stopped after the first stages) and dry-run again with
    that workdir for estimates of that machine;
-3. a DA-KPN translator: the train step measured on an H100 at the paper's shapes (docs/RESULTS.md,
-   `experiments/bench_train_step.py`: 23.35 ms per step, batch 8, 1052 x 1914 frames, K = 25),
-   scaled by the frame's pixels and the batch, times the steps (input and checkpoint time not
-   included);
+3. a DA-KPN translator, when JAX's backend is an accelerator: the train step measured on an H100
+   at the paper's shapes (docs/RESULTS.md, `experiments/bench_train_step.py`: 23.35 ms per step,
+   batch 8, 1052 x 1914 frames, K = 25), scaled by the frame's pixels and the batch, times the
+   steps (input and checkpoint time not included). On a CPU backend that rule would price a
+   1200-step DA-KPN at under a second, so rule 4 prices it there;
 4. otherwise the 2-core CPU profile the costs were calibrated on (one cost unit = 0.027 CPU s at
    128 x 256 pixels, docs/notes/issue14.md), scaled by the synthetic frame's pixels. That is an
    upper-bound guess for an accelerator, and the output says which rule each line used.
@@ -69,8 +70,14 @@ def frame_size(pconfig) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def estimate(pconfig, workdir: str | None = None) -> dict:
-    """{"stages": [{key, what, cost, seconds, rule}], "total_s", "exports": {...}, "counts"}."""
+def estimate(pconfig, workdir: str | None = None, backend: str | None = None) -> dict:
+    """{"stages": [{key, what, cost, seconds, rule}], "total_s", "exports": {...}, "counts"}.
+    ``backend``: the device the run will use ("cpu", "gpu", "tpu"; default JAX's default backend),
+    which decides whether DA-KPN translators are priced by the H100 rule (3) or the CPU profile."""
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
     counts = preflight.check(pconfig)
     plan = stages.plan(pconfig)
     h, w = frame_size(pconfig)
@@ -90,7 +97,7 @@ def estimate(pconfig, workdir: str | None = None) -> dict:
     dakpn_steps = {}  # translator stage key -> (steps, batch) of the DA-KPN rows
     for s in pconfig.seeds:
         for name, t in methods.build_translators(pconfig, int(s)).items():
-            if t.trained and t.config.get("method") == "dakpn":
+            if backend != "cpu" and t.trained and t.config.get("method") == "dakpn":
                 dakpn_steps[f"seed{int(s)}/translator_{name}"] = (
                     int(t.config.num_train_steps),
                     int(t.config.batch_size),
@@ -139,9 +146,9 @@ def estimate(pconfig, workdir: str | None = None) -> dict:
     }
 
 
-def lines(pconfig, workdir: str | None = None) -> list[str]:
-    """The dry run as printed lines."""
-    e = estimate(pconfig, workdir)
+def lines(pconfig, workdir: str | None = None, backend: str | None = None) -> list[str]:
+    """The dry run as printed lines (``backend``: as in :func:`estimate`)."""
+    e = estimate(pconfig, workdir, backend)
     space = methods.label_space(pconfig)
     c = e["counts"]
     out = [
