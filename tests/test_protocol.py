@@ -205,6 +205,50 @@ def test_summary_comparisons_and_markdown_numbers():
         protocol.load_config_file("configs/nope.py")
 
 
+def test_ceiling_gap_is_the_share_of_the_paired_psnr_gap_and_the_model_score_gain():
+    """The report's section against the family ceiling, by hand: the fraction (PSNR - untranslated)
+    / (ceiling - untranslated) per seed, its mean and sd; the model score gain over the untranslated
+    images and the seeds where it is positive; a seed without a ceiling row is left out."""
+    pconfig = _tiny()
+    pconfig.seeds = (0, 1, 2)
+    per_seed = []
+    for s, (p, ms) in enumerate([(20.0, 0.30), (21.0, 0.18), (22.0, 0.26)]):
+        per_seed.append(
+            {
+                "seed": s,
+                "skipped": {},
+                "segmenters": {"dakpn_n0": {"val": {"miou": 0.3}}},
+                "scores": {
+                    "model_score": {
+                        "dakpn": {"miou": ms, "top_flips": []},
+                        "untranslated": {"miou": 0.20, "top_flips": []},
+                    },
+                    "paired": {
+                        "dakpn": {"psnr": p},
+                        "untranslated": {"psnr": 15.0},
+                        "ceiling": {"psnr": 25.0},
+                    },
+                },
+            }
+        )
+    gap = protocol.summarise(pconfig, per_seed)["ceiling_gap"]
+    assert set(gap) == {"dakpn"}
+    np.testing.assert_allclose(gap["dakpn"]["fraction"], [0.6, 0.1], rtol=1e-12)
+    np.testing.assert_allclose(
+        gap["dakpn"]["model_score_gain"][0], np.mean([0.10, -0.02, 0.06]), rtol=1e-12
+    )
+    assert gap["dakpn"]["model_score_above"] == 2 and gap["dakpn"]["seeds"] == 3
+    text = protocol.markdown(pconfig, protocol.summarise(pconfig, per_seed), per_seed)
+    assert "| dakpn | 60.0 ± 10.0 | 4.7 ± 6.1 | 2 of 3 |" in text
+    del per_seed[2]["scores"]["paired"]["ceiling"]
+    assert protocol.summarise(pconfig, per_seed)["ceiling_gap"]["dakpn"]["seeds"] == 2
+    for r in per_seed:
+        r["scores"]["paired"].pop("ceiling", None)
+    summary = protocol.summarise(pconfig, per_seed)
+    assert summary["ceiling_gap"] == {}
+    assert "family ceiling" not in protocol.markdown(pconfig, summary, per_seed)
+
+
 def test_every_config_file_loads_without_the_repository_on_sys_path(monkeypatch):
     """Config files load their siblings by path (`dakpn_jax.config_files`): every file of configs/
     builds its default config with neither the repository root nor the working directory on

@@ -5,6 +5,8 @@ results.json holds ``summary.rows`` (per segmenter row: ``miou`` = [mean, std] o
 ``miou_ci`` (two-level bootstrap interval of the mean), model score and paired scores),
 ``comparisons`` (per row and baseline: ``seeds`` and ``seeds_images`` intervals of the mean
 paired difference, ``verdict``), ``per_class_iou``, ``noise_floor`` (half-widths achieved),
+``ceiling_gap`` (where a family-ceiling row ran: each translator's share of the paired-PSNR gap to
+it and its model-score gain over the untranslated images),
 ``timings`` (per stage wall / CPU seconds), the protocol config and every seed's stage results.
 """
 
@@ -177,6 +179,42 @@ def summarise(
         "per_class_iou": per_class,
         "noise_floor": noise,
         "present_classes": present,
+        "ceiling_gap": ceiling_gap(per_seed),
+    }
+
+
+def ceiling_gap(per_seed: list[dict]) -> dict:
+    """Each translator against the family ceiling (an oracle fitted on the paired views), where
+    the run has a ``ceiling`` row: ``{name: {"fraction": (mean, std), "model_score_gain": (mean,
+    std), "model_score_above": k, "seeds": n}}`` over the seeds.
+
+    fraction = (PSNR - PSNR_untranslated) / (PSNR_ceiling - PSNR_untranslated), per seed, on the
+    paired-eval scenes: the share of the dB gap between the untranslated images and the ceiling
+    that a translator closes (issue 23). model_score_gain = model score - the untranslated images'
+    model score (the same oracle segmenter), and model_score_above the number of seeds where it is
+    positive. Empty without a ceiling row."""
+    fractions, gains = {}, {}
+    for r in per_seed:
+        paired = _dig(r, ("scores", "paired")) or {}
+        ms = _dig(r, ("scores", "model_score")) or {}
+        ceil, untr = _dig(paired, ("ceiling", "psnr")), _dig(paired, ("untranslated", "psnr"))
+        if ceil is None or untr is None or not ceil > untr:
+            continue
+        for name, p in paired.items():
+            if name in ("untranslated", "ceiling") or p.get("psnr") is None:
+                continue
+            fractions.setdefault(name, []).append((p["psnr"] - untr) / (ceil - untr))
+            a, b = _dig(ms, (name, "miou")), _dig(ms, ("untranslated", "miou"))
+            if a is not None and b is not None:
+                gains.setdefault(name, []).append(a - b)
+    return {
+        name: {
+            "fraction": _mean_std(f),
+            "model_score_gain": _mean_std(gains.get(name, [])),
+            "model_score_above": int(sum(g > 0 for g in gains.get(name, []))),
+            "seeds": len(f),
+        }
+        for name, f in fractions.items()
     }
 
 
@@ -318,6 +356,24 @@ def markdown(pconfig, summary: dict, per_seed: list[dict], timings: dict | None 
                 )
                 + ".",
             ]
+        lines.append("")
+    gap = summary.get("ceiling_gap") or {}
+    if gap:
+        lines += [
+            "## Against the family ceiling (an oracle fitted on the paired views)",
+            "",
+            "Fraction of the paired-PSNR gap between the untranslated images and the family ceiling "
+            "that each translator closes, and its model score minus the untranslated images' (the "
+            "same oracle segmenter), mean ± std over seeds.",
+            "",
+            "| translator | gap closed (%) | model score − untranslated (mIoU points) | seeds above untranslated |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, v in gap.items():
+            lines.append(
+                f"| {_row_label(pconfig, name)} | {_fmt(*v['fraction'], scale=100)} "
+                f"| {_fmt(*v['model_score_gain'], scale=100)} | {v['model_score_above']} of {v['seeds']} |"
+            )
         lines.append("")
     pc = summary.get("per_class_iou", {})
     if pc:
