@@ -523,6 +523,24 @@ def test_stage_eta_uses_each_kinds_measured_rate():
     assert seg_rate > 1.2 * (t_trans / 10.0)  # the segmenter's own rate, not the translator's
 
 
+def test_plan_prices_the_family_ceilings_fit_in_its_first_export_only():
+    """The ceiling's L-BFGS fit (cached in-process, so paid once per run) is priced in the first
+    export of the row: without it the first export's measured rate priced every later stage at the
+    fit's cost (an ETA of 30 h for a 1.5 h run). Later seeds' ceiling exports cost what any
+    export does."""
+    from configs import protocol as protocol_configs
+    from dakpn_jax.protocol import stages
+
+    pconfig = protocol_configs.get_config("family_draws")
+    plan = {key: cost for key, _, cost in stages.plan(pconfig)}
+    export = 0.5 * pconfig.data.num_synthetic_train
+    fit = 2.0 * pconfig.eval.paired_images * pconfig.translators.ceiling.params.steps
+    assert plan["seed0/export_ceiling"] == pytest.approx(export + fit)
+    for s in (1, 2, 3, 4):
+        assert plan[f"seed{s}/export_ceiling"] == pytest.approx(export)
+        assert plan[f"seed{s}/export_dakpn"] == pytest.approx(export)
+
+
 def test_render_cache_gives_the_same_items_and_private_copies():
     from dakpn_jax.data import procedural
 
