@@ -17,7 +17,10 @@ finished seed's small records there (commit them); ``--seeds=3,4`` runs those se
 other seeds, on other machines, add their records to the same directory);
 ``--report_only --results_dir=results/NAME --workdir=DIR`` rebuilds every table, the plot and the html
 in DIR from the records alone, without training (records of another protocol config are refused
-with the fields that differ).
+with the fields that differ). ``--rows=cyclegan,cut`` runs only those translator rows (with
+source-only and the oracle): a protocol too long for one session is split into runs of some rows
+of some seeds, whose records merge into the whole config's table (docs/RESULTS.md gives the
+``:decisive`` split).
 
 Several hosts (a TPU slice: the same command on every worker with ``--multihost``; a GPU cluster:
 ``--coordinator_address=host0:1234 --num_processes=N --process_id=i``): every host runs every
@@ -65,6 +68,7 @@ def main(argv):
             )
         with f.config.unlocked():
             f.config.seeds = seeds
+    rows = tuple(r for r in f.rows.split(",") if r) if f.rows else None
     if f.report_only:
         if not f.results_dir:
             console.fail(
@@ -86,25 +90,28 @@ def main(argv):
     try:  # before any log file, cache or stage folder is made
         if f.results_dir:
             records.check_compatible(f.results_dir, f.config)
+        from dakpn_jax.protocol import stages  # pylint: disable=import-outside-toplevel
+
+        run_config = stages.select_rows(f.config, rows)
         if f.dry_run:
             print(
-                "\n".join(dryrun.lines(f.config, workdir if os.path.isdir(workdir) else None)),
+                "\n".join(dryrun.lines(run_config, workdir if os.path.isdir(workdir) else None)),
                 flush=True,
             )
             return
-        preflight.check(f.config)
+        preflight.check(run_config)
     except ValueError as e:
         console.fail("protocol", e)
     from dakpn_jax import workdir_lock  # pylint: disable=import-outside-toplevel
 
     try:  # one protocol per workdir, locked before anything (protocol.log included) is written there
         with workdir_lock.exclusive(workdir, what="protocol"):
-            _run(f, workdir)
+            _run(f, workdir, rows)
     except workdir_lock.WorkdirInUse as e:
         console.fail("protocol", e)
 
 
-def _run(f, workdir):
+def _run(f, workdir, rows=None):
     import jax  # pylint: disable=import-outside-toplevel
     from dakpn_jax.protocol import hosts, layout  # pylint: disable=import-outside-toplevel
 
@@ -119,7 +126,9 @@ def _run(f, workdir):
 
     print(f"protocol -> {workdir} (library logs: {log_path})", flush=True)
     try:
-        out = run_protocol(f.config, workdir, console=writer, results_dir=f.results_dir or None)
+        out = run_protocol(
+            f.config, workdir, console=writer, results_dir=f.results_dir or None, rows=rows
+        )
     except (
         preemption.Preempted
     ) as e:  # the stage in progress was checkpointed; finished ones are kept
@@ -170,6 +179,12 @@ if __name__ == "__main__":
     )
     flags.DEFINE_string(
         "seeds", "", "Comma-separated training seeds to run instead of the config's (e.g. 3,4)."
+    )
+    flags.DEFINE_string(
+        "rows",
+        "",
+        "Comma-separated translator rows to run instead of all (source-only and the oracle "
+        "always run); the records still belong to the whole config's table.",
     )
     flags.DEFINE_bool(
         "verbose",

@@ -147,6 +147,33 @@ def _run_tiny(tmp_path, monkeypatch):
     again = protocol.run_protocol(pconfig, str(work))
     assert again["markdown"] == out["markdown"]
 
+    # The same protocol split by rows over two runs (``--rows``, reusing the stages): their records
+    # merge into the whole config's table, under its hash, with every translator's stages timed.
+    split = tmp_path / "records_split"
+    names = list(pconfig.translators)
+    for part in (names[: len(names) // 2], names[len(names) // 2 :]):
+        part_out = protocol.run_protocol(pconfig, str(work), results_dir=str(split), rows=part)
+        assert {r["method"] for r in part_out["summary"]["rows"]} == {
+            "source_only",
+            "oracle",
+            *part,
+        }
+    merged = records.rebuild_report(str(split), str(tmp_path / "rebuilt_split"))
+    by_key = lambda items: json.dumps(sorted(items, key=lambda r: r["key"]), sort_keys=True)
+    assert by_key(merged["summary"]["rows"]) == by_key(out["summary"]["rows"])
+    assert by_key(merged["summary"]["comparisons"]) == by_key(out["summary"]["comparisons"])
+    phash = records.config_hash(records.protocol_fields(pconfig))
+    assert {json.loads(p.read_text())["protocol"] for p in split.glob("seed*/*.json")} == {phash}
+    assert {p.name for p in split.glob("seed0/translator_*.json")} == {
+        f"translator_{n}.json" for n in names
+    }
+    stage_cpu = sum(
+        json.loads(f.read_text())["timing"]["cpu_s"] for f in work.glob("seed*/*/stage.json")
+    )
+    assert records.cpu_hours(str(split))["total"] * 3600.0 == pytest.approx(stage_cpu, rel=1e-9)
+    with pytest.raises(ValueError, match="nope not among"):
+        protocol.run_protocol(pconfig, str(work), rows=("nope",))
+
 
 def _cfg(seed_result, key):
     import ml_collections

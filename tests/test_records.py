@@ -184,3 +184,81 @@ def test_report_only_command_rebuilds_from_records_in_one_line_errors_otherwise(
     assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith(
         "protocol: error: --report_only needs"
     )
+
+
+def _stage_file(directory: Path, cpu_s: float) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / layout.STAGE_FILE).write_text(
+        json.dumps(
+            {"stage": directory.name, "result": {}, "timing": {"wall_s": 1.0, "cpu_s": cpu_s}}
+        )
+    )
+
+
+def test_runs_of_different_rows_of_one_seed_merge_and_their_cpu_hours_add_up(tmp_path):
+    """A protocol split by rows (``--rows``): two runs of seed 0, one with DA-KPN, one with Reinhard,
+    each with source-only and the oracle, write into one results dir under the whole config's hash.
+    The seed is complete with all four rows; the scores record holds both translators' entries
+    (the later run's win where both have one); translator records time training and export; the
+    CPU hours are the sum of the stage seconds, by hand, and a rerun of a run replaces its scores
+    timing instead of adding it."""
+    pconfig = _tiny()
+    pconfig.seeds = (0,)
+    rng = np.random.default_rng(3)
+    results = tmp_path / "results"
+    # Run A: source-only, DA-KPN (trained) and the oracle.
+    res_a, _ = _fake_seed(tmp_path / "run_a", 0, rng)
+    res_a["translators"] = {"dakpn": {"final": {"loss_G": 0.5}}}
+    res_a["translator_stages"] = {
+        "dakpn": {"train": "seed0/translator_dakpn", "export": "seed0/export_dakpn"}
+    }
+    _stage_file(tmp_path / "run_a" / "seed0" / "translator_dakpn", 30.0)
+    _stage_file(tmp_path / "run_a" / "seed0" / "export_dakpn", 4.0)
+    _stage_file(tmp_path / "run_a" / "seed0" / "scores", 7.0)
+    res_a["scores"]["model_score"]["untranslated"] = {"miou": 0.1, "top_flips": []}
+    records.write_seed(str(results), pconfig, str(tmp_path / "run_a"), res_a)
+    # Run B: source-only, Reinhard (a control: export only) and the oracle, in another workdir.
+    res_b, _ = _fake_seed(tmp_path / "run_b", 0, rng)
+    res_b["segmenters"] = {
+        ("reinhard_n0" if k == "dakpn_n0" else k): v for k, v in res_b["segmenters"].items()
+    }
+    (tmp_path / "run_b" / "seed0" / "seg_dakpn_n0").rename(
+        tmp_path / "run_b" / "seed0" / "seg_reinhard_n0"
+    )
+    res_b["translators"] = {"reinhard": {"control": {"kind": "control"}}}
+    res_b["translator_stages"] = {"reinhard": {"train": None, "export": "seed0/export_reinhard"}}
+    _stage_file(tmp_path / "run_b" / "seed0" / "export_reinhard", 2.0)
+    _stage_file(tmp_path / "run_b" / "seed0" / "scores", 5.0)
+    res_b["scores"] = {
+        "model_score": {
+            "reinhard": {"miou": 0.15, "top_flips": []},
+            "untranslated": {"miou": 0.11, "top_flips": []},
+        },
+        "paired": {"reinhard": {"psnr": 16.0, "ssim": 0.3, "swd": 0.1, "class_color_err": 0.2}},
+    }
+    records.write_seed(str(results), pconfig, str(tmp_path / "run_b"), res_b)
+
+    loaded = records.load(str(results))
+    assert loaded["missing"] == {} and [r["seed"] for r in loaded["per_seed"]] == [0]
+    seed0 = loaded["per_seed"][0]
+    assert set(seed0["segmenters"]) == {"source_only_n0", "dakpn_n0", "reinhard_n0", "oracle"}
+    assert set(seed0["scores"]["model_score"]) == {"dakpn", "reinhard", "untranslated"}
+    assert seed0["scores"]["model_score"]["untranslated"]["miou"] == 0.11  # run B's, the later
+    assert set(seed0["scores"]["paired"]) == {"dakpn", "reinhard"}
+    phash = records.config_hash(records.protocol_fields(pconfig))
+    rec = json.loads((results / "seed0" / "translator_dakpn.json").read_text())
+    assert rec["protocol"] == phash and rec["final"] == {"loss_G": 0.5}
+    assert rec["timing"]["train"]["cpu_s"] == 30.0 and rec["timing"]["export"]["cpu_s"] == 4.0
+    ctrl = json.loads((results / "seed0" / "translator_reinhard.json").read_text())
+    assert set(ctrl["timing"]) == {"export"} and "final" not in ctrl
+    # Segmenter records: 1.5 CPU s each (_fake_seed); source-only and the oracle were rewritten by
+    # run B, so 4 records; scores 7 + 5; translators 30 + 4 + 2.
+    want = (4 * 1.5 + 7.0 + 5.0 + 30.0 + 4.0 + 2.0) / 3600.0
+    hours = records.cpu_hours(str(results))
+    assert hours["total"] == pytest.approx(want, rel=1e-12)
+    assert hours["per_seed"] == {0: pytest.approx(want, rel=1e-12)}
+    assert hours["by_kind"]["translator"] == pytest.approx(36.0 / 3600.0, rel=1e-12)
+    records.write_seed(str(results), pconfig, str(tmp_path / "run_b"), res_b)  # B again
+    assert records.cpu_hours(str(results))["total"] == pytest.approx(want, rel=1e-12)
+    out = records.rebuild_report(str(results), str(tmp_path / "rebuilt"))
+    assert "| reinhard | 0 |" in out["markdown"] and "| dakpn | 0 |" in out["markdown"]

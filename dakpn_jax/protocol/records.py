@@ -7,7 +7,12 @@ seed::
     DIR/seed<k>/<row>_n<N>.json     one per segmenter stage: real-val mIoU, per-class IoU and the
                                     per-image confusion matrices (sparse), the stage's config hash,
                                     the code's commit, wall and CPU seconds
-    DIR/seed<k>/scores.json         the seed's model score and paired scores (no images)
+    DIR/seed<k>/scores.json         the seed's model score and paired scores (no images); a run
+                                    of some rows (``--rows``) adds its translators' entries to
+                                    the ones already there
+    DIR/seed<k>/translator_<row>.json  wall and CPU seconds of a row's training and export stages
+                                    (the run's CPU hours: :func:`cpu_hours`) and its trainer's
+                                    final metrics
 
 Every record names its protocol config by hash (``protocol``), so records of several runs, from
 several machines, merge into one report as long as they were made with the same protocol config;
@@ -127,6 +132,20 @@ def write_seed(results_dir: str, pconfig, workdir: str, seed_result: dict) -> li
         _check_same_protocol(path, phash, results_dir)
         _write_json(path, rec)
         written.append(path)
+    for name, keys in seed_result.get("translator_stages", {}).items():
+        timing = {
+            part: (layout.read_stage(os.path.join(workdir, key)) or {}).get("timing")
+            for part, key in keys.items()
+            if key is not None
+        }
+        final = (seed_result.get("translators", {}).get(name) or {}).get("final")
+        rec = {**base, "kind": "translator", "key": name, "stages": keys, "timing": timing}
+        if final is not None:
+            rec["final"] = final
+        path = os.path.join(results_dir, layout.seed_dir(seed), f"translator_{name}.json")
+        _check_same_protocol(path, phash, results_dir)
+        _write_json(path, rec)
+        written.append(path)
     scores = seed_result.get("scores")
     if scores is not None:
         stage = layout.read_stage(os.path.join(workdir, layout.scores_key(seed))) or {}
@@ -140,9 +159,55 @@ def write_seed(results_dir: str, pconfig, workdir: str, seed_result: dict) -> li
         }
         path = os.path.join(results_dir, layout.seed_dir(seed), "scores.json")
         _check_same_protocol(path, phash, results_dir)
+        rec = _merge_scores(path, rec)
         _write_json(path, rec)
         written.append(path)
     return written
+
+
+def _merge_scores(path: str, rec: dict) -> dict:
+    """``rec`` with the translator entries of the scores record already at ``path`` (same protocol,
+    checked before) that ``rec`` lacks: runs of different rows of one seed (``--rows``) add up to
+    the seed's scores. Entries of ``rec`` win (a rerun of a row replaces its scores). ``timings``
+    keeps each run's stage seconds under the rows it scored, so a rerun replaces, never adds."""
+    rows = ",".join(sorted(set(rec["result"].get("model_score") or {}) - {"untranslated"}))
+    timings = {rows: rec["timing"]} if rec.get("timing") else {}
+    if not os.path.exists(path):
+        return {**rec, "timings": timings}
+    with open(path) as f:
+        old = json.load(f)
+    result = dict(rec["result"])
+    for part in ("model_score", "paired"):
+        merged = dict(old.get("result", {}).get(part) or {})
+        merged.update(result.get(part) or {})
+        if merged:
+            result[part] = merged
+    return {
+        **rec,
+        "result": result,
+        "skipped": {**old.get("skipped", {}), **rec.get("skipped", {})},
+        "timings": {**(old.get("timings") or {}), **timings},
+    }
+
+
+def cpu_hours(results_dir: str) -> dict:
+    """``{"total": h, "per_seed": {seed: h}, "by_kind": {kind: h}}``: process CPU hours of every
+    stage the records time (segmenters, scores, translators' training and export), summed."""
+    total, per_seed, by_kind = 0.0, {}, {}
+    for p in sorted(glob.glob(os.path.join(results_dir, "seed*", "*.json"))):
+        with open(p) as f:
+            r = json.load(f)
+        if r.get("kind") == "translator":
+            timings = list((r.get("timing") or {}).values())
+        elif r.get("timings"):  # scores: one entry per run that scored some of the seed's rows
+            timings = list(r["timings"].values())
+        else:
+            timings = [r.get("timing")]
+        h = sum(float(t.get("cpu_s", 0.0)) for t in timings if t) / 3600.0
+        total += h
+        per_seed[int(r["seed"])] = per_seed.get(int(r["seed"]), 0.0) + h
+        by_kind[r.get("kind", "?")] = by_kind.get(r.get("kind", "?"), 0.0) + h
+    return {"total": total, "per_seed": per_seed, "by_kind": by_kind}
 
 
 def _check_same_protocol(path: str, phash: str, results_dir: str) -> None:

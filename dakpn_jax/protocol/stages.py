@@ -29,6 +29,7 @@ import os
 import time
 from typing import Any, Callable
 
+import ml_collections
 import numpy as np
 
 from dakpn_jax import registry, workdir_lock
@@ -483,8 +484,15 @@ def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = Non
                 )
 
     tdirs, exports = {}, {}
+    # Where each translator's stages live (pinned ones in the pinned seed's folder): the records
+    # (`records.write_seed`) read their wall and CPU seconds from there.
+    res["translator_stages"] = {}
     for name, t in translators.items():
         tseed = stage_seed(pconfig, t, seed)
+        res["translator_stages"][name] = {
+            "train": layout.translator_key(tseed, name) if t.trained else None,
+            "export": layout.export_key(tseed, name),
+        }
         if t.trained:
             tkey = layout.translator_key(tseed, name)
             tdirs[name] = key_dir(tkey)
@@ -573,17 +581,49 @@ def collect_timings(workdir: str, pconfig) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
+def select_rows(pconfig, rows):
+    """``pconfig`` with only the translator rows ``rows`` (source-only and the oracle always run):
+    a long protocol split into runs that fit a session, each run some rows of some seeds. The
+    baselines of the comparisons and the headline keep the rows that remain. ``rows`` None or
+    empty: ``pconfig`` itself. ValueError naming any row the config does not have."""
+    if not rows:
+        return pconfig
+    rows = tuple(rows)
+    unknown = [r for r in rows if r not in pconfig.translators]
+    if unknown:
+        raise ValueError(
+            f"--rows: {', '.join(unknown)} not among the config's translator rows "
+            f"({', '.join(pconfig.translators)})"
+        )
+    out = ml_collections.ConfigDict(pconfig.to_dict())
+    for name in list(out.translators):
+        if name not in rows:
+            del out.translators[name]
+    keep = lambda names: tuple(n for n in names if n == "source_only" or n in rows)
+    out.compare_to = keep(pconfig.get("compare_to", ("source_only", "dakpn")))
+    out.headline = keep(pconfig.get("headline", ("source_only", "dakpn")))
+    return out
+
+
 def run_protocol(
-    pconfig, workdir: str, *, console: bool = False, results_dir: str | None = None
+    pconfig,
+    workdir: str,
+    *,
+    console: bool = False,
+    results_dir: str | None = None,
+    rows=None,
 ) -> dict:
     """Runs (or reuses) every stage for every seed, writes the report (results.{json,md,html},
     miou_vs_n.png, grid_seed<k>.png); returns ``{"summary", "markdown", "report"}``.
 
     ``console``: print one start / end line per stage and a progress bar while a stage trains.
     ``results_dir``: also write each finished seed's records there (`records`: results as data,
-    e.g. ``results/<name>`` committed to the repository; a report can be rebuilt from them)."""
+    e.g. ``results/<name>`` committed to the repository; a report can be rebuilt from them).
+    ``rows``: run only these translator rows (:func:`select_rows`); the records still name the
+    whole config, so runs of different rows (and seeds, and machines) merge into its table."""
     if not pconfig.seeds:
         raise ValueError("config.seeds is empty; give at least one training seed")
+    record_config, pconfig = pconfig, select_rows(pconfig, rows)
     if not pconfig.translators.get("dakpn") and "dakpn" in tuple(pconfig.get("compare_to", ())):
         raise ValueError(
             "config.compare_to names 'dakpn' but config.translators has no 'dakpn' row"
@@ -593,16 +633,18 @@ def run_protocol(
     preflight.check(pconfig)  # a missing folder or weights file stops here, before any stage
     if results_dir:
         records.check_compatible(
-            results_dir, pconfig
+            results_dir, record_config
         )  # records of another config: stop before training
     os.makedirs(workdir, exist_ok=True)
     # One protocol per workdir; its trainer and export stages lock their own subdirectories too.
     with workdir_lock.exclusive(workdir, what="protocol"):
-        return _run_protocol_locked(pconfig, workdir, console=console, results_dir=results_dir)
+        return _run_protocol_locked(
+            pconfig, workdir, console=console, results_dir=results_dir, record_config=record_config
+        )
 
 
 def _run_protocol_locked(
-    pconfig, workdir: str, *, console: bool, results_dir: str | None = None
+    pconfig, workdir: str, *, console: bool, results_dir: str | None = None, record_config=None
 ) -> dict:
     p = plan(pconfig)
     reporter = (
@@ -623,7 +665,7 @@ def _run_protocol_locked(
             if (
                 results_dir and hosts.is_writer()
             ):  # a seed's records as soon as it is done: a long run is kept seed by seed
-                records.write_seed(results_dir, pconfig, workdir, per_seed[-1])
+                records.write_seed(results_dir, record_config or pconfig, workdir, per_seed[-1])
     finally:
         procedural.set_render_cache(0)
     # Timings from process 0's markers, the report written by process 0 only (`hosts`).
