@@ -7,7 +7,7 @@ Variants:
 
 - ``default`` (the README main job; its time on this project's CPUs is in README.md and
   docs/RESULTS.md): 1 seed; source-only and
-  DA-KPN (``configs/default.py:fast``) at N in {0, 20}, the Reinhard colour-transfer control at
+  DA-KPN (``configs/default.py``, 1200 steps) at N in {0, 20}, the Reinhard colour-transfer control at
   N = 0, the oracle; segmenters of the downstream recipe (``_recipe``: the U-Net on 2x-averaged
   crops, averaged weights), 150 steps. One seed gives no seed interval: the paired differences
   carry the interval over real-val images only (conditional on this training run) and no verdict.
@@ -19,24 +19,27 @@ Variants:
   the row is omitted and the report says why), randomisation, histogram matching, Reinhard, FDA) at
   N in {0, 20, 100}, plus the oracle, 10 seeds, segmenters of the downstream recipe at 300 steps,
   200 real-val images: the paired-difference intervals the issue asks for (half-width target 3
-  mIoU points). About 16 h on this 2-core CPU by ``--dry_run`` with the recipe study's workdir
-  (segmenter stages measured at 49 s each under load; the GAN translators, priced from DA-KPN's
-  measured rate, are most of it): meant for an accelerator.
+  mIoU points). About 28 h on this 2-core CPU by ``--dry_run``'s CPU profile (an upper bound: it
+  prices the main job at 5 min 14 s where it takes 2 min 8 s; the GAN translators are most of it):
+  meant for an accelerator, or run on a CPU in runs of some rows of one seed (``--rows``; the split
+  into runs of at most 2 hours is in docs/notes/issue24.md), whose records merge.
 - ``cpu``: ``decisive`` without the GAN baselines and N = 100, 5 seeds, 200 real-val images, every
-  DA-KPN row and control, segmenters as in ``decisive``: about 2 h 40 min by the same dry run.
+  DA-KPN row and control, segmenters as in ``decisive``: about 4 h 16 min by the same dry run.
 - ``noise``: the noise-floor measurement at the main job's settings (its segmenters, 100 real-val
   images): source-only and the oracle at N = 0 over 5 seeds, nothing else (seed spread of two rows,
   their paired difference and the image bootstrap).
 - ``seeds3``, ``baselines``: the runs behind docs/RESULTS.md's tables (3 seeds; GAN baselines at 1000
   steps, next to source-only, DA-KPN at 300 and 600 steps, the four training-free controls and the
   oracle, N = 0, segmenters 200 steps with 50 warmup), in the row format below. Both keep the
-  full-resolution U-Net they were run with, not the downstream recipe.
+  full-resolution U-Net they were run with, not the downstream recipe. ``seeds3``, ``baselines``,
+  the variance variants and ``recipe`` keep the 300-step DA-KPN (``configs/default.py:fast``)
+  they were run with.
 - ``variance_segmenter``, ``variance_translator``: issue 24's variance decomposition. DA-KPN, the
   same-family randomisation and CycleGAN at N in {0, 20} over 5 seeds, with the translators and
   controls pinned to seed 0 (``fixed_seeds``; only the segmenters vary) or the segmenters pinned
   (only the translators and controls vary); the paired differences' "sd over seeds" column is
-  that component's spread. Not run yet: about 1.5 h each on a quiet 2-core CPU (estimated: a
-  CycleGAN of 1000 steps and nine segmenters per seed), meant to run with ``--results_dir``.
+  that component's spread. Records of all 5 seeds of each in results/variance_segmenter and
+  results/variance_translator (docs/notes/issue24.md).
 - ``recipe``: issue 24's downstream-recipe study: source-only, DA-KPN (translator pinned to seed
   0) and the oracle at N = 0 over 5 seeds, the full-resolution U-Net's 150-step segmenters (the
   recipe before the study) trained with weight averaging kept; the segmenter's knobs are explicit,
@@ -136,6 +139,11 @@ def _gan(config, arg, steps=None, constant=None):
     return {"kind": "train", "config": config, "arg": arg, "overrides": over}
 
 
+def _fast_dakpn():
+    """configs/default.py:fast (300 steps): the main job's DA-KPN before issue 23's 1200 steps."""
+    return _cd(variant="fast", overrides=_cd(num_train_steps=300, checkpoint_every_steps=300))
+
+
 def _recipe():
     """The downstream recipe (issue 24's study, docs/RESULTS.md "Downstream recipe"): the U-Net
     (16, 32, 64) on 64 x 128 crops averaged 2 x 2 (``input_stride`` 2, logits upsampled back to full
@@ -191,7 +199,10 @@ def get_config(arg=None):
         num_real_val=100,
         num_paired_eval=32,
     )
-    c.dakpn = _cd(variant="fast", overrides=_cd(num_train_steps=300, checkpoint_every_steps=300))
+    # DA-KPN as configs/default.py trains it (1200 steps, issue 23). The variants run before that
+    # change (seeds3, baselines, the variance and recipe studies) keep the 300-step ``fast``
+    # translator they were run with (_fast_dakpn), so their committed records stay theirs.
+    c.dakpn = _cd(variant="default", overrides=_cd())
     c.translators = _cd(dakpn=_cd(kind="dakpn"), reinhard=_cd(**CONTROLS["reinhard"]))
     c.headline = ("source_only", "dakpn")
     c.compare_to = ("source_only", "dakpn")
@@ -268,12 +279,14 @@ def get_config(arg=None):
         c.n_real = (0,)
         c.eval.scores = False  # no model score / paired scores: segmenters only
     elif arg == "seeds3":
+        c.dakpn = _fast_dakpn()
         # The headline claim over 3 seeds: source-only vs DA-KPN at N = 0, plus the oracle.
         c.seeds = (0, 1, 2)
         c.n_real = (0,)
         c.translators = _cd(dakpn=_cd(kind="dakpn"))
         c.segmentation = _seg(300)
     elif arg == "baselines":
+        c.dakpn = _fast_dakpn()
         c.seeds = (0, 1, 2)
         c.n_real = (0,)
         c.translators = _cd(
@@ -299,6 +312,7 @@ def get_config(arg=None):
         c.segmentation = _seg(200)
         c.segmentation.overrides.optim.warmup_steps = 50
     elif arg in ("variance_segmenter", "variance_translator"):
+        c.dakpn = _fast_dakpn()
         # Issue 24's variance decomposition: the same rows over 5 seeds with one source of randomness
         # varying. variance_segmenter pins the translators and the controls to seed 0, so the spread
         # of a paired difference is the downstream segmenters' (initialisation and data order);
@@ -317,6 +331,7 @@ def get_config(arg=None):
         else:
             c.fixed_seeds.segmenter = 0
     elif arg == "recipe":
+        c.dakpn = _fast_dakpn()
         # Issue 24's recipe study: the main job's segmenters (150 steps) over 5 seeds, DA-KPN's
         # translator pinned to seed 0 (so the spread is the segmenters'), trained with weight
         # averaging kept (ema_decay 0.97: about the last 30 of 150 steps) and scored with flip TTA.

@@ -414,6 +414,13 @@ def test_every_variant_builds_consistent_stage_configs(variant):
         assert {"dakpn"} < set(ts) and any(not t.trained for t in ts.values())
         assert tuple(pconfig.n_real) == (0, 20)
         assert ts["dakpn"].config.model.get("param_size") == (16, 32)
+        # The main job trains DA-KPN as configs/default.py does (issue 23: 1200 steps).
+        from configs import default as dakpn_configs
+
+        assert ts["dakpn"].config.num_train_steps == dakpn_configs.get_config().num_train_steps
+    if variant in ("seeds3", "baselines", "variance_segmenter", "variance_translator", "recipe"):
+        # Run before the 1200-step default: they keep their 300-step translator (their records).
+        assert ts["dakpn"].config.num_train_steps == 300
     if "dakpn_uniform" in ts:
         assert tuple(ts["dakpn_uniform"].config.model.param_size) == (1, 1)
     with pytest.raises(ValueError, match="unknown variant"):
