@@ -7,7 +7,7 @@ Variants:
 
 - ``default`` (the README main job; its time on this project's CPUs is in README.md and
   docs/RESULTS.md): 1 seed; source-only and
-  DA-KPN (``configs/default.py``, 1200 steps) at N in {0, 20}, the Reinhard colour-transfer control at
+  DA-KPN (``configs/default.py`` at 600 steps, ``_protocol_dakpn``) at N in {0, 20}, the Reinhard colour-transfer control at
   N = 0, the oracle; segmenters of the downstream recipe (``_recipe``: the U-Net on 2x-averaged
   crops, averaged weights), 150 steps. One seed gives no seed interval: the paired differences
   carry the interval over real-val images only (conditional on this training run) and no verdict.
@@ -139,6 +139,16 @@ def _gan(config, arg, steps=None, constant=None):
     return {"kind": "train", "config": config, "arg": arg, "overrides": over}
 
 
+def _protocol_dakpn():
+    """DA-KPN as the protocol trains it: configs/default.py at 600 steps. configs/default.py's 1200
+    steps close more of the paired-PSNR gap to the family ceiling (54 to 57% against 41 to 46%), but
+    its segmenters score lower at N = 0 on all three benchmark draws measured (pooled over 15 paired
+    seeds: 600 − 1200 steps +3.6 [+1.3, +5.8] mIoU points; 600 steps − randomisation +5.8 [+5.2,
+    +6.3], 1200 steps − randomisation +2.2 [+0.1, +4.3]; docs/notes/issue23.md, the ``family`` and
+    ``family_draws`` records). The same translator as ``family``'s ``dakpn_600steps`` row."""
+    return _cd(variant="default", overrides=_cd(num_train_steps=600, checkpoint_every_steps=600))
+
+
 def _fast_dakpn():
     """configs/default.py:fast (300 steps): the main job's DA-KPN before issue 23's 1200 steps."""
     return _cd(variant="fast", overrides=_cd(num_train_steps=300, checkpoint_every_steps=300))
@@ -199,10 +209,11 @@ def get_config(arg=None):
         num_real_val=100,
         num_paired_eval=32,
     )
-    # DA-KPN as configs/default.py trains it (1200 steps, issue 23). The variants run before that
-    # change (seeds3, baselines, the variance and recipe studies) keep the 300-step ``fast``
-    # translator they were run with (_fast_dakpn), so their committed records stay theirs.
-    c.dakpn = _cd(variant="default", overrides=_cd())
+    # DA-KPN at 600 steps (_protocol_dakpn: the best downstream of the step budgets measured; issue
+    # 23's ``family`` runs). The variants run before (seeds3, baselines, the variance and recipe
+    # studies) keep the 300-step ``fast`` translator they were run with (_fast_dakpn), so their
+    # committed records stay theirs.
+    c.dakpn = _protocol_dakpn()
     c.translators = _cd(dakpn=_cd(kind="dakpn"), reinhard=_cd(**CONTROLS["reinhard"]))
     c.headline = ("source_only", "dakpn")
     c.compare_to = ("source_only", "dakpn")
@@ -249,7 +260,7 @@ def get_config(arg=None):
         # from real labels (the oracle; N = 20, 100) are far from trained at 150 (oracle 30 against 50).
         c.seeds = tuple(range(10))
         c.data.update(num_real_val=200)
-        c.dakpn = _cd(variant="default", overrides=_cd())  # 1200 steps
+        c.dakpn = _protocol_dakpn()
         c.translators = everything()
         c.translators.cyclegan = ml_collections.ConfigDict(_gan("configs/cyclegan.py", "benchmark"))
         c.translators.cut = ml_collections.ConfigDict(_gan("configs/cut.py", "cut-benchmark"))
@@ -267,7 +278,7 @@ def get_config(arg=None):
     elif arg == "cpu":
         c.seeds = (0, 1, 2, 3, 4)
         c.data.update(num_real_val=200)
-        c.dakpn = _cd(variant="default", overrides=_cd())
+        c.dakpn = _protocol_dakpn()
         c.translators = everything()
         c.n_real = c.side_n_real = (0, 20)
         c.segmentation = _seg(300, **_recipe())
