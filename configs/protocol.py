@@ -143,8 +143,8 @@ def _protocol_dakpn():
     """DA-KPN as the protocol trains it: configs/default.py at 600 steps. configs/default.py's 1200
     steps close more of the paired-PSNR gap to the family ceiling (54 to 57% against 41 to 46%), but
     its segmenters score lower at N = 0 on all three benchmark draws measured (pooled over 15 paired
-    seeds: 600 − 1200 steps +3.6 [+1.3, +5.8] mIoU points; 600 steps − randomisation +5.8 [+5.2,
-    +6.3], 1200 steps − randomisation +2.2 [+0.1, +4.3]; docs/notes/issue23.md, the ``family`` and
+    seeds: 600 − 1200 steps +3.6 [+1.4, +5.8] mIoU points; 600 steps − randomisation +5.8 [+5.2,
+    +6.3], 1200 steps − randomisation +2.2 [+0.2, +4.3]; docs/notes/issue23.md, the ``family`` and
     ``family_draws`` records). The same translator as ``family``'s ``dakpn_600steps`` row."""
     return _cd(variant="default", overrides=_cd(num_train_steps=600, checkpoint_every_steps=600))
 

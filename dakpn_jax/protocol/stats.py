@@ -94,6 +94,38 @@ def bootstrap_mean(x, *, num_resamples: int = 10000, level: float = 0.95, seed: 
     }
 
 
+def stratified_bootstrap_mean(
+    groups, *, num_resamples: int = 10000, level: float = 0.95, seed: int = 0
+) -> dict:
+    """Mean of the values of several groups pooled, x = concat(groups), with a bootstrap interval
+    that resamples within each group (each group keeps its size): ``{mean, lo, hi, half_width, n,
+    groups}``. For paired differences over the seeds of several benchmark draws, one group per
+    draw, so each resample keeps every draw's weight. One group gives :func:`bootstrap_mean`'s
+    interval for the same seed."""
+    _check_level(level, num_resamples)
+    xs = [np.asarray(g, np.float64).reshape(-1) for g in groups]
+    xs = [x[np.isfinite(x)] for x in xs]
+    xs = [x for x in xs if x.size]
+    n = sum(x.size for x in xs)
+    if n == 0:
+        nan = float("nan")
+        return {"mean": nan, "lo": nan, "hi": nan, "half_width": nan, "n": 0, "groups": 0}
+    rng = np.random.default_rng(seed)
+    R = int(num_resamples)
+    total = np.zeros(R)
+    for x in xs:
+        total += x[rng.integers(0, x.size, (R, x.size))].sum(1)
+    lo, hi = _interval(total / n, level)
+    return {
+        "mean": float(np.concatenate(xs).mean()),
+        "lo": lo,
+        "hi": hi,
+        "half_width": (hi - lo) / 2,
+        "n": int(n),
+        "groups": len(xs),
+    }
+
+
 def paired_bootstrap(a, b, **kw) -> dict:
     """Mean paired difference mean(a - b) of per-seed scores a, b (S,) with the bootstrap interval
     over seeds (:func:`bootstrap_mean` of a - b). Pairs where either value is missing are dropped."""
