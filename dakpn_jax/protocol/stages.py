@@ -382,9 +382,8 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
     they only steer the ETA."""
     out = []
     seg_cost = _steps(methods.segmenter_config(pconfig, pconfig.segmentation, 0, [])) + 100
-    fitted = (
-        set()
-    )  # ceiling rows whose fit an earlier stage of this run pays for (cached in-process)
+    # Ceiling rows whose fit an earlier stage of this run pays for (the fit is cached in-process).
+    fitted = set()
     for s in pconfig.seeds:
         s = int(s)
         ts = methods.build_translators(pconfig, s)
@@ -489,12 +488,9 @@ def run_seed(pconfig, seed: int, root: str, reporter: StageReporter | None = Non
     res["translator_stages"] = {}
     for name, t in translators.items():
         tseed = stage_seed(pconfig, t, seed)
-        res["translator_stages"][name] = {
-            "train": layout.translator_key(tseed, name) if t.trained else None,
-            "export": layout.export_key(tseed, name),
-        }
+        tkey = layout.translator_key(tseed, name) if t.trained else None
+        res["translator_stages"][name] = {"train": tkey, "export": layout.export_key(tseed, name)}
         if t.trained:
-            tkey = layout.translator_key(tseed, name)
             tdirs[name] = key_dir(tkey)
             res["translators"][name] = stage(
                 tdirs[name],
