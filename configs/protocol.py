@@ -20,7 +20,7 @@ Variants:
   N in {0, 20, 100}, plus the oracle, 10 seeds, segmenters of the downstream recipe at 300 steps,
   200 real-val images: the paired-difference intervals the issue asks for (half-width target 3
   mIoU points). About 26 h on this 2-core CPU by ``--dry_run``'s CPU profile (an upper bound: it
-  prices the main job at 5 min 14 s where it takes 2 min 8 s; the GAN translators are most of it):
+  priced the main job of 2026-12-03 at 5 min 14 s where it took 2 min 8 s; the GAN translators are most of it):
   meant for an accelerator, or run on a CPU in runs of some rows of one seed (``--rows``; the split
   into runs of at most 2 hours is in docs/notes/issue24.md), whose records merge.
 - ``cpu``: ``decisive`` without the GAN baselines and N = 100, 5 seeds, 200 real-val images, every
