@@ -223,6 +223,13 @@ def _build_checkpoint(pconfig, spec, seed):
 _CEILINGS: dict[str, object] = {}
 
 
+def ceiling_fit_size(pconfig, spec) -> tuple[int, int]:
+    """(paired scenes, L-BFGS steps) of a ceiling row's fit: ``params.fit_images`` (default
+    ``eval.paired_images``) and ``params.steps`` (default 40)."""
+    params = dict(spec.get("params", {}) or {})
+    return int(params.get("fit_images", pconfig.eval.paired_images)), int(params.get("steps", 40))
+
+
 def _build_ceiling(pconfig, spec, seed):
     """The family ceiling (``dakpn_jax.evaluation.family``): an ORACLE fitted by supervised MSE on
     the first ``params.fit_images`` (default ``eval.paired_images``) paired-eval scenes, in DA-KPN's
@@ -247,12 +254,12 @@ def _build_ceiling(pconfig, spec, seed):
     def make_fn(pc, s):
         del s
         m = dakpn_config(pc, 0).model
-        n = int(params.get("fit_images", pc.eval.paired_images))
+        n, steps = ceiling_fit_size(pc, spec)
         key = json.dumps(
             [
                 pc.data.to_dict(),
                 n,
-                int(params.get("steps", 40)),
+                steps,
                 int(m.kernel_size),
                 list(m.param_size),
                 int(m.num_classes),
@@ -267,7 +274,7 @@ def _build_ceiling(pconfig, spec, seed):
                 num_classes=int(m.num_classes),
                 grid=tuple(m.param_size),
                 kernel_size=int(m.kernel_size),
-                steps=int(params.get("steps", 40)),
+                steps=steps,
             )
         return family.make_ceiling_translator(_CEILINGS[key], noise=params.get("noise", "none"))
 

@@ -409,9 +409,8 @@ def plan(pconfig) -> list[tuple[str, str, float]]:
                 # The family ceiling's L-BFGS fit runs in its first export (about 2 units per
                 # scene and step: 140 CPU s for 40 steps on 64 scenes here); later seeds reuse it.
                 fitted.add(name)
-                params = dict(t.spec.get("params", {}) or {})
-                n_fit = int(params.get("fit_images", pconfig.eval.paired_images))
-                export_cost += 2.0 * n_fit * int(params.get("steps", 40))
+                n_fit, steps = methods.ceiling_fit_size(pconfig, t.spec)
+                export_cost += 2.0 * n_fit * steps
             out.append(
                 (layout.export_key(tseed, name), f"seed {tseed}: export {name}", export_cost)
             )

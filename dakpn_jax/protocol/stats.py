@@ -70,28 +70,11 @@ def _check_level(level: float, num_resamples: int) -> None:
 
 def bootstrap_mean(x, *, num_resamples: int = 10000, level: float = 0.95, seed: int = 0) -> dict:
     """Mean of x (n,) with a percentile bootstrap interval: ``{mean, lo, hi, half_width, n}``
-    (half_width = (hi - lo) / 2). n = 1 gives the degenerate interval [x, x]."""
-    _check_level(level, num_resamples)
-    x = np.asarray(x, np.float64).reshape(-1)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return {
-            "mean": float("nan"),
-            "lo": float("nan"),
-            "hi": float("nan"),
-            "half_width": float("nan"),
-            "n": 0,
-        }
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, (int(num_resamples), x.size))
-    lo, hi = _interval(x[idx].mean(1), level)
-    return {
-        "mean": float(x.mean()),
-        "lo": lo,
-        "hi": hi,
-        "half_width": (hi - lo) / 2,
-        "n": int(x.size),
-    }
+    (half_width = (hi - lo) / 2). n = 1 gives the degenerate interval [x, x]. The one-group case
+    of :func:`stratified_bootstrap_mean`."""
+    out = stratified_bootstrap_mean([x], num_resamples=num_resamples, level=level, seed=seed)
+    del out["groups"]
+    return out
 
 
 def stratified_bootstrap_mean(
