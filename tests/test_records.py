@@ -262,3 +262,56 @@ def test_runs_of_different_rows_of_one_seed_merge_and_their_cpu_hours_add_up(tmp
     assert records.cpu_hours(str(results))["total"] == pytest.approx(want, rel=1e-12)
     out = records.rebuild_report(str(results), str(tmp_path / "rebuilt"))
     assert "| reinhard | 0 |" in out["markdown"] and "| dakpn | 0 |" in out["markdown"]
+
+
+def test_a_changed_config_file_is_caught_though_the_protocol_hash_is_the_same(
+    tmp_path, monkeypatch
+):
+    """The protocol config names configs/default.py but its hash cannot cover the file's contents:
+    the records' resolved stage configs catch a change to it, before training and in `load`."""
+    from dakpn_jax.protocol import methods
+
+    pconfig = _tiny()
+    rng = np.random.default_rng(1)
+    results = tmp_path / "results"
+    res, _ = _fake_seed(tmp_path / "run_a", 0, rng)
+    res["translator_stages"] = {"dakpn": {"train": None, "export": None}}
+    records.write_seed(str(results), pconfig, str(tmp_path / "run_a"), res)
+    rec = json.loads((results / "seed0" / "translator_dakpn.json").read_text())
+    stored = json.loads((results / "configs" / f"resolved_{rec['resolved']}.json").read_text())
+    assert stored["seed"] == 0 and stored["num_train_steps"] == 2  # the tiny row's override
+    records.check_compatible(str(results), pconfig)  # same files: accepted
+
+    # configs/default.py "edited": a batch size of one more. The protocol config is unchanged.
+    real_load = methods.load_config_file
+
+    def edited(path, arg=None):
+        c = real_load(path, arg)
+        if path == "configs/default.py":
+            c.batch_size = int(c.batch_size) + 1
+        return c
+
+    monkeypatch.setattr(methods, "load_config_file", edited)
+    assert records.config_hash(records.protocol_fields(pconfig)) == rec["protocol"]
+    with pytest.raises(ValueError, match=r"translator_dakpn\.json.*dakpn.*batch_size"):
+        records.check_compatible(str(results), pconfig)
+    # A second run's records made with the edited file cannot merge with the first's.
+    res1, _ = _fake_seed(tmp_path / "run_b", 1, rng)
+    res1["translator_stages"] = {"dakpn": {"train": None, "export": None}}
+    records.write_seed(str(results), pconfig, str(tmp_path / "run_b"), res1)
+    with pytest.raises(ValueError, match=r"different dakpn stage configs.*batch_size"):
+        records.load(str(results))
+    # The downstream segmenter's file (configs/segmentation.py) is caught the same way.
+    monkeypatch.setattr(methods, "load_config_file", real_load)
+    (results / "seed1").rename(tmp_path / "seed1_of_the_edited_file")
+
+    def edited_segmenter(path, arg=None):
+        c = real_load(path, arg)
+        if path == "configs/segmentation.py":
+            c.batch_size = int(c.batch_size) + 1
+        return c
+
+    records.check_compatible(str(results), pconfig)
+    monkeypatch.setattr(methods, "load_config_file", edited_segmenter)
+    with pytest.raises(ValueError, match=r"_n0\.json.*segmenter.*batch_size"):
+        records.check_compatible(str(results), pconfig)

@@ -321,6 +321,19 @@ def build_translators(pconfig, seed: int, omitted: dict | None = None) -> dict[s
     return out
 
 
+def resolved_configs(pconfig) -> dict:
+    """``{"segmenter": dict, <row>: dict}``: the stage configs the protocol's config files resolve to
+    (the downstream segmenter's, without its train sources, and each trained translator row's),
+    seeds set to 0. The protocol config names config files (configs/default.py,
+    configs/segmentation.py, configs/cyclegan.py, ...) whose contents its hash does not cover; the
+    records keep these resolved configs' hashes, so a changed file is caught (`records`)."""
+    out = {"segmenter": segmenter_config(pconfig, pconfig.segmentation, 0, []).to_dict()}
+    for name, t in build_translators(pconfig, 0).items():
+        if t.trained:
+            out[name] = override(t.config, {"seed": 0}).to_dict()
+    return out
+
+
 def n_values(pconfig, name: str) -> tuple[int, ...]:
     """The N values of a row's segmenters (see module docstring); N < 0 means all real-train
     images (:func:`real_train_count`), so a config can say "all" without knowing the count."""

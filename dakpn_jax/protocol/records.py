@@ -16,7 +16,13 @@ seed::
 
 Every record names its protocol config by hash (``protocol``), so records of several runs, from
 several machines, merge into one report as long as they were made with the same protocol config;
-:func:`load` refuses records of different configs and names the fields that differ. The report
+:func:`load` refuses records of different configs and names the fields that differ. The protocol
+config names config files (configs/default.py, configs/segmentation.py, ...) whose contents its hash
+cannot cover, so segmenter and translator records also carry ``resolved``: the hash of the stage
+config those files resolved to (`methods.resolved_configs`, seeds aside; stored as
+``DIR/configs/resolved_<hash>.json``). A run whose files resolve otherwise than the records' is
+refused before it trains, and records of one row that resolved differently are refused by
+:func:`load`, each naming the fields that differ. The report
 uses the seeds whose rows are all there and lists what is missing for the others.
 ``experiments/protocol.py --report_only --results_dir=DIR`` rebuilds every table, the plot and the
 html from the records alone, without training.
@@ -112,6 +118,7 @@ def write_seed(results_dir: str, pconfig, workdir: str, seed_result: dict) -> li
     seed = int(seed_result["seed"])
     commit = code_commit()
     base = {"format": FORMAT, "protocol": phash, "seed": seed, "commit": commit}
+    resolved = _store_resolved(results_dir, pconfig)
     written = []
     for index, (key, res) in enumerate(seed_result["segmenters"].items()):
         directory = os.path.join(workdir, layout.segmenter_key(seed, key))
@@ -125,6 +132,7 @@ def write_seed(results_dir: str, pconfig, workdir: str, seed_result: dict) -> li
             "val": res.get("val"),
             "final": res.get("final"),
             "stage_config": config_hash(res.get("config") or {}),
+            "resolved": resolved.get("segmenter"),
             "timing": stage.get("timing"),
             "confusions": None if conf is None else sparse_confusions(conf),
         }
@@ -140,6 +148,8 @@ def write_seed(results_dir: str, pconfig, workdir: str, seed_result: dict) -> li
         }
         final = (seed_result.get("translators", {}).get(name) or {}).get("final")
         rec = {**base, "kind": "translator", "key": name, "stages": keys, "timing": timing}
+        if resolved.get(name) is not None:
+            rec["resolved"] = resolved[name]
         if final is not None:
             rec["final"] = final
         path = os.path.join(results_dir, layout.seed_dir(seed), f"translator_{name}.json")
@@ -188,6 +198,40 @@ def _merge_scores(path: str, rec: dict) -> dict:
         "skipped": {**old.get("skipped", {}), **rec.get("skipped", {})},
         "timings": {**(old.get("timings") or {}), **timings},
     }
+
+
+def _store_resolved(results_dir: str, pconfig) -> dict:
+    """``{"segmenter" | row: hash}`` of ``pconfig``'s resolved stage configs, each stored once as
+    ``configs/resolved_<hash>.json`` (so a later mismatch can name its fields)."""
+    out = {}
+    for part, tree in _resolved(pconfig).items():
+        h = config_hash(tree)
+        path = os.path.join(results_dir, "configs", f"resolved_{h}.json")
+        if not os.path.exists(path):
+            _write_json(path, tree)
+        out[part] = h
+    return out
+
+
+def _resolved(pconfig) -> dict:
+    from dakpn_jax.protocol import methods  # pylint: disable=import-outside-toplevel
+
+    return json.loads(_canonical(methods.resolved_configs(pconfig)))
+
+
+def _resolved_part(record: dict) -> str | None:
+    """Which resolved config a record's ``resolved`` hash is of: "segmenter", a row, or None."""
+    if record.get("resolved") is None:
+        return None  # records written before resolved configs were kept
+    return "segmenter" if record.get("kind") == "segmenter" else record.get("key")
+
+
+def _resolved_difference(results_dir: str, a: str, b: str, mine: dict | None = None) -> str:
+    ta = _stored_config(results_dir, f"resolved_{a}")
+    tb = mine if mine is not None else _stored_config(results_dir, f"resolved_{b}")
+    if ta is None or tb is None:
+        return f"resolved config {a if ta is None else b} is not stored"
+    return difference(ta, tb)
 
 
 def cpu_hours(results_dir: str) -> dict:
@@ -274,6 +318,22 @@ def check_compatible(results_dir: str, pconfig) -> None:
                 f"--results_dir={results_dir}: {p} was made with another protocol config "
                 f"({why}); give another --results_dir or the same config"
             )
+    resolved = None
+    for p in sorted(glob.glob(os.path.join(results_dir, "seed*", "*.json"))):
+        with open(p) as f:
+            rec = json.load(f)
+        part = _resolved_part(rec)
+        if part is None:
+            continue
+        if resolved is None:
+            resolved = _resolved(pconfig)
+        if part in resolved and config_hash(resolved[part]) != rec["resolved"]:
+            raise ValueError(
+                f"--results_dir={results_dir}: {p} was made when the config files resolved "
+                f"{part}'s stage config otherwise ("
+                f"{_resolved_difference(results_dir, rec['resolved'], '', resolved[part])}); a config "
+                "file changed since: give another --results_dir or restore the file"
+            )
 
 
 def load(results_dir: str, expected_keys: list[str] | None = None) -> dict:
@@ -309,6 +369,18 @@ def load(results_dir: str, expected_keys: list[str] | None = None) -> dict:
             f"{results_dir}: records of different protocol configs cannot make one table "
             f"({first} and {other}: {describe_difference(results_dir, hashes[0], hashes[1])})"
         )
+    by_part: dict[str, tuple[str, str]] = {}
+    for p, r in recs:
+        part = _resolved_part(r)
+        if part is None:
+            continue
+        first = by_part.setdefault(part, (p, r["resolved"]))
+        if first[1] != r["resolved"]:
+            raise ValueError(
+                f"{results_dir}: {first[0]} and {p} were made with different {part} stage configs "
+                f"(a config file changed between the runs: "
+                f"{_resolved_difference(results_dir, first[1], r['resolved'])})"
+            )
     with open(os.path.join(results_dir, "configs", f"{hashes[0]}.json")) as f:
         protocol_config = json.load(f)
     seeds: dict[int, dict] = {}
