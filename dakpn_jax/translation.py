@@ -38,10 +38,11 @@ Kernel application (``impl=``); all paths compute the same function (to float32 
   one Pallas program per output tile doing upsampling, colour affine, blur, noise and clip with the
   frame, parameters and noise read once (GPU via the Triton lowering; Pallas interpret mode on other
   backends, slow, for tests). Its gradient is the shifted path's VJP (custom VJP).
-- ``"auto"``: ``"shifted"`` on every backend (for :func:`translate`, "pallas" on the backends listed in
-  :data:`PALLAS_AUTO_BACKENDS`: none until it is measured faster on one; never the CPU). The shifted
-  path was the fastest at every size experiments/bench_kernels.py measured, on the CPU and on a GPU
-  (timings: docs/RESULTS.md, "Kernel paths" and "Kernels, training step and input pipeline"). Choose
+- ``"auto"``: ``"shifted"`` on every backend, except for :func:`translate` on the backends listed in
+  :data:`PALLAS_AUTO_BACKENDS` (the GPU; never the CPU), where it is "pallas". Of the two unfused
+  paths, shifted was the fastest at every size experiments/bench_kernels.py measured, on the CPU
+  and on an H100; the fused kernel beat it at every size on an H200 (:data:`PALLAS_AUTO_BACKENDS`
+  has the table; docs/RESULTS.md, "Kernel paths" and the 2026-12-04 device check). Choose
   ``"einsum"`` explicitly when you need forward-mode autodiff (jvp, jacfwd).
 
 Gradients: both paths are differentiable in x, sigma (and kernels). The shifted Gaussian path has a
@@ -80,10 +81,21 @@ DEFAULT_KERNEL_SIZE = 25
 
 IMPLS = ("auto", "einsum", "shifted", "pallas")
 
-PALLAS_AUTO_BACKENDS: tuple[str, ...] = ()
-"""Backends on which ``impl="auto"`` picks the fused Pallas kernel for :func:`translate`. Empty until the
-kernel measures faster than "shifted" on a device (experiments/bench_kernels.py --impls pallas,shifted;
-no GPU was lent when it was written). Never "cpu": there the kernel only runs in interpret mode."""
+PALLAS_AUTO_BACKENDS: tuple[str, ...] = ("gpu",)
+"""Backends on which ``impl="auto"`` picks the fused Pallas kernel for :func:`translate`. Never "cpu":
+there the kernel only runs in interpret mode. "gpu" since 2026-12-04: on one H200 (jax 0.11.2),
+``experiments/bench_kernels.py --op translate --impls pallas,shifted,einsum --sizes
+8x96x160,1x263x478,1x1052x1914 --repeats 10 --bandwidth_gbs 4800`` (experiments/device_check.sh),
+ms per forward call, median of 10, K = 25, float32; largest |difference| from shifted 1.5e-6:
+
+    B x H x W      pallas  shifted  einsum
+    8 x 96 x 160      0.3      1.5     1.3
+    1 x 263 x 478     0.4      3.1     0.9
+    1 x 1052 x 1914   1.8     12.7    17.3
+
+The gradient stays the shifted path's VJP, so a DA-KPN train step gains nothing measurable from it
+(128 x 256, batch 8: 3.63 ms/step with pallas, 3.40 with shifted, within the run-to-run spread);
+translating frames (export, inference, on-the-fly translation) does."""
 
 
 BAND_ROWS = 16
@@ -453,9 +465,9 @@ _blur_shifted.defvjp(_blur_shifted_fwd, _blur_shifted_bwd)
 
 
 def _resolve_impl(impl: str, *, fused: bool = False) -> str:
-    """The "auto" rule (module docstring): the shifted path, measured fastest on CPU and on an H100 at
-    every benchmarked size; for the full translation (``fused``) the Pallas kernel on the backends of
-    :data:`PALLAS_AUTO_BACKENDS`. "pallas" exists only for :func:`translate`."""
+    """The "auto" rule (module docstring): the shifted path, measured the fastest unfused path on CPU
+    and on an H100 at every benchmarked size; for the full translation (``fused``) the Pallas kernel
+    on the backends of :data:`PALLAS_AUTO_BACKENDS`. "pallas" exists only for :func:`translate`."""
     if impl == "auto":
         return "pallas" if fused and jax.default_backend() in PALLAS_AUTO_BACKENDS else "shifted"
     if impl == "pallas" and not fused:

@@ -294,7 +294,7 @@ def main(argv=None):
     )
     print(
         "'auto' resolves to 'shifted' on every backend for the blur; for translate it picks 'pallas' on "
-        "the backends in dakpn_jax.translation.PALLAS_AUTO_BACKENDS (none yet)."
+        "the backends in dakpn_jax.translation.PALLAS_AUTO_BACKENDS."
     )
     if args.bandwidth_gbs:
         print(

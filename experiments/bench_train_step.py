@@ -16,8 +16,10 @@ Cases (every method at the same resolution and batch):
   "benchmark" configs (16 filters, 6 blocks) on full 128 x 256 frames instead of 64 x 64 crops;
 - paper: GTA5 frame size 1052 x 1914, parameter grid 96 x 160, K = 25, tile H/8 x W/8 (one-hot
   features, so no segmenter is needed); CycleGAN and CUT with the published configs (64 filters,
-  9 blocks) on 1052 x 1914 frames.
-``--size HxW`` replaces the case's frame size (for a small CPU run).
+  9 blocks) on 1052 x 1912 frames (their ResNet generator needs sides divisible by 4: two columns
+  fewer than the GTA5 frame).
+``--size HxW`` replaces the case's frame size (for a small CPU run); ``--impl`` DA-KPN's
+``model.impl`` (auto, shifted, pallas, einsum: the translation path, `dakpn_jax.translation`).
 """
 
 import argparse
@@ -48,7 +50,9 @@ def load_config(name="default", arg=None):
     return module.get_config(arg)
 
 
-def case_config(name: str, batch_size: int, method: str = "dakpn", size: str | None = None):
+def case_config(
+    name: str, batch_size: int, method: str = "dakpn", size: str | None = None, impl: str = ""
+):
     if name not in ("benchmark", "paper"):
         raise ValueError(f"--cases: unknown case {name!r} (benchmark, paper)")
     if method == "dakpn":
@@ -67,7 +71,7 @@ def case_config(name: str, batch_size: int, method: str = "dakpn", size: str | N
             "cut": {"benchmark": "cut-benchmark", "paper": "cut"},
         }[method][name]
         config = load_config(method, variant)
-        h, w = (1052, 1914) if name == "paper" else (128, 256)
+        h, w = (1052, 1912) if name == "paper" else (128, 256)
     else:
         raise ValueError(f"--methods: unknown method {method!r} {METHODS}")
     if size:
@@ -84,6 +88,8 @@ def case_config(name: str, batch_size: int, method: str = "dakpn", size: str | N
                 (min(m.low_size[0], h), min(m.low_size[1], w)) if m.get("low_size") else m.low_size
             )
     config.data.height, config.data.width = h, w
+    if method == "dakpn" and impl:
+        config.model.impl = impl
     if method != "dakpn":
         config.crop_size = (h, w)  # the same resolution as DA-KPN's frames, not the configs' crops
     config.batch_size = batch_size
@@ -114,9 +120,10 @@ def bench(
     steps_per_call: int,
     method: str = "dakpn",
     size: str | None = None,
+    impl: str = "",
 ) -> dict:
     """Times ``steps`` train steps of ``method`` in case ``name``; prints and returns the figures."""
-    config = case_config(name, batch_size, method, size)
+    config = case_config(name, batch_size, method, size, impl)
     module = dakpn if method == "dakpn" else training.get_method(method)
     mesh = trainer.make_mesh()
     if batch_size % mesh.size:
@@ -139,7 +146,11 @@ def bench(
     jax.block_until_ready(metrics)
     dt = time.perf_counter() - t0
     sps = calls * steps_per_call / dt
-    k = f"K={config.model.kernel_size:2d}" if method == "dakpn" else f"ngf={config.model.ngf}"
+    k = (
+        f"K={config.model.kernel_size:2d} {config.model.impl}"
+        if method == "dakpn"
+        else f"ngf={config.model.ngf}"
+    )
     print(
         f"{name:9s} {method:8s} {config.data.height}x{config.data.width} {k:6s} "
         f"batch={batch_size:3d} steps_per_call={steps_per_call} devices={mesh.size} | "
@@ -170,6 +181,7 @@ def main():
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--steps_per_call", type=int, default=1)
+    p.add_argument("--impl", default="", help="DA-KPN's model.impl (default: the config's)")
     a = p.parse_args()
     print(
         f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
@@ -178,7 +190,7 @@ def main():
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     for name in a.cases.split(","):
         res = {
-            m: bench(name, a.batch_size, a.steps, a.steps_per_call, m, a.size or None)
+            m: bench(name, a.batch_size, a.steps, a.steps_per_call, m, a.size or None, a.impl)
             for m in methods
         }
         for other in ("cyclegan", "cut"):

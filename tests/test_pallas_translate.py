@@ -82,9 +82,13 @@ def test_translate_impl_pallas_values_and_gradients_match_einsum():
 
 
 def test_auto_never_picks_pallas_on_cpu_and_pallas_is_translate_only():
-    assert jax.default_backend() == "cpu"
     assert "cpu" not in T.PALLAS_AUTO_BACKENDS
-    assert T._resolve_impl("auto", fused=True) == "shifted"
+    # The suite runs on the CPU (tests/conftest.py); experiments/device_check.sh runs this file on
+    # the GPU (JAX_PLATFORMS=cuda), where "auto" is the fused kernel (measured faster there).
+    backend = jax.default_backend()
+    want = "pallas" if backend in T.PALLAS_AUTO_BACKENDS else "shifted"
+    assert T._resolve_impl("auto", fused=True) == want
+    assert T._resolve_impl("auto", fused=False) == "shifted"
     assert T._resolve_impl("pallas", fused=True) == "pallas"
     assert PT.BLUR_EPS == T.BLUR_EPS
     x = np.zeros((1, 8, 9, 3), np.float32)
@@ -110,5 +114,12 @@ def test_kernel_lowers_for_triton_without_a_gpu():
         traced = f.trace(x, p, x)
     except AttributeError:  # jax without .trace(): nothing to check on this version
         pytest.skip("jax.jit(...).trace is not available")
-    text = traced.lower(lowering_platforms=("cuda",)).as_text()
+    try:
+        text = traced.lower(lowering_platforms=("cuda",)).as_text()
+    except RuntimeError as e:
+        if "No supported GPU devices found" not in str(e):
+            raise
+        # jax 0.11 cross-lowers Triton only for an abstract GPU device; the compiled kernel is then
+        # checked on a GPU (experiments/device_check.sh runs this file there).
+        pytest.skip(f"this jax ({jax.__version__}) cannot cross-lower Triton without a GPU: {e}")
     assert "dakpn_fused_translate" in text
