@@ -86,6 +86,13 @@ def main(argv):
         except ValueError as e:
             console.fail("protocol", e)
         _print_tables(out["markdown"], workdir, None)
+        cpu = records.cpu_hours(f.results_dir)  # every record's stages, complete seeds or not
+        per_seed = ", ".join(f"seed {s}: {h:.3f} h" for s, h in sorted(cpu["per_seed"].items()))
+        by_kind = ", ".join(f"{k} {h:.3f} h" for k, h in sorted(cpu["by_kind"].items()))
+        print(
+            f"CPU time of the records: total {cpu['total']:.3f} h ({per_seed}; {by_kind})",
+            flush=True,
+        )
         return
     try:  # before any log file, cache or stage folder is made
         if f.results_dir:

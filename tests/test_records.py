@@ -178,6 +178,12 @@ def test_report_only_command_rebuilds_from_records_in_one_line_errors_otherwise(
     assert p.returncode == 0, p.stderr
     assert "| dakpn | 0 |" in p.stdout and (tmp_path / "out" / layout.RESULTS_MD).exists()
     assert not (tmp_path / "out" / "seed0").exists()  # nothing trained
+    # The records' CPU time: three segmenter records of 1.5 CPU seconds each, a scores record of
+    # none (_fake_seed).
+    assert (
+        "CPU time of the records: total 0.001 h (seed 0: 0.001 h; scores 0.000 h, segmenter 0.001 h)"
+        in (p.stdout)
+    ), p.stdout[-500:]
     p = subprocess.run(
         cmd + ["--report_only"], capture_output=True, text=True, timeout=300, cwd=str(tmp_path)
     )
