@@ -223,6 +223,9 @@ def test_runs_of_different_rows_of_one_seed_merge_and_their_cpu_hours_add_up(tmp
     _stage_file(tmp_path / "run_a" / "seed0" / "scores", 7.0)
     res_a["scores"]["model_score"]["untranslated"] = {"miou": 0.1, "top_flips": []}
     records.write_seed(str(results), pconfig, str(tmp_path / "run_a"), res_a)
+    # Until run B, its rows are listed as absent (the tiny config has more rows than A's one).
+    absent = records.load(str(results))["absent"]
+    assert "reinhard" in absent and "fastcut" in absent and "dakpn" not in absent
     # Run B: source-only, Reinhard (a control: export only) and the oracle, in another workdir.
     res_b, _ = _fake_seed(tmp_path / "run_b", 0, rng)
     res_b["segmenters"] = {
@@ -242,9 +245,12 @@ def test_runs_of_different_rows_of_one_seed_merge_and_their_cpu_hours_add_up(tmp
         },
         "paired": {"reinhard": {"psnr": 16.0, "ssim": 0.3, "swd": 0.1, "class_color_err": 0.2}},
     }
+    res_b["skipped"] = {"fastcut": "omitted with a reason"}  # e.g. VSAIT without its weights
     records.write_seed(str(results), pconfig, str(tmp_path / "run_b"), res_b)
 
     loaded = records.load(str(results))
+    others = [n for n in pconfig.translators if n not in ("dakpn", "reinhard", "fastcut")]
+    assert loaded["absent"] == others and others
     assert loaded["missing"] == {} and [r["seed"] for r in loaded["per_seed"]] == [0]
     seed0 = loaded["per_seed"][0]
     assert set(seed0["segmenters"]) == {"source_only_n0", "dakpn_n0", "reinhard_n0", "oracle"}
@@ -268,6 +274,7 @@ def test_runs_of_different_rows_of_one_seed_merge_and_their_cpu_hours_add_up(tmp
     assert records.cpu_hours(str(results))["total"] == pytest.approx(want, rel=1e-12)
     out = records.rebuild_report(str(results), str(tmp_path / "rebuilt"))
     assert "| reinhard | 0 |" in out["markdown"] and "| dakpn | 0 |" in out["markdown"]
+    assert f"no record in any seed yet: {', '.join(others)};" in out["markdown"]
 
 
 def test_a_changed_config_file_is_caught_though_the_protocol_hash_is_the_same(

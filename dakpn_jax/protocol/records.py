@@ -418,8 +418,28 @@ def load(results_dir: str, expected_keys: list[str] | None = None) -> dict:
         "per_seed": complete,
         "confusions": confusions,
         "missing": missing,
+        "absent": _absent_rows(protocol_config, seeds.values()),
         "records": len(recs),
     }
+
+
+def _absent_rows(protocol_config: dict, seeds) -> list[str]:
+    """Translator rows of the config of which no seed has a segmenter record, leaving out rows a
+    run omitted with its reason (``skipped``, e.g. VSAIT without its weights): what a run of some
+    rows (``--rows``) has not made yet."""
+    import ml_collections  # pylint: disable=import-outside-toplevel
+
+    from dakpn_jax.protocol import methods  # pylint: disable=import-outside-toplevel
+
+    pc = ml_collections.ConfigDict(protocol_config)
+    have = {k for s in seeds for k in s["segmenters"]}
+    skipped = {k for s in seeds for k in s.get("skipped", {})}
+    return [
+        name
+        for name in pc.translators
+        if name not in skipped
+        and not any(layout.segmenter_name(name, n) in have for n in methods.n_values(pc, name))
+    ]
 
 
 def rebuild_report(results_dir: str, workdir: str, pconfig=None) -> dict:
@@ -446,6 +466,11 @@ def rebuild_report(results_dir: str, workdir: str, pconfig=None) -> dict:
         pc.seeds = tuple(r["seed"] for r in loaded["per_seed"])
     os.makedirs(workdir, exist_ok=True)
     out = report.write_report(
-        pc, workdir, loaded["per_seed"], confusions=loaded["confusions"], missing=loaded["missing"]
+        pc,
+        workdir,
+        loaded["per_seed"],
+        confusions=loaded["confusions"],
+        missing=loaded["missing"],
+        absent=loaded["absent"],
     )
-    return {**out, "missing": loaded["missing"]}
+    return {**out, "missing": loaded["missing"], "absent": loaded["absent"]}

@@ -568,10 +568,12 @@ def write_report(
     confusions: dict | None = None,
     missing: dict | None = None,
     write: bool = True,
+    absent: list | None = None,
 ) -> dict:
     """Writes results.{json,md,html}, the plot and the grids into ``workdir``. ``confusions``:
     per-image confusions by (seed, row key) instead of the workdir's stages (a report rebuilt from
     records); ``missing``: {seed: [row keys]} of seeds left out for lack of rows (listed);
+    ``absent``: translator rows of the config that no seed has a record of yet (listed);
     ``write=False``: only the returned report (the hosts of a multi-host run other than process 0)."""
     summary = summarise(pconfig, per_seed, workdir, confusions)
     from dakpn_jax.data import label_space  # pylint: disable=import-outside-toplevel
@@ -585,13 +587,19 @@ def write_report(
         "profile": profile(timings or {}),
         "per_seed": per_seed,
         "missing": {str(k): v for k, v in (missing or {}).items()},
+        "absent_rows": list(absent or []),
     }
     text = markdown(pconfig, summary, per_seed, timings)
-    if missing:
+    if missing or absent:
         text += "\n## Missing\n\n" + "".join(
             f"- seed {s}: no record of {', '.join(keys)}; the seed is left out of every table\n"
             for s, keys in sorted(missing.items())
         )
+        if absent:
+            text += (
+                f"- rows of the config with no record in any seed yet: {', '.join(absent)}; "
+                "every table leaves them out\n"
+            )
     out = {"summary": summary, "markdown": text, "report": report}
     if not write:
         return out
