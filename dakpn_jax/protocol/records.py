@@ -226,9 +226,11 @@ def _resolved_part(record: dict) -> str | None:
     return "segmenter" if record.get("kind") == "segmenter" else record.get("key")
 
 
-def _resolved_difference(results_dir: str, a: str, b: str, mine: dict | None = None) -> str:
+def _resolved_difference(results_dir: str, a: str, b: str | dict) -> str:
+    """The fields in which the stored resolved config ``a`` (a hash) differs from ``b``: another
+    stored one's hash, or a resolved config itself (this run's)."""
     ta = _stored_config(results_dir, f"resolved_{a}")
-    tb = mine if mine is not None else _stored_config(results_dir, f"resolved_{b}")
+    tb = b if isinstance(b, dict) else _stored_config(results_dir, f"resolved_{b}")
     if ta is None or tb is None:
         return f"resolved config {a if ta is None else b} is not stored"
     return difference(ta, tb)
@@ -304,9 +306,12 @@ def check_compatible(results_dir: str, pconfig) -> None:
     config than ``pconfig`` (seeds aside): they could never make one table with this run's."""
     mine = protocol_fields(pconfig)
     h = config_hash(mine)
+    recs = []
     for p in sorted(glob.glob(os.path.join(results_dir, "seed*", "*.json"))):
         with open(p) as f:
-            other = json.load(f).get("protocol")
+            recs.append((p, json.load(f)))
+    for p, rec in recs:
+        other = rec.get("protocol")
         if other != h:
             stored = _stored_config(results_dir, other)
             why = (
@@ -319,9 +324,7 @@ def check_compatible(results_dir: str, pconfig) -> None:
                 f"({why}); give another --results_dir or the same config"
             )
     resolved = None
-    for p in sorted(glob.glob(os.path.join(results_dir, "seed*", "*.json"))):
-        with open(p) as f:
-            rec = json.load(f)
+    for p, rec in recs:
         part = _resolved_part(rec)
         if part is None:
             continue
@@ -331,7 +334,7 @@ def check_compatible(results_dir: str, pconfig) -> None:
             raise ValueError(
                 f"--results_dir={results_dir}: {p} was made when the config files resolved "
                 f"{part}'s stage config otherwise ("
-                f"{_resolved_difference(results_dir, rec['resolved'], '', resolved[part])}); a config "
+                f"{_resolved_difference(results_dir, rec['resolved'], resolved[part])}); a config "
                 "file changed since: give another --results_dir or restore the file"
             )
 
